@@ -1,0 +1,123 @@
+"""Input checks at the boundary of the public API.
+
+Everything a kernel receives has been checked and converted here, once: C-contiguous arrays of the network's
+dtype, finite values, labels in range. Errors name the argument, what was expected and what was given.
+"""
+
+import numbers
+import operator
+
+import numpy as np
+
+
+def check_dtype(dtype):
+    """Return ``np.dtype('float32')`` or ``np.dtype('float64')``; anything else raises."""
+    try:
+        dt = np.dtype(dtype)
+    except TypeError as err:
+        raise TypeError(f"dtype must be 'float32' or 'float64', got {dtype!r}") from err
+    if dt not in (np.float32, np.float64):
+        raise ValueError(f"dtype must be 'float32' or 'float64', got {dtype!r}")
+    return dt
+
+
+def check_int(value, name, minimum=None):
+    """An integer (not bool) >= minimum, as a Python int."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__} {value!r}")
+    value = operator.index(value)
+    if minimum is not None and value < minimum:
+        raise ValueError(f"{name} must be >= {minimum}, got {value}")
+    return value
+
+
+def check_float(value, name, minimum=None, strict=False):
+    """A finite real number (>= minimum, or > minimum when strict), as a Python float."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__} {value!r}")
+    value = float(value)
+    if not np.isfinite(value):
+        raise ValueError(f"{name} must be finite, got {value}")
+    if minimum is not None and (value <= minimum if strict else value < minimum):
+        raise ValueError(f"{name} must be {'>' if strict else '>='} {minimum}, got {value}")
+    return value
+
+
+def check_finite(a, name):
+    """Raise ValueError if the array holds NaN or inf. A finite sum proves every element finite without a
+    boolean temporary; only when it is not (NaN, inf, or overflow of the sum) is the exact test run."""
+    if a.size and not np.isfinite(a.sum(dtype=np.float64)) and not np.isfinite(a).all():
+        raise ValueError(f"{name} contains NaN or infinity")
+
+
+def as_float_array(a, name, dtype, ndim):
+    """Convert to a C-contiguous array of ``dtype`` with ``ndim`` dims, checked finite (copy only if needed)."""
+    arr = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
+    if arr.ndim != ndim:
+        raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    arr = np.ascontiguousarray(arr, dtype=dtype)
+    check_finite(arr, name)
+    return arr
+
+
+def check_X(X, n_in, dtype, name="X"):
+    """X as a C-contiguous (n, n_in) array of dtype, n >= 1, finite."""
+    X = as_float_array(X, name, dtype, 2)
+    if X.shape[0] == 0:
+        raise ValueError(f"{name} is empty: got shape {X.shape}, need at least one sample")
+    if X.shape[1] != n_in:
+        raise ValueError(f"{name} must have {n_in} columns (the network's input size), got shape {X.shape}")
+    return X
+
+
+_NO_LABELS = np.zeros(0, dtype=np.int64)
+
+
+def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
+    """Targets for a batch of n samples, as ``(Y2d, labels)`` ready for the kernels.
+
+    Y may be an (n, n_out) array of targets, or, when ``allow_labels`` (softmax output), an (n,) array of integer
+    class labels in [0, n_out); then Y2d is an empty (0, n_out) array and labels is int64. For n_out == 1 an (n,)
+    array of targets is accepted as a column. Otherwise labels is an empty int64 array.
+    """
+    arr = np.asarray(Y)
+    if arr.dtype.kind not in "fiub":
+        raise TypeError(f"{name} must hold real numbers or integer labels, got an array of dtype {arr.dtype}")
+    if arr.ndim == 1 and allow_labels:
+        if arr.shape[0] != n:
+            raise ValueError(f"{name} has {arr.shape[0]} labels for {n} samples in X")
+        if arr.dtype.kind == "f":
+            check_finite(arr, name)
+            if not np.array_equal(arr, np.round(arr)):
+                raise ValueError(f"{name} is 1-D, so it must hold integer class labels; got non-integer values")
+        labels = np.ascontiguousarray(arr, dtype=np.int64)
+        if labels.size and (labels.min() < 0 or labels.max() >= n_out):
+            raise ValueError(
+                f"{name} holds class labels in [{labels.min()}, {labels.max()}], expected labels in [0, {n_out - 1}]"
+            )
+        return np.zeros((0, n_out), dtype=dtype), labels
+    if arr.ndim == 1 and n_out == 1:
+        arr = arr.reshape(-1, 1)
+    if arr.ndim != 2:
+        expected = f"({n}, {n_out}) targets" + (f" or ({n},) class labels" if allow_labels else "")
+        raise ValueError(f"{name} must be {expected}, got shape {arr.shape}")
+    if arr.shape != (n, n_out):
+        raise ValueError(f"{name} must have shape ({n}, {n_out}) to match X and the network, got {arr.shape}")
+    Y2d = np.ascontiguousarray(arr, dtype=dtype)
+    check_finite(Y2d, name)
+    return Y2d, _NO_LABELS
+
+
+def check_out(out, size, dtype, name="out"):
+    """A writeable, C-contiguous 1-D array of ``size`` elements and exactly ``dtype`` (it is written in place)."""
+    if not isinstance(out, np.ndarray):
+        raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
+    if out.dtype != dtype:
+        raise TypeError(f"{name} must have dtype {dtype} (the network's), got {out.dtype}")
+    if out.shape != (size,):
+        raise ValueError(f"{name} must have shape ({size},) like params, got {out.shape}")
+    if not out.flags.c_contiguous or not out.flags.writeable:
+        raise ValueError(f"{name} must be a writeable C-contiguous array")
+    return out

@@ -1,0 +1,132 @@
+"""Direct binding of SciPy's BLAS ``sgemm``/``dgemm`` for compiled code.
+
+Numba's ``np.dot(a, b, out)`` cannot accumulate (beta is fixed at 0) and copies non-contiguous operands. Here
+the Fortran GEMM that ``scipy.linalg.cython_blas`` exports is called straight from nopython code, with transpose
+flags, alpha and beta, and no allocation.
+
+How the binding survives ``cache=True``: the function's address is registered with LLVM's symbol table under a
+fixed name (``fastbp_sgemm`` / ``fastbp_dgemm``) when this module is imported, and the compiled code calls the
+function *by name*. Cached machine code therefore holds no address of this process; the name is resolved again
+when the cache is loaded in a new process (a plain ctypes function pointer would bake the address in).
+
+Row-major trick: BLAS is column-major, and a C-ordered ``(m, n)`` array is the column-major ``(n, m)`` array of
+its transpose. So ``C = op(A) @ op(B)`` in row-major is computed as the column-major ``C.T = op(B).T @ op(A).T``,
+that is, BLAS is called with the operands swapped and no data is copied.
+"""
+
+import ctypes
+
+import llvmlite.binding as llvm
+import scipy.linalg.cython_blas as _cython_blas
+from llvmlite import ir
+from numba import types
+from numba.core import cgutils
+from numba.extending import intrinsic
+
+from .._config import leaf
+
+
+def _capsule_address(capsule):
+    """Address of the C function held in a Cython ``__pyx_capi__`` capsule."""
+    get_name = ctypes.pythonapi.PyCapsule_GetName
+    get_name.restype = ctypes.c_char_p
+    get_name.argtypes = [ctypes.py_object]
+    get_pointer = ctypes.pythonapi.PyCapsule_GetPointer
+    get_pointer.restype = ctypes.c_void_p
+    get_pointer.argtypes = [ctypes.py_object, ctypes.c_char_p]
+    return get_pointer(capsule, get_name(capsule))
+
+
+_SYMBOLS = {types.float32: "fastbp_sgemm", types.float64: "fastbp_dgemm"}
+for _name in ("sgemm", "dgemm"):
+    llvm.add_symbol("fastbp_" + _name, _capsule_address(_cython_blas.__pyx_capi__[_name]))
+
+
+@intrinsic
+def _xgemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major Fortran GEMM ``c = alpha * op(a) @ op(b) + beta * c`` on the data of arrays a, b, c.
+
+    trans_a, trans_b: nonzero integer means transpose. m, n, k, lda, ldb, ldc: integers (BLAS 32-bit int).
+    alpha, beta: any real scalar, cast to the arrays' dtype. a, b, c: arrays of one float dtype (float32 calls
+    sgemm, float64 dgemm); only their data pointers are used. All scalar arguments are passed by reference, as
+    Fortran expects, through stack slots allocated once in the caller's entry block.
+    """
+    if not (isinstance(c, types.Array) and c.dtype in _SYMBOLS and a.dtype == c.dtype and b.dtype == c.dtype):
+        return None
+    dtype = c.dtype
+    sig = types.void(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        argtys = signature.args
+        i8, i32 = ir.IntType(8), ir.IntType(32)
+        real = context.get_value_type(dtype)
+
+        def by_ref(value, ty):
+            slot = cgutils.alloca_once(builder, ty)
+            builder.store(value, slot)
+            return slot
+
+        def flag(value):
+            transposed = builder.icmp_signed("!=", value, value.type(0))
+            return by_ref(builder.select(transposed, i8(ord("T")), i8(ord("N"))), i8)
+
+        def integer(value):
+            return by_ref(builder.trunc(value, i32), i32)
+
+        def scalar(value, ty):
+            return by_ref(context.cast(builder, value, ty, dtype), real)
+
+        def data(value, ty):
+            return builder.bitcast(context.make_array(ty)(context, builder, value).data, real.as_pointer())
+
+        p_i8, p_i32, p_real = i8.as_pointer(), i32.as_pointer(), real.as_pointer()
+        fnty = ir.FunctionType(
+            ir.VoidType(),
+            [p_i8, p_i8, p_i32, p_i32, p_i32, p_real, p_real, p_i32, p_real, p_i32, p_real, p_real, p_i32],
+        )
+        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[dtype])
+        builder.call(
+            fn,
+            [
+                flag(ta),
+                flag(tb),
+                integer(m_),
+                integer(n_),
+                integer(k_),
+                scalar(alpha_, argtys[5]),
+                data(a_, argtys[6]),
+                integer(lda_),
+                data(b_, argtys[8]),
+                integer(ldb_),
+                scalar(beta_, argtys[10]),
+                data(c_, argtys[11]),
+                integer(ldc_),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+@leaf
+def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
+    """Row-major ``C = alpha * op(A) @ op(B) + beta * C`` by one BLAS call, in place.
+
+    NumPy: ``C[...] = alpha * (A.T if trans_a else A) @ (B.T if trans_b else B) + beta * C``.
+
+    A, B, C: 2-D C-contiguous arrays of one dtype (float32 or float64); C is (m, n) and the output.
+    trans_a, trans_b: int, 0 or 1. alpha, beta: float. With beta == 0, C's previous content is ignored (BLAS
+    does not read it, so NaN in C does not propagate). Thread-safe for distinct C; BLAS may use several threads.
+    """
+    m, n = C.shape
+    k = A.shape[0] if trans_a else A.shape[1]
+    if m == 0 or n == 0:
+        return
+    if k == 0:
+        # BLAS does not touch C when k == 0 only if beta == 1; make the result well defined either way.
+        for i in range(m):
+            for j in range(n):
+                C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
+        return
+    _xgemm(trans_b, trans_a, n, m, k, alpha, B, B.shape[1], A, A.shape[1], beta, C, n)

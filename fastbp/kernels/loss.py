@@ -1,0 +1,174 @@
+"""The output layer's error ``delta^L`` (BP1) fused with the loss value, and the L2 penalty.
+
+Losses (per sample; the batch loss is the mean, plus ``l2 / 2 * sum(W**2)`` over weights only):
+
+- softmax + cross-entropy: ``-sum_j y_j log p_j``, computed as ``lse(z) sum_j y_j - sum_j y_j z_j`` with the
+  log-sum-exp ``lse``; canonical pair, ``delta = P - Y``.
+- sigmoid + binary cross-entropy: ``sum_j max(z, 0) - y z + log(1 + exp(-|z|))`` (the logits form, exact for
+  saturated units); canonical pair, ``delta = A - Y``.
+- squared error ``1/2 ||a - y||^2`` with any output activation f: the general BP1 form
+  ``delta = (A - Y) (.) f'(A)``; for softmax, whose Jacobian is not diagonal,
+  ``delta_j = p_j (g_j - sum_k g_k p_k)`` with ``g = P - Y``. Identity output gives ``delta = A - Y``.
+
+Every delta here is multiplied by ``weight = scale / n``, so the 1/n of the batch mean (and any micro-batch
+weight) is carried by delta into every gradient: BP3 and BP4 then need no further scaling.
+"""
+
+import math
+
+from .._config import kernel, leaf
+from .activations import (
+    IDENTITY,
+    LEAKY_RELU,
+    RELU,
+    SIGMOID,
+    SOFTMAX,
+    TANH,
+    _activate,
+    _bias_log_sum_exp_row,
+    _derivative,
+)
+
+CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR = 0, 1, 2
+
+LOSSES = {
+    "cross_entropy": CROSS_ENTROPY,
+    "log_loss": CROSS_ENTROPY,
+    "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+    "squared_error": SQUARED_ERROR,
+    "mse": SQUARED_ERROR,
+}
+
+
+@leaf
+def _target(Y, labels, i, j):
+    """y_ij: from integer class labels (one-hot) when ``labels`` is non-empty, else from the array Y."""
+    if labels.shape[0] > 0:
+        return 1.0 if labels[i] == j else 0.0
+    return Y[i, j]
+
+
+@leaf
+def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_db):
+    """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss."""
+    n, m = Z.shape
+    loss = 0.0
+    for i in range(n):
+        lse = _bias_log_sum_exp_row(Z, b, i)
+        row = 0.0
+        g_dot_p = 0.0
+        for j in range(m):
+            y = _target(Y, labels, i, j)
+            z = Z[i, j]
+            p = math.exp(z - lse)
+            Z[i, j] = p
+            if cross_entropy:
+                row += y * (lse - z)
+                d = weight * (p - y)
+                delta[i, j] = d
+                if with_db:
+                    db[j] += d
+            else:
+                g = p - y
+                row += 0.5 * g * g
+                g_dot_p += g * p
+                delta[i, j] = g
+        if not cross_entropy:
+            for j in range(m):
+                d = weight * Z[i, j] * (delta[i, j] - g_dot_p)
+                delta[i, j] = d
+                if with_db:
+                    db[j] += d
+        loss += row
+    return loss
+
+
+@leaf
+def _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db):
+    """Sigmoid output with binary cross-entropy: Z <- A, delta <- weight * (A - Y), returns the summed loss."""
+    n, m = Z.shape
+    loss = 0.0
+    for i in range(n):
+        for j in range(m):
+            z = Z[i, j] + b[j]
+            y = _target(Y, labels, i, j)
+            a = _activate(z, SIGMOID)
+            Z[i, j] = a
+            loss += max(z, 0.0) - y * z + math.log1p(math.exp(-abs(z)))
+            d = weight * (a - y)
+            delta[i, j] = d
+            if with_db:
+                db[j] += d
+    return loss
+
+
+@leaf
+def _squared_error_loss_delta(Z, b, Y, labels, code, weight, delta, db, with_db):
+    """Elementwise output f with squared error (BP1): Z <- A, delta <- weight (A - Y) f'(A), returns loss."""
+    n, m = Z.shape
+    loss = 0.0
+    for i in range(n):
+        for j in range(m):
+            a = _activate(Z[i, j] + b[j], code)
+            Z[i, j] = a
+            g = a - _target(Y, labels, i, j)
+            loss += 0.5 * g * g
+            d = weight * g * _derivative(a, code)
+            delta[i, j] = d
+            if with_db:
+                db[j] += d
+    return loss
+
+
+@kernel
+def _output_delta(Z, b, Y, labels, code, loss_code, weight, delta, db, with_db, accumulate):
+    """Output layer epilogue fused with the loss: bias, activation, loss value, BP1 and BP3 in one pass.
+
+    NumPy (softmax + cross-entropy): ``P = softmax(Z + b); loss = -(Y * log P).sum();
+    delta[...] = weight * (P - Y); db[...] = delta.sum(0)``; see the module docstring for the other pairs.
+
+    Z: (n, m), holds ``A_prev @ W`` on entry and the output activation A on exit. b: (m,). Y: (n, m) targets,
+    or (0, m) when ``labels`` (n,) int64 class indices are given (then ``labels`` is empty otherwise).
+    code: output activation code; loss_code: CROSS_ENTROPY, BINARY_CROSS_ENTROPY or SQUARED_ERROR (validated
+    pairs only). weight: float, scale / n. delta: (n, m), output. db: (m,), output when ``with_db`` (added to
+    when ``accumulate``). Returns the loss summed over the n samples (float64, unweighted). Thread-safe for
+    distinct outputs.
+    """
+    if with_db and not accumulate:
+        db[:] = 0.0
+    if code == SOFTMAX:
+        loss = _softmax_loss_delta(Z, b, Y, labels, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
+    elif loss_code == BINARY_CROSS_ENTROPY:
+        loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db)
+    elif code == SIGMOID:
+        loss = _squared_error_loss_delta(Z, b, Y, labels, SIGMOID, weight, delta, db, with_db)
+    elif code == TANH:
+        loss = _squared_error_loss_delta(Z, b, Y, labels, TANH, weight, delta, db, with_db)
+    elif code == RELU:
+        loss = _squared_error_loss_delta(Z, b, Y, labels, RELU, weight, delta, db, with_db)
+    elif code == LEAKY_RELU:
+        loss = _squared_error_loss_delta(Z, b, Y, labels, LEAKY_RELU, weight, delta, db, with_db)
+    else:
+        loss = _squared_error_loss_delta(Z, b, Y, labels, IDENTITY, weight, delta, db, with_db)
+    return loss
+
+
+@kernel
+def _l2_penalty(W, dW, coef, with_grad, accumulate):
+    """L2 term of one layer: returns ``sum(W**2)`` and, when ``with_grad``, sets ``dW (+)= coef * W``.
+
+    NumPy: ``dW[...] = (dW if accumulate else 0) + coef * W; return (W**2).sum()``. W, dW: (fan_in, fan_out);
+    dW is the output. coef: float (l2 times the micro-batch scale). Thread-safe for distinct dW.
+    """
+    total = 0.0
+    n, m = W.shape
+    for i in range(n):
+        for j in range(m):
+            w = W[i, j]
+            total += w * w
+            if with_grad:
+                if accumulate:
+                    dW[i, j] += coef * w
+                else:
+                    dW[i, j] = coef * w
+    return total

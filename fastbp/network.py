@@ -1,0 +1,264 @@
+"""The network: architecture, flat parameter buffer, workspace, and the validated entry points to the kernels."""
+
+import threading
+
+import numpy as np
+
+from . import _validation as v
+from .kernels import activations as _act
+from .kernels import layout as _lay
+from .kernels import loss as _loss
+from .kernels.drivers import _predict, _value_and_grad
+
+_CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+
+
+def _check_name(value, name, choices):
+    if not isinstance(value, str):
+        raise TypeError(f"{name} must be a string, one of {sorted(choices)}; got {type(value).__name__} {value!r}")
+    key = value.lower()
+    if key not in choices:
+        raise ValueError(f"unknown {name} {value!r}; expected one of {sorted(choices)}")
+    return key
+
+
+def _resolve_output_and_loss(output, loss, n_out):
+    output = _act.NAMES[_act.ACTIVATIONS[_check_name(output, "output", _act.ACTIVATIONS)]]
+    if loss is None:
+        loss = _CANONICAL_LOSS.get(output, "squared_error")
+    loss = _check_name(loss, "loss", _loss.LOSSES)
+    code = _loss.LOSSES[loss]
+    if code == _loss.CROSS_ENTROPY and output == "sigmoid":
+        code = _loss.BINARY_CROSS_ENTROPY  # cross-entropy of independent sigmoid outputs
+    if code == _loss.CROSS_ENTROPY and output != "softmax":
+        raise ValueError(f"loss 'cross_entropy' needs output 'softmax' or 'sigmoid', got output {output!r}")
+    if code == _loss.BINARY_CROSS_ENTROPY and output != "sigmoid":
+        raise ValueError(f"loss 'binary_cross_entropy' needs output 'sigmoid', got output {output!r}")
+    if output == "softmax" and n_out < 2:
+        raise ValueError("output 'softmax' needs at least 2 output units; use output='sigmoid' for one")
+    names = {
+        _loss.CROSS_ENTROPY: "cross_entropy",
+        _loss.BINARY_CROSS_ENTROPY: "binary_cross_entropy",
+        _loss.SQUARED_ERROR: "squared_error",
+    }
+    return output, names[code], code
+
+
+class MLP:
+    """A dense feed-forward network whose parameters live in one flat buffer.
+
+    Parameters
+    ----------
+    layer_sizes : sequence of int
+        ``[n_in, h1, ..., n_out]``, at least two positive sizes.
+    activation : str or sequence of str, default "relu"
+        Hidden activation, one name for all hidden layers or one per hidden layer: "identity", "sigmoid"
+        (alias "logistic"), "tanh", "relu", "leaky_relu" (slope 0.01).
+    output : str, default "softmax"
+        Output activation: "softmax", "sigmoid", "identity", or any hidden activation.
+    loss : str or None, default None
+        "cross_entropy" (softmax; with a sigmoid output it is the binary cross-entropy), "binary_cross_entropy"
+        (sigmoid), or "squared_error" (``1/2 ||a - y||^2`` per sample, any output). None picks the canonical
+        loss of the output: cross-entropy for softmax and sigmoid, squared error otherwise.
+    l2 : float, default 0.0
+        Penalty ``l2 / 2 * sum(W**2)`` over the weights (not the biases), added to the mean loss.
+    dtype : "float32" or "float64", default "float32"
+    seed : int or None, default 0
+        Seed of the initialisation (He normal before relu/leaky_relu, Glorot uniform otherwise; zero biases).
+        Equal seeds give bit-identical parameters; None draws fresh entropy.
+    trainable : sequence of bool or None
+        Per layer; a frozen layer's parameters get no gradient (its weight GEMM is skipped).
+
+    Attributes
+    ----------
+    params : ndarray (n_params,) of dtype
+        Every parameter, layer by layer: W[l] row-major (fan_in, fan_out), then b[l].
+    coefs, intercepts : lists of views into ``params``
+        ``coefs[l]`` is (fan_in, fan_out), ``intercepts[l]`` is (fan_out,); ``Z = A_prev @ W + b``.
+    layout : ndarray (n_layers, 6) of int64
+        fan_in, fan_out, offset of W, offset of b, activation code, trainable flag.
+
+    The workspace is owned by the network: calls on one network are serialised by a lock.
+    """
+
+    def __init__(
+        self,
+        layer_sizes,
+        activation="relu",
+        output="softmax",
+        loss=None,
+        l2=0.0,
+        dtype="float32",
+        seed=0,
+        trainable=None,
+    ):
+        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
+            raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
+        sizes = tuple(v.check_int(s, f"layer_sizes[{i}]", minimum=1) for i, s in enumerate(layer_sizes))
+        if len(sizes) < 2:
+            raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
+        n_layers = len(sizes) - 1
+        hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
+        if len(hidden) != n_layers - 1:
+            raise ValueError(f"activation has {len(hidden)} names for {n_layers - 1} hidden layers")
+        hidden = [_act.NAMES[_act.ACTIVATIONS[_check_name(a, "activation", _act.HIDDEN)]] for a in hidden]
+        self.output, self.loss, self._loss_code = _resolve_output_and_loss(output, loss, sizes[-1])
+        self.l2 = v.check_float(l2, "l2", minimum=0.0)
+        self.dtype = v.check_dtype(dtype)
+        if seed is not None:
+            seed = v.check_int(seed, "seed", minimum=0)
+        if trainable is None:
+            trainable = [True] * n_layers
+        trainable = [bool(t) for t in trainable]
+        if len(trainable) != n_layers:
+            raise ValueError(f"trainable has {len(trainable)} flags for {n_layers} layers")
+
+        self.layer_sizes = sizes
+        self.activations = tuple(hidden)
+        self.seed = seed
+        codes = [_act.ACTIVATIONS[a] for a in hidden] + [_act.ACTIVATIONS[self.output]]
+        layout = np.zeros((n_layers, _lay.N_COLUMNS), dtype=np.int64)
+        offset = 0
+        for l in range(n_layers):
+            fan_in, fan_out = sizes[l], sizes[l + 1]
+            layout[l] = (fan_in, fan_out, offset, offset + fan_in * fan_out, codes[l], trainable[l])
+            offset += fan_in * fan_out + fan_out
+        self.layout = layout
+        self.n_params = offset
+        self.params = np.zeros(offset, dtype=self.dtype)
+        self.coefs, self.intercepts = self.unflatten(self.params)
+        self._init_params(seed)
+
+        self._lock = threading.Lock()
+        self._capacity = 0
+        self._acts = self._delta_a = self._delta_b = None
+
+    # ------------------------------------------------------------------ structure
+    @property
+    def n_layers(self):
+        """Number of weight layers (hidden layers + 1)."""
+        return self.layout.shape[0]
+
+    @property
+    def n_in(self):
+        return self.layer_sizes[0]
+
+    @property
+    def n_out(self):
+        return self.layer_sizes[-1]
+
+    @property
+    def trainable(self):
+        """Tuple of per-layer trainable flags."""
+        return tuple(bool(t) for t in self.layout[:, _lay.TRAINABLE])
+
+    def set_trainable(self, layer, flag=True):
+        """Freeze (``flag=False``) or unfreeze layer ``layer`` (an int, negative counts from the end)."""
+        layer = v.check_int(layer, "layer")
+        if not -self.n_layers <= layer < self.n_layers:
+            raise ValueError(f"layer must be in [{-self.n_layers}, {self.n_layers - 1}], got {layer}")
+        self.layout[layer, _lay.TRAINABLE] = int(bool(flag))
+
+    def unflatten(self, flat):
+        """Per-layer ``(W list, b list)`` views into a flat buffer laid out like ``params``."""
+        Ws, bs = [], []
+        for fan_in, fan_out, w, b, _, _ in self.layout:
+            Ws.append(flat[w : w + fan_in * fan_out].reshape(fan_in, fan_out))
+            bs.append(flat[b : b + fan_out])
+        return Ws, bs
+
+    def _init_params(self, seed):
+        rng = np.random.default_rng(seed)
+        for W, b, code in zip(self.coefs, self.intercepts, self.layout[:, _lay.ACTIVATION], strict=True):
+            fan_in, fan_out = W.shape
+            if code in (_act.RELU, _act.LEAKY_RELU):
+                W[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=W.shape)
+            else:
+                limit = np.sqrt(6.0 / (fan_in + fan_out))
+                W[...] = rng.uniform(-limit, limit, size=W.shape)
+            b[...] = 0.0
+
+    def __repr__(self):
+        return (
+            f"MLP({list(self.layer_sizes)}, activation={list(self.activations)!r}, output={self.output!r}, "
+            f"loss={self.loss!r}, l2={self.l2}, dtype={self.dtype.name!r})"
+        )
+
+    # ------------------------------------------------------------------ workspace
+    def _reserve(self, n):
+        """Make the workspace hold a batch of n rows (grown only when a larger batch arrives)."""
+        if n <= self._capacity:
+            return
+        widths = self.layout[:, _lay.FAN_OUT]
+        self._acts = np.empty(n * int(widths.sum()), dtype=self.dtype)
+        self._delta_a = np.empty(n * int(widths.max()), dtype=self.dtype)
+        self._delta_b = np.empty_like(self._delta_a)
+        self._capacity = n
+
+    def check_batch(self, X, Y):
+        """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them."""
+        X = v.check_X(X, self.n_in, self.dtype)
+        Y2d, labels = v.check_targets(Y, X.shape[0], self.n_out, self.dtype, allow_labels=self.output == "softmax")
+        return X, Y2d, labels
+
+    # ------------------------------------------------------------------ compute
+    def value_and_grad(self, X, Y, out=None, accumulate=False, scale=1.0):
+        """Loss and gradient of the batch, by the compiled kernels.
+
+        Parameters
+        ----------
+        X : array (n, n_in)
+            Inputs; converted once to the network's dtype if needed.
+        Y : array (n, n_out), or (n,) integer class labels for a softmax output
+        out : ndarray (n_params,) of the network's dtype, optional
+            Gradient buffer written in place (nothing is allocated). Default: a new array.
+        accumulate : bool, default False
+            Add the gradient into ``out`` instead of overwriting it (micro-batches).
+        scale : float, default 1.0
+            Weight of this batch: loss and gradient are those of ``scale * L(batch)``. With micro-batches of sizes
+            n_i, ``scale = n_i / sum(n_i)`` makes the accumulated gradient that of the concatenated batch.
+
+        Returns
+        -------
+        loss : float
+            ``scale * (mean over the batch of the per-sample loss + l2 / 2 * sum of squared weights)``.
+        grads : ndarray (n_params,)
+            Same layout as ``params``; ``out`` when given.
+        """
+        X, Y2d, labels = self.check_batch(X, Y)
+        scale = v.check_float(scale, "scale", minimum=0.0)
+        if out is None:
+            if accumulate:
+                raise ValueError("accumulate=True needs an out= buffer to accumulate into")
+            out = np.empty(self.n_params, dtype=self.dtype)
+        else:
+            v.check_out(out, self.n_params, self.dtype)
+        with self._lock:
+            self._reserve(X.shape[0])
+            loss = _value_and_grad(
+                self.params,
+                out,
+                self.layout,
+                self._loss_code,
+                X,
+                Y2d,
+                labels,
+                self.l2,
+                scale,
+                int(bool(accumulate)),
+                self._acts,
+                self._delta_a,
+                self._delta_b,
+            )
+        return float(loss), out
+
+    def predict(self, X):
+        """Network outputs for X (n, n_in): an (n, n_out) array of the network's dtype (probabilities for softmax).
+
+        Large X is processed in chunks of the workspace size (at least 1024 rows), so memory stays bounded."""
+        X = v.check_X(X, self.n_in, self.dtype)
+        out = np.empty((X.shape[0], self.n_out), dtype=self.dtype)
+        with self._lock:
+            self._reserve(min(X.shape[0], max(self._capacity, 1024)))
+            _predict(self.params, self.layout, X, self._acts, out)
+        return out

@@ -1,0 +1,120 @@
+"""The NumPy reference: backpropagation written as the four equations, line by line.
+
+This is the oracle every compiled result is tested against (and which is itself tested against finite
+differences), and the baseline of every benchmark: plain vectorised NumPy, as someone writing backprop in NumPy
+would. Same names and semantics as the compiled path: ``value_and_grad(net, X, Y)`` equals
+``net.value_and_grad(X, Y)``.
+
+Notation (DESIGN.md): ``Z[l] = A[l-1] @ W[l] + b[l]``, ``A[l] = f(Z[l])``, ``A[0] = X``,
+``delta[l] = dC/dZ[l]``, C the batch mean of the per-sample loss plus ``l2 / 2 * sum(W**2)``.
+
+    BP1  delta[L] = dC/dA[L] (.) f'(Z[L])                (for the canonical pairs: P - Y)
+    BP2  delta[l] = (delta[l+1] @ W[l+1].T) (.) f'(Z[l])
+    BP3  dC/db[l] = sum over the batch of delta[l]
+    BP4  dC/dW[l] = A[l-1].T @ delta[l]
+"""
+
+import numpy as np
+
+from .kernels.activations import LEAKY_SLOPE
+
+
+def _sigmoid(Z):
+    e = np.exp(-np.abs(Z))
+    s = 1.0 / (1.0 + e)
+    return np.where(Z >= 0, s, e * s)
+
+
+def _softmax(Z):
+    E = np.exp(Z - Z.max(axis=1, keepdims=True))
+    return E / E.sum(axis=1, keepdims=True)
+
+
+ACTIVATIONS = {
+    "identity": lambda Z: Z,
+    "sigmoid": _sigmoid,
+    "tanh": np.tanh,
+    "relu": lambda Z: np.maximum(Z, 0),
+    "leaky_relu": lambda Z: np.where(Z > 0, Z, LEAKY_SLOPE * Z),
+    "softmax": _softmax,
+}
+
+#: f'(z) written through the output a = f(z), as in the compiled kernels.
+DERIVATIVES = {
+    "identity": lambda A: np.ones_like(A),
+    "sigmoid": lambda A: A * (1 - A),
+    "tanh": lambda A: 1 - A**2,
+    "relu": lambda A: (A > 0).astype(A.dtype),
+    "leaky_relu": lambda A: np.where(A > 0, 1, LEAKY_SLOPE).astype(A.dtype),
+}
+
+
+def _targets(net, Y, n):
+    """Y as an (n, n_out) array: one-hot rows for integer class labels."""
+    Y = np.asarray(Y)
+    if Y.ndim == 1 and net.output == "softmax":
+        return np.eye(net.n_out, dtype=net.dtype)[Y.astype(np.int64)]
+    return Y.reshape(n, net.n_out).astype(net.dtype, copy=False)
+
+
+def forward(net, X):
+    """Activations of every layer: a list ``[A[0] = X, A[1], ..., A[L]]`` of (n, width) arrays."""
+    X = np.asarray(X, dtype=net.dtype)
+    names = [*net.activations, net.output]
+    A = [X]
+    for W, b, name in zip(net.coefs, net.intercepts, names, strict=True):
+        A.append(ACTIVATIONS[name](A[-1] @ W + b))
+    return A
+
+
+def predict(net, X):
+    """Network output f(... f(X @ W1 + b1) ...) as an (n, n_out) array."""
+    return forward(net, X)[-1]
+
+
+def _loss_and_output_delta(net, Z, A, Y):
+    """Per-sample losses summed over the batch, and BP1 ``delta[L] = dC/dZ[L]`` for the summed loss."""
+    if net.loss == "cross_entropy":  # softmax: -sum y log p, with log p = z - logsumexp(z)
+        z_max = Z.max(axis=1, keepdims=True)
+        lse = z_max + np.log(np.exp(Z - z_max).sum(axis=1, keepdims=True))
+        return (Y * (lse - Z)).sum(), A - Y
+    if net.loss == "binary_cross_entropy":  # sigmoid: -y log a - (1 - y) log(1 - a), in terms of z
+        return (np.maximum(Z, 0) - Y * Z + np.log1p(np.exp(-np.abs(Z)))).sum(), A - Y
+    grad_A = A - Y  # squared error 1/2 ||a - y||^2: dC/dA = a - y
+    loss = 0.5 * (grad_A**2).sum()
+    if net.output == "softmax":  # Jacobian of softmax: dC/dz_j = a_j (g_j - sum_k g_k a_k)
+        return loss, A * (grad_A - (grad_A * A).sum(axis=1, keepdims=True))
+    return loss, grad_A * DERIVATIVES[net.output](A)  # BP1
+
+
+def value_and_grad(net, X, Y):
+    """Loss and flat gradient of ``net`` on the batch (X, Y), in NumPy: the oracle for ``net.value_and_grad``.
+
+    X: (n, n_in); Y: (n, n_out) targets or (n,) class labels for softmax. Returns (loss: float,
+    grads: (n_params,) array of the network's dtype). Frozen layers get zero gradient.
+    """
+    X, _, _ = net.check_batch(X, Y)
+    n = X.shape[0]
+    Y = _targets(net, Y, n)
+    Ws, names = net.coefs, [*net.activations, net.output]
+
+    # Forward, keeping every A (and the output layer's Z for a stable loss).
+    A = [X]
+    for W, b, name in zip(Ws[:-1], net.intercepts[:-1], names[:-1], strict=True):
+        A.append(ACTIVATIONS[name](A[-1] @ W + b))
+    Z = A[-1] @ Ws[-1] + net.intercepts[-1]
+    A.append(ACTIVATIONS[names[-1]](Z))
+
+    loss_sum, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
+    delta = delta / n  # gradient of the batch mean
+    grads = np.zeros(net.n_params, dtype=net.dtype)
+    dWs, dbs = net.unflatten(grads)
+    lowest = min((l for l, t in enumerate(net.trainable) if t), default=len(Ws))
+    for l in range(len(Ws) - 1, lowest - 1, -1):
+        if net.trainable[l]:
+            dbs[l][...] = delta.sum(axis=0)  # BP3
+            dWs[l][...] = A[l].T @ delta + net.l2 * Ws[l]  # BP4 (+ L2)
+        if l > lowest:
+            delta = (delta @ Ws[l].T) * DERIVATIVES[names[l - 1]](A[l])  # BP2
+    loss = loss_sum / n + 0.5 * net.l2 * sum(float((W.astype(np.float64) ** 2).sum()) for W in Ws)
+    return float(loss), grads
