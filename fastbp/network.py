@@ -8,7 +8,7 @@ from . import _validation as v
 from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels import loss as _loss
-from .kernels.drivers import _predict, _value_and_grad
+from .kernels.drivers import _predict, _value_and_grad_entry
 
 _CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
 
@@ -98,7 +98,12 @@ class MLP:
         if len(sizes) < 2:
             raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
         n_layers = len(sizes) - 1
-        hidden = [activation] * (n_layers - 1) if isinstance(activation, str) else list(activation)
+        if isinstance(activation, str):
+            hidden = [activation] * (n_layers - 1)
+        elif isinstance(activation, (list, tuple)):
+            hidden = list(activation)
+        else:
+            raise TypeError(f"activation must be a name or a list of names, got {type(activation).__name__}")
         if len(hidden) != n_layers - 1:
             raise ValueError(f"activation has {len(hidden)} names for {n_layers - 1} hidden layers")
         hidden = [_act.NAMES[_act.ACTIVATIONS[_check_name(a, "activation", _act.HIDDEN)]] for a in hidden]
@@ -123,21 +128,37 @@ class MLP:
             fan_in, fan_out = sizes[l], sizes[l + 1]
             layout[l] = (fan_in, fan_out, offset, offset + fan_in * fan_out, codes[l], trainable[l])
             offset += fan_in * fan_out + fan_out
-        self.layout = layout
+        self._layout = layout
         self.n_params = offset
-        self.params = np.zeros(offset, dtype=self.dtype)
-        self.coefs, self.intercepts = self.unflatten(self.params)
+        self._params = np.zeros(offset, dtype=self.dtype)
+        self.coefs, self.intercepts = self.unflatten(self._params)
         self._init_params(seed)
 
         self._lock = threading.Lock()
+        self._marker = self.dtype.type(0)  # selects the compiled specialization of the entry points
         self._capacity = 0
         self._acts = self._delta_a = self._delta_b = None
+        # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
+        self._p_params, self._p_layout = self._params.ctypes.data, self._layout.ctypes.data
+
+    @property
+    def layout(self):
+        """(n_layers, 6) int64, read-only: fan_in, fan_out, offset of W, offset of b, activation code, trainable."""
+        view = self._layout.view()
+        view.flags.writeable = False
+        return view
+
+    @property
+    def params(self):
+        """All parameters, (n_params,) of ``dtype``. Write into it (``net.params[:] = theta``); it cannot be
+        rebound, since ``coefs``, ``intercepts`` and the compiled entry points all refer to this one buffer."""
+        return self._params
 
     # ------------------------------------------------------------------ structure
     @property
     def n_layers(self):
         """Number of weight layers (hidden layers + 1)."""
-        return self.layout.shape[0]
+        return self._layout.shape[0]
 
     @property
     def n_in(self):
@@ -150,26 +171,26 @@ class MLP:
     @property
     def trainable(self):
         """Tuple of per-layer trainable flags."""
-        return tuple(bool(t) for t in self.layout[:, _lay.TRAINABLE])
+        return tuple(bool(t) for t in self._layout[:, _lay.TRAINABLE])
 
     def set_trainable(self, layer, flag=True):
         """Freeze (``flag=False``) or unfreeze layer ``layer`` (an int, negative counts from the end)."""
         layer = v.check_int(layer, "layer")
         if not -self.n_layers <= layer < self.n_layers:
             raise ValueError(f"layer must be in [{-self.n_layers}, {self.n_layers - 1}], got {layer}")
-        self.layout[layer, _lay.TRAINABLE] = int(bool(flag))
+        self._layout[layer, _lay.TRAINABLE] = int(bool(flag))
 
     def unflatten(self, flat):
         """Per-layer ``(W list, b list)`` views into a flat buffer laid out like ``params``."""
         Ws, bs = [], []
-        for fan_in, fan_out, w, b, _, _ in self.layout:
+        for fan_in, fan_out, w, b, _, _ in self._layout:
             Ws.append(flat[w : w + fan_in * fan_out].reshape(fan_in, fan_out))
             bs.append(flat[b : b + fan_out])
         return Ws, bs
 
     def _init_params(self, seed):
         rng = np.random.default_rng(seed)
-        for W, b, code in zip(self.coefs, self.intercepts, self.layout[:, _lay.ACTIVATION], strict=True):
+        for W, b, code in zip(self.coefs, self.intercepts, self._layout[:, _lay.ACTIVATION], strict=True):
             fan_in, fan_out = W.shape
             if code in (_act.RELU, _act.LEAKY_RELU):
                 W[...] = rng.normal(0.0, np.sqrt(2.0 / fan_in), size=W.shape)
@@ -189,11 +210,16 @@ class MLP:
         """Make the workspace hold a batch of n rows (grown only when a larger batch arrives)."""
         if n <= self._capacity:
             return
-        widths = self.layout[:, _lay.FAN_OUT]
+        widths = self._layout[:, _lay.FAN_OUT]
         self._acts = np.empty(n * int(widths.sum()), dtype=self.dtype)
         self._delta_a = np.empty(n * int(widths.max()), dtype=self.dtype)
         self._delta_b = np.empty_like(self._delta_a)
         self._capacity = n
+        self._p_acts, self._p_delta_a, self._p_delta_b = (a.ctypes.data for a in self._workspace)
+
+    @property
+    def _workspace(self):
+        return self._acts, self._delta_a, self._delta_b
 
     def check_batch(self, X, Y):
         """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them."""
@@ -235,20 +261,30 @@ class MLP:
             v.check_out(out, self.n_params, self.dtype)
         with self._lock:
             self._reserve(X.shape[0])
-            loss = _value_and_grad(
-                self.params,
-                out,
-                self.layout,
+            loss = _value_and_grad_entry(
+                self._marker,
+                self._p_params,
+                out.ctypes.data,
+                self.n_params,
+                self._p_layout,
+                self.n_layers,
                 self._loss_code,
-                X,
-                Y2d,
-                labels,
+                X.ctypes.data,
+                X.shape[0],
+                self.n_in,
+                Y2d.ctypes.data if Y2d.size else 0,
+                Y2d.shape[0],
+                self.n_out,
+                labels.ctypes.data if labels.size else 0,
+                labels.shape[0],
                 self.l2,
                 scale,
                 int(bool(accumulate)),
-                self._acts,
-                self._delta_a,
-                self._delta_b,
+                self._p_acts,
+                self._acts.size,
+                self._p_delta_a,
+                self._p_delta_b,
+                self._delta_a.size,
             )
         return float(loss), out
 
@@ -260,5 +296,5 @@ class MLP:
         out = np.empty((X.shape[0], self.n_out), dtype=self.dtype)
         with self._lock:
             self._reserve(min(X.shape[0], max(self._capacity, 1024)))
-            _predict(self.params, self.layout, X, self._acts, out)
+            _predict(self._params, self._layout, X, self._acts, out)
         return out

@@ -4,11 +4,14 @@ Each driver takes flat buffers and the layout, so ONE compiled specialization pe
 width. Nothing is allocated: all arrays are views into ``params``, ``grads`` and the workspace.
 """
 
+import numpy as np
+
 from .._config import kernel
 from .backward import _hidden_delta, _weight_grad
+from .boundary import _array1d, _array2d
 from .forward import _dense_forward
 from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _layer_view, _rows_view
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, N_COLUMNS, TRAINABLE, _activation_view, _layer_view, _rows_view
 from .loss import _l2_penalty, _output_delta
 
 
@@ -34,7 +37,8 @@ def _forward(params, layout, X, acts):
 def _predict(params, layout, X, acts, out):
     """``out[...] = network(X)`` in chunks of as many rows as the workspace holds.
 
-    X: (n, n_in); out: (n, n_out), output; acts: 1-D workspace (see :func:`_forward`).
+    NumPy: ``out[...] = reference.predict(net, X)``. X: (n, n_in); out: (n, n_out), output; acts: 1-D workspace
+    (see :func:`_forward`), overwritten. Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
     width = 0
@@ -54,6 +58,9 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
     (BP4, GEMM with beta = accumulate), and the delta of the layer below with its bias gradient (BP2, BP3).
     Backpropagation stops at the lowest trainable layer; frozen layers get no gradient (zero, or unchanged when
     accumulating).
+
+    NumPy: ``loss, g = reference.value_and_grad(net, X, Y); grads[...] = (grads if accumulate else 0) + scale * g``
+    (the returned loss is ``scale * loss``).
 
     params, grads: (n_params,), grads is the output (added to when ``accumulate``). layout: (L, 6) int64.
     loss_code: see :mod:`fastbp.kernels.loss`. X: (n, n_in); Y: (n, n_out) targets or (0, n_out) when
@@ -134,3 +141,52 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
             )
             cur, other = other, cur
     return scale * (loss_sum / n + 0.5 * l2 * squares)
+
+
+# Entry points called from Python: the same drivers, on arrays rebuilt from addresses (see boundary.py), so that a
+# call allocates nothing at all. ``marker`` is a scalar of the network's dtype and selects the specialization.
+
+
+@kernel
+def _value_and_grad_entry(
+    marker,
+    p_params,
+    p_grads,
+    n_params,
+    p_layout,
+    n_layers,
+    loss_code,
+    p_X,
+    n,
+    n_in,
+    p_Y,
+    n_Y,
+    n_out,
+    p_labels,
+    n_labels,
+    l2,
+    scale,
+    accumulate,
+    p_acts,
+    n_acts,
+    p_da,
+    p_db,
+    n_delta,
+):
+    """:func:`_value_and_grad` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
+    layout = _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0))
+    return _value_and_grad(
+        _array1d(p_params, n_params, marker),
+        _array1d(p_grads, n_params, marker),
+        layout,
+        loss_code,
+        _array2d(p_X, n, n_in, marker),
+        _array2d(p_Y, n_Y, n_out, marker),
+        _array1d(p_labels, n_labels, np.int64(0)),
+        l2,
+        scale,
+        accumulate,
+        _array1d(p_acts, n_acts, marker),
+        _array1d(p_da, n_delta, marker),
+        _array1d(p_db, n_delta, marker),
+    )

@@ -1,0 +1,142 @@
+"""Properties of the compiled kernels as a whole: one specialization per dtype, no allocation per call,
+fastmath flags from one place."""
+
+import inspect
+import os
+import pathlib
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import make_batch
+from numba import types
+
+import fastbp
+from fastbp import _config
+from fastbp.kernels import backward, drivers, forward, loss
+
+KERNEL_MODULES = (forward, loss, backward, drivers)
+
+
+def _dispatchers():
+    for module in KERNEL_MODULES:
+        for name, obj in vars(module).items():
+            if hasattr(obj, "targetoptions") and obj.py_func.__module__ == module.__name__:
+                yield f"{module.__name__}.{name}", obj
+
+
+def _dtype_of(signature):
+    """The float dtype a specialization is for: that of its first array, or its first float scalar (marker)."""
+    for arg in signature:
+        if isinstance(arg, types.Array):
+            return arg.dtype
+        if isinstance(arg, types.Float):
+            return arg
+    raise AssertionError(f"no float type in {signature}")
+
+
+def test_changing_depth_and_width_compiles_nothing_new(rng):
+    for dtype in ("float32", "float64"):
+        for sizes in ([3, 2], [3, 5, 2], [7, 1, 9, 4], [2, 13, 11, 7, 5, 3], [10, 64, 3]):
+            for output in ("softmax", "sigmoid", "tanh"):
+                net = fastbp.MLP(
+                    sizes, ["tanh", "relu", "sigmoid", "leaky_relu"][: len(sizes) - 2], output, l2=0.1, dtype=dtype
+                )
+                X, Y = make_batch(net, 4, rng)
+                net.value_and_grad(X, Y)
+                net.predict(X)
+    counts = {name: len(d.signatures) for name, d in _dispatchers()}
+    assert counts["fastbp.kernels.drivers._value_and_grad_entry"] == 2
+    assert counts["fastbp.kernels.drivers._predict"] == 2
+    for name, d in _dispatchers():
+        dtypes = [_dtype_of(sig) for sig in d.signatures]
+        assert len(dtypes) == len(set(dtypes)), f"{name} has several specializations of one dtype: {d.signatures}"
+
+
+def test_every_kernel_takes_fastmath_flags_from_the_config():
+    for name, d in _dispatchers():
+        assert d.targetoptions.get("fastmath") == set(_config.FASTMATH), name
+    assert not {"nnan", "ninf", "fast"} & _config.FASTMATH
+    package = pathlib.Path(fastbp.__file__).parent
+    for path in package.rglob("*.py"):
+        if path.name != "_config.py":
+            assert "fastmath=" not in path.read_text(), f"{path} hard-codes fastmath flags"
+
+
+def test_every_kernel_documents_its_shapes_and_outputs():
+    for name, d in _dispatchers():
+        doc = inspect.getdoc(d.py_func) or ""
+        if d.targetoptions.get("inline", "never") == "never":  # layer kernels and drivers, not inlined leaves
+            assert "NumPy" in doc and "thread-safe" in doc.lower(), name
+
+
+ALLOCATIONS_SCRIPT = textwrap.dedent(
+    """
+    import numpy as np
+    import fastbp
+    from numba.core.runtime import rtsys
+
+    @__import__("numba").njit
+    def allocates(n):  # positive control: the counter does see an allocation
+        return np.empty(n).size
+
+    rng = np.random.default_rng(0)
+    results = {}
+    for dtype in ("float32", "float64"):
+        for output, loss in (("softmax", None), ("sigmoid", None), ("tanh", "squared_error")):
+            net = fastbp.MLP([20, 16, 8, 4], "relu", output, loss, l2=0.01, dtype=dtype)
+            X = rng.standard_normal((32, 20))
+            Y = rng.integers(0, 4, 32) if output == "softmax" else rng.random((32, 4))
+            X, Y2d, labels = net.check_batch(X, Y)
+            g = np.empty(net.n_params, dtype=dtype)
+            net.value_and_grad(X, Y, out=g)  # warm-up: compile and size the workspace
+            before = rtsys.get_allocation_stats()
+            for k in range(20):
+                net.value_and_grad(X, Y, out=g, accumulate=k % 2)
+            after = rtsys.get_allocation_stats()
+            results[dtype + output] = after.alloc - before.alloc
+    allocates(1)
+    before = rtsys.get_allocation_stats()
+    allocates(10)
+    control = rtsys.get_allocation_stats().alloc - before.alloc
+    print(sum(results.values()), control)
+    """
+)
+
+
+def test_value_and_grad_makes_no_runtime_allocation_after_warm_up():
+    env = {**os.environ, "NUMBA_NRT_STATS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", ALLOCATIONS_SCRIPT], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    allocations, control = map(int, proc.stdout.split())
+    assert control >= 1  # the counter works
+    assert allocations == 0
+
+
+@pytest.mark.parametrize("n", [1, 2])
+def test_set_num_threads(n):
+    previous = fastbp.get_num_threads()
+    try:
+        assert fastbp.set_num_threads(n) == n
+        assert fastbp.get_num_threads() == n
+        assert all(info["num_threads"] == n for info in fastbp.blas_info())
+    finally:
+        fastbp.set_num_threads(previous)
+
+
+def test_results_do_not_depend_on_the_thread_count(rng):
+    net = fastbp.MLP([30, 50, 10], dtype="float64")
+    X, y = make_batch(net, 40, rng)
+    previous = fastbp.get_num_threads()
+    try:
+        fastbp.set_num_threads(1)
+        one = net.value_and_grad(X, y)[1]
+        fastbp.set_num_threads(2)
+        two = net.value_and_grad(X, y)[1]
+    finally:
+        fastbp.set_num_threads(previous)
+    np.testing.assert_allclose(one, two, rtol=1e-13)

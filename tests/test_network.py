@@ -1,0 +1,150 @@
+"""The compiled path (fastbp.MLP) against the NumPy reference, for every activation, output/loss pair and dtype."""
+
+import numpy as np
+import pytest
+from conftest import DTYPES, HIDDEN, PAIRS, RTOL, make_batch, rel_err
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastbp
+from fastbp import reference
+
+#: Architectures covering depth 1 to 5, width 1, odd prime widths; the last size is the output.
+HIDDEN_SIZES = ([], [1], [7], [13, 5], [3, 11, 2], [5, 1, 7, 3])
+BATCHES = (1, 2, 17)
+
+
+def _n_out(output):
+    return 3 if output == "softmax" else 1
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("output", "loss"), PAIRS)
+@pytest.mark.parametrize("activation", HIDDEN)
+def test_value_and_grad_matches_reference(activation, output, loss, dtype, rng):
+    for hidden in HIDDEN_SIZES:
+        for n_out in (_n_out(output), 5):
+            for n in BATCHES:
+                net = fastbp.MLP([4, *hidden, n_out], activation, output, loss, l2=0.05, dtype=dtype, seed=n)
+                X, Y = make_batch(net, n, rng)
+                value, grads = net.value_and_grad(X, Y)
+                ref_value, ref_grads = reference.value_and_grad(net, X, Y)
+                assert grads.dtype == net.dtype
+                assert rel_err(grads, ref_grads) <= RTOL[dtype], (hidden, n_out, n)
+                assert value == pytest.approx(ref_value, rel=RTOL[dtype])
+
+
+@settings(max_examples=60, deadline=None)
+@given(
+    sizes=st.lists(st.integers(1, 13), min_size=1, max_size=5),
+    n=st.integers(1, 9),
+    data=st.data(),
+    pair=st.sampled_from(PAIRS),
+    dtype=st.sampled_from(DTYPES),
+    l2=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_value_and_grad_matches_reference_hypothesis(sizes, n, data, pair, dtype, l2, seed):
+    output, loss = pair
+    n_out = max(sizes[-1], 2) if output == "softmax" else sizes[-1]
+    hidden = sizes[:-1]
+    activation = [data.draw(st.sampled_from(HIDDEN)) for _ in hidden]
+    net = fastbp.MLP([data.draw(st.integers(1, 9)), *hidden, n_out], activation, output, loss, l2, dtype, seed)
+    X, Y = make_batch(net, n, np.random.default_rng(seed), labels=data.draw(st.booleans()))
+    value, grads = net.value_and_grad(X, Y)
+    ref_value, ref_grads = reference.value_and_grad(net, X, Y)
+    assert rel_err(grads, ref_grads) <= RTOL[dtype]
+    assert value == pytest.approx(ref_value, rel=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_labels_and_one_hot_give_the_same_gradient(dtype, rng):
+    net = fastbp.MLP([6, 8, 4], dtype=dtype)
+    X, y = make_batch(net, 10, rng)
+    value, grads = net.value_and_grad(X, y)
+    value_oh, grads_oh = net.value_and_grad(X, np.eye(4)[y])
+    np.testing.assert_array_equal(grads, grads_oh)
+    assert value == value_oh
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("l2", [0.0, 0.3])
+def test_accumulated_micro_batches_equal_the_concatenated_batch(dtype, l2, rng):
+    net = fastbp.MLP([5, 9, 7, 3], "tanh", l2=l2, dtype=dtype)
+    X, y = make_batch(net, 23, rng)
+    full_value, full = net.value_and_grad(X, y)
+    parts = np.split(np.arange(23), [4, 5, 15])  # uneven micro-batches: 4, 1, 10, 8
+    acc = np.full(net.n_params, np.nan, dtype=net.dtype)  # garbage: the first call must overwrite it
+    total = 0.0
+    for k, idx in enumerate(parts):
+        value, _ = net.value_and_grad(X[idx], y[idx], out=acc, accumulate=k > 0, scale=len(idx) / 23)
+        total += value
+    assert rel_err(acc, full) <= RTOL[dtype]
+    assert total == pytest.approx(full_value, rel=RTOL[dtype])
+
+
+def test_out_is_written_in_place_and_returned(rng):
+    net = fastbp.MLP([3, 4, 2])
+    X, y = make_batch(net, 5, rng)
+    out = np.zeros(net.n_params, dtype=np.float32)
+    _, grads = net.value_and_grad(X, y, out=out)
+    assert grads is out
+    assert rel_err(out, reference.value_and_grad(net, X, y)[1]) <= RTOL["float32"]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_frozen_layers_get_zero_gradient_and_others_match(dtype, rng):
+    net = fastbp.MLP([5, 6, 7, 3], trainable=[False, True, False], dtype=dtype, l2=0.1)
+    X, y = make_batch(net, 8, rng)
+    _, grads = net.value_and_grad(X, y)
+    _, ref = reference.value_and_grad(net, X, y)
+    dWs, dbs = net.unflatten(grads)
+    for l in (0, 2):
+        assert not dWs[l].any() and not dbs[l].any()
+    assert rel_err(grads, ref) <= RTOL[dtype]
+    # the unfrozen network's middle-layer gradient is the same
+    full = fastbp.MLP([5, 6, 7, 3], dtype=dtype, l2=0.1)
+    full.params[:] = net.params
+    _, g_full = full.value_and_grad(X, y)
+    start, stop = net.layout[1, 2], net.layout[1, 3] + net.layout[1, 1]
+    np.testing.assert_allclose(grads[start:stop], g_full[start:stop], rtol=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("output", "loss"), PAIRS)
+def test_predict_matches_reference_including_chunking(output, loss, dtype, rng):
+    net = fastbp.MLP([6, 9, 4], "sigmoid", output, loss, dtype=dtype)
+    X = rng.standard_normal((2500, 6))  # more rows than the workspace: predicted in chunks
+    P = net.predict(X)
+    assert P.shape == (2500, 4) and P.dtype == net.dtype
+    assert rel_err(P, reference.predict(net, X)) <= RTOL[dtype]
+    if output == "softmax":
+        np.testing.assert_allclose(P.sum(axis=1), 1.0, rtol=RTOL[dtype])
+
+
+def test_workspace_grows_once_for_a_larger_batch(rng):
+    net = fastbp.MLP([3, 4, 2])
+    net.value_and_grad(*make_batch(net, 8, rng))
+    acts = net._acts
+    net.value_and_grad(*make_batch(net, 5, rng))
+    assert net._acts is acts  # a smaller batch reuses the workspace
+    X, y = make_batch(net, 30, rng)
+    _, grads = net.value_and_grad(X, y)
+    assert net._capacity == 30
+    assert rel_err(grads, reference.value_and_grad(net, X, y)[1]) <= RTOL["float32"]
+
+
+def test_extreme_logits_stay_finite():
+    # Saturated softmax and sigmoid outputs: log-sum-exp and the logits form of binary CE keep the loss exact.
+    for output in ("softmax", "sigmoid"):
+        net = fastbp.MLP([2, 2], output=output, dtype="float64")
+        net.coefs[0][...] = [[500.0, -500.0], [0.0, 0.0]]
+        X = np.array([[1.0, 0.0]])
+        Y = np.array([1]) if output == "softmax" else np.array([[0.0, 1.0]])
+        value, grads = net.value_and_grad(X, Y)
+        ref_value, ref_grads = reference.value_and_grad(net, X, Y)
+        assert np.isfinite(value) and np.isfinite(grads).all()
+        # the true loss is 1000 nats (softmax) or 500 + 500 (two wrong sigmoid units)
+        assert value == pytest.approx(1000.0, rel=1e-12)
+        assert value == pytest.approx(ref_value, rel=1e-12)
+        np.testing.assert_allclose(grads, ref_grads, rtol=1e-12)

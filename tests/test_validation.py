@@ -1,0 +1,140 @@
+"""Bad input is rejected at the boundary with an error naming the argument, and changes nothing."""
+
+import numpy as np
+import pytest
+from conftest import make_batch
+
+import fastbp
+
+BAD_NETWORKS = [
+    (dict(layer_sizes=[3]), ValueError, "layer_sizes"),
+    (dict(layer_sizes=[3, 0, 2]), ValueError, r"layer_sizes\[1\]"),
+    (dict(layer_sizes=[3, -4]), ValueError, r"layer_sizes\[1\]"),
+    (dict(layer_sizes=[3, 2.5]), TypeError, r"layer_sizes\[1\]"),
+    (dict(layer_sizes="32"), TypeError, "layer_sizes"),
+    (dict(layer_sizes=[3, 4, 2], activation="swish"), ValueError, "activation"),
+    (dict(layer_sizes=[3, 4, 2], activation="softmax"), ValueError, "activation"),
+    (dict(layer_sizes=[3, 4, 5, 2], activation=["relu"]), ValueError, "activation"),
+    (dict(layer_sizes=[3, 4, 2], activation=3), TypeError, "activation"),
+    (dict(layer_sizes=[3, 2], output="gelu"), ValueError, "output"),
+    (dict(layer_sizes=[3, 2], loss="hinge"), ValueError, "loss"),
+    (dict(layer_sizes=[3, 2], output="identity", loss="cross_entropy"), ValueError, "cross_entropy"),
+    (dict(layer_sizes=[3, 2], output="softmax", loss="binary_cross_entropy"), ValueError, "binary_cross_entropy"),
+    (dict(layer_sizes=[3, 1], output="softmax"), ValueError, "softmax"),
+    (dict(layer_sizes=[3, 2], l2=-1.0), ValueError, "l2"),
+    (dict(layer_sizes=[3, 2], l2=float("nan")), ValueError, "l2"),
+    (dict(layer_sizes=[3, 2], l2="0.1"), TypeError, "l2"),
+    (dict(layer_sizes=[3, 2], dtype="float16"), ValueError, "dtype"),
+    (dict(layer_sizes=[3, 2], dtype="int32"), ValueError, "dtype"),
+    (dict(layer_sizes=[3, 2], seed=-1), ValueError, "seed"),
+    (dict(layer_sizes=[3, 2], seed=1.5), TypeError, "seed"),
+    (dict(layer_sizes=[3, 4, 2], trainable=[True]), ValueError, "trainable"),
+]
+
+
+@pytest.mark.parametrize(("kwargs", "error", "match"), BAD_NETWORKS)
+def test_bad_network_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fastbp.MLP(**kwargs)
+
+
+def _bad_batches(net, X, y):
+    Xnan = X.copy()
+    Xnan[1, 2] = np.nan
+    Xinf = X.copy()
+    Xinf[0, 0] = np.inf
+    return [
+        ((X[:, :3], y), ValueError, "X must have 4 columns"),
+        ((X[0], y), ValueError, "X must be 2-dimensional"),
+        ((X[:0], y[:0]), ValueError, "X is empty"),
+        ((Xnan, y), ValueError, "X contains NaN"),
+        ((Xinf, y), ValueError, "X contains NaN or infinity"),
+        ((X.astype(complex), y), TypeError, "X must hold real numbers"),
+        ((np.array([["a"] * 4] * 6), y), TypeError, "X must hold real numbers"),
+        ((X, y[:5]), ValueError, "Y has 5 labels for 6 samples"),
+        ((X, y + 3), ValueError, r"labels in \[0, 2\]"),
+        ((X, y - 1), ValueError, r"labels in \[0, 2\]"),
+        ((X, y + 0.5), ValueError, "integer class labels"),
+        ((X, np.eye(3)[y][:, :2]), ValueError, r"Y must have shape \(6, 3\)"),
+        ((X, np.eye(3)[y][:, :, None]), ValueError, "Y must be"),
+        ((X, np.where(np.eye(3)[y] > 0, np.nan, 0)), ValueError, "Y contains NaN"),
+        ((X, y.astype(str)), TypeError, "Y must hold"),
+    ]
+
+
+@pytest.mark.parametrize("case", range(15))
+def test_bad_batches_raise_and_change_nothing(case, rng):
+    net = fastbp.MLP([4, 5, 3], l2=0.1)
+    X, y = make_batch(net, 6, rng)
+    (Xb, yb), error, match = _bad_batches(net, X, y)[case]
+    params = net.params.copy()
+    out = np.full(net.n_params, 7.0, dtype=np.float32)
+    with pytest.raises(error, match=match):
+        net.value_and_grad(Xb, yb, out=out, accumulate=True)
+    np.testing.assert_array_equal(net.params, params)
+    np.testing.assert_array_equal(out, 7.0)
+    with pytest.raises(error, match=match):
+        fastbp.reference.value_and_grad(net, Xb, yb)
+
+
+def test_bad_out_buffers(rng):
+    net = fastbp.MLP([4, 5, 3])
+    X, y = make_batch(net, 6, rng)
+    with pytest.raises(TypeError, match="out must have dtype float32"):
+        net.value_and_grad(X, y, out=np.zeros(net.n_params))
+    with pytest.raises(ValueError, match="out must have shape"):
+        net.value_and_grad(X, y, out=np.zeros(net.n_params + 1, dtype=np.float32))
+    with pytest.raises(TypeError, match="out must be a numpy array"):
+        net.value_and_grad(X, y, out=[0.0] * net.n_params)
+    with pytest.raises(ValueError, match="C-contiguous"):
+        net.value_and_grad(X, y, out=np.zeros(2 * net.n_params, dtype=np.float32)[::2])
+    readonly = np.zeros(net.n_params, dtype=np.float32)
+    readonly.flags.writeable = False
+    with pytest.raises(ValueError, match="writeable"):
+        net.value_and_grad(X, y, out=readonly)
+    with pytest.raises(ValueError, match="accumulate=True needs an out"):
+        net.value_and_grad(X, y, accumulate=True)
+    with pytest.raises(ValueError, match="scale"):
+        net.value_and_grad(X, y, scale=-1.0)
+
+
+def test_non_softmax_targets_must_be_two_dimensional(rng):
+    net = fastbp.MLP([4, 3], output="sigmoid")
+    X = rng.standard_normal((5, 4))
+    with pytest.raises(ValueError, match=r"Y must be \(5, 3\) targets, got shape \(5,\)"):
+        net.value_and_grad(X, np.zeros(5))
+    # a single-output network accepts a 1-D column of targets
+    single = fastbp.MLP([4, 1], output="identity")
+    np.testing.assert_array_equal(
+        single.value_and_grad(X, np.arange(5.0))[1], single.value_and_grad(X, np.arange(5.0)[:, None])[1]
+    )
+
+
+def test_other_dtypes_are_converted_once_at_the_boundary(rng):
+    net = fastbp.MLP([4, 5, 3], dtype="float64")
+    X, y = make_batch(net, 6, rng)
+    _, g64 = net.value_and_grad(X, y)
+    _, g_from_f32 = net.value_and_grad(X.astype(np.float32).astype(np.float64), y.astype(np.int32))
+    _, g_int_X = net.value_and_grad(np.round(X * 4).astype(np.int64) / 4.0, y)
+    assert g64.dtype == g_from_f32.dtype == np.float64
+    np.testing.assert_array_equal(net.value_and_grad(X.tolist(), y.tolist())[1], g64)
+    np.testing.assert_array_equal(net.value_and_grad(np.asfortranarray(X), y)[1], g64)
+    assert np.isfinite(g_int_X).all()
+
+
+def test_params_cannot_be_rebound_and_layout_is_read_only():
+    net = fastbp.MLP([4, 5, 3])
+    with pytest.raises(AttributeError):
+        net.params = np.zeros(net.n_params, dtype=np.float32)
+    with pytest.raises(ValueError):
+        net.layout[0, 0] = 7
+    net.params[:] = 1.0  # writing into the buffer is the way to set parameters
+    assert (net.coefs[0] == 1.0).all() and (net.intercepts[1] == 1.0).all()
+
+
+def test_predict_validates_X():
+    net = fastbp.MLP([4, 3])
+    with pytest.raises(ValueError, match="X must have 4 columns"):
+        net.predict(np.zeros((2, 5)))
+    with pytest.raises(ValueError, match="X contains NaN"):
+        net.predict(np.full((2, 4), np.nan))
