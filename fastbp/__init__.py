@@ -1,9 +1,28 @@
 """fastbp: fast CPU backpropagation for dense neural networks, compiled with Numba over flat buffers."""
 
-from . import reference
+from . import data, optim, reference
+from .checkpoint import CheckpointError, load
 from .network import MLP
+from .optim import SGD, Adam, AdamW
 from .threads import blas_info, get_num_threads, set_num_threads
+from .trainer import DivergenceError, Trainer
 
 __version__ = "0.1.0"
 
-__all__ = ["MLP", "__version__", "blas_info", "get_num_threads", "reference", "set_num_threads"]
+__all__ = [
+    "MLP",
+    "SGD",
+    "Adam",
+    "AdamW",
+    "CheckpointError",
+    "DivergenceError",
+    "Trainer",
+    "__version__",
+    "blas_info",
+    "data",
+    "get_num_threads",
+    "load",
+    "optim",
+    "reference",
+    "set_num_threads",
+]

@@ -134,6 +134,7 @@ class MLP:
         self.coefs, self.intercepts = self.unflatten(self._params)
         self._init_params(seed)
 
+        self.extras = {}  # arrays kept with the checkpoint (e.g. input standardisation)
         self._lock = threading.Lock()
         self._marker = self.dtype.type(0)  # selects the compiled specialization of the entry points
         self._capacity = 0
@@ -226,6 +227,13 @@ class MLP:
         X = v.check_X(X, self.n_in, self.dtype)
         Y2d, labels = v.check_targets(Y, X.shape[0], self.n_out, self.dtype, allow_labels=self.output == "softmax")
         return X, Y2d, labels
+
+    def save(self, path, optimizer=None, extras=None):
+        """Write the network (and an optimizer's state, and ``extras``: a dict of arrays) to an ``.npz``
+        checkpoint, atomically; see :func:`fastbp.load`. Returns the path."""
+        from .checkpoint import save
+
+        return save(self, path, optimizer, extras)
 
     # ------------------------------------------------------------------ compute
     def value_and_grad(self, X, Y, out=None, accumulate=False, scale=1.0):

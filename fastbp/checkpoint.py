@@ -1,0 +1,156 @@
+"""Checkpoints: the network (architecture and parameters) and optionally its optimizer state, in one ``.npz``.
+
+Format (version 1): plain arrays only, loaded with ``allow_pickle=False``; strings are stored as NumPy unicode
+arrays and the optimizer's configuration as JSON text. A SHA-256 digest of every other entry (names, dtypes,
+shapes and bytes) is stored too, so a truncated, edited or otherwise damaged file is rejected on load. Files are
+written atomically: to a temporary file in the same directory, flushed to disk, then renamed over the target, so
+a crash never leaves a partial checkpoint under the target name.
+"""
+
+import hashlib
+import json
+import os
+import tempfile
+import zipfile
+
+import numpy as np
+
+FORMAT = "fastbp-checkpoint"
+VERSION = 1
+
+
+class CheckpointError(ValueError):
+    """The file is not a valid fastbp checkpoint (truncated, damaged, edited, or of another format)."""
+
+
+def _digest(arrays):
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _schedule_config(schedule):
+    return {"name": type(schedule).__name__, **vars(schedule)}
+
+
+def save(net, path, optimizer=None, extras=None):
+    """Write ``net`` (and ``optimizer``'s configuration, state and step count) to ``path`` atomically.
+
+    path: str or os.PathLike; ``.npz`` is not appended. extras: optional dict of name -> array stored alongside
+    (for example input standardisation); on load they are in ``net.extras``. Returns the path written.
+    """
+    path = os.fspath(path)
+    arrays = {
+        "format": np.array(FORMAT),
+        "version": np.array(VERSION),
+        "layer_sizes": np.array(net.layer_sizes, dtype=np.int64),
+        "activations": np.array(net.activations, dtype=str).reshape(-1),
+        "output": np.array(net.output),
+        "loss": np.array(net.loss),
+        "l2": np.array(net.l2),
+        "dtype": np.array(net.dtype.name),
+        "trainable": np.array(net.trainable, dtype=bool),
+        "params": net.params,
+    }
+    if optimizer is not None:
+        config = {k: (_schedule_config(val) if k == "schedule" else val) for k, val in optimizer.config().items()}
+        arrays["optimizer"] = np.array(json.dumps({"name": optimizer.name, "config": config}))
+        arrays["optimizer_t"] = np.array(optimizer.t, dtype=np.int64)
+        state = optimizer.state
+        arrays["optimizer_state"] = (
+            state if state is not None else np.zeros((optimizer.n_state, net.n_params), net.dtype)
+        )
+    for name, value in (extras or {}).items():
+        arrays[f"extra_{name}"] = np.asarray(value)
+    arrays["sha256"] = np.array(_digest(arrays))
+    directory = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
+    try:
+        with os.fdopen(fd, "wb") as f:
+            np.savez(f, **arrays)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+    return path
+
+
+def _read(path):
+    try:
+        with np.load(path, allow_pickle=False) as data:
+            arrays = {name: data[name] for name in data.files}
+    except FileNotFoundError:
+        raise
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zipfile.LargeZipFile) as err:
+        raise CheckpointError(f"{path} is not a readable fastbp checkpoint ({type(err).__name__}: {err})") from err
+    if str(arrays.get("format", "")) != FORMAT:
+        raise CheckpointError(f"{path} is not a fastbp checkpoint")
+    if int(arrays.get("version", -1)) != VERSION:
+        raise CheckpointError(f"{path} has checkpoint format version {arrays.get('version')}, expected {VERSION}")
+    stored = str(arrays.pop("sha256", ""))
+    if stored != _digest(arrays):
+        raise CheckpointError(f"{path} is damaged or was modified: its SHA-256 digest does not match its content")
+    return arrays
+
+
+def load(path, return_optimizer=False):
+    """Read a checkpoint written by :func:`save` / ``MLP.save``.
+
+    Returns the :class:`~fastbp.MLP`, or ``(net, optimizer)`` with ``return_optimizer=True`` (optimizer is None
+    when the file has none). Raises FileNotFoundError, or CheckpointError (a ValueError) naming what is wrong.
+    """
+    from . import optim
+    from .network import MLP
+
+    path = os.fspath(path)
+    a = _read(path)
+    try:
+        net = MLP(
+            [int(s) for s in a["layer_sizes"]],
+            activation=[str(s) for s in a["activations"]],
+            output=str(a["output"]),
+            loss=str(a["loss"]),
+            l2=float(a["l2"]),
+            dtype=str(a["dtype"]),
+            seed=None,
+            trainable=[bool(t) for t in a["trainable"]],
+        )
+    except (KeyError, TypeError, ValueError) as err:
+        raise CheckpointError(f"{path} describes an invalid network: {err}") from err
+    params = a["params"]
+    if params.dtype != net.dtype or params.shape != (net.n_params,):
+        raise CheckpointError(
+            f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "
+            f"{net.dtype} and ({net.n_params},)"
+        )
+    net.params[:] = params
+    net.extras = {name[len("extra_") :]: value for name, value in a.items() if name.startswith("extra_")}
+    if not return_optimizer:
+        return net
+    if "optimizer" not in a:
+        return net, None
+    spec = json.loads(str(a["optimizer"]))
+    config = dict(spec["config"])
+    schedule = config.pop("schedule")
+    name = schedule.pop("name")
+    schedules = {
+        "Schedule": optim.Constant,
+        "StepDecay": optim.StepDecay,
+        "InverseScaling": optim.InverseScaling,
+        "Cosine": optim.Cosine,
+    }
+    opt = optim.OPTIMIZERS[spec["name"]](**config, schedule=schedules[name](**schedule))
+    state = a["optimizer_state"]
+    if state.shape != (opt.n_state, net.n_params) or state.dtype != net.dtype:
+        raise CheckpointError(
+            f"{path}: optimizer state has shape {state.shape}, expected ({opt.n_state}, {net.n_params})"
+        )
+    opt.state = state.copy()
+    opt.t = int(a["optimizer_t"])
+    return net, opt

@@ -1,0 +1,286 @@
+"""The ``fastbp`` command line: ``train``, ``predict``, ``info``.
+
+Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's).
+"""
+
+import argparse
+import json
+import os
+import sys
+import time
+
+import numpy as np
+
+OPTIMIZER_CHOICES = ("sgd", "momentum", "nesterov", "adam", "adamw")
+
+
+def _layers(text):
+    try:
+        sizes = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected comma-separated hidden layer sizes like 128,64, got {text!r}"
+        ) from None
+    if any(s < 1 for s in sizes):
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+    return sizes
+
+
+def _positive_int(text):
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _positive_float(text):
+    value = float(text)
+    if not value > 0:
+        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    return value
+
+
+def _fraction(text):
+    value = float(text)
+    if not 0 < value < 1:
+        raise argparse.ArgumentTypeError(f"must be in (0, 1), got {text}")
+    return value
+
+
+def build_parser():
+    parser = argparse.ArgumentParser(prog="fastbp", description="Fast CPU backpropagation for dense networks.")
+    parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    train = sub.add_parser(
+        "train",
+        help="train an MLP (default: digits, 64-128-10 relu, Adam)",
+        description="Train an MLP. With no arguments: scikit-learn's digits (embedded), one "
+        "hidden layer of 128 relu units, Adam, 20%% held out for the test accuracy.",
+    )
+    train.add_argument(
+        "--data",
+        help="data file: .npz (arrays X, y), .csv (label in the last column), or IDX "
+        "images (with --labels); default: the embedded digits",
+    )
+    train.add_argument("--labels", help="IDX labels file, with IDX images in --data")
+    train.add_argument("--layers", type=_layers, default=[128], help="hidden layer sizes, e.g. 256,128 (default 128)")
+    train.add_argument(
+        "--activation", default="relu", choices=("relu", "leaky_relu", "tanh", "sigmoid", "logistic", "identity")
+    )
+    train.add_argument("--optimizer", default="adam", choices=OPTIMIZER_CHOICES)
+    train.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
+    train.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov (default 0.9)")
+    train.add_argument("--l2", type=float, default=0.0, help="L2 penalty l2/2 sum W^2 (default 0)")
+    train.add_argument("--clip-norm", type=_positive_float, help="clip gradients to this global L2 norm")
+    train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "invscaling"))
+    train.add_argument("--epochs", type=_positive_int, default=40)
+    train.add_argument("--batch-size", type=_positive_int, default=32)
+    train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    train.add_argument("--threads", type=_positive_int, help="threads for BLAS and Numba (default: all)")
+    train.add_argument("--test-size", type=_fraction, default=0.2, help="fraction held out for testing")
+    train.add_argument(
+        "--val-split",
+        type=float,
+        default=0.0,
+        help="fraction of the training part used for validation each epoch (default 0: none)",
+    )
+    train.add_argument("--seed", type=int, default=0)
+    train.add_argument(
+        "--output", "-o", default="fastbp-model.npz", help="checkpoint path (default fastbp-model.npz; 'none' to skip)"
+    )
+    train.add_argument("--plot", help="write training curves to this PNG (needs matplotlib: fastbp[plot])")
+    train.add_argument("--no-progress", action="store_true", help="no progress bar")
+    train.add_argument("--json", help="write the history and results to this JSON file")
+
+    predict = sub.add_parser(
+        "predict",
+        help="predict with a saved checkpoint",
+        description="Predict with a checkpoint; prints class labels (or outputs), one per "
+        "line, and the accuracy (on stderr) when the data has labels. Inputs are standardised "
+        "as fastbp train did.",
+    )
+    predict.add_argument("model", help="checkpoint written by fastbp train")
+    predict.add_argument("--data", help="data file as for train (default: the embedded digits)")
+    predict.add_argument("--labels", help="IDX labels file, with IDX images in --data")
+    predict.add_argument("--output", "-o", help="write predictions to this .npy file instead of printing them")
+
+    sub.add_parser(
+        "info",
+        help="versions, BLAS library and threads, Numba threading layer, cache directory",
+        description="Print what fastbp runs on.",
+    )
+    return parser
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def _load_data(path, labels):
+    from . import data
+
+    if path is None:
+        return data.load_digits()
+    return data.load_file(path, labels)
+
+
+def _make_optimizer(args):
+    from . import optim
+
+    schedule = {"constant": None, "cosine": optim.Cosine(), "invscaling": optim.InverseScaling()}[args.schedule]
+    if args.optimizer in ("adam", "adamw"):
+        cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
+        return cls(lr=args.lr or 1e-3, schedule=schedule, clip_norm=args.clip_norm)
+    momentum = 0.0 if args.optimizer == "sgd" else args.momentum
+    return optim.SGD(
+        lr=args.lr or 0.05,
+        momentum=momentum,
+        nesterov=args.optimizer == "nesterov",
+        schedule=schedule,
+        clip_norm=args.clip_norm,
+    )
+
+
+def cmd_train(args):
+    start = time.perf_counter()
+    import fastbp
+
+    if args.threads:
+        fastbp.set_num_threads(args.threads)
+    X, y = _load_data(args.data, args.labels)
+    if y.ndim != 1 or y.dtype.kind not in "iu":
+        raise ValueError(
+            "fastbp train expects integer class labels (one per row); got labels of dtype "
+            f"{y.dtype} and shape {y.shape}"
+        )
+    X_train, X_test, y_train, y_test, scaler = fastbp.data.prepare(
+        X, y, test_size=args.test_size, seed=args.seed, return_scaler=True
+    )
+    classes = np.unique(y)
+    if classes.min() < 0:
+        raise ValueError("class labels must be >= 0")
+    n_classes = int(classes.max()) + 1
+    sizes = [X.shape[1], *args.layers, n_classes]
+    net = fastbp.MLP(sizes, activation=args.activation, output="softmax", l2=args.l2, dtype=args.dtype, seed=args.seed)
+    trainer = fastbp.Trainer(
+        net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
+    )
+    print(
+        f"data: {X.shape[0]} samples, {X.shape[1]} features, {n_classes} classes "
+        f"({'digits' if args.data is None else args.data}); train {len(y_train)}, test {len(y_test)}"
+    )
+    print(
+        f"model: {'-'.join(map(str, sizes))} {args.activation}, softmax, {args.dtype}; "
+        f"optimizer {trainer.optimizer!r}; {args.epochs} epochs of batch {args.batch_size}"
+    )
+    fit_start = time.perf_counter()
+    history = trainer.fit(
+        X_train, y_train, epochs=args.epochs, validation_split=args.val_split if args.val_split else 0.0
+    )
+    fit_time = time.perf_counter() - fit_start
+    result = trainer.evaluate(X_test, y_test)
+    print(
+        f"train loss {history['loss'][-1]:.4f}; test loss {result['loss']:.4f}; test accuracy {result['accuracy']:.4f}"
+    )
+    steps = trainer.optimizer.t
+    print(
+        f"time: fit {fit_time:.2f} s ({steps} steps, {1e6 * sum(history['epoch_time']) / steps:.0f} us per "
+        f"step incl. first-epoch compilation if any); total {time.perf_counter() - start:.2f} s"
+    )
+    if args.output and args.output.lower() != "none":
+        trainer.save(args.output, extras={"x_mean": scaler.mean_, "x_scale": scaler.scale_})
+        print(f"checkpoint: {args.output}")
+    if args.plot:
+        from .plot import training_curves
+
+        training_curves(history, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump({"history": history, "test": result, "layers": sizes, "fit_time": fit_time}, f, indent=1)
+    return 0
+
+
+def cmd_predict(args):
+    import fastbp
+
+    net = fastbp.load(args.model)
+    X, y = _load_data(args.data, args.labels)
+    if "x_mean" in net.extras:  # the standardisation fastbp train fitted on its training split
+        X = (X - net.extras["x_mean"]) / net.extras["x_scale"]
+    outputs = net.predict(X)
+    predictions = outputs.argmax(axis=1) if net.output == "softmax" else outputs
+    if args.output:
+        np.save(args.output, predictions)
+        print(f"predictions: {args.output} ({len(predictions)} rows)")
+    else:
+        np.savetxt(sys.stdout, predictions, fmt="%d" if predictions.ndim == 1 else "%.6g")
+    if net.output == "softmax" and y is not None and y.ndim == 1 and y.dtype.kind in "iu":
+        print(f"accuracy {np.mean(predictions == y):.4f} on {len(y)} labelled samples", file=sys.stderr)
+    return 0
+
+
+def cmd_info(args):
+    import numba
+    import scipy
+    import sklearn
+
+    import fastbp
+    from fastbp import _config
+
+    print(
+        f"fastbp {fastbp.__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
+        f"numba {numba.__version__}  scipy {scipy.__version__}  scikit-learn {sklearn.__version__}"
+    )
+    print(
+        f"cpu cores: {os.cpu_count()}  numba threads: {numba.get_num_threads()} "
+        f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})"
+    )
+    print(f"numba threading layer: {_threading_layer()}")
+    for info in fastbp.blas_info():
+        print(
+            f"blas: {info.get('internal_api')} {info.get('version')} ({info.get('architecture')}), "
+            f"{info.get('num_threads')} threads, {info.get('threading_layer')}: {info.get('filepath')}"
+        )
+    print(f"fastmath flags: {sorted(_config.FASTMATH)}")
+    cache = numba.config.CACHE_DIR or os.path.join(os.path.dirname(fastbp.__file__), "kernels", "__pycache__")
+    print(f"numba cache: {cache}")
+    return 0
+
+
+def _threading_layer():
+    import numba
+
+    @numba.njit(parallel=True)
+    def touch(n):
+        total = 0
+        for i in numba.prange(n):
+            total += i
+        return total
+
+    try:
+        touch(2)
+        return numba.threading_layer()
+    except Exception as err:  # no threading layer available
+        return f"unavailable ({err})"
+
+
+def main(argv=None):
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    handlers = {"train": cmd_train, "predict": cmd_predict, "info": cmd_info}
+    try:
+        return handlers[args.command](args)
+    except KeyboardInterrupt:
+        print("fastbp: interrupted", file=sys.stderr)
+        return 1
+    except (ValueError, TypeError, OSError, RuntimeError) as err:
+        print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
+        return 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,128 @@
+"""Data: the embedded default data set, loaders for NPZ, CSV and MNIST IDX files, and preparation helpers.
+
+Nothing here downloads anything. The default data set is scikit-learn's digits (1797 8x8 images, 10 classes),
+which ships inside scikit-learn. Splitting and standardisation are scikit-learn's (``train_test_split``,
+``StandardScaler``).
+"""
+
+import gzip
+import os
+
+import numpy as np
+
+__all__ = ["load_csv", "load_digits", "load_file", "load_idx", "load_npz", "one_hot", "prepare"]
+
+
+def load_digits():
+    """scikit-learn's digits: X (1797, 64) float64 pixel values 0..16, y (1797,) int64 labels 0..9."""
+    from sklearn.datasets import load_digits as _load
+
+    data = _load()
+    return data.data.astype(np.float64), data.target.astype(np.int64)
+
+
+def load_npz(path, x_key="X", y_key="y"):
+    """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``)."""
+    with np.load(os.fspath(path), allow_pickle=False) as data:
+        missing = [k for k in (x_key, y_key) if k not in data.files]
+        if missing:
+            raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(data.files)}")
+        return data[x_key], data[y_key]
+
+
+def load_csv(path, label_column=-1, delimiter=",", skip_header=None):
+    """A numeric CSV file: features and the label column (default: the last).
+
+    skip_header: number of header lines; None detects one non-numeric first line. Returns X (n, d) float64 and
+    y (n,), int64 when every label is integral, else float64.
+    """
+    path = os.fspath(path)
+    if skip_header is None:
+        with open(path) as f:
+            first = f.readline()
+        try:
+            [float(field) for field in first.strip().split(delimiter)]
+            skip_header = 0
+        except ValueError:
+            skip_header = 1
+    table = np.loadtxt(path, delimiter=delimiter, skiprows=skip_header, ndmin=2, dtype=np.float64)
+    if table.shape[1] < 2:
+        raise ValueError(f"{path} needs at least one feature column and a label column, got {table.shape[1]}")
+    y = table[:, label_column]
+    X = np.delete(table, label_column % table.shape[1], axis=1)
+    if np.array_equal(y, np.round(y)):
+        y = y.astype(np.int64)
+    return X, y
+
+
+_IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
+
+
+def _read_idx(path):
+    path = os.fspath(path)
+    opener = gzip.open if path.endswith(".gz") else open
+    with opener(path, "rb") as f:
+        raw = f.read()
+    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+        raise ValueError(f"{path} is not an IDX file (bad magic number)")
+    ndim = raw[3]
+    header = 4 + 4 * ndim
+    if len(raw) < header:
+        raise ValueError(f"{path} is truncated: its header is incomplete")
+    shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    dtype = np.dtype(_IDX_TYPES[raw[2]])
+    expected = int(np.prod(shape)) * dtype.itemsize
+    if len(raw) - header != expected:
+        raise ValueError(f"{path} holds {len(raw) - header} data bytes, its header announces {expected}")
+    return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
+
+
+def load_idx(images_path, labels_path):
+    """MNIST-style IDX files (optionally gzipped): images flattened to (n, rows*cols) float64, labels int64."""
+    images = _read_idx(images_path)
+    labels = _read_idx(labels_path)
+    if images.shape[0] != labels.shape[0]:
+        raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
+    return images.reshape(images.shape[0], -1).astype(np.float64), labels.astype(np.int64).reshape(-1)
+
+
+def load_file(path, labels_path=None):
+    """Load by extension: ``.npz`` (arrays X, y), ``.csv`` (label last), IDX (``labels_path`` needed)."""
+    path = os.fspath(path)
+    if path.endswith(".npz"):
+        return load_npz(path)
+    if path.endswith((".csv", ".txt")):
+        return load_csv(path)
+    if labels_path is not None:
+        return load_idx(path, labels_path)
+    raise ValueError(f"cannot tell the format of {path}: use .npz, .csv, or IDX images with a labels file")
+
+
+def one_hot(y, n_classes=None):
+    """Integer labels (n,) -> (n, n_classes) float64 one-hot rows."""
+    y = np.asarray(y, dtype=np.int64)
+    n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+    return np.eye(n_classes)[y]
+
+
+def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
+    """Split (stratified when y holds class labels) and standardise with the training set's statistics.
+
+    Returns X_train, X_test, y_train, y_test (scikit-learn's ``train_test_split`` order), and the fitted
+    ``StandardScaler`` (None when not standardising) when ``return_scaler``.
+    """
+    from sklearn.model_selection import train_test_split
+    from sklearn.preprocessing import StandardScaler
+
+    y = np.asarray(y)
+    stratify = None
+    if y.ndim == 1 and y.dtype.kind in "iu" and np.unique(y, return_counts=True)[1].min() >= 2:
+        stratify = y
+    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=stratify)
+    scaler = None
+    if standardize:
+        scaler = StandardScaler().fit(X_train)
+        X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
+    if return_scaler:
+        return X_train, X_test, y_train, y_test, scaler
+    return X_train, X_test, y_train, y_test

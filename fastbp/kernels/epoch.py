@@ -1,0 +1,272 @@
+"""The training loop in compiled code: a whole epoch per call, and evaluation of a data set.
+
+Each step gathers its mini-batch (rows ``perm[start:stop]``) into the workspace, computes loss and gradient,
+checks both are finite, clips by the global norm, and applies the optimizer. Python is called once per epoch.
+
+Divergence: the parameters are updated "ping-pong" between ``params`` and ``spare`` (the update reads one and
+writes the other, so it costs no extra memory traffic), which keeps the parameters of the previous step at hand.
+When a loss is not finite, the parameters it was computed from are dropped and the previous ones (whose loss
+was finite) are restored; when a gradient is not finite, no update is made. Either way ``params`` ends with the
+parameters of the last step whose loss was finite. On return ``params`` holds the current parameters and
+``spare`` the previous step's.
+"""
+
+import math
+
+import numpy as np
+
+from .._config import kernel
+from .activations import SOFTMAX
+from .boundary import _array1d, _array2d
+from .drivers import _value_and_grad
+from .forward import _dense_forward
+from .gemm import _gemm
+from .layout import ACTIVATION, FAN_OUT, N_COLUMNS, _activation_view, _layer_view, _rows_view
+from .loss import BINARY_CROSS_ENTROPY, _output_delta
+from .optimizers import _grad_norms, _learning_rate, _update
+
+OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2
+
+
+@kernel
+def _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb):
+    """Copy rows ``perm[start:stop]`` of X and of Y (or labels) into the batch buffers; returns the batch views.
+
+    NumPy: ``idx = perm[start:stop]; return X[idx], Y[idx] (or Y[:0]), labels[idx] (or labels[:0])``.
+    Xb, Yb: 1-D float buffers of at least m * n_in and m * n_out; lb: 1-D int64 of at least m. Thread-safe for
+    distinct buffers.
+    """
+    m = stop - start
+    n_in = X.shape[1]
+    n_out = Y.shape[1]
+    Xv = _rows_view(Xb, m, n_in)
+    for r in range(m):
+        Xv[r, :] = X[perm[start + r], :]
+    if labels.shape[0] > 0:
+        Yv = _rows_view(Yb, 0, n_out)
+        lv = lb[:m]
+        for r in range(m):
+            lv[r] = labels[perm[start + r]]
+    else:
+        Yv = _rows_view(Yb, m, n_out)
+        lv = lb[:0]
+        for r in range(m):
+            Yv[r, :] = Y[perm[start + r], :]
+    return Xv, Yv, lv
+
+
+@kernel
+def _swap(a, b):
+    """Exchange the contents of two equal-length 1-D arrays in one pass (NumPy: ``a[:], b[:] = b.copy(),
+    a.copy()``). Thread-safe for distinct arrays."""
+    for i in range(a.shape[0]):
+        t = a[i]
+        a[i] = b[i]
+        b[i] = t
+
+
+@kernel
+def _train_epoch(
+    params,
+    spare,
+    grads,
+    layout,
+    loss_code,
+    X,
+    Y,
+    labels,
+    perm,
+    batch_size,
+    l2,
+    kind,
+    hyper,
+    schedule_code,
+    schedule,
+    lr,
+    clip_norm,
+    t0,
+    state,
+    acts,
+    delta_a,
+    delta_b,
+    Xb,
+    Yb,
+    lb,
+    sq_norms,
+):
+    """One epoch of mini-batch training; returns ``(status, summed loss, steps done)``.
+
+    NumPy: ``for each batch idx of perm: loss, g = value_and_grad(X[idx], Y[idx]); check finite;
+    g *= min(1, clip_norm / ||g||); params = update(params, g)``. The summed loss is sum of batch loss x batch
+    size over the steps done (divide by their samples for the mean). status: OK, NONFINITE_LOSS or
+    NONFINITE_GRADIENT (training stopped there; see the module docstring for which parameters are kept).
+
+    params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n, n_in); Y: (n, n_out)
+    or (0, n_out) with labels (n,) int64; perm: (n,) int64 permutation of the rows; batch_size: int >= 1;
+    l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see :mod:`.optimizers`); clip_norm: float,
+    0 for none; t0: steps done before this epoch; state: (rows, n_params), in place; acts, delta_a, delta_b:
+    workspace for batch_size rows; Xb, Yb, lb: batch buffers; sq_norms: (L,) float64, output, summed squared
+    per-layer gradient norms of the steps. Not thread-safe.
+    """
+    n = X.shape[0]
+    loss_sum = 0.0
+    status = OK
+    steps = 0
+    cur, nxt = params, spare
+    cur_is_params = True
+    for start in range(0, n, batch_size):
+        stop = min(n, start + batch_size)
+        Xv, Yv, lv = _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb)
+        loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, 0, acts, delta_a, delta_b)
+        if not math.isfinite(loss):
+            status = NONFINITE_LOSS
+            # cur gave a non-finite loss: fall back to the previous step's parameters (in nxt)
+            cur, nxt = nxt, cur
+            cur_is_params = not cur_is_params
+            break
+        sq = _grad_norms(layout, grads, sq_norms)
+        if not math.isfinite(sq):
+            status = NONFINITE_GRADIENT
+            break
+        norm = math.sqrt(sq)
+        clip = clip_norm / norm if (clip_norm > 0.0 and norm > clip_norm) else 1.0
+        t = t0 + steps
+        _update(
+            kind, hyper, _learning_rate(schedule_code, lr, schedule, t), t + 1, clip, layout, cur, grads, state, nxt
+        )
+        cur, nxt = nxt, cur
+        cur_is_params = not cur_is_params
+        loss_sum += loss * (stop - start)
+        steps += 1
+    if not cur_is_params:
+        _swap(params, spare)
+    return status, loss_sum, steps
+
+
+@kernel
+def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
+    """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks.
+
+    NumPy: ``P = predict(X); loss = per-sample losses summed; correct = (argmax P == y).sum()`` for softmax,
+    ``(all((P > 0.5) == (Y > 0.5), axis=1)).sum()`` (subset accuracy) for sigmoid + binary cross-entropy, 0
+    otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; acts, delta: workspace, overwritten, whose
+    size sets the chunk. Returns (float64, int64). Not thread-safe for a shared workspace.
+    """
+    n = X.shape[0]
+    L = layout.shape[0]
+    width = 0
+    max_width = 1
+    for l in range(L):
+        width += layout[l, FAN_OUT]
+        max_width = max(max_width, layout[l, FAN_OUT])
+    chunk = max(1, min(acts.shape[0] // width, delta.shape[0] // max_width))
+    n_out = layout[L - 1, FAN_OUT]
+    code = layout[L - 1, ACTIVATION]
+    no_db = delta[:0]
+    loss = 0.0
+    correct = 0
+    for start in range(0, n, chunk):
+        stop = min(n, start + chunk)
+        m = stop - start
+        A_prev = X[start:stop]
+        for l in range(L - 1):
+            W, b = _layer_view(params, layout, l)
+            A = _activation_view(acts, layout, l, m)
+            _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
+            A_prev = A
+        W, b = _layer_view(params, layout, L - 1)
+        P = _activation_view(acts, layout, L - 1, m)
+        _gemm(0, 0, 1.0, A_prev, W, 0.0, P)
+        Yv = Y[start:stop] if Y.shape[0] > 0 else Y
+        lv = labels[start:stop] if labels.shape[0] > 0 else labels
+        loss += _output_delta(P, b, Yv, lv, code, loss_code, 1.0, _rows_view(delta, m, n_out), no_db, 0, 0)
+        for i in range(m):
+            if code == SOFTMAX:
+                best = 0
+                for j in range(1, n_out):
+                    if P[i, j] > P[i, best]:
+                        best = j
+                truth = lv[i] if lv.shape[0] > 0 else np.argmax(Yv[i])
+                correct += best == truth
+            elif loss_code == BINARY_CROSS_ENTROPY:
+                ok = True
+                for j in range(n_out):
+                    ok = ok and ((P[i, j] > 0.5) == (Yv[i, j] > 0.5))
+                correct += ok
+    return loss, correct
+
+
+# Entry points from Python (addresses instead of arrays: see boundary.py).
+
+
+@kernel
+def _train_epoch_entry(
+    marker,
+    p_params,
+    p_spare,
+    p_grads,
+    n_params,
+    p_layout,
+    n_layers,
+    loss_code,
+    p_X,
+    n,
+    n_in,
+    p_Y,
+    n_Y,
+    n_out,
+    p_labels,
+    n_labels,
+    p_perm,
+    batch_size,
+    l2,
+    kind,
+    p_hyper,
+    n_hyper,
+    schedule_code,
+    p_schedule,
+    n_schedule,
+    lr,
+    clip_norm,
+    t0,
+    p_state,
+    n_state,
+    p_acts,
+    n_acts,
+    p_da,
+    p_db,
+    n_delta,
+    p_Xb,
+    p_Yb,
+    p_lb,
+    p_sq_norms,
+):
+    """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
+    return _train_epoch(
+        _array1d(p_params, n_params, marker),
+        _array1d(p_spare, n_params, marker),
+        _array1d(p_grads, n_params, marker),
+        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
+        loss_code,
+        _array2d(p_X, n, n_in, marker),
+        _array2d(p_Y, n_Y, n_out, marker),
+        _array1d(p_labels, n_labels, np.int64(0)),
+        _array1d(p_perm, n, np.int64(0)),
+        batch_size,
+        l2,
+        kind,
+        _array1d(p_hyper, n_hyper, np.float64(0)),
+        schedule_code,
+        _array1d(p_schedule, n_schedule, np.float64(0)),
+        lr,
+        clip_norm,
+        t0,
+        _array2d(p_state, n_state, n_params, marker),
+        _array1d(p_acts, n_acts, marker),
+        _array1d(p_da, n_delta, marker),
+        _array1d(p_db, n_delta, marker),
+        _array1d(p_Xb, batch_size * n_in, marker),
+        _array1d(p_Yb, batch_size * n_out, marker),
+        _array1d(p_lb, batch_size, np.int64(0)),
+        _array1d(p_sq_norms, n_layers, np.float64(0)),
+    )

@@ -1,0 +1,235 @@
+"""Optimizers and learning-rate schedules.
+
+An optimizer is a small description (kind, hyper-parameters, schedule, clipping) plus a state laid out like
+``params`` (one row per state vector) and a step counter. The update itself is a fused compiled loop
+(:mod:`fastbp.kernels.optimizers`) run by the trainer for every mini-batch, inside the compiled epoch loop.
+
+Weight decay: ``SGD(weight_decay=)`` and ``Adam(weight_decay=)`` add ``weight_decay * W`` to the gradient of the
+weights (an L2 penalty, like ``MLP(l2=)``); ``AdamW`` decays the weights decoupled from the adaptive step. Biases
+are never decayed.
+"""
+
+import math
+
+import numpy as np
+
+from . import _validation as v
+from .kernels import optimizers as _k
+
+
+class Schedule:
+    """Learning rate as a function of the step t = 0, 1, 2, ...: constant unless a subclass says otherwise."""
+
+    code = _k.CONSTANT
+
+    def params(self):
+        """Parameters passed to the compiled schedule (float64 vector)."""
+        return np.zeros(2)
+
+    def __call__(self, lr, t):
+        """The learning rate at step t (0-based) for a base rate lr."""
+        return lr
+
+    def __repr__(self):
+        fields = ", ".join(f"{k}={val!r}" for k, val in vars(self).items())
+        return f"{type(self).__name__}({fields})"
+
+
+Constant = Schedule
+
+
+class StepDecay(Schedule):
+    """``lr * gamma ** (t // step_size)``: multiply the rate by gamma every step_size steps."""
+
+    code = _k.STEP
+
+    def __init__(self, step_size, gamma=0.1):
+        self.step_size = v.check_int(step_size, "step_size", minimum=1)
+        self.gamma = v.check_float(gamma, "gamma", minimum=0.0, strict=True)
+
+    def params(self):
+        return np.array([self.step_size, self.gamma], dtype=np.float64)
+
+    def __call__(self, lr, t):
+        return lr * self.gamma ** (t // self.step_size)
+
+
+class InverseScaling(Schedule):
+    """``lr / (t + 1) ** power_t``, scikit-learn's 'invscaling' counted in steps."""
+
+    code = _k.INVSCALING
+
+    def __init__(self, power_t=0.5):
+        self.power_t = v.check_float(power_t, "power_t", minimum=0.0)
+
+    def params(self):
+        return np.array([self.power_t, 0.0])
+
+    def __call__(self, lr, t):
+        return lr / (t + 1.0) ** self.power_t
+
+
+class Cosine(Schedule):
+    """``lr_min + (lr - lr_min) (1 + cos(pi min(t, T) / T)) / 2`` over ``total_steps`` T (None: the trainer
+    sets T to the number of steps of the ``fit`` call)."""
+
+    code = _k.COSINE
+
+    def __init__(self, total_steps=None, lr_min=0.0):
+        self.total_steps = None if total_steps is None else v.check_int(total_steps, "total_steps", minimum=1)
+        self.lr_min = v.check_float(lr_min, "lr_min", minimum=0.0)
+
+    def params(self):
+        if self.total_steps is None:
+            raise ValueError("Cosine schedule needs total_steps (the trainer sets it from epochs when None)")
+        return np.array([self.total_steps, self.lr_min], dtype=np.float64)
+
+    def __call__(self, lr, t):
+        T = self.total_steps
+        return self.lr_min + 0.5 * (lr - self.lr_min) * (1.0 + math.cos(math.pi * min(t, T) / T))
+
+
+SCHEDULES = {"constant": Constant, "step": StepDecay, "invscaling": InverseScaling, "cosine": Cosine}
+
+
+def _check_schedule(schedule):
+    if schedule is None:
+        return Constant()
+    if isinstance(schedule, str):
+        if schedule not in SCHEDULES:
+            raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a Schedule")
+        return SCHEDULES[schedule]()
+    if not isinstance(schedule, Schedule):
+        raise TypeError(f"schedule must be a name or a fastbp.optim.Schedule, got {type(schedule).__name__}")
+    return schedule
+
+
+class Optimizer:
+    """Base class: hyper-parameters, state buffers laid out like ``params``, and the step counter ``t``."""
+
+    kind = None
+    n_state = 0
+    name = "optimizer"
+
+    def __init__(self, lr, schedule, clip_norm):
+        self.lr = v.check_float(lr, "lr", minimum=0.0, strict=True)
+        self.schedule = _check_schedule(schedule)
+        self.clip_norm = 0.0 if clip_norm is None else v.check_float(clip_norm, "clip_norm", minimum=0.0, strict=True)
+        self.t = 0
+        self.state = None
+
+    def hyper(self):
+        """float64 vector of hyper-parameters read by the compiled update."""
+        raise NotImplementedError
+
+    def init_state(self, n_params, dtype):
+        """Allocate zeroed state for a network of n_params parameters (kept when it already fits)."""
+        dtype = np.dtype(dtype)
+        if self.state is None or self.state.shape[1] != n_params or self.state.dtype != dtype:
+            self.state = np.zeros((self.n_state, n_params), dtype=dtype)
+            self.t = 0
+        return self.state
+
+    def reset(self):
+        """Forget the state and the step count."""
+        self.state = None
+        self.t = 0
+
+    def current_lr(self):
+        """Learning rate of the next step."""
+        return self.schedule(self.lr, self.t)
+
+    def config(self):
+        """Constructor arguments, for checkpoints and repr."""
+        return {}
+
+    def __repr__(self):
+        args = ", ".join(f"{k}={val!r}" for k, val in self.config().items())
+        return f"{type(self).__name__}({args})"
+
+
+class SGD(Optimizer):
+    """Stochastic gradient descent ``theta <- theta - lr * grad``, with optional (Nesterov) momentum.
+
+    Momentum: ``v <- momentum * v - lr * g; theta <- theta + v``; Nesterov: ``theta <- theta + momentum * v - lr
+    * g`` (after the update of v). ``weight_decay`` adds ``weight_decay * W`` to the weights' gradient;
+    ``clip_norm`` rescales the gradient to that global L2 norm when larger; ``schedule`` sets the rate per step.
+    """
+
+    kind = _k.SGD
+    name = "sgd"
+
+    def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None, clip_norm=None):
+        super().__init__(lr, schedule, clip_norm)
+        self.momentum = v.check_float(momentum, "momentum", minimum=0.0)
+        if self.momentum >= 1.0:
+            raise ValueError(f"momentum must be < 1, got {self.momentum}")
+        if nesterov and self.momentum == 0.0:
+            raise ValueError("nesterov=True needs momentum > 0")
+        self.nesterov = bool(nesterov)
+        self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
+        self.n_state = 1 if self.momentum > 0.0 else 0
+
+    def hyper(self):
+        return np.array([self.momentum, float(self.nesterov), self.weight_decay])
+
+    def config(self):
+        return dict(
+            lr=self.lr,
+            momentum=self.momentum,
+            nesterov=self.nesterov,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            clip_norm=self.clip_norm or None,
+        )
+
+
+class Adam(Optimizer):
+    """Adam (Kingma & Ba 2015, Algorithm 1): ``m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
+    theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected ``m_hat, v_hat``.
+
+    ``weight_decay`` is an L2 term added to the weights' gradient (use :class:`AdamW` for decoupled decay).
+    """
+
+    kind = _k.ADAM
+    n_state = 2
+    name = "adam"
+    _decoupled = False
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None, clip_norm=None):
+        super().__init__(lr, schedule, clip_norm)
+        for name, value in (("beta1", beta1), ("beta2", beta2)):
+            value = v.check_float(value, name, minimum=0.0)
+            if value >= 1.0:
+                raise ValueError(f"{name} must be in [0, 1), got {value}")
+            setattr(self, name, value)
+        self.eps = v.check_float(eps, "eps", minimum=0.0, strict=True)
+        self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
+
+    def hyper(self):
+        return np.array([self.beta1, self.beta2, self.eps, self.weight_decay, float(self._decoupled)])
+
+    def config(self):
+        return dict(
+            lr=self.lr,
+            beta1=self.beta1,
+            beta2=self.beta2,
+            eps=self.eps,
+            weight_decay=self.weight_decay,
+            schedule=self.schedule,
+            clip_norm=self.clip_norm or None,
+        )
+
+
+class AdamW(Adam):
+    """Adam with decoupled weight decay (Loshchilov & Hutter): ``theta <- theta - lr * (m_hat / (sqrt(v_hat) +
+    eps) + weight_decay * theta)`` on the weights (biases are not decayed)."""
+
+    name = "adamw"
+    _decoupled = True
+
+    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, schedule=None, clip_norm=None):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, schedule, clip_norm)
+
+
+OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

@@ -1,0 +1,35 @@
+"""Plots of training (extra ``plot``: matplotlib)."""
+
+
+def training_curves(history, path):
+    """Write loss curves (training, and validation when present) and validation accuracy to a PNG.
+
+    history: a Trainer history (dict of per-epoch lists). path: output file. Returns the path.
+    """
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    epochs = range(1, len(history["loss"]) + 1)
+    has_acc = "val_accuracy" in history
+    fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)
+    ax = axes[0, 0]
+    ax.plot(epochs, history["loss"], label="training loss")
+    if "val_loss" in history:
+        ax.plot(epochs, history["val_loss"], label="validation loss")
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.legend()
+    ax.grid(True, alpha=0.3)
+    if has_acc:
+        ax = axes[0, 1]
+        ax.plot(epochs, history["val_accuracy"], color="tab:green")
+        ax.set_xlabel("epoch")
+        ax.set_ylabel("validation accuracy")
+        ax.grid(True, alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path

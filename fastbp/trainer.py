@@ -1,0 +1,281 @@
+"""The trainer: a thin Python loop over epochs around the compiled epoch kernel."""
+
+import math
+import time
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from . import _validation as v
+from .kernels import epoch as _epoch
+from .optim import Adam, Cosine, Optimizer
+
+
+class DivergenceError(RuntimeError):
+    """Training produced a non-finite loss or gradient; the network keeps its last finite parameters."""
+
+
+def _address(a):
+    return a.ctypes.data if a.size else 0
+
+
+class Trainer:
+    """Mini-batch training of an :class:`~fastbp.MLP` with an optimizer, one compiled call per epoch.
+
+    Parameters
+    ----------
+    net : MLP
+    optimizer : Optimizer, default Adam()
+    batch_size : int, default 32
+    seed : int or None, default 0
+        Seeds the shuffling of every epoch (and the validation split): equal seeds give equal runs.
+    progress : bool, default True
+        tqdm progress bar over epochs; shown only on a terminal.
+    callbacks : sequence of callables ``callback(trainer, epoch, logs)``
+        Called after every epoch with that epoch's entries of the history; returning True stops training.
+    early_stopping : bool, default False
+        Stop when the monitored loss (validation loss if there is validation data, else training loss) has not
+        improved by more than ``min_delta`` for ``patience`` epochs; with ``restore_best`` the parameters of the
+        best epoch are put back at the end.
+
+    Attributes
+    ----------
+    history : dict of lists
+        ``loss`` (training objective, mean over the epoch's steps), ``val_loss`` and ``val_accuracy`` (when
+        validating; accuracy for softmax and sigmoid outputs), ``grad_norm`` (per-layer root-mean-square over the
+        epoch's steps of the gradient's L2 norm), ``lr`` (rate of the epoch's last step), ``epoch_time`` (s).
+    """
+
+    def __init__(
+        self,
+        net,
+        optimizer=None,
+        batch_size=32,
+        seed=0,
+        progress=True,
+        callbacks=(),
+        early_stopping=False,
+        patience=10,
+        min_delta=0.0,
+        restore_best=True,
+    ):
+        self.net = net
+        self.optimizer = Adam() if optimizer is None else optimizer
+        if not isinstance(self.optimizer, Optimizer):
+            raise TypeError(f"optimizer must be a fastbp optimizer, got {type(optimizer).__name__}")
+        self.batch_size = v.check_int(batch_size, "batch_size", minimum=1)
+        self.seed = None if seed is None else v.check_int(seed, "seed", minimum=0)
+        self.progress = bool(progress)
+        self.callbacks = list(callbacks)
+        self.early_stopping = bool(early_stopping)
+        self.patience = v.check_int(patience, "patience", minimum=1)
+        self.min_delta = v.check_float(min_delta, "min_delta", minimum=0.0)
+        self.restore_best = bool(restore_best)
+        self._rng = np.random.default_rng(self.seed)
+        self.history = {}
+        self._rows = 0
+        dtype = net.dtype
+        self._spare = net.params.copy()
+        self._grads = np.zeros(net.n_params, dtype=dtype)
+        self._sq_norms = np.zeros(net.n_layers)
+        self.optimizer.init_state(net.n_params, dtype)
+
+    # ------------------------------------------------------------------ buffers
+    def _reserve(self, rows):
+        net = self.net
+        net._reserve(rows)
+        if rows > self._rows:
+            self._Xb = np.empty(rows * net.n_in, dtype=net.dtype)
+            self._Yb = np.empty(rows * net.n_out, dtype=net.dtype)
+            self._lb = np.empty(rows, dtype=np.int64)
+            self._rows = rows
+
+    def _run(self, X, Y2d, labels, perm, batch_size, schedule):
+        """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels). Returns (status, loss_sum,
+        steps); parameters, optimizer state and ``_sq_norms`` are updated."""
+        net, opt = self.net, self.optimizer
+        opt.init_state(net.n_params, net.dtype)
+        state, hyper, schedule_params = opt.state, opt.hyper(), schedule.params()
+        self._reserve(batch_size)
+        self._sq_norms[:] = 0.0
+        with net._lock:
+            status, loss_sum, steps = _epoch._train_epoch_entry(
+                net._marker,
+                net._p_params,
+                _address(self._spare),
+                _address(self._grads),
+                net.n_params,
+                net._p_layout,
+                net.n_layers,
+                net._loss_code,
+                _address(X),
+                X.shape[0],
+                net.n_in,
+                _address(Y2d),
+                Y2d.shape[0],
+                net.n_out,
+                _address(labels),
+                labels.shape[0],
+                _address(perm),
+                batch_size,
+                net.l2,
+                opt.kind,
+                _address(hyper),
+                hyper.size,
+                schedule.code,
+                _address(schedule_params),
+                schedule_params.size,
+                opt.lr,
+                opt.clip_norm,
+                opt.t,
+                _address(state),
+                state.shape[0],
+                net._p_acts,
+                net._acts.size,
+                net._p_delta_a,
+                net._p_delta_b,
+                net._delta_a.size,
+                _address(self._Xb),
+                _address(self._Yb),
+                _address(self._lb),
+                _address(self._sq_norms),
+            )
+        opt.t += steps
+        return status, loss_sum, steps
+
+    def _raise_divergence(self, status, where, loss_sum, steps, samples):
+        what = "loss" if status == _epoch.NONFINITE_LOSS else "gradient"
+        last = f" (mean loss of the finite steps {loss_sum / samples:.6g})" if steps else ""
+        raise DivergenceError(
+            f"training diverged {where}: the {what} became NaN or infinite after {self.optimizer.t} steps{last}. "
+            "The network keeps the parameters of the last step whose loss was finite. Lower the learning rate "
+            f"(now {self.optimizer.lr:g}) or set clip_norm."
+        )
+
+    # ------------------------------------------------------------------ public
+    def train_step(self, X_batch, Y_batch):
+        """One optimizer step on the batch, for callers who drive their own loop; returns the batch loss (float).
+
+        X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels. Same checks and divergence handling as ``fit``.
+        """
+        X, Y2d, labels = self.net.check_batch(X_batch, Y_batch)
+        np.copyto(self._spare, self.net.params)
+        m = X.shape[0]
+        status, loss_sum, steps = self._run(X, Y2d, labels, np.arange(m, dtype=np.int64), m, self._schedule(None))
+        if status != _epoch.OK:
+            self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m)
+        return loss_sum / m
+
+    def _schedule(self, total_steps):
+        """The optimizer's schedule, with a Cosine schedule's missing length set to ``total_steps``."""
+        schedule = self.optimizer.schedule
+        if isinstance(schedule, Cosine) and schedule.total_steps is None:
+            if total_steps is None:
+                raise ValueError("a Cosine schedule without total_steps needs fit(), which knows the epochs")
+            return Cosine(total_steps=max(total_steps, 1), lr_min=schedule.lr_min)
+        return schedule
+
+    def evaluate(self, X, y):
+        """Mean loss (with the L2 term) and accuracy (softmax / sigmoid outputs; None otherwise) on a data set.
+
+        X: (n, n_in); y: (n, n_out) or (n,) labels. Returns ``{"loss": float, "accuracy": float or None}``.
+        """
+        X, Y2d, labels = self.net.check_batch(X, y)
+        return self._evaluate(X, Y2d, labels)
+
+    def _evaluate(self, X, Y2d, labels):
+        net = self.net
+        with net._lock:
+            net._reserve(min(X.shape[0], max(net._capacity, 1024)))
+            loss_sum, correct = _epoch._evaluate(
+                net.params, net._layout, net._loss_code, X, Y2d, labels, net._acts, net._delta_a
+            )
+        penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
+        classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
+        return {"loss": loss_sum / X.shape[0] + penalty, "accuracy": correct / X.shape[0] if classifies else None}
+
+    def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0):
+        """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
+
+        X: (n, n_in); y: (n, n_out) targets or (n,) class labels. validation_data: (X_val, y_val), evaluated after
+        every epoch; or validation_split: fraction of (X, y) held out (stratified for class labels, seeded).
+        Raises DivergenceError when the loss or gradient stops being finite (parameters of the last finite step
+        are kept).
+        """
+        net = self.net
+        epochs = v.check_int(epochs, "epochs", minimum=1)
+        X, Y2d, labels = net.check_batch(X, y)
+        validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
+        if validation_split >= 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_data is not None and validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            val = net.check_batch(*validation_data)
+        elif validation_split:
+            X, Y2d, labels, val = self._split(X, Y2d, labels, validation_split)
+
+        n = X.shape[0]
+        steps_per_epoch = math.ceil(n / self.batch_size)
+        schedule = self._schedule(self.optimizer.t + epochs * steps_per_epoch)
+        np.copyto(self._spare, net.params)
+        history = self.history
+        monitor = "val_loss" if val is not None else "loss"
+        best, best_params, wait = math.inf, None, 0
+        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
+        for epoch in bar:
+            start = time.perf_counter()
+            perm = self._rng.permutation(n).astype(np.int64)
+            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule)
+            if status != _epoch.OK:
+                bar.close()
+                self._raise_divergence(
+                    status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size)
+                )
+            logs = {
+                "loss": loss_sum / n,
+                "grad_norm": np.sqrt(self._sq_norms / steps).tolist(),
+                "lr": schedule(self.optimizer.lr, self.optimizer.t - 1),
+            }
+            if val is not None:
+                result = self._evaluate(*val)
+                logs["val_loss"] = result["loss"]
+                if result["accuracy"] is not None:
+                    logs["val_accuracy"] = result["accuracy"]
+            logs["epoch_time"] = time.perf_counter() - start
+            for key, value in logs.items():
+                history.setdefault(key, []).append(value)
+            bar.set_postfix({k: f"{val_:.4g}" for k, val_ in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
+            stop = any(bool(cb(self, epoch, logs)) for cb in self.callbacks)
+            if self.early_stopping:
+                if logs[monitor] < best - self.min_delta:
+                    best, wait = logs[monitor], 0
+                    if self.restore_best:
+                        best_params = net.params.copy()
+                else:
+                    wait += 1
+                    stop = stop or wait >= self.patience
+            if stop:
+                break
+        bar.close()
+        if best_params is not None:
+            net.params[:] = best_params
+        return history
+
+    def _split(self, X, Y2d, labels, fraction):
+        from sklearn.model_selection import train_test_split
+
+        idx = np.arange(X.shape[0])
+        stratify = labels if labels.size and np.unique(labels, return_counts=True)[1].min() >= 2 else None
+        train, held = train_test_split(idx, test_size=fraction, random_state=self.seed, stratify=stratify)
+        train, held = np.sort(train), np.sort(held)
+        if labels.size:
+            return X[train], Y2d, labels[train], (X[held], Y2d, labels[held])
+        return X[train], Y2d[train], labels, (X[held], Y2d[held], labels)
+
+    def save(self, path, extras=None):
+        """Checkpoint the network with this trainer's optimizer state (see :meth:`MLP.save`)."""
+        return self.net.save(path, optimizer=self.optimizer, extras=extras)
