@@ -181,6 +181,11 @@ class MLP:
             raise ValueError(f"layer must be in [{-self.n_layers}, {self.n_layers - 1}], got {layer}")
         self._layout[layer, _lay.TRAINABLE] = int(bool(flag))
 
+    def layer_range(self, layer):
+        """``(start, stop)`` of layer ``layer``'s parameters (W then b) in ``params``."""
+        _, fan_out, w, b = (int(x) for x in self._layout[layer, :4])
+        return w, b + fan_out
+
     def unflatten(self, flat):
         """Per-layer ``(W list, b list)`` views into a flat buffer laid out like ``params``."""
         Ws, bs = [], []

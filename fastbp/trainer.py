@@ -33,6 +33,10 @@ class Trainer:
         tqdm progress bar over epochs; shown only on a terminal.
     callbacks : sequence of callables ``callback(trainer, epoch, logs)``
         Called after every epoch with that epoch's entries of the history; returning True stops training.
+    divergence_factor : float or None, default 1e6
+        ``fit`` stops with DivergenceError when a batch loss exceeds this factor times the initial loss (at least
+        1), or is NaN/inf. Stable log-sum-exp keeps the loss of a diverged network finite, so a NaN check alone
+        misses most divergence. None: stop on NaN/inf only.
     early_stopping : bool, default False
         Stop when the monitored loss (validation loss if there is validation data, else training loss) has not
         improved by more than ``min_delta`` for ``patience`` epochs; with ``restore_best`` the parameters of the
@@ -58,6 +62,7 @@ class Trainer:
         patience=10,
         min_delta=0.0,
         restore_best=True,
+        divergence_factor=1e6,
     ):
         self.net = net
         self.optimizer = Adam() if optimizer is None else optimizer
@@ -71,6 +76,9 @@ class Trainer:
         self.patience = v.check_int(patience, "patience", minimum=1)
         self.min_delta = v.check_float(min_delta, "min_delta", minimum=0.0)
         self.restore_best = bool(restore_best)
+        self.divergence_factor = (
+            None if divergence_factor is None else v.check_float(divergence_factor, "divergence_factor", 1.0, True)
+        )
         self._rng = np.random.default_rng(self.seed)
         self.history = {}
         self._rows = 0
@@ -90,7 +98,7 @@ class Trainer:
             self._lb = np.empty(rows, dtype=np.int64)
             self._rows = rows
 
-    def _run(self, X, Y2d, labels, perm, batch_size, schedule):
+    def _run(self, X, Y2d, labels, perm, batch_size, schedule, max_loss=math.inf):
         """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels). Returns (status, loss_sum,
         steps); parameters, optimizer state and ``_sq_norms`` are updated."""
         net, opt = self.net, self.optimizer
@@ -139,17 +147,23 @@ class Trainer:
                 _address(self._Yb),
                 _address(self._lb),
                 _address(self._sq_norms),
+                max_loss,
             )
         opt.t += steps
         return status, loss_sum, steps
 
-    def _raise_divergence(self, status, where, loss_sum, steps, samples):
-        what = "loss" if status == _epoch.NONFINITE_LOSS else "gradient"
-        last = f" (mean loss of the finite steps {loss_sum / samples:.6g})" if steps else ""
+    def _raise_divergence(self, status, where, loss_sum, steps, samples, max_loss=math.inf):
+        what = {
+            _epoch.NONFINITE_LOSS: "the loss became NaN or infinite",
+            _epoch.NONFINITE_GRADIENT: "the gradient became NaN or infinite",
+            _epoch.LOSS_TOO_LARGE: f"the loss exceeded {max_loss:.3g} ({self.divergence_factor:g} times its "
+            "initial value)",
+        }[status]
+        last = f" (mean loss of the steps before: {loss_sum / samples:.6g})" if steps else ""
         raise DivergenceError(
-            f"training diverged {where}: the {what} became NaN or infinite after {self.optimizer.t} steps{last}. "
-            "The network keeps the parameters of the last step whose loss was finite. Lower the learning rate "
-            f"(now {self.optimizer.lr:g}) or set clip_norm."
+            f"training diverged {where}: {what} after {self.optimizer.t} steps{last}. The network keeps the "
+            f"parameters of the last step whose loss was finite. Lower the learning rate (now {self.optimizer.lr:g}) "
+            "or set clip_norm."
         )
 
     # ------------------------------------------------------------------ public
@@ -159,7 +173,12 @@ class Trainer:
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels. Same checks and divergence handling as ``fit``.
         """
         X, Y2d, labels = self.net.check_batch(X_batch, Y_batch)
-        np.copyto(self._spare, self.net.params)
+        # spare keeps the parameters before the previous step (the fallback on divergence); only frozen layers,
+        # which the update never writes, must equal the current ones
+        for l, trainable in enumerate(self.net.trainable):
+            if not trainable:
+                start, stop = self.net.layer_range(l)
+                self._spare[start:stop] = self.net.params[start:stop]
         m = X.shape[0]
         status, loss_sum, steps = self._run(X, Y2d, labels, np.arange(m, dtype=np.int64), m, self._schedule(None))
         if status != _epoch.OK:
@@ -187,8 +206,25 @@ class Trainer:
         net = self.net
         with net._lock:
             net._reserve(min(X.shape[0], max(net._capacity, 1024)))
-            loss_sum, correct = _epoch._evaluate(
-                net.params, net._layout, net._loss_code, X, Y2d, labels, net._acts, net._delta_a
+            loss_sum, correct = _epoch._evaluate_entry(
+                net._marker,
+                net._p_params,
+                net.n_params,
+                net._p_layout,
+                net.n_layers,
+                net._loss_code,
+                _address(X),
+                X.shape[0],
+                net.n_in,
+                _address(Y2d),
+                Y2d.shape[0],
+                net.n_out,
+                _address(labels),
+                labels.shape[0],
+                net._p_acts,
+                net._acts.size,
+                net._p_delta_a,
+                net._delta_a.size,
             )
         penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
         classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
@@ -222,6 +258,10 @@ class Trainer:
         steps_per_epoch = math.ceil(n / self.batch_size)
         schedule = self._schedule(self.optimizer.t + epochs * steps_per_epoch)
         np.copyto(self._spare, net.params)
+        max_loss = math.inf
+        if self.divergence_factor is not None:
+            initial = self._evaluate(X[:1024], Y2d[:1024], labels[:1024])["loss"]
+            max_loss = self.divergence_factor * max(initial, 1.0)
         history = self.history
         monitor = "val_loss" if val is not None else "loss"
         best, best_params, wait = math.inf, None, 0
@@ -229,11 +269,11 @@ class Trainer:
         for epoch in bar:
             start = time.perf_counter()
             perm = self._rng.permutation(n).astype(np.int64)
-            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule)
+            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule, max_loss)
             if status != _epoch.OK:
                 bar.close()
                 self._raise_divergence(
-                    status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size)
+                    status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size), max_loss
                 )
             logs = {
                 "loss": loss_sum / n,

@@ -5,8 +5,9 @@ checks both are finite, clips by the global norm, and applies the optimizer. Pyt
 
 Divergence: the parameters are updated "ping-pong" between ``params`` and ``spare`` (the update reads one and
 writes the other, so it costs no extra memory traffic), which keeps the parameters of the previous step at hand.
-When a loss is not finite, the parameters it was computed from are dropped and the previous ones (whose loss
-was finite) are restored; when a gradient is not finite, no update is made. Either way ``params`` ends with the
+When a loss is not finite, or larger than ``max_loss`` (a loss many orders of magnitude above its initial value
+is divergence too, even when log-sum-exp keeps it finite), the parameters it was computed from are dropped and
+the previous ones are restored; when a gradient is not finite, no update is made. Either way ``params`` ends with the
 parameters of the last step whose loss was finite. On return ``params`` holds the current parameters and
 ``spare`` the previous step's.
 """
@@ -25,7 +26,7 @@ from .layout import ACTIVATION, FAN_OUT, N_COLUMNS, _activation_view, _layer_vie
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
 from .optimizers import _grad_norms, _learning_rate, _update
 
-OK, NONFINITE_LOSS, NONFINITE_GRADIENT = 0, 1, 2
+OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
 
 
 @kernel
@@ -93,6 +94,7 @@ def _train_epoch(
     Yb,
     lb,
     sq_norms,
+    max_loss,
 ):
     """One epoch of mini-batch training; returns ``(status, summed loss, steps done)``.
 
@@ -106,7 +108,8 @@ def _train_epoch(
     l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see :mod:`.optimizers`); clip_norm: float,
     0 for none; t0: steps done before this epoch; state: (rows, n_params), in place; acts, delta_a, delta_b:
     workspace for batch_size rows; Xb, Yb, lb: batch buffers; sq_norms: (L,) float64, output, summed squared
-    per-layer gradient norms of the steps. Not thread-safe.
+    per-layer gradient norms of the steps; max_loss: float, a larger batch loss counts as divergence.
+    Not thread-safe.
     """
     n = X.shape[0]
     loss_sum = 0.0
@@ -118,9 +121,9 @@ def _train_epoch(
         stop = min(n, start + batch_size)
         Xv, Yv, lv = _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb)
         loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, 0, acts, delta_a, delta_b)
-        if not math.isfinite(loss):
-            status = NONFINITE_LOSS
-            # cur gave a non-finite loss: fall back to the previous step's parameters (in nxt)
+        if not math.isfinite(loss) or loss > max_loss:
+            status = NONFINITE_LOSS if not math.isfinite(loss) else LOSS_TOO_LARGE
+            # cur gave a diverged loss: fall back to the previous step's parameters (in nxt)
             cur, nxt = nxt, cur
             cur_is_params = not cur_is_params
             break
@@ -240,6 +243,7 @@ def _train_epoch_entry(
     p_Yb,
     p_lb,
     p_sq_norms,
+    max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
     return _train_epoch(
@@ -269,4 +273,39 @@ def _train_epoch_entry(
         _array1d(p_Yb, batch_size * n_out, marker),
         _array1d(p_lb, batch_size, np.int64(0)),
         _array1d(p_sq_norms, n_layers, np.float64(0)),
+        max_loss,
+    )
+
+
+@kernel
+def _evaluate_entry(
+    marker,
+    p_params,
+    n_params,
+    p_layout,
+    n_layers,
+    loss_code,
+    p_X,
+    n,
+    n_in,
+    p_Y,
+    n_Y,
+    n_out,
+    p_labels,
+    n_labels,
+    p_acts,
+    n_acts,
+    p_delta,
+    n_delta,
+):
+    """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
+    return _evaluate(
+        _array1d(p_params, n_params, marker),
+        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
+        loss_code,
+        _array2d(p_X, n, n_in, marker),
+        _array2d(p_Y, n_Y, n_out, marker),
+        _array1d(p_labels, n_labels, np.int64(0)),
+        _array1d(p_acts, n_acts, marker),
+        _array1d(p_delta, n_delta, marker),
     )

@@ -1,0 +1,187 @@
+"""The compiled epoch loop and the Trainer around it."""
+
+import os
+import subprocess
+import sys
+import textwrap
+
+import numpy as np
+import pytest
+from conftest import RTOL, make_batch, rel_err
+
+import fastbp
+from fastbp import reference
+
+
+@pytest.mark.parametrize("n", [64, 70])  # 70: the last batch of each epoch is smaller (70 = 4 * 16 + 6)
+@pytest.mark.parametrize("opt", [lambda: fastbp.SGD(0.1, momentum=0.9, nesterov=True), lambda: fastbp.AdamW(0.01)])
+def test_epoch_loop_equals_the_per_step_path(n, opt, rng):
+    net_a = fastbp.MLP([6, 10, 4], "tanh", dtype="float64", seed=2)
+    net_b = fastbp.MLP([6, 10, 4], "tanh", dtype="float64", seed=2)
+    X, y = make_batch(net_a, n, rng)
+    fastbp.Trainer(net_a, opt(), batch_size=16, seed=11, progress=False).fit(X, y, epochs=3)
+    stepper = fastbp.Trainer(net_b, opt(), batch_size=16, seed=11, progress=False)
+    perms = np.random.default_rng(11)  # the trainer's documented shuffling: rng(seed).permutation per epoch
+    for _ in range(3):
+        perm = perms.permutation(n)
+        for start in range(0, n, 16):
+            idx = perm[start : start + 16]
+            stepper.train_step(X[idx], y[idx])
+    assert rel_err(net_a.params, net_b.params) <= RTOL["float64"]
+
+
+def test_epoch_loop_equals_numpy_sgd_with_the_reference_gradient(rng):
+    net = fastbp.MLP([5, 7, 3], "sigmoid", dtype="float64", seed=4, l2=0.01)
+    shadow = fastbp.MLP([5, 7, 3], "sigmoid", dtype="float64", seed=4, l2=0.01)
+    X, y = make_batch(net, 45, rng)
+    fastbp.Trainer(net, fastbp.SGD(0.2), batch_size=10, seed=3, progress=False).fit(X, y, epochs=2)
+    perms = np.random.default_rng(3)
+    for _ in range(2):
+        perm = perms.permutation(45)
+        for start in range(0, 45, 10):
+            idx = perm[start : start + 10]
+            shadow.params[:] -= 0.2 * reference.value_and_grad(shadow, X[idx], y[idx])[1]
+    assert rel_err(net.params, shadow.params) <= RTOL["float64"]
+
+
+def test_fit_learns_digits_and_records_history():
+    X, y = fastbp.data.load_digits()
+    X_train, X_test, y_train, y_test = fastbp.data.prepare(X, y, seed=0)
+    net = fastbp.MLP([64, 64, 10], seed=0)
+    trainer = fastbp.Trainer(net, fastbp.Adam(3e-3), batch_size=32, progress=False)
+    history = trainer.fit(X_train, y_train, epochs=8, validation_data=(X_test, y_test))
+    assert len(history["loss"]) == 8 and history["loss"][-1] < history["loss"][0] / 5
+    assert history["val_accuracy"][-1] >= 0.94
+    assert len(history["grad_norm"][0]) == 2 and all(g > 0 for g in history["grad_norm"][0])
+    assert all(t > 0 for t in history["epoch_time"])
+    result = trainer.evaluate(X_test, y_test)
+    accuracy = np.mean(net.predict(X_test).argmax(axis=1) == y_test)
+    assert result["accuracy"] == pytest.approx(accuracy)
+    assert result["loss"] == pytest.approx(reference.value_and_grad(net, X_test, y_test)[0], rel=1e-5)
+    assert result["accuracy"] == history["val_accuracy"][-1]
+
+
+def test_evaluate_multilabel_subset_accuracy_and_regression(rng):
+    net = fastbp.MLP([4, 3], output="sigmoid", dtype="float64")
+    X = rng.standard_normal((50, 4))
+    Y = (rng.random((50, 3)) > 0.5).astype(float)
+    result = fastbp.Trainer(net, progress=False).evaluate(X, Y)
+    expected = np.mean(np.all((net.predict(X) > 0.5) == (Y > 0.5), axis=1))
+    assert result["accuracy"] == pytest.approx(expected)
+    assert result["loss"] == pytest.approx(reference.value_and_grad(net, X, Y)[0], rel=1e-12)
+    reg = fastbp.MLP([4, 2], output="identity", dtype="float64")
+    Yr = rng.standard_normal((50, 2))
+    result = fastbp.Trainer(reg, progress=False).evaluate(X, Yr)
+    assert result["accuracy"] is None
+    assert result["loss"] == pytest.approx(reference.value_and_grad(reg, X, Yr)[0], rel=1e-12)
+
+
+def test_divergence_stops_with_a_clear_error_and_finite_parameters(rng):
+    net = fastbp.MLP([64, 32, 10], dtype="float32")
+    X, y = fastbp.data.load_digits()
+    trainer = fastbp.Trainer(net, fastbp.SGD(lr=1e6), progress=False)
+    with pytest.raises(fastbp.DivergenceError, match=r"diverged in epoch 1: the loss exceeded .* last step whose"):
+        trainer.fit(X, y, epochs=5)
+    assert np.isfinite(net.params).all()
+    loss, _ = net.value_and_grad(X, y)
+    assert np.isfinite(loss)
+
+
+def test_divergence_in_train_step_keeps_the_last_finite_parameters(rng):
+    net = fastbp.MLP([4, 8, 3], dtype="float64")
+    X, y = make_batch(net, 16, rng)
+    trainer = fastbp.Trainer(net, fastbp.SGD(lr=1e30), progress=False)
+    snapshots = []
+    with pytest.raises(fastbp.DivergenceError):
+        for _ in range(50):
+            snapshots.append(net.params.copy())
+            trainer.train_step(X, y)
+    # the parameters kept are ones whose loss was finite: those before the last (failing) call or earlier
+    assert np.isfinite(reference.value_and_grad(net, X, y)[0])
+    assert any(np.array_equal(net.params, s) for s in snapshots)
+
+
+def test_early_stopping_restores_the_best_parameters(rng):
+    net = fastbp.MLP([6, 16, 3], seed=1, dtype="float64")
+    X, y = make_batch(net, 60, rng)
+    X_val, y_val = make_batch(net, 30, rng)  # unrelated labels: validation loss soon gets worse
+    seen = []
+
+    def remember(trainer, epoch, logs):
+        seen.append((logs["val_loss"], trainer.net.params.copy()))
+
+    trainer = fastbp.Trainer(
+        net, fastbp.Adam(0.05), batch_size=8, progress=False, callbacks=[remember], early_stopping=True, patience=3
+    )
+    history = trainer.fit(X, y, epochs=200, validation_data=(X_val, y_val))
+    assert len(history["loss"]) < 200
+    best = min(range(len(seen)), key=lambda k: seen[k][0])
+    assert len(seen) == best + 1 + 3  # stopped after `patience` epochs without improvement
+    np.testing.assert_array_equal(net.params, seen[best][1])
+
+
+def test_callback_can_stop_and_validation_split_is_held_out(rng):
+    net = fastbp.MLP([6, 5, 3])
+    X, y = make_batch(net, 100, rng)
+    history = fastbp.Trainer(net, progress=False, callbacks=[lambda tr, epoch, logs: epoch == 2]).fit(
+        X, y, epochs=10, validation_split=0.25
+    )
+    assert len(history["loss"]) == 3 and len(history["val_loss"]) == 3
+
+
+def test_fit_rejects_bad_arguments(rng):
+    net = fastbp.MLP([3, 2])
+    X, y = make_batch(net, 10, rng)
+    trainer = fastbp.Trainer(net, progress=False)
+    with pytest.raises(ValueError, match="epochs"):
+        trainer.fit(X, y, epochs=0)
+    with pytest.raises(ValueError, match="validation_split"):
+        trainer.fit(X, y, validation_split=1.0)
+    with pytest.raises(ValueError, match="not both"):
+        trainer.fit(X, y, validation_data=(X, y), validation_split=0.2)
+    with pytest.raises(TypeError, match="validation_data"):
+        trainer.fit(X, y, validation_data=X)
+    with pytest.raises(ValueError, match="batch_size"):
+        fastbp.Trainer(net, batch_size=0)
+    with pytest.raises(TypeError, match="optimizer"):
+        fastbp.Trainer(net, optimizer="adam")
+
+
+def test_frozen_layers_keep_their_values_exactly(rng):
+    net = fastbp.MLP([8, 16, 16, 4], seed=0)
+    net.set_trainable(0, False)
+    frozen = net.coefs[0].copy(), net.intercepts[0].copy()
+    X, y = make_batch(net, 200, rng)
+    fastbp.Trainer(net, fastbp.AdamW(0.01, weight_decay=0.1), progress=False).fit(X, y, epochs=3)
+    np.testing.assert_array_equal(net.coefs[0], frozen[0])
+    np.testing.assert_array_equal(net.intercepts[0], frozen[1])
+    assert not np.array_equal(net.coefs[1], fastbp.MLP([8, 16, 16, 4], seed=0).coefs[1])
+
+
+EPOCH_ALLOCATIONS = textwrap.dedent(
+    """
+    import numpy as np
+    import fastbp
+    from numba.core.runtime import rtsys
+
+    X, y = fastbp.data.load_digits()
+    counts = []
+    for opt in (fastbp.SGD(0.01, momentum=0.9), fastbp.Adam(), fastbp.SGD(0.1)):
+        net = fastbp.MLP([64, 32, 10])
+        trainer = fastbp.Trainer(net, opt, batch_size=50, progress=False)
+        trainer.fit(X, y, epochs=1)  # warm-up
+        before = rtsys.get_allocation_stats()
+        trainer.fit(X, y, epochs=3)
+        counts.append(rtsys.get_allocation_stats().alloc - before.alloc)
+    print(sum(counts))
+    """
+)
+
+
+def test_a_full_epoch_makes_no_runtime_allocation():
+    env = {**os.environ, "NUMBA_NRT_STATS": "1"}
+    proc = subprocess.run(
+        [sys.executable, "-c", EPOCH_ALLOCATIONS], env=env, capture_output=True, text=True, timeout=600
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert int(proc.stdout) == 0
