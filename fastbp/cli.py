@@ -16,7 +16,7 @@ OPTIMIZER_CHOICES = ("sgd", "momentum", "nesterov", "adam", "adamw")
 
 def _layers(text):
     try:
-        sizes = [int(s) for s in text.replace("x", ",").split(",") if s.strip()]
+        sizes = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
             f"expected comma-separated hidden layer sizes like 128,64, got {text!r}"

@@ -1,0 +1,110 @@
+"""The fastbp command line, run as a user would (a subprocess)."""
+
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+
+def run(*args, cwd=None, timeout=600):
+    return subprocess.run(
+        [sys.executable, "-m", "fastbp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+    )
+
+
+def test_train_with_defaults_reaches_96_percent_and_writes_a_checkpoint(tmp_path):
+    proc = run("--version")
+    assert proc.returncode == 0 and proc.stdout.startswith("fastbp ")
+    proc = run("train", "--plot", "curves.png", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    accuracy = float(re.search(r"test accuracy (\d\.\d+)", proc.stdout).group(1))
+    assert accuracy >= 0.96
+    assert (tmp_path / "fastbp-model.npz").exists()
+    assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    # predict with the checkpoint: same standardisation, accuracy on the whole digits set
+    proc = run("predict", "fastbp-model.npz", "--output", "pred.npy", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    predictions = np.load(tmp_path / "pred.npy")
+    assert predictions.shape == (1797,)
+    overall = float(re.search(r"accuracy (\d\.\d+)", proc.stderr).group(1))
+    assert overall >= 0.96
+
+
+def test_train_on_a_csv_file_with_options(tmp_path, rng):
+    X = rng.standard_normal((300, 5))
+    y = (X[:, 0] + X[:, 1] > 0).astype(int) + 2 * (X[:, 2] > 0)
+    np.savetxt(tmp_path / "d.csv", np.column_stack([X, y]), delimiter=",", fmt="%.6f")
+    proc = run(
+        "train",
+        "--data",
+        "d.csv",
+        "--layers",
+        "16,8",
+        "--activation",
+        "tanh",
+        "--optimizer",
+        "nesterov",
+        "--lr",
+        "0.05",
+        "--epochs",
+        "30",
+        "--batch-size",
+        "16",
+        "--dtype",
+        "float64",
+        "--threads",
+        "1",
+        "--schedule",
+        "cosine",
+        "--clip-norm",
+        "5",
+        "--output",
+        "m.npz",
+        "--json",
+        "h.json",
+        "--no-progress",
+        cwd=tmp_path,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "5-16-8-4 tanh" in proc.stdout
+    assert float(re.search(r"test accuracy (\d\.\d+)", proc.stdout).group(1)) >= 0.8
+    proc = run("predict", "m.npz", "--data", "d.csv", cwd=tmp_path)
+    assert proc.returncode == 0
+    assert len(proc.stdout.split()) == 300
+
+
+@pytest.mark.parametrize("command", [[], ["train"], ["predict"], ["info"]])
+def test_help(command):
+    proc = run(*command, "--help")
+    assert proc.returncode == 0 and "usage: fastbp" in proc.stdout
+
+
+def test_info_reports_blas_and_threads():
+    proc = run("info")
+    assert proc.returncode == 0, proc.stderr
+    for needle in ("fastbp", "numba", "blas: openblas", "threading layer", "numba cache"):
+        assert needle in proc.stdout
+
+
+@pytest.mark.parametrize(
+    "args",
+    [["train", "--layers", "12,x"], ["train", "--epochs", "0"], ["train", "--optimizer", "lbfgs"], ["fly"], []],
+)
+def test_usage_errors_exit_2(args):
+    proc = run(*args)
+    assert proc.returncode == 2
+    assert "usage:" in proc.stderr
+
+
+def test_failures_exit_1_with_a_message(tmp_path):
+    proc = run("train", "--data", str(tmp_path / "missing.npz"))
+    assert proc.returncode == 1
+    assert "fastbp train: error:" in proc.stderr and "missing.npz" in proc.stderr
+    (tmp_path / "bad.npz").write_bytes(b"not a zip")
+    proc = run("predict", str(tmp_path / "bad.npz"))
+    assert proc.returncode == 1 and "not a readable fastbp checkpoint" in proc.stderr
+    proc = run("train", "--lr", "1e6", "--optimizer", "sgd", "--epochs", "3", "--output", "none")
+    assert proc.returncode == 1 and "diverged" in proc.stderr

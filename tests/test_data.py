@@ -1,0 +1,100 @@
+"""Data loaders on small files written by the tests, and the preparation helpers."""
+
+import gzip
+import struct
+
+import numpy as np
+import pytest
+
+from fastbp import data
+
+
+def test_load_digits_ships_with_scikit_learn():
+    X, y = data.load_digits()
+    assert X.shape == (1797, 64) and y.shape == (1797,)
+    assert X.dtype == np.float64 and y.dtype == np.int64
+    assert set(np.unique(y)) == set(range(10))
+
+
+def test_load_npz(tmp_path, rng):
+    X, y = rng.standard_normal((7, 3)), rng.integers(0, 2, 7)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    X2, y2 = data.load_file(tmp_path / "d.npz")
+    np.testing.assert_array_equal(X2, X)
+    np.testing.assert_array_equal(y2, y)
+    with pytest.raises(ValueError, match="no array 'features'"):
+        data.load_npz(tmp_path / "d.npz", x_key="features")
+
+
+@pytest.mark.parametrize("header", [True, False])
+def test_load_csv(tmp_path, header, rng):
+    X = np.round(rng.standard_normal((6, 3)), 4)
+    y = np.array([0, 1, 2, 1, 0, 2])
+    path = tmp_path / "d.csv"
+    with open(path, "w") as f:
+        if header:
+            f.write("a,b,c,label\n")
+        for row, label in zip(X, y, strict=True):
+            f.write(",".join(map(str, row)) + f",{label}\n")
+    X2, y2 = data.load_file(str(path))
+    np.testing.assert_allclose(X2, X)
+    np.testing.assert_array_equal(y2, y)
+    assert y2.dtype == np.int64
+    X3, y3 = data.load_csv(path, label_column=0)
+    np.testing.assert_allclose(y3, X[:, 0])  # a non-integral label column stays float
+    assert y3.dtype == np.float64 and X3.shape == (6, 3)
+
+
+def _write_idx(path, array, type_code, compress=False):
+    header = bytes([0, 0, type_code, array.ndim]) + b"".join(struct.pack(">I", s) for s in array.shape)
+    payload = (
+        header + array.astype(array.dtype.newbyteorder(">") if array.dtype.itemsize > 1 else array.dtype).tobytes()
+    )
+    (gzip.open if compress else open)(path, "wb").write(payload)
+    return payload
+
+
+@pytest.mark.parametrize("compress", [False, True])
+def test_load_idx_mnist_format(tmp_path, compress, rng):
+    images = rng.integers(0, 256, (5, 4, 3)).astype(np.uint8)
+    labels = np.array([3, 1, 4, 1, 5], dtype=np.uint8)
+    suffix = ".gz" if compress else ""
+    _write_idx(tmp_path / f"img{suffix}", images, 0x08, compress)
+    _write_idx(tmp_path / f"lab{suffix}", labels, 0x08, compress)
+    X, y = data.load_file(tmp_path / f"img{suffix}", tmp_path / f"lab{suffix}")
+    np.testing.assert_array_equal(X, images.reshape(5, 12))
+    np.testing.assert_array_equal(y, labels)
+
+
+def test_load_idx_float_and_errors(tmp_path):
+    values = np.arange(6, dtype=np.float32).reshape(2, 3)
+    payload = _write_idx(tmp_path / "f.idx", values, 0x0D)
+    _write_idx(tmp_path / "l.idx", np.array([1, 0], dtype=np.uint8), 0x08)
+    X, _ = data.load_idx(tmp_path / "f.idx", tmp_path / "l.idx")
+    np.testing.assert_array_equal(X, values)
+    (tmp_path / "short.idx").write_bytes(payload[:-1])
+    with pytest.raises(ValueError, match="data bytes"):
+        data.load_idx(tmp_path / "short.idx", tmp_path / "l.idx")
+    (tmp_path / "bad.idx").write_bytes(b"\x01\x02\x03\x04")
+    with pytest.raises(ValueError, match="magic"):
+        data.load_idx(tmp_path / "bad.idx", tmp_path / "l.idx")
+    _write_idx(tmp_path / "l3.idx", np.array([1, 0, 1], dtype=np.uint8), 0x08)
+    with pytest.raises(ValueError, match="2 images but"):
+        data.load_idx(tmp_path / "f.idx", tmp_path / "l3.idx")
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        data.load_file(tmp_path / "f.idx")
+
+
+def test_prepare_splits_stratified_and_standardizes():
+    X, y = data.load_digits()
+    X_train, X_test, y_train, y_test, scaler = data.prepare(X, y, test_size=0.25, seed=1, return_scaler=True)
+    assert len(y_test) == 450 and len(y_train) == 1347
+    np.testing.assert_allclose(np.bincount(y_test) / 450, np.bincount(y) / 1797, atol=0.01)
+    active = X_train.std(axis=0) > 0
+    np.testing.assert_allclose(X_train.mean(axis=0), 0, atol=1e-12)
+    np.testing.assert_allclose(X_train.std(axis=0)[active], 1, rtol=1e-12)
+    np.testing.assert_allclose(X_test, (scaler.inverse_transform(X_test) - scaler.mean_) / scaler.scale_)
+
+
+def test_one_hot():
+    np.testing.assert_array_equal(data.one_hot([2, 0], 3), [[0, 0, 1], [1, 0, 0]])
