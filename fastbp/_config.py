@@ -3,19 +3,74 @@
 All kernels take their ``fastmath`` flags from :data:`FASTMATH` (a test fails if a kernel hard-codes them).
 The set deliberately omits ``nnan`` and ``ninf``: with those, LLVM may assume no NaN/inf exists and fold away
 the checks that detect a diverging loss.
+
+``error_model="numpy"``: a float division by zero gives inf/NaN (IEEE) instead of raising. Besides being the
+semantics we want (NaN detection), Python's model adds a zero check to every division, which keeps loops with a
+division from vectorising (measured: Adam's update on 10k float32 parameters 18.7 us -> 1.8 us).
 """
 
+import hashlib
+import pathlib
 from functools import partial
 
 import numba
+from numba.core import caching
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
+
+# --------------------------------------------------------------------------------------------------------------
+# On-disk cache invalidation. Numba checks only the source file of the function it loads from its cache, but a
+# cached driver contains the machine code of every kernel it calls, from other files. Editing a kernel (or
+# installing a version that changes one) would leave drivers running stale code. fastbp's kernels are therefore
+# cached with a source stamp that hashes ALL compiled sources (this file and fastbp/kernels/*.py): any change
+# to any of them invalidates every kernel's cache.
+
+_PACKAGE = pathlib.Path(__file__).resolve().parent
+_SOURCES = sorted([_PACKAGE / "_config.py", *(_PACKAGE / "kernels").glob("*.py")])
+KERNEL_SOURCE_STAMP = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)).hexdigest()
+
+
+def _stamped(locator):
+    class Stamped(locator):
+        @classmethod
+        def from_function(cls, py_func, py_file):
+            if pathlib.Path(py_file).resolve() not in _SOURCES:
+                return None
+            return super().from_function(py_func, py_file)
+
+        def get_source_stamp(self):
+            return KERNEL_SOURCE_STAMP
+
+    Stamped.__name__ = Stamped.__qualname__ = f"Fastbp{locator.__name__}"
+    return Stamped
+
+
+if not any(cls.__name__.startswith("Fastbp") for cls in caching.CacheImpl._locator_classes):
+    caching.CacheImpl._locator_classes[:0] = [
+        _stamped(caching.UserProvidedCacheLocator),
+        _stamped(caching.InTreeCacheLocator),
+        _stamped(caching.UserWideCacheLocator),
+    ]
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
 #: Decorator for compiled kernels and drivers: cached on disk, no GIL, the fastmath flags above.
-kernel = partial(numba.njit, cache=True, nogil=True, fastmath=set(FASTMATH))
+kernel = partial(numba.njit, cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
 
 #: Decorator for leaf helpers that are inlined into their callers at Numba-IR level (so a constant
 #: activation code passed by the caller folds away every other branch).
-leaf = partial(numba.njit, inline="always", fastmath=set(FASTMATH))
+leaf = partial(numba.njit, inline="always", fastmath=set(FASTMATH), error_model="numpy")
 
 DTYPES = ("float32", "float64")
+
+
+def like(x, arr):
+    """``x`` converted to ``arr``'s dtype (compiled code only). Float64 scalars mixed into float32 loops would
+    promote every operation to float64; converting the scalars once before a loop keeps it in float32."""
+    raise NotImplementedError("like() is for compiled code")
+
+
+@overload(like, inline="always")
+def _like(x, arr):
+    scalar = as_dtype(arr.dtype).type
+    return lambda x, arr: scalar(x)

@@ -140,3 +140,15 @@ def test_results_do_not_depend_on_the_thread_count(rng):
     finally:
         fastbp.set_num_threads(previous)
     np.testing.assert_allclose(one, two, rtol=1e-13)
+
+
+def test_kernel_caches_are_invalidated_by_a_change_to_any_kernel_source():
+    # A cached driver holds the code of the kernels it calls from other files, so each kernel's cache entry is
+    # stamped with a hash of ALL compiled sources (see _config.py), not only of its own file.
+    package = pathlib.Path(fastbp.__file__).resolve().parent
+    assert set(_config._SOURCES) == {package / "_config.py", *(package / "kernels").glob("*.py")}
+    for name, d in _dispatchers():
+        if d.targetoptions.get("inline", "never") == "never":
+            locator = d._cache._impl.locator
+            assert type(locator).__name__.startswith("Fastbp"), name
+            assert locator.get_source_stamp() == _config.KERNEL_SOURCE_STAMP
