@@ -108,7 +108,14 @@ def main():
     parser.add_argument("--shapes", default="S,M")
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument(
+        "--frozen",
+        action="store_true",
+        help="instead: the epoch loop with the first layer frozen against all layers trainable",
+    )
     args = parser.parse_args()
+    if args.frozen:
+        return frozen_saving(args)
     base = "fastbp epoch loop"
     for shape in args.shapes.split(","):
         sizes, batch = SHAPES[shape]
@@ -121,6 +128,25 @@ def main():
                     f"  {name:32s} {1e6 * np.median(ts):9.1f} us  ({1e6 * min(ts):.1f}-{1e6 * max(ts):.1f})"
                     f"  {ratio:6.2f}x the epoch loop's time"
                 )
+
+
+def frozen_saving(args):
+    """Per-step time of the epoch loop with layer 0 frozen (its weight-gradient GEMM, and the propagation of
+    delta into it, are skipped) against the same network fully trainable."""
+    for shape in args.shapes.split(","):
+        sizes, batch = SHAPES[shape]
+        for dtype in args.dtypes.split(","):
+            frozen = [False] + [True] * (len(sizes) - 2)
+            funcs = {
+                "all trainable": peers(sizes, batch, dtype)["fastbp epoch loop"],
+                "layer 0 frozen": peers(sizes, batch, dtype, frozen=frozen)["fastbp epoch loop"],
+            }
+            times = measure(funcs, args.rounds)
+            ratio = np.median(np.array(times["all trainable"]) / np.array(times["layer 0 frozen"]))
+            print(
+                f"{shape} {dtype}: all trainable {1e6 * np.median(times['all trainable']):.1f} us, layer 0 frozen "
+                f"{1e6 * np.median(times['layer 0 frozen']):.1f} us per step; frozen is {ratio:.2f}x faster"
+            )
 
 
 if __name__ == "__main__":
