@@ -120,7 +120,8 @@ def _train_epoch(
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         Xv, Yv, lv = _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb)
-        loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, 0, acts, delta_a, delta_b)
+        # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
+        loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, np.int64(0), acts, delta_a, delta_b)
         if not math.isfinite(loss) or loss > max_loss:
             status = NONFINITE_LOSS if not math.isfinite(loss) else LOSS_TOO_LARGE
             # cur gave a diverged loss: fall back to the previous step's parameters (in nxt)
@@ -182,7 +183,8 @@ def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
         _gemm(0, 0, 1.0, A_prev, W, 0.0, P)
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
-        loss += _output_delta(P, b, Yv, lv, code, loss_code, 1.0, _rows_view(delta, m, n_out), no_db, 0, 0)
+        off = np.int64(0)  # no bias gradient, no accumulation (typed int64 like the other call sites)
+        loss += _output_delta(P, b, Yv, lv, code, loss_code, 1.0, _rows_view(delta, m, n_out), no_db, off, off)
         for i in range(m):
             if code == SOFTMAX:
                 best = 0
