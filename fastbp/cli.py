@@ -1,4 +1,4 @@
-"""The ``fastbp`` command line: ``train``, ``predict``, ``info``.
+"""The ``fastbp`` command line: ``train``, ``predict``, ``bench``, ``info``.
 
 Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's).
 """
@@ -104,6 +104,22 @@ def build_parser():
     predict.add_argument("--data", help="data file as for train (default: the embedded digits)")
     predict.add_argument("--labels", help="IDX labels file, with IDX images in --data")
     predict.add_argument("--output", "-o", help="write predictions to this .npy file instead of printing them")
+
+    bench = sub.add_parser(
+        "bench",
+        help="time training steps against NumPy, PyTorch, JAX and scikit-learn",
+        description="Time one training step (forward, backward, SGD update; relu, softmax + cross-entropy) of "
+        "fastbp and every installed peer, interleaved in one run, on the shapes of BENCHMARKS.md; and whole fits "
+        "against scikit-learn's MLPClassifier.",
+    )
+    bench.add_argument("--quick", action="store_true", help="S and M in float32, fewer rounds (under 2 minutes)")
+    bench.add_argument("--shapes", help="comma-separated among S,M,L,XL (default: the full matrix)")
+    bench.add_argument("--dtypes", help="comma-separated among float32,float64 (with --shapes)")
+    bench.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 5, quick 3)")
+    bench.add_argument("--min-time", type=_positive_float, help="seconds per timed loop (default 0.2, quick 0.1)")
+    bench.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn fit comparison")
+    bench.add_argument("--json", help="write all results to this JSON file")
+    bench.add_argument("--plot", help="write a bar chart PNG (needs matplotlib)")
 
     sub.add_parser(
         "info",
@@ -223,6 +239,33 @@ def cmd_predict(args):
     return 0
 
 
+def cmd_bench(args):
+    from . import bench
+
+    if args.shapes:
+        shapes = args.shapes.split(",")
+        unknown = [s for s in shapes if s not in bench.SHAPES]
+        if unknown:
+            raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {list(bench.SHAPES)}")
+        dtypes = (args.dtypes or "float32").split(",")
+        cells = [(s, d) for s in shapes for d in dtypes]
+    else:
+        cells = bench.QUICK if args.quick else bench.MATRIX
+    rounds = args.rounds or (3 if args.quick else 5)
+    min_time = args.min_time or (0.1 if args.quick else 0.2)
+    print(f"fastbp bench, {time.strftime('%Y-%m-%d')}: {bench.machine()}")
+    results = bench.run(cells, rounds=rounds, min_time=min_time, with_sklearn=not args.no_sklearn)
+    print()
+    print(bench.table(results))
+    if args.json:
+        bench.save_json(results, args.json)
+        print(f"json: {args.json}")
+    if args.plot:
+        bench.plot(results, args.plot)
+        print(f"plot: {args.plot}")
+    return 0
+
+
 def cmd_info(args):
     import numba
     import scipy
@@ -271,7 +314,7 @@ def _threading_layer():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
-    handlers = {"train": cmd_train, "predict": cmd_predict, "info": cmd_info}
+    handlers = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -1,0 +1,21 @@
+"""pytest-benchmark suite: run with ``pytest benchmarks/ --benchmark-only`` (the normal test command does not).
+
+Groups are named ``kernel|shape-dtype`` so that contenders of one cell are compared side by side.
+"""
+
+import numpy as np
+import pytest
+
+from fastbp.bench import MATRIX, SHAPES
+
+
+def cells():
+    return [pytest.param(shape, dtype, id=f"{shape}-{dtype}") for shape, dtype in MATRIX]
+
+
+def batch_data(shape, dtype, steps=1):
+    sizes, batch = SHAPES[shape]
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch * steps, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch * steps)
+    return sizes, batch, X, y

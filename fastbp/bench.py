@@ -1,0 +1,396 @@
+"""The benchmark report: fastbp against the NumPy reference and every installed peer, in one run.
+
+One training step = forward + backward + plain SGD update on one mini-batch: ReLU hidden layers, softmax +
+cross-entropy (BENCHMARKS.md). Each contender's step is timed in rounds interleaved A B C ... A B C ..., each
+round a loop lasting at least ``min_time``; the report gives the median time per step (min and max over rounds),
+GFLOP/s, the percent of the machine's single-GEMM peak measured in the same run, and the ratio of each peer's
+time to fastbp's, computed within each round and then the median taken (absolute times drift on a shared
+machine, same-round ratios much less).
+
+Contenders: ``fastbp`` (the compiled epoch loop, per step), ``numpy`` (the reference: ``value_and_grad`` then
+``params -= lr * grads``), ``torch`` (eager: ``nn.Sequential`` of ``Linear``/``ReLU``, ``CrossEntropyLoss``,
+``optim.SGD``), ``jax`` (the whole step under ``jax.jit``). Missing peers are skipped with a printed note.
+scikit-learn's ``MLPClassifier`` is compared on whole ``fit`` calls (digits, same hyper-parameters).
+"""
+
+import itertools
+import json
+import platform
+import time
+
+import numpy as np
+
+from . import reference
+from .network import MLP
+from .optim import SGD, Adam
+from .trainer import Trainer
+
+SHAPES = {
+    "S": ([64, 128, 10], 32),
+    "M": ([784, 256, 256, 10], 128),
+    "L": ([784, 1024, 1024, 10], 256),
+    "XL": ([1024, 4096, 4096, 1024], 512),
+}
+#: The matrix of BENCHMARKS.md: every shape in float32, S and M in float64 too.
+MATRIX = [(s, "float32") for s in SHAPES] + [("S", "float64"), ("M", "float64")]
+QUICK = [("S", "float32"), ("M", "float32")]
+LR = 1e-3
+STEPS_PER_CALL = 16
+
+
+def flops_per_step(sizes, n):
+    """6 n sum(fan_in fan_out) - 2 n fan_in_0 fan_out_0: forward 2 and backward 4 flops per weight and sample,
+    except the gradient with respect to X, which nobody needs."""
+    weights = sum(a * b for a, b in itertools.pairwise(sizes))
+    return 6 * n * weights - 2 * n * sizes[0] * sizes[1]
+
+
+def per_call(fn, min_time):
+    """Seconds per call of fn, from a loop lasting at least ``min_time`` (after one warm-up call)."""
+    fn()
+    reps = 1
+    while True:
+        start = time.perf_counter()
+        for _ in range(reps):
+            fn()
+        elapsed = time.perf_counter() - start
+        if elapsed >= min_time:
+            return elapsed / reps
+        reps = max(2 * reps, int(reps * 1.2 * min_time / max(elapsed, 1e-9)) + 1)
+
+
+def gemm_peak(dtype, size=2048, repeats=3):
+    """GFLOP/s of the BLAS GEMM fastbp calls (SciPy's sgemm/dgemm) on size x size matrices: best of repeats."""
+    from scipy.linalg import blas
+
+    rng = np.random.default_rng(0)
+    A = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+    B = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
+    C = np.zeros((size, size), dtype=dtype, order="F")
+    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
+    gemm(1.0, A, B, 0.0, C, overwrite_c=True)
+    best = min(_timed(lambda: gemm(1.0, A, B, 0.0, C, overwrite_c=True)) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
+def _timed(fn):
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+# ---------------------------------------------------------------------------------------------------- contenders
+def _data(sizes, batch, dtype, steps):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((batch * steps, sizes[0])).astype(dtype)
+    y = rng.integers(0, sizes[-1], batch * steps)
+    return X, y
+
+
+def fastbp_step(sizes, batch, dtype):
+    """The compiled epoch loop over STEPS_PER_CALL batches: returns (function, steps per call)."""
+    X, y = _data(sizes, batch, dtype, STEPS_PER_CALL)
+    net = MLP(sizes, dtype=dtype, seed=0)
+    trainer = Trainer(net, SGD(LR), batch_size=batch, progress=False, divergence_factor=None)
+    Xc, Y2d, labels = net.check_batch(X, y)
+    perm = np.arange(X.shape[0], dtype=np.int64)
+    schedule = trainer._schedule(None)
+    return (lambda: trainer._run(Xc, Y2d, labels, perm, batch, schedule)), STEPS_PER_CALL
+
+
+def numpy_step(sizes, batch, dtype):
+    """The NumPy reference: value_and_grad, then an SGD update of the flat parameters."""
+    X, y = _data(sizes, batch, dtype, 1)
+    net = MLP(sizes, dtype=dtype, seed=0)
+
+    def step():
+        _, grads = reference.value_and_grad(net, X, y)
+        net.params[:] -= LR * grads
+
+    return step, 1
+
+
+def torch_step(sizes, batch, dtype):
+    import torch
+
+    X, y = _data(sizes, batch, dtype, 1)
+    layers = []
+    for fan_in, fan_out in itertools.pairwise(sizes):
+        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+    model = torch.nn.Sequential(*layers[:-1]).to(getattr(torch, dtype))
+    opt = torch.optim.SGD(model.parameters(), lr=LR)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+
+    def step():
+        opt.zero_grad()
+        loss_fn(model(tX), ty).backward()
+        opt.step()
+
+    return step, 1
+
+
+def jax_step(sizes, batch, dtype):
+    if dtype == "float64":
+        import jax
+
+        jax.config.update("jax_enable_x64", True)
+    import jax
+    import jax.numpy as jnp
+
+    X, y = _data(sizes, batch, dtype, 1)
+    net = MLP(sizes, dtype=dtype, seed=0)
+    params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.coefs, net.intercepts, strict=True)]
+
+    def loss(params, X, y):
+        A = X
+        for W, b in params[:-1]:
+            A = jax.nn.relu(A @ W + b)
+        W, b = params[-1]
+        logp = jax.nn.log_softmax(A @ W + b)
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+
+    @jax.jit
+    def update(params, X, y):
+        grads = jax.grad(loss)(params, X, y)
+        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+
+    jX, jy = jnp.asarray(X), jnp.asarray(y)
+    state = {"params": params}
+
+    def step():
+        state["params"] = update(state["params"], jX, jy)
+        jax.block_until_ready(state["params"])
+
+    return step, 1
+
+
+CONTENDERS = {"fastbp": fastbp_step, "numpy": numpy_step, "torch": torch_step, "jax": jax_step}
+
+
+def available_peers(names=("torch", "jax"), report=print):
+    """The optional peers that can be imported; a note is printed for each missing one."""
+    found = []
+    for name in names:
+        try:
+            __import__(name)
+        except ImportError:
+            hint = "pip install torch==2.13.0" if name == "torch" else "pip install jax"
+            report(f"note: {name} is not installed; its column is skipped ({hint})")
+        else:
+            found.append(name)
+    return found
+
+
+def gradient_check(sizes, batch, dtype):
+    """Relative difference of fastbp's gradient from the reference's on this machine's BLAS (a guard against a
+    BLAS kernel that computes wrong results on this processor)."""
+    X, y = _data(sizes, batch, dtype, 1)
+    net = MLP(sizes, dtype=dtype, seed=0)
+    _, g = net.value_and_grad(X, y)
+    _, ref = reference.value_and_grad(net, X, y)
+    return float(np.linalg.norm(g.astype(np.float64) - ref) / np.linalg.norm(ref))
+
+
+def measure_cell(shape, dtype, contenders, rounds, min_time):
+    """Time every contender on one (shape, dtype), interleaved; returns a result dict."""
+    sizes, batch = SHAPES[shape]
+    steps = {name: CONTENDERS[name](sizes, batch, dtype) for name in contenders}
+    times = {name: [] for name in contenders}
+    for _ in range(rounds):
+        for name, (fn, per) in steps.items():
+            times[name].append(per_call(fn, min_time) / per)
+    flops = flops_per_step(sizes, batch)
+    result = {
+        "shape": shape,
+        "sizes": sizes,
+        "batch": batch,
+        "dtype": dtype,
+        "flops": flops,
+        "peers": {},
+        "gradient_rel_diff": gradient_check(sizes, batch, dtype),
+    }
+    base = np.array(times["fastbp"])
+    for name, ts in times.items():
+        ts = np.array(ts)
+        result["peers"][name] = {
+            "median_s": float(np.median(ts)),
+            "min_s": float(ts.min()),
+            "max_s": float(ts.max()),
+            "gflops": flops / float(np.median(ts)) / 1e9,
+            "ratio": float(np.median(ts / base)),  # peer time / fastbp time, same round
+        }
+    return result
+
+
+def sklearn_fit(dtype, epochs=20, batch=32, hidden=(128,)):
+    """scikit-learn MLPClassifier against fastbp on digits, whole fit, same hyper-parameters (Adam, lr 1e-3,
+    no L2, fixed epochs); returns per-epoch seconds and test accuracy of both."""
+    import warnings
+
+    from sklearn.exceptions import ConvergenceWarning
+    from sklearn.neural_network import MLPClassifier
+
+    from . import data
+
+    X, y = data.load_digits()
+    X_train, X_test, y_train, y_test = data.prepare(X, y, seed=0)
+    X_train, X_test = X_train.astype(dtype), X_test.astype(dtype)
+    net = MLP([64, *hidden, 10], dtype=dtype, seed=0)
+    trainer = Trainer(net, Adam(1e-3), batch_size=batch, seed=0, progress=False)
+    trainer.fit(X_train[:batch], y_train[:batch], epochs=1)  # warm-up: load the compiled kernels
+    net = MLP([64, *hidden, 10], dtype=dtype, seed=0)
+    trainer = Trainer(net, Adam(1e-3), batch_size=batch, seed=0, progress=False)
+    start = time.perf_counter()
+    trainer.fit(X_train, y_train, epochs=epochs)
+    fastbp_time = time.perf_counter() - start
+    fastbp_acc = float(np.mean(net.predict(X_test).argmax(axis=1) == y_test))
+    clf = MLPClassifier(
+        hidden_layer_sizes=hidden,
+        solver="adam",
+        learning_rate_init=1e-3,
+        alpha=0.0,
+        batch_size=batch,
+        max_iter=epochs,
+        tol=0.0,
+        n_iter_no_change=epochs + 1,
+        random_state=0,
+    )
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        start = time.perf_counter()
+        clf.fit(X_train, y_train)
+        sklearn_time = time.perf_counter() - start
+    return {
+        "dtype": dtype,
+        "epochs": epochs,
+        "fastbp_epoch_s": fastbp_time / epochs,
+        "sklearn_epoch_s": sklearn_time / epochs,
+        "ratio": sklearn_time / fastbp_time,
+        "fastbp_accuracy": fastbp_acc,
+        "sklearn_accuracy": float(clf.score(X_test, y_test)),
+    }
+
+
+def machine():
+    """A one-line description of this machine and the BLAS in use."""
+    from .threads import blas_info, get_num_threads
+
+    cpu = platform.processor() or platform.machine()
+    try:
+        with open("/proc/cpuinfo") as f:
+            cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
+    except (OSError, StopIteration):
+        pass
+    blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in blas_info())
+    return f"{cpu}, {get_num_threads()} threads, {blas}"
+
+
+def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
+    """Measure every (shape, dtype) cell; returns the full results dict (also what --json writes)."""
+    contenders = ["fastbp", "numpy", *available_peers(report=report)]
+    results = {
+        "date": time.strftime("%Y-%m-%d"),
+        "machine": machine(),
+        "rounds": rounds,
+        "min_time": min_time,
+        "peak_gflops": {},
+        "cells": [],
+        "sklearn": [],
+    }
+    for dtype in sorted({d for _, d in cells}):
+        results["peak_gflops"][dtype] = gemm_peak(dtype)
+    for shape, dtype in cells:
+        cell = measure_cell(shape, dtype, contenders, rounds, min_time)
+        cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / results["peak_gflops"][dtype]
+        results["cells"].append(cell)
+        report(format_cell(cell))
+    if with_sklearn:
+        for dtype in ("float32", "float64"):
+            results["sklearn"].append(sklearn_fit(dtype))
+    return results
+
+
+def format_cell(cell):
+    f = cell["peers"]["fastbp"]
+    parts = [
+        f"{cell['shape']:>2} {cell['dtype']}: fastbp {1e6 * f['median_s']:.1f} us/step "
+        f"({f['gflops']:.1f} GFLOP/s, {cell.get('peak_percent', float('nan')):.0f}% of GEMM peak)"
+    ]
+    parts += [f"{name} {p['ratio']:.2f}x" for name, p in cell["peers"].items() if name != "fastbp"]
+    parts.append(f"gradient vs reference {cell['gradient_rel_diff']:.1e}")
+    return "; ".join(parts)
+
+
+def table(results):
+    """Markdown table of the results (what the README carries)."""
+    peers = [p for p in ("numpy", "torch", "jax") if any(p in c["peers"] for c in results["cells"])]
+    head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
+    head += [f"{p} us/step" for p in peers] + [f"{p} / fastbp" for p in peers]
+    lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+    for c in results["cells"]:
+        f = c["peers"]["fastbp"]
+        row = [
+            c["shape"],
+            c["dtype"],
+            f"{1e6 * f['median_s']:.1f} ({1e6 * f['min_s']:.1f}-{1e6 * f['max_s']:.1f})",
+            f"{f['gflops']:.1f}",
+            f"{c['peak_percent']:.0f}%",
+        ]
+        row += [f"{1e6 * c['peers'][p]['median_s']:.1f}" if p in c["peers"] else "-" for p in peers]
+        row += [f"{c['peers'][p]['ratio']:.2f}x" if p in c["peers"] else "-" for p in peers]
+        lines.append("| " + " | ".join(row) + " |")
+    peaks = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in results["peak_gflops"].items())
+    lines.append("")
+    lines.append(
+        f"GEMM peak (SciPy BLAS, 2048x2048, same run): {peaks}. Ratios are peer time / fastbp time "
+        f"(higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
+    )
+    if results["sklearn"]:
+        lines.append("")
+        lines.append(
+            "| scikit-learn MLPClassifier fit (digits, 64-128-10, Adam, batch 32) | fastbp s/epoch | "
+            "sklearn s/epoch | sklearn / fastbp | fastbp accuracy | sklearn accuracy |"
+        )
+        lines.append("|---|---|---|---|---|---|")
+        for s in results["sklearn"]:
+            lines.append(
+                f"| {s['dtype']}, {s['epochs']} epochs | {s['fastbp_epoch_s'] * 1e3:.2f} ms | "
+                f"{s['sklearn_epoch_s'] * 1e3:.2f} ms | {s['ratio']:.1f}x | {s['fastbp_accuracy']:.4f} | "
+                f"{s['sklearn_accuracy']:.4f} |"
+            )
+    return "\n".join(lines)
+
+
+def plot(results, path):
+    """Bar chart of each contender's time per step relative to fastbp (log scale), one group per cell."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    cells = results["cells"]
+    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", "numpy", "torch", "jax"].index)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4))
+    width = 0.8 / len(names)
+    for k, name in enumerate(names):
+        xs = [i + k * width for i, c in enumerate(cells) if name in c["peers"]]
+        ys = [c["peers"][name]["ratio"] for c in cells if name in c["peers"]]
+        ax.bar(xs, ys, width, label=name)
+    ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
+    ax.set_xticklabels([f"{c['shape']} {c['dtype']}" for c in cells])
+    ax.set_yscale("log")
+    ax.set_ylabel("time per step / fastbp's")
+    ax.axhline(1.0, color="black", linewidth=0.8)
+    ax.set_title(f"training step, {results['date']}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return path
+
+
+def save_json(results, path):
+    with open(path, "w") as f:
+        json.dump(results, f, indent=1)
+    return path
