@@ -148,3 +148,22 @@ def test_extreme_logits_stay_finite():
         assert value == pytest.approx(1000.0, rel=1e-12)
         assert value == pytest.approx(ref_value, rel=1e-12)
         np.testing.assert_allclose(grads, ref_grads, rtol=1e-12)
+
+
+@pytest.mark.parametrize(("sizes", "n"), [([64, 128, 10], 32), ([784, 256, 256, 10], 128), ([5, 3, 9, 2], 7)])
+def test_workspace_is_no_larger_than_the_reference_peak(sizes, n, rng):
+    # BENCHMARKS.md: the compiled path's workspace (activations of every layer + two ping-pong delta buffers) is
+    # at most the peak memory the NumPy reference allocates for the same batch (measured with tracemalloc, which
+    # sees NumPy's allocations).
+    import tracemalloc
+
+    net = fastbp.MLP(sizes)
+    X, y = make_batch(net, n, rng)
+    X, _, _ = net.check_batch(X, y)  # converted outside the measurement, as both paths need it
+    net.value_and_grad(X, y)
+    workspace = sum(a.nbytes for a in net._workspace)
+    tracemalloc.start()
+    reference.value_and_grad(net, X, y)
+    _, peak = tracemalloc.get_traced_memory()
+    tracemalloc.stop()
+    assert workspace <= peak
