@@ -172,3 +172,25 @@ def test_kernel_caches_are_invalidated_by_a_change_to_any_kernel_source():
             locator = d._cache._impl.locator
             assert type(locator).__name__.startswith("Fastbp"), name
             assert locator.get_source_stamp() == _config.KERNEL_SOURCE_STAMP
+
+
+def test_finiteness_check_survives_the_fastmath_flags():
+    # A NaN made inside fastmath code (log-sum-exp of an infinite logit) must be seen as non-finite; Numba's own
+    # math.isfinite is folded to True under nsz + reassoc, which let a diverged loss through.
+    import math
+
+    import numba
+
+    @numba.njit(fastmath=set(_config.FASTMATH), error_model="numpy")
+    def check(a):
+        z_max = -math.inf
+        for v in a:
+            z_max = max(z_max, v)
+        total = 0.0
+        for v in a:
+            total += math.exp(v - z_max)
+        lse = z_max + math.log(total)
+        return _config.finite(lse), _config.finite(z_max), _config.finite(total)
+
+    assert check(np.array([np.inf, 1.0])) == (False, False, False)
+    assert check(np.array([2.0, 1.0])) == (True, True, True)

@@ -96,9 +96,11 @@ def test_divergence_in_train_step_keeps_the_last_finite_parameters(rng):
         for _ in range(50):
             snapshots.append(net.params.copy())
             trainer.train_step(X, y)
-    # the parameters kept are ones whose loss was finite: those before the last (failing) call or earlier
-    assert np.isfinite(reference.value_and_grad(net, X, y)[0])
-    assert any(np.array_equal(net.params, s) for s in snapshots)
+    # the parameters kept are those of an earlier call, whose (compiled) loss was finite; with lr = 1e30 they
+    # may be huge, so the loss is checked by the path that trained them, not by the NumPy reference
+    assert np.isfinite(net.params).all()
+    assert np.isfinite(net.value_and_grad(X, y)[0])
+    assert any(np.array_equal(net.params, s) for s in snapshots[:-1])
 
 
 def test_early_stopping_restores_the_best_parameters(rng):

@@ -16,7 +16,7 @@ import math
 
 import numpy as np
 
-from .._config import kernel
+from .._config import finite, kernel, leaf
 from .activations import SOFTMAX
 from .boundary import _array1d, _array2d
 from .drivers import _value_and_grad
@@ -29,7 +29,7 @@ from .optimizers import _grad_norms, _learning_rate, _update
 OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
 
 
-@kernel
+@leaf
 def _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb):
     """Copy rows ``perm[start:stop]`` of X and of Y (or labels) into the batch buffers; returns the batch views.
 
@@ -56,7 +56,7 @@ def _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb):
     return Xv, Yv, lv
 
 
-@kernel
+@leaf
 def _swap(a, b):
     """Exchange the contents of two equal-length 1-D arrays in one pass (NumPy: ``a[:], b[:] = b.copy(),
     a.copy()``). Thread-safe for distinct arrays."""
@@ -66,7 +66,7 @@ def _swap(a, b):
         b[i] = t
 
 
-@kernel
+@leaf
 def _train_epoch(
     params,
     spare,
@@ -122,14 +122,14 @@ def _train_epoch(
         Xv, Yv, lv = _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb)
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
         loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, np.int64(0), acts, delta_a, delta_b)
-        if not math.isfinite(loss) or loss > max_loss:
-            status = NONFINITE_LOSS if not math.isfinite(loss) else LOSS_TOO_LARGE
+        if not finite(loss) or loss > max_loss:
+            status = NONFINITE_LOSS if not finite(loss) else LOSS_TOO_LARGE
             # cur gave a diverged loss: fall back to the previous step's parameters (in nxt)
             cur, nxt = nxt, cur
             cur_is_params = not cur_is_params
             break
         sq = _grad_norms(layout, grads, sq_norms)
-        if not math.isfinite(sq):
+        if not finite(sq):
             status = NONFINITE_GRADIENT
             break
         norm = math.sqrt(sq)
@@ -147,7 +147,7 @@ def _train_epoch(
     return status, loss_sum, steps
 
 
-@kernel
+@leaf
 def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
     """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks.
 
