@@ -19,11 +19,8 @@ import math
 from .._config import kernel, leaf
 from .activations import (
     IDENTITY,
-    LEAKY_RELU,
-    RELU,
     SIGMOID,
     SOFTMAX,
-    TANH,
     _activate,
     _bias_log_sum_exp_row,
     _derivative,
@@ -140,16 +137,12 @@ def _output_delta(Z, b, Y, labels, code, loss_code, weight, delta, db, with_db, 
         loss = _softmax_loss_delta(Z, b, Y, labels, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
     elif loss_code == BINARY_CROSS_ENTROPY:
         loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db)
-    elif code == SIGMOID:
-        loss = _squared_error_loss_delta(Z, b, Y, labels, SIGMOID, weight, delta, db, with_db)
-    elif code == TANH:
-        loss = _squared_error_loss_delta(Z, b, Y, labels, TANH, weight, delta, db, with_db)
-    elif code == RELU:
-        loss = _squared_error_loss_delta(Z, b, Y, labels, RELU, weight, delta, db, with_db)
-    elif code == LEAKY_RELU:
-        loss = _squared_error_loss_delta(Z, b, Y, labels, LEAKY_RELU, weight, delta, db, with_db)
-    else:
+    elif code == IDENTITY:
         loss = _squared_error_loss_delta(Z, b, Y, labels, IDENTITY, weight, delta, db, with_db)
+    else:
+        # The general BP1 form for the other output activations, with the code left a run-time value: output
+        # layers are narrow, and one loop instead of four specialised ones shortens compilation.
+        loss = _squared_error_loss_delta(Z, b, Y, labels, code, weight, delta, db, with_db)
     return loss
 
 

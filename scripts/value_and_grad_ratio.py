@@ -1,0 +1,39 @@
+"""``net.value_and_grad`` (compiled, called from Python with ``out=``) against ``fastbp.reference.value_and_grad``
+(NumPy), interleaved rounds in one run, medians. Usage: python scripts/value_and_grad_ratio.py [--rounds 7]"""
+
+import argparse
+
+import numpy as np
+
+from fastbp import MLP, bench, reference
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--shapes", default="S,M")
+    parser.add_argument("--dtypes", default="float32,float64")
+    parser.add_argument("--rounds", type=int, default=7)
+    args = parser.parse_args()
+    for shape in args.shapes.split(","):
+        sizes, batch = bench.SHAPES[shape]
+        for dtype in args.dtypes.split(","):
+            X, y = bench._data(sizes, batch, dtype, 1)
+            net = MLP(sizes, dtype=dtype, seed=0)
+            g = np.empty_like(net.params)
+            fns = {
+                "fastbp": lambda net=net, X=X, y=y, g=g: net.value_and_grad(X, y, out=g),
+                "numpy": lambda net=net, X=X, y=y: reference.value_and_grad(net, X, y),
+            }
+            times = {k: [] for k in fns}
+            for _ in range(args.rounds):
+                for k, fn in fns.items():
+                    times[k].append(bench.per_call(fn, 0.2))
+            ratio = np.median(np.array(times["numpy"]) / np.array(times["fastbp"]))
+            print(
+                f"{shape} {dtype}: fastbp {1e6 * np.median(times['fastbp']):.1f} us, reference "
+                f"{1e6 * np.median(times['numpy']):.1f} us; reference / fastbp = {ratio:.2f}x"
+            )
+
+
+if __name__ == "__main__":
+    main()
