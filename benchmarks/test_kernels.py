@@ -41,9 +41,9 @@ def _weight_loop(k, A_prev, delta, dW):
 
 
 @njit
-def _update_loop(k, kind, hyper, layout, p, g, state, q):
+def _update_loop(k, kind, hyper, layout, p, g, state, q, sq_norms):
     for _ in range(k):
-        _update(kind, hyper, 0.01, 1, 1.0, layout, p, g, state, q)
+        _update(kind, hyper, 0.01, 1, 1.0, layout, p, g, state, q, sq_norms, np.int64(1))
 
 
 def _arrays(shape, dtype):
@@ -118,6 +118,7 @@ def test_optimizer_update(benchmark, shape, dtype, optimizer):
         g,
         opt.state,
         np.empty_like(net.params),
+        np.zeros(net.n_layers),
     )
     _update_loop(1, *args)
     benchmark.group = f"update_{optimizer}|{shape}-{dtype}"

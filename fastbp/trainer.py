@@ -160,6 +160,9 @@ class Trainer:
             "initial value)",
         }[status]
         last = f" (mean loss of the steps before: {loss_sum / samples:.6g})" if steps else ""
+        state = self.optimizer.state
+        if state is not None and state.size and not np.isfinite(state).all():
+            self.optimizer.reset()  # the failed step's non-finite gradient reached the optimizer state
         raise DivergenceError(
             f"training diverged {where}: {what} after {self.optimizer.t} steps{last}. The network keeps the "
             f"parameters of the last step whose loss was finite. Lower the learning rate (now {self.optimizer.lr:g}) "

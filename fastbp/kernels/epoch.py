@@ -128,16 +128,20 @@ def _train_epoch(
             cur, nxt = nxt, cur
             cur_is_params = not cur_is_params
             break
-        sq = _grad_norms(layout, grads, sq_norms)
+        t = t0 + steps
+        lr_t = _learning_rate(schedule_code, lr, schedule, t)
+        if clip_norm > 0.0:  # the norm is needed before the update
+            sq = _grad_norms(layout, grads, sq_norms)
+            norm = math.sqrt(sq)
+            clip = clip_norm / norm if norm > clip_norm else 1.0
+            if finite(sq):
+                _update(kind, hyper, lr_t, t + 1, clip, layout, cur, grads, state, nxt, sq_norms, np.int64(0))
+        else:  # the norm is summed in the update's own pass over the gradient
+            sq = _update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, sq_norms, np.int64(1))
         if not finite(sq):
             status = NONFINITE_GRADIENT
+            nxt[:] = cur  # drop the update: the previous parameters stay the fallback
             break
-        norm = math.sqrt(sq)
-        clip = clip_norm / norm if (clip_norm > 0.0 and norm > clip_norm) else 1.0
-        t = t0 + steps
-        _update(
-            kind, hyper, _learning_rate(schedule_code, lr, schedule, t), t + 1, clip, layout, cur, grads, state, nxt
-        )
         cur, nxt = nxt, cur
         cur_is_params = not cur_is_params
         loss_sum += loss * (stop - start)

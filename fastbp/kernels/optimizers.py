@@ -47,18 +47,23 @@ def _learning_rate(code, lr, schedule, t):
 
 @leaf
 def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay):
-    """SGD / momentum / Nesterov on one contiguous range (all arguments are equal-length 1-D views; looping over
+    """SGD / momentum / Nesterov on one contiguous range; returns the squared norm of ``grads`` on it (fused here
+    so that the gradient is read once when there is no clipping) (all arguments are equal-length 1-D views; looping over
     range(len) rather than range(start, stop) lets LLVM vectorise: measured 8x faster on 10k parameters)."""
     lr_, clip_, mu_, decay_ = like(lr, p_cur), like(clip, p_cur), like(mu, p_cur), like(decay, p_cur)
+    sq = 0.0
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
-        g = clip_ * grads[i] + decay_ * p
+        raw = grads[i]
+        sq += raw * raw
+        g = clip_ * raw + decay_ * p
         if mu == 0.0:
             p_next[i] = p - lr_ * g
         else:
             v = mu_ * velocity[i] - lr_ * g
             velocity[i] = v
             p_next[i] = p + (mu_ * v - lr_ * g if nesterov else v)
+    return sq
 
 
 @leaf
@@ -67,10 +72,14 @@ def _adam_moments(grads, m, v, clip, b1, b2, p, decay):
     views; decay is the coupled L2 term, 0 for AdamW)."""
     clip_, b1_, b2_, c1_, c2_ = like(clip, m), like(b1, m), like(b2, m), like(1.0 - b1, m), like(1.0 - b2, m)
     decay_ = like(decay, m)
+    sq = 0.0
     for i in range(m.shape[0]):
-        g = clip_ * grads[i] + decay_ * p[i]
+        raw = grads[i]
+        sq += raw * raw
+        g = clip_ * raw + decay_ * p[i]
         m[i] = b1_ * m[i] + c1_ * g
         v[i] = b2_ * v[i] + c2_ * g * g
+    return sq
 
 
 @leaf
@@ -84,21 +93,25 @@ def _adam_step(p_cur, m, v, p_next, lr_c1, inv_sqrt_c2, eps, decay):
 
 
 @kernel
-def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next):
+def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, sq_norms, with_norms):
     """One optimizer step on every trainable layer: ``p_next = update(p_cur, clip * grads)``, state in place.
 
     NumPy (SGD): ``p_next[...] = p_cur - lr * clip * grads`` on trainable ranges; see the module docstring for
     momentum, Nesterov, Adam and AdamW. kind: SGD or ADAM; hyper: float64 vector (see the index constants);
     lr: float; t: int, 1-based step number (Adam's bias correction); clip: float factor on the gradient;
-    layout: (L, 6) int64; p_cur, grads, p_next: (n_params,), p_next is the output and may be p_cur;
-    state: (rows, n_params), updated in place. Frozen layers' p_next is not written. Thread-safe for distinct
-    outputs.
+    layout: (L, 6) int64; p_cur, grads, p_next: (n_params,), p_next is the output and a different buffer from
+    p_cur; state: (rows, n_params), updated in place. Frozen layers' p_next is not written. When ``with_norms``,
+    each trainable layer's squared gradient norm is added into ``sq_norms`` (L,) float64, in the same pass (when
+    clipping, the norms are needed before the update: see :func:`_grad_norms`). Returns the total squared norm
+    of the trainable gradient. Thread-safe for distinct outputs.
     """
     b1, b2 = hyper[ADAM_BETA1], hyper[ADAM_BETA2]
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t  # Adam's bias corrections (unused by SGD)
+    total = 0.0
     for l in range(layout.shape[0]):
         if not layout[l, TRAINABLE]:
             continue
+        sq = 0.0
         w, b = layout[l, W_OFFSET], layout[l, B_OFFSET]
         end = b + layout[l, FAN_OUT]  # W then b: [w, b) are the weights, [b, end) the bias
         for start, stop, decay_on in ((w, b, 1.0), (b, end, 0.0)):  # weights are decayed, biases not
@@ -107,14 +120,18 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next):
                 m, v = state[0, start:stop], state[1, start:stop]
                 decay = decay_on * hyper[ADAM_WEIGHT_DECAY]
                 decoupled = hyper[ADAM_DECOUPLED] != 0.0  # AdamW: decay outside the adaptive step
-                _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
+                sq += _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
                 _adam_step(p, m, v, q, lr / c1, 1.0 / math.sqrt(c2), hyper[ADAM_EPS], lr * decay if decoupled else 0.0)
             else:
                 mu = hyper[SGD_MOMENTUM]
                 velocity = state[0, start:stop] if mu != 0.0 else g  # no state row without momentum (unused)
-                _sgd_range(
+                sq += _sgd_range(
                     p, g, velocity, q, lr, clip, mu, hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
                 )
+        total += sq
+        if with_norms:
+            sq_norms[l] += sq
+    return total
 
 
 @kernel
