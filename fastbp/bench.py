@@ -364,11 +364,9 @@ def table(results):
 
 def plot(results, path):
     """Bar chart of each contender's time per step relative to fastbp (log scale), one group per cell."""
-    import matplotlib
+    from .plot import pyplot
 
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     cells = results["cells"]
     names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", "numpy", "torch", "jax"].index)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4))

@@ -140,7 +140,7 @@ class MLP:
         self._capacity = 0
         self._acts = self._delta_a = self._delta_b = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
-        self._p_params, self._p_layout = self._params.ctypes.data, self._layout.ctypes.data
+        self._entry_network = (self._params.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
 
     @property
     def layout(self):
@@ -221,11 +221,25 @@ class MLP:
         self._delta_a = np.empty(n * int(widths.max()), dtype=self.dtype)
         self._delta_b = np.empty_like(self._delta_a)
         self._capacity = n
-        self._p_acts, self._p_delta_a, self._p_delta_b = (a.ctypes.data for a in self._workspace)
+        acts, delta_a, delta_b = self._workspace
+        self._entry_workspace = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
 
     @property
     def _workspace(self):
         return self._acts, self._delta_a, self._delta_b
+
+    def _entry_batch(self, X, Y2d, labels):
+        """Addresses and sizes of a validated batch, as the compiled entry points take them (boundary.py)."""
+        return (
+            X.ctypes.data,
+            X.shape[0],
+            X.shape[1],
+            Y2d.ctypes.data if Y2d.size else 0,
+            Y2d.shape[0],
+            Y2d.shape[1],
+            labels.ctypes.data if labels.size else 0,
+            labels.shape[0],
+        )
 
     def check_batch(self, X, Y):
         """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them."""
@@ -276,28 +290,14 @@ class MLP:
             self._reserve(X.shape[0])
             loss = _value_and_grad_entry(
                 self._marker,
-                self._p_params,
-                out.ctypes.data,
-                self.n_params,
-                self._p_layout,
-                self.n_layers,
+                self._entry_network,
                 self._loss_code,
-                X.ctypes.data,
-                X.shape[0],
-                self.n_in,
-                Y2d.ctypes.data if Y2d.size else 0,
-                Y2d.shape[0],
-                self.n_out,
-                labels.ctypes.data if labels.size else 0,
-                labels.shape[0],
+                self._entry_batch(X, Y2d, labels),
+                self._entry_workspace,
+                out.ctypes.data,
                 self.l2,
                 scale,
                 int(bool(accumulate)),
-                self._p_acts,
-                self._acts.size,
-                self._p_delta_a,
-                self._p_delta_b,
-                self._delta_a.size,
             )
         return float(loss), out
 

@@ -1,16 +1,24 @@
 """Plots of training (extra ``plot``: matplotlib)."""
 
 
+def pyplot():
+    """matplotlib.pyplot with the non-interactive Agg backend, or a clear error naming the extra to install."""
+    try:
+        import matplotlib
+    except ImportError as err:
+        raise RuntimeError("plots need matplotlib: pip install 'fastbp[plot]' (or pip install matplotlib)") from err
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    return plt
+
+
 def training_curves(history, path):
     """Write loss curves (training, and validation when present) and validation accuracy to a PNG.
 
     history: a Trainer history (dict of per-epoch lists). path: output file. Returns the path.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
+    plt = pyplot()
     epochs = range(1, len(history["loss"]) + 1)
     has_acc = "val_accuracy" in history
     fig, axes = plt.subplots(1, 2 if has_acc else 1, figsize=(10 if has_acc else 5.5, 4), squeeze=False)

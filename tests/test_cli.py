@@ -108,3 +108,21 @@ def test_failures_exit_1_with_a_message(tmp_path):
     assert proc.returncode == 1 and "not a readable fastbp checkpoint" in proc.stderr
     proc = run("train", "--lr", "1e6", "--optimizer", "sgd", "--epochs", "3", "--output", "none")
     assert proc.returncode == 1 and "diverged" in proc.stderr
+
+
+def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys):
+    # A user without the plot extra gets exit code 1 and the package to install, not a traceback.
+    import builtins
+
+    from fastbp import cli
+
+    real_import = builtins.__import__
+
+    def no_matplotlib(name, *args, **kwargs):
+        if name.startswith("matplotlib"):
+            raise ImportError("No module named 'matplotlib'")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_matplotlib)
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--output", "none", "--plot", "c.png"]) == 1
+    assert "pip install 'fastbp[plot]'" in capsys.readouterr().err

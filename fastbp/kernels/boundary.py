@@ -7,10 +7,12 @@ compiled code with ``numba.carray``, which allocates nothing. The Python side gu
 that of a live, validated, C-contiguous buffer of the stated size and dtype for the duration of the call.
 """
 
+import numpy as np
 from numba import carray, types
 from numba.extending import intrinsic
 
 from .._config import leaf
+from .layout import N_COLUMNS
 
 
 @intrinsic
@@ -36,3 +38,29 @@ def _array1d(address, size, marker):
 def _array2d(address, rows, cols, marker):
     """The (rows, cols) C array of marker's dtype at ``address`` (no allocation, no ownership)."""
     return carray(_pointer(address, marker), (rows, cols))
+
+
+# The entry points take their buffers as tuples of integers (no allocation to pass either), grouped as the Python
+# side holds them (``MLP._entry_network``, ``MLP._entry_workspace``, ``MLP._entry_batch``).
+
+
+@leaf
+def _network_arrays(network, marker):
+    """(params (n_params,), layout (n_layers, 6) int64) from (p_params, n_params, p_layout, n_layers)."""
+    p_params, n_params, p_layout, n_layers = network
+    return _array1d(p_params, n_params, marker), _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0))
+
+
+@leaf
+def _batch_arrays(batch, marker):
+    """(X (n, n_in), Y (n_Y, n_out), labels (n_labels,) int64) from their addresses and sizes."""
+    p_X, n, n_in, p_Y, n_Y, n_out, p_labels, n_labels = batch
+    X = _array2d(p_X, n, n_in, marker)
+    return X, _array2d(p_Y, n_Y, n_out, marker), _array1d(p_labels, n_labels, np.int64(0))
+
+
+@leaf
+def _workspace_arrays(workspace, marker):
+    """(acts, delta_a, delta_b) 1-D workspace buffers from (p_acts, n_acts, p_delta_a, p_delta_b, n_delta)."""
+    p_acts, n_acts, p_da, p_db, n_delta = workspace
+    return _array1d(p_acts, n_acts, marker), _array1d(p_da, n_delta, marker), _array1d(p_db, n_delta, marker)

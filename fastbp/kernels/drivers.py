@@ -9,14 +9,12 @@ every driver a separate function, 18-19 s with the drivers inlined, 62 s with th
 (Numba's type inference of one huge function is slow).
 """
 
-import numpy as np
-
 from .._config import kernel, leaf
 from .backward import _hidden_delta, _weight_grad
-from .boundary import _array1d, _array2d
+from .boundary import _array1d, _batch_arrays, _network_arrays, _workspace_arrays
 from .forward import _dense_forward
 from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, N_COLUMNS, TRAINABLE, _activation_view, _layer_view, _rows_view
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _layer_view, _rows_view
 from .loss import _l2_penalty, _output_delta
 
 
@@ -153,45 +151,12 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
 
 
 @kernel
-def _value_and_grad_entry(
-    marker,
-    p_params,
-    p_grads,
-    n_params,
-    p_layout,
-    n_layers,
-    loss_code,
-    p_X,
-    n,
-    n_in,
-    p_Y,
-    n_Y,
-    n_out,
-    p_labels,
-    n_labels,
-    l2,
-    scale,
-    accumulate,
-    p_acts,
-    n_acts,
-    p_da,
-    p_db,
-    n_delta,
-):
+def _value_and_grad_entry(marker, network, loss_code, batch, workspace, p_grads, l2, scale, accumulate):
     """:func:`_value_and_grad` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    layout = _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0))
+    params, layout = _network_arrays(network, marker)
+    X, Y, labels = _batch_arrays(batch, marker)
+    acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
+    grads = _array1d(p_grads, params.shape[0], marker)
     return _value_and_grad(
-        _array1d(p_params, n_params, marker),
-        _array1d(p_grads, n_params, marker),
-        layout,
-        loss_code,
-        _array2d(p_X, n, n_in, marker),
-        _array2d(p_Y, n_Y, n_out, marker),
-        _array1d(p_labels, n_labels, np.int64(0)),
-        l2,
-        scale,
-        accumulate,
-        _array1d(p_acts, n_acts, marker),
-        _array1d(p_da, n_delta, marker),
-        _array1d(p_db, n_delta, marker),
+        params, grads, layout, loss_code, X, Y, labels, l2, scale, accumulate, acts, delta_a, delta_b
     )

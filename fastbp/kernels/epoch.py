@@ -18,11 +18,11 @@ import numpy as np
 
 from .._config import finite, kernel, leaf
 from .activations import SOFTMAX
-from .boundary import _array1d, _array2d
+from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
 from .drivers import _value_and_grad
 from .forward import _dense_forward
 from .gemm import _gemm
-from .layout import ACTIVATION, FAN_OUT, N_COLUMNS, _activation_view, _layer_view, _rows_view
+from .layout import ACTIVATION, FAN_OUT, _activation_view, _layer_view, _rows_view
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
 from .optimizers import _grad_norms, _learning_rate, _update
 
@@ -211,21 +211,12 @@ def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
 @kernel
 def _train_epoch_entry(
     marker,
-    p_params,
+    network,
+    loss_code,
+    batch,
+    workspace,
     p_spare,
     p_grads,
-    n_params,
-    p_layout,
-    n_layers,
-    loss_code,
-    p_X,
-    n,
-    n_in,
-    p_Y,
-    n_Y,
-    n_out,
-    p_labels,
-    n_labels,
     p_perm,
     batch_size,
     l2,
@@ -240,11 +231,6 @@ def _train_epoch_entry(
     t0,
     p_state,
     n_state,
-    p_acts,
-    n_acts,
-    p_da,
-    p_db,
-    n_delta,
     p_Xb,
     p_Yb,
     p_lb,
@@ -252,16 +238,20 @@ def _train_epoch_entry(
     max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
+    params, layout = _network_arrays(network, marker)
+    X, Y, labels = _batch_arrays(batch, marker)
+    acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
+    n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
     return _train_epoch(
-        _array1d(p_params, n_params, marker),
+        params,
         _array1d(p_spare, n_params, marker),
         _array1d(p_grads, n_params, marker),
-        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
+        layout,
         loss_code,
-        _array2d(p_X, n, n_in, marker),
-        _array2d(p_Y, n_Y, n_out, marker),
-        _array1d(p_labels, n_labels, np.int64(0)),
-        _array1d(p_perm, n, np.int64(0)),
+        X,
+        Y,
+        labels,
+        _array1d(p_perm, X.shape[0], np.int64(0)),
         batch_size,
         l2,
         kind,
@@ -272,46 +262,21 @@ def _train_epoch_entry(
         clip_norm,
         t0,
         _array2d(p_state, n_state, n_params, marker),
-        _array1d(p_acts, n_acts, marker),
-        _array1d(p_da, n_delta, marker),
-        _array1d(p_db, n_delta, marker),
+        acts,
+        delta_a,
+        delta_b,
         _array1d(p_Xb, batch_size * n_in, marker),
         _array1d(p_Yb, batch_size * n_out, marker),
         _array1d(p_lb, batch_size, np.int64(0)),
-        _array1d(p_sq_norms, n_layers, np.float64(0)),
+        _array1d(p_sq_norms, layout.shape[0], np.float64(0)),
         max_loss,
     )
 
 
 @kernel
-def _evaluate_entry(
-    marker,
-    p_params,
-    n_params,
-    p_layout,
-    n_layers,
-    loss_code,
-    p_X,
-    n,
-    n_in,
-    p_Y,
-    n_Y,
-    n_out,
-    p_labels,
-    n_labels,
-    p_acts,
-    n_acts,
-    p_delta,
-    n_delta,
-):
+def _evaluate_entry(marker, network, loss_code, batch, workspace):
     """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    return _evaluate(
-        _array1d(p_params, n_params, marker),
-        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
-        loss_code,
-        _array2d(p_X, n, n_in, marker),
-        _array2d(p_Y, n_Y, n_out, marker),
-        _array1d(p_labels, n_labels, np.int64(0)),
-        _array1d(p_acts, n_acts, marker),
-        _array1d(p_delta, n_delta, marker),
-    )
+    params, layout = _network_arrays(network, marker)
+    X, Y, labels = _batch_arrays(batch, marker)
+    acts, delta_a, _ = _workspace_arrays(workspace, marker)
+    return _evaluate(params, layout, loss_code, X, Y, labels, acts, delta_a)
