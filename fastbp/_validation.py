@@ -12,6 +12,8 @@ import numpy as np
 
 def check_dtype(dtype):
     """Return ``np.dtype('float32')`` or ``np.dtype('float64')``; anything else raises."""
+    if dtype is None:
+        raise TypeError("dtype must be 'float32' or 'float64', got None")
     try:
         dt = np.dtype(dtype)
     except TypeError as err:
@@ -43,6 +45,13 @@ def check_float(value, name, minimum=None, strict=False):
     return value
 
 
+def check_bool(value, name):
+    """A bool (Python or NumPy), or the integers 0 and 1, as a Python bool; strings and other values raise."""
+    if isinstance(value, (bool, np.bool_)) or (isinstance(value, numbers.Integral) and value in (0, 1)):
+        return bool(value)
+    raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
+
+
 def check_finite(a, name):
     """Raise ValueError if the array holds NaN or inf. A finite sum proves every element finite without a
     boolean temporary; only when it is not (NaN, inf, or overflow of the sum) is the exact test run."""
@@ -50,13 +59,32 @@ def check_finite(a, name):
         raise ValueError(f"{name} contains NaN or infinity")
 
 
+def as_array(a, name):
+    """np.asarray(a), with errors naming the argument; masked arrays are refused (their mask would be ignored)."""
+    if isinstance(a, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a masked array; fill or drop the masked values first")
+    if isinstance(a, np.ndarray):
+        return a
+    try:
+        return np.asarray(a)
+    except (ValueError, TypeError) as err:
+        raise ValueError(f"{name} cannot be read as an array: {err}") from err
+
+
 def as_float_array(a, name, dtype, ndim):
     """Convert to a C-contiguous array of ``dtype`` with ``ndim`` dims, checked finite (copy only if needed)."""
-    arr = np.asarray(a) if not isinstance(a, np.ndarray) else a
+    arr = as_array(a, name)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    if arr.dtype.kind == "f" and arr.dtype != dtype:
+        check_finite(arr, name)  # before the cast, so that an overflow of the cast is told apart from NaN/inf
+        with np.errstate(over="ignore"):
+            arr = np.ascontiguousarray(arr, dtype=dtype)
+        if arr.size and not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
+            raise ValueError(f"{name} holds values too large for {np.dtype(dtype).name} (max {np.finfo(dtype).max:g})")
+        return arr
     arr = np.ascontiguousarray(arr, dtype=dtype)
     check_finite(arr, name)
     return arr
@@ -82,7 +110,7 @@ def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
     class labels in [0, n_out); then Y2d is an empty (0, n_out) array and labels is int64. For n_out == 1 an (n,)
     array of targets is accepted as a column. Otherwise labels is an empty int64 array.
     """
-    arr = np.asarray(Y)
+    arr = as_array(Y, name)
     if arr.dtype.kind not in "fiub":
         raise TypeError(f"{name} must hold real numbers or integer labels, got an array of dtype {arr.dtype}")
     if arr.ndim == 1 and allow_labels:
@@ -92,6 +120,10 @@ def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
             check_finite(arr, name)
             if not np.array_equal(arr, np.round(arr)):
                 raise ValueError(f"{name} is 1-D, so it must hold integer class labels; got non-integer values")
+            if arr.size and (arr.min() < 0 or arr.max() >= n_out):
+                raise ValueError(
+                    f"{name} holds class labels in [{arr.min():g}, {arr.max():g}], expected labels in [0, {n_out - 1}]"
+                )
         labels = np.ascontiguousarray(arr, dtype=np.int64)
         if labels.size and (labels.min() < 0 or labels.max() >= n_out):
             raise ValueError(

@@ -1,5 +1,6 @@
 """The network: architecture, flat parameter buffer, workspace, and the validated entry points to the kernels."""
 
+import itertools
 import threading
 
 import numpy as np
@@ -9,6 +10,10 @@ from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels import loss as _loss
 from .kernels.drivers import _predict, _value_and_grad_entry
+
+#: Largest network accepted (2^34 parameters: 64 GiB in float32), so that absurd sizes fail with a ValueError
+#: naming layer_sizes rather than a MemoryError or an integer overflow deep inside NumPy.
+MAX_PARAMS = 2**34
 
 _CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
 
@@ -92,16 +97,22 @@ class MLP:
         seed=0,
         trainable=None,
     ):
-        if isinstance(layer_sizes, (str, bytes)) or not hasattr(layer_sizes, "__len__"):
-            raise TypeError(f"layer_sizes must be a sequence of integers, got {layer_sizes!r}")
+        if not isinstance(layer_sizes, (list, tuple, np.ndarray)):
+            raise TypeError(f"layer_sizes must be a list of integers, got {type(layer_sizes).__name__} {layer_sizes!r}")
         sizes = tuple(v.check_int(s, f"layer_sizes[{i}]", minimum=1) for i, s in enumerate(layer_sizes))
         if len(sizes) < 2:
             raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
         n_layers = len(sizes) - 1
-        if isinstance(activation, str):
-            hidden = [activation] * (n_layers - 1)
-        elif isinstance(activation, (list, tuple)):
-            hidden = list(activation)
+        n_params = sum(a * b + b for a, b in itertools.pairwise(sizes))
+        if n_params > MAX_PARAMS:
+            raise ValueError(
+                f"layer_sizes {list(sizes)} need {n_params} parameters, more than fastbp supports ({MAX_PARAMS})"
+            )
+        if isinstance(activation, (str, np.str_)):
+            _check_name(str(activation), "activation", _act.HIDDEN)  # checked even when there is no hidden layer
+            hidden = [str(activation)] * (n_layers - 1)
+        elif isinstance(activation, (list, tuple, np.ndarray)):
+            hidden = [str(a) if isinstance(a, np.str_) else a for a in activation]
         else:
             raise TypeError(f"activation must be a name or a list of names, got {type(activation).__name__}")
         if len(hidden) != n_layers - 1:
@@ -114,7 +125,9 @@ class MLP:
             seed = v.check_int(seed, "seed", minimum=0)
         if trainable is None:
             trainable = [True] * n_layers
-        trainable = [bool(t) for t in trainable]
+        if not isinstance(trainable, (list, tuple, np.ndarray)):
+            raise TypeError(f"trainable must be a list of {n_layers} booleans, got {type(trainable).__name__}")
+        trainable = [v.check_bool(t, f"trainable[{i}]") for i, t in enumerate(trainable)]
         if len(trainable) != n_layers:
             raise ValueError(f"trainable has {len(trainable)} flags for {n_layers} layers")
 
@@ -179,7 +192,7 @@ class MLP:
         layer = v.check_int(layer, "layer")
         if not -self.n_layers <= layer < self.n_layers:
             raise ValueError(f"layer must be in [{-self.n_layers}, {self.n_layers - 1}], got {layer}")
-        self._layout[layer, _lay.TRAINABLE] = int(bool(flag))
+        self._layout[layer, _lay.TRAINABLE] = int(v.check_bool(flag, "flag"))
 
     def layer_range(self, layer):
         """``(start, stop)`` of layer ``layer``'s parameters (W then b) in ``params``."""
@@ -204,6 +217,29 @@ class MLP:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 W[...] = rng.uniform(-limit, limit, size=W.shape)
             b[...] = 0.0
+
+    def __getstate__(self):
+        # The lock, the workspace and the raw addresses the entry points use belong to this object only: a copy
+        # (copy.deepcopy, pickle, joblib) is rebuilt from the constructor arguments and the parameter values.
+        return {
+            "args": (
+                list(self.layer_sizes),
+                list(self.activations),
+                self.output,
+                self.loss,
+                self.l2,
+                self.dtype.name,
+                self.seed,
+                list(self.trainable),
+            ),
+            "params": self._params.copy(),
+            "extras": dict(self.extras),
+        }
+
+    def __setstate__(self, state):
+        self.__init__(*state["args"])
+        self._params[:] = state["params"]
+        self.extras = state["extras"]
 
     def __repr__(self):
         return (
@@ -280,12 +316,15 @@ class MLP:
         """
         X, Y2d, labels = self.check_batch(X, Y)
         scale = v.check_float(scale, "scale", minimum=0.0)
+        accumulate = v.check_bool(accumulate, "accumulate")
         if out is None:
             if accumulate:
                 raise ValueError("accumulate=True needs an out= buffer to accumulate into")
             out = np.empty(self.n_params, dtype=self.dtype)
         else:
             v.check_out(out, self.n_params, self.dtype)
+            if np.shares_memory(out, self._params):
+                raise ValueError("out must not share memory with net.params (the gradient would overwrite them)")
         with self._lock:
             self._reserve(X.shape[0])
             loss = _value_and_grad_entry(
@@ -297,7 +336,7 @@ class MLP:
                 out.ctypes.data,
                 self.l2,
                 scale,
-                int(bool(accumulate)),
+                int(accumulate),
             )
         return float(loss), out
 

@@ -77,7 +77,7 @@ def _loss_and_output_delta(net, Z, A, Y):
     if net.loss == "cross_entropy":  # softmax: -sum y log p, with log p = z - logsumexp(z)
         z_max = Z.max(axis=1, keepdims=True)
         lse = z_max + np.log(np.exp(Z - z_max).sum(axis=1, keepdims=True))
-        return (Y * (lse - Z)).sum(), A - Y
+        return (Y * (lse - Z)).sum(), A * Y.sum(axis=1, keepdims=True) - Y  # = A - Y when rows of Y sum to 1
     if net.loss == "binary_cross_entropy":  # sigmoid: -y log a - (1 - y) log(1 - a), in terms of z
         return (np.maximum(Z, 0) - Y * Z + np.log1p(np.exp(-np.abs(Z)))).sum(), A - Y
     grad_A = A - Y  # squared error 1/2 ||a - y||^2: dC/dA = a - y

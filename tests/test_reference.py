@@ -100,3 +100,22 @@ def test_softmax_cross_entropy_gradient_is_p_minus_y(value_and_grad):
     assert loss == pytest.approx(math.log(4.0), rel=HAND_RTOL)
     np.testing.assert_allclose(db[0], [-0.75, 0.75], rtol=HAND_RTOL)
     np.testing.assert_allclose(dW[0], [[-1.5, 1.5], [0.75, -0.75]], rtol=HAND_RTOL)
+
+
+@pytest.mark.parametrize("targets", ["soft", "multi_hot", "zero_rows"])
+def test_softmax_cross_entropy_with_targets_that_are_not_distributions(targets, rng):
+    # -sum_j y_j log p_j has gradient P sum(y) - Y wrt the logits; P - Y holds only when each row sums to 1.
+    net = fastbp.MLP([3, 5, 4], "tanh", "softmax", dtype="float64", seed=2)
+    for b in net.intercepts:
+        b[...] = rng.standard_normal(b.shape)
+    X = rng.standard_normal((6, 3))
+    Y = {
+        "soft": rng.random((6, 4)) * 2,
+        "multi_hot": (rng.random((6, 4)) > 0.5).astype(float),
+        "zero_rows": np.zeros((6, 4)),
+    }[targets]
+    fd = finite_differences(net, X, Y)
+    _, ref = reference.value_and_grad(net, X, Y)
+    _, compiled = net.value_and_grad(X, Y)
+    assert rel_err(ref, fd) <= FD_RTOL or np.abs(ref - fd).max() <= 1e-9  # zero rows: gradient exactly 0
+    assert rel_err(compiled, ref) <= 1e-12 or np.abs(compiled - ref).max() <= 1e-15

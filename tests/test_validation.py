@@ -138,3 +138,64 @@ def test_predict_validates_X():
         net.predict(np.zeros((2, 5)))
     with pytest.raises(ValueError, match="X contains NaN"):
         net.predict(np.full((2, 4), np.nan))
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "error", "match"),
+    [
+        (dict(layer_sizes=[4, 2], activation="bogus"), ValueError, "activation"),  # checked without hidden layers
+        (dict(layer_sizes={4, 3}), TypeError, "layer_sizes"),
+        (dict(layer_sizes=[2**40, 2**10]), ValueError, "parameters"),
+        (dict(layer_sizes=[2**62, 4]), ValueError, "parameters"),
+        (dict(layer_sizes=[4, 3, 2], trainable=["False", "True"]), TypeError, r"trainable\[0\]"),
+        (dict(layer_sizes=[4, 3, 2], trainable=True), TypeError, "trainable"),
+        (dict(layer_sizes=[4, 2], dtype=None), TypeError, "dtype"),
+    ],
+)
+def test_more_bad_network_arguments(kwargs, error, match):
+    with pytest.raises(error, match=match):
+        fastbp.MLP(**kwargs)
+
+
+def test_numpy_string_activations_are_accepted():
+    net = fastbp.MLP([4, 3, 2], activation=np.array(["tanh"]))
+    assert net.activations == ("tanh",)
+
+
+def test_out_may_not_alias_params_and_flags_must_be_booleans(rng):
+    net = fastbp.MLP([4, 3, 2])
+    X, y = make_batch(net, 5, rng)
+    params = net.params.copy()
+    with pytest.raises(ValueError, match=r"share memory with net\.params"):
+        net.value_and_grad(X, y, out=net.params)
+    np.testing.assert_array_equal(net.params, params)
+    with pytest.raises(TypeError, match="accumulate"):
+        net.value_and_grad(X, y, out=np.zeros(net.n_params, np.float32), accumulate="no")
+    with pytest.raises(TypeError, match="flag"):
+        net.set_trainable(0, "False")
+
+
+def test_inputs_that_do_not_fit_the_dtype_or_are_malformed(rng):
+    net = fastbp.MLP([2, 3])
+    with pytest.raises(ValueError, match="too large for float32"):
+        net.value_and_grad(np.array([[1e39, 0.0]]), [0])
+    with pytest.raises(ValueError, match=r"X cannot be read as an array"):
+        net.value_and_grad([[1.0, 2.0], [3.0]], [0, 1])
+    with pytest.raises(TypeError, match="masked array"):
+        net.value_and_grad(np.ma.masked_array([[1.0, 2.0]], mask=[[0, 1]]), [0])
+    with pytest.raises(ValueError, match=r"labels in \[0, 1e\+20\]"):
+        net.value_and_grad(np.zeros((2, 2)), np.array([0.0, 1e20]))
+
+
+def test_networks_can_be_copied_and_pickled(rng):
+    import copy
+    import pickle
+
+    net = fastbp.MLP([4, 5, 3], l2=0.1, trainable=[False, True], dtype="float64")
+    net.params[:] = rng.standard_normal(net.n_params)
+    X, y = make_batch(net, 6, rng)
+    for other in (copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert other.trainable == net.trainable and other.l2 == net.l2
+        np.testing.assert_array_equal(other.value_and_grad(X, y)[1], net.value_and_grad(X, y)[1])
+        other.params[:] = 0.0  # a copy owns its buffers
+        assert net.params.any()

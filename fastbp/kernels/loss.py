@@ -3,7 +3,8 @@
 Losses (per sample; the batch loss is the mean, plus ``l2 / 2 * sum(W**2)`` over weights only):
 
 - softmax + cross-entropy: ``-sum_j y_j log p_j``, computed as ``lse(z) sum_j y_j - sum_j y_j z_j`` with the
-  log-sum-exp ``lse``; canonical pair, ``delta = P - Y``.
+  log-sum-exp ``lse``; canonical pair, ``delta = P - Y`` when each target row sums to 1 (labels, one-hot), and
+  ``delta = P sum_j y_j - Y`` in general (soft or multi-hot targets).
 - sigmoid + binary cross-entropy: ``sum_j max(z, 0) - y z + log(1 + exp(-|z|))`` (the logits form, exact for
   saturated units); canonical pair, ``delta = A - Y``.
 - squared error ``1/2 ||a - y||^2`` with any output activation f: the general BP1 form
@@ -54,6 +55,11 @@ def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_
         lse = _bias_log_sum_exp_row(Z, b, i)
         row = 0.0
         g_dot_p = 0.0
+        y_sum = 1.0  # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
+        if cross_entropy and labels.shape[0] == 0:
+            y_sum = 0.0
+            for j in range(m):
+                y_sum += Y[i, j]
         for j in range(m):
             y = _target(Y, labels, i, j)
             z = Z[i, j]
@@ -61,7 +67,7 @@ def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_
             Z[i, j] = p
             if cross_entropy:
                 row += y * (lse - z)
-                d = weight * (p - y)
+                d = weight * (p * y_sum - y)
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
