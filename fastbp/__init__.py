@@ -1,6 +1,6 @@
 """fastbp: fast CPU backpropagation for dense neural networks, compiled with Numba over flat buffers."""
 
-from . import data, optim, reference
+from . import data, optim, plot, reference
 from .checkpoint import CheckpointError, load
 from .network import MLP
 from .optim import SGD, Adam, AdamW
@@ -23,6 +23,7 @@ __all__ = [
     "get_num_threads",
     "load",
     "optim",
+    "plot",
     "reference",
     "set_num_threads",
 ]

@@ -64,15 +64,25 @@ def save(net, path, optimizer=None, extras=None):
             state if state is not None else np.zeros((optimizer.n_state, net.n_params), net.dtype)
         )
     for name, value in (extras or {}).items():
-        arrays[f"extra_{name}"] = np.asarray(value)
+        value = np.asarray(value)
+        if value.dtype.kind not in "biufcUS":  # object arrays would need pickle, which load refuses
+            raise TypeError(f"extras[{name!r}] must be a numeric or string array, got dtype {value.dtype}")
+        arrays[f"extra_{name}"] = value
     arrays["sha256"] = np.array(_digest(arrays))
     directory = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(directory):
+        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
+    if os.path.isdir(path):
+        raise IsADirectoryError(f"cannot save to {path}: it is a directory")
     fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
     try:
         with os.fdopen(fd, "wb") as f:
             np.savez(f, **arrays)
             f.flush()
             os.fsync(f.fileno())
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
@@ -87,9 +97,9 @@ def _read(path):
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, zipfile.LargeZipFile) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, zipfile.LargeZipFile) as err:
         raise CheckpointError(f"{path} is not a readable fastbp checkpoint ({type(err).__name__}: {err})") from err
-    if str(arrays.get("format", "")) != FORMAT:
+    if not isinstance(arrays, dict) or str(arrays.get("format", "")) != FORMAT:
         raise CheckpointError(f"{path} is not a fastbp checkpoint")
     if int(arrays.get("version", -1)) != VERSION:
         raise CheckpointError(f"{path} has checkpoint format version {arrays.get('version')}, expected {VERSION}")

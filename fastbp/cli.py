@@ -33,10 +33,41 @@ def _positive_int(text):
     return value
 
 
+def _bounded_float(low, high, low_open=False, high_open=True):
+    """argparse type: a finite float in [low, high) (open or closed ends as given), else a usage error."""
+
+    def parse(text):
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+        ok = np.isfinite(value) and (value > low if low_open else value >= low)
+        ok = ok and (value < high if high_open else value <= high)
+        if not ok:
+            left, right = "(" if low_open else "[", ")" if high_open else "]"
+            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {text}")
+        return value
+
+    return parse
+
+
 def _positive_float(text):
-    value = float(text)
-    if not value > 0:
-        raise argparse.ArgumentTypeError(f"must be > 0, got {text}")
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not (value > 0 and np.isfinite(value)):
+        raise argparse.ArgumentTypeError(f"must be a finite number > 0, got {text}")
+    return value
+
+
+def _non_negative_int(text):
+    try:
+        value = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
     return value
 
 
@@ -70,8 +101,12 @@ def build_parser():
     )
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZER_CHOICES)
     train.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
-    train.add_argument("--momentum", type=float, default=0.9, help="for momentum/nesterov (default 0.9)")
-    train.add_argument("--l2", type=float, default=0.0, help="L2 penalty l2/2 sum W^2 (default 0)")
+    train.add_argument(
+        "--momentum", type=_bounded_float(0.0, 1.0), default=0.9, help="for momentum/nesterov (default 0.9)"
+    )
+    train.add_argument(
+        "--l2", type=_bounded_float(0.0, np.inf), default=0.0, help="L2 penalty l2/2 sum W^2 (default 0)"
+    )
     train.add_argument("--clip-norm", type=_positive_float, help="clip gradients to this global L2 norm")
     train.add_argument("--schedule", default="constant", choices=("constant", "cosine", "invscaling"))
     train.add_argument("--epochs", type=_positive_int, default=40)
@@ -81,11 +116,11 @@ def build_parser():
     train.add_argument("--test-size", type=_fraction, default=0.2, help="fraction held out for testing")
     train.add_argument(
         "--val-split",
-        type=float,
+        type=_bounded_float(0.0, 1.0),
         default=0.0,
         help="fraction of the training part used for validation each epoch (default 0: none)",
     )
-    train.add_argument("--seed", type=int, default=0)
+    train.add_argument("--seed", type=_non_negative_int, default=0)
     train.add_argument(
         "--output", "-o", default="fastbp-model.npz", help="checkpoint path (default fastbp-model.npz; 'none' to skip)"
     )
@@ -103,6 +138,9 @@ def build_parser():
     predict.add_argument("model", help="checkpoint written by fastbp train")
     predict.add_argument("--data", help="data file as for train (default: the embedded digits)")
     predict.add_argument("--labels", help="IDX labels file, with IDX images in --data")
+    predict.add_argument(
+        "--no-labels", action="store_true", help="the data file has no labels (a CSV: every column is a feature)"
+    )
     predict.add_argument("--output", "-o", help="write predictions to this .npy file instead of printing them")
 
     bench = sub.add_parser(
@@ -135,12 +173,14 @@ def _version():
     return __version__
 
 
-def _load_data(path, labels):
+def _load_data(path, labels, require_y=True, no_labels=False):
     from . import data
 
     if path is None:
         return data.load_digits()
-    return data.load_file(path, labels)
+    if no_labels and path.lower().endswith((".csv", ".txt")):
+        return data.load_csv(path, label_column=None)
+    return data.load_file(path, labels, require_y=require_y and not no_labels)
 
 
 def _make_optimizer(args):
@@ -166,6 +206,9 @@ def cmd_train(args):
 
     if args.threads:
         fastbp.set_num_threads(args.threads)
+    for option, path in (("--output", args.output), ("--plot", args.plot), ("--json", args.json)):
+        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{option} {path}: the directory does not exist")  # before training, not after
     X, y = _load_data(args.data, args.labels)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise ValueError(
@@ -224,7 +267,13 @@ def cmd_predict(args):
     import fastbp
 
     net = fastbp.load(args.model)
-    X, y = _load_data(args.data, args.labels)
+    X, y = _load_data(args.data, args.labels, require_y=False, no_labels=args.no_labels)
+    X = np.asarray(X, dtype=np.float64)
+    if X.ndim != 2 or X.shape[1] != net.n_in:
+        raise ValueError(
+            f"the data has {X.shape[-1]} feature columns but the model takes {net.n_in}"
+            + (" (a CSV without a label column needs --no-labels)" if X.ndim == 2 else "")
+        )
     if "x_mean" in net.extras:  # the standardisation fastbp train fitted on its training split
         X = (X - net.extras["x_mean"]) / net.extras["x_scale"]
     outputs = net.predict(X)
@@ -314,13 +363,15 @@ def _threading_layer():
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)
+    if getattr(args, "labels", None) and not getattr(args, "data", None):
+        parser.error("--labels (an IDX labels file) needs --data (the IDX images)")
     handlers = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return 1
-    except (ValueError, TypeError, OSError, RuntimeError) as err:
+    except (ValueError, TypeError, OSError, RuntimeError, EOFError) as err:
         print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
         return 1
 

@@ -21,31 +21,35 @@ def load_digits():
     return data.data.astype(np.float64), data.target.astype(np.int64)
 
 
-def load_npz(path, x_key="X", y_key="y"):
-    """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``)."""
+def load_npz(path, x_key="X", y_key="y", require_y=True):
+    """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``); y is None when the
+    file has none and ``require_y`` is False."""
     with np.load(os.fspath(path), allow_pickle=False) as data:
-        missing = [k for k in (x_key, y_key) if k not in data.files]
+        missing = [k for k in (x_key, y_key) if k not in data.files and (require_y or k == x_key)]
         if missing:
             raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(data.files)}")
-        return data[x_key], data[y_key]
+        return data[x_key], (data[y_key] if y_key in data.files else None)
 
 
 def load_csv(path, label_column=-1, delimiter=",", skip_header=None):
     """A numeric CSV file: features and the label column (default: the last).
 
     skip_header: number of header lines; None detects one non-numeric first line. Returns X (n, d) float64 and
-    y (n,), int64 when every label is integral, else float64.
+    y (n,), int64 when every label is integral, else float64; with ``label_column=None`` every column is a
+    feature and y is None.
     """
     path = os.fspath(path)
     if skip_header is None:
-        with open(path) as f:
+        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: a byte-order mark is not part of the header
             first = f.readline()
         try:
             [float(field) for field in first.strip().split(delimiter)]
             skip_header = 0
         except ValueError:
             skip_header = 1
-    table = np.loadtxt(path, delimiter=delimiter, skiprows=skip_header, ndmin=2, dtype=np.float64)
+    table = np.loadtxt(path, delimiter=delimiter, skiprows=skip_header, ndmin=2, dtype=np.float64, encoding="utf-8-sig")
+    if label_column is None:
+        return table, None
     if table.shape[1] < 2:
         raise ValueError(f"{path} needs at least one feature column and a label column, got {table.shape[1]}")
     y = table[:, label_column]
@@ -61,8 +65,11 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 def _read_idx(path):
     path = os.fspath(path)
     opener = gzip.open if path.endswith(".gz") else open
-    with opener(path, "rb") as f:
-        raw = f.read()
+    try:
+        with opener(path, "rb") as f:
+            raw = f.read()
+    except (EOFError, gzip.BadGzipFile) as err:
+        raise ValueError(f"{path} is truncated or not gzip data ({err})") from err
     if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
@@ -81,17 +88,20 @@ def load_idx(images_path, labels_path):
     """MNIST-style IDX files (optionally gzipped): images flattened to (n, rows*cols) float64, labels int64."""
     images = _read_idx(images_path)
     labels = _read_idx(labels_path)
+    if labels.ndim != 1:
+        raise ValueError(f"{labels_path} must hold one label per image (1-D), got shape {labels.shape}")
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
     return images.reshape(images.shape[0], -1).astype(np.float64), labels.astype(np.int64).reshape(-1)
 
 
-def load_file(path, labels_path=None):
-    """Load by extension: ``.npz`` (arrays X, y), ``.csv`` (label last), IDX (``labels_path`` needed)."""
+def load_file(path, labels_path=None, require_y=True):
+    """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` (label last),
+    IDX (``labels_path`` needed)."""
     path = os.fspath(path)
-    if path.endswith(".npz"):
-        return load_npz(path)
-    if path.endswith((".csv", ".txt")):
+    if path.lower().endswith(".npz"):
+        return load_npz(path, require_y=require_y)
+    if path.lower().endswith((".csv", ".txt")):
         return load_csv(path)
     if labels_path is not None:
         return load_idx(path, labels_path)
@@ -100,8 +110,13 @@ def load_file(path, labels_path=None):
 
 def one_hot(y, n_classes=None):
     """Integer labels (n,) -> (n, n_classes) float64 one-hot rows."""
-    y = np.asarray(y, dtype=np.int64)
+    y = np.asarray(y)
+    if y.ndim != 1 or y.size == 0 or y.dtype.kind not in "biuf" or not np.array_equal(y, np.round(y)):
+        raise ValueError("one_hot needs a non-empty 1-D array of integer class labels")
+    y = y.astype(np.int64)
     n_classes = int(y.max()) + 1 if n_classes is None else n_classes
+    if y.min() < 0 or y.max() >= n_classes:
+        raise ValueError(f"labels must be in [0, {n_classes - 1}], got [{y.min()}, {y.max()}]")
     return np.eye(n_classes)[y]
 
 

@@ -85,6 +85,8 @@ class Cosine(Schedule):
         return np.array([self.total_steps, self.lr_min], dtype=np.float64)
 
     def __call__(self, lr, t):
+        if self.total_steps is None:
+            raise ValueError("this Cosine schedule has no total_steps yet: Trainer.fit sets it from its epochs")
         T = self.total_steps
         return self.lr_min + 0.5 * (lr - self.lr_min) * (1.0 + math.cos(math.pi * min(t, T) / T))
 
@@ -98,6 +100,8 @@ def _check_schedule(schedule):
     if isinstance(schedule, str):
         if schedule not in SCHEDULES:
             raise ValueError(f"unknown schedule {schedule!r}; expected one of {sorted(SCHEDULES)} or a Schedule")
+        if schedule == "step":
+            raise ValueError("schedule 'step' needs its parameters: use fastbp.optim.StepDecay(step_size, gamma)")
         return SCHEDULES[schedule]()
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a name or a fastbp.optim.Schedule, got {type(schedule).__name__}")
@@ -136,7 +140,9 @@ class Optimizer:
         self.t = 0
 
     def current_lr(self):
-        """Learning rate of the next step."""
+        """Learning rate of the next step (a Cosine schedule without total_steps: the base rate, until fit)."""
+        if isinstance(self.schedule, Cosine) and self.schedule.total_steps is None:
+            return self.lr
         return self.schedule(self.lr, self.t)
 
     def config(self):

@@ -44,10 +44,11 @@ class Trainer:
 
     Attributes
     ----------
-    history : dict of lists
+    history : dict of lists, new for each ``fit`` call
         ``loss`` (training objective, mean over the epoch's steps), ``val_loss`` and ``val_accuracy`` (when
-        validating; accuracy for softmax and sigmoid outputs), ``grad_norm`` (per-layer root-mean-square over the
-        epoch's steps of the gradient's L2 norm), ``lr`` (rate of the epoch's last step), ``epoch_time`` (s).
+        validating; argmax accuracy for softmax, subset (exact-match) accuracy for multi-label sigmoid outputs),
+        ``grad_norm`` (per-layer root-mean-square over the epoch's steps of the gradient's L2 norm), ``lr``
+        (rate of the epoch's last step), ``epoch_time`` (s).
     """
 
     def __init__(
@@ -81,6 +82,7 @@ class Trainer:
         )
         self._rng = np.random.default_rng(self.seed)
         self.history = {}
+        self._step_max_loss = None
         self._rows = 0
         dtype = net.dtype
         self._spare = net.params.copy()
@@ -139,21 +141,32 @@ class Trainer:
         return status, loss_sum, steps
 
     def _raise_divergence(self, status, where, loss_sum, steps, samples, max_loss=math.inf):
-        what = {
-            _epoch.NONFINITE_LOSS: "the loss became NaN or infinite",
-            _epoch.NONFINITE_GRADIENT: "the gradient became NaN or infinite",
-            _epoch.LOSS_TOO_LARGE: f"the loss exceeded {max_loss:.3g} ({self.divergence_factor:g} times its "
-            "initial value)",
-        }[status]
+        if status == _epoch.LOSS_TOO_LARGE:
+            what = f"the loss exceeded {max_loss:.3g} ({self.divergence_factor:g} times its initial value, at least 1)"
+        elif status == _epoch.NONFINITE_LOSS:
+            what = "the loss became NaN or infinite"
+        else:
+            what = "the gradient became NaN or infinite"
         last = f" (mean loss of the steps before: {loss_sum / samples:.6g})" if steps else ""
-        state = self.optimizer.state
-        if state is not None and state.size and not np.isfinite(state).all():
-            self.optimizer.reset()  # the failed step's non-finite gradient reached the optimizer state
+        # The parameters go back to the last finite step; the optimizer's state (velocity, moments, step count)
+        # was built by the diverging run, so it is reset too: a retry with a lower rate starts clean.
+        self.optimizer.reset()
         raise DivergenceError(
-            f"training diverged {where}: {what} after {self.optimizer.t} steps{last}. The network keeps the "
-            f"parameters of the last step whose loss was finite. Lower the learning rate (now {self.optimizer.lr:g}) "
-            "or set clip_norm."
+            f"training diverged {where}: {what} after {steps} steps of this call{last}. The network keeps the "
+            "parameters of the last step whose loss was finite, and the optimizer state was reset. Lower the "
+            f"learning rate (now {self.optimizer.lr:g}) or set clip_norm."
         )
+
+    def _max_loss(self, X, Y2d, labels):
+        """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to 1024 rows spread evenly
+        over the data (not the first rows: sorted data would give an unrepresentative reference)."""
+        if self.divergence_factor is None:
+            return math.inf
+        rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], 1024)).astype(np.int64))
+        Y_rows = Y2d[rows] if Y2d.shape[0] else Y2d
+        labels_rows = labels[rows] if labels.size else labels
+        initial = self._evaluate(np.ascontiguousarray(X[rows]), Y_rows, labels_rows)["loss"]
+        return self.divergence_factor * max(initial, 1.0)
 
     # ------------------------------------------------------------------ public
     def train_step(self, X_batch, Y_batch):
@@ -169,9 +182,12 @@ class Trainer:
                 start, stop = self.net.layer_range(l)
                 self._spare[start:stop] = self.net.params[start:stop]
         m = X.shape[0]
-        status, loss_sum, steps = self._run(X, Y2d, labels, np.arange(m, dtype=np.int64), m, self._schedule(None))
+        if self._step_max_loss is None:  # the first train_step sets the reference for divergence
+            self._step_max_loss = self._max_loss(X, Y2d, labels)
+        perm = np.arange(m, dtype=np.int64)
+        status, loss_sum, steps = self._run(X, Y2d, labels, perm, m, self._schedule(None), self._step_max_loss)
         if status != _epoch.OK:
-            self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m)
+            self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m, self._step_max_loss)
         return loss_sum / m
 
     def _schedule(self, total_steps):
@@ -234,11 +250,8 @@ class Trainer:
         steps_per_epoch = math.ceil(n / self.batch_size)
         schedule = self._schedule(self.optimizer.t + epochs * steps_per_epoch)
         np.copyto(self._spare, net.params)
-        max_loss = math.inf
-        if self.divergence_factor is not None:
-            initial = self._evaluate(X[:1024], Y2d[:1024], labels[:1024])["loss"]
-            max_loss = self.divergence_factor * max(initial, 1.0)
-        history = self.history
+        max_loss = self._max_loss(X, Y2d, labels)
+        history = self.history = {}  # a new history per fit call, as Keras returns
         monitor = "val_loss" if val is not None else "loss"
         best, best_params, wait = math.inf, None, 0
         bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
@@ -265,7 +278,7 @@ class Trainer:
             for key, value in logs.items():
                 history.setdefault(key, []).append(value)
             bar.set_postfix({k: f"{val_:.4g}" for k, val_ in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
-            stop = any(bool(cb(self, epoch, logs)) for cb in self.callbacks)
+            stop = any([bool(cb(self, epoch, logs)) for cb in self.callbacks])  # every callback sees every epoch
             if self.early_stopping:
                 if logs[monitor] < best - self.min_delta:
                     best, wait = logs[monitor], 0

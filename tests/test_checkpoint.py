@@ -133,3 +133,20 @@ def test_killing_the_process_during_a_save_never_leaves_a_corrupt_file(tmp_path)
         assert np.unique(net.params).size == 1, attempt
     leftovers = [name for name in os.listdir(tmp_path) if name != "model.npz"]
     assert all(name.startswith(".fastbp-") for name in leftovers)  # only temporary files, never the target
+
+
+def test_save_rejects_object_extras_and_missing_directories(tmp_path):
+    net = fastbp.MLP([3, 2])
+    with pytest.raises(TypeError, match=r"extras\['cfg'\]"):
+        net.save(tmp_path / "m.npz", extras={"cfg": {"a": 1}})
+    with pytest.raises(FileNotFoundError, match="does not exist"):
+        net.save(tmp_path / "missing" / "m.npz")
+    assert not list(tmp_path.iterdir())
+    net.save(tmp_path / "m.npz")
+    assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def _umask():
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask

@@ -126,3 +126,43 @@ def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys):
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
     assert cli.main(["train", "--epochs", "1", "--no-progress", "--output", "none", "--plot", "c.png"]) == 1
     assert "pip install 'fastbp[plot]'" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    "args",
+    [
+        ["train", "--val-split", "1.5"],
+        ["train", "--momentum", "1.5"],
+        ["train", "--l2", "-1"],
+        ["train", "--l2", "nan"],
+        ["train", "--lr", "inf"],
+        ["train", "--seed", "-1"],
+        ["train", "--labels", "lab.idx"],
+    ],
+)
+def test_invalid_option_values_are_usage_errors(args):
+    proc = run(*args)
+    assert proc.returncode == 2, proc.stderr
+    assert "usage:" in proc.stderr
+
+
+def test_predict_on_unlabelled_data_and_a_missing_output_directory(tmp_path, rng):
+    X = rng.standard_normal((40, 3))
+    y = (X[:, 0] > 0).astype(int)
+    np.savetxt(tmp_path / "train.csv", np.column_stack([X, y]), delimiter=",")
+    np.savetxt(tmp_path / "unlabelled.csv", X, delimiter=",")
+    np.savez(tmp_path / "unlabelled.npz", X=X)
+    assert (
+        run("train", "--data", "train.csv", "--epochs", "2", "--no-progress", "-o", "m.npz", cwd=tmp_path).returncode
+        == 0
+    )
+    proc = run("predict", "m.npz", "--data", "unlabelled.csv", "--no-labels", cwd=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout.split()) == 40
+    proc = run("predict", "m.npz", "--data", "unlabelled.npz", cwd=tmp_path)
+    assert proc.returncode == 0 and len(proc.stdout.split()) == 40
+    proc = run(
+        "predict", "m.npz", "--data", "unlabelled.csv", cwd=tmp_path
+    )  # last feature taken as labels: too few columns
+    assert proc.returncode == 1 and "--no-labels" in proc.stderr
+    proc = run("train", "--epochs", "1", "-o", "missing/m.npz", cwd=tmp_path)
+    assert proc.returncode == 1 and "directory does not exist" in proc.stderr

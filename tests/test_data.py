@@ -98,3 +98,31 @@ def test_prepare_splits_stratified_and_standardizes():
 
 def test_one_hot():
     np.testing.assert_array_equal(data.one_hot([2, 0], 3), [[0, 0, 1], [1, 0, 0]])
+
+
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    path = tmp_path / "bom.csv"
+    path.write_bytes(b"\xef\xbb\xbf1,2,0\n3,4,1\n5,6,0\n7,8,1\n")
+    X, y = data.load_csv(path)
+    assert X.shape == (4, 2) and list(y) == [0, 1, 0, 1]
+    X_all, none = data.load_csv(path, label_column=None)
+    assert X_all.shape == (4, 3) and none is None
+
+
+def test_one_hot_rejects_bad_labels():
+    for bad in ([-1, 0, 1], [0.7, 1.2], []):
+        with pytest.raises(ValueError):
+            data.one_hot(bad)
+    with pytest.raises(ValueError, match=r"\[0, 2\]"):
+        data.one_hot([0, 1, 5], n_classes=3)
+
+
+def test_idx_labels_must_be_one_dimensional_and_truncated_gzip_is_an_error(tmp_path, rng):
+    images = rng.integers(0, 256, (5, 2, 3)).astype(np.uint8)
+    _write_idx(tmp_path / "img", images, 0x08)
+    with pytest.raises(ValueError, match="one label per image"):
+        data.load_idx(tmp_path / "img", tmp_path / "img")
+    payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05" + bytes(5))
+    (tmp_path / "lab.gz").write_bytes(payload[:-6])
+    with pytest.raises(ValueError, match="truncated"):
+        data.load_idx(tmp_path / "img", tmp_path / "lab.gz")

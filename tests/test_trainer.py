@@ -187,3 +187,59 @@ def test_a_full_epoch_makes_no_runtime_allocation():
     )
     assert proc.returncode == 0, proc.stderr
     assert int(proc.stdout) == 0
+
+
+def test_divergence_without_a_factor_and_optimizer_reset(rng):
+    X, y = fastbp.data.load_digits()
+    net = fastbp.MLP([64, 16, 10])
+    opt = fastbp.SGD(lr=1e30, momentum=0.9)
+    trainer = fastbp.Trainer(net, opt, divergence_factor=None, progress=False)
+    with pytest.raises(fastbp.DivergenceError, match="NaN or infinite"):
+        trainer.fit(X, y, epochs=3)
+    assert np.isfinite(net.params).all()
+    assert opt.t == 0 and opt.state is None  # reset: a retry with a lower rate starts clean
+    opt.lr = 1e-3
+    history = trainer.fit(X, y, epochs=2)
+    assert history["loss"][-1] < history["loss"][0]
+
+
+def test_sorted_data_does_not_trigger_a_false_divergence(rng):
+    # A regression target sorted ascending: the first rows have far smaller losses than the rest; the divergence
+    # reference loss is taken over rows spread across the data, not the first ones.
+    X = np.sort(rng.standard_normal((5000, 3)), axis=0)
+    y = np.concatenate([rng.random(1024), 1e2 * np.arange(3976.0)])[:, None]
+    net = fastbp.MLP([3, 8, 1], output="identity", dtype="float64")
+    history = fastbp.Trainer(net, fastbp.Adam(1e-3), progress=False).fit(X, y, epochs=1)
+    assert np.isfinite(history["loss"][0])
+
+
+def test_train_step_applies_the_divergence_factor(rng):
+    X, y = fastbp.data.load_digits()
+    trainer = fastbp.Trainer(fastbp.MLP([64, 16, 10]), fastbp.SGD(1e6), progress=False)
+    with pytest.raises(fastbp.DivergenceError, match="exceeded"):
+        for _ in range(10):
+            trainer.train_step(X[:64], y[:64])
+
+
+def test_every_callback_sees_every_epoch_and_history_is_per_fit(rng):
+    net = fastbp.MLP([6, 5, 3])
+    X, y = make_batch(net, 40, rng)
+    seen = []
+    trainer = fastbp.Trainer(
+        net, progress=False, callbacks=[lambda t, e, logs: e == 1, lambda t, e, logs: seen.append(e)]
+    )
+    first = trainer.fit(X, y, epochs=5, validation_split=0.25)
+    assert seen == [0, 1]
+    second = trainer.fit(X, y, epochs=3)
+    assert first is not second and len(first["loss"]) == 2 and "val_loss" in first
+    assert len(second["loss"]) == 2 and "val_loss" not in second  # stopped by the callback at epoch 1 again
+
+
+def test_float32_gradient_norm_does_not_overflow(rng):
+    # gradients around 1e20 are finite in float32, their squares are not: the norm is summed in float64
+    X = rng.standard_normal((32, 4)) * 1e10
+    y = rng.standard_normal((32, 1)) * 1e10
+    net = fastbp.MLP([4, 1], output="identity")
+    trainer = fastbp.Trainer(net, fastbp.SGD(1e-3, clip_norm=1.0), progress=False, divergence_factor=None)
+    history = trainer.fit(X, y, epochs=1)
+    assert np.isfinite(history["grad_norm"][0]).all() and history["grad_norm"][0][0] > 1e18

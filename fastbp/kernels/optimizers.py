@@ -15,6 +15,8 @@ Updates (g = clip * grad, plus ``weight_decay * p`` on weights when the decay is
 
 import math
 
+import numpy as np
+
 from .._config import kernel, leaf, like
 from .layout import B_OFFSET, FAN_OUT, TRAINABLE, W_OFFSET
 
@@ -55,7 +57,7 @@ def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay):
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
         raw = grads[i]
-        sq += raw * raw
+        sq += np.float64(raw) * raw  # in float64: a float32 square overflows long before the gradient does
         g = clip_ * raw + decay_ * p
         if mu == 0.0:
             p_next[i] = p - lr_ * g
@@ -75,7 +77,7 @@ def _adam_moments(grads, m, v, clip, b1, b2, p, decay):
     sq = 0.0
     for i in range(m.shape[0]):
         raw = grads[i]
-        sq += raw * raw
+        sq += np.float64(raw) * raw  # in float64: a float32 square overflows long before the gradient does
         g = clip_ * raw + decay_ * p[i]
         m[i] = b1_ * m[i] + c1_ * g
         v[i] = b2_ * v[i] + c2_ * g * g
@@ -150,7 +152,7 @@ def _grad_norms(layout, grads, sq_norms):
         g = grads[start:stop]
         sq = 0.0
         for i in range(g.shape[0]):
-            sq += g[i] * g[i]
+            sq += np.float64(g[i]) * g[i]
         sq_norms[l] += sq
         total += sq
     return total
