@@ -97,7 +97,7 @@ def _read(path):
             arrays = {name: data[name] for name in data.files}
     except FileNotFoundError:
         raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, zipfile.LargeZipFile) as err:
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise CheckpointError(f"{path} is not a readable fastbp checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(arrays, dict) or str(arrays.get("format", "")) != FORMAT:
         raise CheckpointError(f"{path} is not a fastbp checkpoint")

@@ -277,10 +277,13 @@ class MLP:
             labels.shape[0],
         )
 
-    def check_batch(self, X, Y):
-        """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them."""
-        X = v.check_X(X, self.n_in, self.dtype)
-        Y2d, labels = v.check_targets(Y, X.shape[0], self.n_out, self.dtype, allow_labels=self.output == "softmax")
+    def check_batch(self, X, Y, names=("X", "Y")):
+        """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them; errors use
+        ``names`` for the two arguments."""
+        X = v.check_X(X, self.n_in, self.dtype, name=names[0])
+        Y2d, labels = v.check_targets(
+            Y, X.shape[0], self.n_out, self.dtype, allow_labels=self.output == "softmax", name=names[1]
+        )
         return X, Y2d, labels
 
     def save(self, path, optimizer=None, extras=None):

@@ -70,8 +70,9 @@ class InverseScaling(Schedule):
 
 
 class Cosine(Schedule):
-    """``lr_min + (lr - lr_min) (1 + cos(pi min(t, T) / T)) / 2`` over ``total_steps`` T (None: the trainer
-    sets T to the number of steps of the ``fit`` call)."""
+    """``lr_min + (lr - lr_min) (1 + cos(pi min(t, T) / T)) / 2`` over ``total_steps`` T, with t counted from
+    the optimizer's first step. None: each ``fit`` call sets T to the steps done before it plus its own steps, so
+    a single fit anneals from lr to lr_min; give total_steps explicitly to anneal across several fit calls."""
 
     code = _k.COSINE
 

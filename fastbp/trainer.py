@@ -232,7 +232,7 @@ class Trainer:
         """
         net = self.net
         epochs = v.check_int(epochs, "epochs", minimum=1)
-        X, Y2d, labels = net.check_batch(X, y)
+        X, Y2d, labels = net.check_batch(X, y, names=("X", "y"))
         validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
         if validation_split >= 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -242,7 +242,7 @@ class Trainer:
         if validation_data is not None:
             if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = net.check_batch(*validation_data)
+            val = net.check_batch(*validation_data, names=("validation_data[0]", "validation_data[1]"))
         elif validation_split:
             X, Y2d, labels, val = self._split(X, Y2d, labels, validation_split)
 
