@@ -59,6 +59,21 @@ def per_call(fn, min_time):
         reps = max(2 * reps, int(reps * 1.2 * min_time / max(elapsed, 1e-9)) + 1)
 
 
+def interleaved(functions, rounds, min_time):
+    """Time ``{name: (fn, steps per call)}`` in rounds A B C ... A B C ...; returns name -> seconds per step, one
+    value per round (compare contenders round by round: the machine drifts between rounds)."""
+    times = {name: [] for name in functions}
+    for _ in range(rounds):
+        for name, (fn, steps) in functions.items():
+            times[name].append(per_call(fn, min_time) / steps)
+    return times
+
+
+def same_round_ratio(times, numerator, denominator):
+    """Median over rounds of times[numerator] / times[denominator]."""
+    return float(np.median(np.array(times[numerator]) / np.array(times[denominator])))
+
+
 def gemm_peak(dtype, size=2048, repeats=3):
     """GFLOP/s of the BLAS GEMM fastbp calls (SciPy's sgemm/dgemm) on size x size matrices: best of repeats."""
     from scipy.linalg import blas
@@ -195,11 +210,7 @@ def gradient_check(sizes, batch, dtype):
 def measure_cell(shape, dtype, contenders, rounds, min_time):
     """Time every contender on one (shape, dtype), interleaved; returns a result dict."""
     sizes, batch = SHAPES[shape]
-    steps = {name: CONTENDERS[name](sizes, batch, dtype) for name in contenders}
-    times = {name: [] for name in contenders}
-    for _ in range(rounds):
-        for name, (fn, per) in steps.items():
-            times[name].append(per_call(fn, min_time) / per)
+    times = interleaved({name: CONTENDERS[name](sizes, batch, dtype) for name in contenders}, rounds, min_time)
     flops = flops_per_step(sizes, batch)
     result = {
         "shape": shape,
@@ -210,7 +221,6 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
         "peers": {},
         "gradient_rel_diff": gradient_check(sizes, batch, dtype),
     }
-    base = np.array(times["fastbp"])
     for name, ts in times.items():
         ts = np.array(ts)
         result["peers"][name] = {
@@ -218,7 +228,7 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
             "min_s": float(ts.min()),
             "max_s": float(ts.max()),
             "gflops": flops / float(np.median(ts)) / 1e9,
-            "ratio": float(np.median(ts / base)),  # peer time / fastbp time, same round
+            "ratio": same_round_ratio(times, name, "fastbp"),  # peer time / fastbp time, same round
         }
     return result
 

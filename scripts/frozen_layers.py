@@ -34,14 +34,11 @@ def main():
         sizes, batch = bench.SHAPES[shape]
         layers = len(sizes) - 1
         fns = {
-            "trainable": epoch_step(sizes, batch, args.dtype, None),
-            "frozen": epoch_step(sizes, batch, args.dtype, [False] + [True] * (layers - 1)),
+            "trainable": (epoch_step(sizes, batch, args.dtype, None), bench.STEPS_PER_CALL),
+            "frozen": (epoch_step(sizes, batch, args.dtype, [False] + [True] * (layers - 1)), bench.STEPS_PER_CALL),
         }
-        times = {k: [] for k in fns}
-        for _ in range(args.rounds):
-            for k, fn in fns.items():
-                times[k].append(bench.per_call(fn, 0.2) / bench.STEPS_PER_CALL)
-        ratio = np.median(np.array(times["trainable"]) / np.array(times["frozen"]))
+        times = bench.interleaved(fns, args.rounds, 0.2)
+        ratio = bench.same_round_ratio(times, "trainable", "frozen")
         print(
             f"{shape} {args.dtype}: all layers trainable {1e6 * np.median(times['trainable']):.1f} us/step, "
             f"layer 0 frozen {1e6 * np.median(times['frozen']):.1f} us/step: {ratio:.2f}x faster"

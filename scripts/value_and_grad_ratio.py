@@ -21,14 +21,11 @@ def main():
             net = MLP(sizes, dtype=dtype, seed=0)
             g = np.empty_like(net.params)
             fns = {
-                "fastbp": lambda net=net, X=X, y=y, g=g: net.value_and_grad(X, y, out=g),
-                "numpy": lambda net=net, X=X, y=y: reference.value_and_grad(net, X, y),
+                "fastbp": (lambda net=net, X=X, y=y, g=g: net.value_and_grad(X, y, out=g), 1),
+                "numpy": (lambda net=net, X=X, y=y: reference.value_and_grad(net, X, y), 1),
             }
-            times = {k: [] for k in fns}
-            for _ in range(args.rounds):
-                for k, fn in fns.items():
-                    times[k].append(bench.per_call(fn, 0.2))
-            ratio = np.median(np.array(times["numpy"]) / np.array(times["fastbp"]))
+            times = bench.interleaved(fns, args.rounds, 0.2)
+            ratio = bench.same_round_ratio(times, "numpy", "fastbp")
             print(
                 f"{shape} {dtype}: fastbp {1e6 * np.median(times['fastbp']):.1f} us, reference "
                 f"{1e6 * np.median(times['numpy']):.1f} us; reference / fastbp = {ratio:.2f}x"

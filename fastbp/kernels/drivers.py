@@ -36,6 +36,24 @@ def _forward(params, layout, X, acts):
     return A_prev
 
 
+@leaf
+def _forward_to_logits(params, layout, X, acts):
+    """Forward through the hidden layers, then the output layer's GEMM only: returns (Z, b) with
+    ``Z = A[L-1] @ W[L]`` (n, n_out) in the workspace, without the bias, whose epilogue is fused with the loss."""
+    n = X.shape[0]
+    L = layout.shape[0]
+    A_prev = X
+    for l in range(L - 1):
+        W, b = _layer_view(params, layout, l)
+        A = _activation_view(acts, layout, l, n)
+        _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
+        A_prev = A
+    W, b = _layer_view(params, layout, L - 1)
+    Z = _activation_view(acts, layout, L - 1, n)
+    _gemm(0, 0, 1.0, A_prev, W, 0.0, Z)
+    return Z, b
+
+
 @kernel
 def _predict(params, layout, X, acts, out):
     """``out[...] = network(X)`` in chunks of as many rows as the workspace holds.
@@ -84,16 +102,7 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
             dW[:] = 0.0
             db[:] = 0.0
 
-    # Forward through the hidden layers; the output layer's GEMM only, its epilogue is fused with the loss.
-    A_prev = X
-    for l in range(L - 1):
-        W, b = _layer_view(params, layout, l)
-        A = _activation_view(acts, layout, l, n)
-        _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
-        A_prev = A
-    W, b = _layer_view(params, layout, L - 1)
-    Z = _activation_view(acts, layout, L - 1, n)
-    _gemm(0, 0, 1.0, A_prev, W, 0.0, Z)
+    Z, b = _forward_to_logits(params, layout, X, acts)
 
     # BP1 (+ BP3 of the output layer).
     cur, other = delta_a, delta_b

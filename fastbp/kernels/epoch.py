@@ -19,10 +19,8 @@ import numpy as np
 from .._config import finite, kernel, leaf
 from .activations import SOFTMAX
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
-from .drivers import _value_and_grad
-from .forward import _dense_forward
-from .gemm import _gemm
-from .layout import ACTIVATION, FAN_OUT, _activation_view, _layer_view, _rows_view
+from .drivers import _forward_to_logits, _value_and_grad
+from .layout import ACTIVATION, FAN_OUT, _rows_view
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
 from .optimizers import _grad_norms, _learning_rate, _update
 
@@ -176,15 +174,7 @@ def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         m = stop - start
-        A_prev = X[start:stop]
-        for l in range(L - 1):
-            W, b = _layer_view(params, layout, l)
-            A = _activation_view(acts, layout, l, m)
-            _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
-            A_prev = A
-        W, b = _layer_view(params, layout, L - 1)
-        P = _activation_view(acts, layout, L - 1, m)
-        _gemm(0, 0, 1.0, A_prev, W, 0.0, P)
+        P, b = _forward_to_logits(params, layout, X[start:stop], acts)
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
         off = np.int64(0)  # no bias gradient, no accumulation (typed int64 like the other call sites)
