@@ -192,7 +192,9 @@ class MLP:
         layer = v.check_int(layer, "layer")
         if not -self.n_layers <= layer < self.n_layers:
             raise ValueError(f"layer must be in [{-self.n_layers}, {self.n_layers - 1}], got {layer}")
-        self._layout[layer, _lay.TRAINABLE] = int(v.check_bool(flag, "flag"))
+        flag = v.check_bool(flag, "flag")
+        with self._lock:  # compiled calls read the layout through its address
+            self._layout[layer, _lay.TRAINABLE] = int(flag)
 
     def layer_range(self, layer):
         """``(start, stop)`` of layer ``layer``'s parameters (W then b) in ``params``."""

@@ -130,7 +130,8 @@ class Optimizer:
     def init_state(self, n_params, dtype):
         """Allocate zeroed state for a network of n_params parameters (kept when it already fits)."""
         dtype = np.dtype(dtype)
-        if self.state is None or self.state.shape[1] != n_params or self.state.dtype != dtype:
+        state = self.state
+        if state is None or state.shape != (self.n_state, n_params) or state.dtype != dtype:
             self.state = np.zeros((self.n_state, n_params), dtype=dtype)
             self.t = 0
         return self.state
@@ -175,7 +176,11 @@ class SGD(Optimizer):
             raise ValueError("nesterov=True needs momentum > 0")
         self.nesterov = bool(nesterov)
         self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
-        self.n_state = 1 if self.momentum > 0.0 else 0
+
+    @property
+    def n_state(self):
+        """One state row (the velocity) with momentum, none without."""
+        return 1 if self.momentum > 0.0 else 0
 
     def hyper(self):
         return np.array([self.momentum, float(self.nesterov), self.weight_decay])

@@ -1,4 +1,9 @@
-"""One place to set the thread count of both Numba (prange) and BLAS (via threadpoolctl)."""
+"""One place to set the thread count of both BLAS (via threadpoolctl) and Numba.
+
+fastbp's kernels are multi-threaded through BLAS (the GEMMs, which hold nearly all the work); no kernel uses a
+Numba ``prange`` loop yet, so today the Numba setting matters only to other Numba code in the process. The BLAS
+limit is process-wide; Numba's thread count is per calling thread.
+"""
 
 import numba
 from threadpoolctl import threadpool_info, threadpool_limits
@@ -9,7 +14,7 @@ _limiter = None
 
 
 def set_num_threads(n):
-    """Use ``n`` threads in Numba parallel loops and in every BLAS library loaded (NumPy's and SciPy's).
+    """Use ``n`` threads in every BLAS library loaded (NumPy's and SciPy's) and in Numba parallel loops.
 
     n: int >= 1; larger than Numba's ``NUMBA_NUM_THREADS`` is capped to it. Returns the number set.
     """

@@ -104,11 +104,19 @@ class Trainer:
         """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels). Returns (status, loss_sum,
         steps); parameters, optimizer state and ``_sq_norms`` are updated."""
         net, opt = self.net, self.optimizer
-        opt.init_state(net.n_params, net.dtype)
-        state, hyper, schedule_params = opt.state, opt.hyper(), schedule.params()
-        self._reserve(batch_size)
-        self._sq_norms[:] = 0.0
+        hyper, schedule_params = opt.hyper(), schedule.params()
+        # Everything that may replace a buffer whose address the kernel gets happens under the network's lock,
+        # so no other call on this network can be running in those buffers.
         with net._lock:
+            state = opt.init_state(net.n_params, net.dtype)
+            self._reserve(batch_size)
+            self._sq_norms[:] = 0.0
+            # spare keeps the parameters before the previous step (the fallback on divergence); frozen layers,
+            # which the update never writes, must equal the current ones (layers may be frozen between calls)
+            for l, trainable in enumerate(net.trainable):
+                if not trainable:
+                    start, stop = net.layer_range(l)
+                    self._spare[start:stop] = net.params[start:stop]
             status, loss_sum, steps = _epoch._train_epoch_entry(
                 net._marker,
                 net._entry_network,
@@ -175,12 +183,6 @@ class Trainer:
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels. Same checks and divergence handling as ``fit``.
         """
         X, Y2d, labels = self.net.check_batch(X_batch, Y_batch)
-        # spare keeps the parameters before the previous step (the fallback on divergence); only frozen layers,
-        # which the update never writes, must equal the current ones
-        for l, trainable in enumerate(self.net.trainable):
-            if not trainable:
-                start, stop = self.net.layer_range(l)
-                self._spare[start:stop] = self.net.params[start:stop]
         m = X.shape[0]
         if self._step_max_loss is None:  # the first train_step sets the reference for divergence
             self._step_max_loss = self._max_loss(X, Y2d, labels)
@@ -200,7 +202,8 @@ class Trainer:
         return schedule
 
     def evaluate(self, X, y):
-        """Mean loss (with the L2 term) and accuracy (softmax / sigmoid outputs; None otherwise) on a data set.
+        """Mean loss (with the L2 term) and accuracy on a data set: argmax accuracy for softmax, subset accuracy for
+        sigmoid + binary cross-entropy, None otherwise.
 
         X: (n, n_in); y: (n, n_out) or (n,) labels. Returns ``{"loss": float, "accuracy": float or None}``.
         """

@@ -243,3 +243,32 @@ def test_float32_gradient_norm_does_not_overflow(rng):
     trainer = fastbp.Trainer(net, fastbp.SGD(1e-3, clip_norm=1.0), progress=False, divergence_factor=None)
     history = trainer.fit(X, y, epochs=1)
     assert np.isfinite(history["grad_norm"][0]).all() and history["grad_norm"][0][0] > 1e18
+
+
+def test_freezing_a_layer_between_epochs_keeps_it_fixed(rng):
+    # The update ping-pongs between two buffers; a layer frozen by a callback must be equal in both from then on.
+    net = fastbp.MLP([6, 8, 3], seed=0)
+    X, y = make_batch(net, 64, rng)
+    snapshots = []
+
+    def freeze_then_watch(trainer, epoch, logs):
+        if epoch == 0:
+            trainer.net.set_trainable(0, False)
+        snapshots.append(trainer.net.coefs[0].copy())
+
+    fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=13, progress=False, callbacks=[freeze_then_watch]).fit(
+        X, y, epochs=4
+    )
+    for later in snapshots[1:]:
+        np.testing.assert_array_equal(later, snapshots[0])
+
+
+def test_changing_momentum_after_creation_resizes_the_state(rng):
+    net = fastbp.MLP([4, 5, 3], dtype="float64")
+    X, y = make_batch(net, 16, rng)
+    opt = fastbp.SGD(0.1)
+    trainer = fastbp.Trainer(net, opt, progress=False)
+    trainer.train_step(X, y)
+    opt.momentum = 0.9  # the state grows a velocity row at the next step
+    trainer.train_step(X, y)
+    assert opt.state.shape == (1, net.n_params) and np.abs(opt.state).max() > 0

@@ -2,5 +2,7 @@
 
 ``activations`` (f and f' from the output) -> ``gemm`` (direct BLAS) -> ``layout`` (views into flat buffers) ->
 ``forward`` (GEMM + bias/activation epilogue) -> ``loss`` (BP1 fused with the loss) -> ``backward`` (BP2-BP4) ->
-``drivers`` (whole passes). All kernels are private and trust their inputs: the Python API validates first.
+``drivers`` (whole passes) -> ``optimizers`` (fused updates) -> ``epoch`` (the training loop); ``boundary`` rebuilds
+arrays from the addresses the Python entry points pass. All kernels are private and trust their inputs: the Python
+API validates first.
 """

@@ -34,7 +34,7 @@ NAMES = {
     LEAKY_RELU: "leaky_relu",
     SOFTMAX: "softmax",
 }
-HIDDEN = ("identity", "sigmoid", "logistic", "tanh", "relu", "leaky_relu")
+HIDDEN = ("identity", "linear", "sigmoid", "logistic", "tanh", "relu", "leaky_relu")
 
 LEAKY_SLOPE = 0.01
 

@@ -8,8 +8,8 @@ writes the other, so it costs no extra memory traffic), which keeps the paramete
 When a loss is not finite, or larger than ``max_loss`` (a loss many orders of magnitude above its initial value
 is divergence too, even when log-sum-exp keeps it finite), the parameters it was computed from are dropped and
 the previous ones are restored; when a gradient is not finite, no update is made. Either way ``params`` ends with the
-parameters of the last step whose loss was finite. On return ``params`` holds the current parameters and
-``spare`` the previous step's.
+parameters of the last step whose loss was finite. After a normal return ``params`` holds the current parameters
+and ``spare`` the previous step's (after a divergence, ``spare`` holds no useful values).
 """
 
 import math

@@ -124,7 +124,7 @@ def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
     if m == 0 or n == 0:
         return
     if k == 0:
-        # BLAS does not touch C when k == 0 only if beta == 1; make the result well defined either way.
+        # Defensive (the network's sizes are >= 1): C = beta * C, without relying on BLAS's handling of k == 0.
         for i in range(m):
             for j in range(n):
                 C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0

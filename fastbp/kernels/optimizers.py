@@ -1,9 +1,9 @@
 """Fused optimizer updates over the flat buffers, learning-rate schedules, and gradient norms.
 
 One loop per layer runs over that layer's weights and then its bias (they are adjacent in ``params``), reading the
-current parameters, the gradient and the optimizer state, and writing the new parameters to ``p_next`` (which
-may be ``p_cur`` itself) and the new state in place. Frozen layers are skipped. ``state`` has one row per state
-vector (velocity; Adam's m and v), each laid out like ``params``.
+current parameters, the gradient and the optimizer state, and writing the new parameters to ``p_next`` (the
+other buffer of the ping-pong pair, see epoch.py) and the new state in place. Frozen layers are skipped.
+``state`` has one row per state vector (velocity; Adam's m and v), each laid out like ``params``.
 
 Updates (g = clip * grad, plus ``weight_decay * p`` on weights when the decay is coupled, as an L2 term):
 
