@@ -46,11 +46,16 @@ def _stamped(locator):
     return Stamped
 
 
-if not any(cls.__name__.startswith("Fastbp") for cls in caching.CacheImpl._locator_classes):
-    caching.CacheImpl._locator_classes[:0] = [
-        _stamped(caching.UserProvidedCacheLocator),
-        _stamped(caching.InTreeCacheLocator),
-        _stamped(caching.UserWideCacheLocator),
+def _caching_class(name):
+    """A class of numba.core.caching by its public name, or the private one of older Numba releases."""
+    return getattr(caching, name, None) or getattr(caching, "_" + name)
+
+
+_locators = _caching_class("CacheImpl")._locator_classes
+if not any(cls.__name__.startswith("Fastbp") for cls in _locators):
+    _locators[:0] = [
+        _stamped(_caching_class(name))
+        for name in ("UserProvidedCacheLocator", "InTreeCacheLocator", "UserWideCacheLocator")
     ]
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
