@@ -102,10 +102,11 @@ def _data(sizes, batch, dtype, steps):
     return X, y
 
 
-def fastbp_step(sizes, batch, dtype):
-    """The compiled epoch loop over STEPS_PER_CALL batches: returns (function, steps per call)."""
+def fastbp_step(sizes, batch, dtype, trainable=None):
+    """The compiled epoch loop over STEPS_PER_CALL batches: returns (function, steps per call). ``trainable``:
+    per-layer flags of the network (frozen layers skip their weight-gradient GEMM)."""
     X, y = _data(sizes, batch, dtype, STEPS_PER_CALL)
-    net = MLP(sizes, dtype=dtype, seed=0)
+    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable)
     trainer = Trainer(net, SGD(LR), batch_size=batch, progress=False, divergence_factor=None)
     Xc, Y2d, labels = net.check_batch(X, y)
     perm = np.arange(X.shape[0], dtype=np.int64)

@@ -9,19 +9,6 @@ import argparse
 import numpy as np
 
 from fastbp import bench
-from fastbp.network import MLP
-from fastbp.optim import SGD
-from fastbp.trainer import Trainer
-
-
-def epoch_step(sizes, batch, dtype, trainable):
-    X, y = bench._data(sizes, batch, dtype, bench.STEPS_PER_CALL)
-    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable)
-    trainer = Trainer(net, SGD(bench.LR), batch_size=batch, progress=False, divergence_factor=None)
-    Xc, Y2d, labels = net.check_batch(X, y)
-    perm = np.arange(X.shape[0], dtype=np.int64)
-    schedule = trainer._schedule(None)
-    return lambda: trainer._run(Xc, Y2d, labels, perm, batch, schedule)
 
 
 def main():
@@ -34,8 +21,8 @@ def main():
         sizes, batch = bench.SHAPES[shape]
         layers = len(sizes) - 1
         fns = {
-            "trainable": (epoch_step(sizes, batch, args.dtype, None), bench.STEPS_PER_CALL),
-            "frozen": (epoch_step(sizes, batch, args.dtype, [False] + [True] * (layers - 1)), bench.STEPS_PER_CALL),
+            "trainable": bench.fastbp_step(sizes, batch, args.dtype),
+            "frozen": bench.fastbp_step(sizes, batch, args.dtype, trainable=[False] + [True] * (layers - 1)),
         }
         times = bench.interleaved(fns, args.rounds, 0.2)
         ratio = bench.same_round_ratio(times, "trainable", "frozen")
