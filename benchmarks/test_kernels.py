@@ -25,7 +25,7 @@ def _forward_loop(k, A_prev, W, b, A):
 @njit
 def _output_loop(k, Z, b, Y, labels, delta, db):
     for _ in range(k):
-        _output_delta(Z, b, Y, labels, 5, CROSS_ENTROPY, 0.01, delta, db, np.int64(1), np.int64(0))
+        _output_delta(Z, b, Y, labels, Y[0, :0], 5, CROSS_ENTROPY, 0.01, delta, db, np.int64(1), np.int64(0))
 
 
 @njit

@@ -1,4 +1,4 @@
-"""The ``fastbp`` command line: ``train``, ``predict``, ``bench``, ``info``.
+"""The ``fastbp`` command line: ``train``, ``predict``, ``bench``, ``info``, ``gradcheck``, ``diagnose``.
 
 Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's).
 """
@@ -114,6 +114,12 @@ def build_parser():
     train.add_argument("--plot", help="write training curves to this PNG (needs matplotlib: fastbp[plot])")
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", help="write the history and results to this JSON file")
+    train.add_argument(
+        "--distributed",
+        action="store_true",
+        help="data-parallel training over MPI ranks: run as mpiexec -n K fastbp train --distributed ... "
+        "(needs fastbp[mpi])",
+    )
 
     predict = sub.add_parser(
         "predict",
@@ -151,7 +157,65 @@ def build_parser():
         help="versions, BLAS library and threads, Numba threading layer, cache directory",
         description="Print what fastbp runs on.",
     )
+    _add_gradcheck_parser(sub)
+    _add_diagnose_parser(sub)
     return parser
+
+
+def _add_gradcheck_parser(sub):
+    check = sub.add_parser(
+        "gradcheck",
+        help="check the analytic gradient against central finite differences",
+        description="Build a network on random data, compare its gradient (the compiled kernels, on a float64 copy) "
+        "with central finite differences, and print the worst relative error per layer. Exit code 1 when the worst "
+        "error exceeds --threshold.",
+    )
+    check.add_argument("--inputs", type=_positive_int, default=10, help="input size (default 10)")
+    check.add_argument("--layers", type=_layers, default=[16, 16], help="hidden layer sizes (default 16,16)")
+    check.add_argument("--outputs", type=_positive_int, default=4, help="output size (default 4)")
+    check.add_argument("--activation", default="tanh", choices=("tanh", "sigmoid", "relu", "leaky_relu", "identity"))
+    check.add_argument("--output", default="softmax", choices=("softmax", "sigmoid", "identity"))
+    check.add_argument("--l2", type=_bounded_float(0.0, np.inf), default=0.01, help="L2 penalty (default 0.01)")
+    check.add_argument("--samples", type=_positive_int, default=8, help="batch size (default 8)")
+    check.add_argument("--dtype", default="float32", choices=("float32", "float64"), help="the network's dtype")
+    check.add_argument("--eps", type=_positive_float, default=1e-5, help="finite-difference step (default 1e-5)")
+    check.add_argument(
+        "--threshold", type=_positive_float, default=1e-6, help="largest accepted relative error (default 1e-6)"
+    )
+    check.add_argument(
+        "--floor", type=_positive_float, default=1e-3, help="floor of the relative error's denominator (default 1e-3)"
+    )
+    check.add_argument(
+        "--max-coords", type=_positive_int, default=256, help="coordinates checked per layer, W and b (default 256)"
+    )
+    check.add_argument("--seed", type=_non_negative_int, default=0)
+
+
+def _add_diagnose_parser(sub):
+    diag = sub.add_parser(
+        "diagnose",
+        help="vanishing and exploding gradients in a deep network (per-layer norms and a plot)",
+        description="The lecture notes' experiment on the digits: the same deep network with sigmoid, tanh and relu "
+        "from a plain initialisation W ~ N(0, 1/fan_in); per-layer norms of the weight gradients and of delta, a "
+        "short SGD training, then the exploding case (weights --gain times larger) without and with clipping.",
+    )
+    diag.add_argument("--depth", type=_positive_int, default=10, help="hidden layers (default 10)")
+    diag.add_argument("--width", type=_positive_int, default=64, help="units per hidden layer (default 64)")
+    diag.add_argument(
+        "--samples", type=_positive_int, default=256, help="training rows for the norms at initialisation (default 256)"
+    )
+    diag.add_argument("--epochs", type=_positive_int, default=10, help="SGD epochs per network (default 10)")
+    diag.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (default 0.1)")
+    diag.add_argument("--batch-size", type=_positive_int, default=32, help="(default 32)")
+    diag.add_argument(
+        "--gain", type=_positive_float, default=2.0, help="weight scale of the exploding case (default 2)"
+    )
+    diag.add_argument(
+        "--clip-norm", type=_positive_float, default=1.0, help="clip_norm of the exploding case (default 1)"
+    )
+    diag.add_argument("--seed", type=_non_negative_int, default=0)
+    diag.add_argument("--plot", default="diagnose.png", help="PNG to write (default diagnose.png; 'none' to skip)")
+    diag.add_argument("--json", help="write the numbers to this JSON file")
 
 
 def _version():
@@ -188,6 +252,14 @@ def _make_optimizer(args):
 
 
 def cmd_train(args):
+    if args.distributed:
+        from . import distributed
+
+        return distributed.run_cli(_train, args)
+    return _train(args)
+
+
+def _train(args, trainer_cls=None):
     start = time.perf_counter()
     import fastbp
 
@@ -211,7 +283,7 @@ def cmd_train(args):
     n_classes = int(classes.max()) + 1
     sizes = [X.shape[1], *args.layers, n_classes]
     net = fastbp.MLP(sizes, activation=args.activation, output="softmax", l2=args.l2, dtype=args.dtype, seed=args.seed)
-    trainer = fastbp.Trainer(
+    trainer = (trainer_cls or fastbp.Trainer)(
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )
     print(
@@ -330,6 +402,65 @@ def cmd_info(args):
     return 0
 
 
+def cmd_gradcheck(args):
+    import fastbp
+
+    sizes = [args.inputs, *args.layers, args.outputs]
+    net = fastbp.MLP(sizes, args.activation, args.output, l2=args.l2, dtype=args.dtype, seed=args.seed)
+    rng = np.random.default_rng(args.seed)
+    X = rng.standard_normal((args.samples, args.inputs))
+    if args.output == "softmax":
+        Y = rng.integers(0, args.outputs, args.samples)
+    elif args.output == "sigmoid":
+        Y = rng.random((args.samples, args.outputs))
+    else:
+        Y = rng.standard_normal((args.samples, args.outputs))
+    print(
+        f"gradcheck: {'-'.join(map(str, sizes))} {args.activation}, {net.output} + {net.loss}, l2 {args.l2:g}, "
+        f"{args.samples} random samples, {args.dtype} network checked in float64; central differences, eps "
+        f"{args.eps:g}; error |analytic - numeric| / max(|analytic|, |numeric|, {args.floor:g})"
+    )
+    result = fastbp.gradcheck(
+        net, X, Y, eps=args.eps, threshold=args.threshold, floor=args.floor, max_coords=args.max_coords, seed=args.seed
+    )
+    print(result)
+    if not result.passed:
+        print(
+            f"fastbp gradcheck: the worst relative error {result.worst:.3g} exceeds {args.threshold:g}",
+            file=sys.stderr,
+        )
+        return 1
+    return 0
+
+
+def cmd_diagnose(args):
+    from . import diagnose
+
+    for option, path in (("--plot", args.plot), ("--json", args.json)):
+        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{option} {path}: the directory does not exist")
+    result = diagnose.run(
+        depth=args.depth,
+        width=args.width,
+        samples=args.samples,
+        epochs=args.epochs,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        gain=args.gain,
+        clip_norm=args.clip_norm,
+        seed=args.seed,
+    )
+    print(diagnose.report(result))
+    if args.plot and args.plot.lower() != "none":
+        diagnose.plot(result, args.plot)
+        print(f"plot: {args.plot}")
+    if args.json:
+        with open(args.json, "w") as f:
+            json.dump(result, f, indent=1)
+        print(f"json: {args.json}")
+    return 0
+
+
 def _threading_layer():
     import numba
 
@@ -352,7 +483,14 @@ def main(argv=None):
     args = parser.parse_args(argv)
     if getattr(args, "labels", None) and not getattr(args, "data", None):
         parser.error("--labels (an IDX labels file) needs --data (the IDX images)")
-    handlers = {"train": cmd_train, "predict": cmd_predict, "bench": cmd_bench, "info": cmd_info}
+    handlers = {
+        "train": cmd_train,
+        "predict": cmd_predict,
+        "bench": cmd_bench,
+        "info": cmd_info,
+        "gradcheck": cmd_gradcheck,
+        "diagnose": cmd_diagnose,
+    }
     try:
         return handlers[args.command](args)
     except KeyboardInterrupt:

@@ -266,8 +266,10 @@ class MLP:
     def _workspace(self):
         return self._acts, self._delta_a, self._delta_b
 
-    def _entry_batch(self, X, Y2d, labels):
-        """Addresses and sizes of a validated batch, as the compiled entry points take them (boundary.py)."""
+    def _entry_batch(self, X, Y2d, labels, sw=None):
+        """Addresses and sizes of a validated batch (sw: validated sample weights, None or empty for unit weights),
+        as the compiled entry points take them (boundary.py)."""
+        n_sw = 0 if sw is None else sw.shape[0]
         return (
             X.ctypes.data,
             X.shape[0],
@@ -277,6 +279,8 @@ class MLP:
             Y2d.shape[1],
             labels.ctypes.data if labels.size else 0,
             labels.shape[0],
+            sw.ctypes.data if n_sw else 0,
+            n_sw,
         )
 
     def check_batch(self, X, Y, names=("X", "Y")):
@@ -296,7 +300,7 @@ class MLP:
         return save(self, path, optimizer, extras)
 
     # ------------------------------------------------------------------ compute
-    def value_and_grad(self, X, Y, out=None, accumulate=False, scale=1.0):
+    def value_and_grad(self, X, Y, out=None, accumulate=False, scale=1.0, sample_weight=None):
         """Loss and gradient of the batch, by the compiled kernels.
 
         Parameters
@@ -311,6 +315,9 @@ class MLP:
         scale : float, default 1.0
             Weight of this batch: loss and gradient are those of ``scale * L(batch)``. With micro-batches of sizes
             n_i, ``scale = n_i / sum(n_i)`` makes the accumulated gradient that of the concatenated batch.
+        sample_weight : array (n,), optional
+            Non-negative weights with a positive sum: the batch mean becomes the weighted mean
+            ``sum_i w_i loss_i / sum_i w_i`` (the L2 term is unchanged).
 
         Returns
         -------
@@ -320,6 +327,7 @@ class MLP:
             Same layout as ``params``; ``out`` when given.
         """
         X, Y2d, labels = self.check_batch(X, Y)
+        sw = v.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         scale = v.check_float(scale, "scale", minimum=0.0)
         accumulate = v.check_bool(accumulate, "accumulate")
         if out is None:
@@ -330,20 +338,25 @@ class MLP:
             v.check_out(out, self.n_params, self.dtype)
             if np.shares_memory(out, self._params):
                 raise ValueError("out must not share memory with net.params (the gradient would overwrite them)")
+        return self._value_and_grad_checked(X, Y2d, labels, sw, out, accumulate, scale), out
+
+    def _value_and_grad_checked(self, X, Y2d, labels, sw, out, accumulate=False, scale=1.0):
+        """The compiled value_and_grad on a batch already validated (``check_batch``, ``check_sample_weight``) into
+        a validated ``out``; returns the loss (float)."""
         with self._lock:
             self._reserve(X.shape[0])
             loss = _value_and_grad_entry(
                 self._marker,
                 self._entry_network,
                 self._loss_code,
-                self._entry_batch(X, Y2d, labels),
+                self._entry_batch(X, Y2d, labels, sw),
                 self._entry_workspace,
                 out.ctypes.data,
                 self.l2,
                 scale,
                 int(accumulate),
             )
-        return float(loss), out
+        return float(loss)
 
     def predict(self, X):
         """Network outputs for X (n, n_in): an (n, n_out) array of the network's dtype (probabilities for softmax).

@@ -201,6 +201,8 @@ class Adam(Optimizer):
     theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected ``m_hat, v_hat``.
 
     ``weight_decay`` is an L2 term added to the weights' gradient (use :class:`AdamW` for decoupled decay).
+    ``eps_hat=True`` adds ``eps`` to ``sqrt(v)`` before the bias correction instead: ``theta <- theta - lr
+    sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`` (the paper's "efficient" form; scikit-learn, Keras).
     """
 
     kind = _k.ADAM
@@ -208,8 +210,11 @@ class Adam(Optimizer):
     name = "adam"
     _decoupled = False
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None, clip_norm=None):
+    def __init__(
+        self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None, clip_norm=None, eps_hat=False
+    ):
         super().__init__(lr, schedule, clip_norm)
+        self.eps_hat = v.check_bool(eps_hat, "eps_hat")
         for name, value in (("beta1", beta1), ("beta2", beta2)):
             value = v.check_float(value, name, minimum=0.0)
             if value >= 1.0:
@@ -219,7 +224,9 @@ class Adam(Optimizer):
         self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
 
     def hyper(self):
-        return np.array([self.beta1, self.beta2, self.eps, self.weight_decay, float(self._decoupled)])
+        return np.array(
+            [self.beta1, self.beta2, self.eps, self.weight_decay, float(self._decoupled), float(self.eps_hat)]
+        )
 
     def config(self):
         return dict(
@@ -230,6 +237,7 @@ class Adam(Optimizer):
             weight_decay=self.weight_decay,
             schedule=self.schedule,
             clip_norm=self.clip_norm or None,
+            eps_hat=self.eps_hat,
         )
 
 
@@ -240,8 +248,10 @@ class AdamW(Adam):
     name = "adamw"
     _decoupled = True
 
-    def __init__(self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, schedule=None, clip_norm=None):
-        super().__init__(lr, beta1, beta2, eps, weight_decay, schedule, clip_norm)
+    def __init__(
+        self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=1e-2, schedule=None, clip_norm=None, eps_hat=False
+    ):
+        super().__init__(lr, beta1, beta2, eps, weight_decay, schedule, clip_norm, eps_hat)
 
 
 OPTIMIZERS = {"sgd": SGD, "adam": Adam, "adamw": AdamW}

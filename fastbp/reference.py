@@ -73,28 +73,30 @@ def predict(net, X):
 
 
 def _loss_and_output_delta(net, Z, A, Y):
-    """Per-sample losses summed over the batch, and BP1 ``delta[L] = dC/dZ[L]`` for the summed loss."""
+    """Per-sample losses (n,), and BP1 ``delta[L] = dC/dZ[L]`` for the summed loss."""
     if net.loss == "cross_entropy":  # softmax: -sum y log p, with log p = z - logsumexp(z)
         z_max = Z.max(axis=1, keepdims=True)
         lse = z_max + np.log(np.exp(Z - z_max).sum(axis=1, keepdims=True))
-        return (Y * (lse - Z)).sum(), A * Y.sum(axis=1, keepdims=True) - Y  # = A - Y when rows of Y sum to 1
+        return (Y * (lse - Z)).sum(axis=1), A * Y.sum(axis=1, keepdims=True) - Y  # = A - Y when rows of Y sum to 1
     if net.loss == "binary_cross_entropy":  # sigmoid: -y log a - (1 - y) log(1 - a), in terms of z
-        return (np.maximum(Z, 0) - Y * Z + np.log1p(np.exp(-np.abs(Z)))).sum(), A - Y
+        return (np.maximum(Z, 0) - Y * Z + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1), A - Y
     grad_A = A - Y  # squared error 1/2 ||a - y||^2: dC/dA = a - y
-    loss = 0.5 * (grad_A**2).sum()
+    loss = 0.5 * (grad_A**2).sum(axis=1)
     if net.output == "softmax":  # Jacobian of softmax: dC/dz_j = a_j (g_j - sum_k g_k a_k)
         return loss, A * (grad_A - (grad_A * A).sum(axis=1, keepdims=True))
     return loss, grad_A * DERIVATIVES[net.output](A)  # BP1
 
 
-def value_and_grad(net, X, Y):
+def value_and_grad(net, X, Y, sample_weight=None):
     """Loss and flat gradient of ``net`` on the batch (X, Y), in NumPy: the oracle for ``net.value_and_grad``.
 
-    X: (n, n_in); Y: (n, n_out) targets or (n,) class labels for softmax. Returns (loss: float,
-    grads: (n_params,) array of the network's dtype). Frozen layers get zero gradient.
+    X: (n, n_in); Y: (n, n_out) targets or (n,) class labels for softmax; sample_weight: (n,) or None (weighted
+    mean over the batch). Returns (loss: float, grads: (n_params,) array of the network's dtype). Frozen layers get
+    zero gradient.
     """
     X, _, _ = net.check_batch(X, Y)
     n = X.shape[0]
+    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
     Y = _targets(net, Y, n)
     Ws, names = net.coefs, [*net.activations, net.output]
 
@@ -105,8 +107,9 @@ def value_and_grad(net, X, Y):
     Z = A[-1] @ Ws[-1] + net.intercepts[-1]
     A.append(ACTIVATIONS[names[-1]](Z))
 
-    loss_sum, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
-    delta = delta / n  # gradient of the batch mean
+    losses, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
+    loss_sum = float(w @ losses)
+    delta = delta * (w / w.sum()).astype(net.dtype)[:, None]  # gradient of the (weighted) batch mean
     grads = np.zeros(net.n_params, dtype=net.dtype)
     dWs, dbs = net.unflatten(grads)
     lowest = min((l for l, t in enumerate(net.trainable) if t), default=len(Ws))
@@ -116,5 +119,26 @@ def value_and_grad(net, X, Y):
             dWs[l][...] = A[l].T @ delta + net.l2 * Ws[l]  # BP4 (+ L2)
         if l > lowest:
             delta = (delta @ Ws[l].T) * DERIVATIVES[names[l - 1]](A[l])  # BP2
-    loss = loss_sum / n + 0.5 * net.l2 * sum(float((W.astype(np.float64) ** 2).sum()) for W in Ws)
+    loss = loss_sum / w.sum() + 0.5 * net.l2 * sum(float((W.astype(np.float64) ** 2).sum()) for W in Ws)
     return float(loss), grads
+
+
+def deltas(net, X, Y):
+    """The error of every layer, ``delta[l] = dC/dZ[l]``, for C the batch-mean loss of ``net`` on (X, Y).
+
+    X: (n, n_in); Y: (n, n_out) or (n,) class labels for softmax. Returns a list of ``n_layers`` arrays, layer
+    ``l`` of shape (n, fan_out[l]) and the network's dtype: BP1 for the output layer, then BP2 down to the first
+    layer (every layer, frozen or not). The 1/n of the batch mean is included, so ``dW[l] = A[l-1].T @ delta[l]``
+    (plus the L2 term) and ``db[l] = delta[l].sum(axis=0)``, as in :func:`value_and_grad`.
+    """
+    X, _, _ = net.check_batch(X, Y)
+    n = X.shape[0]
+    Y = _targets(net, Y, n)
+    A = forward(net, X)
+    Z = A[-2] @ net.coefs[-1] + net.intercepts[-1]  # the output pre-activation, for the stable loss forms
+    _, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
+    out = [delta / n]
+    names = [*net.activations, net.output]
+    for l in range(net.n_layers - 1, 0, -1):
+        out.append((out[-1] @ net.coefs[l].T) * DERIVATIVES[names[l - 1]](A[l]))  # BP2
+    return out[::-1]

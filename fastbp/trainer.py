@@ -7,12 +7,16 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from . import _validation as v
+from . import reference
 from .kernels import epoch as _epoch
 from .optim import Adam, Cosine, Optimizer
 
 
 class DivergenceError(RuntimeError):
     """Training produced a non-finite loss or gradient; the network keeps its last finite parameters."""
+
+
+_NO_WEIGHTS = np.zeros(0)  # unit sample weights (an empty array: the kernels' fast path)
 
 
 def _address(a):
@@ -41,13 +45,19 @@ class Trainer:
         Stop when the monitored loss (validation loss if there is validation data, else training loss) has not
         improved by more than ``min_delta`` for ``patience`` epochs; with ``restore_best`` the parameters of the
         best epoch are put back at the end.
+    record_deltas : bool, default False
+        Also record ``history["delta_norm"]``: after every epoch, the L2 (Frobenius) norm of each layer's error
+        ``delta[l] = dC/dZ[l]`` on a fixed probe batch (up to 256 training rows spread evenly over the data), by
+        the NumPy reference (:func:`fastbp.reference.deltas`; the compiled loop does not keep delta). Cost: one
+        NumPy forward and backward pass over the probe batch per epoch, about the work of a few training steps.
 
     Attributes
     ----------
     history : dict of lists, new for each ``fit`` call
         ``loss`` (training objective, mean over the epoch's steps), ``val_loss`` and ``val_accuracy`` (when
         validating; argmax accuracy for softmax, subset (exact-match) accuracy for multi-label sigmoid outputs),
-        ``grad_norm`` (per-layer root-mean-square over the epoch's steps of the gradient's L2 norm), ``lr``
+        ``grad_norm`` (per-layer root-mean-square over the epoch's steps of the gradient's L2 norm), ``delta_norm``
+        (per layer, with ``record_deltas``), ``lr``
         (rate of the epoch's last step), ``epoch_time`` (s).
     """
 
@@ -64,6 +74,7 @@ class Trainer:
         min_delta=0.0,
         restore_best=True,
         divergence_factor=1e6,
+        record_deltas=False,
     ):
         self.net = net
         self.optimizer = Adam() if optimizer is None else optimizer
@@ -80,6 +91,7 @@ class Trainer:
         self.divergence_factor = (
             None if divergence_factor is None else v.check_float(divergence_factor, "divergence_factor", 1.0, True)
         )
+        self.record_deltas = v.check_bool(record_deltas, "record_deltas")
         self._rng = np.random.default_rng(self.seed)
         self.history = {}
         self._step_max_loss = None
@@ -98,11 +110,12 @@ class Trainer:
             self._Xb = np.empty(rows * net.n_in, dtype=net.dtype)
             self._Yb = np.empty(rows * net.n_out, dtype=net.dtype)
             self._lb = np.empty(rows, dtype=np.int64)
+            self._swb = np.empty(rows, dtype=net.dtype)
             self._rows = rows
 
-    def _run(self, X, Y2d, labels, perm, batch_size, schedule, max_loss=math.inf):
-        """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels). Returns (status, loss_sum,
-        steps); parameters, optimizer state and ``_sq_norms`` are updated."""
+    def _run(self, X, Y2d, labels, perm, batch_size, schedule, max_loss=math.inf, sw=_NO_WEIGHTS):
+        """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels, sample weights sw or empty).
+        Returns (status, loss_sum, steps); parameters, optimizer state and ``_sq_norms`` are updated."""
         net, opt = self.net, self.optimizer
         hyper, schedule_params = opt.hyper(), schedule.params()
         # Everything that may replace a buffer whose address the kernel gets happens under the network's lock,
@@ -121,11 +134,12 @@ class Trainer:
                 net._marker,
                 net._entry_network,
                 net._loss_code,
-                net._entry_batch(X, Y2d, labels),
+                net._entry_batch(X, Y2d, labels, sw),
                 net._entry_workspace,
                 _address(self._spare),
                 _address(self._grads),
                 _address(perm),
+                perm.shape[0],
                 batch_size,
                 net.l2,
                 opt.kind,
@@ -142,6 +156,7 @@ class Trainer:
                 _address(self._Xb),
                 _address(self._Yb),
                 _address(self._lb),
+                _address(self._swb),
                 _address(self._sq_norms),
                 max_loss,
             )
@@ -165,7 +180,7 @@ class Trainer:
             f"learning rate (now {self.optimizer.lr:g}) or set clip_norm."
         )
 
-    def _max_loss(self, X, Y2d, labels):
+    def _max_loss(self, X, Y2d, labels, sw=_NO_WEIGHTS):
         """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to 1024 rows spread evenly
         over the data (not the first rows: sorted data would give an unrepresentative reference)."""
         if self.divergence_factor is None:
@@ -173,21 +188,26 @@ class Trainer:
         rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], 1024)).astype(np.int64))
         Y_rows = Y2d[rows] if Y2d.shape[0] else Y2d
         labels_rows = labels[rows] if labels.size else labels
-        initial = self._evaluate(np.ascontiguousarray(X[rows]), Y_rows, labels_rows)["loss"]
+        sw_rows = sw[rows] if sw.size else sw
+        if sw_rows.size and not sw_rows.sum() > 0:
+            sw_rows = _NO_WEIGHTS
+        initial = self._evaluate(np.ascontiguousarray(X[rows]), Y_rows, labels_rows, sw_rows)["loss"]
         return self.divergence_factor * max(initial, 1.0)
 
     # ------------------------------------------------------------------ public
-    def train_step(self, X_batch, Y_batch):
+    def train_step(self, X_batch, Y_batch, sample_weight=None):
         """One optimizer step on the batch, for callers who drive their own loop; returns the batch loss (float).
 
-        X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels. Same checks and divergence handling as ``fit``.
+        X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None (the batch loss is then
+        the weighted mean). Same checks and divergence handling as ``fit``.
         """
         X, Y2d, labels = self.net.check_batch(X_batch, Y_batch)
+        sw = v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype)
         m = X.shape[0]
         if self._step_max_loss is None:  # the first train_step sets the reference for divergence
-            self._step_max_loss = self._max_loss(X, Y2d, labels)
+            self._step_max_loss = self._max_loss(X, Y2d, labels, sw)
         perm = np.arange(m, dtype=np.int64)
-        status, loss_sum, steps = self._run(X, Y2d, labels, perm, m, self._schedule(None), self._step_max_loss)
+        status, loss_sum, steps = self._run(X, Y2d, labels, perm, m, self._schedule(None), self._step_max_loss, sw)
         if status != _epoch.OK:
             self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m, self._step_max_loss)
         return loss_sum / m
@@ -201,16 +221,17 @@ class Trainer:
             return Cosine(total_steps=max(total_steps, 1), lr_min=schedule.lr_min)
         return schedule
 
-    def evaluate(self, X, y):
+    def evaluate(self, X, y, sample_weight=None):
         """Mean loss (with the L2 term) and accuracy on a data set: argmax accuracy for softmax, subset accuracy for
         sigmoid + binary cross-entropy, None otherwise.
 
-        X: (n, n_in); y: (n, n_out) or (n,) labels. Returns ``{"loss": float, "accuracy": float or None}``.
+        X: (n, n_in); y: (n, n_out) or (n,) labels; sample_weight: (n,) or None (weighted mean loss and accuracy).
+        Returns ``{"loss": float, "accuracy": float or None}``.
         """
         X, Y2d, labels = self.net.check_batch(X, y)
-        return self._evaluate(X, Y2d, labels)
+        return self._evaluate(X, Y2d, labels, v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype))
 
-    def _evaluate(self, X, Y2d, labels):
+    def _evaluate(self, X, Y2d, labels, sw=_NO_WEIGHTS):
         net = self.net
         with net._lock:
             net._reserve(min(X.shape[0], max(net._capacity, 1024)))
@@ -218,24 +239,27 @@ class Trainer:
                 net._marker,
                 net._entry_network,
                 net._loss_code,
-                net._entry_batch(X, Y2d, labels),
+                net._entry_batch(X, Y2d, labels, sw),
                 net._entry_workspace,
             )
+        total = float(sw.sum(dtype=np.float64)) if sw.size else X.shape[0]
         penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
         classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
-        return {"loss": loss_sum / X.shape[0] + penalty, "accuracy": correct / X.shape[0] if classifies else None}
+        return {"loss": loss_sum / total + penalty, "accuracy": correct / total if classifies else None}
 
-    def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0):
+    def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None):
         """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
 
         X: (n, n_in); y: (n, n_out) targets or (n,) class labels. validation_data: (X_val, y_val), evaluated after
         every epoch; or validation_split: fraction of (X, y) held out (stratified for class labels, seeded).
+        sample_weight: (n,) non-negative weights, or None; each batch's loss is then the weighted mean.
         Raises DivergenceError when the loss or gradient stops being finite (parameters of the last finite step
         are kept).
         """
         net = self.net
         epochs = v.check_int(epochs, "epochs", minimum=1)
         X, Y2d, labels = net.check_batch(X, y, names=("X", "y"))
+        sw = v.check_sample_weight(sample_weight, X.shape[0], net.dtype)
         validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
         if validation_split >= 1.0:
             raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
@@ -247,21 +271,24 @@ class Trainer:
                 raise TypeError("validation_data must be a pair (X_val, y_val)")
             val = net.check_batch(*validation_data, names=("validation_data[0]", "validation_data[1]"))
         elif validation_split:
-            X, Y2d, labels, val = self._split(X, Y2d, labels, validation_split)
+            X, Y2d, labels, sw, val = self._split(X, Y2d, labels, sw, validation_split)
 
         n = X.shape[0]
         steps_per_epoch = math.ceil(n / self.batch_size)
         schedule = self._schedule(self.optimizer.t + epochs * steps_per_epoch)
         np.copyto(self._spare, net.params)
-        max_loss = self._max_loss(X, Y2d, labels)
+        max_loss = self._max_loss(X, Y2d, labels, sw)
         history = self.history = {}  # a new history per fit call, as Keras returns
+        if self.record_deltas:  # the probe batch of delta_norm: fixed rows, spread over the data
+            probe = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))
+            probe = (X[probe], labels[probe] if labels.size else Y2d[probe])
         monitor = "val_loss" if val is not None else "loss"
         best, best_params, wait = math.inf, None, 0
         bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
         for epoch in bar:
             start = time.perf_counter()
             perm = self._rng.permutation(n).astype(np.int64)
-            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule, max_loss)
+            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule, max_loss, sw)
             if status != _epoch.OK:
                 bar.close()
                 self._raise_divergence(
@@ -272,6 +299,8 @@ class Trainer:
                 "grad_norm": np.sqrt(self._sq_norms / steps).tolist(),
                 "lr": schedule(self.optimizer.lr, self.optimizer.t - 1),
             }
+            if self.record_deltas:
+                logs["delta_norm"] = [float(np.linalg.norm(d)) for d in reference.deltas(net, *probe)]
             if val is not None:
                 result = self._evaluate(*val)
                 logs["val_loss"] = result["loss"]
@@ -297,16 +326,19 @@ class Trainer:
             net.params[:] = best_params
         return history
 
-    def _split(self, X, Y2d, labels, fraction):
+    def _split(self, X, Y2d, labels, sw, fraction):
         from sklearn.model_selection import train_test_split
 
         idx = np.arange(X.shape[0])
         stratify = labels if labels.size and np.unique(labels, return_counts=True)[1].min() >= 2 else None
         train, held = train_test_split(idx, test_size=fraction, random_state=self.seed, stratify=stratify)
         train, held = np.sort(train), np.sort(held)
+        sw_train, sw_held = (sw[train], sw[held]) if sw.size else (sw, sw)
+        if sw.size and not (sw_train.sum() > 0 and sw_held.sum() > 0):
+            raise ValueError("validation_split left a part whose sample weights are all zero")
         if labels.size:
-            return X[train], Y2d, labels[train], (X[held], Y2d, labels[held])
-        return X[train], Y2d[train], labels, (X[held], Y2d[held], labels)
+            return X[train], Y2d, labels[train], sw_train, (X[held], Y2d, labels[held], sw_held)
+        return X[train], Y2d[train], labels, sw_train, (X[held], Y2d[held], labels, sw_held)
 
     def save(self, path, extras=None):
         """Checkpoint the network with this trainer's optimizer state (see :meth:`MLP.save`)."""

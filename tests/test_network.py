@@ -167,3 +167,28 @@ def test_workspace_is_no_larger_than_the_reference_peak(sizes, n, rng):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     assert workspace <= peak
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("output", "loss"), PAIRS)
+def test_integer_sample_weights_equal_repeated_rows(output, loss, dtype, rng):
+    """Weight k on a row is the same objective as k copies of it (weight 0: the row is left out); an independent
+    check of the weighted mean, with the reference's weighted path checked alongside."""
+    net = fastbp.MLP([4, 6, 3], activation="tanh", output=output, loss=loss, l2=0.2, dtype=dtype, seed=2)
+    X, Y = make_batch(net, 9, rng)
+    w = np.array([1, 0, 2, 3, 1, 0, 1, 4, 2])
+    loss_w, g_w = net.value_and_grad(X, Y, sample_weight=w)
+    idx = np.repeat(np.arange(9), w)
+    loss_rep, g_rep = net.value_and_grad(X[idx], Y[idx])
+    assert rel_err(loss_w, loss_rep) <= RTOL[dtype]
+    assert rel_err(g_w, g_rep) <= RTOL[dtype]
+    loss_ref, g_ref = reference.value_and_grad(net, X, Y, sample_weight=w)
+    assert rel_err(loss_w, loss_ref) <= RTOL[dtype]
+    assert rel_err(g_w, g_ref) <= RTOL[dtype]
+
+
+@pytest.mark.parametrize("bad", [[1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, np.nan, 1.0], [1.0, 1.0]])
+def test_bad_sample_weights_are_refused(bad, rng):
+    net = fastbp.MLP([2, 3, 2], seed=0)
+    with pytest.raises(ValueError, match="sample_weight"):
+        net.value_and_grad(rng.standard_normal((3, 2)), [0, 1, 1], sample_weight=bad)

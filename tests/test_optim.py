@@ -27,6 +27,7 @@ class NumpyOptimizer:
         decoupled=False,
         clip_norm=None,
         schedule=lambda lr, t: lr,
+        eps_hat=False,
     ):
         self.__dict__.update(locals())
         self.t = 0
@@ -58,6 +59,10 @@ class NumpyOptimizer:
                 m = self.beta1 * m + (1 - self.beta1) * g
                 v = self.beta2 * v + (1 - self.beta2) * g**2
                 self.state[k] = (m, v)
+                if self.eps_hat:  # Kingma & Ba's "efficient" form: step size with both corrections, eps on sqrt(v)
+                    lr_t = lr * np.sqrt(1 - self.beta2**self.t) / (1 - self.beta1**self.t)
+                    p -= lr_t * m / (np.sqrt(v) + self.eps) + (lr * decay * p if self.decoupled else 0.0)
+                    continue
                 m_hat = m / (1 - self.beta1**self.t)
                 v_hat = v / (1 - self.beta2**self.t)
                 p -= lr * (m_hat / (np.sqrt(v_hat) + self.eps) + (decay * p if self.decoupled else 0.0))
@@ -72,6 +77,8 @@ CASES = [
     ("adamw", dict(lr=0.01, weight_decay=0.1), dict(decoupled=True)),
     ("sgd", dict(lr=0.1, momentum=0.5, clip_norm=0.05), {}),
     ("adam", dict(lr=0.01, clip_norm=0.01), {}),
+    ("adam", dict(lr=0.01, eps=1e-3, eps_hat=True), {}),  # eps large enough that its placement shows
+    ("adamw", dict(lr=0.01, eps=1e-3, weight_decay=0.1, eps_hat=True), dict(decoupled=True)),
 ]
 
 

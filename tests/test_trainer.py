@@ -272,3 +272,27 @@ def test_changing_momentum_after_creation_resizes_the_state(rng):
     opt.momentum = 0.9  # the state grows a velocity row at the next step
     trainer.train_step(X, y)
     assert opt.state.shape == (1, net.n_params) and np.abs(opt.state).max() > 0
+
+
+@pytest.mark.parametrize("optimizer", [lambda: fastbp.SGD(lr=0.1, momentum=0.9), lambda: fastbp.Adam(lr=0.01)])
+def test_sample_weights_in_training_equal_repeated_rows(optimizer, rng):
+    """A batch with integer weights trains exactly like the batch with each row repeated that many times (a
+    weighted mean is a mean over the repeated rows); evaluate weighs loss and accuracy the same way."""
+    X = rng.standard_normal((10, 4))
+    y = rng.integers(0, 3, 10)
+    w = np.array([2, 0, 1, 3, 1, 1, 0, 2, 1, 1])
+    idx = np.repeat(np.arange(10), w)
+    weighted = fastbp.Trainer(fastbp.MLP([4, 5, 3], dtype="float64", seed=0), optimizer(), progress=False)
+    repeated = fastbp.Trainer(fastbp.MLP([4, 5, 3], dtype="float64", seed=0), optimizer(), progress=False)
+    for _ in range(3):
+        loss_w = weighted.train_step(X, y, sample_weight=w)
+        loss_r = repeated.train_step(X[idx], y[idx])
+        assert loss_w == pytest.approx(loss_r, rel=1e-12)
+    np.testing.assert_allclose(weighted.net.params, repeated.net.params, rtol=1e-12)
+    ev_w, ev_r = weighted.evaluate(X, y, sample_weight=w), repeated.evaluate(X[idx], y[idx])
+    assert ev_w["loss"] == pytest.approx(ev_r["loss"], rel=1e-12)
+    assert ev_w["accuracy"] == pytest.approx(ev_r["accuracy"], rel=1e-12)
+    history = weighted.fit(X, y, epochs=2, sample_weight=w)
+    assert len(history["loss"]) == 2
+    with pytest.raises(ValueError, match="sample_weight"):
+        weighted.fit(X, y, sample_weight=-np.ones(10))

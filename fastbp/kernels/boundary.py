@@ -53,10 +53,12 @@ def _network_arrays(network, marker):
 
 @leaf
 def _batch_arrays(batch, marker):
-    """(X (n, n_in), Y (n_Y, n_out), labels (n_labels,) int64) from their addresses and sizes."""
-    p_X, n, n_in, p_Y, n_Y, n_out, p_labels, n_labels = batch
+    """(X (n, n_in), Y (n_Y, n_out), labels (n_labels,) int64, sample weights (n_sw,)) from their addresses and
+    sizes; n_Y, n_labels and n_sw are n or 0."""
+    p_X, n, n_in, p_Y, n_Y, n_out, p_labels, n_labels, p_sw, n_sw = batch
     X = _array2d(p_X, n, n_in, marker)
-    return X, _array2d(p_Y, n_Y, n_out, marker), _array1d(p_labels, n_labels, np.int64(0))
+    Y = _array2d(p_Y, n_Y, n_out, marker)
+    return X, Y, _array1d(p_labels, n_labels, np.int64(0)), _array1d(p_sw, n_sw, marker)
 
 
 @leaf

@@ -72,8 +72,9 @@ def _predict(params, layout, X, acts, out):
 
 
 @leaf
-def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, accumulate, acts, delta_a, delta_b):
-    """Loss and gradient of ``scale * (mean loss over the batch + l2 / 2 * sum of squared weights)``.
+def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, sw, l2, scale, accumulate, acts, delta_a, delta_b):
+    """Loss and gradient of ``scale * (mean loss over the batch + l2 / 2 * sum of squared weights)``; the mean is
+    weighted by the sample weights ``sw`` when given (``sum_i sw_i loss_i / sum_i sw_i``).
 
     Forward pass, output error fused with the loss (BP1), then for each layer from the top: weight gradient
     (BP4, GEMM with beta = accumulate), and the delta of the layer below with its bias gradient (BP2, BP3).
@@ -85,13 +86,20 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
 
     params, grads: (n_params,), grads is the output (added to when ``accumulate``). layout: (L, 6) int64.
     loss_code: see :mod:`fastbp.kernels.loss`. X: (n, n_in); Y: (n, n_out) targets or (0, n_out) when
-    ``labels`` (n,) int64 are given, else labels is (0,). l2, scale: float. accumulate: int 0/1.
+    ``labels`` (n,) int64 are given, else labels is (0,). sw: (n,) sample weights (positive sum) or (0,).
+    l2, scale: float. accumulate: int 0/1.
     acts: 1-D workspace of >= n * sum(fan_out); delta_a, delta_b: 1-D, >= n * max(fan_out) each.
     Returns the loss (float64). Not thread-safe for a shared workspace or grads.
     """
     n = X.shape[0]
     L = layout.shape[0]
-    weight = scale / n
+    total = 0.0  # the weight of the batch: n, or the sum of the sample weights
+    if sw.shape[0] > 0:
+        for i in range(n):
+            total += sw[i]
+    else:
+        total = float(n)
+    weight = scale / total
 
     lowest = L
     for l in range(L - 1, -1, -1):
@@ -113,6 +121,7 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
         b,
         Y,
         labels,
+        sw,
         layout[L - 1, ACTIVATION],
         loss_code,
         weight,
@@ -152,7 +161,7 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
                 accumulate,
             )
             cur, other = other, cur
-    return scale * (loss_sum / n + 0.5 * l2 * squares)
+    return scale * (loss_sum / total + 0.5 * l2 * squares)
 
 
 # Entry points called from Python: the same drivers, on arrays rebuilt from addresses (see boundary.py), so that a
@@ -163,9 +172,9 @@ def _value_and_grad(params, grads, layout, loss_code, X, Y, labels, l2, scale, a
 def _value_and_grad_entry(marker, network, loss_code, batch, workspace, p_grads, l2, scale, accumulate):
     """:func:`_value_and_grad` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
     params, layout = _network_arrays(network, marker)
-    X, Y, labels = _batch_arrays(batch, marker)
+    X, Y, labels, sw = _batch_arrays(batch, marker)
     acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
     grads = _array1d(p_grads, params.shape[0], marker)
     return _value_and_grad(
-        params, grads, layout, loss_code, X, Y, labels, l2, scale, accumulate, acts, delta_a, delta_b
+        params, grads, layout, loss_code, X, Y, labels, sw, l2, scale, accumulate, acts, delta_a, delta_b
     )

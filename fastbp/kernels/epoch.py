@@ -28,12 +28,13 @@ OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
 
 
 @leaf
-def _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb):
-    """Copy rows ``perm[start:stop]`` of X and of Y (or labels) into the batch buffers; returns the batch views.
+def _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb):
+    """Copy rows ``perm[start:stop]`` of X, of Y (or labels) and of the sample weights into the batch buffers;
+    returns the batch views.
 
-    NumPy: ``idx = perm[start:stop]; return X[idx], Y[idx] (or Y[:0]), labels[idx] (or labels[:0])``.
-    Xb, Yb: 1-D float buffers of at least m * n_in and m * n_out; lb: 1-D int64 of at least m. Thread-safe for
-    distinct buffers.
+    NumPy: ``idx = perm[start:stop]; return X[idx], Y[idx] (or Y[:0]), labels[idx] (or labels[:0]), sw[idx] (or
+    sw[:0])``. Xb, Yb: 1-D float buffers of at least m * n_in and m * n_out; lb: 1-D int64 of at least m; swb:
+    1-D float of at least m (or empty, with sw empty). Thread-safe for distinct buffers.
     """
     m = stop - start
     n_in = X.shape[1]
@@ -51,7 +52,13 @@ def _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb):
         lv = lb[:0]
         for r in range(m):
             Yv[r, :] = Y[perm[start + r], :]
-    return Xv, Yv, lv
+    if sw.shape[0] > 0:
+        swv = swb[:m]
+        for r in range(m):
+            swv[r] = sw[perm[start + r]]
+    else:
+        swv = swb[:0]
+    return Xv, Yv, lv, swv
 
 
 @leaf
@@ -74,6 +81,7 @@ def _train_epoch(
     X,
     Y,
     labels,
+    sw,
     perm,
     batch_size,
     l2,
@@ -91,6 +99,7 @@ def _train_epoch(
     Xb,
     Yb,
     lb,
+    swb,
     sq_norms,
     max_loss,
 ):
@@ -102,14 +111,16 @@ def _train_epoch(
     NONFINITE_GRADIENT (training stopped there; see the module docstring for which parameters are kept).
 
     params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n, n_in); Y: (n, n_out)
-    or (0, n_out) with labels (n,) int64; perm: (n,) int64 permutation of the rows; batch_size: int >= 1;
+    or (0, n_out) with labels (n,) int64; sw: (n,) sample weights or (0,) (each batch's loss is then the weighted
+    mean); perm: (k,) int64 row indices, the epoch's order (a permutation of the rows, or any subset);
+    batch_size: int >= 1;
     l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see :mod:`.optimizers`); clip_norm: float,
     0 for none; t0: steps done before this epoch; state: (rows, n_params), in place; acts, delta_a, delta_b:
-    workspace for batch_size rows; Xb, Yb, lb: batch buffers; sq_norms: (L,) float64, output, summed squared
+    workspace for batch_size rows; Xb, Yb, lb, swb: batch buffers; sq_norms: (L,) float64, output, summed squared
     per-layer gradient norms of the steps; max_loss: float, a larger batch loss counts as divergence.
     Not thread-safe.
     """
-    n = X.shape[0]
+    n = perm.shape[0]
     loss_sum = 0.0
     status = OK
     steps = 0
@@ -117,9 +128,11 @@ def _train_epoch(
     cur_is_params = True
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
-        Xv, Yv, lv = _gather_batch(X, Y, labels, perm, start, stop, Xb, Yb, lb)
+        Xv, Yv, lv, swv = _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb)
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
-        loss = _value_and_grad(cur, grads, layout, loss_code, Xv, Yv, lv, l2, 1.0, np.int64(0), acts, delta_a, delta_b)
+        loss = _value_and_grad(
+            cur, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), acts, delta_a, delta_b
+        )
         if not finite(loss) or loss > max_loss:
             status = NONFINITE_LOSS if not finite(loss) else LOSS_TOO_LARGE
             # cur gave a diverged loss: fall back to the previous step's parameters (in nxt)
@@ -150,13 +163,14 @@ def _train_epoch(
 
 
 @leaf
-def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
-    """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks.
+def _evaluate(params, layout, loss_code, X, Y, labels, sw, acts, delta):
+    """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks; both
+    weighted by the sample weights sw (n,) when given (sw (0,): unit weights).
 
     NumPy: ``P = predict(X); loss = per-sample losses summed; correct = (argmax P == y).sum()`` for softmax,
     ``(all((P > 0.5) == (Y > 0.5), axis=1)).sum()`` (subset accuracy) for sigmoid + binary cross-entropy, 0
     otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; acts, delta: workspace, overwritten, whose
-    size sets the chunk. Returns (float64, int64). Not thread-safe for a shared workspace.
+    size sets the chunk. Returns (float64, float64). Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
     L = layout.shape[0]
@@ -170,28 +184,32 @@ def _evaluate(params, layout, loss_code, X, Y, labels, acts, delta):
     code = layout[L - 1, ACTIVATION]
     no_db = delta[:0]
     loss = 0.0
-    correct = 0
+    correct = 0.0
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         m = stop - start
         P, b = _forward_to_logits(params, layout, X[start:stop], acts)
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
+        swv = sw[start:stop] if sw.shape[0] > 0 else sw
         off = np.int64(0)  # no bias gradient, no accumulation (typed int64 like the other call sites)
-        loss += _output_delta(P, b, Yv, lv, code, loss_code, 1.0, _rows_view(delta, m, n_out), no_db, off, off)
+        loss += _output_delta(P, b, Yv, lv, swv, code, loss_code, 1.0, _rows_view(delta, m, n_out), no_db, off, off)
         for i in range(m):
+            w_i = swv[i] if swv.shape[0] > 0 else 1.0
             if code == SOFTMAX:
                 best = 0
                 for j in range(1, n_out):
                     if P[i, j] > P[i, best]:
                         best = j
                 truth = lv[i] if lv.shape[0] > 0 else np.argmax(Yv[i])
-                correct += best == truth
+                if best == truth:
+                    correct += w_i
             elif loss_code == BINARY_CROSS_ENTROPY:
                 ok = True
                 for j in range(n_out):
                     ok = ok and ((P[i, j] > 0.5) == (Yv[i, j] > 0.5))
-                correct += ok
+                if ok:
+                    correct += w_i
     return loss, correct
 
 
@@ -208,6 +226,7 @@ def _train_epoch_entry(
     p_spare,
     p_grads,
     p_perm,
+    n_perm,
     batch_size,
     l2,
     kind,
@@ -224,12 +243,13 @@ def _train_epoch_entry(
     p_Xb,
     p_Yb,
     p_lb,
+    p_swb,
     p_sq_norms,
     max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
     params, layout = _network_arrays(network, marker)
-    X, Y, labels = _batch_arrays(batch, marker)
+    X, Y, labels, sw = _batch_arrays(batch, marker)
     acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
     n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
     return _train_epoch(
@@ -241,7 +261,8 @@ def _train_epoch_entry(
         X,
         Y,
         labels,
-        _array1d(p_perm, X.shape[0], np.int64(0)),
+        sw,
+        _array1d(p_perm, n_perm, np.int64(0)),
         batch_size,
         l2,
         kind,
@@ -258,6 +279,7 @@ def _train_epoch_entry(
         _array1d(p_Xb, batch_size * n_in, marker),
         _array1d(p_Yb, batch_size * n_out, marker),
         _array1d(p_lb, batch_size, np.int64(0)),
+        _array1d(p_swb, batch_size if sw.shape[0] > 0 else 0, marker),
         _array1d(p_sq_norms, layout.shape[0], np.float64(0)),
         max_loss,
     )
@@ -267,6 +289,6 @@ def _train_epoch_entry(
 def _evaluate_entry(marker, network, loss_code, batch, workspace):
     """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
     params, layout = _network_arrays(network, marker)
-    X, Y, labels = _batch_arrays(batch, marker)
+    X, Y, labels, sw = _batch_arrays(batch, marker)
     acts, delta_a, _ = _workspace_arrays(workspace, marker)
-    return _evaluate(params, layout, loss_code, X, Y, labels, acts, delta_a)
+    return _evaluate(params, layout, loss_code, X, Y, labels, sw, acts, delta_a)

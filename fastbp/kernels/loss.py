@@ -11,8 +11,12 @@ Losses (per sample; the batch loss is the mean, plus ``l2 / 2 * sum(W**2)`` over
   ``delta = (A - Y) (.) f'(A)``; for softmax, whose Jacobian is not diagonal,
   ``delta_j = p_j (g_j - sum_k g_k p_k)`` with ``g = P - Y``. Identity output gives ``delta = A - Y``.
 
-Every delta here is multiplied by ``weight = scale / n``, so the 1/n of the batch mean (and any micro-batch
-weight) is carried by delta into every gradient: BP3 and BP4 then need no further scaling.
+With sample weights ``sw`` (n,), row i's loss and delta are multiplied by ``sw[i]`` and the batch loss is the
+weighted mean ``sum_i sw_i loss_i / sum_i sw_i``; an empty ``sw`` means unit weights.
+
+Every delta here is multiplied by ``weight = scale / n`` (``scale / sum(sw)`` with sample weights), so the 1/n
+of the batch mean (and any micro-batch weight) is carried by delta into every gradient: BP3 and BP4 then need no
+further scaling.
 """
 
 import math
@@ -47,12 +51,22 @@ def _target(Y, labels, i, j):
 
 
 @leaf
-def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_db):
+def _row_weight(sw, i):
+    """Sample weight of row i: ``sw[i]``, or 1 when ``sw`` is empty."""
+    if sw.shape[0] > 0:
+        return sw[i]
+    return 1.0
+
+
+@leaf
+def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, with_db):
     """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss."""
     n, m = Z.shape
     loss = 0.0
     for i in range(n):
         lse = _bias_log_sum_exp_row(Z, b, i)
+        w_i = _row_weight(sw, i)
+        w_row = weight * w_i
         row = 0.0
         g_dot_p = 0.0
         y_sum = 1.0  # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
@@ -67,7 +81,7 @@ def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_
             Z[i, j] = p
             if cross_entropy:
                 row += y * (lse - z)
-                d = weight * (p * y_sum - y)
+                d = w_row * (p * y_sum - y)
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
@@ -78,27 +92,29 @@ def _softmax_loss_delta(Z, b, Y, labels, cross_entropy, weight, delta, db, with_
                 delta[i, j] = g
         if not cross_entropy:
             for j in range(m):
-                d = weight * Z[i, j] * (delta[i, j] - g_dot_p)
+                d = w_row * Z[i, j] * (delta[i, j] - g_dot_p)
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
-        loss += row
+        loss += w_i * row
     return loss
 
 
 @leaf
-def _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db):
+def _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db):
     """Sigmoid output with binary cross-entropy: Z <- A, delta <- weight * (A - Y), returns the summed loss."""
     n, m = Z.shape
     loss = 0.0
     for i in range(n):
+        w_i = _row_weight(sw, i)
+        w_row = weight * w_i
         for j in range(m):
             z = Z[i, j] + b[j]
             y = _target(Y, labels, i, j)
             a = _activate(z, SIGMOID)
             Z[i, j] = a
-            loss += max(z, 0.0) - y * z + math.log1p(math.exp(-abs(z)))
-            d = weight * (a - y)
+            loss += w_i * (max(z, 0.0) - y * z + math.log1p(math.exp(-abs(z))))
+            d = w_row * (a - y)
             delta[i, j] = d
             if with_db:
                 db[j] += d
@@ -106,17 +122,19 @@ def _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db):
 
 
 @leaf
-def _squared_error_loss_delta(Z, b, Y, labels, code, weight, delta, db, with_db):
+def _squared_error_loss_delta(Z, b, Y, labels, sw, code, weight, delta, db, with_db):
     """Elementwise output f with squared error (BP1): Z <- A, delta <- weight (A - Y) f'(A), returns loss."""
     n, m = Z.shape
     loss = 0.0
     for i in range(n):
+        w_i = _row_weight(sw, i)
+        w_row = weight * w_i
         for j in range(m):
             a = _activate(Z[i, j] + b[j], code)
             Z[i, j] = a
             g = a - _target(Y, labels, i, j)
-            loss += 0.5 * g * g
-            d = weight * g * _derivative(a, code)
+            loss += w_i * 0.5 * g * g
+            d = w_row * g * _derivative(a, code)
             delta[i, j] = d
             if with_db:
                 db[j] += d
@@ -124,31 +142,32 @@ def _squared_error_loss_delta(Z, b, Y, labels, code, weight, delta, db, with_db)
 
 
 @kernel
-def _output_delta(Z, b, Y, labels, code, loss_code, weight, delta, db, with_db, accumulate):
+def _output_delta(Z, b, Y, labels, sw, code, loss_code, weight, delta, db, with_db, accumulate):
     """Output layer epilogue fused with the loss: bias, activation, loss value, BP1 and BP3 in one pass.
 
     NumPy (softmax + cross-entropy): ``P = softmax(Z + b); loss = -(Y * log P).sum();
     delta[...] = weight * (P - Y); db[...] = delta.sum(0)``; see the module docstring for the other pairs.
 
     Z: (n, m), holds ``A_prev @ W`` on entry and the output activation A on exit. b: (m,). Y: (n, m) targets,
-    or (0, m) when ``labels`` (n,) int64 class indices are given (then ``labels`` is empty otherwise).
-    code: output activation code; loss_code: CROSS_ENTROPY, BINARY_CROSS_ENTROPY or SQUARED_ERROR (validated
-    pairs only). weight: float, scale / n. delta: (n, m), output. db: (m,), output when ``with_db`` (added to
-    when ``accumulate``). Returns the loss summed over the n samples (float64, unweighted). Thread-safe for
-    distinct outputs.
+    or (0, m) when ``labels`` (n,) int64 class indices are given (then ``labels`` is empty otherwise). sw: (n,)
+    sample weights of Z's dtype, or (0,) for unit weights. code: output activation code; loss_code:
+    CROSS_ENTROPY, BINARY_CROSS_ENTROPY or SQUARED_ERROR (validated pairs only). weight: float, scale / n
+    (scale / sum(sw) with weights). delta: (n, m), output. db: (m,), output when ``with_db`` (added to when
+    ``accumulate``). Returns the loss summed over the n samples (float64; sample-weighted, not multiplied by
+    ``weight``). Thread-safe for distinct outputs.
     """
     if with_db and not accumulate:
         db[:] = 0.0
     if code == SOFTMAX:
-        loss = _softmax_loss_delta(Z, b, Y, labels, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
+        loss = _softmax_loss_delta(Z, b, Y, labels, sw, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
     elif loss_code == BINARY_CROSS_ENTROPY:
-        loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, weight, delta, db, with_db)
+        loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db)
     elif code == IDENTITY:
-        loss = _squared_error_loss_delta(Z, b, Y, labels, IDENTITY, weight, delta, db, with_db)
+        loss = _squared_error_loss_delta(Z, b, Y, labels, sw, IDENTITY, weight, delta, db, with_db)
     else:
         # The general BP1 form for the other output activations, with the code left a run-time value: output
         # layers are narrow, and one loop instead of four specialised ones shortens compilation.
-        loss = _squared_error_loss_delta(Z, b, Y, labels, code, weight, delta, db, with_db)
+        loss = _squared_error_loss_delta(Z, b, Y, labels, sw, code, weight, delta, db, with_db)
     return loss
 
 

@@ -10,7 +10,9 @@ Updates (g = clip * grad, plus ``weight_decay * p`` on weights when the decay is
 - SGD: ``p <- p - lr g`` (the notes' theta <- theta - eta grad).
 - momentum: ``v <- mu v - lr g; p <- p + v``; Nesterov: ``v <- mu v - lr g; p <- p + mu v - lr g``.
 - Adam (Kingma & Ba, Algorithm 1): ``m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
-  p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``; AdamW adds the decoupled ``- lr wd p``.
+  p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``; AdamW adds the decoupled ``- lr wd p``. With
+  ``eps_hat`` the epsilon is added before the bias correction, ``p <- p - lr sqrt(1 - b2^t) / (1 - b1^t) m /
+  (sqrt(v) + eps)`` (the paper's "efficient" form, used by scikit-learn and Keras).
 """
 
 import math
@@ -23,7 +25,7 @@ from .layout import B_OFFSET, FAN_OUT, TRAINABLE, W_OFFSET
 SGD, ADAM = 0, 1
 # hyper-parameter vector (float64) of each kind
 SGD_MOMENTUM, SGD_NESTEROV, SGD_WEIGHT_DECAY = 0, 1, 2
-ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED = 0, 1, 2, 3, 4
+ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED, ADAM_EPS_HAT = 0, 1, 2, 3, 4, 5
 
 CONSTANT, STEP, INVSCALING, COSINE = 0, 1, 2, 3
 
@@ -109,6 +111,9 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, sq_no
     """
     b1, b2 = hyper[ADAM_BETA1], hyper[ADAM_BETA2]
     c1, c2 = 1.0 - b1**t, 1.0 - b2**t  # Adam's bias corrections (unused by SGD)
+    eps = 0.0
+    if kind == ADAM:  # eps_hat: sqrt(v) + eps = sqrt(c2) (sqrt(v / c2) + eps / sqrt(c2))
+        eps = hyper[ADAM_EPS] / math.sqrt(c2) if hyper[ADAM_EPS_HAT] != 0.0 else hyper[ADAM_EPS]
     total = 0.0
     for l in range(layout.shape[0]):
         if not layout[l, TRAINABLE]:
@@ -123,7 +128,7 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, sq_no
                 decay = decay_on * hyper[ADAM_WEIGHT_DECAY]
                 decoupled = hyper[ADAM_DECOUPLED] != 0.0  # AdamW: decay outside the adaptive step
                 sq += _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
-                _adam_step(p, m, v, q, lr / c1, 1.0 / math.sqrt(c2), hyper[ADAM_EPS], lr * decay if decoupled else 0.0)
+                _adam_step(p, m, v, q, lr / c1, 1.0 / math.sqrt(c2), eps, lr * decay if decoupled else 0.0)
             else:
                 mu = hyper[SGD_MOMENTUM]
                 velocity = state[0, start:stop] if mu != 0.0 else g  # no state row without momentum (unused)

@@ -1,0 +1,71 @@
+"""Loss and gradient as functions of ONE flat float64 parameter vector, for ``scipy.optimize`` and friends."""
+
+import numpy as np
+
+from . import _validation as v
+
+
+class FlatObjective:
+    """``theta -> (loss, grad)`` of a network on a fixed data set, for ``scipy.optimize.minimize(..., jac=True)``.
+
+    The data are validated and converted once, here; each call writes ``theta`` into ``net.params`` (the layout
+    of :attr:`MLP.params`: per layer W row-major, then b) and runs the compiled forward and backward pass over
+    the whole data set as one batch.
+
+    Parameters
+    ----------
+    net : MLP
+        Its parameters are overwritten by every call (they end as the last ``theta`` evaluated).
+    X : array (n, n_in)
+    Y : array (n, n_out), or (n,) integer class labels for a softmax output
+    sample_weight : array (n,), optional
+        The data term becomes the weighted mean ``sum_i w_i loss_i / sum_i w_i``.
+
+    Calling it with ``theta`` (n_params,) returns ``(loss: float, grad: (n_params,) float64)``: the loss is the
+    network's objective (mean loss + ``net.l2 / 2 * sum(W**2)``). The gradient is computed in the network's dtype
+    (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.
+    """
+
+    def __init__(self, net, X, Y, sample_weight=None):
+        self.net = net
+        self.X, self.Y2d, self.labels = net.check_batch(X, Y)
+        self.sw = v.check_sample_weight(sample_weight, self.X.shape[0], net.dtype)
+        self._grad = np.empty(net.n_params, dtype=net.dtype)
+        self._grad64 = np.empty(net.n_params, dtype=np.float64)
+        self.n_calls = 0
+
+    def __call__(self, theta):
+        net = self.net
+        theta = np.asarray(theta)
+        if theta.shape != (net.n_params,):
+            raise ValueError(f"theta must have shape ({net.n_params},) like net.params, got {theta.shape}")
+        v.check_finite(theta, "theta")
+        net.params[:] = theta
+        loss = net._value_and_grad_checked(self.X, self.Y2d, self.labels, self.sw, self._grad)
+        self._grad64[:] = self._grad
+        self.n_calls += 1
+        return loss, self._grad64.copy()  # scipy keeps references to returned gradients
+
+
+def value_and_grad_flat(net, theta, X, Y, sample_weight=None):
+    """Loss and gradient of ``net`` at the flat parameter vector ``theta``, for ``scipy.optimize``.
+
+    Parameters
+    ----------
+    net : MLP
+        Its parameters are set to ``theta`` (cast to the network's dtype) and stay so.
+    theta : array (n_params,), float64 (any real dtype is accepted)
+    X : array (n, n_in)
+    Y : array (n, n_out), or (n,) class labels for a softmax output
+    sample_weight : array (n,), optional
+
+    Returns
+    -------
+    loss : float
+        Mean loss over (X, Y) plus ``net.l2 / 2 * sum(W**2)``.
+    grad : ndarray (n_params,) of float64
+
+    Example: ``scipy.optimize.minimize(lambda t: value_and_grad_flat(net, t, X, y), net.params.astype(float),
+    jac=True, method="L-BFGS-B")``. Each call validates X and Y; :class:`FlatObjective` does that once.
+    """
+    return FlatObjective(net, X, Y, sample_weight)(theta)

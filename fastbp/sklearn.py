@@ -1,0 +1,333 @@
+"""scikit-learn's ``MLPClassifier`` and ``MLPRegressor`` with fastbp's compiled kernels doing the numerical work.
+
+Drop-in: ``from fastbp.sklearn import MLPClassifier`` instead of ``from sklearn.neural_network import
+MLPClassifier``. The classes subclass scikit-learn's, so the constructor parameters, their defaults and
+validation, input checks, label handling, fitted attributes, warm start, ``partial_fit`` and the scoring methods
+are scikit-learn's own. What changes is the numerical core:
+
+- ``sgd`` and ``adam`` run fastbp's compiled epoch loop (gather, forward, backward, update without returning to
+  Python; one or two calls per epoch);
+- ``lbfgs`` runs ``scipy.optimize.minimize(method="L-BFGS-B")`` on :class:`fastbp.flat.FlatObjective`;
+- ``predict``/``predict_proba`` run the compiled forward pass.
+
+The objective is scikit-learn's exactly: the mean loss over the mini-batch (log-loss for softmax,
+binary log-loss for logistic outputs, half squared error for regression; weighted means with
+``sample_weight``) plus ``alpha / (2 * batch weight) * sum(W**2)``, the batch weight being the batch size or the
+sum of its sample weights; the last, smaller batch of an epoch gets its own penalty scale as in scikit-learn.
+Initialisation (scikit-learn's, from ``random_state``), shuffling, early stopping, the ``tol`` /
+``n_iter_no_change`` rule and the learning-rate schedules follow scikit-learn's code, so the same
+hyper-parameters give the same models up to rounding (see the tests).
+
+Differences, all documented in the README:
+
+- Stochastic solvers: SGD momentum is kept PyTorch-style (``b = mu b + g``, ``p -= lr b``); with a constant
+  learning rate this is the same sequence of parameters as scikit-learn's ``v = mu v - lr g``, ``p += v``; when
+  ``invscaling`` or ``adaptive`` change the rate, the velocity is rescaled with it. Adam runs with ``eps_hat``,
+  scikit-learn's placement of ``epsilon``.
+- ``MLPRegressor(loss="poisson")`` is not implemented (no exponential output in the kernels): it raises
+  ``ValueError``.
+- Sparse input is converted to a dense array (the kernels are dense).
+- Log-loss: scikit-learn clips probabilities to ``[eps, 1 - eps]`` (eps of the dtype) before the logarithm;
+  fastbp computes the loss from the logits without clipping. The gradients are the same; the reported loss
+  differs only for confidently wrong predictions (p < 1.2e-7 in float32, < 2.2e-16 in float64), where fastbp
+  reports the true, larger loss.
+- lbfgs with several regression outputs: scikit-learn's reported loss divides the squared error by the number
+  of outputs while its gradient does not; fastbp minimises the objective its gradient belongs to (the sum over
+  outputs) and reports ``loss_`` in scikit-learn's convention.
+"""
+
+import warnings
+
+import numpy as np
+import scipy.optimize
+import scipy.sparse
+from sklearn.base import is_classifier
+from sklearn.exceptions import ConvergenceWarning
+from sklearn.model_selection import train_test_split
+from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
+from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.utils.validation import validate_data
+
+from . import _validation as v
+from .flat import FlatObjective
+from .network import MLP
+from .optim import SGD, Adam
+from .trainer import _NO_WEIGHTS, Trainer
+
+__all__ = ["MLPClassifier", "MLPRegressor"]
+
+_HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
+_OUTPUT = {
+    "softmax": ("softmax", "cross_entropy"),
+    "logistic": ("sigmoid", "binary_cross_entropy"),
+    "identity": ("identity", "squared_error"),
+}
+
+
+def _dense(X):
+    return X.toarray() if scipy.sparse.issparse(X) else X
+
+
+class _FastbpMixin:
+    """The numerical core of scikit-learn's BaseMultilayerPerceptron, replaced by fastbp's kernels."""
+
+    # ------------------------------------------------------------------ the network behind coefs_
+    def _fastbp_network(self, dtype):
+        """The fastbp MLP whose parameters are ``coefs_`` and ``intercepts_``.
+
+        After fastbp trains, ``coefs_[l]`` and ``intercepts_[l]`` ARE views into the network's flat buffer. When
+        they are not (scikit-learn's initialisation, a user's assignment, unpickling, early stopping's copies),
+        their values are copied into the buffer. The network is rebuilt when the architecture or dtype changed.
+        """
+        if self.out_activation_ not in _OUTPUT:
+            raise ValueError(
+                f"fastbp implements the outputs {sorted(_OUTPUT)}; out_activation_={self.out_activation_!r} "
+                "(loss='poisson') is not supported"
+            )
+        dtype = np.dtype(dtype)
+        sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        output, loss = _OUTPUT[self.out_activation_]
+        net = getattr(self, "_fastbp_net", None)
+        if (
+            net is None
+            or list(net.layer_sizes) != sizes
+            or net.dtype != dtype
+            or net.output != output
+            or net.activations != (_HIDDEN[self.activation],) * (len(sizes) - 2)
+        ):
+            net = MLP(sizes, activation=_HIDDEN[self.activation], output=output, loss=loss, dtype=dtype, seed=0)
+            self._fastbp_net = net
+        for mine, theirs in ((net.coefs, self.coefs_), (net.intercepts, self.intercepts_)):
+            for l, (a, b) in enumerate(zip(mine, theirs, strict=True)):
+                if a is not b:
+                    if b.shape != a.shape:
+                        raise ValueError(f"coefs_/intercepts_ of layer {l} have shape {b.shape}, expected {a.shape}")
+                    a[...] = b
+        return net
+
+    def _bind(self, net):
+        """Make ``coefs_``/``intercepts_`` views into the network's buffer (what the kernels update)."""
+        self.coefs_ = list(net.coefs)
+        self.intercepts_ = list(net.intercepts)
+
+    def _targets(self, y):
+        """scikit-learn's 2-D targets as the kernels take them: int64 class labels for softmax, else an array."""
+        if self.out_activation_ == "softmax":
+            return np.argmax(y, axis=1).astype(np.int64)
+        return y
+
+    def _forward_pass_fast(self, X, check_input=True):
+        """Network outputs for X (n, n_features): probabilities (classifier) or values (regressor)."""
+        if check_input:
+            X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
+        X = _dense(X)
+        net = self._fastbp_network(self.coefs_[0].dtype)
+        return net.predict(X)
+
+    # ------------------------------------------------------------------ stochastic solvers
+    def _new_optimizer(self, dtype):
+        if self.solver == "sgd":
+            nesterov = self.nesterovs_momentum and self.momentum > 0  # scikit-learn allows it without momentum
+            return SGD(lr=self.learning_rate_init, momentum=self.momentum, nesterov=nesterov)
+        return Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_hat=True)
+
+    def _trigger_stopping(self, msg):
+        """scikit-learn's rule once ``n_iter_no_change`` epochs did not improve: stop, or (sgd with
+        ``learning_rate='adaptive'``) divide the rate by 5 until it falls below 1e-6."""
+        opt = self._optimizer
+        if self.solver != "sgd" or self.learning_rate != "adaptive":
+            if self.verbose:
+                print(msg + " Stopping.")
+            return True
+        if opt.lr <= 1e-6:
+            if self.verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        opt.lr /= 5.0
+        if self.verbose:
+            print(msg + f" Setting learning rate to {opt.lr:f}")
+        return False
+
+    def _fit_stochastic(
+        self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units, incremental
+    ):
+        X = _dense(X)
+        net = self._fastbp_network(X.dtype)
+        self._bind(net)
+        if not incremental or not hasattr(self, "_optimizer"):
+            self._optimizer = self._new_optimizer(X.dtype)
+        opt = self._optimizer
+
+        if self.early_stopping and incremental:
+            raise ValueError("partial_fit does not support early_stopping=True")
+        early_stopping = self.early_stopping
+        if early_stopping:
+            stratify = y if is_classifier(self) and self.n_outputs_ == 1 else None
+            arrays = (X, y) if sample_weight is None else (X, y, sample_weight)
+            parts = train_test_split(
+                *arrays, random_state=self._random_state, test_size=self.validation_fraction, stratify=stratify
+            )
+            X_train, X_val, y_train, y_val = parts[:4]
+            sw_train, sw_val = parts[4:] if sample_weight is not None else (None, None)
+            if X_val.shape[0] < 2:
+                raise ValueError(
+                    "The validation set is too small. Increase 'validation_fraction' or the size of your dataset."
+                )
+            if is_classifier(self):
+                y_val = self._label_binarizer.inverse_transform(y_val)
+        else:
+            X_train, y_train, sw_train = X, y, sample_weight
+            X_val = y_val = sw_val = None
+
+        n = X_train.shape[0]
+        if self.batch_size == "auto":
+            batch_size = min(200, n)
+        else:
+            if self.batch_size > n:
+                warnings.warn(
+                    "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
+                )
+            batch_size = int(np.clip(self.batch_size, 1, n))
+
+        Xc, Y2d, labels = net.check_batch(X_train, self._targets(y_train), names=("X", "y"))
+        sw = v.check_sample_weight(sw_train, n, net.dtype) if sw_train is not None else None
+        trainer = getattr(self, "_fastbp_trainer", None)
+        if trainer is None or trainer.net is not net or trainer.optimizer is not opt:
+            trainer = Trainer(net, opt, batch_size=batch_size, seed=None, progress=False, divergence_factor=None)
+            self._fastbp_trainer = trainer
+        schedule = trainer._schedule(None)  # the optimizer's constant schedule; the rate is set per epoch here
+        # Per-batch calls when the loss of each batch must be seen (regression with several outputs, whose
+        # reported loss scikit-learn divides by the outputs but not its penalty) or when the penalty scale differs
+        # per batch (sample weights); otherwise one call for the full batches and one for the last.
+        multi_output_regression = self.out_activation_ == "identity" and self.n_outputs_ > 1
+        per_batch = sw is not None or multi_output_regression
+        sample_idx = np.arange(n, dtype=np.int64)
+
+        try:
+            self.n_iter_ = 0
+            for _ in range(self.max_iter):
+                if self.shuffle:  # scikit-learn's sklearn.utils.shuffle of the running order, same random stream
+                    order = np.arange(n)
+                    self._random_state.shuffle(order)
+                    sample_idx = sample_idx[order]
+                accumulated_loss = 0.0
+                for start, stop, size in self._calls(n, batch_size, per_batch):
+                    perm = sample_idx[start:stop]
+                    weight_sum = float(sw[perm].sum(dtype=np.float64)) if sw is not None else size
+                    if sw is not None and not weight_sum > 0:
+                        continue  # scikit-learn's step would divide by a zero weight sum; skip the empty batch
+                    net.l2 = self.alpha / weight_sum
+                    if multi_output_regression:  # the penalty of this step, from the parameters before it
+                        penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
+                    status, loss_sum, _ = trainer._run(
+                        Xc, Y2d, labels, perm, size, schedule, sw=_NO_WEIGHTS if sw is None else sw
+                    )
+                    if status != 0:
+                        raise ValueError(
+                            "Solver produced non-finite parameter weights. The input data may contain large values "
+                            "and need to be preprocessed."
+                        )
+                    if multi_output_regression:
+                        batch_loss = loss_sum / (stop - start)
+                        loss_sum = ((batch_loss - penalty) / self.n_outputs_ + penalty) * (stop - start)
+                    accumulated_loss += loss_sum
+
+                self.n_iter_ += 1
+                self.loss_ = accumulated_loss / n
+                self.t_ += n
+                self.loss_curve_.append(self.loss_)
+                if self.verbose:
+                    print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
+                self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
+                if self.solver == "sgd" and self.learning_rate == "invscaling":
+                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                if self._no_improvement_count > self.n_iter_no_change:
+                    what = "Validation score" if early_stopping else "Training loss"
+                    msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
+                    msg += "consecutive epochs."
+                    if self._trigger_stopping(msg):
+                        break
+                    self._no_improvement_count = 0
+                if incremental:
+                    break
+                if self.n_iter_ == self.max_iter:
+                    warnings.warn(
+                        f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
+                        "hasn't converged yet.",
+                        ConvergenceWarning,
+                        stacklevel=3,
+                    )
+        except KeyboardInterrupt:
+            warnings.warn("Training interrupted by user.", stacklevel=3)
+
+        if early_stopping:  # restore the best parameters, into the network's buffer
+            for a, b in zip(net.coefs + net.intercepts, self._best_coefs + self._best_intercepts, strict=True):
+                a[...] = b
+            self._bind(net)
+
+    @staticmethod
+    def _calls(n, batch_size, per_batch):
+        """(start, stop, batch size) of the compiled calls of one epoch over the running order."""
+        full = (n // batch_size) * batch_size
+        if per_batch:
+            calls = [(s, s + batch_size, batch_size) for s in range(0, full, batch_size)]
+        else:
+            calls = [(0, full, batch_size)] if full else []
+        if full < n:
+            calls.append((full, n, n - full))
+        return calls
+
+    # ------------------------------------------------------------------ L-BFGS
+    def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
+        X = _dense(X)
+        net = self._fastbp_network(X.dtype)
+        self._bind(net)
+        objective = FlatObjective(net, X, self._targets(y), sample_weight)
+        weight_sum = float(objective.sw.sum(dtype=np.float64)) if objective.sw.size else X.shape[0]
+        net.l2 = self.alpha / weight_sum
+        callback = None
+        if self.verbose:
+
+            def callback(intermediate_result):
+                print(f"Iteration {intermediate_result.nit}, loss = {intermediate_result.fun:.8f}")
+
+        result = scipy.optimize.minimize(
+            objective,
+            net.params.astype(np.float64),
+            method="L-BFGS-B",
+            jac=True,
+            callback=callback,
+            options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
+        )
+        self.n_iter_ = min(result.nit, self.max_iter)
+        if result.status != 0:
+            warnings.warn(
+                f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
+                f"{result.message}\n\nIncrease the number of iterations to improve the convergence "
+                f"(max_iter={self.max_iter}).\nYou might also want to scale the data as shown in:\n"
+                "    https://scikit-learn.org/stable/modules/preprocessing.html",
+                ConvergenceWarning,
+                stacklevel=3,
+            )
+        net.params[:] = result.x
+        self.loss_ = float(result.fun)
+        if self.out_activation_ == "identity" and self.n_outputs_ > 1:  # scikit-learn's reporting convention
+            penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
+            self.loss_ = (self.loss_ - penalty) / self.n_outputs_ + penalty
+
+
+class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
+    """scikit-learn's :class:`sklearn.neural_network.MLPClassifier` (same parameters, defaults, attributes and
+    methods), trained and evaluated by fastbp's compiled kernels. See the module docstring for the differences.
+
+    X: (n_samples, n_features) float32 or float64 (float32 stays float32; other dtypes become float64; sparse
+    becomes dense); y: (n_samples,) labels, or (n_samples, n_labels) indicator matrix (multi-label).
+    """
+
+
+class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
+    """scikit-learn's :class:`sklearn.neural_network.MLPRegressor` (same parameters, defaults, attributes and
+    methods), trained and evaluated by fastbp's compiled kernels; ``loss="poisson"`` is not supported.
+
+    X: (n_samples, n_features) float32 or float64; y: (n_samples,) or (n_samples, n_outputs) float targets.
+    """

@@ -1,0 +1,121 @@
+"""Gradient-flow diagnostics: reference.deltas, the trainer's delta_norm history, and ``fastbp diagnose``."""
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from conftest import GRAPH_RTOL, make_batch, rel_err
+
+import fastbp
+from fastbp import graph as g
+from fastbp import reference
+
+
+def graph_deltas(net, X, Y):
+    """dC/dZ[l] for every layer by the graph engine: the network written with graph operations, differentiated with
+    respect to its pre-activation nodes."""
+    n = X.shape[0]
+    f = {"relu": g.relu, "tanh": g.tanh, "sigmoid": g.sigmoid, "identity": lambda Z: Z}
+    A, Zs = X, []
+    for l, (W, b) in enumerate(zip(net.coefs, net.intercepts, strict=True)):
+        Zs.append(A @ g.Variable(W) + g.Variable(b))
+        A = f[net.activations[l]](Zs[-1]) if l < net.n_layers - 1 else None
+    Z = Zs[-1]
+    if net.loss == "cross_entropy":
+        loss = g.softmax_cross_entropy(Z, Y)
+    elif net.loss == "binary_cross_entropy":
+        P = g.sigmoid(Z)
+        loss = g.sum(-(Y * g.log(P) + (1.0 - Y) * g.log(1.0 - P))) / n
+    else:
+        loss = 0.5 * g.sum((f[net.output](Z) - Y) ** 2) / n
+    return g.grad(loss, Zs)
+
+
+@pytest.mark.parametrize(
+    ("activation", "output", "loss"),
+    [
+        ("relu", "softmax", "cross_entropy"),
+        ("sigmoid", "sigmoid", "binary_cross_entropy"),
+        ("tanh", "identity", "squared_error"),
+        ("sigmoid", "tanh", "squared_error"),  # the general BP1 form
+    ],
+)
+def test_reference_deltas_equal_the_graph_engine(activation, output, loss, rng):
+    net = fastbp.MLP([4, 6, 5, 3], activation, output, loss, l2=0.1, dtype="float64", seed=4)
+    for b in net.intercepts:
+        b[...] = rng.standard_normal(b.shape)
+    X, Y = make_batch(net, 7, rng)
+    deltas = reference.deltas(net, X, Y)
+    assert [d.shape for d in deltas] == [(7, 6), (7, 5), (7, 3)]
+    for d, expected in zip(deltas, graph_deltas(net, X, Y), strict=True):
+        assert rel_err(d, expected) <= GRAPH_RTOL
+    # BP3/BP4 from these deltas give the reference gradient.
+    A = reference.forward(net, X)
+    dW, db = net.unflatten(reference.value_and_grad(net, X, Y)[1])
+    for l, d in enumerate(deltas):
+        assert rel_err(A[l].T @ d + net.l2 * net.coefs[l], dW[l]) <= 1e-12
+        assert rel_err(d.sum(axis=0), db[l]) <= 1e-12
+
+
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_trainer_records_delta_norms_on_request(output, rng):
+    net = fastbp.MLP([5, 8, 8, 3], "tanh", output, dtype="float64", seed=1)
+    X, y = make_batch(net, 60, rng)
+    history = fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=16, progress=False).fit(X, y, epochs=2)
+    assert "delta_norm" not in history  # off by default
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=16, progress=False, record_deltas=True)
+    history = trainer.fit(X, y, epochs=3)
+    assert len(history["delta_norm"]) == 3 and all(len(norms) == 3 for norms in history["delta_norm"])
+    # 60 rows < 256: the probe batch is the whole training set; the last entry is the end-of-training state.
+    expected = [np.linalg.norm(d) for d in reference.deltas(net, X, y)]
+    np.testing.assert_allclose(history["delta_norm"][-1], expected, rtol=1e-12)
+    assert history["delta_norm"][0] != history["delta_norm"][-1]  # recorded per epoch, as training moves
+    with pytest.raises(TypeError, match="record_deltas"):
+        fastbp.Trainer(net, record_deltas="yes")
+
+
+def plain_init_grad_norms(activation, X, y, depth=10, width=64):
+    """Per-layer ||dW|| at the documented plain initialisation (W ~ N(0, 1/fan_in) drawn layer by layer from
+    default_rng(0), b = 0), by the NumPy reference."""
+    net = fastbp.MLP([64] + [width] * depth + [10], activation, dtype="float64")
+    draws = np.random.default_rng(0)
+    for W, b in zip(net.coefs, net.intercepts, strict=True):
+        W[...] = draws.standard_normal(W.shape) / np.sqrt(W.shape[0])
+        b[...] = 0.0
+    dW, _ = net.unflatten(reference.value_and_grad(net, X, y)[1])
+    return [np.linalg.norm(d) for d in dW]
+
+
+def test_cli_diagnose_shows_vanishing_sigmoid_level_relu_and_clipping(tmp_path):
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastbp.cli", "diagnose", "--epochs", "2", "--plot", "d.png", "--json", "d.json"],
+        capture_output=True,
+        text=True,
+        cwd=tmp_path,
+        timeout=600,
+    )
+    assert proc.returncode == 0, proc.stderr
+    ratios = dict(re.findall(r"^(\w+)\s+\|\|dW\[last\]\|\| / \|\|dW\[first\]\|\| = (\S+)", proc.stdout, re.M))
+    assert float(ratios["sigmoid"]) >= 100  # vanishing: the first layer's gradient is >= 100x smaller
+    assert 0.1 <= float(ratios["relu"]) <= 10  # level
+    assert re.search(r"no clipping\s+DIVERGED", proc.stdout)
+    assert re.search(r"clip_norm=1\s+finite", proc.stdout)
+    assert (tmp_path / "d.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+    result = json.loads((tmp_path / "d.json").read_text())
+    X, _, y, _ = fastbp.data.prepare(*fastbp.data.load_digits(), test_size=0.2, seed=0)
+    for activation in ("sigmoid", "tanh", "relu"):
+        reported = result["vanishing"][activation]
+        expected = plain_init_grad_norms(activation, X[:256], y[:256])
+        assert rel_err(reported["grad"], expected) <= 1e-10
+        assert reported["ratio"] == pytest.approx(expected[-1] / expected[0], rel=1e-10)
+        assert len(reported["delta"]) == len(reported["delta_norm"]) == 11
+    runs = result["exploding"]["runs"]
+    assert [r["clip_norm"] for r in runs] == [None, 1.0]
+    assert runs[0]["diverged"] and "diverged" in runs[0]["message"]
+    assert not runs[1]["diverged"] and len(runs[1]["loss_per_epoch"]) == 2
+    assert np.isfinite(runs[1]["loss_per_epoch"]).all()
+    assert runs[1]["loss_per_epoch"][-1] < result["exploding"]["loss"]  # clipped training made progress

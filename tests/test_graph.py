@@ -1,0 +1,341 @@
+"""fastbp.graph: the notes' worked example, every operation against central differences, broadcasting, reuse of a
+value, and random MLPs written with graph operations against the fused kernels and the NumPy reference."""
+
+import gc
+import math
+
+import numpy as np
+import pytest
+from conftest import FD_RTOL, FD_STEP, GRAPH_RTOL, HAND_RTOL, rel_err
+from hypothesis import given, settings
+from hypothesis import strategies as st
+
+import fastbp
+from fastbp import graph as g
+from fastbp import reference
+
+
+def sigma(z):
+    return 1.0 / (1.0 + math.exp(-z))
+
+
+# ------------------------------------------------------------------------------------------ the notes' example
+def test_notes_worked_example_u1_to_u9():
+    # f(w, b) = 1/2 (sigma(w x + b) - y)^2 + 1/2 w^2, decomposed into the notes' nodes u1..u9, built in their order.
+    x0, y0, w0, b0 = 1.5, 0.2, 0.8, -0.3
+    w, x, b, y = g.Variable(w0, "w"), g.Variable(x0, "x"), g.Variable(b0, "b"), g.Variable(y0, "y")
+    u1 = w * x
+    u2 = u1 + b
+    u3 = g.sigmoid(u2)
+    u4 = u3 - y
+    u5 = u4**2
+    u6 = 0.5 * u5
+    u7 = w**2
+    u8 = 0.5 * u7
+    u9 = u6 + u8
+    table = g.gradient_table(u9)
+    print()
+    print(table)  # shown with pytest -s: the notes' gradient table
+
+    # The notes' formulas, computed here independently of the graph: s = sigma(wx + b), s' = s (1 - s).
+    s = sigma(w0 * x0 + b0)
+    ds = s * (1.0 - s)
+    df_dw = x0 * ds * (s - y0) + w0
+    df_db = ds * (s - y0)
+    dw, db = g.grad(u9, [w, b])
+    assert isinstance(dw, float) and isinstance(db, float)
+    assert dw == pytest.approx(df_dw, rel=HAND_RTOL)
+    assert db == pytest.approx(df_db, rel=HAND_RTOL)
+    assert float(u9) == pytest.approx(0.5 * (s - y0) ** 2 + 0.5 * w0**2, rel=HAND_RTOL)
+
+    # The table: creation order w, x, b, y, u1..u9; the children sets S(u) listed in the notes; and df/du per node.
+    rows = {row.name: row for row in table}
+    assert [row.name for row in table] == ["w", "x", "b", "y"] + [f"u{k}" for k in range(1, 10)]
+    children = {"w": ["u1", "u7"], "x": ["u1"], "b": ["u2"], "y": ["u4"], "u1": ["u2"], "u2": ["u3"]}
+    children.update({"u3": ["u4"], "u4": ["u5"], "u5": ["u6"], "u6": ["u9"], "u7": ["u8"], "u8": ["u9"], "u9": []})
+    assert {name: row.children for name, row in rows.items()} == children
+    expected = {
+        "u9": 1.0,
+        "u8": 1.0,
+        "u7": 0.5,
+        "u6": 1.0,
+        "u5": 0.5,
+        "u4": s - y0,
+        "u3": s - y0,
+        "u2": ds * (s - y0),
+        "u1": ds * (s - y0),
+        "b": ds * (s - y0),
+        "w": df_dw,
+        "x": w0 * ds * (s - y0),
+        "y": -(s - y0),
+    }
+    for name, value in expected.items():
+        assert float(rows[name].grad) == pytest.approx(value, rel=HAND_RTOL), name
+    assert rows["u1"].definition == "multiply(w, x)" and rows["u5"].definition == "power(u4, 2)"
+    assert rows["u6"].definition == "multiply(0.5, u5)"  # constants are shown by value, not as nodes
+    text = str(table)
+    assert text.splitlines()[0].split() == ["node", "definition", "children", "S(u)", "value", "df/du"]
+    assert "{u1, u7}" in text
+
+
+def test_reused_values_add_up():
+    # x * x: one child, two input slots -> dz/dx = 2x. a = 2x has two children (a * a and + a):
+    # f = a^2 + a, df/dx = (2a + 1) * 2. All numbers are exact in binary.
+    x = g.Variable(np.array([1.5, -2.0, 0.25]))
+    np.testing.assert_array_equal(g.grad(g.sum(x * x), x), [3.0, -4.0, 0.5])
+    a = x * 2.0
+    f = g.sum(a * a + a)
+    np.testing.assert_array_equal(g.grad(f, x), (2 * np.array([3.0, -4.0, 0.5]) + 1) * 2)
+    assert len(a.children) == 2
+    # A variable used in two separate products: z = x y + x -> dz/dx = y + 1, dz/dy = x.
+    u, v = g.Variable(3.0), g.Variable(-0.5)
+    assert g.grad(u * v + u, [u, v]) == [0.5, 3.0]
+
+
+# ------------------------------------------------------------------------------------------ finite differences
+def central_differences(f, variables):
+    """df/dv by central differences, re-running the graph's forward pass (topological order) for each step."""
+    grads = []
+    for v in variables:
+        base = v.value.copy()
+        grad = np.empty_like(base)
+        for i in np.ndindex(base.shape):
+            values = []
+            for step in (FD_STEP, -FD_STEP):
+                shifted = base.copy()
+                shifted[i] += step
+                v.value = shifted
+                values.append(float(g.forward(f)))
+            grad[i] = (values[0] - values[1]) / (2 * FD_STEP)
+        v.value = base
+        grads.append(grad)
+    g.forward(f)
+    return grads
+
+
+def check_against_fd(build, *arrays, rng):
+    """Variables from ``arrays``, f = sum(build(*variables) * R) for a random constant R (so every output element
+    weighs differently), and the graph's gradient against central differences."""
+    variables = [g.Variable(a) for a in arrays]
+    out = build(*variables)
+    f = g.sum(out * rng.standard_normal(out.shape))
+    grads = g.grad(f, variables)
+    for v, analytic, numeric in zip(variables, grads, central_differences(f, variables), strict=True):
+        assert np.shape(analytic) == v.shape
+        assert rel_err(analytic, numeric) <= FD_RTOL
+
+
+def positive(rng, shape):
+    return rng.uniform(0.5, 2.0, shape)
+
+
+def away_from_zero(rng, shape):
+    return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape)
+
+
+UNARY = {
+    "exp": (g.exp, away_from_zero),
+    "log": (g.log, positive),
+    "sigmoid": (g.sigmoid, away_from_zero),
+    "tanh": (g.tanh, away_from_zero),
+    "relu": (g.relu, away_from_zero),  # away from the kink at 0
+    "negate": (lambda a: -a, away_from_zero),
+    "sum": (g.sum, away_from_zero),
+    "sum_axis0": (lambda a: g.sum(a, axis=0), away_from_zero),
+    "sum_axis1_keepdims": (lambda a: g.sum(a, axis=1, keepdims=True), away_from_zero),
+    "mean": (g.mean, away_from_zero),
+    "mean_axis1": (lambda a: g.mean(a, axis=1), away_from_zero),
+    "mean_axis0_keepdims": (lambda a: g.mean(a, axis=0, keepdims=True), away_from_zero),
+}
+
+
+@pytest.mark.parametrize("name", UNARY)
+@pytest.mark.parametrize("shape", [(), (5,), (3, 4)])
+def test_unary_operations_match_finite_differences(name, shape, rng):
+    op, values = UNARY[name]
+    if "axis" in name and len(shape) < 2:
+        shape = (3, 4)
+    check_against_fd(op, values(rng, shape), rng=rng)
+
+
+BINARY = {
+    "add": (lambda a, b: a + b, away_from_zero),
+    "subtract": (lambda a, b: a - b, away_from_zero),
+    "multiply": (lambda a, b: a * b, away_from_zero),
+    "divide": (lambda a, b: a / b, away_from_zero),
+    "power": (lambda a, b: a**b, positive),  # positive bases: a^b and its derivative in b are defined
+}
+
+#: Pairs of shapes that broadcast: equal, matrix and row vector, column and row, scalar and matrix, 3-D and column.
+SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((), (3, 4)), ((2, 3, 4), (3, 1)), ((4,), ())]
+
+
+@pytest.mark.parametrize("name", BINARY)
+@pytest.mark.parametrize(("shape_a", "shape_b"), SHAPES)
+def test_binary_operations_with_broadcasting_match_finite_differences(name, shape_a, shape_b, rng):
+    op, values = BINARY[name]
+    check_against_fd(op, values(rng, shape_a), away_from_zero(rng, shape_b), rng=rng)
+    check_against_fd(op, values(rng, shape_b), away_from_zero(rng, shape_a), rng=rng)  # and the other way round
+
+
+@pytest.mark.parametrize(("shape_a", "shape_b"), [((3, 4), (4, 2)), ((4,), (4, 2)), ((3, 4), (4,)), ((4,), (4,))])
+def test_matmul_matches_finite_differences(shape_a, shape_b, rng):
+    check_against_fd(lambda a, b: a @ b, rng.standard_normal(shape_a), rng.standard_normal(shape_b), rng=rng)
+    check_against_fd(g.matmul, rng.standard_normal(shape_a), rng.standard_normal(shape_b), rng=rng)
+
+
+def test_operators_with_constants_on_either_side(rng):
+    # Reflected operators: constants (numbers, arrays) on the left; NumPy arrays defer to the Node.
+    M = rng.standard_normal((2, 3))
+    c = rng.uniform(0.5, 2.0, 3)
+    builds = [
+        lambda a: 2.0 - a,
+        lambda a: 3.0 / a,
+        lambda a: 1.5**a,
+        lambda a: M @ a,
+        lambda a: c + a,
+        lambda a: c * a - a / c,
+        lambda a: a**2.5,
+    ]
+    for build in builds:
+        check_against_fd(build, positive(rng, (3,)), rng=rng)
+    x = g.Variable(np.ones(3))
+    assert isinstance(c + x, g.Node) and isinstance(M @ x, g.Node) and (M @ x).shape == (2,)
+
+
+@pytest.mark.parametrize("targets", ["labels", "one_hot", "soft_variable", "one_sample"])
+def test_softmax_cross_entropy_matches_finite_differences(targets, rng):
+    logits = rng.standard_normal((5, 4))
+    labels = rng.integers(0, 4, 5)
+    if targets == "labels":
+        check_against_fd(lambda z: g.softmax_cross_entropy(z, labels), logits, rng=rng)
+    elif targets == "one_hot":
+        check_against_fd(lambda z: g.softmax_cross_entropy(z, np.eye(4)[labels]), logits, rng=rng)
+    elif targets == "soft_variable":  # probability targets as a variable: gradient -log softmax / n for them too
+        check_against_fd(g.softmax_cross_entropy, logits, rng.dirichlet(np.ones(4), 5), rng=rng)
+    else:
+        check_against_fd(lambda z: g.softmax_cross_entropy(z, 2), logits[0], rng=rng)
+
+
+def test_softmax_cross_entropy_value_and_gradient_by_formula(rng):
+    # Mean over samples of -log p[label]; gradient (softmax - one_hot) / n, both computed here in plain NumPy.
+    Z = rng.standard_normal((6, 3)) * 3
+    labels = rng.integers(0, 3, 6)
+    P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
+    z = g.Variable(Z)
+    loss = g.softmax_cross_entropy(z, labels)
+    assert float(loss) == pytest.approx(-np.log(P[np.arange(6), labels]).mean(), rel=1e-14)
+    np.testing.assert_allclose(g.grad(loss, z), (P - np.eye(3)[labels]) / 6, rtol=1e-13, atol=1e-16)
+    one_hot = g.grad(g.softmax_cross_entropy(z, np.eye(3)[labels]), z)
+    np.testing.assert_allclose(one_hot, g.grad(loss, z), rtol=1e-15, atol=1e-17)
+    with pytest.raises(ValueError, match="labels must be in"):
+        g.softmax_cross_entropy(z, np.array([0, 1, 2, 3, 0, 1]))
+    with pytest.raises(ValueError, match="labels must hold 6"):
+        g.softmax_cross_entropy(z, np.array([0, 1]))
+
+
+def test_broadcast_gradients_are_summed_back_to_the_input_shape():
+    # f = sum(X + b) with X (3, 4), b (4,): each b_j is added to 3 elements, so df/db_j = 3; for c (3, 1), 4.
+    X = g.Variable(np.zeros((3, 4)))
+    b, c, s = g.Variable(np.zeros(4)), g.Variable(np.zeros((3, 1))), g.Variable(0.0)
+    dX, db, dc, ds = g.grad(g.sum(X + b + c + s), [X, b, c, s])
+    np.testing.assert_array_equal(dX, np.ones((3, 4)))
+    np.testing.assert_array_equal(db, [3.0, 3.0, 3.0, 3.0])
+    np.testing.assert_array_equal(dc, [[4.0], [4.0], [4.0]])
+    assert ds == 12.0
+
+
+def test_grad_api_details(rng):
+    x, unused = g.Variable(rng.standard_normal(3)), g.Variable(2.0)
+    f = g.sum(g.exp(x))
+    assert g.grad(f, [unused]) == [0.0]  # f does not depend on it
+    np.testing.assert_allclose(g.grad(f, [x])[0], np.exp(x.value), rtol=1e-15)
+    with pytest.raises(ValueError, match="scalar"):
+        g.grad(g.exp(x), [x])
+    with pytest.raises(TypeError, match="wrt"):
+        g.grad(f, [np.ones(3)])
+    with pytest.raises(TypeError):
+        g.Variable("text")
+    # The forward pass recomputes f from the variables' current values.
+    x.value = np.zeros(3)
+    assert g.forward(f) == 3.0 and float(f) == 3.0
+    # Gradients returned are fresh arrays, not views into the graph.
+    grad = g.grad(f, x)
+    grad[...] = 7.0
+    np.testing.assert_array_equal(g.grad(f, x), np.ones(3))
+
+
+def test_children_sets_are_weak_so_unused_graphs_are_freed():
+    w = g.Variable(1.0)
+    f = w * 3.0 + w
+    assert len(w.children) == 2
+    del f
+    gc.collect()
+    assert len(w.children) == 0
+
+
+# ------------------------------------------------------------------------------------------ MLPs as graphs
+def graph_value_and_grad(net, X, Y):
+    """fastbp's loss (mean per-sample loss + l2/2 sum W^2) written with graph operations; returns (loss, flat grad)."""
+    n = X.shape[0]
+    Ws = [g.Variable(W) for W in net.coefs]
+    bs = [g.Variable(b) for b in net.intercepts]
+    activation = {"relu": g.relu, "tanh": g.tanh, "sigmoid": g.sigmoid, "identity": lambda Z: Z}
+    A = X
+    for l, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+        Z = A @ W + b
+        A = activation[net.activations[l]](Z) if l < net.n_layers - 1 else Z
+    if net.loss == "cross_entropy":  # softmax output: labels (ints) or one-hot rows (floats)
+        loss = g.softmax_cross_entropy(Z, Y)
+    elif net.loss == "binary_cross_entropy":  # sigmoid output, sum over outputs, mean over samples
+        P = g.sigmoid(Z)
+        loss = g.sum(-(Y * g.log(P) + (1.0 - Y) * g.log(1.0 - P))) / n
+    else:  # identity output, squared error 1/2 ||a - y||^2 per sample
+        loss = 0.5 * g.sum((Z - Y) ** 2) / n
+    for W in Ws:
+        loss = loss + 0.5 * net.l2 * g.sum(W * W)
+    grads = np.empty(net.n_params)
+    dWs, dbs = net.unflatten(grads)
+    for dst, value in zip(dWs + dbs, g.grad(loss, Ws + bs), strict=True):
+        dst[...] = value
+    return float(loss), grads
+
+
+OUTPUTS = (("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "squared_error"))
+
+
+@settings(max_examples=40, deadline=None)
+@given(
+    widths=st.lists(st.integers(1, 6), min_size=0, max_size=3),
+    n_in=st.integers(1, 5),
+    n_out=st.integers(1, 4),
+    n=st.integers(1, 6),
+    data=st.data(),
+    pair=st.sampled_from(OUTPUTS),
+    l2=st.sampled_from([0.0, 0.1]),
+    seed=st.integers(0, 2**16),
+)
+def test_graph_mlp_equals_fused_kernels_and_reference(widths, n_in, n_out, n, data, pair, l2, seed):
+    output, loss_name = pair
+    n_out = max(n_out, 2) if output == "softmax" else n_out
+    activations = [data.draw(st.sampled_from(["relu", "tanh", "sigmoid", "identity"])) for _ in widths]
+    net = fastbp.MLP([n_in, *widths, n_out], activations, output, loss_name, l2=l2, dtype="float64", seed=seed)
+    rng = np.random.default_rng(seed)
+    for b in net.intercepts:  # non-zero biases, so that no bias gradient is trivially symmetric
+        b[...] = 0.5 * rng.standard_normal(b.shape)
+    X = rng.standard_normal((n, n_in))
+    if output == "softmax":
+        Y = rng.integers(0, n_out, n)
+        if data.draw(st.booleans()):
+            Y = np.eye(n_out)[Y]
+    elif output == "sigmoid":
+        Y = rng.random((n, n_out))
+    else:
+        Y = rng.standard_normal((n, n_out))
+    value, grads = graph_value_and_grad(net, X, Y)
+    fused_value, fused = net.value_and_grad(X, Y)
+    ref_value, ref = reference.value_and_grad(net, X, Y)
+    assert rel_err(grads, fused) <= GRAPH_RTOL
+    assert rel_err(grads, ref) <= GRAPH_RTOL
+    assert value == pytest.approx(fused_value, rel=GRAPH_RTOL)
+    assert value == pytest.approx(ref_value, rel=GRAPH_RTOL)

@@ -1,0 +1,226 @@
+"""fastbp.sklearn: scikit-learn's conformance suite, and the same models as scikit-learn's own estimators."""
+
+import warnings
+
+import numpy as np
+import pytest
+import scipy.optimize
+from conftest import FD_RTOL, FD_STEP, SKLEARN_RTOL, rel_err
+from sklearn import neural_network as skl
+from sklearn.datasets import load_digits, make_multilabel_classification, make_regression
+from sklearn.exceptions import ConvergenceWarning, NotFittedError
+from sklearn.preprocessing import StandardScaler
+from sklearn.utils.estimator_checks import check_estimator
+
+import fastbp
+from fastbp.flat import FlatObjective, value_and_grad_flat
+from fastbp.sklearn import MLPClassifier, MLPRegressor
+
+#: Checks of scikit-learn's suite that do not apply, and why; they are reported as skipped by the suite itself.
+NOT_APPLICABLE = {
+    "check_array_api_input": "scikit-learn's MLP estimators do not support the Array API",
+    "check_classifiers_multilabel_output_format_decision_function": "no decision_function, as in scikit-learn's",
+}
+
+
+@pytest.mark.parametrize("estimator", [MLPClassifier(), MLPRegressor()], ids=type)
+def test_scikit_learn_conformance(estimator):
+    """scikit-learn's whole estimator suite (``check_estimator``), default parameters: every check passes except
+    the listed ones that do not apply to an MLP, which the suite itself skips."""
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        results = check_estimator(estimator, on_fail=None, on_skip=None)
+    assert len(results) >= 50
+    problems = {r["check_name"]: repr(r["exception"]) for r in results if r["status"] != "passed"}
+    assert set(problems) <= set(NOT_APPLICABLE), problems
+
+
+@pytest.fixture(scope="module")
+def digits():
+    X, y = load_digits(return_X_y=True)
+    return StandardScaler().fit_transform(X)[:500], y[:500]
+
+
+def _fit_both(ours_cls, theirs_cls, X, y, sample_weight=None, **params):
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = theirs_cls(**params).fit(X, y, sample_weight=sample_weight)
+        ours = ours_cls(**params).fit(X, y, sample_weight=sample_weight)
+    return ours, theirs
+
+
+def _assert_same_model(ours, theirs, X, rtol):
+    assert type(ours).__mro__[1:].count(type(theirs)) == 1  # a drop-in: an instance of scikit-learn's class
+    assert ours.n_iter_ == theirs.n_iter_
+    assert ours.t_ == theirs.t_
+    for name in ("coefs_", "intercepts_"):
+        for a, b in zip(getattr(ours, name), getattr(theirs, name), strict=True):
+            assert a.dtype == b.dtype
+            assert rel_err(a, b) <= rtol, name
+    if theirs.solver != "lbfgs":
+        assert rel_err(ours.loss_curve_, theirs.loss_curve_) <= rtol
+        if theirs.early_stopping:
+            assert rel_err(ours.validation_scores_, theirs.validation_scores_) <= rtol
+            assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_, rel=rtol)
+        else:
+            assert ours.best_loss_ == pytest.approx(theirs.best_loss_, rel=rtol)
+    assert ours.loss_ == pytest.approx(theirs.loss_, rel=rtol)
+    out_ours = ours.predict_proba(X) if hasattr(ours, "predict_proba") else ours.predict(X)
+    out_theirs = theirs.predict_proba(X) if hasattr(theirs, "predict_proba") else theirs.predict(X)
+    assert out_ours.dtype == out_theirs.dtype
+    assert rel_err(out_ours, out_theirs) <= rtol
+
+
+SOLVERS = [
+    dict(solver="adam", learning_rate_init=0.01),
+    dict(solver="sgd", learning_rate_init=0.05),  # Nesterov momentum 0.9
+    dict(solver="sgd", learning_rate_init=0.05, nesterovs_momentum=False, alpha=0.1),
+    dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.3, momentum=0.0),
+    dict(solver="sgd", learning_rate="adaptive", momentum=0.0, n_iter_no_change=1, tol=0.5),
+    dict(solver="adam", early_stopping=True, validation_fraction=0.2, n_iter_no_change=2),
+    dict(solver="lbfgs", alpha=0.01),
+]
+
+
+@pytest.mark.parametrize("params", SOLVERS, ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()))
+def test_classifier_is_scikit_learns_model(params, digits):
+    """Same hyper-parameters and random_state: the same parameters after training, up to rounding (batch 64 on
+    500 rows leaves a last batch of 52, which scikit-learn gives its own penalty scale)."""
+    X, y = digits
+    params = {"hidden_layer_sizes": (16, 8), "batch_size": 64, "max_iter": 8, "random_state": 3, **params}
+    ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, **params)
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
+def test_binary_multilabel_and_float32_are_scikit_learns_model(activation, dtype):
+    X, Y = make_multilabel_classification(n_samples=150, n_features=7, n_classes=3, random_state=0)
+    # standardised: no probability saturates below float32's eps, where scikit-learn's clipped log-loss differs
+    X = StandardScaler().fit_transform(X).astype(dtype)
+    params = dict(hidden_layer_sizes=(9,), activation=activation, max_iter=6, random_state=0, alpha=1e-3)
+    for y in (Y, Y[:, 0]):  # multi-label (3 logistic outputs), then binary (one logistic output)
+        ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, **params)
+        _assert_same_model(ours, theirs, X, SKLEARN_RTOL[dtype])
+        np.testing.assert_array_equal(ours.classes_, theirs.classes_)
+        assert ours.coefs_[0].dtype == np.dtype(dtype)  # float32 input keeps float32
+
+
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("n_targets", [1, 3])
+def test_regressor_is_scikit_learns_model(solver, n_targets):
+    X, y = make_regression(n_samples=230, n_features=6, n_targets=n_targets, noise=0.1, random_state=1)
+    y = y / y.std()
+    params = dict(hidden_layer_sizes=(10, 5), solver=solver, max_iter=7, random_state=0, alpha=0.05, batch_size=50)
+    ours, theirs = _fit_both(MLPRegressor, skl.MLPRegressor, X, y, **params)
+    if solver == "lbfgs" and n_targets > 1:
+        # scikit-learn's lbfgs objective divides the squared error by the outputs but its gradient does not;
+        # fastbp minimises the objective its gradient belongs to (module docstring): different models, both fit.
+        assert ours.score(X, y) >= theirs.score(X, y) - 0.05
+        return
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+
+
+@pytest.mark.parametrize(
+    ("cls", "theirs_cls", "params"),
+    [
+        (MLPClassifier, skl.MLPClassifier, dict(solver="sgd", learning_rate_init=0.05)),
+        (MLPClassifier, skl.MLPClassifier, dict(solver="lbfgs")),
+        (MLPRegressor, skl.MLPRegressor, dict(solver="adam")),
+    ],
+)
+def test_sample_weight_is_scikit_learns(cls, theirs_cls, params, digits):
+    X, y = digits
+    if cls is MLPRegressor:
+        y = y / 9.0
+    sw = np.random.default_rng(0).integers(0, 4, X.shape[0]).astype(float)
+    params = dict(hidden_layer_sizes=(12,), max_iter=5, random_state=0, batch_size=40, **params)
+    ours, theirs = _fit_both(cls, theirs_cls, X, y, sample_weight=sw, **params)
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+
+
+def test_partial_fit_and_warm_start_are_scikit_learns(digits):
+    X, y = digits
+    params = dict(hidden_layer_sizes=(12,), random_state=0, batch_size=100)
+    ours, theirs = MLPClassifier(**params), skl.MLPClassifier(**params)
+    for start in (0, 200, 100):
+        ours.partial_fit(X[start : start + 300], y[start : start + 300], classes=np.arange(10))
+        theirs.partial_fit(X[start : start + 300], y[start : start + 300], classes=np.arange(10))
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+    params = dict(params, warm_start=True, max_iter=3)
+    ours, theirs = MLPClassifier(**params), skl.MLPClassifier(**params)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        for model in (ours, theirs):
+            model.fit(X, y)
+            model.coefs_[0][:2] = 0.5  # a user's edit of the fitted parameters is seen by the next fit
+            model.fit(X, y)
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+
+
+def test_pickle_and_assigned_coefficients_predict_like_scikit_learn(digits):
+    import pickle
+
+    X, y = digits
+    ours, theirs = _fit_both(
+        MLPClassifier, skl.MLPClassifier, X, y, hidden_layer_sizes=(8,), max_iter=3, random_state=0
+    )
+    ours = pickle.loads(pickle.dumps(ours))
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=SKLEARN_RTOL["float64"])
+    ours.coefs_[1] = theirs.coefs_[1] * 2  # replaced arrays, not views into fastbp's buffer
+    theirs.coefs_[1] = theirs.coefs_[1] * 2
+    np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=SKLEARN_RTOL["float64"])
+
+
+def test_bad_input_raises_as_scikit_learn_does(digits):
+    X, y = digits
+    with pytest.raises(NotFittedError):
+        MLPClassifier().predict(X)
+    bad = X.copy()
+    bad[0, 0] = np.nan
+    with pytest.raises(ValueError, match="Input X contains NaN"):
+        MLPClassifier().fit(bad, y)
+    with pytest.warns(ConvergenceWarning, match="Maximum iterations"):
+        clf = MLPClassifier(hidden_layer_sizes=(4,), max_iter=2).fit(X, y)
+    with pytest.raises(ValueError, match="features"):
+        clf.predict(X[:, :5])
+    with pytest.raises(ValueError, match="hidden_layer_sizes must be > 0"):
+        MLPClassifier(hidden_layer_sizes=(0,)).fit(X, y)
+    with pytest.raises(ValueError, match="poisson"):
+        MLPRegressor(loss="poisson", max_iter=2).fit(X, np.abs(y))
+    with pytest.raises(ValueError, match="sample_weight"):
+        MLPClassifier().fit(X, y, sample_weight=np.ones(3))
+
+
+def test_flat_gradient_matches_finite_differences(rng):
+    net = fastbp.MLP([5, 4, 3], activation="tanh", l2=0.1, dtype="float64", seed=1)
+    X, y = rng.standard_normal((11, 5)), rng.integers(0, 3, 11)
+    theta = net.params.copy()
+    _loss, grad = value_and_grad_flat(net, theta, X, y)
+    assert grad.dtype == np.float64 and grad.shape == theta.shape
+    fd = np.empty_like(theta)
+    for i in range(theta.size):
+        e = np.zeros_like(theta)
+        e[i] = FD_STEP
+        fd[i] = (value_and_grad_flat(net, theta + e, X, y)[0] - value_and_grad_flat(net, theta - e, X, y)[0]) / (
+            2 * FD_STEP
+        )
+    assert rel_err(grad, fd) <= FD_RTOL
+    with pytest.raises(ValueError, match="theta"):
+        value_and_grad_flat(net, theta[:-1], X, y)
+
+
+def test_scipy_minimize_converges_on_digits():
+    X, y = load_digits(return_X_y=True)
+    X = StandardScaler().fit_transform(X)
+    net = fastbp.MLP([64, 32, 10], activation="tanh", l2=1e-3, dtype="float64", seed=0)
+    objective = FlatObjective(net, X, y)
+    start, _ = objective(net.params.copy())
+    result = scipy.optimize.minimize(
+        objective, net.params.astype(np.float64), jac=True, method="L-BFGS-B", options={"maxiter": 5000}
+    )
+    assert result.success, result.message
+    assert result.fun < start / 20
+    assert np.linalg.norm(result.jac) <= 1e-3
+    net.params[:] = result.x
+    assert np.mean(net.predict(X).argmax(1) == y) >= 0.99
