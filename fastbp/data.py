@@ -1,11 +1,17 @@
 """Data: the embedded default data set, loaders for NPZ, CSV and MNIST IDX files, and preparation helpers.
 
 Nothing here downloads anything. The default data set is scikit-learn's digits (1797 8x8 images, 10 classes),
-which ships inside scikit-learn. Splitting and standardisation are scikit-learn's (``train_test_split``,
-``StandardScaler``).
+which ships inside scikit-learn.
+
+Start-up: ``import sklearn`` takes about 0.9 s on the reference machine, more than half of the 1.5 s budget of
+``fastbp train`` from start to its first step (BENCHMARKS.md). So the digits are read from the file scikit-learn
+ships, without importing scikit-learn, and the split and standardisation of :func:`prepare` are done here in a few
+lines of NumPy (the same rules as scikit-learn's ``train_test_split`` sizes and ``StandardScaler``).
 """
 
 import gzip
+import importlib.util
+import math
 import os
 
 import numpy as np
@@ -14,7 +20,16 @@ __all__ = ["load_csv", "load_digits", "load_file", "load_idx", "load_npz", "one_
 
 
 def load_digits():
-    """scikit-learn's digits: X (1797, 64) float64 pixel values 0..16, y (1797,) int64 labels 0..9."""
+    """scikit-learn's digits: X (1797, 64) float64 pixel values 0..16, y (1797,) int64 labels 0..9.
+
+    Read from ``sklearn/datasets/data/digits.csv.gz`` without importing scikit-learn (see the module docstring);
+    through ``sklearn.datasets.load_digits`` if that file is not where it is expected."""
+    spec = importlib.util.find_spec("sklearn")  # locates the package without running its __init__
+    roots = spec.submodule_search_locations if spec is not None else None
+    path = os.path.join(roots[0], "datasets", "data", "digits.csv.gz") if roots else ""
+    if os.path.isfile(path):
+        table = np.loadtxt(path, delimiter=",")
+        return np.ascontiguousarray(table[:, :-1]), table[:, -1].astype(np.int64)
     from sklearn.datasets import load_digits as _load
 
     data = _load()
@@ -120,23 +135,64 @@ def one_hot(y, n_classes=None):
     return np.eye(n_classes)[y]
 
 
-def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
-    """Split (stratified when y holds class labels) and standardise with the training set's statistics.
+class Standardizer:
+    """Per-column standardisation with a training set's statistics, as scikit-learn's ``StandardScaler``:
+    ``mean_`` and ``scale_`` (the standard deviation; 1 for a constant column), ``transform``,
+    ``inverse_transform``. X: (n, d) arrays; the statistics are float64 (d,)."""
 
-    Returns X_train, X_test, y_train, y_test (scikit-learn's ``train_test_split`` order), and the fitted
-    ``StandardScaler`` (None when not standardising) when ``return_scaler``.
+    def __init__(self, X):
+        X = np.asarray(X, dtype=np.float64)
+        self.mean_ = X.mean(axis=0)
+        std = X.std(axis=0)
+        self.scale_ = np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(self.mean_)), 1.0, std)
+
+    def transform(self, X):
+        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+
+    def inverse_transform(self, X):
+        return np.asarray(X, dtype=np.float64) * self.scale_ + self.mean_
+
+
+def split_indices(n, test_size=0.2, seed=0, labels=None):
+    """Row indices (train, test), each sorted, with ``ceil(test_size * n)`` test rows (scikit-learn's count).
+
+    With ``labels`` (n,), stratified: each class gives its share of the test rows (largest remainders round the
+    shares), drawn with ``np.random.default_rng(seed)``; without, a random subset.
     """
-    from sklearn.model_selection import train_test_split
-    from sklearn.preprocessing import StandardScaler
+    if not 0.0 < test_size < 1.0:
+        raise ValueError(f"test_size must be in (0, 1), got {test_size}")
+    n_test = math.ceil(test_size * n)
+    if not 1 <= n_test < n:
+        raise ValueError(f"test_size={test_size} leaves no training or no test rows of {n}")
+    rng = np.random.default_rng(seed)
+    if labels is None:
+        test = rng.permutation(n)[:n_test]
+    else:
+        _, inverse, counts = np.unique(labels, return_inverse=True, return_counts=True)
+        share = n_test * counts / n
+        take = np.floor(share).astype(np.int64)
+        take[np.argsort(take - share, kind="stable")[: n_test - take.sum()]] += 1
+        test = np.concatenate([rng.permutation(np.flatnonzero(inverse == c))[:k] for c, k in enumerate(take)])
+    test = np.sort(test)
+    return np.setdiff1d(np.arange(n), test, assume_unique=True), test
 
-    y = np.asarray(y)
+
+def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
+    """Split (stratified when y holds class labels, each with at least 2 rows) and standardise with the training
+    set's statistics (see :func:`split_indices` and :class:`Standardizer`).
+
+    X: (n, d); y: (n,) or (n, k). Returns X_train, X_test, y_train, y_test (float64 X), and the fitted
+    :class:`Standardizer` (None when not standardising) when ``return_scaler``.
+    """
+    X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
     stratify = None
     if y.ndim == 1 and y.dtype.kind in "iu" and np.unique(y, return_counts=True)[1].min() >= 2:
         stratify = y
-    X_train, X_test, y_train, y_test = train_test_split(X, y, test_size=test_size, random_state=seed, stratify=stratify)
+    train, test = split_indices(X.shape[0], test_size, seed, stratify)
+    X_train, X_test, y_train, y_test = X[train], X[test], y[train], y[test]
     scaler = None
     if standardize:
-        scaler = StandardScaler().fit(X_train)
+        scaler = Standardizer(X_train)
         X_train, X_test = scaler.transform(X_train), scaler.transform(X_test)
     if return_scaler:
         return X_train, X_test, y_train, y_test, scaler

@@ -10,10 +10,41 @@ from fastbp import data
 
 
 def test_load_digits_ships_with_scikit_learn():
+    from sklearn.datasets import load_digits
+
     X, y = data.load_digits()
     assert X.shape == (1797, 64) and y.shape == (1797,)
     assert X.dtype == np.float64 and y.dtype == np.int64
-    assert set(np.unique(y)) == set(range(10))
+    expected = load_digits()  # read from scikit-learn's file directly: the same data as its own loader
+    np.testing.assert_array_equal(X, expected.data)
+    np.testing.assert_array_equal(y, expected.target)
+
+
+def test_standardizer_is_scikit_learns_standard_scaler(rng):
+    from sklearn.preprocessing import StandardScaler
+
+    X = rng.standard_normal((50, 4)) * [1, 10, 0, 3] + [0, 5, 7, -2]  # one constant column
+    ours, theirs = data.Standardizer(X), StandardScaler().fit(X)
+    np.testing.assert_allclose(ours.mean_, theirs.mean_, rtol=1e-14)
+    np.testing.assert_allclose(ours.scale_, theirs.scale_, rtol=1e-14)
+    np.testing.assert_allclose(ours.transform(X), theirs.transform(X), rtol=1e-12, atol=1e-15)
+
+
+@pytest.mark.parametrize("n", [30, 31, 1797])
+@pytest.mark.parametrize("test_size", [0.1, 0.25, 0.5])
+def test_split_sizes_match_scikit_learn_and_stratify(n, test_size, rng):
+    from sklearn.model_selection import train_test_split
+
+    y = rng.integers(0, 3, n)
+    y[:6] = [0, 0, 1, 1, 2, 2]
+    train, test = data.split_indices(n, test_size, seed=3, labels=y)
+    _, expected = train_test_split(np.arange(n), test_size=test_size, random_state=0, stratify=y)
+    assert len(test) == len(expected) and len(train) == n - len(expected)
+    assert np.array_equal(np.sort(np.concatenate([train, test])), np.arange(n))  # a partition
+    share = np.bincount(y[test], minlength=3) - test_size * np.bincount(y, minlength=3)
+    assert np.all(np.abs(share) < 1)  # each class within one row of its exact share
+    with pytest.raises(ValueError, match="test_size"):
+        data.split_indices(n, 1.0)
 
 
 def test_load_npz(tmp_path, rng):
