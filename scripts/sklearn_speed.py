@@ -8,23 +8,26 @@ otherwise (adam, batch_size='auto' = 200, tol, n_iter_no_change), random_state=0
 ``--max-iter`` epochs (default 10) to keep the run short; digits runs to scikit-learn's own stopping rule.
 
     python scripts/sklearn_speed.py [--rounds 3] [--max-iter 10] [--json PATH]
+
+It ends with a profile of one fastbp step of each shape (batch 200): the whole step against its GEMMs alone (the
+same GEMMs scikit-learn's NumPy code calls), which shows how much of the step any implementation must spend there.
 """
 
 import argparse
 import json
-import statistics
+import os
+import sys
 import time
-import warnings
 
 import numpy as np
-from sklearn import neural_network as skl
 from sklearn.datasets import load_digits, make_classification
-from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from fastbp import bench
-from fastbp import sklearn as fsk
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from profile_step import gemm_time, step_gemms  # noqa: E402
 
 
 def datasets(max_iter):
@@ -32,14 +35,6 @@ def datasets(max_iter):
     yield "digits", X, y, {}
     X, y = make_classification(n_samples=50000, n_features=100, n_informative=50, n_classes=10, random_state=0)
     yield "classification-50k", X, y, {"max_iter": max_iter}
-
-
-def fit(cls, X, y, params):
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", ConvergenceWarning)
-        start = time.perf_counter()
-        model = cls(**params).fit(X, y)
-        return model, time.perf_counter() - start
 
 
 def main():
@@ -58,35 +53,28 @@ def main():
         for dtype in ("float64", "float32"):
             Xtr, Xte = X_train.astype(dtype), X_test.astype(dtype)
             params = {"hidden_layer_sizes": (256, 128), "random_state": 0, **extra}
-            fit(fsk.MLPClassifier, Xtr[:50], y_train[:50], {**params, "max_iter": 1})  # load the compiled kernels
-            times = {"fastbp": [], "sklearn": []}
-            for _ in range(args.rounds):
-                ours, t = fit(fsk.MLPClassifier, Xtr, y_train, params)
-                times["fastbp"].append(t)
-                theirs, t = fit(skl.MLPClassifier, Xtr, y_train, params)
-                times["sklearn"].append(t)
-            row = {
-                "data": name,
-                "dtype": dtype,
-                "n_train": Xtr.shape[0],
-                "epochs_fastbp": ours.n_iter_,
-                "epochs_sklearn": theirs.n_iter_,
-                "fit_s_fastbp": statistics.median(times["fastbp"]),
-                "fit_s_sklearn": statistics.median(times["sklearn"]),
-                "accuracy_fastbp": float(ours.score(Xte, y_test)),
-                "accuracy_sklearn": float(theirs.score(Xte, y_test)),
-                "times": times,
-            }
-            row["speedup"] = row["fit_s_sklearn"] / row["fit_s_fastbp"]
-            row["speedup_per_epoch"] = (row["fit_s_sklearn"] / theirs.n_iter_) / (row["fit_s_fastbp"] / ours.n_iter_)
-            rows.append(row)
+            row = {"data": name, "n_train": Xtr.shape[0]}
+            row.update(bench.compare_fit(Xtr, y_train, Xte, y_test, params, args.rounds))
+            row["speedup"] = row["sklearn_fit_s"] / row["fastbp_fit_s"]
             print(
-                f"{name:20s} {dtype}: fastbp {row['fit_s_fastbp']:.3f} s ({ours.n_iter_} epochs), scikit-learn "
-                f"{row['fit_s_sklearn']:.3f} s ({theirs.n_iter_} epochs): {row['speedup']:.2f}x faster "
-                f"({row['speedup_per_epoch']:.2f}x per epoch); test accuracy {row['accuracy_fastbp']:.4f} vs "
-                f"{row['accuracy_sklearn']:.4f}",
+                f"{name:20s} {dtype}: fastbp {row['fastbp_fit_s']:.3f} s ({row['epochs_fastbp']} epochs), "
+                f"scikit-learn {row['sklearn_fit_s']:.3f} s ({row['epochs_sklearn']} epochs): {row['speedup']:.2f}x "
+                f"faster ({row['ratio']:.2f}x per epoch); test accuracy {row['fastbp_accuracy']:.4f} vs "
+                f"{row['sklearn_accuracy']:.4f}",
                 flush=True,
             )
+            rows.append(row)
+    for name, n_features in (("digits", 64), ("classification-50k", 100)):
+        sizes = [n_features, 256, 128, 10]
+        for dtype in ("float64", "float32"):
+            step, per = bench.fastbp_step(sizes, 200, dtype)
+            t_step = min(bench.per_call(step, 0.2) / per for _ in range(3))
+            t_gemm = sum(gemm_time(m, k, c, ta, tb, dtype) for _, m, k, c, ta, tb in step_gemms(sizes, 200))
+            print(
+                f"profile {name} {dtype}: fastbp step {t_step * 1e6:.0f} us, its GEMMs alone {t_gemm * 1e6:.0f} us "
+                f"({100 * t_gemm / t_step:.0f}%)"
+            )
+            rows.append({"profile": name, "dtype": dtype, "step_s": t_step, "gemm_s": t_gemm})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": bench.machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
