@@ -27,7 +27,7 @@ from sklearn.preprocessing import StandardScaler
 from fastbp import bench
 
 sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from profile_step import gemm_time, step_gemms  # noqa: E402
+from profile_step import gemm_time, step_gemms
 
 
 def datasets(max_iter):
