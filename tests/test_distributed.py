@@ -1,0 +1,202 @@
+"""fastbp.distributed: data-parallel training over 2 MPI ranks (launched with mpiexec under a timeout) equals
+single-process training on the same global batches; a failing rank ends the job at once; data shards."""
+
+import gzip
+import itertools
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import time
+import zipfile
+
+import numpy as np
+import pytest
+from conftest import DIST_RTOL, rel_err
+
+import fastbp
+from fastbp import distributed
+
+HERE = os.path.dirname(os.path.abspath(__file__))
+WORKER = os.path.join(HERE, "distributed_worker.py")
+sys.path.insert(0, HERE)
+import distributed_worker  # noqa: E402 - the worker module beside this file
+
+TIMEOUT = 120  # s for one mpiexec run; the runs take a few seconds
+
+
+def _mpi_skip_reason():
+    try:
+        import mpi4py  # noqa: F401 - importing the package does not start MPI
+    except ImportError:
+        return "mpi4py is not installed (python -m pip install -e '.[mpi]')"
+    if distributed.mpiexec_path() is None:
+        return "no mpiexec found (the mpich wheel installs one: python -m pip install -e '.[mpi]')"
+    return None
+
+
+needs_mpi = pytest.mark.skipif(_mpi_skip_reason() is not None, reason=str(_mpi_skip_reason()))
+
+
+def mpirun(args, n=2, cwd=None, timeout=TIMEOUT):
+    """Run ``mpiexec -n n args`` in its own process group, killed as a whole on timeout; returns
+    (CompletedProcess, seconds)."""
+    command = [distributed.mpiexec_path(), "-n", str(n), *args]
+    start = time.perf_counter()
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
+        out, err = proc.communicate()
+        pytest.fail(f"{' '.join(command)} did not end within {timeout} s:\n{out}\n{err}")
+    return subprocess.CompletedProcess(command, proc.returncode, out, err), time.perf_counter() - start
+
+
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    """Every configuration of distributed_worker trained on 2 ranks (one mpiexec run), as a dict of arrays."""
+    out = tmp_path_factory.mktemp("mpi") / "equal.npz"
+    proc, _ = mpirun([sys.executable, WORKER, "equal", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    with np.load(out) as data:
+        return dict(data)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(distributed_worker.CONFIGS))
+def test_two_ranks_equal_one_process_on_the_same_global_batches(two_ranks, name):
+    net, kwargs, X, y, fit_kwargs = distributed_worker.make(name)
+    history = fastbp.Trainer(net, progress=False, **kwargs).fit(X, y, epochs=distributed_worker.EPOCHS, **fit_kwargs)
+    assert two_ranks[f"{name}/same_on_all_ranks"]
+    assert rel_err(two_ranks[f"{name}/params"], net.params) <= DIST_RTOL
+    keys = {k.split("/")[-1] for k in two_ranks if k.startswith(f"{name}/history/")}
+    assert keys == set(history) | {"comm_time"}
+    for key in set(history) - {"epoch_time"}:
+        assert rel_err(two_ranks[f"{name}/history/{key}"], np.array(history[key], dtype=np.float64)) <= DIST_RTOL, key
+
+
+@needs_mpi
+def test_ranks_times_threads_fit_the_cores(two_ranks):
+    threads = two_ranks["sgd_frozen_l2_clip_cosine/threads"]
+    cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    assert threads.shape == (2,) and threads.min() >= 1
+    assert threads.sum() <= max(cores, 2)  # 2 ranks on one core still get 1 thread each
+
+
+@needs_mpi
+def test_an_exception_on_one_rank_aborts_the_job_within_seconds():
+    proc, seconds = mpirun([sys.executable, WORKER, "fail", "-"])
+    assert proc.returncode != 0
+    assert seconds < 30  # without the abort, rank 0 would wait in the all-reduce until the timeout
+    assert proc.stderr.count("ValueError: boom on rank 1") == 1  # printed once, by the failing rank
+    assert proc.stderr.count("aborting every rank") == 1
+
+
+@needs_mpi
+def test_bad_data_on_one_rank_is_raised_on_every_rank():
+    proc, seconds = mpirun([sys.executable, WORKER, "setup", "-"])
+    assert proc.returncode != 0
+    assert seconds < 30
+    assert "ValueError: X contains NaN or infinity" in proc.stderr
+    assert "RankFailedError: rank 1 of 2 failed: ValueError: X contains NaN or infinity" in proc.stderr
+
+
+@needs_mpi
+def test_cli_distributed_equals_the_single_process_cli(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((230, 6))
+    y = (X[:, 0] > 0).astype(int) + 2 * (X[:, 1] > 0)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    options = ["--data", "d.npz", "--layers", "16", "--epochs", "3", "--batch-size", "25", "--dtype", "float64"]
+    options += ["--optimizer", "nesterov", "--lr", "0.05", "--no-progress"]
+    script = os.path.join(os.path.dirname(distributed.mpiexec_path()), "fastbp")
+    launcher = [script] if os.path.isfile(script) else [sys.executable, "-m", "fastbp.cli"]
+    proc, _ = mpirun([*launcher, "train", "--distributed", *options, "-o", "m2.npz", "--json", "h2.json"], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.count("test accuracy") == 1  # rank 0 prints, the others are quiet
+
+    from fastbp import cli
+
+    cwd = os.getcwd()
+    try:
+        os.chdir(tmp_path)
+        assert cli.main(["train", *options, "-o", "m1.npz", "--json", "h1.json"]) == 0
+    finally:
+        os.chdir(cwd)
+    single = capsys.readouterr().out
+    accuracy = re.compile(r"test accuracy (\d\.\d+)")
+    assert accuracy.search(proc.stdout).group(1) == accuracy.search(single).group(1)
+    assert rel_err(fastbp.load(tmp_path / "m2.npz").params, fastbp.load(tmp_path / "m1.npz").params) <= DIST_RTOL
+    h1, h2 = (json.loads((tmp_path / f"h{i}.json").read_text())["history"] for i in (1, 2))
+    assert rel_err(h2["loss"], h1["loss"]) <= DIST_RTOL
+
+
+def test_importing_the_module_does_not_start_mpi():
+    code = "import sys, fastbp.distributed; assert 'mpi4py' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], timeout=60).returncode == 0
+
+
+# ------------------------------------------------------------------------------------------- shards (no MPI)
+def _write_idx(path, array, code):
+    header = bytes([0, 0, code, array.ndim]) + b"".join(int(d).to_bytes(4, "big") for d in array.shape)
+    data = header + array.astype(array.dtype.newbyteorder(">")).tobytes()
+    with (gzip.open if path.endswith(".gz") else open)(path, "wb") as f:
+        f.write(data)
+
+
+@pytest.mark.parametrize("kind", ["npz", "npz_compressed", "idx", "idx_gz", "csv"])
+def test_the_shards_of_a_file_make_the_whole_file_in_rank_order(tmp_path, kind):
+    rng = np.random.default_rng(1)
+    images = rng.integers(0, 256, (23, 4, 3), dtype=np.uint8)
+    labels = rng.integers(0, 10, 23).astype(np.uint8)
+    X, y = images.reshape(23, -1).astype(np.float64), labels.astype(np.int64)
+    labels_path = None
+    if kind.startswith("npz"):
+        path = str(tmp_path / "d.npz")
+        (np.savez_compressed if kind == "npz_compressed" else np.savez)(path, X=X, y=y)
+    elif kind.startswith("idx"):
+        suffix = ".gz" if kind == "idx_gz" else ""
+        path, labels_path = str(tmp_path / f"images{suffix}"), str(tmp_path / f"labels{suffix}")
+        _write_idx(path, images, 0x08)
+        _write_idx(labels_path, labels, 0x08)
+    else:
+        path = str(tmp_path / "d.csv")
+        np.savetxt(path, np.column_stack([X, y]), delimiter=",", fmt="%d")
+    parts = [distributed.load_shard(path, labels_path, rank=r, size=3) for r in range(3)]
+    assert [p[0].shape[0] for p in parts] == [7, 8, 8]  # shard_range: sizes differ by at most one row
+    np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), X)
+    np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+
+
+def test_uncompressed_files_are_memory_mapped_not_read_whole(tmp_path):
+    X = np.arange(40.0).reshape(10, 4)
+    np.savez(tmp_path / "a.npz", X=X, y=np.arange(10))
+    np.savez_compressed(tmp_path / "b.npz", X=X, y=np.arange(10))
+    mapped = distributed._npz_member(str(tmp_path / "a.npz"), "X")
+    assert isinstance(mapped, np.memmap)
+    np.testing.assert_array_equal(mapped, X)
+    assert distributed._npz_member(str(tmp_path / "b.npz"), "X") is None  # compressed: must be read whole
+    with zipfile.ZipFile(tmp_path / "a.npz") as archive:
+        assert archive.getinfo("X.npy").compress_type == zipfile.ZIP_STORED
+    _write_idx(str(tmp_path / "i"), np.arange(12, dtype=np.uint8).reshape(3, 4), 0x08)
+    assert isinstance(distributed._idx_map(str(tmp_path / "i")), np.memmap)
+
+
+def test_shard_range_covers_every_row_once():
+    for n in (0, 1, 5, 64, 101):
+        for size in (1, 2, 3, 7):
+            ranges = [distributed.shard_range(n, r, size) for r in range(size)]
+            assert ranges[0][0] == 0 and ranges[-1][1] == n
+            assert all(a[1] == b[0] for a, b in itertools.pairwise(ranges))
+            assert max(b - a for a, b in ranges) - min(b - a for a, b in ranges) <= 1
