@@ -1,9 +1,9 @@
 """fastbp: fast CPU backpropagation for dense neural networks, compiled with Numba over flat buffers."""
 
 from . import data, graph, optim, plot, reference
+from .checking import gradcheck
 from .checkpoint import CheckpointError, load
 from .flat import FlatObjective, value_and_grad_flat
-from .gradcheck import gradcheck
 from .network import MLP
 from .optim import SGD, Adam, AdamW
 from .threads import blas_info, get_num_threads, set_num_threads

@@ -43,10 +43,14 @@ def plain_network(activation, depth=10, width=64, n_in=64, n_out=10, gain=1.0, s
 
 
 def layer_norms(net, X, y):
-    """Per-layer norms at ``net``'s current parameters on the batch (X, y): a dict with ``grad`` (the Frobenius
-    norm of ``dW[l]``, from the compiled gradient), ``delta`` (of ``delta[l] = dC/dZ[l]``, from
-    :func:`fastbp.reference.deltas`; both for the batch-mean loss), and ``loss`` and ``total`` (the global
-    gradient norm). Lists have one float per layer, input layer first."""
+    """Per-layer norms at ``net``'s current parameters on the batch (X, y).
+
+    net: an :class:`~fastbp.MLP` (any dtype). X: array (n, n_in), the inputs. y: the targets, as for
+    ``net.value_and_grad``: (n,) integer class labels for a softmax output, or (n, n_out) target rows.
+    Returns a dict with ``grad`` (the Frobenius norm of ``dW[l]``, from the compiled gradient), ``delta`` (of
+    ``delta[l] = dC/dZ[l]``, an (n, fan_out[l]) array from :func:`fastbp.reference.deltas`; both for the
+    batch-mean loss), and ``loss`` and ``total`` (the global gradient norm), all Python floats. Lists have one
+    float per layer, input layer first."""
     loss, grads = net.value_and_grad(X, y)
     dW, _ = net.unflatten(grads)
     return {

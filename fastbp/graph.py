@@ -75,8 +75,9 @@ def _sigmoid(a):
 class Gate:
     """One operation. ``forward(*values)`` returns the output value and keeps what ``backward`` needs;
     ``backward(upstream)`` takes df/d(output) (shape of the output) and returns ``[df/d(input) for each input]``
-    (each of its input's shape). ``needs_grad`` (one flag per input, set by the graph) lets a gate skip the
-    gradient of a constant input."""
+    (each of its input's shape). ``needs_grad`` (one flag per input, set by the graph before each backward pass)
+    lets a gate skip the gradient of an input nobody asked for (a constant); a skipped gradient is returned as
+    None."""
 
     name = "gate"
     needs_grad = (True, True)
@@ -142,8 +143,10 @@ class DivideGate(Gate):
 
 
 class PowerGate(Gate):
-    """z = a ** p (broadcasting): dz/da = p a^(p-1); dz/dp = a^p log a (0 where a^p = 0, NaN for a < 0, where
-    the power of a real variable exponent is undefined), computed only when p is not a constant."""
+    """z = a ** p (broadcasting): dz/da = p a^(p-1) (0 where p = 0: a^0 = 1 is constant, also at a = 0);
+    dz/dp = a^p log a (0 where a^p = 0, NaN for a < 0, where the power of a real variable exponent is undefined).
+    Each is computed only when that input needs a gradient (``needs_grad``), so a constant base such as ``0.0``
+    in ``0.0 ** p`` never evaluates ``0^(p-1)``."""
 
     name = "power"
 
@@ -153,8 +156,11 @@ class PowerGate(Gate):
         return self.z
 
     def backward(self, dz):
-        da = _unbroadcast(dz * self.p * self.a ** (self.p - 1), self.a.shape)
-        dp = None
+        da = dp = None
+        if self.needs_grad[0]:
+            constant = self.p == 0  # d(a^0)/da = 0; p a^(p-1) would give 0 * inf = NaN at a = 0
+            base = np.where(constant, 1.0, self.a)  # so that a^(p-1) is not evaluated (no spurious warning) there
+            da = _unbroadcast(dz * np.where(constant, 0.0, self.p * base ** (self.p - 1)), self.a.shape)
         if self.needs_grad[1]:
             with np.errstate(divide="ignore", invalid="ignore"):
                 dz_dp = np.where(self.z == 0, 0.0, self.z * np.log(self.a))
@@ -189,16 +195,20 @@ class LogGate(Gate):
 
 
 class SigmoidGate(Gate):
-    """z = sigma(a) = 1 / (1 + exp(-a)) (computed without overflow): dz/da = sigma'(a) = z (1 - z)."""
+    """z = sigma(a) = 1 / (1 + exp(-a)) (computed without overflow): dz/da = sigma'(a) = sigma(a) sigma(-a).
+
+    That is z (1 - z), but computed from the input: for a > ~37, z rounds to 1 and 1 - z to 0, while
+    sigma(-a) = exp(-a) / (1 + exp(-a)) keeps full relative precision (sigma'(40) = 4.25e-18, not 0)."""
 
     name = "sigmoid"
 
     def forward(self, a):
+        self.a = a
         self.z = _sigmoid(a)
         return self.z
 
     def backward(self, dz):
-        return [dz * self.z * (1.0 - self.z)]
+        return [dz * self.z * _sigmoid(-self.a)]
 
 
 class TanhGate(Gate):
@@ -278,6 +288,12 @@ class MeanGate(SumGate):
         return [g / self.count for g in super().backward(dz)]
 
 
+_LABELS_RULE = (
+    "the dtype decides: an integer dtype means class labels, (n,) for (n, classes) logits (an int for 1-D logits); "
+    "a floating dtype (or a Node) means target rows of the logits' shape (one-hot or probabilities)"
+)
+
+
 class SoftmaxCrossEntropyGate(Gate):
     """z = mean over the n samples (rows) of ``-sum_j y_j log softmax(logits)_j``, log-softmax by log-sum-exp.
 
@@ -285,7 +301,8 @@ class SoftmaxCrossEntropyGate(Gate):
     or a second input Y of the logits' shape (one-hot rows, probabilities, or any non-negative weights).
     Gradients (notes 4.6.4: softmax(h) - y, here for the batch mean):
     ``dz/dlogits = (P * sum_j y_j - Y) / n`` (= (P - Y) / n when each row of Y sums to 1) and
-    ``dz/dY = -log P / n``.
+    ``dz/dY = -log P / n``. A logit of -inf is a class of probability 0: where its target is 0 it adds
+    ``0 log 0 = 0`` to the loss (not NaN), and its gradient is 0.
     """
 
     name = "softmax_cross_entropy"
@@ -301,19 +318,26 @@ class SoftmaxCrossEntropyGate(Gate):
         if targets is None:
             labels = np.reshape(self.labels, -1)
             if labels.shape != (n,):
-                raise ValueError(f"labels must hold {n} class labels for logits {logits.shape}, got {labels.shape}")
+                expected = "one int" if logits.ndim == 1 else f"shape ({n},)"
+                raise ValueError(
+                    f"labels must hold {n} class labels for logits {logits.shape} ({expected}), got shape "
+                    f"{np.shape(self.labels)}; {_LABELS_RULE}"
+                )
             if labels.size and (labels.min() < 0 or labels.max() >= k):
                 raise ValueError(f"labels must be in [0, {k}), got values in [{labels.min()}, {labels.max()}]")
             Y = np.zeros((n, k))
             Y[np.arange(n), labels] = 1.0
         else:
             if targets.shape != logits.shape:
-                raise ValueError(f"targets must have the logits' shape {logits.shape}, got {targets.shape}")
+                raise ValueError(
+                    f"float targets must be target rows of the logits' shape {logits.shape}, got shape "
+                    f"{targets.shape}; {_LABELS_RULE}"
+                )
             Y = targets.reshape(n, k)
         z_max = Z.max(axis=1, keepdims=True)
         self.log_P = Z - (z_max + np.log(np.exp(Z - z_max).sum(axis=1, keepdims=True)))
         self.Y, self.n, self.shape = Y, n, logits.shape
-        return -(Y * self.log_P).sum() / n
+        return -(Y * np.where(Y == 0, 0.0, self.log_P)).sum() / n  # 0 log 0 = 0 where a logit is -inf
 
     def backward(self, dz):
         P = np.exp(self.log_P)
@@ -331,7 +355,8 @@ class Node:
     Attributes: ``value`` (float64 ndarray, 0-d for scalars), ``gate``, ``inputs`` (tuple of Nodes),
     ``children`` (the set S(u) of nodes that take this one as an input; weak references, so a graph that is no
     longer used is freed), ``index`` (creation order), ``name`` (for :func:`gradient_table`; may be None),
-    ``constant`` (True for wrapped constants and for nodes computed from constants only: they get no gradient).
+    ``constant`` (True for wrapped constants and for nodes computed from constants only: the backward pass skips
+    them unless :func:`grad` asks for one, which then gets its real gradient).
     Python operators ``+ - * / ** @`` (and their reflected forms, and unary ``-``) build new nodes.
     """
 
@@ -444,59 +469,101 @@ def _apply(gate, *operands):
 
 
 def exp(a):
-    """Elementwise exp of a Node (or constant)."""
+    """Elementwise ``exp(a)``.
+
+    a: a Node or a constant (number or array-like) of any shape. Returns a new float64 Node of a's shape.
+    """
     return _apply(ExpGate(), a)
 
 
 def log(a):
-    """Elementwise natural log."""
+    """Elementwise natural log of ``a`` (positive values; 0 gives -inf, negative values NaN, as ``np.log``).
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of a's shape.
+    """
     return _apply(LogGate(), a)
 
 
 def sigmoid(a):
-    """Elementwise logistic sigmoid 1 / (1 + exp(-a))."""
+    """Elementwise logistic sigmoid ``1 / (1 + exp(-a))``, computed without overflow for any finite a.
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of a's shape, values in [0, 1].
+    """
     return _apply(SigmoidGate(), a)
 
 
 def tanh(a):
-    """Elementwise tanh."""
+    """Elementwise ``tanh(a)``.
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of a's shape, values in [-1, 1].
+    """
     return _apply(TanhGate(), a)
 
 
 def relu(a):
-    """Elementwise max(a, 0)."""
+    """Elementwise ``max(a, 0)`` (its gradient is 0 at the kink a = 0, as in fastbp's kernels).
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of a's shape.
+    """
     return _apply(ReluGate(), a)
 
 
 def matmul(a, b):
-    """``a @ b`` for vectors and matrices: (n, k) @ (k, m) -> (n, m); 1-D operands as in NumPy."""
+    """Matrix product ``a @ b`` of vectors and matrices, with NumPy's rules for 1-D operands.
+
+    a: a Node or constant of shape (n, k) or (k,); b: of shape (k, m) or (k,). Returns a new float64 Node of shape
+    (n, m), (m,) for a 1-D a, (n,) for a 1-D b, or () for two vectors. Operands of other dimensions raise
+    ValueError.
+    """
     return _apply(MatMulGate(), a, b)
 
 
 def sum(a, axis=None, keepdims=False):  # shadows the builtin inside this module on purpose: g.sum
-    """Sum over ``axis`` (an int, a tuple, or None for all elements), as ``np.sum``."""
+    """Sum of ``a`` over ``axis`` (an int, a tuple of ints, or None for all elements), as ``np.sum``.
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of shape ``np.sum(a, axis, keepdims=...)``'s:
+    () for ``axis=None``; a's shape without the summed axes, or with them kept as 1 when ``keepdims``.
+    """
     return _apply(SumGate(axis, keepdims), a)
 
 
 def mean(a, axis=None, keepdims=False):
-    """Mean over ``axis`` (None: all elements), as ``np.mean``."""
+    """Mean of ``a`` over ``axis`` (an int, a tuple of ints, or None for all elements), as ``np.mean``.
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of the same shape as :func:`sum` gives.
+    """
     return _apply(MeanGate(axis, keepdims), a)
 
 
 def softmax_cross_entropy(logits, labels):
-    """Mean over samples of the cross-entropy of softmax(logits): a scalar Node.
+    """Mean over samples of the cross-entropy of softmax(logits): a new float64 Node of shape ().
 
-    logits: Node (n, classes), or (classes,) for one sample. labels: integer class labels, an int array (n,)
-    (or an int for 1-D logits), held as constants; or targets of the logits' shape (float array or Node: one-hot
-    rows, probabilities), which are an input of the node (a Node gets the gradient ``-log softmax / n``).
-    Integer dtype means class labels, floating dtype means target rows.
+    logits: Node (or constant) of shape (n, classes), or (classes,) for one sample. labels: the dtype decides
+    what they are. An integer dtype means class labels: an int array of shape (n,) (or an int for 1-D logits),
+    held as constants. A floating dtype, or a Node, means targets of the logits' shape (one-hot rows,
+    probabilities), which are an input of the node (a Node gets the gradient ``-log softmax / n``). So integer
+    one-hot rows must be converted with ``labels.astype(float)``, and float class labels with
+    ``labels.astype(int)``; other shapes raise ValueError saying so. Logits of -inf are classes of probability 0.
     """
     if not isinstance(labels, Node):
         array = np.asarray(labels)
-        if array.dtype.kind in "iu":
-            return _apply(SoftmaxCrossEntropyGate(array.astype(np.int64)), logits)
+        logits_shape = logits.shape if isinstance(logits, Node) else np.shape(logits)
+        labels_shape = logits_shape[:1] if len(logits_shape) == 2 else ()
         if array.dtype.kind == "b":
-            raise TypeError("labels must be integer class labels or float target rows, not booleans")
+            raise TypeError(f"labels must be integer class labels or float target rows, not booleans; {_LABELS_RULE}")
+        if array.dtype.kind in "iu":
+            if array.shape == logits_shape and array.shape != labels_shape:
+                raise ValueError(
+                    f"labels has an integer dtype and the logits' shape {logits_shape}: integer dtype means class "
+                    f"labels of shape {labels_shape}; pass one-hot or probability rows as floats "
+                    "(labels.astype(float))"
+                )
+            return _apply(SoftmaxCrossEntropyGate(array.astype(np.int64)), logits)
+        if array.dtype.kind == "f" and array.shape == labels_shape and array.shape != logits_shape:
+            raise ValueError(
+                f"labels has a floating dtype and shape {array.shape}: floating dtype means target rows of the "
+                f"logits' shape {logits_shape}; pass class labels as integers (labels.astype(int))"
+            )
     return _apply(SoftmaxCrossEntropyGate(), logits, labels)
 
 
@@ -529,25 +596,35 @@ def forward(f):
     return f.value
 
 
-def backward(f):
-    """Backward pass: the gradient table ``{node: df/dnode}`` for every non-constant node of f's graph.
+def backward(f, wrt=()):
+    """Backward pass: the gradient table ``{node: df/dnode}`` for every non-constant node of f's graph, and for the
+    nodes in ``wrt`` (and the constant nodes between them and f).
 
-    f: a Node with one element. Nodes are visited in reverse creation order; for node u,
+    f: a Node with one element. wrt: Nodes whose gradient is wanted even if they are constants (nodes computed from
+    constants only), as :func:`grad` asks. Nodes are visited in reverse creation order; for node u,
     ``df/du = sum over v in S(u) (restricted to f's graph) of df/dv * dv/du``, where ``df/dv * dv/du`` is taken
     from gate v's ``backward(df/dv)`` (run once per gate, and summed over every input slot of v that is u).
-    Each entry has the node's shape; arrays may be read-only views.
+    Constant nodes that no ``wrt`` node reaches get no entry (their gradient is not needed). Each entry has the
+    node's shape; arrays may be read-only views.
     """
     _check_output(f)
     nodes = _graph(f)
     members = {id(node) for node in nodes}
+    # Nodes that need a gradient: the non-constant ones, the requested ones, and every node computed from a
+    # requested one (on the way from it to f: its gradient is needed to get the requested node's).
+    needed = {id(node) for node in wrt if id(node) in members}
+    for node in nodes:
+        if not node.constant or (node.inputs and any(id(x) in needed for x in node.inputs)):
+            needed.add(id(node))
     table = {f: np.ones_like(f.value)}
     downstream = {}  # v -> gate v's backward(df/dv): the downstream gradients of v's inputs
     for u in reversed(nodes[:-1]):  # f, created last, is nodes[-1]
-        if u.constant:
+        if id(u) not in needed:
             continue
         grad = None
         for v in sorted((v for v in u.children if id(v) in members), key=lambda v: v.index):
             if v not in downstream:
+                v.gate.needs_grad = tuple(id(x) in needed for x in v.inputs)  # this pass's flags
                 downstream[v] = v.gate.backward(table[v])
             for k, x in enumerate(v.inputs):
                 if x is u:  # df/dv * dv/du for this input slot
@@ -559,16 +636,17 @@ def backward(f):
 def grad(f, wrt):
     """Gradients of the scalar ``f`` with respect to the nodes ``wrt``.
 
-    f: a Node with one element. wrt: a Node or a list of Nodes (any node, not only variables). Returns, for each,
-    a new float64 array of that node's shape, or a Python float for a 0-d node (a list when ``wrt`` is a list).
-    A node ``f`` does not depend on gets zeros.
+    f: a Node with one element. wrt: a Node or a list of Nodes: any node, not only variables (pre-activations,
+    and also nodes computed from constants only, such as ``g.exp(np.array(1.0))``, get their real gradient).
+    Returns, for each, a new float64 array of that node's shape, or a Python float for a 0-d node (a list when
+    ``wrt`` is a list). A node ``f`` does not depend on gets zeros.
     """
     single = isinstance(wrt, Node)
     nodes = [wrt] if single else list(wrt)
     for k, node in enumerate(nodes):
         if not isinstance(node, Node):
             raise TypeError(f"wrt[{k}] must be a graph Node, got {type(node).__name__}")
-    table = backward(f)
+    table = backward(f, nodes)
     out = []
     for node in nodes:
         g = table.get(node)

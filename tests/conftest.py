@@ -60,10 +60,41 @@ TORCH_RTOL = {"float32": 1e-5, "float64": 1e-12}
 #: fused forms), ~1e-15 measured on small random MLPs; 1e-10 is the issue's bound, far below any wrong term.
 GRAPH_RTOL = 1e-10
 
-#: fastbp.gradcheck's verdict on a correct gradient: the worst per-coordinate relative error of central differences
-#: (eps 1e-5, denominator floor 1e-3) measured below 1.6e-7 on 108 small networks; 1e-6 is the issue's bound, while a
-#: wrong derivative gives errors of order 1e-2 to 1.
+#: fastbp.gradcheck's verdict on a correct gradient: the worst per-layer norm-wise error of central differences (eps
+#: 1e-5; below the differences' own noise the error is measured against noise / threshold) measured below 6e-8 on
+#: 108 small networks; 1e-6 is the issue's bound, while a wrong activation derivative gives 0.13 and more.
 GRADCHECK_THRESHOLD = 1e-6
+
+#: A gradient broken on purpose (tanh' written as 1 - A, the L2 term dropped with l2 = 0.1, a layer zeroed, the L2
+#: term dropped in float32 only) must show at least this error in the layers it touches: measured 0.18 to 1.2 in these
+#: tests (the error is the relative size of what is wrong), four orders of magnitude above GRADCHECK_THRESHOLD.
+WRONG_GRADIENT_MIN_ERROR = 1e-2
+
+#: A float32 network's own float32 gradient against the float64 one at the same parameters and data, norm-wise,
+#: relative to the size of the summed terms: a few float32 ulps (1.2e-7) amplified by depth and width, below 2e-6
+#: measured on random networks up to 784-512-512-10; fastbp.gradcheck's default threshold_float32 is 1e-4, and a
+#: float32-only error (a dropped term, a zeroed layer) gives 1e-2 and more.
+GRADCHECK_THRESHOLD_FLOAT32 = 1e-4
+
+#: The graph's softmax cross-entropy against the same quantity written directly in NumPy (softmax by exp / sum, the
+#: graph by log-sum-exp): the loss agrees to a few ulps (<= 4.4e-16 relative measured over 300 random draws) ...
+CLOSED_FORM_LOSS_RTOL = 1e-14
+#: ... and the gradient (P - Y) / n to a few ulps of its largest entry 1/n (<= 1.7e-16 absolute over 2000 draws; the
+#: entries near 0, where P ~ 1 cancels against the one-hot 1, have relative errors up to 2e-11), so rtol 1e-13 with
+#: atol 1e-15. A wrong gradient (a missing 1/n, softmax of the wrong axis) is off by 1e-2 and more.
+CLOSED_FORM_GRAD_RTOL = 1e-13
+CLOSED_FORM_GRAD_ATOL = 1e-15
+
+#: The same float64 quantity from two code paths that differ only in the order of the products and sums (BP3/BP4
+#: re-assembled from reference.deltas against reference.value_and_grad; the trainer's recorded delta norms against
+#: reference.deltas): a few ulps, <= 8e-16 relative measured; 1e-12 leaves room, while a missing 1/n, L2 term or a
+#: shifted layer is off by 1e-2 and more.
+REASSEMBLY_RTOL = 1e-12
+
+#: fastbp diagnose's reported per-layer weight-gradient norms (compiled float64 kernels, 11 layers) against the NumPy
+#: reference at the same plain initialisation: <= 3.3e-16 relative measured; the bound 1e-10 allows for rounding that
+#: grows with depth, while a wrong initialisation, split or batch changes the norms by orders of magnitude.
+DIAGNOSE_RTOL = 1e-10
 
 
 def rel_err(a, b):

@@ -7,7 +7,7 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import GRAPH_RTOL, make_batch, rel_err
+from conftest import DIAGNOSE_RTOL, GRAPH_RTOL, REASSEMBLY_RTOL, make_batch, rel_err
 
 import fastbp
 from fastbp import graph as g
@@ -56,8 +56,8 @@ def test_reference_deltas_equal_the_graph_engine(activation, output, loss, rng):
     A = reference.forward(net, X)
     dW, db = net.unflatten(reference.value_and_grad(net, X, Y)[1])
     for l, d in enumerate(deltas):
-        assert rel_err(A[l].T @ d + net.l2 * net.coefs[l], dW[l]) <= 1e-12
-        assert rel_err(d.sum(axis=0), db[l]) <= 1e-12
+        assert rel_err(A[l].T @ d + net.l2 * net.coefs[l], dW[l]) <= REASSEMBLY_RTOL
+        assert rel_err(d.sum(axis=0), db[l]) <= REASSEMBLY_RTOL
 
 
 @pytest.mark.parametrize("output", ["softmax", "sigmoid"])
@@ -71,10 +71,21 @@ def test_trainer_records_delta_norms_on_request(output, rng):
     assert len(history["delta_norm"]) == 3 and all(len(norms) == 3 for norms in history["delta_norm"])
     # 60 rows < 256: the probe batch is the whole training set; the last entry is the end-of-training state.
     expected = [np.linalg.norm(d) for d in reference.deltas(net, X, y)]
-    np.testing.assert_allclose(history["delta_norm"][-1], expected, rtol=1e-12)
+    np.testing.assert_allclose(history["delta_norm"][-1], expected, rtol=REASSEMBLY_RTOL)
     assert history["delta_norm"][0] != history["delta_norm"][-1]  # recorded per epoch, as training moves
     with pytest.raises(TypeError, match="record_deltas"):
         fastbp.Trainer(net, record_deltas="yes")
+
+
+def test_layer_norms_documents_its_arguments_and_returns_one_norm_per_layer(rng):
+    from fastbp import diagnose
+
+    doc = diagnose.layer_norms.__doc__
+    assert "(n, n_in)" in doc and "(n, n_out)" in doc and "(n,)" in doc, doc
+    net = fastbp.MLP([5, 8, 3], "tanh", dtype="float64", seed=0)
+    X, y = make_batch(net, 6, rng)
+    norms = diagnose.layer_norms(net, X, y)
+    assert len(norms["grad"]) == len(norms["delta"]) == 2 and norms["loss"] > 0 and norms["total"] > 0
 
 
 def plain_init_grad_norms(activation, X, y, depth=10, width=64):
@@ -110,8 +121,8 @@ def test_cli_diagnose_shows_vanishing_sigmoid_level_relu_and_clipping(tmp_path):
     for activation in ("sigmoid", "tanh", "relu"):
         reported = result["vanishing"][activation]
         expected = plain_init_grad_norms(activation, X[:256], y[:256])
-        assert rel_err(reported["grad"], expected) <= 1e-10
-        assert reported["ratio"] == pytest.approx(expected[-1] / expected[0], rel=1e-10)
+        assert rel_err(reported["grad"], expected) <= DIAGNOSE_RTOL
+        assert reported["ratio"] == pytest.approx(expected[-1] / expected[0], rel=DIAGNOSE_RTOL)
         assert len(reported["delta"]) == len(reported["delta_norm"]) == 11
     runs = result["exploding"]["runs"]
     assert [r["clip_norm"] for r in runs] == [None, 1.0]

@@ -3,10 +3,20 @@ value, and random MLPs written with graph operations against the fused kernels a
 
 import gc
 import math
+import warnings
 
 import numpy as np
 import pytest
-from conftest import FD_RTOL, FD_STEP, GRAPH_RTOL, HAND_RTOL, rel_err
+from conftest import (
+    CLOSED_FORM_GRAD_ATOL,
+    CLOSED_FORM_GRAD_RTOL,
+    CLOSED_FORM_LOSS_RTOL,
+    FD_RTOL,
+    FD_STEP,
+    GRAPH_RTOL,
+    HAND_RTOL,
+    rel_err,
+)
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -113,16 +123,43 @@ def central_differences(f, variables):
     return grads
 
 
-def check_against_fd(build, *arrays, rng):
+def numpy_central_differences(f, arrays):
+    """df/da for each array by central differences of ``f(*arrays)``, a plain NumPy function: independent of the
+    graph engine (its gates' forward passes are not used)."""
+    grads = []
+    for k, base in enumerate(arrays):
+        grad = np.empty_like(base)
+        for i in np.ndindex(base.shape):
+            values = []
+            for step in (FD_STEP, -FD_STEP):
+                shifted = list(arrays)
+                shifted[k] = base.copy()
+                shifted[k][i] += step
+                values.append(float(f(*shifted)))
+            grad[i] = (values[0] - values[1]) / (2 * FD_STEP)
+        grads.append(grad)
+    return grads
+
+
+def check_against_fd(build, *arrays, rng, numpy=None):
     """Variables from ``arrays``, f = sum(build(*variables) * R) for a random constant R (so every output element
-    weighs differently), and the graph's gradient against central differences."""
+    weighs differently), and the graph's gradient against central differences: of ``numpy(*arrays)``, the same
+    function written in plain NumPy, when given (and then the graph's value must equal it too), else of the graph's
+    own forward pass."""
+    arrays = [np.asarray(a, dtype=np.float64) for a in arrays]
     variables = [g.Variable(a) for a in arrays]
     out = build(*variables)
-    f = g.sum(out * rng.standard_normal(out.shape))
+    R = rng.standard_normal(out.shape)
+    f = g.sum(out * R)
     grads = g.grad(f, variables)
-    for v, analytic, numeric in zip(variables, grads, central_differences(f, variables), strict=True):
+    if numpy is None:
+        numeric = central_differences(f, variables)
+    else:
+        assert rel_err(out.value, numpy(*arrays)) <= GRAPH_RTOL
+        numeric = numpy_central_differences(lambda *a: np.sum(numpy(*a) * R), arrays)
+    for v, analytic, expected in zip(variables, grads, numeric, strict=True):
         assert np.shape(analytic) == v.shape
-        assert rel_err(analytic, numeric) <= FD_RTOL
+        assert rel_err(analytic, expected) <= FD_RTOL
 
 
 def positive(rng, shape):
@@ -133,37 +170,50 @@ def away_from_zero(rng, shape):
     return rng.choice([-1.0, 1.0], shape) * rng.uniform(0.2, 2.0, shape)
 
 
+def np_sigmoid(a):
+    return 1.0 / (1.0 + np.exp(-a))
+
+
+#: name: (graph operation, the same function in plain NumPy, input values)
 UNARY = {
-    "exp": (g.exp, away_from_zero),
-    "log": (g.log, positive),
-    "sigmoid": (g.sigmoid, away_from_zero),
-    "tanh": (g.tanh, away_from_zero),
-    "relu": (g.relu, away_from_zero),  # away from the kink at 0
-    "negate": (lambda a: -a, away_from_zero),
-    "sum": (g.sum, away_from_zero),
-    "sum_axis0": (lambda a: g.sum(a, axis=0), away_from_zero),
-    "sum_axis1_keepdims": (lambda a: g.sum(a, axis=1, keepdims=True), away_from_zero),
-    "mean": (g.mean, away_from_zero),
-    "mean_axis1": (lambda a: g.mean(a, axis=1), away_from_zero),
-    "mean_axis0_keepdims": (lambda a: g.mean(a, axis=0, keepdims=True), away_from_zero),
+    "exp": (g.exp, np.exp, away_from_zero),
+    "log": (g.log, np.log, positive),
+    "sigmoid": (g.sigmoid, np_sigmoid, away_from_zero),
+    "tanh": (g.tanh, np.tanh, away_from_zero),
+    "relu": (g.relu, lambda a: np.maximum(a, 0.0), away_from_zero),  # away from the kink at 0
+    "negate": (lambda a: -a, np.negative, away_from_zero),
+    "sum": (g.sum, np.sum, away_from_zero),
+    "sum_axis0": (lambda a: g.sum(a, axis=0), lambda a: np.sum(a, axis=0), away_from_zero),
+    "sum_axis1_keepdims": (
+        lambda a: g.sum(a, axis=1, keepdims=True),
+        lambda a: np.sum(a, axis=1, keepdims=True),
+        away_from_zero,
+    ),
+    "mean": (g.mean, np.mean, away_from_zero),
+    "mean_axis1": (lambda a: g.mean(a, axis=1), lambda a: np.mean(a, axis=1), away_from_zero),
+    "mean_axis0_keepdims": (
+        lambda a: g.mean(a, axis=0, keepdims=True),
+        lambda a: np.mean(a, axis=0, keepdims=True),
+        away_from_zero,
+    ),
 }
 
 
 @pytest.mark.parametrize("name", UNARY)
 @pytest.mark.parametrize("shape", [(), (5,), (3, 4)])
 def test_unary_operations_match_finite_differences(name, shape, rng):
-    op, values = UNARY[name]
+    op, numpy_op, values = UNARY[name]
     if "axis" in name and len(shape) < 2:
         shape = (3, 4)
-    check_against_fd(op, values(rng, shape), rng=rng)
+    check_against_fd(op, values(rng, shape), rng=rng, numpy=numpy_op)
 
 
 BINARY = {
-    "add": (lambda a, b: a + b, away_from_zero),
-    "subtract": (lambda a, b: a - b, away_from_zero),
-    "multiply": (lambda a, b: a * b, away_from_zero),
-    "divide": (lambda a, b: a / b, away_from_zero),
-    "power": (lambda a, b: a**b, positive),  # positive bases: a^b and its derivative in b are defined
+    "add": (lambda a, b: a + b, np.add, away_from_zero),
+    "subtract": (lambda a, b: a - b, np.subtract, away_from_zero),
+    "multiply": (lambda a, b: a * b, np.multiply, away_from_zero),
+    "divide": (lambda a, b: a / b, np.divide, away_from_zero),
+    "power": (lambda a, b: a**b, np.power, positive),  # positive bases: a^b and its derivative in b are defined
 }
 
 #: Pairs of shapes that broadcast: equal, matrix and row vector, column and row, scalar and matrix, 3-D and column.
@@ -173,15 +223,17 @@ SHAPES = [((3, 4), (3, 4)), ((3, 4), (4,)), ((3, 1), (1, 4)), ((), (3, 4)), ((2,
 @pytest.mark.parametrize("name", BINARY)
 @pytest.mark.parametrize(("shape_a", "shape_b"), SHAPES)
 def test_binary_operations_with_broadcasting_match_finite_differences(name, shape_a, shape_b, rng):
-    op, values = BINARY[name]
-    check_against_fd(op, values(rng, shape_a), away_from_zero(rng, shape_b), rng=rng)
-    check_against_fd(op, values(rng, shape_b), away_from_zero(rng, shape_a), rng=rng)  # and the other way round
+    op, numpy_op, values = BINARY[name]
+    check_against_fd(op, values(rng, shape_a), away_from_zero(rng, shape_b), rng=rng, numpy=numpy_op)
+    # and the other way round
+    check_against_fd(op, values(rng, shape_b), away_from_zero(rng, shape_a), rng=rng, numpy=numpy_op)
 
 
 @pytest.mark.parametrize(("shape_a", "shape_b"), [((3, 4), (4, 2)), ((4,), (4, 2)), ((3, 4), (4,)), ((4,), (4,))])
 def test_matmul_matches_finite_differences(shape_a, shape_b, rng):
-    check_against_fd(lambda a, b: a @ b, rng.standard_normal(shape_a), rng.standard_normal(shape_b), rng=rng)
-    check_against_fd(g.matmul, rng.standard_normal(shape_a), rng.standard_normal(shape_b), rng=rng)
+    a, b = rng.standard_normal(shape_a), rng.standard_normal(shape_b)
+    check_against_fd(lambda a, b: a @ b, a, b, rng=rng, numpy=np.matmul)
+    check_against_fd(g.matmul, a, b, rng=rng, numpy=np.matmul)
 
 
 def test_operators_with_constants_on_either_side(rng):
@@ -197,24 +249,76 @@ def test_operators_with_constants_on_either_side(rng):
         lambda a: c * a - a / c,
         lambda a: a**2.5,
     ]
-    for build in builds:
-        check_against_fd(build, positive(rng, (3,)), rng=rng)
+    for build in builds:  # each also runs on a plain NumPy array: the independent forward
+        check_against_fd(build, positive(rng, (3,)), rng=rng, numpy=build)
     x = g.Variable(np.ones(3))
     assert isinstance(c + x, g.Node) and isinstance(M @ x, g.Node) and (M @ x).shape == (2,)
+
+
+def np_softmax_cross_entropy(Z, Y):
+    """Mean over rows of -sum_j Y_j log softmax(Z)_j, in plain NumPy (Y one-hot or probability rows)."""
+    Z, Y = np.atleast_2d(Z), np.atleast_2d(Y)
+    log_P = Z - np.log(np.exp(Z).sum(axis=1, keepdims=True))
+    return -(Y * log_P).sum() / Z.shape[0]
 
 
 @pytest.mark.parametrize("targets", ["labels", "one_hot", "soft_variable", "one_sample"])
 def test_softmax_cross_entropy_matches_finite_differences(targets, rng):
     logits = rng.standard_normal((5, 4))
     labels = rng.integers(0, 4, 5)
+    one_hot = np.eye(4)[labels]
     if targets == "labels":
-        check_against_fd(lambda z: g.softmax_cross_entropy(z, labels), logits, rng=rng)
+        check_against_fd(
+            lambda z: g.softmax_cross_entropy(z, labels),
+            logits,
+            rng=rng,
+            numpy=lambda z: np_softmax_cross_entropy(z, one_hot),
+        )
     elif targets == "one_hot":
-        check_against_fd(lambda z: g.softmax_cross_entropy(z, np.eye(4)[labels]), logits, rng=rng)
+        check_against_fd(
+            lambda z: g.softmax_cross_entropy(z, one_hot),
+            logits,
+            rng=rng,
+            numpy=lambda z: np_softmax_cross_entropy(z, one_hot),
+        )
     elif targets == "soft_variable":  # probability targets as a variable: gradient -log softmax / n for them too
-        check_against_fd(g.softmax_cross_entropy, logits, rng.dirichlet(np.ones(4), 5), rng=rng)
+        soft = rng.dirichlet(np.ones(4), 5)
+        check_against_fd(g.softmax_cross_entropy, logits, soft, rng=rng, numpy=np_softmax_cross_entropy)
     else:
-        check_against_fd(lambda z: g.softmax_cross_entropy(z, 2), logits[0], rng=rng)
+        check_against_fd(
+            lambda z: g.softmax_cross_entropy(z, 2),
+            logits[0],
+            rng=rng,
+            numpy=lambda z: np_softmax_cross_entropy(z, np.eye(4)[2]),
+        )
+
+
+def test_numpy_differences_catch_a_wrong_forward_that_graph_differences_miss(rng, monkeypatch):
+    # A gate whose forward and backward are wrong in the same way (2 exp(a), with derivative 2 exp(a)): differences
+    # of the graph's own forward pass agree with its backward; differences of NumPy's exp do not.
+    def doubled(self, a):
+        self.z = 2.0 * np.exp(a)
+        return self.z
+
+    monkeypatch.setattr(g.ExpGate, "forward", doubled)
+    a = away_from_zero(rng, (4,))
+    check_against_fd(g.exp, a, rng=rng)  # passes: self-consistent
+    with pytest.raises(AssertionError):
+        check_against_fd(g.exp, a, rng=rng, numpy=np.exp)
+
+
+def test_composite_expression_with_the_graph_forward_pass_and_numpy(rng):
+    # g.forward re-runs the graph: its differences and NumPy's agree with the gradient of a composite expression.
+    X, W, b = rng.standard_normal((4, 3)), rng.standard_normal((3, 2)), rng.standard_normal(2)
+
+    def build(X, W, b):
+        return g.tanh(X @ W + b) ** 2 / (1.0 + g.exp(-(X @ W)))
+
+    def numpy_build(X, W, b):
+        return np.tanh(X @ W + b) ** 2 / (1.0 + np.exp(-(X @ W)))
+
+    check_against_fd(build, X, W, b, rng=rng)
+    check_against_fd(build, X, W, b, rng=rng, numpy=numpy_build)
 
 
 def test_softmax_cross_entropy_value_and_gradient_by_formula(rng):
@@ -224,10 +328,13 @@ def test_softmax_cross_entropy_value_and_gradient_by_formula(rng):
     P = np.exp(Z) / np.exp(Z).sum(axis=1, keepdims=True)
     z = g.Variable(Z)
     loss = g.softmax_cross_entropy(z, labels)
-    assert float(loss) == pytest.approx(-np.log(P[np.arange(6), labels]).mean(), rel=1e-14)
-    np.testing.assert_allclose(g.grad(loss, z), (P - np.eye(3)[labels]) / 6, rtol=1e-13, atol=1e-16)
+    assert float(loss) == pytest.approx(-np.log(P[np.arange(6), labels]).mean(), rel=CLOSED_FORM_LOSS_RTOL)
+    np.testing.assert_allclose(
+        g.grad(loss, z), (P - np.eye(3)[labels]) / 6, rtol=CLOSED_FORM_GRAD_RTOL, atol=CLOSED_FORM_GRAD_ATOL
+    )
+    # One-hot float rows: the same operations (each row of Y sums to exactly 1), so the same bits.
     one_hot = g.grad(g.softmax_cross_entropy(z, np.eye(3)[labels]), z)
-    np.testing.assert_allclose(one_hot, g.grad(loss, z), rtol=1e-15, atol=1e-17)
+    np.testing.assert_array_equal(one_hot, g.grad(loss, z))
     with pytest.raises(ValueError, match="labels must be in"):
         g.softmax_cross_entropy(z, np.array([0, 1, 2, 3, 0, 1]))
     with pytest.raises(ValueError, match="labels must hold 6"):
@@ -249,7 +356,7 @@ def test_grad_api_details(rng):
     x, unused = g.Variable(rng.standard_normal(3)), g.Variable(2.0)
     f = g.sum(g.exp(x))
     assert g.grad(f, [unused]) == [0.0]  # f does not depend on it
-    np.testing.assert_allclose(g.grad(f, [x])[0], np.exp(x.value), rtol=1e-15)
+    np.testing.assert_array_equal(g.grad(f, [x])[0], np.exp(x.value))  # d sum(exp x) / dx = exp(x), the same bits
     with pytest.raises(ValueError, match="scalar"):
         g.grad(g.exp(x), [x])
     with pytest.raises(TypeError, match="wrt"):
@@ -272,6 +379,93 @@ def test_children_sets_are_weak_so_unused_graphs_are_freed():
     del f
     gc.collect()
     assert len(w.children) == 0
+
+
+def test_grad_of_nodes_built_from_constants_only():
+    # c = exp(1) is computed from a constant only, but f depends on it: df/dc is the real derivative, not 0.
+    w = g.Variable(2.0)
+    c = g.exp(np.array(1.0))
+    assert c.constant
+    assert g.grad(c * w, c) == 2.0  # d(c w)/dc = w
+    # Through other constant nodes: c2 = 3 c, f = c2 w + c: df/dc = 3 w + 1, df/dc2 = w, df/dw = c2.
+    c2 = 3.0 * c
+    f = c2 * w + c
+    dc, dc2, dw = g.grad(f, [c, c2, w])
+    assert (dc, dc2) == (7.0, 2.0) and dw == pytest.approx(3 * math.e, rel=HAND_RTOL)
+    # Arrays, and a matrix product with a constant matrix on the left.
+    M = g.exp(np.zeros((2, 3)))  # a constant node of ones
+    x = g.Variable(np.array([1.0, 2.0, 3.0]))
+    np.testing.assert_array_equal(g.grad(g.sum(M @ x), M), [[1.0, 2.0, 3.0], [1.0, 2.0, 3.0]])
+    # A constant f does not depend on: zeros. The table of f (no wrt) still leaves constants out.
+    assert g.grad(c * w, g.exp(np.array(0.0))) == 0.0
+    table = g.backward(f)
+    assert len(table) == 3 and not any(node.constant for node in table)  # w, c2 * w, f
+    assert [row.name for row in g.gradient_table(f)] == ["v1", "u1", "u2"]
+
+
+def test_power_gradients_at_zero_and_for_constant_operands():
+    z = g.Variable(0.0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no spurious divide-by-zero or invalid-value warnings
+        assert g.grad(z**0, z) == 0.0  # z^0 = 1 everywhere: derivative 0, also at z = 0 (was nan)
+        assert g.grad(z**1, z) == 1.0 and g.grad(z**2, z) == 0.0
+        x = g.Variable(np.array([0.0, 1.5, -2.0]))
+        np.testing.assert_array_equal(g.grad(g.sum(x**0), x), [0.0, 0.0, 0.0])
+        # A constant base: its gradient (p 0^(p - 1), infinite here) is not computed; dz/dp = 0^p log 0 = 0.
+        p = g.Variable(0.5)
+        assert g.grad(0.0**p, p) == 0.0
+        assert g.grad(2.0**p, p) == pytest.approx(2.0**0.5 * math.log(2.0), rel=HAND_RTOL)
+        # Exponent p = 0 next to non-zero exponents, broadcast.
+        e = g.Variable(np.array([0.0, 1.0, 2.0]))
+        np.testing.assert_array_equal(g.grad(g.sum(e ** np.array([0.0, 2.0, 3.0])), e), [0.0, 2.0, 12.0])
+
+
+def test_softmax_cross_entropy_with_minus_infinity_logits():
+    # A logit of -inf is a class of probability 0: it contributes 0 log 0 = 0, not nan (0 * -inf).
+    z = g.Variable([[0.0, -np.inf, 1.0]])
+    P = np.array([1.0, 0.0, math.e]) / (1.0 + math.e)
+    for targets in ([0], np.array([[1.0, 0.0, 0.0]])):
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")
+            loss = g.softmax_cross_entropy(z, targets)
+            grad = g.grad(loss, z)
+        assert float(loss) == pytest.approx(math.log(1.0 + math.e), rel=HAND_RTOL)  # 1.3133
+        np.testing.assert_allclose(grad, [P - [1.0, 0.0, 0.0]], rtol=HAND_RTOL)
+
+
+def test_sigmoid_gradient_is_accurate_for_large_inputs():
+    # sigma'(a) = sigma(a) sigma(-a); z (1 - z) from z = sigma(a) rounds 1 - z to 0 for a > 37 (gave 0.0).
+    a = np.array([-700.0, -40.0, -5.0, 0.0, 5.0, 40.0, 700.0])
+    x = g.Variable(a)
+    e = np.exp(-np.abs(a))
+    np.testing.assert_allclose(g.grad(g.sum(g.sigmoid(x)), x), e / (1.0 + e) ** 2, rtol=HAND_RTOL)
+    v = g.Variable(40.0)
+    assert g.grad(g.sigmoid(v), v) == pytest.approx(math.exp(-40.0), rel=HAND_RTOL)  # 4.25e-18, was 0.0
+
+
+def test_softmax_cross_entropy_label_dtype_errors_state_the_rule(rng):
+    z = g.Variable(rng.standard_normal((4, 3)))
+    one_hot_ints = np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]
+    with pytest.raises(ValueError, match=r"integer dtype means class labels.*astype\(float\)"):
+        g.softmax_cross_entropy(z, one_hot_ints)
+    with pytest.raises(ValueError, match=r"floating dtype means target rows.*astype\(int\)"):
+        g.softmax_cross_entropy(z, np.array([0.0, 1.0, 2.0, 0.0]))
+    with pytest.raises(ValueError, match=r"floating dtype means target rows.*astype\(int\)"):
+        g.softmax_cross_entropy(g.Variable(np.zeros(3)), 1.0)
+    with pytest.raises(ValueError, match=r"target rows of the logits' shape \(4, 3\)"):
+        g.softmax_cross_entropy(z, g.Variable(np.zeros((4, 2))))
+    with pytest.raises(TypeError, match="not booleans"):
+        g.softmax_cross_entropy(z, np.array([True, False, True, True]))
+    # The right dtypes work.
+    assert float(g.softmax_cross_entropy(z, one_hot_ints.astype(float))) == pytest.approx(
+        float(g.softmax_cross_entropy(z, np.array([0, 1, 2, 0]))), rel=HAND_RTOL
+    )
+
+
+@pytest.mark.parametrize("fn", [g.exp, g.log, g.sigmoid, g.tanh, g.relu, g.sum, g.mean, g.matmul])
+def test_functions_document_shapes_and_dtypes(fn):
+    doc = fn.__doc__
+    assert "float64" in doc and "shape" in doc and "Node" in doc, doc
 
 
 # ------------------------------------------------------------------------------------------ MLPs as graphs
