@@ -155,9 +155,10 @@ def check_out(out, size, dtype, name="out"):
     return out
 
 
-def check_sample_weight(sample_weight, n, dtype, name="sample_weight"):
-    """Sample weights for n samples as a C-contiguous (n,) array of dtype: finite, >= 0, with a positive sum.
-    None gives an empty array (unit weights, the kernels' fast path)."""
+def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zero_sum=False):
+    """Sample weights for n samples as a C-contiguous (n,) array of dtype: finite, >= 0, with a positive sum
+    (unless ``allow_zero_sum``: a part of the weights, whose total is checked elsewhere). None gives an empty
+    array (unit weights, the kernels' fast path)."""
     if sample_weight is None:
         return np.zeros(0, dtype=dtype)
     sw = as_float_array(sample_weight, name, dtype, 1)
@@ -165,6 +166,6 @@ def check_sample_weight(sample_weight, n, dtype, name="sample_weight"):
         raise ValueError(f"{name} has {sw.shape[0]} weights for {n} samples in X")
     if sw.size and sw.min() < 0:
         raise ValueError(f"{name} must be >= 0, got a minimum of {sw.min():g}")
-    if not sw.sum(dtype=np.float64) > 0:
+    if not allow_zero_sum and not sw.sum(dtype=np.float64) > 0:
         raise ValueError(f"{name} must have a positive sum (all weights are zero)")
     return sw

@@ -270,6 +270,10 @@ def cmd_train(args):
     if args.distributed:
         from . import distributed
 
+        try:
+            distributed._mpi()
+        except ImportError as err:  # one line from main, not a traceback
+            raise RuntimeError(str(err)) from None
         return distributed.run_cli(_train, args)
     return _train(args)
 

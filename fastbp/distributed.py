@@ -15,9 +15,12 @@ the whole driver, and a cached binding of the MPI library); the Python per-step 
 by ``scripts/mpi_scaling.py`` and stated in the README (about 6 us per step, under 1% of a step of shape M or L).
 
 ``mpi4py`` is imported only when a function of this module that needs it is called (importing it starts MPI).
-Run under ``mpiexec -n K python -m mpi4py script.py`` (mpi4py aborts the job on an uncaught exception) or use
-:func:`abort_on_error`; inside ``fit`` an exception on one rank prints its traceback once and aborts the job
-(``MPI_Abort``), so no rank is left waiting in a collective.
+Every method of :class:`Trainer` that communicates (``fit``, ``train_step``, ``evaluate``, ``save``, ``sync``) is
+collective: every rank calls it, in the same order. Errors that every rank raises together (bad arguments on any
+rank, ranks that disagree, divergence) are raised on every rank; any other exception inside these methods prints
+its traceback from the rank that raised it and ends the whole job (``MPI_Abort``), so no rank is left waiting in a
+collective. Run scripts under ``mpiexec -n K python -m mpi4py script.py`` (mpi4py aborts the job on an uncaught
+exception) or wrap your own collective code in :func:`abort_on_error`.
 """
 
 import contextlib
@@ -29,16 +32,16 @@ import sys
 import time
 import traceback
 import zipfile
+import zlib
 
 import numpy as np
-from tqdm.auto import tqdm
 
 from . import _validation as v
 from .kernels import epoch as _epoch
 from .kernels import optimizers as _kopt
 from .kernels.drivers import _value_and_grad_entry
 from .threads import set_num_threads
-from .trainer import DivergenceError
+from .trainer import DivergenceError, _Data, _spread
 from .trainer import Trainer as _Trainer
 
 __all__ = [
@@ -72,18 +75,59 @@ class RankFailedError(RuntimeError):
 
 
 # ---------------------------------------------------------------------------------------------- failure handling
-def _report(err, comm):
-    lines = "".join(traceback.format_exception(err))
-    sys.stderr.write(
-        f"fastbp.distributed: rank {comm.Get_rank()} of {comm.Get_size()} failed; aborting every rank\n{lines}"
-    )
-    sys.stderr.flush()
+def _everywhere(err):
+    """Mark ``err`` as raised on every rank at once (nobody is left waiting in a collective: no abort needed; the
+    command line prints it from rank 0 only). Returns err."""
+    err.agreed_across_ranks = True
+    return err
+
+
+def _is_agreed(err):
+    return getattr(err, "agreed_across_ranks", False)
+
+
+def _failure_text(err, comm):
+    text = "".join(traceback.format_exception(err))
+    if isinstance(err, _mpi().Exception):
+        text += (
+            "An MPI error in a collective call usually means that the ranks called fastbp.distributed's collective "
+            "methods (fit, train_step, evaluate, save, sync) in different orders: every rank must call each of "
+            "them, for example save on every rank, not on rank 0 only.\n"
+        )
+    return f"fastbp.distributed: rank {comm.Get_rank()} of {comm.Get_size()} failed; aborting every rank\n{text}"
+
+
+#: Seconds between writing the error and MPI_Abort: the launcher forwards a rank's output through its proxies, and
+#: tears the job down on the abort; without this pause the message was lost in about 1 run of 15 (MPICH's Hydra).
+_ABORT_PAUSE = 0.2
+
+
+def _abort(comm, code, text):
+    """Write ``text`` to stderr and end every rank of the job with ``MPI_Abort(code)``; never returns. MPICH under
+    its launcher (Hydra) returns from ``MPI_Abort`` to the caller and the launcher kills the processes a moment
+    later, so this process ends itself with ``os._exit(code)`` right after (standard streams flushed first):
+    nothing after the failure runs, such as code that saves a checkpoint of a failed run."""
+    for write in (lambda: sys.stdout.flush(), lambda: sys.stderr.write(text), lambda: sys.stderr.flush()):
+        try:
+            write()
+        except Exception:  # a closed stream must not keep the job alive
+            pass
+    try:
+        time.sleep(_ABORT_PAUSE)
+        comm.Abort(code)
+    finally:
+        os._exit(code)
 
 
 @contextlib.contextmanager
 def abort_on_error(comm=None, code=1):
     """Context manager: an exception (or Ctrl-C) inside the block prints its traceback from this rank and ends
-    every rank of the job with ``MPI_Abort(code)``, as ``python -m mpi4py`` does for an uncaught exception.
+    every rank of the job with ``MPI_Abort(code)``, as ``python -m mpi4py`` does for an uncaught exception; this
+    process never returns from the block (it exits with ``code`` even where ``MPI_Abort`` returns).
+
+    Exceptions that every rank raises together pass through unchanged, since no rank waits for the others:
+    :class:`RankFailedError`, :class:`fastbp.DivergenceError` and the argument errors of
+    :class:`Trainer`'s collective methods (they carry ``agreed_across_ranks = True``).
 
     Use it around code where one rank may fail while the others wait in a collective call, which would
     otherwise hang forever. comm: an mpi4py communicator (default ``COMM_WORLD``).
@@ -91,9 +135,10 @@ def abort_on_error(comm=None, code=1):
     try:
         yield
     except (Exception, KeyboardInterrupt) as err:
+        if _is_agreed(err):
+            raise
         comm = _world(comm)
-        _report(err, comm)
-        comm.Abort(code)
+        _abort(comm, code, _failure_text(err, comm))
 
 
 def _agree(comm, error, payload=None):
@@ -102,11 +147,10 @@ def _agree(comm, error, payload=None):
     results = comm.allgather((None if error is None else f"{type(error).__name__}: {error}", payload))
     failed = [(rank, message) for rank, (message, _) in enumerate(results) if message is not None]
     if error is not None:
-        error.agreed_across_ranks = True  # every rank raises too: nobody waits, no abort needed
-        raise error
+        raise _everywhere(error)  # every rank raises too: nobody waits, no abort needed
     if failed:
         rank, message = failed[0]
-        raise RankFailedError(f"rank {rank} of {comm.Get_size()} failed: {message}")
+        raise _everywhere(RankFailedError(f"rank {rank} of {comm.Get_size()} failed: {message}"))
     return [payload for _, payload in results]
 
 
@@ -250,23 +294,23 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
     return X[start:stop], (None if y is None else y[start:stop])
 
 
-class _Part:
+class _Part(_Data):
     """The rows of a data set that this rank holds, and how a global batch maps onto them.
 
     Replicated (every rank holds all n rows): the rank takes its contiguous part of each batch's row list.
     Sharded (rank r holds global rows [start, stop), ranks in order): the rank takes the batch's rows that fall
     in its shard, a number that varies from batch to batch. Both ways the parts of a batch cover it exactly once.
-    X, Y2d, labels, sw: validated arrays as the kernels take them (sw empty: unit sample weights); weighted:
-    whether sample weights were given, the same on every rank (sw is empty on a rank without rows).
+    n: the rows of the whole set; weighted: sample weights were given, the same on every rank (sw is empty on a
+    rank without rows); uses_labels: the targets are class labels, the same on every rank.
     """
 
-    def __init__(self, X, Y2d, labels, sw, n, start, rank, size, sharded, weighted):
-        self.X, self.Y2d, self.labels, self.sw, self.weighted = X, Y2d, labels, sw, weighted
-        self.n, self.start, self.stop = n, start, start + X.shape[0]
+    def __init__(self, data, n, start, rank, size, sharded, weighted):
+        super().__init__(*data.arrays(), uses_labels=data.uses_labels)
+        self.n, self.weighted = n, weighted
+        self.start, self.stop = start, start + self.X.shape[0]
         self.rank, self.size, self.sharded = rank, size, sharded
 
     def rows(self, batch):
-        """Local row indices (int64) of this rank's part of the global rows ``batch``."""
         if self.sharded:
             return batch[(batch >= self.start) & (batch < self.stop)] - self.start
         m = batch.shape[0]
@@ -275,29 +319,38 @@ class _Part:
     def local(self):
         """This rank's part of the whole data set: (X, Y2d, labels, sw), contiguous row slices."""
         if self.sharded:
-            return self.X, self.Y2d, self.labels, self.sw
+            return self.arrays()
         start, stop = shard_range(self.n, self.rank, self.size)
         return self.take(slice(start, stop))
 
-    def take(self, rows):
-        """(X, Y2d, labels, sw) of the local ``rows`` (indices or a slice), contiguous."""
-        X = np.ascontiguousarray(self.X[rows])
-        Y2d = self.Y2d if self.labels.size else np.ascontiguousarray(self.Y2d[rows])
-        labels = np.ascontiguousarray(self.labels[rows]) if self.labels.size else self.labels
-        sw = np.ascontiguousarray(self.sw[rows]) if self.sw.size else self.sw
-        return X, Y2d, labels, sw
+
+def _checksums(data, prefix):
+    """Fingerprint entries of replicated data: CRC-32s of the bytes of up to 64 rows spread over X, the targets
+    and the sample weights (as converted to the network's dtype). Ranks that load another file, or shuffle their
+    copy differently, almost surely differ in these rows; a difference confined to the other rows goes unseen."""
+    X, Y2d, labels, sw = data.take(_spread(data.n, 64))
+    sums = {f"{prefix}X (CRC-32 of {X.shape[0]} rows spread over it)": zlib.crc32(X)}
+    sums[f"{prefix}y (CRC-32 of the same rows)"] = zlib.crc32(labels if data.uses_labels else Y2d)
+    if sw.size:
+        sums[f"{prefix}sample_weight (CRC-32 of the same rows)"] = zlib.crc32(sw)
+    return sums
 
 
 # ---------------------------------------------------------------------------------------------------- trainer
 class Trainer(_Trainer):
     """Data-parallel :class:`fastbp.Trainer`: same interface and results, over the ranks of an MPI communicator.
 
-    Every rank runs the same script with the same arguments. At the start of ``fit`` and ``train_step`` rank 0's
-    parameters and optimizer state are broadcast, so every rank starts from the same point. Each global
-    mini-batch (the one :class:`fastbp.Trainer` would use with the same seed) is split over the ranks; the flat
-    gradient is summed with ONE ``Allreduce`` per step; every rank applies the same update. Schedules, clipping,
-    frozen layers, sample weights, divergence detection, early stopping and the history behave as in
+    Every rank runs the same script with the same arguments. At the start of ``fit`` and of the first
+    ``train_step`` rank 0's parameters and optimizer state are broadcast, so every rank starts from the same point.
+    Each global mini-batch (the one :class:`fastbp.Trainer` would use with the same seed) is split over the ranks;
+    the flat gradient is summed with ONE ``Allreduce`` per step; every rank applies the same update. Schedules,
+    clipping, frozen layers, sample weights, divergence detection, early stopping and the history behave as in
     :class:`fastbp.Trainer`; metrics are reduced over the ranks, so every rank sees the same history.
+
+    ``fit``, ``train_step``, ``evaluate``, ``save`` and ``sync`` are collective: every rank calls each of them, in
+    the same order (``save`` too: rank 0 writes the file). They first check that the ranks agree on the network,
+    the optimizer, this trainer's settings and the call's arguments (for data every rank passes whole, its row
+    count and checksums of a sample of its rows), and raise on every rank when they do not.
 
     Parameters
     ----------
@@ -324,44 +377,102 @@ class Trainer(_Trainer):
         if seed is None:  # every rank must shuffle alike: rank 0 draws the seed (below 2**32, for scikit-learn)
             seed = self.comm.bcast(int(np.random.SeedSequence().entropy % 2**32) if self.rank == 0 else None)
         progress = bool(progress) and self.rank == 0
-        super().__init__(net, optimizer, batch_size=batch_size, seed=seed, progress=progress, **options)
-        if threads == "auto":
+        error = None
+        try:
+            super().__init__(net, optimizer, batch_size=batch_size, seed=seed, progress=progress, **options)
+            if threads is not None and not (isinstance(threads, str) and threads == "auto"):
+                threads = v.check_int(threads, "threads", minimum=1)
+        except Exception as err:
+            error = err
+        _agree(self.comm, error)  # a bad argument on one rank must not leave the others in threads_per_rank
+        if isinstance(threads, str):
             threads = threads_per_rank(self.comm)
-        self.threads = None if threads is None else set_num_threads(v.check_int(threads, "threads", minimum=1))
+        self.threads = None if threads is None else set_num_threads(threads)
+        self._synced = False  # train_step broadcasts rank 0's parameters on its first call only
+
+    def _gradient_buffer(self):
         # The buffer of the all-reduce: the flat gradient, then one slot for the partial loss, so that loss and
         # gradient travel in the same single call (in float32 the summed loss is rounded to float32).
-        self._buffer = np.zeros(net.n_params + 1, dtype=net.dtype)
-        self._grads = self._buffer[:-1]
+        self._buffer = np.zeros(self.net.n_params + 1, dtype=self.net.dtype)
+        return self._buffer[:-1]
 
     # ------------------------------------------------------------------ collective helpers
-    def _fingerprint(self, *extra):
-        net, opt = self.net, self.optimizer
-        return (
-            net.layer_sizes,
-            net.activations,
-            net.output,
-            net.loss,
-            net.l2,
-            net.dtype.name,
-            net.trainable,
-            repr(opt),
-            self.batch_size,
-            self.seed,
-            *extra,
-        )
+    def _guard(self):
+        return abort_on_error(self.comm)
+
+    def _fingerprint(self, sharded, sets, **call):
+        """Everything the ranks must agree on, as {name: value}: what decides the collectives that run and the
+        result (network, optimizer, this trainer's settings), the call's arguments ``call``, and per data set of
+        ``sets`` ((prefix, _Data or None, sample weights given)) its kind of targets and, when every rank passes
+        the whole set, its rows and checksums of a sample of them."""
+        net = self.net
+        fingerprint = {
+            "layer_sizes": tuple(net.layer_sizes),
+            "activations": tuple(net.activations),
+            "output": net.output,
+            "loss": net.loss,
+            "l2": net.l2,
+            "dtype": net.dtype.name,
+            "trainable": tuple(net.trainable),
+            "optimizer": repr(self.optimizer),
+            "batch_size": self.batch_size,
+            "seed": self.seed,
+            "record_deltas": self.record_deltas,
+            "divergence_factor": self.divergence_factor,
+            "early_stopping": self.early_stopping,
+            "restore_best": self.restore_best,
+            "patience": self.patience,
+            "min_delta": self.min_delta,
+            "sharded": sharded,
+            **call,
+        }
+        for prefix, data, weighted in sets:
+            fingerprint[f"{prefix}data"] = "given" if data is not None else None
+            if data is None:
+                continue
+            fingerprint[f"{prefix}sample_weight"] = "given" if weighted else None
+            fingerprint[f"{prefix}targets"] = "class labels" if data.uses_labels else "rows of targets"
+            if not sharded:
+                fingerprint[f"{prefix}rows"] = data.n
+                fingerprint.update(_checksums(data, prefix))
+        return fingerprint
 
     def _agree_on(self, error, counts, fingerprint, what):
-        """All ranks exchange their error (raised on every rank if any), row counts and configuration (which
-        must be equal); returns every rank's counts."""
+        """All ranks exchange their error (raised on every rank if any), row counts and fingerprint (which must
+        be equal: else a ValueError naming the first field that differs, on every rank); returns every rank's
+        counts."""
         payloads = _agree(self.comm, error, (counts, fingerprint))
-        prints = [p[1] for p in payloads]
-        differ = next((r for r, fp in enumerate(prints) if fp != prints[0]), None)
-        if differ is not None:
-            raise ValueError(
-                f"the ranks disagree on {what}: rank 0 has {prints[0]}, rank {differ} has {prints[differ]} (every "
-                "rank must run the same script with the same network, optimizer and arguments)"
-            )
+        first = payloads[0][1]
+        for rank, (_, other) in enumerate(payloads):
+            if other != first:
+                field = next(k for k in {**first, **other} if first.get(k) != other.get(k))
+                raise _everywhere(
+                    ValueError(
+                        f"the ranks disagree on {what}: {field} is {first.get(field)!r} on rank 0 but "
+                        f"{other.get(field)!r} on rank {rank} (every rank must run the same script with the same "
+                        "network, optimizer, trainer settings and arguments)"
+                    )
+                )
         return [p[0] for p in payloads]
+
+    def _agreed_parts(self, what, sharded, check):
+        """Run ``check()`` on every rank: it returns ``(sets, call)``, sets a list of (prefix, _Data or None,
+        sample weights given), call the fingerprint entries of the call's other arguments. Its errors are
+        raised on every rank, and the ranks must agree on the fingerprint; returns the _Parts (or None) of the
+        sets and call."""
+        error = counts = fingerprint = sets = call = None
+        try:
+            sharded = v.check_bool(sharded, "sharded")
+            sets, call = check(sharded)
+            counts = [None if data is None else self._counts(data) for _, data, _ in sets]
+            fingerprint = self._fingerprint(sharded, sets, **call)
+        except Exception as err:
+            error = err
+        counts = self._agree_on(error, counts, fingerprint, what)
+        parts = []
+        for i, (_, data, weighted) in enumerate(sets):
+            parts.append(None if data is None else self._part(data, sharded, [c[i] for c in counts], weighted))
+        return parts, call
 
     def _sync(self):
         """Broadcast rank 0's parameters, optimizer state and step count to every rank."""
@@ -371,6 +482,15 @@ class Trainer(_Trainer):
         opt.t = comm.bcast(opt.t, root=0)
         if state.size:
             comm.Bcast(state, root=0)
+        self._synced = True
+
+    def sync(self):
+        """Broadcast rank 0's parameters and optimizer state (step count included) to every rank. ``fit`` does it
+        when it starts and ``train_step`` on its first call, not on later ones: call ``sync`` (on every rank)
+        after changing the parameters or the optimizer on some ranks only between ``train_step`` calls, for
+        example after loading a checkpoint on rank 0. Collective."""
+        with self._guard():
+            self._sync()
 
     def _any(self, flag):
         """True on every rank when it is True on any rank."""
@@ -381,87 +501,110 @@ class Trainer(_Trainer):
         every rank with MPICH and Open MPI; this per-epoch check (a float64 sum) proves it stays so."""
         digest = np.float64(np.sum(self.net.params, dtype=np.float64)).tobytes()
         if len(set(self.comm.allgather(digest))) > 1:
-            raise RuntimeError("the ranks' parameters differ after an epoch (a non-deterministic all-reduce?)")
+            raise _everywhere(
+                RuntimeError("the ranks' parameters differ after an epoch (a non-deterministic all-reduce?)")
+            )
 
-    def _check_data(self, X, y, sample_weight, names, sharded):
-        """(X, Y2d, labels, sw) checked and converted; with ``sharded`` this rank's part may be empty and its
+    def _check_data(self, X, y, sample_weight, names, sharded=False):
+        """A _Data of checked and converted arrays; with ``sharded`` this rank's part may be empty and its
         weights may sum to 0 (the global sum is checked once the ranks have agreed)."""
         net = self.net
-        if sharded and np.ndim(X) == 2 and np.shape(X)[0] == 0:
-            if np.shape(X)[1] != net.n_in:
-                raise ValueError(
-                    f"{names[0]} must have {net.n_in} columns (the network's input size), got {np.shape(X)}"
-                )
-            empty = np.zeros(0, net.dtype)
-            return np.zeros((0, net.n_in), net.dtype), np.zeros((0, net.n_out), net.dtype), np.zeros(0, np.int64), empty
-        X, Y2d, labels = net.check_batch(X, y, names=names)
-        if sample_weight is None:
-            return X, Y2d, labels, np.zeros(0, net.dtype)
-        if not sharded:
-            return X, Y2d, labels, v.check_sample_weight(sample_weight, X.shape[0], net.dtype)
-        sw = v.as_float_array(sample_weight, "sample_weight", net.dtype, 1)
-        if sw.shape[0] != X.shape[0]:
-            raise ValueError(f"sample_weight has {sw.shape[0]} weights for {X.shape[0]} samples in X")
-        if sw.size and sw.min() < 0:
-            raise ValueError(f"sample_weight must be >= 0, got a minimum of {sw.min():g}")
-        return X, Y2d, labels, sw
+        if sharded and np.ndim(X) == 2 and np.shape(X)[0] == 0:  # a rank may hold no rows of a sharded set
+            X = v.as_float_array(X, names[0], net.dtype, 2)
+            if X.shape[1] != net.n_in:
+                raise ValueError(f"{names[0]} must have {net.n_in} columns (the network's input size), got {X.shape}")
+        else:
+            X = v.check_X(X, net.n_in, net.dtype, name=names[0])
+        allow_labels = net.output == "softmax"
+        Y2d, labels = v.check_targets(y, X.shape[0], net.n_out, net.dtype, allow_labels, name=names[1])
+        sw = v.check_sample_weight(sample_weight, X.shape[0], net.dtype, allow_zero_sum=sharded)
+        # class labels or rows of targets, also for a rank without rows (whose labels and Y2d are both empty)
+        return _Data(X, Y2d, labels, sw, uses_labels=allow_labels and np.ndim(y) == 1)
 
     def _part(self, data, sharded, counts, weighted):
-        """This rank's _Part of validated data ``(X, Y2d, labels, sw)``; counts: every rank's (rows, weight);
-        weighted: sample weights were given (agreed by the ranks)."""
+        """This rank's _Part of ``data``; counts: every rank's (rows, weight); weighted: sample weights were
+        given (agreed by the ranks). Raises on every rank alike."""
         if sharded:
             start = int(sum(c[0] for c in counts[: self.rank]))
             n = int(sum(c[0] for c in counts))
         else:
-            start, n = 0, data[0].shape[0]
+            start, n = 0, data.n
         if weighted and not sum(c[1] for c in counts) > 0:
-            raise ValueError("sample_weight must have a positive sum (all weights are zero)")
-        return _Part(*data, n, start, self.rank, self.size, sharded, weighted)
+            raise _everywhere(ValueError("sample_weight must have a positive sum (all weights are zero)"))
+        return _Part(data, n, start, self.rank, self.size, sharded, weighted)
 
     @staticmethod
     def _counts(data):
-        return data[0].shape[0], float(data[3].sum(dtype=np.float64)) if data[3].size else float(data[0].shape[0])
+        return data.n, float(data.sw.sum(dtype=np.float64)) if data.sw.size else float(data.n)
 
-    # ------------------------------------------------------------------ evaluation
-    def _local_sums(self, X, Y2d, labels, sw):
-        """(summed loss without the L2 term, correct predictions, total weight) over local rows, weighted by the
-        sample weights when given; zeros when there are no rows."""
-        if X.shape[0] == 0:
-            return 0.0, 0.0, 0.0
-        net = self.net
-        with net._lock:
-            net._reserve(min(X.shape[0], max(net._capacity, 1024)))
-            loss_sum, correct = _epoch._evaluate_entry(
-                net._marker,
-                net._entry_network,
-                net._loss_code,
-                net._entry_batch(X, Y2d, labels, sw),
-                net._entry_workspace,
+    # ------------------------------------------------------------------ hooks of fastbp.Trainer
+    def _prepare_fit(self, X, y, epochs, validation_data, validation_split, sample_weight, sharded=False):
+        weighted = sample_weight is not None
+
+        def check(sharded):
+            if sharded and validation_split:
+                raise ValueError(
+                    "validation_split needs the whole data on every rank; with sharded=True give validation_data "
+                    "(each rank's part of it)"
+                )
+            epochs_, train, val = self._check_fit_args(
+                X, y, epochs, validation_data, validation_split, sample_weight, sharded=sharded
             )
-        total = float(sw.sum(dtype=np.float64)) if sw.size else float(X.shape[0])
-        return float(loss_sum), float(correct), total
+            sets = [("", train, weighted), ("validation ", val, weighted and validation_data is None)]
+            return sets, {"epochs": epochs_}
 
-    def _reduced_metrics(self, local):
-        """Loss (with the L2 term) and accuracy over the union of the ranks' ``local`` (X, Y2d, labels, sw),
-        as :meth:`fastbp.Trainer._evaluate` on the whole; the same on every rank. Collective."""
-        sums = np.array(self._local_sums(*local), dtype=np.float64)
+        (train, val), call = self._agreed_parts("fit's arguments", sharded, check)
+        if train.n == 0:
+            raise _everywhere(ValueError("the training data is empty on every rank"))
+        return call["epochs"], train, val
+
+    def _prepare_step(self, X_batch, Y_batch, sample_weight, sharded=False):
+        def check(sharded):
+            data = self._check_data(X_batch, Y_batch, sample_weight, ("X", "Y"), sharded)
+            self._schedule(None)  # a Cosine schedule without total_steps: the same error on every rank
+            return [("", data, sample_weight is not None)], {}
+
+        (part,), _ = self._agreed_parts("train_step's arguments", sharded, check)
+        if part.n == 0:
+            raise _everywhere(ValueError("the batch is empty on every rank"))
+        return part
+
+    def _before_fit(self):
+        self._sync()  # before the schedule is built: a Cosine schedule's length counts rank 0's steps
+
+    def _before_step(self):
+        if not self._synced:
+            self._sync()
+
+    def _sums(self, X, Y2d, labels, sw):
+        """:meth:`fastbp.Trainer._sums` over the union of the ranks' rows: each rank passes its own, every rank
+        gets the totals. Collective."""
+        sums = np.array(super()._sums(X, Y2d, labels, sw), dtype=np.float64)
         self.comm.Allreduce(_mpi().IN_PLACE, sums, op=_mpi().SUM)
-        loss_sum, correct, total = sums
-        net = self.net
-        penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
-        classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
-        return {"loss": loss_sum / total + penalty, "accuracy": correct / total if classifies else None}
+        return tuple(float(x) for x in sums)
 
-    def _reduced_max_loss(self, part):
-        """Divergence limit as :meth:`fastbp.Trainer._max_loss`, from the same rows spread over the global data."""
-        if self.divergence_factor is None:
-            return math.inf
-        rows = np.unique(np.linspace(0, part.n - 1, min(part.n, 1024)).astype(np.int64))
-        X, Y2d, labels, sw = part.take(part.rows(rows))
-        if part.weighted and not self.comm.allreduce(float(sw.sum(dtype=np.float64)), op=_mpi().SUM) > 0:
-            sw = sw[:0]  # as the single-process trainer: rows whose weights are all zero count unweighted
-        return self.divergence_factor * max(self._reduced_metrics((X, Y2d, labels, sw))["loss"], 1.0)
+    def _probe_batch(self, train):
+        """The probe batch of ``record_deltas``, gathered from the ranks, each holding a part of its rows (in rank
+        order: global row order). Collective."""
+        pieces = self.comm.allgather(super()._probe_batch(train))
+        return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
 
+    def _run_epoch(self, data, perm, batch_size, schedule, max_loss):
+        status, loss_sum, steps, comm_time = self._run_steps(data, perm, batch_size, schedule, max_loss)
+        return status, loss_sum, steps, {"comm_time": comm_time}
+
+    def _end_epoch(self, stop):
+        self._check_same_params()
+        return self._any(stop)  # callbacks may disagree: stop when one asks for it on any rank
+
+    def _raise_divergence(self, *args, **kwargs):
+        try:
+            super()._raise_divergence(*args, **kwargs)
+        except DivergenceError as err:  # the all-reduced loss and gradient diverge on every rank alike
+            err.agreed_across_ranks = True
+            raise
+
+    # ------------------------------------------------------------------ public
     def evaluate(self, X, y, sample_weight=None, sharded=False):
         """Mean loss (with the L2 term) and accuracy over a data set, as :meth:`fastbp.Trainer.evaluate`, each rank
         evaluating a part and the sums reduced over the ranks. Collective.
@@ -470,17 +613,66 @@ class Trainer(_Trainer):
         with ``sharded=True`` this rank's rows (the ranks' parts in rank order make the set). Returns
         ``{"loss": float, "accuracy": float or None}``, the same on every rank.
         """
-        error, counts, fingerprint = None, None, None
-        try:
-            data = self._check_data(X, y, sample_weight, ("X", "y"), sharded)
-            counts = self._counts(data)
-            fingerprint = self._fingerprint(bool(sharded), None if sharded else counts, sample_weight is None)
-        except Exception as err:
-            error = err
-        counts = self._agree_on(error, counts, fingerprint, "evaluate's arguments")
-        return self._reduced_metrics(self._part(data, sharded, counts, sample_weight is not None).local())
 
-    # ------------------------------------------------------------------ training
+        def check(sharded):
+            return [("", self._check_data(X, y, sample_weight, ("X", "y"), sharded), sample_weight is not None)], {}
+
+        with self._guard():
+            (part,), _ = self._agreed_parts("evaluate's arguments", sharded, check)
+            if part.n == 0:
+                raise _everywhere(ValueError("the data is empty on every rank"))
+            return self._evaluate(*part.local())
+
+    def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None, sharded=False):
+        """Train for ``epochs`` epochs on every rank; returns the history (also ``trainer.history``), the same on
+        every rank. Collective: every rank calls it with the same arguments.
+
+        X: (n, n_in); y: (n, n_out) targets or (n,) class labels; sample_weight: (n,) or None. By default every
+        rank passes the whole data set and uses its part of each batch: the result equals
+        ``fastbp.Trainer(...).fit(X, y)`` with the same seed (a memory map, ``np.load(path, mmap_mode="r")``,
+        keeps one copy per machine in the page cache when the file holds the network's dtype; otherwise each
+        rank converts it into a private copy). With ``sharded=True`` each rank passes only its rows (for example
+        from :func:`load_shard`; the ranks' parts in rank order make the data set, a part may be empty) and uses
+        the rows of each batch that it holds: the result equals :class:`fastbp.Trainer` on the concatenated
+        parts, though the work per rank then varies from batch to batch. validation_data / validation_split as
+        for :class:`fastbp.Trainer` (with ``sharded=True``, validation_data is this rank's part, and
+        validation_split is refused). Raises DivergenceError on every rank when the loss or gradient stops being
+        finite; errors in the arguments, and arguments or settings that differ between the ranks, are raised on
+        every rank (:class:`RankFailedError` on the ranks whose own arguments were fine).
+        """
+        return self._fit(X, y, epochs, validation_data, validation_split, sample_weight, sharded=sharded)
+
+    def train_step(self, X_batch, Y_batch, sample_weight=None, sharded=False):
+        """One optimizer step on a global batch; returns the batch loss (float), the same on every rank.
+
+        X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None: the whole batch on
+        every rank (each rank computes its part), or with ``sharded=True`` this rank's rows of it. Collective;
+        checks and divergence handling as :meth:`fastbp.Trainer.train_step`. The first call broadcasts rank 0's
+        parameters and optimizer state, later calls do not: after changing them on some ranks only, call
+        :meth:`sync`.
+        """
+        return self._train_step(X_batch, Y_batch, sample_weight, sharded=sharded)
+
+    def save(self, path, extras=None):
+        """Checkpoint as :meth:`fastbp.Trainer.save`. Collective: EVERY rank calls it; rank 0 writes the file (the
+        ranks hold the same parameters) and the others wait for its result, so that a failure to write is raised
+        on every rank. Calling it on rank 0 only (``if rank == 0: trainer.save(...)``) puts the ranks' collective
+        calls out of step: the next collective call fails (the job is aborted) or hangs. Returns the path."""
+        with self._guard():
+            error = None
+            if self.rank == 0:
+                try:
+                    super().save(path, extras=extras)
+                except Exception as err:
+                    error = err
+            message = self.comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=0)
+            if error is not None:
+                raise _everywhere(error)
+            if message is not None:
+                raise _everywhere(RankFailedError(f"rank 0 could not write the checkpoint: {message}"))
+        return path
+
+    # ------------------------------------------------------------------ the step loop
     def _batch_weights(self, part, perm, batch_size):
         """Total sample weight of each global batch of ``perm`` (float64, one per step), summed over the ranks
         with one all-reduce per epoch; None without sample weights."""
@@ -504,24 +696,20 @@ class Trainer(_Trainer):
         buffer, grads, sq_norms = self._buffer, self._grads, self._sq_norms
         layout, n_in, n_out = net._layout, net.n_in, net.n_out
         update, learning_rate, grad_norms = _kopt._update, _kopt._learning_rate, _kopt._grad_norms
-        X, Y2d, labels, sw = part.X, part.Y2d, part.labels, part.sw
+        X, Y2d, labels, sw = part.arrays()
         batch_weights = self._batch_weights(part, perm, batch_size)
         n = perm.shape[0]
+        # The most rows of a batch this rank computes: its part of a replicated batch, at most ceil(m / ranks)
+        # rows; all of a sharded batch's rows, up to its shard's size.
+        rows_max = max(1, min(batch_size, X.shape[0]) if part.sharded else -(-batch_size // part.size))
         loss_sum, steps, status, comm_time = 0.0, 0, _epoch.OK, 0.0
         with net._lock:
-            state = opt.init_state(net.n_params, net.dtype)
-            self._reserve(batch_size)
-            sq_norms[:] = 0.0
+            state = self._begin_run(rows_max)
             params, spare = net.params, self._spare
-            for l, trainable in enumerate(net.trainable):
-                if not trainable:  # frozen layers: the update never writes them, both buffers must hold them
-                    start, stop = net.layer_range(l)
-                    spare[start:stop] = params[start:stop]
-            Xb = self._Xb[: batch_size * n_in].reshape(batch_size, n_in)
-            Yb = self._Yb[: batch_size * n_out].reshape(batch_size, n_out)
-            lb = self._lb
-            swb = np.empty(batch_size, dtype=net.dtype)
-            entry = {id(b): (b.ctypes.data, net.n_params, layout.ctypes.data, net.n_layers) for b in (params, spare)}
+            Xb = self._Xb[: rows_max * n_in].reshape(rows_max, n_in)
+            Yb = self._Yb[: rows_max * n_out].reshape(rows_max, n_out)
+            lb, swb = self._lb, self._swb
+            entry = {id(b): net._entry_params(b) for b in (params, spare)}
             cur, nxt = params, spare
             marker, loss_code, workspace, p_grads, l2 = (
                 net._marker,
@@ -596,175 +784,17 @@ class Trainer(_Trainer):
         opt.t += steps
         return status, loss_sum, steps, comm_time
 
-    def _validated(self, X, y, sample_weight, validation_data, validation_split, sharded, epochs=1):
-        """Checks and conversions of fit's arguments, agreed over the ranks; returns (train _Part, val _Part or
-        None)."""
-        error, counts, fingerprint, val = None, None, None, None
-        try:
-            epochs = v.check_int(epochs, "epochs", minimum=1)
-            data = self._check_data(X, y, sample_weight, ("X", "y"), sharded)
-            validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
-            if validation_split >= 1.0:
-                raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-            if validation_data is not None and validation_split:
-                raise ValueError("give validation_data or validation_split, not both")
-            if validation_split and sharded:
-                raise ValueError(
-                    "validation_split needs the whole data on every rank; with sharded=True give validation_data "
-                    "(each rank's part of it)"
-                )
-            if validation_data is not None:
-                if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                    raise TypeError("validation_data must be a pair (X_val, y_val)")
-                names = ("validation_data[0]", "validation_data[1]")
-                val = self._check_data(*validation_data, None, names, sharded)
-            elif validation_split:
-                *data, val = self._split(*data, validation_split)
-            counts = (self._counts(data), None if val is None else self._counts(val))
-            shape = None if sharded else counts
-            fingerprint = self._fingerprint(bool(sharded), shape, val is not None, sample_weight is None, epochs)
-        except Exception as err:
-            error = err
-        counts = self._agree_on(error, counts, fingerprint, "fit's arguments")
-        weighted = sample_weight is not None
-        train = self._part(data, sharded, [c[0] for c in counts], weighted)
-        if train.n == 0:
-            raise ValueError("the training data is empty on every rank")
-        if val is None:
-            return train, None
-        return train, self._part(val, sharded, [c[1] for c in counts], weighted and bool(validation_split))
-
-    def _probe(self, part):
-        """The fixed probe batch of ``record_deltas`` (as :meth:`fastbp.Trainer.fit`: up to 256 rows spread over
-        the data), gathered from the ranks that hold its rows when sharded. Collective when sharded."""
-        rows = np.unique(np.linspace(0, part.n - 1, min(part.n, 256)).astype(np.int64))
-        if part.sharded:
-            X, Y2d, labels, _ = part.take(rows[(rows >= part.start) & (rows < part.stop)] - part.start)
-            pieces = self.comm.allgather((X, labels if labels.size else Y2d))  # in rank order: global row order
-            return np.concatenate([p[0] for p in pieces]), np.concatenate([p[1] for p in pieces])
-        return part.X[rows], (part.labels[rows] if part.labels.size else part.Y2d[rows])
-
-    def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None, sharded=False):
-        """Train for ``epochs`` epochs on every rank; returns the history (also ``trainer.history``), the same on
-        every rank. Collective: every rank calls it with the same arguments.
-
-        X: (n, n_in); y: (n, n_out) targets or (n,) class labels; sample_weight: (n,) or None. By default every
-        rank passes the whole data set (a memory map, ``np.load(path, mmap_mode="r")``, keeps one copy per
-        machine in the page cache) and uses its part of each batch: the result equals
-        ``fastbp.Trainer(...).fit(X, y)`` with the same seed. With ``sharded=True`` each rank passes only its
-        rows (for example from :func:`load_shard`; the ranks' parts in rank order make the data set) and uses the
-        rows of each batch that it holds: the result equals :class:`fastbp.Trainer` on the concatenated parts,
-        though the work per rank then varies from batch to batch. validation_data / validation_split as for
-        :class:`fastbp.Trainer` (with ``sharded=True``, validation_data is this rank's part, and
-        validation_split is refused). Raises DivergenceError on every rank when the loss or gradient stops being
-        finite; errors in the arguments are raised on every rank (:class:`RankFailedError` on the ranks whose
-        own arguments were fine).
-        """
-        net, opt = self.net, self.optimizer
-        train, val = self._validated(X, y, sample_weight, validation_data, validation_split, sharded, epochs)
-        n = train.n
-        schedule = self._schedule(opt.t + epochs * math.ceil(n / self.batch_size))
-        self._sync()
-        np.copyto(self._spare, net.params)
-        history = self.history = {}
-        record_deltas = getattr(self, "record_deltas", False)
-        monitor = "val_loss" if val is not None else "loss"
-        best, best_params, wait = math.inf, None, 0
-        diverged = None
-        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
-        with abort_on_error(self.comm):  # from here on, a failure on one rank must not leave the others waiting
-            max_loss = self._reduced_max_loss(train)
-            probe = self._probe(train) if record_deltas else None
-            for epoch in bar:
-                start = time.perf_counter()
-                perm = self._rng.permutation(n).astype(np.int64)
-                status, loss_sum, steps, comm_time = self._run_steps(train, perm, self.batch_size, schedule, max_loss)
-                if status != _epoch.OK:
-                    diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size))
-                    break
-                logs = {
-                    "loss": loss_sum / n,
-                    "grad_norm": np.sqrt(self._sq_norms / steps).tolist(),
-                    "lr": schedule(opt.lr, opt.t - 1),
-                }
-                if record_deltas:
-                    from . import reference
-
-                    logs["delta_norm"] = [float(np.linalg.norm(d)) for d in reference.deltas(net, *probe)]
-                if val is not None:
-                    result = self._reduced_metrics(val.local())
-                    logs["val_loss"] = result["loss"]
-                    if result["accuracy"] is not None:
-                        logs["val_accuracy"] = result["accuracy"]
-                logs["epoch_time"] = time.perf_counter() - start
-                logs["comm_time"] = comm_time
-                for key, value in logs.items():
-                    history.setdefault(key, []).append(value)
-                bar.set_postfix({k: f"{x:.4g}" for k, x in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
-                stop = any([bool(cb(self, epoch, logs)) for cb in self.callbacks])
-                if self.early_stopping:  # the monitored losses are reduced: every rank decides alike
-                    if logs[monitor] < best - self.min_delta:
-                        best, wait = logs[monitor], 0
-                        if self.restore_best:
-                            best_params = net.params.copy()
-                    else:
-                        wait += 1
-                        stop = stop or wait >= self.patience
-                self._check_same_params()
-                if self._any(stop):
-                    break
-        bar.close()
-        if diverged is not None:
-            self._raise_divergence(*diverged, max_loss)
-        if best_params is not None:
-            net.params[:] = best_params
-        return history
-
-    def train_step(self, X_batch, Y_batch, sample_weight=None, sharded=False):
-        """One optimizer step on a global batch; returns the batch loss (float), the same on every rank.
-
-        X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None: the whole batch on
-        every rank (each rank computes its part), or with ``sharded=True`` this rank's rows of it. Collective;
-        checks and divergence handling as :meth:`fastbp.Trainer.train_step`.
-        """
-        schedule = self._schedule(None)  # the same error on every rank (a Cosine schedule without total_steps)
-        part, _ = self._validated(X_batch, Y_batch, sample_weight, None, 0.0, sharded)
-        self._sync()
-        with abort_on_error(self.comm):
-            if self._step_max_loss is None:
-                self._step_max_loss = self._reduced_max_loss(part)
-            perm = np.arange(part.n, dtype=np.int64)
-            status, loss_sum, steps, _ = self._run_steps(part, perm, part.n, schedule, self._step_max_loss)
-        if status != _epoch.OK:
-            where = f"at step {self.optimizer.t + 1}"
-            self._raise_divergence(status, where, loss_sum, steps, part.n, self._step_max_loss)
-        return loss_sum / part.n
-
-    def save(self, path, extras=None):
-        """Checkpoint as :meth:`fastbp.Trainer.save`, written by rank 0 only (the ranks hold the same
-        parameters); a failure to write is raised on every rank. Collective. Returns the path."""
-        error = None
-        if self.rank == 0:
-            try:
-                super().save(path, extras=extras)
-            except Exception as err:
-                error = err
-        message = self.comm.bcast(None if error is None else f"{type(error).__name__}: {error}", root=0)
-        if error is not None:
-            raise error
-        if message is not None:
-            raise RankFailedError(f"rank 0 could not write the checkpoint: {message}")
-        return path
-
 
 # -------------------------------------------------------------------------------------------- command line
 def run_cli(train, args):
     """``fastbp train --distributed``: run the CLI's train command ``train(args, trainer_cls=...)`` on this rank.
 
     Sets this rank's threads (``--threads``, else :func:`threads_per_rank`), keeps standard output, plots and
-    JSON to rank 0, and turns a failure on one rank into an abort of the job (the error printed by the rank
-    that failed); errors every rank raises together (divergence, checks agreed over the ranks) end every rank
-    normally with exit code 1, printed by rank 0 only.
+    JSON to rank 0, and turns a failure on one rank into an abort of the job (the error printed by the rank that
+    failed). Errors that every rank raises together (divergence, argument checks agreed over the ranks, ranks
+    that disagree) end every rank normally with exit code 1, printed once, by rank 0. An error that several
+    ranks raise on their own (for example an unwritable --output, checked on every rank before training) is
+    printed by each of them before the job is aborted.
     """
     MPI = _mpi()
     comm = MPI.COMM_WORLD
@@ -772,22 +802,17 @@ def run_cli(train, args):
     try:
         if args.threads is None:
             args.threads = threads_per_rank(comm)
-        if rank != 0:
+        if rank != 0:  # the progress bar shows on rank 0 only (Trainer)
             args.plot = args.json = None
-            args.no_progress = True
             sys.stdout = open(os.devnull, "w")  # lives as long as the process
         return train(args, trainer_cls=functools.partial(Trainer, comm=comm, threads=None))
-    except (DivergenceError, RankFailedError) as err:
-        if rank == 0 and not isinstance(err, RankFailedError):
-            print(f"fastbp train: error: {err}", file=sys.stderr)
-        return 1
     except (Exception, KeyboardInterrupt) as err:
-        if getattr(err, "agreed_across_ranks", False):  # every rank raised: no abort needed
-            print(f"fastbp train: error (rank {rank} of {comm.Get_size()}): {err}", file=sys.stderr)
+        if _is_agreed(err):  # raised on every rank: nobody waits, no abort needed; rank 0 tells
+            if rank == 0:
+                print(f"fastbp train: error: {err}", file=sys.stderr)
             return 1
         if isinstance(err, (ValueError, TypeError, OSError, EOFError)):
-            print(f"fastbp train: error (rank {rank} of {comm.Get_size()}): {err}", file=sys.stderr)
-            sys.stderr.flush()
+            text = f"fastbp train: error (rank {rank} of {comm.Get_size()}): {err}; aborting every rank\n"
         else:
-            _report(err, comm)
-        comm.Abort(1)
+            text = _failure_text(err, comm)
+        _abort(comm, 1, text)

@@ -153,7 +153,7 @@ class MLP:
         self._capacity = 0
         self._acts = self._delta_a = self._delta_b = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
-        self._entry_network = (self._params.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
+        self._entry_network = self._entry_params(self._params)
 
     @property
     def layout(self):
@@ -248,6 +248,11 @@ class MLP:
             f"MLP({list(self.layer_sizes)}, activation={list(self.activations)!r}, output={self.output!r}, "
             f"loss={self.loss!r}, l2={self.l2}, dtype={self.dtype.name!r})"
         )
+
+    def _entry_params(self, flat):
+        """The network as the compiled entry points take it, with the parameters read from ``flat`` (params or a
+        C-contiguous array of the same size and dtype, such as a trainer's spare copy)."""
+        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):

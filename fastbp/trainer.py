@@ -1,5 +1,6 @@
 """The trainer: a thin Python loop over epochs around the compiled epoch kernel."""
 
+import contextlib
 import math
 import time
 
@@ -21,6 +22,44 @@ _NO_WEIGHTS = np.zeros(0)  # unit sample weights (an empty array: the kernels' f
 
 def _address(a):
     return a.ctypes.data if a.size else 0
+
+
+def _spread(n, count):
+    """Up to ``count`` row indices spread evenly over n rows (int64, sorted, unique): the first and last row
+    included, so that sorted data still gives representative rows."""
+    return np.unique(np.linspace(0, n - 1, min(n, count)).astype(np.int64))
+
+
+class _Data:
+    """A validated data set as the kernels take it: X (n, n_in); Y2d (n, n_out) targets, or an empty (0, n_out)
+    array beside labels (n,) int64 class labels (else labels is empty); sw (n,) sample weights, or empty for unit
+    weights. The distributed trainer's subclass holds one rank's part of a data set (``rows`` maps a global batch
+    to the local rows of this part); here the part is the whole set."""
+
+    def __init__(self, X, Y2d, labels, sw, uses_labels=None):
+        self.X, self.Y2d, self.labels, self.sw = X, Y2d, labels, sw
+        self.n = X.shape[0]
+        self.weighted = bool(sw.size)
+        self.uses_labels = bool(labels.size) if uses_labels is None else uses_labels
+
+    def arrays(self):
+        return self.X, self.Y2d, self.labels, self.sw
+
+    def local(self):
+        """This part's rows of the whole set, (X, Y2d, labels, sw): here every row."""
+        return self.arrays()
+
+    def rows(self, batch):
+        """Local row indices (int64) of this part's rows of the global rows ``batch``: here all of them."""
+        return batch
+
+    def take(self, rows):
+        """(X, Y2d, labels, sw) of the local ``rows`` (indices or a slice), contiguous."""
+        X = np.ascontiguousarray(self.X[rows])
+        Y2d = self.Y2d if self.labels.size else np.ascontiguousarray(self.Y2d[rows])
+        labels = np.ascontiguousarray(self.labels[rows]) if self.labels.size else self.labels
+        sw = np.ascontiguousarray(self.sw[rows]) if self.sw.size else self.sw
+        return X, Y2d, labels, sw
 
 
 class Trainer:
@@ -98,11 +137,15 @@ class Trainer:
         self._rows = 0
         dtype = net.dtype
         self._spare = net.params.copy()
-        self._grads = np.zeros(net.n_params, dtype=dtype)
+        self._grads = self._gradient_buffer()
         self._sq_norms = np.zeros(net.n_layers)
         self.optimizer.init_state(net.n_params, dtype)
 
     # ------------------------------------------------------------------ buffers
+    def _gradient_buffer(self):
+        """The flat gradient buffer the steps write (called once, by the constructor)."""
+        return np.zeros(self.net.n_params, dtype=self.net.dtype)
+
     def _reserve(self, rows):
         net = self.net
         net._reserve(rows)
@@ -121,15 +164,7 @@ class Trainer:
         # Everything that may replace a buffer whose address the kernel gets happens under the network's lock,
         # so no other call on this network can be running in those buffers.
         with net._lock:
-            state = opt.init_state(net.n_params, net.dtype)
-            self._reserve(batch_size)
-            self._sq_norms[:] = 0.0
-            # spare keeps the parameters before the previous step (the fallback on divergence); frozen layers,
-            # which the update never writes, must equal the current ones (layers may be frozen between calls)
-            for l, trainable in enumerate(net.trainable):
-                if not trainable:
-                    start, stop = net.layer_range(l)
-                    self._spare[start:stop] = net.params[start:stop]
+            state = self._begin_run(batch_size)
             status, loss_sum, steps = _epoch._train_epoch_entry(
                 net._marker,
                 net._entry_network,
@@ -163,6 +198,29 @@ class Trainer:
         opt.t += steps
         return status, loss_sum, steps
 
+    def _begin_run(self, rows):
+        """Before a run of steps on batches of up to ``rows`` rows, under the network's lock: the optimizer's state
+        (returned), the buffers, zeroed gradient norms, and the spare parameters' frozen layers."""
+        net = self.net
+        state = self.optimizer.init_state(net.n_params, net.dtype)
+        self._reserve(rows)
+        self._sq_norms[:] = 0.0
+        # spare keeps the parameters before the previous step (the fallback on divergence); frozen layers, which the
+        # update never writes, must equal the current ones (layers may be frozen between calls)
+        for l, trainable in enumerate(net.trainable):
+            if not trainable:
+                start, stop = net.layer_range(l)
+                self._spare[start:stop] = net.params[start:stop]
+        return state
+
+    def _run_epoch(self, data, perm, batch_size, schedule, max_loss):
+        """The steps over global rows ``perm`` of ``data`` (a _Data) in batches of ``batch_size``. Returns (status,
+        loss_sum, steps, logs): logs, extra history entries of the run (none here)."""
+        status, loss_sum, steps = self._run(
+            data.X, data.Y2d, data.labels, perm, batch_size, schedule, max_loss, data.sw
+        )
+        return status, loss_sum, steps, {}
+
     def _raise_divergence(self, status, where, loss_sum, steps, samples, max_loss=math.inf):
         if status == _epoch.LOSS_TOO_LARGE:
             what = f"the loss exceeded {max_loss:.3g} ({self.divergence_factor:g} times its initial value, at least 1)"
@@ -180,19 +238,72 @@ class Trainer:
             f"learning rate (now {self.optimizer.lr:g}) or set clip_norm."
         )
 
-    def _max_loss(self, X, Y2d, labels, sw=_NO_WEIGHTS):
+    def _max_loss(self, data):
         """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to 1024 rows spread evenly
-        over the data (not the first rows: sorted data would give an unrepresentative reference)."""
+        over the data set ``data`` (not the first rows: sorted data would give an unrepresentative reference)."""
         if self.divergence_factor is None:
             return math.inf
-        rows = np.unique(np.linspace(0, X.shape[0] - 1, min(X.shape[0], 1024)).astype(np.int64))
-        Y_rows = Y2d[rows] if Y2d.shape[0] else Y2d
-        labels_rows = labels[rows] if labels.size else labels
-        sw_rows = sw[rows] if sw.size else sw
-        if sw_rows.size and not sw_rows.sum() > 0:
-            sw_rows = _NO_WEIGHTS
-        initial = self._evaluate(np.ascontiguousarray(X[rows]), Y_rows, labels_rows, sw_rows)["loss"]
-        return self.divergence_factor * max(initial, 1.0)
+        X, Y2d, labels, sw = data.take(data.rows(_spread(data.n, 1024)))
+        sums = self._sums(X, Y2d, labels, sw)
+        if data.weighted and not sums[2] > 0:  # these rows' weights are all zero: count them unweighted
+            sums = self._sums(X, Y2d, labels, sw[:0])
+        return self.divergence_factor * max(self._metrics(sums)["loss"], 1.0)
+
+    # ------------------------------------------------------------------ hooks of fit and train_step
+    # fastbp.distributed.Trainer overrides these to agree on the arguments over the ranks, synchronise them, and
+    # reduce what the ranks compute; here they are the single-process steps.
+    def _guard(self):
+        """Context of the work of fit and train_step (the distributed trainer: abort every rank on an error)."""
+        return contextlib.nullcontext()
+
+    def _check_data(self, X, y, sample_weight, names):
+        """A _Data of fit's, train_step's or evaluate's arrays, checked and converted."""
+        X, Y2d, labels = self.net.check_batch(X, y, names=names)
+        return _Data(X, Y2d, labels, v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype))
+
+    def _check_fit_args(self, X, y, epochs, validation_data, validation_split, sample_weight, **options):
+        """fit's arguments checked: (epochs, train _Data, validation _Data or None). options go to _check_data."""
+        epochs = v.check_int(epochs, "epochs", minimum=1)
+        train = self._check_data(X, y, sample_weight, ("X", "y"), **options)
+        validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
+        if validation_split >= 1.0:
+            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
+        if validation_data is not None and validation_split:
+            raise ValueError("give validation_data or validation_split, not both")
+        val = None
+        if validation_data is not None:
+            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
+                raise TypeError("validation_data must be a pair (X_val, y_val)")
+            val = self._check_data(*validation_data, None, ("validation_data[0]", "validation_data[1]"), **options)
+        elif validation_split:
+            *arrays, held = self._split(*train.arrays(), validation_split)
+            train, val = _Data(*arrays), _Data(*held)
+        return epochs, train, val
+
+    def _prepare_fit(self, X, y, epochs, validation_data, validation_split, sample_weight):
+        """(epochs, train, val) of fit's arguments: train and val (or None) as _run_epoch and _evaluate take them."""
+        return self._check_fit_args(X, y, epochs, validation_data, validation_split, sample_weight)
+
+    def _prepare_step(self, X_batch, Y_batch, sample_weight):
+        """train_step's batch as a _Data."""
+        return self._check_data(X_batch, Y_batch, sample_weight, ("X", "Y"))
+
+    def _before_fit(self):
+        """After the checks of fit, before its schedule is built (the distributed trainer synchronises here)."""
+
+    def _before_step(self):
+        """After the checks of train_step, before its step."""
+
+    def _probe_batch(self, train):
+        """The fixed probe batch of ``record_deltas``: up to 256 rows spread over the training data, as
+        (X, labels or Y2d)."""
+        X, Y2d, labels, _ = train.take(train.rows(_spread(train.n, 256)))
+        return X, (labels if train.uses_labels else Y2d)
+
+    def _end_epoch(self, stop):
+        """After an epoch's history and callbacks; ``stop``: a callback or early stopping asks to stop. Returns
+        whether to stop."""
+        return stop
 
     # ------------------------------------------------------------------ public
     def train_step(self, X_batch, Y_batch, sample_weight=None):
@@ -201,13 +312,17 @@ class Trainer:
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None (the batch loss is then
         the weighted mean). Same checks and divergence handling as ``fit``.
         """
-        X, Y2d, labels = self.net.check_batch(X_batch, Y_batch)
-        sw = v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype)
-        m = X.shape[0]
-        if self._step_max_loss is None:  # the first train_step sets the reference for divergence
-            self._step_max_loss = self._max_loss(X, Y2d, labels, sw)
-        perm = np.arange(m, dtype=np.int64)
-        status, loss_sum, steps = self._run(X, Y2d, labels, perm, m, self._schedule(None), self._step_max_loss, sw)
+        return self._train_step(X_batch, Y_batch, sample_weight)
+
+    def _train_step(self, X_batch, Y_batch, sample_weight, **options):
+        with self._guard():
+            data = self._prepare_step(X_batch, Y_batch, sample_weight, **options)
+            self._before_step()
+            m = data.n
+            if self._step_max_loss is None:  # the first train_step sets the reference for divergence
+                self._step_max_loss = self._max_loss(data)
+            perm = np.arange(m, dtype=np.int64)
+            status, loss_sum, steps, _ = self._run_epoch(data, perm, m, self._schedule(None), self._step_max_loss)
         if status != _epoch.OK:
             self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m, self._step_max_loss)
         return loss_sum / m
@@ -232,6 +347,13 @@ class Trainer:
         return self._evaluate(X, Y2d, labels, v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype))
 
     def _evaluate(self, X, Y2d, labels, sw=_NO_WEIGHTS):
+        return self._metrics(self._sums(X, Y2d, labels, sw))
+
+    def _sums(self, X, Y2d, labels, sw):
+        """(summed loss without the L2 term, correct predictions, total weight) over the rows, weighted by the
+        sample weights when given (total: their sum, else the row count); zeros without rows."""
+        if X.shape[0] == 0:
+            return 0.0, 0.0, 0.0
         net = self.net
         with net._lock:
             net._reserve(min(X.shape[0], max(net._capacity, 1024)))
@@ -243,9 +365,15 @@ class Trainer:
                 net._entry_workspace,
             )
         total = float(sw.sum(dtype=np.float64)) if sw.size else X.shape[0]
+        return loss_sum, correct, total
+
+    def _metrics(self, sums):
+        """{"loss": mean loss with the L2 term, "accuracy": float or None} from _sums' (loss, correct, total)."""
+        loss_sum, correct, total = sums
+        net = self.net
         penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
         classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
-        return {"loss": loss_sum / total + penalty, "accuracy": correct / total if classifies else None}
+        return {"loss": float(loss_sum / total + penalty), "accuracy": float(correct / total) if classifies else None}
 
     def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None):
         """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
@@ -256,72 +384,62 @@ class Trainer:
         Raises DivergenceError when the loss or gradient stops being finite (parameters of the last finite step
         are kept).
         """
-        net = self.net
-        epochs = v.check_int(epochs, "epochs", minimum=1)
-        X, Y2d, labels = net.check_batch(X, y, names=("X", "y"))
-        sw = v.check_sample_weight(sample_weight, X.shape[0], net.dtype)
-        validation_split = v.check_float(validation_split, "validation_split", minimum=0.0)
-        if validation_split >= 1.0:
-            raise ValueError(f"validation_split must be in [0, 1), got {validation_split}")
-        if validation_data is not None and validation_split:
-            raise ValueError("give validation_data or validation_split, not both")
-        val = None
-        if validation_data is not None:
-            if not isinstance(validation_data, (tuple, list)) or len(validation_data) != 2:
-                raise TypeError("validation_data must be a pair (X_val, y_val)")
-            val = net.check_batch(*validation_data, names=("validation_data[0]", "validation_data[1]"))
-        elif validation_split:
-            X, Y2d, labels, sw, val = self._split(X, Y2d, labels, sw, validation_split)
+        return self._fit(X, y, epochs, validation_data, validation_split, sample_weight)
 
-        n = X.shape[0]
-        steps_per_epoch = math.ceil(n / self.batch_size)
-        schedule = self._schedule(self.optimizer.t + epochs * steps_per_epoch)
-        np.copyto(self._spare, net.params)
-        max_loss = self._max_loss(X, Y2d, labels, sw)
-        history = self.history = {}  # a new history per fit call, as Keras returns
-        if self.record_deltas:  # the probe batch of delta_norm: fixed rows, spread over the data
-            probe = np.unique(np.linspace(0, n - 1, min(n, 256)).astype(np.int64))
-            probe = (X[probe], labels[probe] if labels.size else Y2d[probe])
-        monitor = "val_loss" if val is not None else "loss"
-        best, best_params, wait = math.inf, None, 0
-        bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
-        for epoch in bar:
-            start = time.perf_counter()
-            perm = self._rng.permutation(n).astype(np.int64)
-            status, loss_sum, steps = self._run(X, Y2d, labels, perm, self.batch_size, schedule, max_loss, sw)
-            if status != _epoch.OK:
-                bar.close()
-                self._raise_divergence(
-                    status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size), max_loss
-                )
-            logs = {
-                "loss": loss_sum / n,
-                "grad_norm": np.sqrt(self._sq_norms / steps).tolist(),
-                "lr": schedule(self.optimizer.lr, self.optimizer.t - 1),
-            }
-            if self.record_deltas:
-                logs["delta_norm"] = [float(np.linalg.norm(d)) for d in reference.deltas(net, *probe)]
-            if val is not None:
-                result = self._evaluate(*val)
-                logs["val_loss"] = result["loss"]
-                if result["accuracy"] is not None:
-                    logs["val_accuracy"] = result["accuracy"]
-            logs["epoch_time"] = time.perf_counter() - start
-            for key, value in logs.items():
-                history.setdefault(key, []).append(value)
-            bar.set_postfix({k: f"{val_:.4g}" for k, val_ in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
-            stop = any([bool(cb(self, epoch, logs)) for cb in self.callbacks])  # every callback sees every epoch
-            if self.early_stopping:
-                if logs[monitor] < best - self.min_delta:
-                    best, wait = logs[monitor], 0
-                    if self.restore_best:
-                        best_params = net.params.copy()
-                else:
-                    wait += 1
-                    stop = stop or wait >= self.patience
-            if stop:
-                break
-        bar.close()
+    def _fit(self, X, y, epochs, validation_data, validation_split, sample_weight, **options):
+        net, opt = self.net, self.optimizer
+        with self._guard():
+            epochs, train, val = self._prepare_fit(
+                X, y, epochs, validation_data, validation_split, sample_weight, **options
+            )
+            self._before_fit()
+            n = train.n
+            schedule = self._schedule(opt.t + epochs * math.ceil(n / self.batch_size))
+            np.copyto(self._spare, net.params)
+            max_loss = self._max_loss(train)
+            history = self.history = {}  # a new history per fit call, as Keras returns
+            probe = self._probe_batch(train) if self.record_deltas else None
+            monitor = "val_loss" if val is not None else "loss"
+            best, best_params, wait, diverged = math.inf, None, 0, None
+            bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
+            for epoch in bar:
+                start = time.perf_counter()
+                perm = self._rng.permutation(n).astype(np.int64)
+                status, loss_sum, steps, extra = self._run_epoch(train, perm, self.batch_size, schedule, max_loss)
+                if status != _epoch.OK:
+                    diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size))
+                    break
+                logs = {
+                    "loss": loss_sum / n,
+                    "grad_norm": np.sqrt(self._sq_norms / steps).tolist(),
+                    "lr": schedule(opt.lr, opt.t - 1),
+                }
+                if self.record_deltas:
+                    logs["delta_norm"] = [float(np.linalg.norm(d)) for d in reference.deltas(net, *probe)]
+                if val is not None:
+                    result = self._evaluate(*val.local())
+                    logs["val_loss"] = result["loss"]
+                    if result["accuracy"] is not None:
+                        logs["val_accuracy"] = result["accuracy"]
+                logs["epoch_time"] = time.perf_counter() - start
+                logs.update(extra)
+                for key, value in logs.items():
+                    history.setdefault(key, []).append(value)
+                bar.set_postfix({k: f"{x:.4g}" for k, x in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
+                stop = any([bool(cb(self, epoch, logs)) for cb in self.callbacks])  # every callback sees every epoch
+                if self.early_stopping:
+                    if logs[monitor] < best - self.min_delta:
+                        best, wait = logs[monitor], 0
+                        if self.restore_best:
+                            best_params = net.params.copy()
+                    else:
+                        wait += 1
+                        stop = stop or wait >= self.patience
+                if self._end_epoch(stop):
+                    break
+            bar.close()
+        if diverged is not None:
+            self._raise_divergence(*diverged, max_loss)
         if best_params is not None:
             net.params[:] = best_params
         return history

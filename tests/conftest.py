@@ -25,6 +25,9 @@ HAND_RTOL = 1e-14
 #: amplified by the training dynamics; 1e-11 leaves room for that, while a lost row, a wrong share or a missed
 #: L2 term is off by 1e-3 or more.
 DIST_RTOL = 1e-11
+#: The same in float32 (2 and 3 ranks, Adam, 2 epochs): the sums' order changes the float32 rounding of each step,
+#: measured 2.5e-8 relative (about half an ulp, 6e-8); 1e-5 leaves room, a lost row or a wrong share is 1e-3 or more.
+DIST_RTOL_FLOAT32 = 1e-5
 
 #: fastbp.sklearn against scikit-learn's own estimator, same hyper-parameters, initialisation and shuffling: the
 #: same arithmetic up to BLAS blocking and the order of the fused sums, over a few epochs of training (which can

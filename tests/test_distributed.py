@@ -1,10 +1,12 @@
-"""fastbp.distributed: data-parallel training over 2 MPI ranks (launched with mpiexec under a timeout) equals
-single-process training on the same global batches; a failing rank ends the job at once; data shards."""
+"""fastbp.distributed: data-parallel training over 2 and 3 MPI ranks (launched with mpiexec under a timeout) equals
+single-process training on the same global batches; a failing rank ends the job at once; the ranks agree on their
+settings and data; data shards."""
 
 import gzip
 import itertools
 import json
 import os
+import pickle
 import re
 import signal
 import subprocess
@@ -14,7 +16,7 @@ import zipfile
 
 import numpy as np
 import pytest
-from conftest import DIST_RTOL, rel_err
+from conftest import DIST_RTOL, DIST_RTOL_FLOAT32, rel_err
 
 import fastbp
 from fastbp import distributed
@@ -63,27 +65,51 @@ def mpirun(args, n=2, cwd=None, timeout=TIMEOUT):
     return subprocess.CompletedProcess(command, proc.returncode, out, err), time.perf_counter() - start
 
 
-@pytest.fixture(scope="module")
-def two_ranks(tmp_path_factory):
-    """Every configuration of distributed_worker trained on 2 ranks (one mpiexec run), as a dict of arrays."""
+def _equal_run(tmp_path_factory, ranks):
+    """Every configuration of distributed_worker for ``ranks`` ranks, trained in one mpiexec run: a dict of arrays."""
     out = tmp_path_factory.mktemp("mpi") / "equal.npz"
-    proc, _ = mpirun([sys.executable, WORKER, "equal", str(out)])
+    proc, _ = mpirun([sys.executable, "-m", "mpi4py", WORKER, "equal", str(out)], n=ranks)
     assert proc.returncode == 0, proc.stderr
     with np.load(out) as data:
         return dict(data)
 
 
+@pytest.fixture(scope="module")
+def two_ranks(tmp_path_factory):
+    return _equal_run(tmp_path_factory, 2)
+
+
+@pytest.fixture(scope="module")
+def three_ranks(tmp_path_factory):
+    return _equal_run(tmp_path_factory, 3)
+
+
+def _check_equal_one_process(results, name):
+    net, kwargs, X, y, fit_kwargs = distributed_worker.make(name)
+    history = fastbp.Trainer(net, progress=False, **kwargs).fit(X, y, epochs=distributed_worker.EPOCHS, **fit_kwargs)
+    rtol = DIST_RTOL if net.dtype == np.float64 else DIST_RTOL_FLOAT32
+    assert results[f"{name}/same_on_all_ranks"]
+    assert rel_err(results[f"{name}/params"], net.params) <= rtol
+    keys = {k.split("/")[-1] for k in results if k.startswith(f"{name}/history/")}
+    assert keys == set(history) | {"comm_time"}
+    for key in set(history) - {"epoch_time"}:
+        assert rel_err(results[f"{name}/history/{key}"], np.array(history[key], dtype=np.float64)) <= rtol, key
+    if kwargs.get("early_stopping"):  # the configuration stops early on purpose
+        assert len(history["loss"]) < distributed_worker.EPOCHS
+    if kwargs.get("record_deltas"):
+        assert "delta_norm" in keys
+
+
 @needs_mpi
 @pytest.mark.parametrize("name", list(distributed_worker.CONFIGS))
 def test_two_ranks_equal_one_process_on_the_same_global_batches(two_ranks, name):
-    net, kwargs, X, y, fit_kwargs = distributed_worker.make(name)
-    history = fastbp.Trainer(net, progress=False, **kwargs).fit(X, y, epochs=distributed_worker.EPOCHS, **fit_kwargs)
-    assert two_ranks[f"{name}/same_on_all_ranks"]
-    assert rel_err(two_ranks[f"{name}/params"], net.params) <= DIST_RTOL
-    keys = {k.split("/")[-1] for k in two_ranks if k.startswith(f"{name}/history/")}
-    assert keys == set(history) | {"comm_time"}
-    for key in set(history) - {"epoch_time"}:
-        assert rel_err(two_ranks[f"{name}/history/{key}"], np.array(history[key], dtype=np.float64)) <= DIST_RTOL, key
+    _check_equal_one_process(two_ranks, name)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(distributed_worker.CONFIGS_3))
+def test_three_ranks_equal_one_process_on_the_same_global_batches(three_ranks, name):
+    _check_equal_one_process(three_ranks, name)
 
 
 @needs_mpi
@@ -95,12 +121,44 @@ def test_ranks_times_threads_fit_the_cores(two_ranks):
 
 
 @needs_mpi
-def test_an_exception_on_one_rank_aborts_the_job_within_seconds():
-    proc, seconds = mpirun([sys.executable, WORKER, "fail", "-"])
+def test_an_exception_on_one_rank_aborts_the_job_within_seconds(tmp_path):
+    marker = tmp_path / "marker"
+    proc, seconds = mpirun([sys.executable, WORKER, "fail", str(marker)])
     assert proc.returncode != 0
     assert seconds < 30  # without the abort, rank 0 would wait in the all-reduce until the timeout
     assert proc.stderr.count("ValueError: boom on rank 1") == 1  # printed once, by the failing rank
     assert proc.stderr.count("aborting every rank") == 1
+    # MPICH's MPI_Abort returns to the caller: the failing rank must not go on with the script after fit
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@needs_mpi
+def test_a_cli_failure_on_one_rank_aborts_the_job_and_the_rank_does_not_go_on(tmp_path):
+    proc, seconds = mpirun([sys.executable, WORKER, "cli_fail", str(tmp_path / "marker")])
+    assert proc.returncode != 0
+    assert seconds < 30
+    assert proc.stderr.count("RuntimeError: boom on rank 1") == 1
+    assert sorted(os.listdir(tmp_path)) == []
+
+
+@needs_mpi
+def test_a_cli_error_raised_on_every_rank_is_printed_once_by_rank_0_without_abort():
+    proc, seconds = mpirun([sys.executable, WORKER, "cli_agreed", "-"])
+    assert proc.returncode == 1, proc.stderr
+    assert seconds < 30
+    assert proc.stderr.count("fastbp train: error") == 1, proc.stderr
+    assert (
+        "fastbp train: error: the ranks disagree on fit's arguments: batch_size is 20 on rank 0 but 10" in proc.stderr
+    )
+    assert "Abort" not in proc.stderr and "Traceback" not in proc.stderr
+
+
+@needs_mpi
+def test_save_on_rank_0_only_ends_the_job_instead_of_hanging(tmp_path):
+    proc, seconds = mpirun([sys.executable, WORKER, "save_rank0", str(tmp_path)], timeout=60)
+    assert proc.returncode != 0
+    assert seconds < 30
+    assert "save on every rank, not on rank 0 only" in proc.stderr
 
 
 @needs_mpi
@@ -140,6 +198,115 @@ def test_cli_distributed_equals_the_single_process_cli(tmp_path, capsys):
     assert rel_err(fastbp.load(tmp_path / "m2.npz").params, fastbp.load(tmp_path / "m1.npz").params) <= DIST_RTOL
     h1, h2 = (json.loads((tmp_path / f"h{i}.json").read_text())["history"] for i in (1, 2))
     assert rel_err(h2["loss"], h1["loss"]) <= DIST_RTOL
+
+
+@pytest.fixture(scope="module")
+def checks(tmp_path_factory):
+    """The results of distributed_worker.checks on 2 ranks (one mpiexec run)."""
+    out = tmp_path_factory.mktemp("mpi") / "checks.pkl"
+    proc, _ = mpirun([sys.executable, "-m", "mpi4py", WORKER, "checks", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+def _raised_on_every_rank(errors, kind="ValueError"):
+    """Per-rank (type, message, agreed) of one call: the same error on every rank, marked as raised everywhere."""
+    assert all(e is not None for e in errors), errors
+    assert {e[0] for e in errors} == {kind} and all(e[2] for e in errors), errors
+    assert len({e[1] for e in errors}) == 1, errors
+    return errors[0][1]
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(distributed_worker.DISAGREE))
+def test_settings_that_differ_between_ranks_are_named_on_every_rank(checks, name):
+    message = _raised_on_every_rank(checks[f"disagree/{name}"])
+    assert message.startswith(f"the ranks disagree on fit's arguments: {name} is "), message
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(distributed_worker.DATA_DISAGREE))
+def test_replicated_data_that_differs_between_ranks_is_caught(checks, name):
+    assert distributed_worker.DATA_DISAGREE[name] in _raised_on_every_rank(checks[f"data/{name}"])
+
+
+@needs_mpi
+def test_a_bad_constructor_argument_on_one_rank_is_raised_on_every_rank(checks):
+    (kind0, message0, agreed0), (kind1, message1, agreed1) = checks["constructor"]
+    assert (kind0, kind1) == ("RankFailedError", "ValueError") and agreed0 and agreed1
+    assert message0 == f"rank 1 of 2 failed: ValueError: {message1}" and "batch_size" in message1
+
+
+@needs_mpi
+def test_evaluate_weighted_and_sharded_equals_one_process_and_gives_floats(checks):
+    X, y, w = distributed_worker.checks_data()
+    net = distributed_worker.checks_net(1)
+    net.params[:] = checks["evaluate/params"]
+    single = fastbp.Trainer(net, progress=False)
+    for key, expected in (("weighted", single.evaluate(X, y, sample_weight=w)), ("sharded", single.evaluate(X, y))):
+        result = checks[f"evaluate/{key}"]
+        assert result.keys() == expected.keys()
+        for metric in result:
+            assert rel_err(result[metric], expected[metric]) <= DIST_RTOL, (key, metric)
+    assert checks["evaluate/types"] == [["float"], ["float"]]  # evaluate and the history, on both ranks
+
+
+@needs_mpi
+def test_a_rank_s_workspace_holds_its_part_of_a_replicated_batch(checks):
+    assert checks["workspace_rows"] == [8, 8]  # batch 16 over 2 ranks
+
+
+@needs_mpi
+def test_save_is_collective_loadable_and_its_failure_raised_on_every_rank(checks):
+    net, opt = fastbp.load(checks["save/path"], return_optimizer=True)
+    np.testing.assert_array_equal(net.params, checks["evaluate/params"])
+    assert opt is not None and opt.t > 0
+    (kind0, message0, agreed0), (kind1, message1, agreed1) = checks["save/error"]
+    assert (kind0, kind1) == ("FileNotFoundError", "RankFailedError") and agreed0 and agreed1
+    assert message1 == f"rank 0 could not write the checkpoint: FileNotFoundError: {message0}"
+
+
+@needs_mpi
+def test_train_step_equals_one_process_and_broadcasts_on_its_first_call_only(checks):
+    X, y, w = distributed_worker.checks_data()
+    single = fastbp.Trainer(distributed_worker.checks_net(2), fastbp.SGD(0.1, momentum=0.9), progress=False)
+    losses = [
+        single.train_step(X[:16], y[:16]),
+        single.train_step(X[16:32], y[16:32], sample_weight=w[16:32]),
+        single.train_step(X[32:48], y[32:48], sample_weight=w[32:48]),  # the ranks' shards 32:40 and 40:48
+    ]
+    assert rel_err(checks["train_step/losses"], losses) <= DIST_RTOL
+    assert rel_err(checks["train_step/params"], single.net.params) <= DIST_RTOL
+    assert checks["train_step/syncs"] == [1, 1]
+    assert checks["train_step/after_sync_equal"]
+
+
+@needs_mpi
+def test_a_cosine_schedule_counts_rank_0_s_steps(checks):
+    X, y, _ = distributed_worker.checks_data()
+    single = fastbp.Trainer(distributed_worker.checks_net(3), fastbp.SGD(0.1, schedule="cosine"), 16, progress=False)
+    single.fit(X, y, epochs=1)
+    history = single.fit(X, y, epochs=2)
+    assert rel_err(checks["cosine/history"]["lr"], history["lr"]) <= DIST_RTOL
+    assert rel_err(checks["cosine/params"], single.net.params) <= DIST_RTOL
+
+
+@needs_mpi
+def test_divergence_is_raised_on_every_rank(checks):
+    assert "training diverged in epoch 1" in _raised_on_every_rank(checks["diverge"], "DivergenceError")
+
+
+def test_cli_distributed_without_mpi4py_is_a_one_line_error():
+    code = (
+        "import sys; sys.modules['mpi4py'] = None; from fastbp import cli; "
+        "sys.exit(cli.main(['train', '--distributed', '--epochs', '1']))"
+    )
+    proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert proc.stderr.strip().splitlines() == [
+        "fastbp train: error: fastbp.distributed needs mpi4py and an MPI library: python -m pip install 'fastbp[mpi]'"
+    ]
 
 
 def test_importing_the_module_does_not_start_mpi():
