@@ -60,12 +60,21 @@ def per_call(fn, min_time):
         reps = max(2 * reps, int(reps * 1.2 * min_time / max(elapsed, 1e-9)) + 1)
 
 
+#: Seconds of idle time before each contender's timed loop. OpenBLAS's worker threads spin for about 0.1 s after a
+#: threaded GEMM, and PyTorch's and OpenMP's for a few ms after a parallel op; on 2 cores a contender started while
+#: the previous one's workers still spin runs several times slower (measured: up to 5x for a GEMM, 60x for a torch
+#: parallel op). The pause lets them park, so each contender is timed on an idle machine.
+SETTLE = 0.3
+
+
 def interleaved(functions, rounds, min_time):
     """Time ``{name: (fn, steps per call)}`` in rounds A B C ... A B C ...; returns name -> seconds per step, one
-    value per round (compare contenders round by round: the machine drifts between rounds)."""
+    value per round (compare contenders round by round: the machine drifts between rounds). Each timing starts after
+    :data:`SETTLE` seconds of idle time."""
     times = {name: [] for name in functions}
     for _ in range(rounds):
         for name, (fn, steps) in functions.items():
+            time.sleep(SETTLE)
             times[name].append(per_call(fn, min_time) / steps)
     return times
 

@@ -1,0 +1,452 @@
+"""fastbp.torch.MLP against the equivalent torch.nn.Sequential (Linear + activation, same weights) and fastbp."""
+
+import copy
+import io
+import pickle
+
+import numpy as np
+import pytest
+from conftest import DTYPES, HIDDEN, RTOL, TORCH_RTOL, rel_err
+
+torch = pytest.importorskip("torch")
+import fastbp  # noqa: E402
+import fastbp.torch as fbt  # noqa: E402
+
+OUTPUTS = ("identity", "softmax", "sigmoid", "tanh", "relu", "leaky_relu")
+SIZES = [6, 9, 7, 5]
+TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
+
+# The torch module of each activation, written out here rather than taken from the code under test.
+TORCH_ACTIVATION = {
+    "identity": None,
+    "sigmoid": torch.nn.Sigmoid,
+    "tanh": torch.nn.Tanh,
+    "relu": torch.nn.ReLU,
+    "leaky_relu": lambda: torch.nn.LeakyReLU(0.01),
+    "softmax": lambda: torch.nn.Softmax(dim=1),
+}
+
+
+def sequential(model, hidden, output):
+    """torch.nn.Sequential with model's weights: Linear.weight = W.T (fastbp's W is (fan_in, fan_out))."""
+    layers = []
+    names = [hidden] * (len(model.coefs) - 1) + [output]
+    for W, b, name in zip(model.coefs, model.intercepts, names, strict=True):
+        linear = torch.nn.Linear(*W.shape, dtype=W.dtype)
+        with torch.no_grad():
+            linear.weight.copy_(W.T)
+            linear.bias.copy_(b)
+        layers.append(linear)
+        if TORCH_ACTIVATION[name] is not None:
+            layers.append(TORCH_ACTIVATION[name]())
+    return torch.nn.Sequential(*layers)
+
+
+def linears(seq):
+    return [m for m in seq if isinstance(m, torch.nn.Linear)]
+
+
+def assert_grads_match(model, seq, rtol):
+    """Each W.grad / b.grad of the fastbp module equals the Sequential's (weight grads transposed)."""
+    for l, (W, b, linear) in enumerate(zip(model.coefs, model.intercepts, linears(seq), strict=True)):
+        assert rel_err(W.grad.T, linear.weight.grad) < rtol, f"dW[{l}]"
+        assert rel_err(b.grad, linear.bias.grad) < rtol, f"db[{l}]"
+
+
+def assert_params_match(model, seq, rtol):
+    for l, (W, b, linear) in enumerate(zip(model.coefs, model.intercepts, linears(seq), strict=True)):
+        assert rel_err(W.detach().T, linear.weight.detach()) < rtol, f"W[{l}]"
+        assert rel_err(b.detach(), linear.bias.detach()) < rtol, f"b[{l}]"
+
+
+def batch(n, n_in, dtype, seed=0, requires_grad=True):
+    g = torch.Generator().manual_seed(seed)
+    X = torch.randn(n, n_in, generator=g, dtype=dtype)
+    return X.requires_grad_(requires_grad)
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output", OUTPUTS)
+@pytest.mark.parametrize("hidden", HIDDEN)
+def test_matches_sequential(hidden, output, dtype):
+    """Output, parameter gradients and input gradient equal torch's for an arbitrary upstream gradient."""
+    tdtype = TORCH_DTYPES[dtype]
+    model = fbt.MLP(SIZES, activation=hidden, output=output, dtype=tdtype, seed=3)
+    seq = sequential(model, hidden, output)
+    X = batch(11, SIZES[0], tdtype)
+    X_ref = X.detach().clone().requires_grad_(True)
+    G = torch.randn(11, SIZES[-1], generator=torch.Generator().manual_seed(1), dtype=tdtype)
+
+    Y, Y_ref = model(X), seq(X_ref)
+    assert Y.dtype == tdtype and Y.shape == (11, SIZES[-1])
+    assert rel_err(Y.detach(), Y_ref.detach()) < TORCH_RTOL[dtype]
+    Y.backward(G)
+    Y_ref.backward(G)
+    assert_grads_match(model, seq, TORCH_RTOL[dtype])
+    assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL[dtype]
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_cross_entropy_gradient_equals_fastbp(dtype):
+    """CrossEntropyLoss on the logits gives fastbp's own softmax + cross-entropy gradient (a second oracle)."""
+    tdtype = TORCH_DTYPES[dtype]
+    net = fastbp.MLP([8, 16, 16, 4], activation="tanh", output="softmax", dtype=dtype, seed=5)
+    model = fbt.MLP.from_fastbp(net, output="identity")
+    assert model.dtype == tdtype and model.output == "identity"
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((20, 8)).astype(dtype)
+    y = rng.integers(0, 4, 20)
+    loss = torch.nn.functional.cross_entropy(model(torch.from_numpy(X)), torch.from_numpy(y))
+    loss.backward()
+    expected_loss, expected = net.value_and_grad(X, y)
+    assert abs(loss.item() - expected_loss) <= RTOL[dtype] * abs(expected_loss)
+    got = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+    assert rel_err(got, expected) < RTOL[dtype]
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "kwargs"),
+    [
+        (torch.optim.SGD, {"lr": 0.1}),
+        (torch.optim.SGD, {"lr": 0.05, "momentum": 0.9}),
+        (torch.optim.Adam, {"lr": 1e-2}),
+    ],
+)
+@pytest.mark.parametrize("dtype", DTYPES)
+def test_torch_optimizer_trains_like_sequential(optimizer, kwargs, dtype):
+    """Several steps of a torch optimizer on CrossEntropyLoss leave the same parameters as on the Sequential."""
+    tdtype = TORCH_DTYPES[dtype]
+    model = fbt.MLP([10, 32, 16, 3], activation="relu", dtype=tdtype, seed=1)
+    seq = sequential(model, "relu", "identity")
+    opt, opt_ref = optimizer(model.parameters(), **kwargs), optimizer(seq.parameters(), **kwargs)
+    loss_fn = torch.nn.CrossEntropyLoss()
+    g = torch.Generator().manual_seed(0)
+    losses = []
+    for _ in range(8):
+        X = torch.randn(16, 10, generator=g, dtype=tdtype)
+        y = torch.randint(0, 3, (16,), generator=g)
+        for m, o in ((model, opt), (seq, opt_ref)):
+            o.zero_grad()
+            loss = loss_fn(m(X), y)
+            loss.backward()
+            o.step()
+        losses.append(loss.item())
+    assert losses[-1] < losses[0]  # it trains
+    assert_params_match(model, seq, TORCH_RTOL[dtype])
+
+
+def test_gradients_accumulate_without_zero_grad():
+    """Two backward passes without zero_grad add up, as in torch (the second is added into p.grad)."""
+    model = fbt.MLP([4, 6, 3], activation="sigmoid", seed=0)
+    seq = sequential(model, "sigmoid", "identity")
+    for X in (batch(5, 4, torch.float32, seed=1), batch(7, 4, torch.float32, seed=2)):
+        model(X).pow(2).sum().backward()
+        seq(X).pow(2).sum().backward()
+    assert_grads_match(model, seq, TORCH_RTOL["float32"])
+
+
+def test_two_graphs_alive_at_once():
+    """Two forward passes before one backward (each graph keeps its own activations in its own workspace)."""
+    model = fbt.MLP([4, 8, 8, 3], activation="tanh", seed=0)
+    seq = sequential(model, "tanh", "identity")
+    X1, X2 = batch(7, 4, torch.float32, seed=1), batch(7, 4, torch.float32, seed=2)
+    (model(X1).sum() + model(X2).pow(2).sum()).backward()
+    (seq(X1).sum() + seq(X2).pow(2).sum()).backward()
+    assert_grads_match(model, seq, TORCH_RTOL["float32"])
+
+
+def test_frozen_parameters_and_input_without_grad():
+    """Parameters with requires_grad=False get no gradient; the others are unchanged; X gets none when not asked."""
+    model = fbt.MLP([5, 8, 6, 2], activation="relu", seed=0)
+    seq = sequential(model, "relu", "identity")
+    for m in (model, seq):
+        for p in list(m.parameters())[:3]:  # W0, b0, W1 (for seq: weight0, bias0, weight1)
+            p.requires_grad_(False)
+    X = batch(6, 5, torch.float32, requires_grad=False)
+    model(X).sum().backward()
+    seq(X).sum().backward()
+    assert model.W0.grad is None and model.b0.grad is None and model.W1.grad is None
+    assert X.grad is None
+    assert rel_err(model.b1.grad, linears(seq)[1].bias.grad) < TORCH_RTOL["float32"]
+    assert rel_err(model.W2.grad.T, linears(seq)[2].weight.grad) < TORCH_RTOL["float32"]
+
+
+@pytest.mark.parametrize("shape", [(4,), (2, 3, 4), (0, 4)])
+def test_input_shapes(shape):
+    """(*, n_in) inputs like torch Linear: unbatched, extra leading dimensions, empty batches."""
+    model = fbt.MLP([4, 5, 3], activation="relu", seed=0)
+    seq = sequential(model, "relu", "identity")
+    X = torch.randn(*shape).requires_grad_(True)
+    X_ref = X.detach().clone().requires_grad_(True)
+    Y, Y_ref = model(X), seq(X_ref)
+    assert Y.shape == (*shape[:-1], 3)
+    assert rel_err(Y.detach(), Y_ref.detach()) < TORCH_RTOL["float32"]
+    Y.sum().backward()
+    Y_ref.sum().backward()
+    assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float32"]
+    assert_grads_match(model, seq, TORCH_RTOL["float32"])
+
+
+def test_non_contiguous_and_other_dtype_input():
+    """A transposed view is made contiguous and float64 input converted; the gradient still reaches X."""
+    model = fbt.MLP([4, 5, 3], activation="tanh", seed=0)
+    seq = sequential(model, "tanh", "identity")
+    base = torch.randn(4, 6, dtype=torch.float64, requires_grad=True)
+    Y = model(base.T)
+    assert Y.dtype == torch.float32
+    Y.sum().backward()
+    base_ref = base.detach().clone().requires_grad_(True)
+    seq(base_ref.T.float()).sum().backward()
+    assert base.grad.dtype == torch.float64
+    assert rel_err(base.grad, base_ref.grad) < TORCH_RTOL["float32"]
+
+
+def test_double_backward_is_refused():
+    model = fbt.MLP([3, 4, 2], activation="tanh", seed=0)
+    X = batch(5, 3, torch.float32)
+    loss = model(X).pow(2).sum()
+    with pytest.raises(RuntimeError, match="double backward"):
+        torch.autograd.grad(loss, X, create_graph=True)
+
+
+def test_parameters_modified_before_backward_are_detected():
+    """An in-place change of a parameter between forward and backward raises, as in torch."""
+    model = fbt.MLP([3, 4, 2], activation="relu", seed=0)
+    loss = model(batch(5, 3, torch.float32)).sum()
+    with torch.no_grad():
+        model.W1.add_(1.0)
+    with pytest.raises(RuntimeError, match="modified by an inplace operation"):
+        loss.backward()
+
+
+def test_parameters_are_views_of_one_flat_buffer():
+    """W0, b0, W1, b1 are views into flat_params in fastbp's layout; writing into it sets the parameters."""
+    net = fastbp.MLP([4, 6, 3], activation="relu", dtype="float32", seed=7)
+    model = fbt.MLP([4, 6, 3], activation="relu", seed=7)
+    assert [name for name, _ in model.named_parameters()] == ["W0", "b0", "W1", "b1"]
+    assert model.W0.shape == (4, 6) and model.b1.shape == (3,)
+    flat = model.flat_params
+    assert flat.shape == (net.n_params,) and model.n_params == net.n_params
+    np.testing.assert_array_equal(flat.numpy(), net.params)  # same initialisation as fastbp.MLP
+    with torch.no_grad():
+        flat.mul_(2.0)
+    np.testing.assert_array_equal(model.W1.detach().numpy(), 2.0 * net.coefs[1])
+    X = torch.randn(3, 4)
+    np.testing.assert_allclose(model(X).detach().numpy(), reference_forward(2.0 * net.params, net, X), rtol=1e-5)
+
+
+def reference_forward(params, net, X):
+    """Plain NumPy forward of a relu network with identity output, from fastbp's flat layout."""
+    Ws, bs = net.unflatten(params)
+    A = X.numpy()
+    for l, (W, b) in enumerate(zip(Ws, bs, strict=True)):
+        A = A @ W + b
+        if l < len(Ws) - 1:
+            A = np.maximum(A, 0.0)
+    return A
+
+
+def test_state_dict_round_trip():
+    model = fbt.MLP([5, 7, 3], activation="sigmoid", seed=1)
+    buffer = io.BytesIO()
+    torch.save(model.state_dict(), buffer)
+    buffer.seek(0)
+    other = fbt.MLP([5, 7, 3], activation="sigmoid", seed=2)
+    X = torch.randn(4, 5)
+    assert not torch.equal(other(X), model(X))
+    other.load_state_dict(torch.load(buffer))
+    assert torch.equal(other(X), model(X))
+    assert torch.equal(other.flat_params, model.flat_params)
+    assert other.W1.data_ptr() == other.flat_params.data_ptr() + 4 * (5 * 7 + 7)  # still a view, in place
+
+
+def test_load_state_dict_assign_and_dtype_conversion():
+    """Replaced parameter storage (assign=True, .double()) is gathered back into one flat buffer."""
+    model = fbt.MLP([5, 7, 3], activation="tanh", seed=1)
+    other = fbt.MLP([5, 7, 3], activation="tanh", seed=2)
+    other.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
+    X = torch.randn(4, 5)
+    assert torch.equal(other(X), model(X))
+    assert other.b0.data_ptr() == other.flat_params.data_ptr() + 4 * 5 * 7
+    double = copy.deepcopy(model).double()
+    Y = double(X.double())
+    assert Y.dtype == torch.float64 and double.flat_params.dtype == torch.float64
+    assert rel_err(Y.detach(), model(X).detach()) < TORCH_RTOL["float32"]
+    Y.sum().backward()
+    assert double.W0.grad.dtype == torch.float64
+
+
+def test_copies_are_independent():
+    model = fbt.MLP([5, 7, 3], activation="relu", seed=1)
+    X = torch.randn(4, 5)
+    for clone in (copy.deepcopy(model), pickle.loads(pickle.dumps(model))):
+        assert torch.equal(clone(X), model(X))
+        with torch.no_grad():
+            clone.flat_params.zero_()
+        assert not torch.equal(clone(X), model(X))
+        assert torch.count_nonzero(model.flat_params) > 0
+
+
+def test_fastbp_conversions():
+    """from_fastbp / to_fastbp / to_sequential keep the function computed."""
+    net = fastbp.MLP([6, 10, 4], activation="leaky_relu", output="softmax", dtype="float64", seed=2)
+    X = np.random.default_rng(0).standard_normal((5, 6))
+    model = fbt.MLP.from_fastbp(net)
+    assert model.dtype == torch.float64 and model.output == "softmax"
+    with torch.no_grad():
+        P = model(torch.from_numpy(X)).numpy()
+    assert rel_err(P, net.predict(X)) < RTOL["float64"]
+    back = model.to_fastbp()
+    np.testing.assert_array_equal(back.params, net.params)
+    with torch.no_grad():
+        assert rel_err(model.to_sequential()(torch.from_numpy(X)), P) < TORCH_RTOL["float64"]
+
+
+def test_inference_without_graph():
+    model = fbt.MLP([4, 5, 3], seed=0)
+    X = torch.randn(2, 4)
+    with torch.no_grad():
+        Y = model(X)
+    assert Y.grad_fn is None and not Y.requires_grad
+    assert torch.equal(Y, model(X).detach())
+
+
+def test_bad_input():
+    model = fbt.MLP([4, 5, 3], seed=0)
+    with pytest.raises(ValueError, match=r"\(\*, 4\)"):
+        model(torch.randn(2, 5))
+    with pytest.raises(TypeError, match=r"torch\.Tensor"):
+        model(np.ones((2, 4)))
+    with pytest.raises(TypeError, match="real"):
+        model(torch.ones(2, 4, dtype=torch.complex64))
+    with pytest.raises(TypeError, match=r"float32 or torch\.float64"):
+        fbt.MLP([4, 3], dtype=torch.float16)
+    with pytest.raises(ValueError, match="activation"):
+        fbt.MLP([4, 5, 3], activation="gelu")
+
+
+def test_training_loop_reuses_workspaces():
+    """A training loop keeps at most two workspaces (the graph of the previous step is alive during the next
+    forward), instead of allocating activations at every step."""
+    model = fbt.MLP([4, 8, 3], seed=0)
+    opt = torch.optim.SGD(model.parameters(), lr=0.1)
+    X, y = torch.randn(6, 4), torch.randint(0, 3, (6,))
+    seen = set()
+    for _ in range(10):
+        opt.zero_grad()
+        logits = model(X)
+        torch.nn.functional.cross_entropy(logits, y).backward()
+        opt.step()
+        seen.update(id(w) for w in model._engine.pool)
+    assert 1 <= len(seen) <= 2
+
+
+def test_input_gradient_with_frozen_parameters():
+    """Only X requires grad (e.g. adversarial examples or input attribution): dX still matches torch's."""
+    model = fbt.MLP([5, 8, 3], activation="tanh", output="softmax", dtype=torch.float64, seed=0)
+    seq = sequential(model, "tanh", "softmax")
+    model.requires_grad_(False)
+    seq.requires_grad_(False)
+    X = batch(4, 5, torch.float64)
+    X_ref = X.detach().clone().requires_grad_(True)
+    model(X)[:, 0].sum().backward()
+    seq(X_ref)[:, 0].sum().backward()
+    assert all(p.grad is None for p in model.parameters())
+    assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float64"]
+
+
+def test_functional_call_uses_the_given_tensors():
+    """torch.func.functional_call swaps in other tensors: they are used (not copied into the module) and get the
+    gradients; the module's own parameters are untouched and still views of flat_params afterwards."""
+    model = fbt.MLP([4, 6, 3], activation="relu", dtype=torch.float64, seed=0)
+    before = model.flat_params.clone()
+    other = fbt.MLP([4, 6, 3], activation="relu", dtype=torch.float64, seed=9)
+    given = {name: p.detach().clone().requires_grad_(True) for name, p in other.named_parameters()}
+    X = batch(5, 4, torch.float64, requires_grad=False)
+    Y = torch.func.functional_call(model, given, (X,))
+    assert rel_err(Y.detach(), other(X).detach()) < TORCH_RTOL["float64"]
+    Y.sum().backward()
+    other(X).sum().backward()
+    for name, p in other.named_parameters():
+        assert rel_err(given[name].grad, p.grad) < TORCH_RTOL["float64"], name
+    assert all(p.grad is None for p in model.parameters())
+    assert torch.equal(model.flat_params, before)
+    assert rel_err(model(X).detach(), sequential(model, "relu", "identity")(X).detach()) < TORCH_RTOL["float64"]
+
+
+@pytest.mark.parametrize(
+    ("blas_threads", "torch_threads", "limited"), [(1, 2, True), ("auto", 2, True), ("auto", 1, False)]
+)
+def test_blas_threads_limit_during_passes(monkeypatch, blas_threads, torch_threads, limited):
+    """fastbp's BLAS runs on one thread inside the module's passes ("auto": while torch uses several threads), and
+    the user's setting is restored after."""
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+
+    def blas_threads_now():
+        return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
+
+    seen = []
+    for name in ("_dense_forward", "_weight_grad"):
+        kernel = getattr(fbt, name)
+        monkeypatch.setattr(fbt, name, lambda *args, kernel=kernel: (seen.append(blas_threads_now()), kernel(*args)))
+    model = fbt.MLP([4, 6, 3], seed=0, blas_threads=blas_threads)
+    torch_before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(torch_threads)
+        with threadpoolctl.threadpool_limits(2, user_api="blas"):
+            before = blas_threads_now()
+            if max(before) < 2:
+                pytest.skip("the BLAS libraries cannot use 2 threads on this machine")
+            model(batch(3, 4, torch.float32)).sum().backward()
+            after = blas_threads_now()
+    finally:
+        torch.set_num_threads(torch_before)
+    assert after == before
+    assert len(seen) == 4  # two layers forward, two weight gradients
+    assert all((1 in counts) == limited for counts in seen)  # fastbp's (SciPy's) BLAS on one thread, or untouched
+
+
+def test_blas_threads_argument():
+    with pytest.raises(ValueError, match="blas_threads"):
+        fbt.MLP([4, 3], blas_threads=0)
+    with pytest.raises(TypeError, match="blas_threads"):
+        fbt.MLP([4, 3], blas_threads="many")
+
+
+@pytest.mark.parametrize(("hidden", "output"), [("tanh", "softmax"), ("sigmoid", "identity"), ("leaky_relu", "tanh")])
+def test_torch_gradcheck(hidden, output):
+    """torch.autograd.gradcheck (central differences, float64) on the input and every parameter, through
+    torch.func.functional_call so that gradcheck's own tensors are the ones differentiated."""
+    model = fbt.MLP([3, 5, 4, 3], activation=hidden, output=output, dtype=torch.float64, seed=2)
+    names = [name for name, _ in model.named_parameters()]
+    params = tuple(p.detach().clone().requires_grad_(True) for p in model.parameters())
+    X = batch(4, 3, torch.float64)
+
+    def f(X, *params):
+        return torch.func.functional_call(model, dict(zip(names, params, strict=True)), (X,))
+
+    assert torch.autograd.gradcheck(f, (X, *params), eps=1e-6, atol=1e-8, rtol=1e-6)
+
+
+def test_backward_twice_with_retain_graph():
+    """retain_graph=True: a second backward through the same graph (same saved activations) adds the same grads."""
+    model = fbt.MLP([4, 6, 5, 3], activation="tanh", dtype=torch.float64, seed=0)
+    loss = model(batch(5, 4, torch.float64, requires_grad=False)).pow(2).sum()
+    loss.backward(retain_graph=True)
+    once = [p.grad.clone() for p in model.parameters()]
+    loss.backward()
+    for p, g in zip(model.parameters(), once, strict=True):
+        assert rel_err(p.grad, 2 * g) < TORCH_RTOL["float64"]
+
+
+def test_dtype_change_while_a_graph_is_alive():
+    """A workspace leased by a float32 graph is not reused by the float64 passes after .double()."""
+    model = fbt.MLP([4, 6, 3], activation="tanh", seed=0)
+    X = batch(5, 4, torch.float32, requires_grad=False)
+    loss32 = model(X).sum()
+    model.double()
+    loss64 = model(X.double()).sum()
+    del loss32  # frees the float32 graph: its workspace goes back to the float32 pool
+    assert rel_err(model(X.double()).detach().sum(), loss64.detach()) < TORCH_RTOL["float64"]
+    loss64.backward()
+    assert model.W0.grad.dtype == torch.float64
