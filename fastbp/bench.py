@@ -256,6 +256,7 @@ def compare_fit(X_train, y_train, X_test, y_test, params, rounds=1):
     from .sklearn import MLPClassifier as FastMLPClassifier
 
     def fit(cls):
+        time.sleep(SETTLE)  # let the other library's BLAS workers stop spinning (see SETTLE)
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", ConvergenceWarning)
             start = time.perf_counter()
