@@ -27,6 +27,7 @@ Differences, all documented in the README:
 - ``MLPRegressor(loss="poisson")`` is not implemented (no exponential output in the kernels): it raises
   ``ValueError``.
 - Sparse input is converted to a dense array (the kernels are dense).
+- A mini-batch whose sample weights are all zero is skipped (scikit-learn raises ZeroDivisionError).
 - Log-loss: scikit-learn clips probabilities to ``[eps, 1 - eps]`` (eps of the dtype) before the logarithm;
   fastbp computes the loss from the logits without clipping. The gradients are the same; the reported loss
   differs only for confidently wrong predictions (p < 1.2e-7 in float32, < 2.2e-16 in float64), where fastbp
@@ -72,19 +73,21 @@ class _FastbpMixin:
     """The numerical core of scikit-learn's BaseMultilayerPerceptron, replaced by fastbp's kernels."""
 
     # ------------------------------------------------------------------ the network behind coefs_
-    def _fastbp_network(self, dtype):
-        """The fastbp MLP whose parameters are ``coefs_`` and ``intercepts_``.
+    def _fastbp_network(self, for_fit=False):
+        """The fastbp MLP whose parameters are ``coefs_`` and ``intercepts_``, in their dtype.
 
         After fastbp trains, ``coefs_[l]`` and ``intercepts_[l]`` ARE views into the network's flat buffer. When
         they are not (scikit-learn's initialisation, a user's assignment, unpickling, early stopping's copies),
-        their values are copied into the buffer. The network is rebuilt when the architecture or dtype changed.
+        their values are copied into the buffer. The network is rebuilt when the architecture or dtype changed, and,
+        for a fit (``for_fit``), whenever ``coefs_`` are not already its views: a new fit must not write into
+        arrays handed out by an earlier fit, nor into a network shared with a (shallow) copy of the estimator.
         """
         if self.out_activation_ not in _OUTPUT:
             raise ValueError(
                 f"fastbp implements the outputs {sorted(_OUTPUT)}; out_activation_={self.out_activation_!r} "
                 "(loss='poisson') is not supported"
             )
-        dtype = np.dtype(dtype)
+        dtype = self.coefs_[0].dtype  # scikit-learn initialises in X's dtype and keeps it on warm starts
         sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
         output, loss = _OUTPUT[self.out_activation_]
         net = getattr(self, "_fastbp_net", None)
@@ -94,6 +97,7 @@ class _FastbpMixin:
             or net.dtype != dtype
             or net.output != output
             or net.activations != (_HIDDEN[self.activation],) * (len(sizes) - 2)
+            or (for_fit and not self._is_bound(net))
         ):
             net = MLP(sizes, activation=_HIDDEN[self.activation], output=output, loss=loss, dtype=dtype, seed=0)
             self._fastbp_net = net
@@ -104,6 +108,11 @@ class _FastbpMixin:
                         raise ValueError(f"coefs_/intercepts_ of layer {l} have shape {b.shape}, expected {a.shape}")
                     a[...] = b
         return net
+
+    def _is_bound(self, net):
+        """Whether ``coefs_``/``intercepts_`` are the network's own views (as after a fastbp fit)."""
+        pairs = zip(net.coefs + net.intercepts, self.coefs_ + self.intercepts_, strict=False)
+        return len(self.coefs_) == len(net.coefs) and all(a is b for a, b in pairs)
 
     def _bind(self, net):
         """Make ``coefs_``/``intercepts_`` views into the network's buffer (what the kernels update)."""
@@ -121,8 +130,9 @@ class _FastbpMixin:
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         X = _dense(X)
-        net = self._fastbp_network(self.coefs_[0].dtype)
-        return net.predict(X)
+        net = self._fastbp_network()
+        # computed in the model's dtype; returned in NumPy's promotion of X's and the model's (scikit-learn's)
+        return net.predict(X).astype(np.result_type(X.dtype, net.dtype), copy=False)
 
     # ------------------------------------------------------------------ stochastic solvers
     def _new_optimizer(self, dtype):
@@ -151,8 +161,8 @@ class _FastbpMixin:
     def _fit_stochastic(
         self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units, incremental
     ):
-        X = _dense(X)
-        net = self._fastbp_network(X.dtype)
+        net = self._fastbp_network(for_fit=True)
+        X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer(X.dtype)
@@ -279,17 +289,19 @@ class _FastbpMixin:
 
     # ------------------------------------------------------------------ L-BFGS
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
-        X = _dense(X)
-        net = self._fastbp_network(X.dtype)
+        net = self._fastbp_network(for_fit=True)
+        X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         objective = FlatObjective(net, X, self._targets(y), sample_weight)
         weight_sum = float(objective.sw.sum(dtype=np.float64)) if objective.sw.size else X.shape[0]
         net.l2 = self.alpha / weight_sum
         callback = None
         if self.verbose:
+            iterations = [0]  # SciPy's intermediate result has x and fun only (no iteration count)
 
             def callback(intermediate_result):
-                print(f"Iteration {intermediate_result.nit}, loss = {intermediate_result.fun:.8f}")
+                iterations[0] += 1
+                print(f"Iteration {iterations[0]}, loss = {intermediate_result.fun:.8f}")
 
         result = scipy.optimize.minimize(
             objective,

@@ -224,3 +224,45 @@ def test_scipy_minimize_converges_on_digits():
     assert np.linalg.norm(result.jac) <= 1e-3
     net.params[:] = result.x
     assert np.mean(net.predict(X).argmax(1) == y) >= 0.99
+
+
+def test_refits_and_shallow_copies_do_not_write_into_earlier_arrays(digits):
+    """A new fit gets a new parameter buffer: arrays handed out by an earlier fit, and a shallow copy of the
+    estimator, are left alone (as with scikit-learn, whose fits make new arrays)."""
+    import copy
+
+    X, y = digits
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=3, random_state=0).fit(X, y)
+        W = model.coefs_[0]
+        W0, P0 = W.copy(), model.predict_proba(X)
+        model.set_params(random_state=1).fit(X, y)
+        np.testing.assert_array_equal(W, W0)
+        twin = copy.copy(model)
+        P1 = model.predict_proba(X)
+        twin.set_params(random_state=5).fit(X[:30], y[:30])
+    np.testing.assert_array_equal(model.predict_proba(X), P1)
+    assert not np.array_equal(P1, P0)
+
+
+def test_dtypes_follow_scikit_learn_across_predict_and_warm_start(digits):
+    X, y = digits
+    params = dict(hidden_layer_sizes=(8,), max_iter=2, random_state=0, warm_start=True)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X.astype(np.float32), y, **params)
+        assert ours.predict_proba(X).dtype == theirs.predict_proba(X).dtype == np.float64  # promoted, as NumPy does
+        ours.fit(X, y)  # a warm start on float64 data keeps the float32 parameters
+        theirs.fit(X, y)
+    assert ours.coefs_[0].dtype == theirs.coefs_[0].dtype == np.float32
+    assert rel_err(ours.coefs_[0], theirs.coefs_[0]) <= SKLEARN_RTOL["float32"]
+
+
+def test_verbose_prints_scikit_learns_progress_lines(digits, capsys):
+    X, y = digits
+    for solver in ("adam", "lbfgs"):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            MLPClassifier(hidden_layer_sizes=(4,), solver=solver, max_iter=2, verbose=True).fit(X[:50], y[:50])
+        assert "Iteration 1, loss = " in capsys.readouterr().out
