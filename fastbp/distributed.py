@@ -169,6 +169,35 @@ def mpiexec_path():
     return shutil.which("mpiexec")
 
 
+def mpirun(args, n=2, timeout=120.0, cwd=None):
+    """Run ``mpiexec -n n *args`` bounded in time: returns the ``subprocess.CompletedProcess`` (text stdout and
+    stderr captured). The launcher runs in its own process group; on timeout the whole group (launcher and every
+    rank) is killed and ``subprocess.TimeoutExpired`` is raised with the output so far. Does not import mpi4py."""
+    import signal
+    import subprocess
+
+    mpiexec = mpiexec_path()
+    if mpiexec is None:
+        raise FileNotFoundError("mpiexec not found: python -m pip install 'fastbp[mpi]'")
+    command = [mpiexec, "-n", str(n), *map(str, args)]
+    proc = subprocess.Popen(
+        command,
+        stdin=subprocess.DEVNULL,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        cwd=cwd,
+        start_new_session=True,
+    )
+    try:
+        out, err = proc.communicate(timeout=timeout)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)  # the launcher and every rank it started
+        out, err = proc.communicate()
+        raise subprocess.TimeoutExpired(command, timeout, out, err) from None
+    return subprocess.CompletedProcess(command, proc.returncode, out, err)
+
+
 # ---------------------------------------------------------------------------------------------------- threads
 def threads_per_rank(comm=None):
     """Threads for this rank so that the ranks sharing this machine's cores use each core at most once.

@@ -17,7 +17,6 @@ Throughput is global steps per second over whole epochs (``history["epoch_time"]
 import argparse
 import json
 import os
-import signal
 import subprocess
 import sys
 import time
@@ -100,30 +99,20 @@ def worker(args):
 
 def _launch(ranks, args, timeout=900):
     """Run this script as a worker under ``mpiexec -n ranks``; returns rank 0's result dict."""
-    from fastbp.distributed import mpiexec_path
+    from fastbp.distributed import mpirun
 
-    mpiexec = mpiexec_path()
-    if mpiexec is None:
-        sys.exit("mpiexec not found: python -m pip install -e '.[mpi]'")
-    command = [mpiexec, "-n", str(ranks), sys.executable, os.path.abspath(__file__), "--worker"]
+    command = [sys.executable, os.path.abspath(__file__), "--worker"]
     command += ["--shape", args.shape, "--dtype", args.dtype, "--epochs", str(args.epochs), "--steps", str(args.steps)]
     command += ["--overhead-shapes", args.overhead_shapes]
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        start_new_session=True,
-    )
     try:
-        out, err = proc.communicate(timeout=timeout)
+        proc = mpirun(command, n=ranks, timeout=timeout)
     except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec's whole process group: the launcher and its ranks
-        proc.communicate()
         sys.exit(f"timeout after {timeout} s: {' '.join(command)}")
+    except FileNotFoundError as err:
+        sys.exit(str(err))
     if proc.returncode != 0:
-        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{err}")
+        sys.exit(f"{' '.join(command)} failed ({proc.returncode}):\n{proc.stderr}")
+    out = proc.stdout
     line = next(line for line in out.splitlines() if line.startswith("RESULT "))
     return json.loads(line[len("RESULT ") :])
 

@@ -8,7 +8,6 @@ import json
 import os
 import pickle
 import re
-import signal
 import subprocess
 import sys
 import time
@@ -43,26 +42,14 @@ needs_mpi = pytest.mark.skipif(_mpi_skip_reason() is not None, reason=str(_mpi_s
 
 
 def mpirun(args, n=2, cwd=None, timeout=TIMEOUT):
-    """Run ``mpiexec -n n args`` in its own process group, killed as a whole on timeout; returns
-    (CompletedProcess, seconds)."""
-    command = [distributed.mpiexec_path(), "-n", str(n), *args]
+    """Run ``mpiexec -n n args`` bounded in time (fastbp.distributed.mpirun kills the whole process group on
+    timeout); returns (CompletedProcess, seconds)."""
     start = time.perf_counter()
-    proc = subprocess.Popen(
-        command,
-        stdin=subprocess.DEVNULL,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-        cwd=cwd,
-        start_new_session=True,
-    )
     try:
-        out, err = proc.communicate(timeout=timeout)
-    except subprocess.TimeoutExpired:
-        os.killpg(proc.pid, signal.SIGKILL)  # mpiexec and every rank it started
-        out, err = proc.communicate()
-        pytest.fail(f"{' '.join(command)} did not end within {timeout} s:\n{out}\n{err}")
-    return subprocess.CompletedProcess(command, proc.returncode, out, err), time.perf_counter() - start
+        proc = distributed.mpirun(args, n=n, timeout=timeout, cwd=cwd)
+    except subprocess.TimeoutExpired as err:
+        pytest.fail(f"{' '.join(err.cmd)} did not end within {timeout} s:\n{err.output}\n{err.stderr}")
+    return proc, time.perf_counter() - start
 
 
 def _equal_run(tmp_path_factory, ranks):
