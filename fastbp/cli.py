@@ -233,6 +233,14 @@ def _add_diagnose_parser(sub):
     diag.add_argument("--json", help="write the numbers to this JSON file")
 
 
+def _check_output_dirs(*options):
+    """Raise ValueError for an output path (option, path or None; 'none' skips) whose directory does not exist:
+    checked before the work, not after it."""
+    for option, path in options:
+        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
+            raise ValueError(f"{option} {path}: the directory does not exist")
+
+
 def _version():
     from . import __version__
 
@@ -284,9 +292,7 @@ def _train(args, trainer_cls=None):
 
     if args.threads:
         fastbp.set_num_threads(args.threads)
-    for option, path in (("--output", args.output), ("--plot", args.plot), ("--json", args.json)):
-        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"{option} {path}: the directory does not exist")  # before training, not after
+    _check_output_dirs(("--output", args.output), ("--plot", args.plot), ("--json", args.json))
     X, y = _load_data(args.data, args.labels)
     if y.ndim != 1 or y.dtype.kind not in "iu":
         raise ValueError(
@@ -475,9 +481,7 @@ def cmd_gradcheck(args):
 def cmd_diagnose(args):
     from . import diagnose
 
-    for option, path in (("--plot", args.plot), ("--json", args.json)):
-        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"{option} {path}: the directory does not exist")
+    _check_output_dirs(("--plot", args.plot), ("--json", args.json))
     result = diagnose.run(
         depth=args.depth,
         width=args.width,
