@@ -135,7 +135,7 @@ class _FastbpMixin:
         return net.predict(X).astype(np.result_type(X.dtype, net.dtype), copy=False)
 
     # ------------------------------------------------------------------ stochastic solvers
-    def _new_optimizer(self, dtype):
+    def _new_optimizer(self):
         if self.solver == "sgd":
             nesterov = self.nesterovs_momentum and self.momentum > 0  # scikit-learn allows it without momentum
             return SGD(lr=self.learning_rate_init, momentum=self.momentum, nesterov=nesterov)
@@ -165,7 +165,7 @@ class _FastbpMixin:
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         if not incremental or not hasattr(self, "_optimizer"):
-            self._optimizer = self._new_optimizer(X.dtype)
+            self._optimizer = self._new_optimizer()
         opt = self._optimizer
 
         if self.early_stopping and incremental:
