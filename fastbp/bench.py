@@ -1,7 +1,9 @@
 """The benchmark report: fastbp against the NumPy reference and every installed peer, in one run.
 
 One training step = forward + backward + plain SGD update on one mini-batch: ReLU hidden layers, softmax +
-cross-entropy (BENCHMARKS.md). Each contender's step is timed in rounds interleaved A B C ... A B C ..., each
+cross-entropy (BENCHMARKS.md). Every contender trains on the same STEPS_PER_CALL mini-batches in turn (new data
+at each step, as in training; the batches are made before timing, so no contender pays for gathering them). Each
+contender's step is timed in rounds interleaved A B C ... A B C ..., each
 round a loop lasting at least ``min_time``; the report gives the median time per step (min and max over rounds),
 GFLOP/s, the percent of the machine's single-GEMM peak measured in the same run, and the ratio of each peer's
 time to fastbp's, computed within each round and then the median taken (absolute times drift on a shared
@@ -105,17 +107,25 @@ def _timed(fn):
 
 
 # ---------------------------------------------------------------------------------------------------- contenders
-def _data(sizes, batch, dtype, steps):
+def _data(sizes, batch, dtype, steps=STEPS_PER_CALL):
+    """X (batch * steps, n_in) of ``dtype`` and int64 labels y: the ``steps`` consecutive mini-batches that every
+    contender trains on in turn, so that each step meets new data (as in training) and the same data for all."""
     rng = np.random.default_rng(0)
     X = rng.standard_normal((batch * steps, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], batch * steps)
     return X, y
 
 
+def _batches(X, y, batch):
+    """The (X, y) mini-batches of ``batch`` consecutive rows, as views."""
+    return [(X[i : i + batch], y[i : i + batch]) for i in range(0, X.shape[0], batch)]
+
+
 def fastbp_step(sizes, batch, dtype, trainable=None):
-    """The compiled epoch loop over STEPS_PER_CALL batches: returns (function, steps per call). ``trainable``:
-    per-layer flags of the network (frozen layers skip their weight-gradient GEMM)."""
-    X, y = _data(sizes, batch, dtype, STEPS_PER_CALL)
+    """The compiled epoch loop over the STEPS_PER_CALL batches, in order (no shuffling, so the batches are views of
+    X, as the peers' are): returns (function, steps per call). ``trainable``: per-layer flags of the network
+    (frozen layers skip their weight-gradient GEMM)."""
+    X, y = _data(sizes, batch, dtype)
     net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable)
     trainer = Trainer(net, SGD(LR), batch_size=batch, progress=False, divergence_factor=None)
     Xc, Y2d, labels = net.check_batch(X, y)
@@ -126,34 +136,35 @@ def fastbp_step(sizes, batch, dtype, trainable=None):
 
 def numpy_step(sizes, batch, dtype):
     """The NumPy reference: value_and_grad, then an SGD update of the flat parameters."""
-    X, y = _data(sizes, batch, dtype, 1)
+    batches = _batches(*_data(sizes, batch, dtype), batch)
     net = MLP(sizes, dtype=dtype, seed=0)
 
-    def step():
-        _, grads = reference.value_and_grad(net, X, y)
-        net.params[:] -= LR * grads
+    def steps():
+        for X, y in batches:
+            _, grads = reference.value_and_grad(net, X, y)
+            net.params[:] -= LR * grads
 
-    return step, 1
+    return steps, len(batches)
 
 
 def torch_step(sizes, batch, dtype):
     import torch
 
-    X, y = _data(sizes, batch, dtype, 1)
     layers = []
     for fan_in, fan_out in itertools.pairwise(sizes):
         layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
     model = torch.nn.Sequential(*layers[:-1]).to(getattr(torch, dtype))
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
-    tX, ty = torch.from_numpy(X), torch.from_numpy(y)
+    batches = [(torch.from_numpy(X), torch.from_numpy(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
 
-    def step():
-        opt.zero_grad()
-        loss_fn(model(tX), ty).backward()
-        opt.step()
+    def steps():
+        for tX, ty in batches:
+            opt.zero_grad()
+            loss_fn(model(tX), ty).backward()
+            opt.step()
 
-    return step, 1
+    return steps, len(batches)
 
 
 def jax_step(sizes, batch, dtype):
@@ -164,7 +175,6 @@ def jax_step(sizes, batch, dtype):
     import jax
     import jax.numpy as jnp
 
-    X, y = _data(sizes, batch, dtype, 1)
     net = MLP(sizes, dtype=dtype, seed=0)
     params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.coefs, net.intercepts, strict=True)]
 
@@ -181,14 +191,15 @@ def jax_step(sizes, batch, dtype):
         grads = jax.grad(loss)(params, X, y)
         return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
 
-    jX, jy = jnp.asarray(X), jnp.asarray(y)
+    batches = [(jnp.asarray(X), jnp.asarray(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
     state = {"params": params}
 
-    def step():
-        state["params"] = update(state["params"], jX, jy)
+    def steps():
+        for jX, jy in batches:
+            state["params"] = update(state["params"], jX, jy)
         jax.block_until_ready(state["params"])
 
-    return step, 1
+    return steps, len(batches)
 
 
 CONTENDERS = {"fastbp": fastbp_step, "numpy": numpy_step, "torch": torch_step, "jax": jax_step}

@@ -44,6 +44,29 @@ def test_epoch_loop_equals_numpy_sgd_with_the_reference_gradient(rng):
     assert rel_err(net.params, shadow.params) <= RTOL["float64"]
 
 
+# Batches of consecutive rows are taken as views of the data, the others are copied (gathered): this order has
+# both kinds, runs that do not start at row 0, and a short last batch that ends at the last row.
+_MIXED_ORDER = np.concatenate([np.arange(0, 8), np.arange(20, 28), [9, 1, 33, 2, 8, 17, 30, 19], np.arange(42, 48)])
+
+
+@pytest.mark.parametrize(("output", "weighted"), [("softmax", False), ("identity", True)])
+def test_epoch_over_consecutive_and_shuffled_batches_equals_numpy_sgd(output, weighted, rng):
+    net = fastbp.MLP([5, 7, 3], "tanh", output=output, dtype="float64", seed=4)
+    shadow = fastbp.MLP([5, 7, 3], "tanh", output=output, dtype="float64", seed=4)
+    X, y = make_batch(net, 48, rng)
+    w = rng.random(48) + 0.5 if weighted else None
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.2), batch_size=8, progress=False)
+    Xc, Y2d, labels = net.check_batch(X, y)
+    sw = w if weighted else np.zeros(0)
+    status, _, steps = trainer._run(Xc, Y2d, labels, _MIXED_ORDER, 8, trainer._schedule(None), sw=sw)
+    assert (status, steps) == (0, 4)
+    for start in range(0, _MIXED_ORDER.size, 8):
+        idx = _MIXED_ORDER[start : start + 8]
+        grads = reference.value_and_grad(shadow, X[idx], y[idx], sample_weight=None if w is None else w[idx])[1]
+        shadow.params[:] -= 0.2 * grads
+    assert rel_err(net.params, shadow.params) <= RTOL["float64"]
+
+
 def test_fit_learns_digits_and_records_history():
     X, y = fastbp.data.load_digits()
     X_train, X_test, y_train, y_test = fastbp.data.prepare(X, y, seed=0)

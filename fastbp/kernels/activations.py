@@ -78,16 +78,19 @@ def _derivative(a, code):
 
 
 @leaf
-def _bias_log_sum_exp_row(Z, b, i):
-    """Z[i] <- Z[i] + b; returns the row's log-sum-exp ``max(z) + log(sum(exp(z - max(z))))``, which never
-    overflows. ``softmax(z) = exp(z - lse)``."""
+def _bias_exp_row(Z, b, i):
+    """Z[i] <- exp(Z[i] + b - max(Z[i] + b)), one exp per element in the array's dtype; returns
+    ``(max, sum of the exps)``, so that ``lse = max + log(sum)`` and ``softmax = Z[i] / sum``. The shift by the
+    maximum keeps every exp in (0, 1], so nothing overflows and the sum is at least 1."""
     m = Z.shape[1]
-    z_max = -math.inf
+    z_max = Z[i, 0] + b[0]
     for j in range(m):
         z = Z[i, j] + b[j]
         Z[i, j] = z
         z_max = max(z_max, z)
     total = 0.0
     for j in range(m):
-        total += math.exp(Z[i, j] - z_max)
-    return z_max + math.log(total)
+        e = math.exp(Z[i, j] - z_max)
+        Z[i, j] = e
+        total += e
+    return z_max, total

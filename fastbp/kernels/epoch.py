@@ -30,7 +30,8 @@ OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
 @leaf
 def _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb):
     """Copy rows ``perm[start:stop]`` of X, of Y (or labels) and of the sample weights into the batch buffers;
-    returns the batch views.
+    returns the batch views. When those rows are consecutive (an epoch without shuffling), returns views of the
+    data instead and copies nothing.
 
     NumPy: ``idx = perm[start:stop]; return X[idx], Y[idx] (or Y[:0]), labels[idx] (or labels[:0]), sw[idx] (or
     sw[:0])``. Xb, Yb: 1-D float buffers of at least m * n_in and m * n_out; lb: 1-D int64 of at least m; swb:
@@ -39,6 +40,17 @@ def _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb):
     m = stop - start
     n_in = X.shape[1]
     n_out = Y.shape[1]
+    first = perm[start]
+    contiguous = True
+    for r in range(1, m):
+        if perm[start + r] != first + r:
+            contiguous = False
+            break
+    if contiguous:  # rows in order (no shuffling, or a subset in order): views of the data, nothing to copy
+        stop_row = first + m
+        Yv = Y[first:stop_row] if labels.shape[0] == 0 else Y[:0]
+        lv = labels[first:stop_row] if labels.shape[0] > 0 else labels[:0]
+        return X[first:stop_row], Yv, lv, sw[first:stop_row] if sw.shape[0] > 0 else sw[:0]
     Xv = _rows_view(Xb, m, n_in)
     for r in range(m):
         Xv[r, :] = X[perm[start + r], :]

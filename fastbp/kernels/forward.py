@@ -6,7 +6,7 @@ the activation in place, so the pre-activation ``Z`` is never stored separately.
 
 import math
 
-from .._config import kernel, leaf
+from .._config import kernel, leaf, like
 from .activations import (
     IDENTITY,
     LEAKY_RELU,
@@ -15,7 +15,7 @@ from .activations import (
     SOFTMAX,
     TANH,
     _activate,
-    _bias_log_sum_exp_row,
+    _bias_exp_row,
 )
 from .gemm import _gemm
 
@@ -31,12 +31,13 @@ def _bias_activation_elementwise(Z, b, code):
 
 @leaf
 def _bias_softmax(Z, b):
-    """Z[i] <- softmax(Z[i] + b) = exp(z - lse(z)), row by row."""
+    """Z[i] <- softmax(Z[i] + b) = exp(z - max(z)) / sum(exp(z - max(z))), row by row, one exp per element."""
     n, m = Z.shape
     for i in range(n):
-        lse = _bias_log_sum_exp_row(Z, b, i)
+        _, total = _bias_exp_row(Z, b, i)
+        inv = like(1.0 / total, Z)
         for j in range(m):
-            Z[i, j] = math.exp(Z[i, j] - lse)
+            Z[i, j] *= inv
 
 
 @kernel

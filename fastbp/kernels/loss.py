@@ -21,13 +21,13 @@ further scaling.
 
 import math
 
-from .._config import kernel, leaf
+from .._config import kernel, leaf, like
 from .activations import (
     IDENTITY,
     SIGMOID,
     SOFTMAX,
     _activate,
-    _bias_log_sum_exp_row,
+    _bias_exp_row,
     _derivative,
 )
 
@@ -60,43 +60,54 @@ def _row_weight(sw, i):
 
 @leaf
 def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, with_db):
-    """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss."""
+    """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss.
+
+    Per row: the cross-entropy ``sum_j y_j (lse - z_j) = lse sum(y) - y . z`` needs z only through ``y . z`` and
+    ``sum(y)``, taken before :func:`_bias_exp_row` overwrites z with ``exp(z - max)``; then ``p = exp / sum``.
+    """
     n, m = Z.shape
     loss = 0.0
     for i in range(n):
-        lse = _bias_log_sum_exp_row(Z, b, i)
         w_i = _row_weight(sw, i)
         w_row = weight * w_i
-        row = 0.0
-        g_dot_p = 0.0
-        y_sum = 1.0  # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
-        if cross_entropy and labels.shape[0] == 0:
+        # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
+        y_sum = 1.0
+        y_dot_z = 0.0
+        if labels.shape[0] > 0:
+            y_dot_z = Z[i, labels[i]] + b[labels[i]]
+        else:
             y_sum = 0.0
             for j in range(m):
                 y_sum += Y[i, j]
-        for j in range(m):
-            y = _target(Y, labels, i, j)
-            z = Z[i, j]
-            p = math.exp(z - lse)
-            Z[i, j] = p
-            if cross_entropy:
-                row += y * (lse - z)
-                d = w_row * (p * y_sum - y)
+                y_dot_z += Y[i, j] * (Z[i, j] + b[j])
+        z_max, total = _bias_exp_row(Z, b, i)
+        inv = like(1.0 / total, Z)
+        if cross_entropy:
+            loss += w_i * ((z_max + math.log(total)) * y_sum - y_dot_z)
+            scale = w_row * y_sum
+            for j in range(m):
+                p = Z[i, j] * inv
+                Z[i, j] = p
+                d = scale * p - w_row * _target(Y, labels, i, j)
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
-            else:
-                g = p - y
+        else:
+            row = 0.0
+            g_dot_p = 0.0
+            for j in range(m):
+                p = Z[i, j] * inv
+                Z[i, j] = p
+                g = p - _target(Y, labels, i, j)
                 row += 0.5 * g * g
                 g_dot_p += g * p
                 delta[i, j] = g
-        if not cross_entropy:
             for j in range(m):
                 d = w_row * Z[i, j] * (delta[i, j] - g_dot_p)
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
-        loss += w_i * row
+            loss += w_i * row
     return loss
 
 
