@@ -4,8 +4,6 @@ One GEMM writes ``A_prev @ W`` into the output buffer, then ONE pass over that b
 the activation in place, so the pre-activation ``Z`` is never stored separately.
 """
 
-import math
-
 from .._config import kernel, leaf, like
 from .activations import (
     IDENTITY,
