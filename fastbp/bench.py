@@ -409,6 +409,73 @@ def table(results):
     return "\n".join(lines)
 
 
+#: The step-time targets of BENCHMARKS.md: shape -> minimum ratio (peer time / fastbp time) against each named peer,
+#: "fastest" meaning the fastest peer measured (numpy included). Float32 cells only, as in BENCHMARKS.md.
+STEP_TARGETS = {
+    "S": {"torch": 8.0, "numpy": 3.0, "jax": 3.0},
+    "M": {"fastest": 1.4},
+    "L": {"fastest": 1.15},
+    "XL": {"fastest": 1.0},
+}
+#: XL must also reach this percent of the measured sgemm peak.
+XL_PEAK_PERCENT = 90.0
+#: Whole fits: scikit-learn's time / fastbp's by dtype, with test accuracy within ACCURACY_POINTS points.
+FIT_TARGETS = {"float32": 8.0, "float64": 4.0}
+ACCURACY_POINTS = 1.0
+
+
+def targets(results):
+    """Each target of BENCHMARKS.md checked against ``results`` (as returned by :func:`run`): a list of
+    ``(target, measured, met)`` strings and bool. Targets whose cells or peers were not measured are left out."""
+    rows = []
+    cells = {(c["shape"], c["dtype"]): c for c in results["cells"]}
+    for shape, wanted in STEP_TARGETS.items():
+        cell = cells.get((shape, "float32"))
+        if cell is None:
+            continue
+        peers = {name: p["ratio"] for name, p in cell["peers"].items() if name != "fastbp"}
+        for peer, minimum in wanted.items():
+            if peer == "fastest":
+                name = min(peers, key=peers.get)  # the smallest ratio is the fastest peer
+                rows.append(
+                    (
+                        f"{shape}: >= {minimum:g}x the fastest peer",
+                        f"{peers[name]:.2f}x ({name})",
+                        peers[name] >= minimum,
+                    )
+                )
+            elif peer in peers:
+                rows.append((f"{shape}: >= {minimum:g}x {peer}", f"{peers[peer]:.2f}x", peers[peer] >= minimum))
+        if shape == "XL":
+            percent = cell["peak_percent"]
+            rows.append(
+                (f"XL: >= {XL_PEAK_PERCENT:g}% of the sgemm peak", f"{percent:.1f}%", percent >= XL_PEAK_PERCENT)
+            )
+    if results["cells"]:
+        slowest = min(results["cells"], key=lambda c: c["peers"]["numpy"]["ratio"])
+        ratio = slowest["peers"]["numpy"]["ratio"]
+        where = f"{ratio:.2f}x at its lowest ({slowest['shape']} {slowest['dtype']})"
+        rows.append(("never slower than the NumPy reference", where, ratio >= 1.0))
+    for fit in results["sklearn"]:
+        minimum = FIT_TARGETS[fit["dtype"]]
+        points = 100 * abs(fit["fastbp_accuracy"] - fit["sklearn_accuracy"])
+        rows.append(
+            (
+                f"scikit-learn fit {fit['dtype']}: >= {minimum:g}x, accuracy within {ACCURACY_POINTS:g} point",
+                f"{fit['ratio']:.1f}x, {points:.2f} points apart",
+                fit["ratio"] >= minimum and points <= ACCURACY_POINTS,
+            )
+        )
+    return rows
+
+
+def targets_table(results):
+    """Markdown table of :func:`targets`."""
+    lines = ["| target (BENCHMARKS.md) | measured in this run | met |", "|---|---|---|"]
+    lines += [f"| {target} | {measured} | {'yes' if met else 'NO'} |" for target, measured, met in targets(results)]
+    return "\n".join(lines)
+
+
 def plot(results, path):
     """Bar chart of each contender's time per step relative to fastbp (log scale), one group per cell."""
     from .plot import pyplot

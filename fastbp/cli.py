@@ -390,6 +390,8 @@ def cmd_bench(args):
     results = bench.run(cells, rounds=rounds, min_time=min_time, with_sklearn=not args.no_sklearn)
     print()
     print(bench.table(results))
+    print()
+    print(bench.targets_table(results))
     if args.json:
         bench.save_json(results, args.json)
         print(f"json: {args.json}")

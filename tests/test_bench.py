@@ -1,0 +1,47 @@
+"""The benchmark report's check of the targets of BENCHMARKS.md (on made-up results: no timing here)."""
+
+from fastbp import bench
+
+
+def _cell(shape, dtype, peak_percent=50.0, **ratios):
+    peers = {"fastbp": {"ratio": 1.0}} | {name: {"ratio": r} for name, r in ratios.items()}
+    return {"shape": shape, "dtype": dtype, "peak_percent": peak_percent, "peers": peers}
+
+
+def _fit(dtype, ratio, ours, theirs):
+    return {"dtype": dtype, "ratio": ratio, "fastbp_accuracy": ours, "sklearn_accuracy": theirs}
+
+
+def test_targets_compare_each_cell_with_its_peers_and_the_fastest_one():
+    results = {
+        "cells": [
+            _cell("S", "float32", numpy=3.5, torch=9.0, jax=2.9),
+            _cell("M", "float32", numpy=1.9, torch=2.0, jax=1.41),
+            _cell("L", "float32", numpy=1.2, torch=2.0, jax=1.1),  # jax under 1.15x, numpy too
+            _cell("XL", "float32", peak_percent=89.6, numpy=1.5, torch=2.0, jax=1.05),
+            _cell("M", "float64", numpy=0.9, torch=2.0),  # not a step target, but slower than numpy
+        ],
+        "sklearn": [_fit("float32", 8.5, 0.970, 0.975), _fit("float64", 5.0, 0.95, 0.97)],
+    }
+    met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
+    assert met["S: >= 8x torch"] == ("9.00x", True)
+    assert met["S: >= 3x numpy"][1] and not met["S: >= 3x jax"][1]
+    assert met["M: >= 1.4x the fastest peer"] == ("1.41x (jax)", True)
+    assert met["L: >= 1.15x the fastest peer"] == ("1.10x (jax)", False)
+    assert met["XL: >= 1x the fastest peer"][1]
+    assert met["XL: >= 90% of the sgemm peak"] == ("89.6%", False)
+    assert met["never slower than the NumPy reference"] == ("0.90x at its lowest (M float64)", False)
+    assert met["scikit-learn fit float32: >= 8x, accuracy within 1 point"] == ("8.5x, 0.50 points apart", True)
+    assert not met["scikit-learn fit float64: >= 4x, accuracy within 1 point"][1]  # 2 points apart
+    assert len(met) == 10
+
+
+def test_targets_skip_what_was_not_measured():
+    results = {"cells": [_cell("S", "float32", numpy=4.0, torch=9.0)], "sklearn": []}
+    rows = bench.targets(results)
+    assert [target for target, _, _ in rows] == [
+        "S: >= 8x torch",
+        "S: >= 3x numpy",
+        "never slower than the NumPy reference",
+    ]
+    assert "| S: >= 3x numpy | 4.00x | yes |" in bench.targets_table(results)
