@@ -30,18 +30,29 @@ def test_targets_compare_each_cell_with_its_peers_and_the_fastest_one():
     assert met["L: >= 1.15x the fastest peer"] == ("1.10x (jax)", False)
     assert met["XL: >= 1x the fastest peer"][1]
     assert met["XL: >= 90% of the sgemm peak"] == ("89.6%", False)
-    assert met["never slower than the NumPy reference"] == ("0.90x at its lowest (M float64)", False)
+    assert met["never slower than the NumPy reference (every cell)"] == ("0.90x at its lowest (M float64)", False)
     assert met["scikit-learn fit float32: >= 8x, accuracy within 1 point"] == ("8.5x, 0.50 points apart", True)
     assert not met["scikit-learn fit float64: >= 4x, accuracy within 1 point"][1]  # 2 points apart
     assert len(met) == 10
 
 
-def test_targets_skip_what_was_not_measured():
-    results = {"cells": [_cell("S", "float32", numpy=4.0, torch=9.0)], "sklearn": []}
+def test_targets_not_measured_are_shown_never_dropped_or_passed():
+    # S with numpy and torch only (jax not installed), M with numpy alone, no scikit-learn fit
+    results = {
+        "cells": [_cell("S", "float32", numpy=4.0, torch=9.0), _cell("M", "float32", numpy=1.5)],
+        "sklearn": [],
+    }
     rows = bench.targets(results)
-    assert [target for target, _, _ in rows] == [
-        "S: >= 8x torch",
-        "S: >= 3x numpy",
-        "never slower than the NumPy reference",
-    ]
-    assert "| S: >= 3x numpy | 4.00x | yes |" in bench.targets_table(results)
+    met = {target: (measured, ok) for target, measured, ok in rows}
+    assert len(rows) == 10  # every target, measured or not
+    assert met["S: >= 8x torch"] == ("9.00x", True)
+    assert met["S: >= 3x jax"] == ("not measured (jax not installed)", None)
+    # numpy alone is faster than 1.4x, but torch and jax were not measured: no verdict
+    assert met["M: >= 1.4x the fastest peer"] == ("1.50x (numpy); torch, jax not measured", None)
+    assert met["L: >= 1.15x the fastest peer"] == ("not measured (no L float32 cell)", None)
+    assert met["XL: >= 90% of the sgemm peak"][1] is None
+    assert met["never slower than the NumPy reference (every cell)"][1] is True
+    assert met["scikit-learn fit float64: >= 4x, accuracy within 1 point"] == ("not measured", None)
+    table = bench.targets_table(results)
+    assert "| S: >= 3x numpy | 4.00x | yes |" in table
+    assert "| S: >= 3x jax | not measured (jax not installed) | not measured |" in table

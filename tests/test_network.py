@@ -2,7 +2,7 @@
 
 import numpy as np
 import pytest
-from conftest import DTYPES, HIDDEN, PAIRS, RTOL, make_batch, rel_err
+from conftest import DTYPES, HIDDEN, PAIRS, RTOL, SOFTMAX_LOSS_RTOL_FLOAT32, make_batch, rel_err
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
@@ -148,6 +148,34 @@ def test_extreme_logits_stay_finite():
         assert value == pytest.approx(1000.0, rel=1e-12)
         assert value == pytest.approx(ref_value, rel=1e-12)
         np.testing.assert_allclose(grads, ref_grads, rtol=1e-12)
+
+
+@pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
+@pytest.mark.parametrize("labels", [True, False])
+def test_an_overflowed_logit_of_another_class_gives_a_non_finite_loss(loss, labels):
+    # float32 logits [0, -inf, 0]: the -inf class has probability 0, so only "0 * inf" in the loss shows the overflow
+    net = fastbp.MLP([2, 3], output="softmax", loss=loss, dtype="float32")
+    net.coefs[0][...] = 0.0
+    net.coefs[0][:, 1] = -1.0
+    net.intercepts[0][...] = 0.0
+    X = np.full((1, 2), 2e38, dtype=np.float32)
+    value, _ = net.value_and_grad(X, np.array([0]) if labels else np.array([[1.0, 0.0, 0.0]]))
+    assert not np.isfinite(value)
+
+
+@pytest.mark.parametrize("shift", [0.0, 1e3, 1e4])
+def test_float32_soft_target_cross_entropy_is_accurate_at_large_logits(shift):
+    # W = I and b = 0 make the logits equal X exactly, so the loss can be computed in float64 from the same numbers.
+    net = fastbp.MLP([3, 3], output="softmax", dtype="float32")
+    net.coefs[0][...] = np.eye(3)
+    net.intercepts[0][...] = 0.0
+    X = (shift + np.array([[30.0, 0.0, -5.0]])).astype(np.float32)
+    Y = np.array([[0.7, 0.2, 0.1]], dtype=np.float32)
+    z = X.astype(np.float64)[0]
+    lse = z.max() + np.log(np.exp(z - z.max()).sum())
+    expected = float(np.dot(Y.astype(np.float64)[0], lse - z))
+    value, _ = net.value_and_grad(X, Y)
+    assert value == pytest.approx(expected, rel=SOFTMAX_LOSS_RTOL_FLOAT32)
 
 
 @pytest.mark.parametrize(("sizes", "n"), [([64, 128, 10], 32), ([784, 256, 256, 10], 128), ([5, 3, 9, 2], 7)])

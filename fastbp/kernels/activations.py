@@ -80,17 +80,21 @@ def _derivative(a, code):
 @leaf
 def _bias_exp_row(Z, b, i):
     """Z[i] <- exp(Z[i] + b - max(Z[i] + b)), one exp per element in the array's dtype; returns
-    ``(max, sum of the exps)``, so that ``lse = max + log(sum)`` and ``softmax = Z[i] / sum``. The shift by the
-    maximum keeps every exp in (0, 1], so nothing overflows and the sum is at least 1."""
+    ``(max, sum of the exps, sum of the logits z in float64)``, so that ``lse = max + log(sum)`` and
+    ``softmax = Z[i] / sum``. The shift by the maximum keeps every exp in (0, 1], so nothing overflows and the sum
+    is at least 1. The logits' sum is finite exactly when every logit is (a -inf logit gives a zero exp and would
+    otherwise go unnoticed)."""
     m = Z.shape[1]
     z_max = Z[i, 0] + b[0]
+    z_sum = 0.0
     for j in range(m):
         z = Z[i, j] + b[j]
         Z[i, j] = z
         z_max = max(z_max, z)
+        z_sum += z
     total = 0.0
     for j in range(m):
         e = math.exp(Z[i, j] - z_max)
         Z[i, j] = e
         total += e
-    return z_max, total
+    return z_max, total, z_sum

@@ -32,7 +32,7 @@ def _bias_softmax(Z, b):
     """Z[i] <- softmax(Z[i] + b) = exp(z - max(z)) / sum(exp(z - max(z))), row by row, one exp per element."""
     n, m = Z.shape
     for i in range(n):
-        _, total = _bias_exp_row(Z, b, i)
+        _, total, _ = _bias_exp_row(Z, b, i)
         inv = like(1.0 / total, Z)
         for j in range(m):
             Z[i, j] *= inv

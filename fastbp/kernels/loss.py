@@ -21,6 +21,8 @@ further scaling.
 
 import math
 
+import numpy as np
+
 from .._config import kernel, leaf, like
 from .activations import (
     IDENTITY,
@@ -63,7 +65,10 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
     """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss.
 
     Per row: the cross-entropy ``sum_j y_j (lse - z_j) = lse sum(y) - y . z`` needs z only through ``y . z`` and
-    ``sum(y)``, taken before :func:`_bias_exp_row` overwrites z with ``exp(z - max)``; then ``p = exp / sum``.
+    ``sum(y)``, taken (in float64) before :func:`_bias_exp_row` overwrites z with ``exp(z - max)``; then
+    ``p = exp / sum``. The loss gets ``0 * sum(z)``, which is NaN when any logit is infinite or NaN: a diverged
+    network's loss is then never finite, whatever the targets (an overflowed logit of another class than the label
+    would otherwise drop out of the loss).
     """
     n, m = Z.shape
     loss = 0.0
@@ -79,11 +84,13 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
             y_sum = 0.0
             for j in range(m):
                 y_sum += Y[i, j]
-                y_dot_z += Y[i, j] * (Z[i, j] + b[j])
-        z_max, total = _bias_exp_row(Z, b, i)
+                # z rounded to the dtype as the stored logit is, then the product in float64: lse sum(y) - y . z
+                # cancels when the logits are large, so y . z must not carry float32 rounding
+                y_dot_z += np.float64(Y[i, j]) * (Z[i, j] + b[j])
+        z_max, total, z_sum = _bias_exp_row(Z, b, i)
         inv = like(1.0 / total, Z)
         if cross_entropy:
-            loss += w_i * ((z_max + math.log(total)) * y_sum - y_dot_z)
+            loss += w_i * ((z_max + math.log(total)) * y_sum - y_dot_z + 0.0 * z_sum)
             scale = w_row * y_sum
             for j in range(m):
                 p = Z[i, j] * inv
@@ -107,7 +114,7 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
                 delta[i, j] = d
                 if with_db:
                     db[j] += d
-            loss += w_i * row
+            loss += w_i * (row + 0.0 * z_sum)
     return loss
 
 
