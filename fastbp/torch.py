@@ -37,8 +37,8 @@ import torch
 from ._validation import check_dtype, check_int
 from .kernels import activations as _act
 from .kernels import layout as _lay
-from .kernels.backward import _hidden_delta, _weight_grad
-from .kernels.forward import _dense_forward
+from .kernels.backward import _activation_derivative, _hidden_delta, _weight_grad
+from .kernels.forward import _bias_activation, _dense_forward
 from .network import MLP as _FastMLP
 
 __all__ = ["MLP"]
@@ -76,6 +76,15 @@ def _numpy_dtype(dtype):
 # forward and backward; with ``torch.set_num_threads(1)`` the cores are free and fastbp's BLAS keeps its threads.
 
 _BLAS_CONTROLS = None
+
+#: With ``blas_threads="auto"`` while torch uses several threads, a GEMM of at least this many multiply-adds
+#: (n * fan_in * fan_out) runs through ``torch.mm`` (into fastbp's buffers, on torch's own thread pool, so both
+#: cores work and no second pool fights torch's), followed by fastbp's fused epilogue; smaller GEMMs run on fastbp's
+#: BLAS on the calling thread, where torch's per-call overhead would cost more than the second core gains. Measured
+#: on 2 cores (shape M, 784-256-256-10, batch 128, float32): torch's GEMMs of a step take 956 us, OpenBLAS's on one
+#: thread 901 us with its AVX-512 kernels and about twice that with the AVX2 kernels that this machine's default
+#: OPENBLAS_CORETYPE selects. 2^20 is OpenBLAS's own order of size for starting a second thread.
+TORCH_GEMM_MIN = 1 << 20
 
 
 def _blas_controls():
@@ -116,6 +125,16 @@ def _limit_blas(n):
                 set_(n)
                 changed = [*(changed or ()), (set_, count)]
     return changed
+
+
+def _torch_gemms(blas_threads):
+    """Whether large GEMMs go through torch.mm (see TORCH_GEMM_MIN)."""
+    return blas_threads == "auto" and torch.get_num_threads() > 1
+
+
+def _mm(A, B, out):
+    """``out[...] = A @ B`` by torch.mm on views of the NumPy arrays (no copy; B may be a transposed view)."""
+    torch.mm(torch.from_numpy(A), torch.from_numpy(B), out=torch.from_numpy(out))
 
 
 def _restore_blas(changed):
@@ -230,13 +249,18 @@ class _Engine:
         activations into ``acts``. X: (n, n_in); acts: list of (n, h_l) views; out: (n, n_out), output. All
         C-contiguous NumPy arrays of the engine's dtype."""
         Ws, bs, codes = self.Ws, self.bs, self.codes
+        via_torch = _torch_gemms(self.blas_threads)
         limited = _limit_blas(self.blas_threads)
         try:
             A_prev = X
-            for l in range(self.n_layers - 1):
-                _dense_forward(A_prev, Ws[l], bs[l], codes[l], acts[l])
-                A_prev = acts[l]
-            _dense_forward(A_prev, Ws[-1], bs[-1], codes[-1], out)
+            for l in range(self.n_layers):
+                A = acts[l] if l < self.n_layers - 1 else out
+                if via_torch and A.size * A_prev.shape[1] >= TORCH_GEMM_MIN:
+                    _mm(A_prev, Ws[l], A)
+                    _bias_activation(A, bs[l], codes[l])
+                else:
+                    _dense_forward(A_prev, Ws[l], bs[l], codes[l], A)
+                A_prev = A
         finally:
             _restore_blas(limited)
 
@@ -259,6 +283,7 @@ class _Engine:
             return tuple(grads)
         n = G.shape[0]
         dtype, shapes, codes, sizes = self.dtype, self.shapes, self.codes, self.sizes
+        via_torch = _torch_gemms(self.blas_threads)
         limited = _limit_blas(self.blas_threads)
         try:
             # BP1 with the upstream gradient (G itself for the identity output).
@@ -276,21 +301,32 @@ class _Engine:
                 grads[1 + 2 * L] = torch.from_numpy(db)
             for l in range(L - 1, lowest - 1, -1):
                 A_prev = X if l == 0 else acts[l - 1]
+                big = via_torch and n * sizes[l] * sizes[l + 1] >= TORCH_GEMM_MIN  # this layer's GEMMs via torch
                 if needs[2 + 2 * l]:
                     dW = np.empty(shapes[2 * l], dtype=dtype)
-                    _weight_grad(A_prev, delta, 0.0, dW)  # BP4
+                    if big:
+                        _mm(A_prev.T, delta, dW)  # BP4
+                    else:
+                        _weight_grad(A_prev, delta, 0.0, dW)  # BP4
                     grads[2 + 2 * l] = torch.from_numpy(dW)
                 if l > lowest:
                     delta_prev = workspace.delta(slot, n, sizes[l])
                     with_db = needs[1 + 2 * l]
                     db = np.empty(sizes[l], dtype=dtype) if with_db else self.no_db
-                    _hidden_delta(delta, Ws[l], A_prev, codes[l - 1], delta_prev, db, int(with_db), 0)  # BP2, BP3
+                    if big:  # BP2, BP3
+                        _mm(delta, Ws[l].T, delta_prev)
+                        _activation_derivative(delta_prev, A_prev, codes[l - 1], db, int(with_db), 0)
+                    else:
+                        _hidden_delta(delta, Ws[l], A_prev, codes[l - 1], delta_prev, db, int(with_db), 0)
                     if with_db:
                         grads[1 + 2 * l] = torch.from_numpy(db)
                     delta, slot = delta_prev, 1 - slot
             if need_X:
                 dX = np.empty_like(X)
-                _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, self.no_db, 0, 0)
+                if via_torch and n * sizes[0] * sizes[1] >= TORCH_GEMM_MIN:
+                    _mm(delta, Ws[0].T, dX)
+                else:
+                    _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, self.no_db, 0, 0)
                 grads[0] = torch.from_numpy(dX)
         finally:
             _restore_blas(limited)

@@ -65,11 +65,43 @@ def batch(n, n_in, dtype, seed=0, requires_grad=True):
     return X.requires_grad_(requires_grad)
 
 
+@pytest.fixture(params=["fastbp", "torch"])
+def gemms(request, monkeypatch):
+    """Which library runs the module's GEMMs: fastbp's BLAS (the small test layers' default), or torch.mm on torch's
+    threads (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2 threads); checks afterwards that it did."""
+    calls = {"torch": 0, "fastbp": 0}
+    mm, forward = fbt._mm, fbt._dense_forward
+
+    def counted_mm(*args):
+        calls["torch"] += 1
+        mm(*args)
+
+    def counted_forward(*args):
+        calls["fastbp"] += 1
+        forward(*args)
+
+    monkeypatch.setattr(fbt, "_mm", counted_mm)
+    monkeypatch.setattr(fbt, "_dense_forward", counted_forward)
+    torch_before = torch.get_num_threads()
+    if request.param == "torch":
+        monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 0)
+        torch.set_num_threads(2)
+    try:
+        yield request.param
+    finally:
+        torch.set_num_threads(torch_before)
+    if request.param == "torch":
+        assert calls["torch"] > 0 and calls["fastbp"] == 0
+    else:
+        assert calls["torch"] == 0 and calls["fastbp"] > 0
+
+
 @pytest.mark.parametrize("dtype", DTYPES)
 @pytest.mark.parametrize("output", OUTPUTS)
 @pytest.mark.parametrize("hidden", HIDDEN)
-def test_matches_sequential(hidden, output, dtype):
-    """Output, parameter gradients and input gradient equal torch's for an arbitrary upstream gradient."""
+def test_matches_sequential(hidden, output, dtype, gemms):
+    """Output, parameter gradients and input gradient equal torch's for an arbitrary upstream gradient, with the
+    GEMMs run by fastbp's BLAS or by torch (large layers while torch uses several threads)."""
     tdtype = TORCH_DTYPES[dtype]
     model = fbt.MLP(SIZES, activation=hidden, output=output, dtype=tdtype, seed=3)
     seq = sequential(model, hidden, output)

@@ -22,16 +22,9 @@ def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db):
                 db_prev[j] += d
 
 
-@kernel
-def _hidden_delta(delta, W, A_prev, code, delta_prev, db_prev, with_db, accumulate):
-    """BP2 and BP3 for the layer below: ``delta_prev = (delta @ W.T) * f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``.
-
-    NumPy: ``delta_prev[...] = (delta @ W.T) * fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0)
-    + delta_prev.sum(0)``. delta: (n, fan_out); W: (fan_in, fan_out); A_prev: (n, fan_in), activation output
-    of the layer below, with code ``code``; delta_prev: (n, fan_in), output; db_prev: (fan_in,), output when
-    ``with_db``. Thread-safe for distinct outputs.
-    """
-    _gemm(0, 1, 1.0, delta, W, 0.0, delta_prev)
+@leaf
+def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate):
+    """delta_prev *= f'(A_prev); db_prev (+)= column sums (see :func:`_activation_derivative`), inlined."""
     if with_db and not accumulate:
         db_prev[:] = 0.0
     # Branch once; each call inlines a loop specialised to a constant activation code.
@@ -45,6 +38,32 @@ def _hidden_delta(delta, W, A_prev, code, delta_prev, db_prev, with_db, accumula
         _derivative_bias_grad(delta_prev, A_prev, LEAKY_RELU, db_prev, with_db)
     else:
         _derivative_bias_grad(delta_prev, A_prev, IDENTITY, db_prev, with_db)
+
+
+@kernel
+def _hidden_delta(delta, W, A_prev, code, delta_prev, db_prev, with_db, accumulate):
+    """BP2 and BP3 for the layer below: ``delta_prev = (delta @ W.T) * f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``.
+
+    NumPy: ``delta_prev[...] = (delta @ W.T) * fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0)
+    + delta_prev.sum(0)``. delta: (n, fan_out); W: (fan_in, fan_out); A_prev: (n, fan_in), activation output
+    of the layer below, with code ``code``; delta_prev: (n, fan_in), output; db_prev: (fan_in,), output when
+    ``with_db``. Thread-safe for distinct outputs.
+    """
+    _gemm(0, 1, 1.0, delta, W, 0.0, delta_prev)
+    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate)
+
+
+@kernel
+def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate):
+    """The epilogue of BP2 and BP3 alone, for a ``delta @ W.T`` computed elsewhere (the torch bridge's GEMMs run on
+    torch's threads): ``delta_prev *= f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``, in one pass.
+
+    NumPy: ``delta_prev *= fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0) + delta_prev.sum(0)``.
+    delta_prev: (n, fan_in), holding ``delta @ W.T`` on entry, output; A_prev: (n, fan_in), activation output of
+    the layer below, with code ``code``; db_prev: (fan_in,), output when ``with_db``. Thread-safe for distinct
+    outputs.
+    """
+    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate)
 
 
 @kernel
