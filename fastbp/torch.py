@@ -21,8 +21,9 @@ Memory: hidden activations live in workspaces taken from a per-module pool for t
 (returned when the graph is freed), so a training loop reuses two of them; the output and the gradients are new
 tensors, which autograd hands to ``p.grad`` without a copy.
 
-Threads: while torch uses several threads, fastbp's GEMMs run on the calling thread (``blas_threads="auto"``; see
-"BLAS threads" below for the measurements behind it).
+Threads: while torch uses several threads (``blas_threads="auto"``), the large GEMMs run through ``torch.mm`` on
+torch's own pool (into fastbp's buffers, followed by fastbp's fused epilogues) and the small ones on fastbp's BLAS on
+the calling thread; see "BLAS threads" below for the measurements behind it.
 
 Not supported: double backward (``create_graph=True``; a clear RuntimeError), devices other than the CPU, dtypes
 other than float32 and float64, ``torch.func`` transforms (vmap, grad; ``torch.func.functional_call`` works).
@@ -420,10 +421,12 @@ class MLP(torch.nn.Module):
         same values as ``fastbp.MLP(layer_sizes, ..., seed=seed)``; not torch's ``Linear`` initialisation.
     blas_threads : "auto", int or None, default "auto"
         Threads of fastbp's BLAS during this module's forward and backward (the setting is restored after each).
-        "auto": 1 while torch uses several threads (``torch.get_num_threads() > 1``), so that the GEMMs run on the
-        calling thread and torch's own pool keeps the other cores (two pools on the same cores slow each other
-        down by milliseconds per step: see the module source); fastbp's own setting (``fastbp.set_num_threads``)
-        after ``torch.set_num_threads(1)``. An int: that many threads always; None: fastbp's setting always.
+        "auto": while torch uses several threads (``torch.get_num_threads() > 1``), GEMMs of at least
+        ``TORCH_GEMM_MIN`` multiply-adds run through ``torch.mm`` on torch's own pool and the others on fastbp's BLAS
+        limited to 1 thread, so that torch's pool keeps the other cores (two pools on the same cores slow each
+        other down by milliseconds per step: see the module source); after ``torch.set_num_threads(1)``, every
+        GEMM on fastbp's BLAS with its own setting (``fastbp.set_num_threads``). An int: every GEMM on fastbp's
+        BLAS with that many threads; None: every GEMM on fastbp's BLAS with its own setting.
 
     Parameters of the module: ``W0, b0, W1, b1, ...``; ``W{l}`` is (fan_in, fan_out) (the transpose of torch
     ``Linear.weight``) and ``b{l}`` is (fan_out,), all views into :attr:`flat_params`.
