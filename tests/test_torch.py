@@ -65,31 +65,43 @@ def batch(n, n_in, dtype, seed=0, requires_grad=True):
     return X.requires_grad_(requires_grad)
 
 
-@pytest.fixture(params=["fastbp", "torch"])
-def gemms(request, monkeypatch):
-    """Which library runs the module's GEMMs: fastbp's BLAS (the small test layers' default), or torch.mm on torch's
-    threads (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2 threads); checks afterwards that it did."""
+def _count_gemms(monkeypatch):
+    """Count the module's GEMMs by library: torch.mm (``_mm``) or one of fastbp's GEMM kernels."""
     calls = {"torch": 0, "fastbp": 0}
-    mm, forward = fbt._mm, fbt._dense_forward
 
-    def counted_mm(*args):
-        calls["torch"] += 1
-        mm(*args)
+    def counted(name, kind):
+        function = getattr(fbt, name)
 
-    def counted_forward(*args):
-        calls["fastbp"] += 1
-        forward(*args)
+        def wrapper(*args):
+            calls[kind] += 1
+            return function(*args)
 
-    monkeypatch.setattr(fbt, "_mm", counted_mm)
-    monkeypatch.setattr(fbt, "_dense_forward", counted_forward)
-    torch_before = torch.get_num_threads()
+        monkeypatch.setattr(fbt, name, wrapper)
+
+    counted("_mm", "torch")
+    for name in ("_dense_forward", "_weight_grad", "_hidden_delta"):
+        counted(name, "fastbp")
+    return calls
+
+
+@pytest.fixture
+def torch_threads():
+    """Restore torch's thread count after the test."""
+    before = torch.get_num_threads()
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(params=["fastbp", "torch"])
+def gemms(request, monkeypatch, torch_threads):
+    """Which library runs the module's GEMMs: fastbp's BLAS (the small test layers' default), or torch.mm on torch's
+    threads (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2 threads); checks afterwards that every GEMM of the
+    test (forward, BP4, BP2 and dX) did."""
+    calls = _count_gemms(monkeypatch)
     if request.param == "torch":
         monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 0)
         torch.set_num_threads(2)
-    try:
-        yield request.param
-    finally:
-        torch.set_num_threads(torch_before)
+    yield request.param
     if request.param == "torch":
         assert calls["torch"] > 0 and calls["fastbp"] == 0
     else:
@@ -187,7 +199,7 @@ def test_two_graphs_alive_at_once():
     assert_grads_match(model, seq, TORCH_RTOL["float32"])
 
 
-def test_frozen_parameters_and_input_without_grad():
+def test_frozen_parameters_and_input_without_grad(gemms):
     """Parameters with requires_grad=False get no gradient; the others are unchanged; X gets none when not asked."""
     model = fbt.MLP([5, 8, 6, 2], activation="relu", seed=0)
     seq = sequential(model, "relu", "identity")
@@ -204,7 +216,7 @@ def test_frozen_parameters_and_input_without_grad():
 
 
 @pytest.mark.parametrize("shape", [(4,), (2, 3, 4), (0, 4)])
-def test_input_shapes(shape):
+def test_input_shapes(shape, gemms):
     """(*, n_in) inputs like torch Linear: unbatched, extra leading dimensions, empty batches."""
     model = fbt.MLP([4, 5, 3], activation="relu", seed=0)
     seq = sequential(model, "relu", "identity")
@@ -217,6 +229,55 @@ def test_input_shapes(shape):
     Y_ref.sum().backward()
     assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float32"]
     assert_grads_match(model, seq, TORCH_RTOL["float32"])
+
+
+@pytest.mark.parametrize("frozen", [(), ("W0", "b0"), ("W1",)])
+@pytest.mark.parametrize("x_grad", [True, False])
+def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, frozen, x_grad):
+    """The production case of the torch path: some layers' GEMMs by torch.mm, others by fastbp's BLAS, in the same
+    forward and backward; with frozen parameters and an input with or without grad."""
+    calls = _count_gemms(monkeypatch)
+    # n * fan_in * fan_out for SIZES 6-9-7-5 and 11 rows: 594, 693, 385: only layer 1 (and BP2 into layer 0) by torch
+    monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 600)
+    torch.set_num_threads(2)
+    model = fbt.MLP(SIZES, activation="tanh", output="softmax", dtype=torch.float64, seed=5)
+    seq = sequential(model, "tanh", "softmax")
+    for name in frozen:
+        getattr(model, name).requires_grad_(False)
+        layer, kind = int(name[1]), name[0]
+        getattr(linears(seq)[layer], "weight" if kind == "W" else "bias").requires_grad_(False)
+    X = batch(11, SIZES[0], torch.float64, requires_grad=x_grad)
+    X_ref = X.detach().clone().requires_grad_(x_grad)
+    G = torch.randn(11, SIZES[-1], generator=torch.Generator().manual_seed(2), dtype=torch.float64)
+    Y, Y_ref = model(X), seq(X_ref)
+    assert rel_err(Y.detach(), Y_ref.detach()) < TORCH_RTOL["float64"]
+    Y.backward(G)
+    Y_ref.backward(G)
+    assert calls["torch"] > 0 and calls["fastbp"] > 0
+    for l, (W, b, linear) in enumerate(zip(model.coefs, model.intercepts, linears(seq), strict=True)):
+        for mine, theirs, transpose in ((W, linear.weight, True), (b, linear.bias, False)):
+            if theirs.grad is None:
+                assert mine.grad is None, l
+            else:
+                assert rel_err(mine.grad.T if transpose else mine.grad, theirs.grad) < TORCH_RTOL["float64"], l
+    assert (X.grad is None) == (not x_grad)
+    if x_grad:
+        assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float64"]
+
+
+@pytest.mark.parametrize("n", [0, 1, 7])
+def test_a_single_layer_through_torch_gemms(n, gemms):
+    model = fbt.MLP([4, 3], output="sigmoid", dtype=torch.float64, seed=1)
+    seq = sequential(model, "relu", "sigmoid")
+    X = batch(n, 4, torch.float64)
+    X_ref = X.detach().clone().requires_grad_(True)
+    Y, Y_ref = model(X), seq(X_ref)
+    (Y * 2).sum().backward()
+    (Y_ref * 2).sum().backward()
+    assert rel_err(Y.detach(), Y_ref.detach()) < TORCH_RTOL["float64"]
+    if n:
+        assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float64"]
+        assert_grads_match(model, seq, TORCH_RTOL["float64"])
 
 
 def test_non_contiguous_and_other_dtype_input():
