@@ -387,6 +387,12 @@ def cmd_bench(args):
     rounds = args.rounds or (3 if args.quick else 5)
     min_time = args.min_time or (0.1 if args.quick else 0.2)
     print(f"fastbp bench, {time.strftime('%Y-%m-%d')}: {bench.machine()}")
+    if os.environ.get("OPENBLAS_CORETYPE"):
+        print(
+            f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS (fastbp's and NumPy's "
+            "GEMMs) uses that CPU's kernels, named above, whatever this CPU supports; JAX and PyTorch bring their own "
+            "GEMMs and are not affected. The README's table is measured with the variable unset."
+        )
     results = bench.run(cells, rounds=rounds, min_time=min_time, with_sklearn=not args.no_sklearn)
     print()
     print(bench.table(results))

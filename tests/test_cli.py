@@ -1,5 +1,7 @@
 """The fastbp command line, run as a user would (a subprocess)."""
 
+import json
+import os
 import re
 import subprocess
 import sys
@@ -8,9 +10,9 @@ import numpy as np
 import pytest
 
 
-def run(*args, cwd=None, timeout=600):
+def run(*args, cwd=None, timeout=600, env=None):
     return subprocess.run(
-        [sys.executable, "-m", "fastbp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout
+        [sys.executable, "-m", "fastbp.cli", *args], capture_output=True, text=True, cwd=cwd, timeout=timeout, env=env
     )
 
 
@@ -166,3 +168,24 @@ def test_predict_on_unlabelled_data_and_a_missing_output_directory(tmp_path, rng
     assert proc.returncode == 1 and "--no-labels" in proc.stderr
     proc = run("train", "--epochs", "1", "-o", "missing/m.npz", cwd=tmp_path)
     assert proc.returncode == 1 and "directory does not exist" in proc.stderr
+
+
+@pytest.mark.parametrize("coretype", ["Haswell", None])
+def test_bench_prints_the_table_the_targets_and_the_blas_kernel_note(tmp_path, coretype):
+    # One short S cell (no timing is checked): the table, every target with a verdict, the JSON, and a note when
+    # OPENBLAS_CORETYPE overrides the CPU's own OpenBLAS kernels.
+    env = {k: v for k, v in os.environ.items() if k != "OPENBLAS_CORETYPE"}
+    if coretype:
+        env["OPENBLAS_CORETYPE"] = coretype
+    args = ("bench", "--shapes", "S", "--no-sklearn", "--rounds", "1", "--min-time", "0.01", "--json", "out.json")
+    proc = run(*args, cwd=tmp_path, env=env)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^\| S \| float32 \| [0-9.]+ ", proc.stdout, re.M)
+    verdicts = re.findall(
+        r"^\| (S: >= 8x torch|M: >= 1\.4x the fastest peer) \| .* \| (yes|NO|not measured) \|$", proc.stdout, re.M
+    )
+    assert dict(verdicts)["M: >= 1.4x the fastest peer"] == "not measured"  # no M cell in this run
+    assert "S: >= 8x torch" in dict(verdicts)
+    assert (f"note: OPENBLAS_CORETYPE={coretype} is set" in proc.stdout) == (coretype is not None)
+    cells = json.loads((tmp_path / "out.json").read_text())["cells"]
+    assert [(c["shape"], c["dtype"]) for c in cells] == [("S", "float32")]
