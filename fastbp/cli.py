@@ -74,7 +74,7 @@ def build_parser():
         "train",
         help="train an MLP (default: digits, 64-128-10 relu, Adam)",
         description="Train an MLP. With no arguments: scikit-learn's digits (embedded), one "
-        "hidden layer of 128 relu units, Adam, 20%% held out for the test accuracy.",
+        "hidden layer of 128 relu units, Adam, 20% held out for the test accuracy.",
     )
     train.add_argument(
         "--data",
