@@ -128,11 +128,6 @@ def _limit_blas(n):
     return changed
 
 
-def _torch_gemms(blas_threads):
-    """Whether large GEMMs go through torch.mm (see TORCH_GEMM_MIN)."""
-    return blas_threads == "auto" and torch.get_num_threads() > 1
-
-
 def _mm(A, B, out):
     """``out[...] = A @ B`` by torch.mm on views of the NumPy arrays (no copy; B may be a transposed view)."""
     torch.mm(torch.from_numpy(A), torch.from_numpy(B), out=torch.from_numpy(out))
@@ -232,6 +227,12 @@ class _Engine:
             bs.append(flat[b : b + fan_out])
         return Ws, bs
 
+    def torch_layers(self, n):
+        """Per layer, whether its GEMMs on a batch of n rows go through torch.mm (see TORCH_GEMM_MIN)."""
+        if not (self.blas_threads == "auto" and torch.get_num_threads() > 1):
+            return (False,) * self.n_layers
+        return tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
+
     def acquire(self, n):
         """A lease on a workspace of at least n rows, from the pool or new (smaller pooled ones are dropped)."""
         pool = self.pool
@@ -250,13 +251,13 @@ class _Engine:
         activations into ``acts``. X: (n, n_in); acts: list of (n, h_l) views; out: (n, n_out), output. All
         C-contiguous NumPy arrays of the engine's dtype."""
         Ws, bs, codes = self.Ws, self.bs, self.codes
-        via_torch = _torch_gemms(self.blas_threads)
+        via_torch = self.torch_layers(X.shape[0])
         limited = _limit_blas(self.blas_threads)
         try:
             A_prev = X
             for l in range(self.n_layers):
                 A = acts[l] if l < self.n_layers - 1 else out
-                if via_torch and A.size * A_prev.shape[1] >= TORCH_GEMM_MIN:
+                if via_torch[l]:
                     _mm(A_prev, Ws[l], A)
                     _bias_activation(A, bs[l], codes[l])
                 else:
@@ -284,7 +285,7 @@ class _Engine:
             return tuple(grads)
         n = G.shape[0]
         dtype, shapes, codes, sizes = self.dtype, self.shapes, self.codes, self.sizes
-        via_torch = _torch_gemms(self.blas_threads)
+        via_torch = self.torch_layers(n)
         limited = _limit_blas(self.blas_threads)
         try:
             # BP1 with the upstream gradient (G itself for the identity output).
@@ -302,10 +303,9 @@ class _Engine:
                 grads[1 + 2 * L] = torch.from_numpy(db)
             for l in range(L - 1, lowest - 1, -1):
                 A_prev = X if l == 0 else acts[l - 1]
-                big = via_torch and n * sizes[l] * sizes[l + 1] >= TORCH_GEMM_MIN  # this layer's GEMMs via torch
                 if needs[2 + 2 * l]:
                     dW = np.empty(shapes[2 * l], dtype=dtype)
-                    if big:
+                    if via_torch[l]:
                         _mm(A_prev.T, delta, dW)  # BP4
                     else:
                         _weight_grad(A_prev, delta, 0.0, dW)  # BP4
@@ -314,7 +314,7 @@ class _Engine:
                     delta_prev = workspace.delta(slot, n, sizes[l])
                     with_db = needs[1 + 2 * l]
                     db = np.empty(sizes[l], dtype=dtype) if with_db else self.no_db
-                    if big:  # BP2, BP3
+                    if via_torch[l]:  # BP2, BP3
                         _mm(delta, Ws[l].T, delta_prev)
                         _activation_derivative(delta_prev, A_prev, codes[l - 1], db, int(with_db), 0)
                     else:
@@ -324,7 +324,7 @@ class _Engine:
                     delta, slot = delta_prev, 1 - slot
             if need_X:
                 dX = np.empty_like(X)
-                if via_torch and n * sizes[0] * sizes[1] >= TORCH_GEMM_MIN:
+                if via_torch[0]:
                     _mm(delta, Ws[0].T, dX)
                 else:
                     _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, self.no_db, 0, 0)
