@@ -15,6 +15,7 @@ import pathlib
 from functools import partial
 
 import numba
+from numba import types
 from numba.core import caching
 from numba.extending import overload
 from numba.np.numpy_support import as_dtype
@@ -71,14 +72,15 @@ DTYPES = ("float32", "float64")
 
 
 def like(x, arr):
-    """``x`` converted to ``arr``'s dtype (compiled code only). Float64 scalars mixed into float32 loops would
-    promote every operation to float64; converting the scalars once before a loop keeps it in float32."""
+    """``x`` converted to the dtype of ``arr``, an array or a float scalar (compiled code only). Float64 scalars
+    mixed into float32 loops would promote every operation to float64; converting the scalars once before a loop
+    keeps it in float32."""
     raise NotImplementedError("like() is for compiled code")
 
 
 @overload(like, inline="always")
 def _like(x, arr):
-    scalar = as_dtype(arr.dtype).type
+    scalar = as_dtype(arr.dtype if isinstance(arr, types.Array) else arr).type
     return lambda x, arr: scalar(x)
 
 

@@ -13,7 +13,8 @@ from .activations import (
     SOFTMAX,
     TANH,
     _activate,
-    _bias_exp_row,
+    _bias_shift_row,
+    _exp_block,
 )
 from .gemm import _gemm
 
@@ -29,10 +30,15 @@ def _bias_activation_elementwise(Z, b, code):
 
 @leaf
 def _bias_softmax(Z, b):
-    """Z[i] <- softmax(Z[i] + b) = exp(z - max(z)) / sum(exp(z - max(z))), row by row, one exp per element."""
+    """Z[i] <- softmax(Z[i] + b) = exp(z - max(z)) / sum(exp(z - max(z))), one exp per element, all in one loop."""
     n, m = Z.shape
     for i in range(n):
-        _, total, _ = _bias_exp_row(Z, b, i)
+        _bias_shift_row(Z, b, i)
+    _exp_block(Z)
+    for i in range(n):
+        total = like(0.0, Z)
+        for j in range(m):
+            total += Z[i, j]
         inv = like(1.0 / total, Z)
         for j in range(m):
             Z[i, j] *= inv

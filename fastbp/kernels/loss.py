@@ -29,8 +29,9 @@ from .activations import (
     SIGMOID,
     SOFTMAX,
     _activate,
-    _bias_exp_row,
+    _bias_shift_row,
     _derivative,
+    _exp_block,
 )
 
 CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR = 0, 1, 2
@@ -61,44 +62,67 @@ def _row_weight(sw, i):
 
 
 @leaf
+def _target_sum(Y, labels, i):
+    """sum_j y_ij: 1 for a class label, the row sum of Y otherwise (soft, multi-hot or zero targets)."""
+    if labels.shape[0] > 0:
+        return 1.0
+    y_sum = 0.0
+    for j in range(Y.shape[1]):
+        y_sum += Y[i, j]
+    return y_sum
+
+
+@leaf
 def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, with_db):
     """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss.
 
-    Per row: the cross-entropy ``sum_j y_j (lse - z_j) = lse sum(y) - y . z`` needs z only through ``y . z`` and
-    ``sum(y)``, taken (in float64) before :func:`_bias_exp_row` overwrites z with ``exp(z - max)``; then
-    ``p = exp / sum``. The loss gets ``0 * sum(z)``, which is NaN when any logit is infinite or NaN: a diverged
-    network's loss is then never finite, whatever the targets (an overflowed logit of another class than the label
-    would otherwise drop out of the loss).
+    Three passes, so that the exponentials run in one vectorised loop over the whole block (:func:`_exp_block`):
+    per row, the logits shifted by their maximum (:func:`_bias_shift_row`); the exps; per row, the sum, P, delta.
+    The cross-entropy ``sum_j y_j (lse - z_j) = (max + log(sum)) sum(y) - y . z`` needs z only through ``y . z``
+    and ``sum(y)``, taken (in float64) in the first pass before z is shifted; ``log(sum) sum(y)`` is added in the
+    third. The loss gets ``0 * sum(z)``, which is NaN when any logit is infinite or NaN: a diverged network's loss
+    is then never finite, whatever the targets (an overflowed logit of another class than the label would otherwise
+    drop out of the loss).
     """
     n, m = Z.shape
     loss = 0.0
     for i in range(n):
-        w_i = _row_weight(sw, i)
-        w_row = weight * w_i
-        # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
-        y_sum = 1.0
         y_dot_z = 0.0
         if labels.shape[0] > 0:
             y_dot_z = Z[i, labels[i]] + b[labels[i]]
         else:
-            y_sum = 0.0
             for j in range(m):
-                y_sum += Y[i, j]
                 # z rounded to the dtype as the stored logit is, then the product in float64: lse sum(y) - y . z
                 # cancels when the logits are large, so y . z must not carry float32 rounding
                 y_dot_z += np.float64(Y[i, j]) * (Z[i, j] + b[j])
-        z_max, total, z_sum = _bias_exp_row(Z, b, i)
-        inv = like(1.0 / total, Z)
+        z_max, z_sum = _bias_shift_row(Z, b, i)
+        row = 0.0 * z_sum
         if cross_entropy:
-            loss += w_i * ((z_max + math.log(total)) * y_sum - y_dot_z + 0.0 * z_sum)
-            scale = w_row * y_sum
+            row += z_max * _target_sum(Y, labels, i) - y_dot_z
+        loss += _row_weight(sw, i) * row
+    _exp_block(Z)
+    for i in range(n):
+        w_i = _row_weight(sw, i)
+        w_row = weight * w_i
+        total = like(0.0, Z)
+        for j in range(m):
+            total += Z[i, j]
+        inv = like(1.0, Z) / total
+        if cross_entropy:
+            # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
+            y_sum = _target_sum(Y, labels, i)
+            loss += w_i * math.log(total) * y_sum
+            scale = like(w_row * y_sum, Z)
             for j in range(m):
                 p = Z[i, j] * inv
                 Z[i, j] = p
-                d = scale * p - w_row * _target(Y, labels, i, j)
-                delta[i, j] = d
-                if with_db:
-                    db[j] += d
+                delta[i, j] = scale * p
+            # - w y, outside the loop above so that it has no branch
+            if labels.shape[0] > 0:
+                delta[i, labels[i]] -= w_row
+            else:
+                for j in range(m):
+                    delta[i, j] -= w_row * Y[i, j]
         else:
             row = 0.0
             g_dot_p = 0.0
@@ -110,11 +134,12 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
                 g_dot_p += g * p
                 delta[i, j] = g
             for j in range(m):
-                d = w_row * Z[i, j] * (delta[i, j] - g_dot_p)
-                delta[i, j] = d
-                if with_db:
-                    db[j] += d
-            loss += w_i * (row + 0.0 * z_sum)
+                delta[i, j] = w_row * Z[i, j] * (delta[i, j] - g_dot_p)
+            loss += w_i * row
+    if with_db:
+        for i in range(n):
+            for j in range(m):
+                db[j] += delta[i, j]
     return loss
 
 
