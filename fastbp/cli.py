@@ -151,6 +151,12 @@ def build_parser():
     bench.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn fit comparison")
     bench.add_argument("--json", help="write all results to this JSON file")
     bench.add_argument("--plot", help="write a bar chart PNG (needs matplotlib)")
+    bench.add_argument(
+        "--profile",
+        action="store_true",
+        help="instead of the comparison, show where fastbp's step goes: each GEMM alone, all of them in sequence, "
+        "and the work around them, against the whole step (default shapes S,M,L,XL)",
+    )
 
     sub.add_parser(
         "info",
@@ -382,6 +388,8 @@ def cmd_bench(args):
             raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {list(bench.SHAPES)}")
         dtypes = (args.dtypes or "float32").split(",")
         cells = [(s, d) for s in shapes for d in dtypes]
+    elif args.profile:
+        cells = [(s, "float32") for s in bench.SHAPES]
     else:
         cells = bench.QUICK if args.quick else bench.MATRIX
     rounds = args.rounds or (3 if args.quick else 5)
@@ -393,6 +401,8 @@ def cmd_bench(args):
             "GEMMs) uses that CPU's kernels, named above, whatever this CPU supports; JAX and PyTorch bring their own "
             "GEMMs and are not affected. The README's table is measured with the variable unset."
         )
+    if args.profile:
+        return _bench_profile(cells, rounds, min_time)
     results = bench.run(cells, rounds=rounds, min_time=min_time, with_sklearn=not args.no_sklearn)
     print()
     print(bench.table(results))
@@ -404,6 +414,20 @@ def cmd_bench(args):
     if args.plot:
         bench.plot(results, args.plot)
         print(f"plot: {args.plot}")
+    return 0
+
+
+def _bench_profile(cells, rounds, min_time):
+    from . import bench, breakdown
+
+    peaks = {}
+    for shape, dtype in cells:
+        if dtype not in peaks:
+            peaks[dtype] = bench.gemm_peak(dtype)
+            print(f"GEMM peak ({dtype}, 2048 x 2048, same run): {peaks[dtype]:.0f} GFLOP/s")
+        print()
+        print(breakdown.profile_table(breakdown.profile(shape, dtype, rounds, min_time), peaks[dtype]))
+    print(f"\nMedians over {rounds} rounds; every part timed alone from compiled code, on the step's shapes.")
     return 0
 
 

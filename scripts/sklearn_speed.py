@@ -15,8 +15,6 @@ same GEMMs scikit-learn's NumPy code calls), which shows how much of the step an
 
 import argparse
 import json
-import os
-import sys
 import time
 
 import numpy as np
@@ -24,10 +22,7 @@ from sklearn.datasets import load_digits, make_classification
 from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
-from fastbp import bench
-
-sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-from profile_step import gemm_time, step_gemms
+from fastbp import bench, breakdown
 
 
 def datasets(max_iter):
@@ -67,9 +62,8 @@ def main():
     for name, n_features in (("digits", 64), ("classification-50k", 100)):
         sizes = [n_features, 256, 128, 10]
         for dtype in ("float64", "float32"):
-            step, per = bench.fastbp_step(sizes, 200, dtype)
-            t_step = min(bench.per_call(step, 0.2) / per for _ in range(3))
-            t_gemm = sum(gemm_time(m, k, c, ta, tb, dtype) for _, m, k, c, ta, tb in step_gemms(sizes, 200))
+            result = breakdown.profile((sizes, 200), dtype, rounds=3)
+            t_step, t_gemm = result["step"], breakdown.gemms_alone(result)
             print(
                 f"profile {name} {dtype}: fastbp step {t_step * 1e6:.0f} us, its GEMMs alone {t_gemm * 1e6:.0f} us "
                 f"({100 * t_gemm / t_step:.0f}%)"

@@ -189,3 +189,23 @@ def test_bench_prints_the_table_the_targets_and_the_blas_kernel_note(tmp_path, c
     assert (f"note: OPENBLAS_CORETYPE={coretype} is set" in proc.stdout) == (coretype is not None)
     cells = json.loads((tmp_path / "out.json").read_text())["cells"]
     assert [(c["shape"], c["dtype"]) for c in cells] == [("S", "float32")]
+
+
+def test_bench_profile_breaks_the_step_into_every_gemm_and_the_work_around_them(tmp_path):
+    # One short S profile (no timing is checked): the step, all its GEMMs (forward, weight gradients, the delta of
+    # the hidden layer), in sequence and alone, and each other kernel, every figure a positive time.
+    proc = run("bench", "--profile", "--shapes", "S", "--rounds", "1", "--min-time", "0.01", cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert re.search(r"^S 64-128-10 batch 32 float32: whole step [0-9.]+ us$", proc.stdout, re.M)
+    rows = dict(re.findall(r"^\| ([^|]+?) \| (-?[0-9.]+) \|", proc.stdout, re.M))
+    gemms = [
+        "forward 0: (32 x 64) @ (64 x 128)",
+        "dW 0: (64 x 32) @ (32 x 128)",
+        "forward 1: (32 x 128) @ (128 x 10)",
+        "dW 1: (128 x 32) @ (32 x 10)",
+        "delta 0: (32 x 10) @ (10 x 128)",
+    ]
+    others = ["hidden bias + ReLU", "output softmax, loss, delta, bias grad", "hidden ReLU' + bias grad", "SGD update"]
+    for name in ["GEMMs in sequence on distinct buffers", "GEMMs each alone, summed", *others, *gemms]:
+        assert float(rows[name]) > 0, name
+    assert float(rows["GEMMs each alone, summed"]) == pytest.approx(sum(float(rows[g]) for g in gemms), rel=0.05)
