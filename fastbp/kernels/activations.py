@@ -13,10 +13,11 @@ import math
 
 import numpy as np
 from llvmlite import ir
-from numba import types
+from numba import carray, types
 from numba.extending import intrinsic, overload
 
 from .._config import leaf, like
+from .layout import _pointer_at
 
 IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
 
@@ -177,7 +178,7 @@ def _exp_block_impl(Z):
     if Z.layout == "C":
 
         def flat(Z):
-            z = Z.reshape(Z.size)
+            z = carray(_pointer_at(Z, 0), Z.size)  # not reshape: see layout._matrix_at
             for k in range(z.shape[0]):
                 z[k] = _exp_nonpositive(z[k])
 

@@ -14,7 +14,7 @@ from .backward import _hidden_delta, _weight_grad
 from .boundary import _array1d, _batch_arrays, _network_arrays, _workspace_arrays
 from .forward import _dense_forward
 from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _layer_view, _rows_view
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _copy, _layer_view, _rows_view
 from .loss import _l2_penalty, _output_delta
 
 
@@ -68,7 +68,9 @@ def _predict(params, layout, X, acts, out):
     chunk = max(1, acts.shape[0] // width)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        out[start:stop] = _forward(params, layout, X[start:stop], acts)
+        A = _forward(params, layout, X[start:stop], acts)
+        for i in range(stop - start):
+            _copy(A[i], out[start + i])
 
 
 @leaf

@@ -20,7 +20,7 @@ from .._config import finite, kernel, leaf
 from .activations import SOFTMAX
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
 from .drivers import _forward_to_logits, _value_and_grad
-from .layout import ACTIVATION, FAN_OUT, _rows_view
+from .layout import ACTIVATION, FAN_OUT, _copy, _rows_view
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
 from .optimizers import _grad_norms, _learning_rate, _update
 
@@ -53,7 +53,7 @@ def _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb):
         return X[first:stop_row], Yv, lv, sw[first:stop_row] if sw.shape[0] > 0 else sw[:0]
     Xv = _rows_view(Xb, m, n_in)
     for r in range(m):
-        Xv[r, :] = X[perm[start + r], :]
+        _copy(X[perm[start + r]], Xv[r])
     if labels.shape[0] > 0:
         Yv = _rows_view(Yb, 0, n_out)
         lv = lb[:m]
@@ -63,7 +63,7 @@ def _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb):
         Yv = _rows_view(Yb, m, n_out)
         lv = lb[:0]
         for r in range(m):
-            Yv[r, :] = Y[perm[start + r], :]
+            _copy(Y[perm[start + r]], Yv[r])
     if sw.shape[0] > 0:
         swv = swb[:m]
         for r in range(m):
@@ -163,7 +163,7 @@ def _train_epoch(
             sq = _update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, sq_norms, np.int64(1))
         if not finite(sq):
             status = NONFINITE_GRADIENT
-            nxt[:] = cur  # drop the update: the previous parameters stay the fallback
+            _copy(cur, nxt)  # drop the update: the previous parameters stay the fallback
             break
         cur, nxt = nxt, cur
         cur_is_params = not cur_is_params

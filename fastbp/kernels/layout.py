@@ -7,10 +7,35 @@ rows live in one 1-D workspace ``acts``: layer l's ``A`` is the (n, fan_out) blo
 ``n * sum(fan_out of layers < l)``, so a workspace sized for the largest batch serves every smaller one.
 """
 
+from numba import carray, types
+from numba.extending import intrinsic
+
 from .._config import leaf
 
 FAN_IN, FAN_OUT, W_OFFSET, B_OFFSET, ACTIVATION, TRAINABLE = range(6)
 N_COLUMNS = 6
+
+
+@intrinsic
+def _pointer_at(typingctx, buf, offset):
+    """Pointer to element ``offset``, in C order, of a C-contiguous array (no bounds check)."""
+    if not (isinstance(buf, types.Array) and buf.layout == "C" and isinstance(offset, types.Integer)):
+        return None
+
+    def codegen(context, builder, signature, args):
+        data = context.make_array(signature.args[0])(context, builder, args[0]).data
+        return builder.gep(data, [args[1]])
+
+    return types.CPointer(buf.dtype)(buf, offset), codegen
+
+
+@leaf
+def _matrix_at(buf, offset, rows, cols):
+    """The (rows, cols) C-ordered block of a 1-D C-contiguous buffer that starts at ``offset``, as a view that owns
+    nothing (no reference count, like the arrays of boundary.py). Not ``buf[...].reshape(...)``: Numba's reshape
+    checks the size at run time and compiles the formatting of its error message, 4-5 s of a cold compile of a
+    training run (measured with numba.core.event), and calls a helper at every view."""
+    return carray(_pointer_at(buf, offset), (rows, cols))
 
 
 @leaf
@@ -20,7 +45,7 @@ def _layer_view(buf, layout, l):
     fan_out = layout[l, FAN_OUT]
     w = layout[l, W_OFFSET]
     b = layout[l, B_OFFSET]
-    return buf[w : w + fan_in * fan_out].reshape((fan_in, fan_out)), buf[b : b + fan_out]
+    return _matrix_at(buf, w, fan_in, fan_out), buf[b : b + fan_out]
 
 
 @leaf
@@ -30,10 +55,18 @@ def _activation_view(acts, layout, l, n):
     for m in range(l):
         start += n * layout[m, FAN_OUT]
     fan_out = layout[l, FAN_OUT]
-    return acts[start : start + n * fan_out].reshape((n, fan_out))
+    return _matrix_at(acts, start, n, fan_out)
 
 
 @leaf
 def _rows_view(buf, n, width):
     """(n, width) view of the start of a 1-D buffer (the ping-pong delta buffers)."""
-    return buf[: n * width].reshape((n, width))
+    return _matrix_at(buf, 0, n, width)
+
+
+@leaf
+def _copy(src, dst):
+    """dst[:] = src for equal-length 1-D arrays, as a loop: an array assignment checks the shapes at run time and
+    compiles the formatting of its error message (2-4 s of a cold compile of a training run)."""
+    for i in range(dst.shape[0]):
+        dst[i] = src[i]
