@@ -345,13 +345,17 @@ def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
         "cells": [],
         "sklearn": [],
     }
-    for dtype in sorted({d for _, d in cells}):
-        results["peak_gflops"][dtype] = gemm_peak(dtype)
+    peaks = results["peak_gflops"]
     for shape, dtype in cells:
+        # The peak is measured again before each cell and the best kept: one measurement taken while another
+        # process held a core would make every percentage of the run too high (seen: 127% at L).
+        peaks[dtype] = max(peaks.get(dtype, 0.0), gemm_peak(dtype))
         cell = measure_cell(shape, dtype, contenders, rounds, min_time)
-        cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / results["peak_gflops"][dtype]
+        cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / peaks[dtype]
         results["cells"].append(cell)
         report(format_cell(cell))
+    for cell in results["cells"]:  # against the best peak of the whole run
+        cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / peaks[cell["dtype"]]
     if with_sklearn:
         for dtype in ("float32", "float64"):
             results["sklearn"].append(sklearn_fit(dtype, rounds=min(rounds, 3)))
@@ -390,8 +394,8 @@ def table(results):
     peaks = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in results["peak_gflops"].items())
     lines.append("")
     lines.append(
-        f"GEMM peak (SciPy BLAS, 2048x2048, same run): {peaks}. Ratios are peer time / fastbp time "
-        f"(higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
+        f"GEMM peak (SciPy BLAS, 2048x2048, the best of the measurements before each cell): {peaks}. Ratios are "
+        f"peer time / fastbp time (higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
     )
     if results["sklearn"]:
         lines.append("")
