@@ -1,5 +1,7 @@
 """Each compiled kernel on the layer shapes of the matrix, called from a compiled loop (so that the Python call
-overhead of a microsecond-scale kernel is not measured): the reported time is for CALLS calls."""
+overhead of a microsecond-scale kernel is not measured) on views that own nothing, like the training loop's arrays
+(``layout._unowned``: an array passed from Python would add atomic reference counting to every inlined helper
+call): the reported time is for CALLS calls."""
 
 import numpy as np
 import pytest
@@ -10,6 +12,7 @@ import fastbp
 from fastbp.kernels.activations import RELU
 from fastbp.kernels.backward import _hidden_delta, _weight_grad
 from fastbp.kernels.forward import _dense_forward
+from fastbp.kernels.layout import _unowned
 from fastbp.kernels.loss import CROSS_ENTROPY, _output_delta
 from fastbp.kernels.optimizers import ADAM, SGD, _update
 
@@ -18,30 +21,37 @@ CALLS = 50
 
 @njit
 def _forward_loop(k, A_prev, W, b, A):
+    A_prev, W, b, A = _unowned(A_prev), _unowned(W), _unowned(b), _unowned(A)
     for _ in range(k):
         _dense_forward(A_prev, W, b, RELU, A)
 
 
 @njit
 def _output_loop(k, Z, b, Y, labels, delta, db):
+    Z, b, Y, labels, delta, db = _unowned(Z), _unowned(b), _unowned(Y), _unowned(labels), _unowned(delta), _unowned(db)
     for _ in range(k):
         _output_delta(Z, b, Y, labels, Y[0, :0], 5, CROSS_ENTROPY, 0.01, delta, db, np.int64(1), np.int64(0))
 
 
 @njit
 def _hidden_loop(k, delta, W, A_prev, delta_prev, db_prev):
+    delta, W, A_prev = _unowned(delta), _unowned(W), _unowned(A_prev)
+    delta_prev, db_prev = _unowned(delta_prev), _unowned(db_prev)
     for _ in range(k):
         _hidden_delta(delta, W, A_prev, RELU, delta_prev, db_prev, np.int64(1), np.int64(0))
 
 
 @njit
 def _weight_loop(k, A_prev, delta, dW):
+    A_prev, delta, dW = _unowned(A_prev), _unowned(delta), _unowned(dW)
     for _ in range(k):
         _weight_grad(A_prev, delta, 0.0, dW)
 
 
 @njit
 def _update_loop(k, kind, hyper, layout, p, g, state, q, sq_norms):
+    hyper, layout, p, g = _unowned(hyper), _unowned(layout), _unowned(p), _unowned(g)
+    state, q, sq_norms = _unowned(state), _unowned(q), _unowned(sq_norms)
     for _ in range(k):
         _update(kind, hyper, 0.01, 1, 1.0, layout, p, g, state, q, sq_norms, np.int64(1))
 

@@ -21,114 +21,84 @@ from . import bench
 from .bench import LR
 from .kernels.activations import RELU, SOFTMAX
 from .kernels.backward import _activation_derivative
-from .kernels.boundary import _array1d, _array2d
 from .kernels.forward import _bias_activation
 from .kernels.gemm import _gemm
-from .kernels.layout import N_COLUMNS
+from .kernels.layout import _unowned
 from .kernels.loss import CROSS_ENTROPY, _output_delta
 from .kernels.optimizers import SGD, _update
 from .network import MLP
 
-# Every timed loop rebuilds its arrays from addresses, as the entry points of the training loop do (boundary.py):
-# an array passed from Python carries a reference count that each inlined call inside the loop would increment
-# and decrement with atomic instructions (measured: more than half the time of the softmax kernel of shape S).
+# Every timed loop first takes views of its arrays that own nothing (layout._unowned), as the arrays of the training
+# loop are: an array passed from Python carries a reference count that each inlined call inside the loop would
+# increment and decrement with atomic instructions (measured: more than half the time of the softmax kernel of S).
 
 
 @njit(cache=True)
-def _matrix(table, i, marker):
-    """Row i of an int64 table (address, rows, cols) as an array of marker's dtype (see boundary.py)."""
-    return _array2d(table[i, 0], table[i, 1], table[i, 2], marker)
-
-
-@njit(cache=True)
-def _repeat_gemm(k, trans_a, trans_b, table, marker):
-    A, B, C = _matrix(table, 0, marker), _matrix(table, 1, marker), _matrix(table, 2, marker)
+def _repeat_gemm(k, trans_a, trans_b, A, B, C):
+    A, B, C = _unowned(A), _unowned(B), _unowned(C)
     for _ in range(k):
         _gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
 
 
 @njit(cache=True)
-def _gemm_sequence(k, table, L, marker):
-    """The GEMMs of k training steps in order: forward, then per layer from the top dW and the delta below.
-    table rows: X, then W, A, D, dW of each layer."""
-    X = _matrix(table, 0, marker)
+def _gemm_sequence(k, X, W0, A0, D0, dW0, W1, A1, D1, dW1, W2, A2, D2, dW2):
+    """The GEMMs of k training steps of a network of 2 or 3 layers (W2... empty for 2) in order: forward, then per
+    layer from the top dW and the delta below."""
+    X, W0, A0, D0, dW0 = _unowned(X), _unowned(W0), _unowned(A0), _unowned(D0), _unowned(dW0)
+    W1, A1, D1, dW1 = _unowned(W1), _unowned(A1), _unowned(D1), _unowned(dW1)
+    W2, A2, D2, dW2 = _unowned(W2), _unowned(A2), _unowned(D2), _unowned(dW2)
+    three = W2.size > 0
     for _ in range(k):
-        _gemm(0, 0, 1.0, X, _matrix(table, 1, marker), 0.0, _matrix(table, 2, marker))
-        for l in range(1, L):
-            W, A, A_prev = (
-                _matrix(table, 1 + 4 * l, marker),
-                _matrix(table, 2 + 4 * l, marker),
-                _matrix(table, 4 * l - 2, marker),
-            )
-            _gemm(0, 0, 1.0, A_prev, W, 0.0, A)
-        for l in range(L - 1, 0, -1):
-            W, D, dW = (
-                _matrix(table, 1 + 4 * l, marker),
-                _matrix(table, 3 + 4 * l, marker),
-                _matrix(table, 4 + 4 * l, marker),
-            )
-            A_prev, D_prev = _matrix(table, 4 * l - 2, marker), _matrix(table, 4 * l - 1, marker)
-            _gemm(1, 0, 1.0, A_prev, D, 0.0, dW)
-            _gemm(0, 1, 1.0, D, W, 0.0, D_prev)
-        _gemm(1, 0, 1.0, X, _matrix(table, 3, marker), 0.0, _matrix(table, 4, marker))
+        _gemm(0, 0, 1.0, X, W0, 0.0, A0)
+        _gemm(0, 0, 1.0, A0, W1, 0.0, A1)
+        if three:
+            _gemm(0, 0, 1.0, A1, W2, 0.0, A2)
+            _gemm(1, 0, 1.0, A1, D2, 0.0, dW2)
+            _gemm(0, 1, 1.0, D2, W2, 0.0, D1)
+        _gemm(1, 0, 1.0, A0, D1, 0.0, dW1)
+        _gemm(0, 1, 1.0, D1, W1, 0.0, D0)
+        _gemm(1, 0, 1.0, X, D0, 0.0, dW0)
 
 
 @njit(cache=True)
-def _repeat_bias_relu(k, table, marker):
-    """Rows of table: A and b (as 1 x m) of one layer."""
-    A, b = _matrix(table, 0, marker), _matrix(table, 1, marker)[0]
+def _repeat_bias_relu(k, A, b):
+    A, b = _unowned(A), _unowned(b)
     for _ in range(k):
         _bias_activation(A, b, RELU)
 
 
 @njit(cache=True)
-def _repeat_output(k, table, p_labels, marker):
-    """Rows of table: Z, b (1 x m), delta, db (1 x m) of the output layer."""
-    Z, b, delta, db = (
-        _matrix(table, 0, marker),
-        _matrix(table, 1, marker)[0],
-        _matrix(table, 2, marker),
-        _matrix(table, 3, marker)[0],
+def _repeat_output(k, Z, b, Y, labels, sw, delta, db):
+    Z, b, Y, labels, sw, delta, db = (
+        _unowned(Z),
+        _unowned(b),
+        _unowned(Y),
+        _unowned(labels),
+        _unowned(sw),
+        _unowned(delta),
+        _unowned(db),
     )
-    n, m = Z.shape
-    labels = _array1d(p_labels, n, np.int64(0))
-    Y, sw = _array2d(0, 0, m, marker), _array1d(0, 0, marker)
     total = 0.0
     for _ in range(k):
-        total += _output_delta(Z, b, Y, labels, sw, SOFTMAX, CROSS_ENTROPY, 1.0 / n, delta, db, 1, 0)
+        total += _output_delta(Z, b, Y, labels, sw, SOFTMAX, CROSS_ENTROPY, 1.0 / Z.shape[0], delta, db, 1, 0)
     return total
 
 
 @njit(cache=True)
-def _repeat_relu_derivative(k, table, marker):
-    """Rows of table: delta, A, db (1 x m) of one hidden layer."""
-    D, A, db = _matrix(table, 0, marker), _matrix(table, 1, marker), _matrix(table, 2, marker)[0]
+def _repeat_relu_derivative(k, D, A, db):
+    D, A, db = _unowned(D), _unowned(A), _unowned(db)
     for _ in range(k):
         _activation_derivative(D, A, RELU, db, 1, 0)
 
 
 @njit(cache=True)
-def _repeat_update(k, table, p_layout, L, marker):
-    """Rows of table: params, grads, out (each 1 x n_params), sq_norms (1 x L, float64 at its address)."""
-    params, grads, out = _matrix(table, 0, marker)[0], _matrix(table, 1, marker)[0], _matrix(table, 2, marker)[0]
-    layout = _array2d(p_layout, L, N_COLUMNS, np.int64(0))
-    sq_norms = _array1d(table[3, 0], L, np.float64(0))
-    hyper = _array1d(table[4, 0], 3, np.float64(0))
-    state = _array2d(0, 0, params.shape[0], marker)
+def _repeat_update(k, hyper, layout, params, grads, state, out, sq_norms):
+    hyper, layout, params, grads = _unowned(hyper), _unowned(layout), _unowned(params), _unowned(grads)
+    state, out, sq_norms = _unowned(state), _unowned(out), _unowned(sq_norms)
     total = 0.0
     for _ in range(k):
         total += _update(SGD, hyper, LR, 1, 1.0, layout, params, grads, state, out, sq_norms, 1)
     return total
-
-
-def _table(*arrays):
-    """int64 (len(arrays), 3): address, rows, cols of each C-contiguous array (1-D arrays as one row)."""
-    rows = []
-    for a in arrays:
-        assert a.flags.c_contiguous
-        shape = a.shape if a.ndim == 2 else (1, a.shape[0])
-        rows.append((a.ctypes.data, *shape))
-    return np.array(rows, dtype=np.int64)
 
 
 def step_gemms(sizes, n):
@@ -150,9 +120,10 @@ def _repeats(work, per_rep):
 
 def _timer(sizes, n, dtype, min_time):
     """name -> function returning seconds per step of that part, for one shape (arrays made once)."""
+    if len(sizes) not in (3, 4):
+        raise ValueError(f"the profile covers networks of 2 or 3 layers, got layer sizes {sizes}")
     rng = np.random.default_rng(0)
     pairs = list(itertools.pairwise(sizes))
-    marker = np.dtype(dtype).type(0)
     X = rng.standard_normal((n, sizes[0])).astype(dtype)
     Ws = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype) for a, b in pairs]
     bs = [rng.standard_normal(b).astype(dtype) for _, b in pairs]
@@ -161,37 +132,34 @@ def _timer(sizes, n, dtype, min_time):
     dWs = [np.empty_like(W) for W in Ws]
     dbs = [np.zeros_like(b) for b in bs]
     labels = rng.integers(0, sizes[-1], n).astype(np.int64)
+    no_Y, no_sw, no_state = np.zeros((0, sizes[-1]), dtype), np.zeros(0, dtype), np.zeros((0, 1), dtype)
     net = MLP(sizes, dtype=dtype, seed=0)
     grads = (rng.standard_normal(net.n_params) * 1e-3).astype(dtype)
     out, sq_norms, hyper = np.empty_like(net.params), np.zeros(len(pairs)), np.zeros(3)
-    keep = [X, Ws, bs, As, Ds, dWs, dbs, labels, net, grads, out, sq_norms, hyper]  # alive while timed
     hidden = range(len(pairs) - 1)
     small = _repeats(1e6, n * sum(sizes[1:]))
+    empty = np.zeros((0, 0), dtype)
+    layers = [a for l in range(3) for a in ((Ws[l], As[l], Ds[l], dWs[l]) if l < len(pairs) else (empty,) * 4)]
 
     def timed(fn, k):
-        return lambda: (keep, bench.per_call(lambda: fn(k), min_time) / k)[1]
+        return lambda: bench.per_call(lambda: fn(k), min_time) / k
 
     def summed(fns):
         return lambda: sum(fn() for fn in fns)
 
-    sequence = _table(X, *[a for l in range(len(pairs)) for a in (Ws[l], As[l], Ds[l], dWs[l])])
-    bias = [_table(As[l], bs[l]) for l in hidden]
-    deriv = [_table(Ds[l], As[l], dbs[l]) for l in hidden]
-    output = _table(As[-1], bs[-1], Ds[-1], dbs[-1])
-    update = np.array([[a.ctypes.data, 1, a.size] for a in (net.params, grads, out, sq_norms, hyper)], dtype=np.int64)
     parts = {
         "GEMMs in sequence": timed(
-            lambda k: _gemm_sequence(k, sequence, len(pairs), marker), _repeats(2e8, bench.flops_per_step(sizes, n))
+            lambda k: _gemm_sequence(k, X, *layers), _repeats(2e8, bench.flops_per_step(sizes, n))
         ),
-        "hidden bias + ReLU": summed([timed(lambda k, t=t: _repeat_bias_relu(k, t, marker), small) for t in bias]),
+        "hidden bias + ReLU": summed([timed(lambda k, l=l: _repeat_bias_relu(k, As[l], bs[l]), small) for l in hidden]),
         "output softmax, loss, delta, bias grad": timed(
-            lambda k: _repeat_output(k, output, labels.ctypes.data, marker), small
+            lambda k: _repeat_output(k, As[-1], bs[-1], no_Y, labels, no_sw, Ds[-1], dbs[-1]), small
         ),
         "hidden ReLU' + bias grad": summed(
-            [timed(lambda k, t=t: _repeat_relu_derivative(k, t, marker), small) for t in deriv]
+            [timed(lambda k, l=l: _repeat_relu_derivative(k, Ds[l], As[l], dbs[l]), small) for l in hidden]
         ),
         "SGD update": timed(
-            lambda k: _repeat_update(k, update, net._layout.ctypes.data, len(pairs), marker),
+            lambda k: _repeat_update(k, hyper, net._layout, net.params, grads, no_state, out, sq_norms),
             _repeats(1e7, net.n_params),
         ),
     }
@@ -199,11 +167,8 @@ def _timer(sizes, n, dtype, min_time):
         A = rng.standard_normal((k, m) if ta else (m, k)).astype(dtype)
         B = rng.standard_normal((cols, k) if tb else (k, cols)).astype(dtype)
         C = np.empty((m, cols), dtype=dtype)
-        keep.append((A, B, C))
-        table = _table(A, B, C)
         parts[name] = timed(
-            lambda r, t=table, ta=ta, tb=tb: _repeat_gemm(r, ta, tb, t, marker),
-            _repeats(2e8, 2 * m * k * cols),
+            lambda r, A=A, B=B, C=C, ta=ta, tb=tb: _repeat_gemm(r, ta, tb, A, B, C), _repeats(2e8, 2 * m * k * cols)
         )
     return parts
 
