@@ -24,11 +24,11 @@ from numba.np.numpy_support import as_dtype
 # On-disk cache invalidation. Numba checks only the source file of the function it loads from its cache, but a
 # cached driver contains the machine code of every kernel it calls, from other files. Editing a kernel (or
 # installing a version that changes one) would leave drivers running stale code. fastbp's kernels are therefore
-# cached with a source stamp that hashes ALL compiled sources (this file and fastbp/kernels/*.py): any change
-# to any of them invalidates every kernel's cache.
+# cached with a source stamp that hashes ALL compiled sources (this file, fastbp/kernels/*.py and the cached timing
+# loops of fastbp/breakdown.py): any change to any of them invalidates every kernel's cache.
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
-_SOURCES = sorted([_PACKAGE / "_config.py", *(_PACKAGE / "kernels").glob("*.py")])
+_SOURCES = sorted([_PACKAGE / "_config.py", _PACKAGE / "breakdown.py", *(_PACKAGE / "kernels").glob("*.py")])
 KERNEL_SOURCE_STAMP = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)).hexdigest()
 
 

@@ -139,7 +139,7 @@ class Trainer:
         self._spare = net.params.copy()
         self._grads = self._gradient_buffer()
         self._sq_norms = np.zeros(net.n_layers)
-        self._addresses = ((), ())  # (buffers, their addresses): see _buffer_addresses
+        self._addresses = ((), (), ())  # (buffers, their ids, their addresses): see _buffer_addresses
         self.optimizer.init_state(net.n_params, dtype)
 
     # ------------------------------------------------------------------ buffers
@@ -203,12 +203,16 @@ class Trainer:
     def _buffer_addresses(self, state):
         """Addresses of the buffers the compiled loop writes: spare, grads, the optimizer state, the batch buffers and
         the gradient norms. Taken again only when a buffer was replaced (an address costs 1.4 us, and a call of 16
-        steps of shape S about 170 us); the tuple of buffers held here keeps each address valid."""
+        steps of shape S about 170 us). The cache holds the buffers themselves, so no other object can take their
+        ids while they are cached: equal ids then mean the same buffers. (Ids, not the objects: a deep copy or a
+        pickle copies the cache with its old addresses, and an identity test against the copied buffers would
+        pass.)"""
         buffers = (self._spare, self._grads, state, self._Xb, self._Yb, self._lb, self._swb, self._sq_norms)
-        cached, addresses = self._addresses
-        if len(cached) != len(buffers) or any(a is not b for a, b in zip(cached, buffers, strict=True)):
+        ids = tuple(map(id, buffers))
+        _, cached_ids, addresses = self._addresses
+        if ids != cached_ids:
             addresses = tuple(_address(b) for b in buffers)
-            self._addresses = (buffers, addresses)
+            self._addresses = (buffers, ids, addresses)
         return addresses
 
     def _begin_run(self, rows):

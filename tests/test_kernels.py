@@ -166,7 +166,14 @@ def test_kernel_caches_are_invalidated_by_a_change_to_any_kernel_source():
     # A cached driver holds the code of the kernels it calls from other files, so each kernel's cache entry is
     # stamped with a hash of ALL compiled sources (see _config.py), not only of its own file.
     package = pathlib.Path(fastbp.__file__).resolve().parent
-    assert set(_config._SOURCES) == {package / "_config.py", *(package / "kernels").glob("*.py")}
+    assert set(_config._SOURCES) == {
+        package / "_config.py",
+        package / "breakdown.py",
+        *(package / "kernels").glob("*.py"),
+    }
+    from fastbp import breakdown
+
+    assert breakdown._repeat_output._cache._impl.locator.get_source_stamp() == _config.KERNEL_SOURCE_STAMP
     for name, d in _dispatchers():
         if d.targetoptions.get("inline", "never") == "never":
             locator = d._cache._impl.locator

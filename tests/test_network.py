@@ -178,6 +178,22 @@ def test_float32_soft_target_cross_entropy_is_accurate_at_large_logits(shift):
     assert value == pytest.approx(expected, rel=SOFTMAX_LOSS_RTOL_FLOAT32)
 
 
+@pytest.mark.parametrize("targets", ["labels", "one-hot"])
+def test_float32_cross_entropy_of_a_confident_network_is_accurate(targets):
+    # A confident row's loss is log(1 + tiny): the sum of its exps must not be rounded to float32 (it was, and the
+    # loss of logits (12, 0, 0) for class 0 came out 0.9% off). W = I and b = 0: the logits are X exactly.
+    net = fastbp.MLP([3, 3], output="softmax", dtype="float32")
+    net.coefs[0][...] = np.eye(3)
+    net.intercepts[0][...] = 0.0
+    X = np.array([[12.0, 0.0, 0.0], [0.0, 9.0, -3.0]], dtype=np.float32)
+    labels = np.array([0, 1])
+    y = labels if targets == "labels" else np.eye(3, dtype=np.float32)[labels]
+    z = X.astype(np.float64)
+    expected = float(np.mean(np.log(np.exp(z).sum(axis=1)) - z[np.arange(2), labels]))  # ~ 6e-5, exact in float64
+    value, _ = net.value_and_grad(X, y)
+    assert value == pytest.approx(expected, rel=SOFTMAX_LOSS_RTOL_FLOAT32)
+
+
 @pytest.mark.parametrize(("sizes", "n"), [([64, 128, 10], 32), ([784, 256, 256, 10], 128), ([5, 3, 9, 2], 7)])
 def test_workspace_is_no_larger_than_the_reference_peak(sizes, n, rng):
     # BENCHMARKS.md: the compiled path's workspace (activations of every layer + two ping-pong delta buffers) is

@@ -319,3 +319,22 @@ def test_sample_weights_in_training_equal_repeated_rows(optimizer, rng):
     assert len(history["loss"]) == 2
     with pytest.raises(ValueError, match="sample_weight"):
         weighted.fit(X, y, sample_weight=-np.ones(10))
+
+
+def test_a_deep_copy_of_a_trainer_trains_in_its_own_buffers(rng):
+    # The trainer caches its buffers' addresses; a deep copy must not inherit them (it trained in the original's
+    # buffers, and could write into freed memory once the original was gone).
+    import copy
+
+    net = fastbp.MLP([4, 5, 3], seed=0)
+    X = rng.standard_normal((40, 4))
+    y = rng.integers(0, 3, 40)
+    first = fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=8, progress=False)
+    first.fit(X, y, epochs=1)
+    second = copy.deepcopy(first)
+    before = [a.copy() for a in (first._grads, first._spare, first.net.params)]
+    second.fit(X, y, epochs=1)
+    for old, now in zip(before, (first._grads, first._spare, first.net.params), strict=True):
+        np.testing.assert_array_equal(old, now)
+    first.fit(X, y, epochs=1)  # the same epoch (the shuffling generator was copied too): the same parameters
+    np.testing.assert_array_equal(first.net.params, second.net.params)

@@ -131,8 +131,9 @@ def _exp_nonpositive_impl(x):
     exp(x) = 2^k exp(r) with k = round(x / ln 2) and r = x - k ln 2 in [-ln2/2, ln2/2], ln 2 taken in two parts
     (Cody and Waite) through fma; exp(r) by a polynomial: Cephes' degree-7 minimax form for float32, the Taylor
     series to degree 13 for float64 (truncation error below 5e-18 on that interval); 2^k from its exponent bits.
-    Accurate to about 1 unit in the last place (tests/test_kernels.py measures it against NumPy). Results below
-    the smallest normal float (x < -87.3 in float32, -708 in float64) are 0; exp(-inf) = 0; NaN gives NaN.
+    Accurate to about 1 unit in the last place (tests/test_kernels.py measures it against NumPy). For x < -87.3
+    in float32 (-708 in float64), where exp(x) is within 4% of the smallest normal float or below, the result is 0;
+    exp(-inf) = 0; NaN gives NaN. Positive x is outside its domain (the result is then meaningless).
     """
     if x == types.float32:
         lo, log2e, hi_ln2, lo_ln2 = (np.float32(v) for v in (-87.3, 1.4426950408889634, 0.6931472, -1.9046542e-09))

@@ -104,10 +104,11 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
     for i in range(n):
         w_i = _row_weight(sw, i)
         w_row = weight * w_i
-        total = like(0.0, Z)
+        # in float64: a confident row's loss is log(1 + tiny), which a float32 sum would round away
+        total = 0.0
         for j in range(m):
             total += Z[i, j]
-        inv = like(1.0, Z) / total
+        inv = like(1.0 / total, Z)
         if cross_entropy:
             # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
             y_sum = _target_sum(Y, labels, i)
