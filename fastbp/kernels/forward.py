@@ -15,6 +15,7 @@ from .activations import (
     _activate,
     _bias_shift_row,
     _exp_block,
+    _row_sum,
 )
 from .gemm import _gemm
 
@@ -36,10 +37,7 @@ def _bias_softmax(Z, b):
         _bias_shift_row(Z, b, i)
     _exp_block(Z)
     for i in range(n):
-        total = like(0.0, Z)
-        for j in range(m):
-            total += Z[i, j]
-        inv = like(1.0 / total, Z)
+        inv = like(1.0 / _row_sum(Z, i), Z)
         for j in range(m):
             Z[i, j] *= inv
 

@@ -32,6 +32,7 @@ from .activations import (
     _bias_shift_row,
     _derivative,
     _exp_block,
+    _row_sum,
 )
 
 CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR = 0, 1, 2
@@ -104,10 +105,7 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
     for i in range(n):
         w_i = _row_weight(sw, i)
         w_row = weight * w_i
-        # in float64: a confident row's loss is log(1 + tiny), which a float32 sum would round away
-        total = 0.0
-        for j in range(m):
-            total += Z[i, j]
+        total = _row_sum(Z, i)
         inv = like(1.0 / total, Z)
         if cross_entropy:
             # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
