@@ -5,32 +5,41 @@ torch loss goes on top (e.g. ``CrossEntropyLoss`` on the logits of the default i
 ``loss.backward()`` fills ``p.grad`` of every parameter, so any torch optimizer, scheduler, gradient clipping or
 ``state_dict`` round trip works. Inside, one ``torch.autograd.Function`` runs the whole stack of layers:
 
-- forward: per layer one call of the compiled ``_dense_forward`` (GEMM into the output, then one fused pass for
-  bias and activation); hidden activations ``A[l]`` go to a reused workspace, the output to a new tensor;
+- forward: per layer a GEMM into the output, then one fused pass for bias and activation (``_dense_forward``);
+  hidden activations ``A[l]`` go to a reused workspace, the output to a new tensor;
 - backward, with the upstream gradient ``G = dLoss/dY``: ``delta[L] = G * f'(A[L])`` (BP1 with the torch loss's
   gradient; ``delta[L] = G`` for the identity output), then per layer ``dW[l] = A[l-1].T @ delta[l]`` (BP4,
   ``_weight_grad``), ``db[l] = sum_i delta[l]`` (BP3) and ``delta[l-1] = (delta[l] @ W[l].T) * f'(A[l-1])`` with
-  the bias gradient fused (BP2, ``_hidden_delta``); ``dX = delta[0] @ W[0].T`` when the input requires grad.
+  the bias gradient fused (BP2, ``_hidden_delta``); ``dX = delta[0] @ W[0].T`` when the input requires grad. The
+  gradients are views into one new flat buffer laid out like the parameters.
 
-Tensors cross to the kernels through ``Tensor.numpy()``: no copies (CPU only; the input is made contiguous and of
-the module's dtype first, by differentiable torch ops). Unlike torch's ``Linear`` (weight ``(out, in)``), the
-weights keep fastbp's convention ``W[l]: (fan_in, fan_out)``, ``Z = A_prev @ W + b``, and every parameter is a view
-into ONE flat buffer laid out like ``fastbp.MLP.params`` (``flat_params``).
+Each pass is ONE compiled call (kernels/bridge.py) on the tensors' memory, given by address: no copies (CPU only;
+the input is made contiguous and of the module's dtype first, by differentiable torch ops). Calling the layer
+kernels one by one from Python cost about 3 us each in Numba's dispatcher, more than the kernels take at shape S.
+The passes go layer by layer from Python, on ``Tensor.numpy()`` views, only when the parameters are not views into
+one flat buffer (``torch.func.functional_call``) or some GEMMs go through torch.mm (below).
+
+Unlike torch's ``Linear`` (weight ``(out, in)``), the weights keep fastbp's convention ``W[l]: (fan_in, fan_out)``,
+``Z = A_prev @ W + b``, and every parameter is a view into ONE flat buffer laid out like ``fastbp.MLP.params``
+(``flat_params``).
 
 Memory: hidden activations live in workspaces taken from a per-module pool for the lifetime of the autograd graph
 (returned when the graph is freed), so a training loop reuses two of them; the output and the gradients are new
 tensors, which autograd hands to ``p.grad`` without a copy.
 
-Threads: while torch uses several threads (``blas_threads="auto"``), the large GEMMs run through ``torch.mm`` on
-torch's own pool (into fastbp's buffers, followed by fastbp's fused epilogues) and the small ones on fastbp's BLAS on
-the calling thread; see "BLAS threads" below for the measurements behind it.
+Threads: while torch uses several threads (``blas_threads="auto"``), fastbp's BLAS runs on the calling thread, and
+the large GEMMs run through ``torch.mm`` on torch's own pool (into fastbp's buffers, followed by fastbp's fused
+epilogues) when that was timed faster for the batch size (``_Engine.calibrate``); see "BLAS threads" below for the
+measurements behind it.
 
 Not supported: double backward (``create_graph=True``; a clear RuntimeError), devices other than the CPU, dtypes
 other than float32 and float64, ``torch.func`` transforms (vmap, grad; ``torch.func.functional_call`` works).
 """
 
 import itertools
+import math
 import os
+import time
 
 import numpy as np
 import torch
@@ -39,6 +48,7 @@ from ._validation import check_dtype, check_int
 from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels.backward import _activation_derivative, _hidden_delta, _weight_grad
+from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
 from .kernels.forward import _bias_activation, _dense_forward
 from .network import MLP as _FastMLP
 
@@ -79,13 +89,17 @@ def _numpy_dtype(dtype):
 _BLAS_CONTROLS = None
 
 #: With ``blas_threads="auto"`` while torch uses several threads, a GEMM of at least this many multiply-adds
-#: (n * fan_in * fan_out) runs through ``torch.mm`` (into fastbp's buffers, on torch's own thread pool, so both
+#: (n * fan_in * fan_out) may run through ``torch.mm`` (into fastbp's buffers, on torch's own thread pool, so all
 #: cores work and no second pool fights torch's), followed by fastbp's fused epilogue; smaller GEMMs run on fastbp's
-#: BLAS on the calling thread, where torch's per-call overhead would cost more than the second core gains. Measured
-#: on 2 cores (shape M, 784-256-256-10, batch 128, float32): torch's GEMMs of a step take 956 us, OpenBLAS's on one
-#: thread 901 us with its AVX-512 kernels and about twice that with the AVX2 kernels that this machine's default
-#: OPENBLAS_CORETYPE selects. 2^20 is OpenBLAS's own order of size for starting a second thread.
+#: BLAS on the calling thread, where torch's per-call overhead would cost more than the other cores gain. Whether
+#: the large ones do is measured once per batch size (``_Engine.calibrate``): on 2 cores (shape M, 784-256-256-10,
+#: batch 128, float32) torch's GEMMs of a step took 956 us and OpenBLAS's on one thread 901 us with its AVX-512
+#: kernels, but about twice that with the AVX2 kernels that this machine's default OPENBLAS_CORETYPE selects; with
+#: more cores torch's threads gain more. 2^20 is OpenBLAS's own order of size for starting a second thread.
 TORCH_GEMM_MIN = 1 << 20
+
+#: Timed forward passes of each kind when :meth:`_Engine.calibrate` chooses between torch.mm and fastbp's BLAS.
+CALIBRATION_ROUNDS = 3
 
 
 def _blas_controls():
@@ -143,7 +157,7 @@ def _restore_blas(changed):
 class _Workspace:
     """Hidden activations and the two ping-pong delta buffers of the backward pass, for up to ``capacity`` rows."""
 
-    __slots__ = ("_views", "acts", "capacity", "deltas", "hidden_widths")
+    __slots__ = ("_views", "acts", "capacity", "deltas", "entry", "hidden_widths")
 
     def __init__(self, capacity, hidden_widths, max_width, dtype):
         self.capacity = capacity
@@ -151,6 +165,9 @@ class _Workspace:
         self.acts = np.empty(capacity * sum(hidden_widths), dtype=dtype)
         self.deltas = (np.empty(capacity * max_width, dtype=dtype), np.empty(capacity * max_width, dtype=dtype))
         self._views = (-1, None)
+        # As the compiled entries take it (kernels/boundary.py).
+        acts, (delta_a, delta_b) = self.acts, self.deltas
+        self.entry = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
 
     def activations(self, n):
         """(n, width) C-contiguous views of ``acts``, one per hidden layer (cached for the last n)."""
@@ -182,15 +199,18 @@ class _Lease:
 
 # ---------------------------------------------------------------------------------------------------------- engine
 class _Engine:
-    """The architecture, NumPy views of the parameters, the workspace pool, and the two passes on NumPy arrays.
+    """The architecture, views of the parameters, the workspace pool, and the two passes.
 
+    Each pass is ONE compiled call (kernels/bridge.py) when the parameters are views into one flat buffer and no
+    GEMM goes through torch (see :meth:`network`); otherwise it runs layer by layer from Python on NumPy views.
     Shared by the module and every autograd node it creates; holds no reference to the module.
     """
 
-    def __init__(self, sizes, codes, dtype, blas_threads):
+    def __init__(self, sizes, layout, dtype, blas_threads):
         self.blas_threads = blas_threads
         self.sizes = tuple(sizes)
-        self.codes = tuple(int(c) for c in codes)
+        self.layout = np.array(layout, dtype=np.int64)  # fastbp's layout table (kernels/layout.py)
+        self.codes = tuple(int(c) for c in self.layout[:, _lay.ACTIVATION])
         self.n_layers = len(self.codes)
         self.hidden_widths = self.sizes[1:-1]
         self.max_width = max(self.sizes[1:])
@@ -203,20 +223,28 @@ class _Engine:
         # Per parameter, in the module's order W0, b0, W1, b1, ...: shape and offset in the flat buffer.
         self.shapes = tuple(s for fan_in, fan_out in itertools.pairwise(sizes) for s in ((fan_in, fan_out), (fan_out,)))
         self.starts = tuple(start for pair in self.offsets for start in pair)
+        self.slices = tuple(
+            (start, start + math.prod(shape), shape) for start, shape in zip(self.starts, self.shapes, strict=True)
+        )
+        self.wants = {}  # ctx.needs_input_grad -> (needs array for the compiled backward, its address, any wanted)
+        self.no_torch = (False,) * self.n_layers
         self.set_dtype(dtype)
 
     def set_dtype(self, dtype):
         self.dtype = np.dtype(dtype)
         self.torch_dtype = _TORCH_DTYPES[self.dtype]
+        self.marker = self.dtype.type(0)  # selects the compiled entries' specialization
         self.no_db = np.empty(0, dtype=self.dtype)  # stands for a bias gradient that is not wanted
         self.pool = []  # a new list: workspaces of the old dtype still leased go back to the old one
         self.ptrs = None  # data pointers of the parameters the views below were taken from
         self.Ws = self.bs = None
+        self.flat_entry = None  # (p_params, n_params, p_layout, n_layers) when the parameters are one flat buffer
+        self.choices = {}  # (rows, torch threads) -> whether the large GEMMs go through torch.mm (calibrate)
 
     def __getstate__(self):
-        # NumPy views and workspaces would be pickled as copies, detached from the parameters: rebuild them.
+        # NumPy views, workspaces and addresses would be pickled detached from the parameters: rebuild them.
         state = dict(self.__dict__)
-        state.update(pool=[], ptrs=None, Ws=None, bs=None)
+        state.update(pool=[], ptrs=None, Ws=None, bs=None, flat_entry=None, wants={}, choices={})
         return state
 
     def unflatten(self, flat):
@@ -227,11 +255,62 @@ class _Engine:
             bs.append(flat[b : b + fan_out])
         return Ws, bs
 
+    def use(self, params):
+        """Point the passes at the parameter tensors ``params`` (W0, b0, W1, ...; CPU, the engine's dtype): NumPy
+        views of each (a non-contiguous one is copied), and the flat entry of the compiled passes when the
+        parameters are contiguous views at their places in one buffer (as :class:`MLP` keeps them)."""
+        arrays = [_as_numpy(p if p.is_contiguous() else p.contiguous()) for p in params]
+        self.Ws, self.bs = arrays[0::2], arrays[1::2]
+        ptrs = [p.data_ptr() for p in params]
+        cacheable = all(p.is_contiguous() for p in params)
+        self.ptrs = ptrs if cacheable else None
+        base, size = ptrs[0], self.dtype.itemsize
+        flat = cacheable and all(ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True))
+        self.flat_entry = (base, self.n_params, self.layout.ctypes.data, self.n_layers) if flat else None
+
+    def network(self, n):
+        """The network as the compiled passes take it (kernels/boundary.py), for a batch of n rows: None when they
+        cannot run it (parameters not in one flat buffer, or a GEMM that goes through torch.mm)."""
+        if self.flat_entry is None or any(self.torch_layers(n)):
+            return None
+        return self.flat_entry
+
     def torch_layers(self, n):
-        """Per layer, whether its GEMMs on a batch of n rows go through torch.mm (see TORCH_GEMM_MIN)."""
-        if not (self.blas_threads == "auto" and torch.get_num_threads() > 1):
-            return (False,) * self.n_layers
-        return tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
+        """Per layer, whether its GEMMs on a batch of n rows go through torch.mm: with ``blas_threads="auto"`` while
+        torch uses several threads, the GEMMs of at least TORCH_GEMM_MIN multiply-adds do, if that was measured to
+        be faster for this batch size (:meth:`calibrate`, once per batch size and torch thread count)."""
+        threads = torch.get_num_threads()
+        if not (self.blas_threads == "auto" and threads > 1):
+            return self.no_torch
+        big = tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
+        if not any(big):
+            return big
+        choice = self.choices.get((n, threads))
+        if choice is None:
+            choice = self.choices[n, threads] = self.calibrate(n, big)
+        return big if choice else self.no_torch
+
+    def calibrate(self, n, big):
+        """Whether the forward pass of n rows is faster with the GEMMs of the layers ``big`` through torch.mm on
+        torch's threads than with every GEMM on fastbp's BLAS on the calling thread. Timed on zeros, the two
+        alternately, CALIBRATION_ROUNDS times each; the faster minimum wins. Which is faster depends on the machine:
+        on 2 cores with OpenBLAS's AVX-512 kernels, fastbp's BLAS on one thread (shape M: a training step 1.32x
+        torch eager's, against 0.97x through torch.mm); with its AVX2 kernels, torch.mm (0.99x against 0.70x)."""
+        workspace = _Workspace(n, self.hidden_widths, self.max_width, self.dtype)
+        X = np.zeros((n, self.sizes[0]), dtype=self.dtype)
+        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
+        acts = workspace.activations(n)
+        best = {True: math.inf, False: math.inf}
+        limited = _limit_blas(self.blas_threads)
+        try:
+            for _ in range(CALIBRATION_ROUNDS):
+                for choice, layers in ((True, big), (False, self.no_torch)):
+                    start = time.perf_counter()
+                    self._forward_layers(X, acts, out, layers)
+                    best[choice] = min(best[choice], time.perf_counter() - start)
+        finally:
+            _restore_blas(limited)
+        return best[True] < best[False]
 
     def acquire(self, n):
         """A lease on a workspace of at least n rows, from the pool or new (smaller pooled ones are dropped)."""
@@ -246,27 +325,38 @@ class _Engine:
                 break
         return _Lease(pool, workspace)
 
-    def forward(self, X, acts, out):
-        """``out = network(X)``, one ``_dense_forward`` per layer (GEMM + fused bias and activation); hidden
-        activations into ``acts``. X: (n, n_in); acts: list of (n, h_l) views; out: (n, n_out), output. All
-        C-contiguous NumPy arrays of the engine's dtype."""
-        Ws, bs, codes = self.Ws, self.bs, self.codes
-        via_torch = self.torch_layers(X.shape[0])
+    def forward(self, X, workspace, out):
+        """``out = network(X)``, hidden activations into the workspace; per layer a GEMM and one fused bias and
+        activation pass. X: (n, n_in); out: (n, n_out), output: C-contiguous CPU tensors of the engine's dtype.
+        Returns :meth:`network` (what the backward pass of this forward may run on)."""
+        n = X.shape[0]
+        network = self.network(n)
         limited = _limit_blas(self.blas_threads)
         try:
-            A_prev = X
-            for l in range(self.n_layers):
-                A = acts[l] if l < self.n_layers - 1 else out
-                if via_torch[l]:
-                    _mm(A_prev, Ws[l], A)
-                    _bias_activation(A, bs[l], codes[l])
-                else:
-                    _dense_forward(A_prev, Ws[l], bs[l], codes[l], A)
-                A_prev = A
+            if network is not None:
+                _bridge_forward_entry(self.marker, network, X.data_ptr(), n, workspace.entry, out.data_ptr())
+                return network
+            self._forward_layers(_as_numpy(X), workspace.activations(n), out.numpy(), self.torch_layers(n))
         finally:
             _restore_blas(limited)
+        return None
 
-    def backward(self, G, X, out, acts, workspace, Ws, needs):
+    def _forward_layers(self, X, acts, out, via_torch):
+        """The forward pass layer by layer from Python, with the GEMMs of the layers ``via_torch`` by torch.mm and
+        the others by fastbp's ``_dense_forward``. X: (n, n_in); acts: list of (n, h_l) views; out: (n, n_out),
+        output: C-contiguous NumPy arrays of the engine's dtype."""
+        Ws, bs, codes = self.Ws, self.bs, self.codes
+        A_prev = X
+        for l in range(self.n_layers):
+            A = acts[l] if l < self.n_layers - 1 else out
+            if via_torch[l]:
+                _mm(A_prev, Ws[l], A)
+                _bias_activation(A, bs[l], codes[l])
+            else:
+                _dense_forward(A_prev, Ws[l], bs[l], codes[l], A)
+            A_prev = A
+
+    def backward(self, G, X, out, workspace, Ws, network, needs):
         """Gradients from the upstream gradient ``G = dLoss/dY``, as autograd wants them: a tuple
         ``(dX, None, dW0, db0, dW1, db1, ...)`` of new tensors, None where ``needs`` (ctx.needs_input_grad: X,
         engine, W0, b0, ...) is False.
@@ -274,16 +364,20 @@ class _Engine:
         BP1 with the given upstream gradient ``delta[L] = G * f'(A[L])``, then from the top: BP4 ``dW[l] =
         A[l-1].T @ delta[l]``, BP3 ``db[l] = sum_i delta[l]``, BP2 ``delta[l-1] = (delta[l] @ W[l].T) *
         f'(A[l-1])``, down to the lowest layer that needs a gradient; ``dX = delta[0] @ W[0].T``.
-        G, out: (n, n_out); X: (n, n_in); acts: hidden activations of the forward pass; Ws: the weights it used.
-        NumPy arrays, C-contiguous. The 1/n of a mean loss is already in G (torch's loss put it there).
+        G: (n, n_out), X: (n, n_in): C-contiguous CPU tensors; out: (n, n_out) NumPy array, the forward's output.
+        workspace: the hidden activations of the forward pass; Ws: the weights it used (NumPy views), network:
+        what it returned. The 1/n of a mean loss is already in G (torch's loss put it there).
         """
+        n = G.shape[0]
+        if network is not None and not any(self.torch_layers(n)):
+            return self._compiled_backward(G, X, out, workspace, network, needs)
+        G, X, acts = _as_numpy(G), _as_numpy(X), workspace.activations(n)
         L = self.n_layers
         need_X = needs[0]
         lowest = 0 if need_X else next((l for l in range(L) if needs[2 + 2 * l] or needs[3 + 2 * l]), L)
         grads = [None] * (2 + 2 * L)
         if lowest == L:
             return tuple(grads)
-        n = G.shape[0]
         dtype, shapes, codes, sizes = self.dtype, self.shapes, self.codes, self.sizes
         via_torch = self.torch_layers(n)
         limited = _limit_blas(self.blas_threads)
@@ -333,6 +427,41 @@ class _Engine:
             _restore_blas(limited)
         return tuple(grads)
 
+    def _compiled_backward(self, G, X, out, workspace, network, needs):
+        """:meth:`backward` in one compiled call, into one new flat gradient buffer whose views are returned."""
+        wanted = self.wants.get(needs)
+        if wanted is None:
+            array = np.array([needs[0], *needs[2:]], dtype=np.int64)
+            wanted = self.wants[needs] = (array, array.ctypes.data, any(array))
+        array, p_needs, any_wanted = wanted
+        if not any_wanted:
+            return (None,) * len(needs)
+        n = G.shape[0]
+        flat = np.empty(self.n_params, dtype=self.dtype)
+        dX = torch.from_numpy(np.empty(X.shape, dtype=self.dtype)) if needs[0] else None
+        # The output is read only for its activation's derivative (and may be gone otherwise: it is not saved).
+        p_out = G.data_ptr() if self.codes[-1] == _act.IDENTITY else out.ctypes.data
+        limited = _limit_blas(self.blas_threads)
+        try:
+            _bridge_backward_entry(
+                self.marker,
+                network,
+                p_needs,
+                n,
+                G.data_ptr(),
+                X.data_ptr(),
+                p_out,
+                workspace.entry,
+                flat.ctypes.data,
+                0 if dX is None else dX.data_ptr(),
+            )
+        finally:
+            _restore_blas(limited)
+        grads = [dX, None]
+        for want, (start, stop, shape) in zip(needs[2:], self.slices, strict=True):
+            grads.append(torch.from_numpy(flat[start:stop].reshape(shape)) if want else None)
+        return tuple(grads)
+
 
 def _output_delta(code, G, A, delta):
     """``delta[...] = G * f'(A)`` for an output activation f (A its output); softmax's Jacobian-vector product
@@ -370,16 +499,16 @@ class _DenseStack(torch.autograd.Function):
     def forward(ctx, X, engine, *params):
         n = X.shape[0]
         lease = engine.acquire(n)
-        acts = lease.workspace.activations(n)
-        X_np = _as_numpy(X)
         out_np = np.empty((n, engine.sizes[-1]), dtype=engine.dtype)
-        Ws = engine.Ws
-        engine.forward(X_np, acts, out_np)
         out = torch.from_numpy(out_np)
+        Ws = engine.Ws
+        network = engine.forward(X, lease.workspace, out)
         # Saved for autograd's check that none was modified in place before backward (the kernels use the NumPy
         # views); the output only when its activation's derivative needs it.
         ctx.save_for_backward(X, None if engine.codes[-1] == _act.IDENTITY else out, *params)
-        ctx.state = (engine, lease, X_np, out_np, acts, Ws)
+        # The NumPy array of the output, not the tensor: ctx -> output -> ctx (its grad_fn) would be a reference
+        # cycle, freed only by the garbage collector.
+        ctx.state = (engine, lease, X, out_np, Ws, network)
         return out
 
     @staticmethod
@@ -390,10 +519,10 @@ class _DenseStack(torch.autograd.Function):
                 "differentiating a gradient); use the equivalent torch.nn.Sequential from model.to_sequential()"
             )
         ctx.saved_tensors  # noqa: B018 (raises if an input or a parameter was modified in place since the forward)
-        engine, lease, X_np, out_np, acts, Ws = ctx.state
+        engine, lease, X, out_np, Ws, network = ctx.state
         if not G.is_contiguous():
             G = G.contiguous()
-        return engine.backward(_as_numpy(G), X_np, out_np, acts, lease.workspace, Ws, ctx.needs_input_grad)
+        return engine.backward(G, X, out_np, lease.workspace, Ws, network, ctx.needs_input_grad)
 
 
 # torch.autograd.Function.apply (Python) binds default arguments and checks for functorch transforms before calling
@@ -421,10 +550,12 @@ class MLP(torch.nn.Module):
         same values as ``fastbp.MLP(layer_sizes, ..., seed=seed)``; not torch's ``Linear`` initialisation.
     blas_threads : "auto", int or None, default "auto"
         Threads of fastbp's BLAS during this module's forward and backward (the setting is restored after each).
-        "auto": while torch uses several threads (``torch.get_num_threads() > 1``), GEMMs of at least
-        ``TORCH_GEMM_MIN`` multiply-adds run through ``torch.mm`` on torch's own pool and the others on fastbp's BLAS
-        limited to 1 thread, so that torch's pool keeps the other cores (two pools on the same cores slow each
-        other down by milliseconds per step: see the module source); after ``torch.set_num_threads(1)``, every
+        "auto": while torch uses several threads (``torch.get_num_threads() > 1``), fastbp's BLAS is limited to 1
+        thread, so that torch's pool keeps the other cores (two pools on the same cores slow each other down by
+        milliseconds per step: see the module source), and GEMMs of at least ``TORCH_GEMM_MIN`` multiply-adds run
+        through ``torch.mm`` on torch's pool if that is faster: the first forward pass of each batch size times both
+        ways (``CALIBRATION_ROUNDS`` forward passes each, on zeros) and keeps the faster for the module's life, so
+        results can differ between machines, or runs, in the last bits; after ``torch.set_num_threads(1)``, every
         GEMM on fastbp's BLAS with its own setting (``fastbp.set_num_threads``). An int: every GEMM on fastbp's
         BLAS with that many threads; None: every GEMM on fastbp's BLAS with its own setting.
 
@@ -448,7 +579,7 @@ class MLP(torch.nn.Module):
         self.layer_sizes = net.layer_sizes
         self.activations = net.activations
         self.output = net.output
-        self._engine = _Engine(net.layer_sizes, net.layout[:, _lay.ACTIVATION], dtype, blas_threads)
+        self._engine = _Engine(net.layer_sizes, net.layout, dtype, blas_threads)
         self._flat = torch.from_numpy(net.params.copy())
         Ws, bs = self._engine.unflatten(self._flat)
         for l, (W, b) in enumerate(zip(Ws, bs, strict=True)):
@@ -560,10 +691,7 @@ class MLP(torch.nn.Module):
         dtype = _NUMPY_DTYPES[params[0].dtype]
         if dtype != engine.dtype:
             engine.set_dtype(dtype)
-        arrays = [_as_numpy(p if p.is_contiguous() else p.contiguous()) for p in params]
-        engine.Ws, engine.bs = arrays[0::2], arrays[1::2]
-        cacheable = all(p.is_contiguous() for p in params)
-        engine.ptrs = [p.data_ptr() for p in params] if cacheable else None
+        engine.use(params)
 
     def _repack(self):
         """Make the parameters views into one flat buffer again (copying their values) when something gave them
@@ -630,9 +758,9 @@ class MLP(torch.nn.Module):
         # Inference: no autograd node, and the workspace goes back to the pool at once.
         n = X.shape[0]
         lease = engine.acquire(n)
-        out = np.empty((n, engine.sizes[-1]), dtype=engine.dtype)
-        engine.forward(_as_numpy(X), lease.workspace.activations(n), out)
-        return torch.from_numpy(out)
+        out = torch.from_numpy(np.empty((n, engine.sizes[-1]), dtype=engine.dtype))
+        engine.forward(X, lease.workspace, out)
+        return out
 
     def extra_repr(self):
         return (

@@ -3,6 +3,7 @@
 import copy
 import io
 import pickle
+import time
 
 import numpy as np
 import pytest
@@ -66,8 +67,9 @@ def batch(n, n_in, dtype, seed=0, requires_grad=True):
 
 
 def _count_gemms(monkeypatch):
-    """Count the module's GEMMs by library: torch.mm (``_mm``) or one of fastbp's GEMM kernels."""
-    calls = {"torch": 0, "fastbp": 0}
+    """Count the module's GEMM calls by path: torch.mm (``_mm``), one of fastbp's layer kernels (``fastbp``), or
+    fastbp's compiled whole passes (``compiled``)."""
+    calls = {"torch": 0, "fastbp": 0, "compiled": 0}
 
     def counted(name, kind):
         function = getattr(fbt, name)
@@ -81,6 +83,8 @@ def _count_gemms(monkeypatch):
     counted("_mm", "torch")
     for name in ("_dense_forward", "_weight_grad", "_hidden_delta"):
         counted(name, "fastbp")
+    for name in ("_bridge_forward_entry", "_bridge_backward_entry"):
+        counted(name, "compiled")
     return calls
 
 
@@ -92,20 +96,22 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["fastbp", "torch"])
+@pytest.fixture(params=["compiled", "fastbp", "torch"])
 def gemms(request, monkeypatch, torch_threads):
-    """Which library runs the module's GEMMs: fastbp's BLAS (the small test layers' default), or torch.mm on torch's
-    threads (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2 threads); checks afterwards that every GEMM of the
-    test (forward, BP4, BP2 and dX) did."""
+    """Which path runs the module's passes: fastbp's compiled whole passes (the default for the small test layers),
+    fastbp's layer kernels one by one from Python (the path of parameters that are not one flat buffer, forced
+    here), or torch.mm on torch's threads for the GEMMs (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2
+    threads); checks afterwards that every pass of the test (forward, BP4, BP2 and dX) took that path."""
     calls = _count_gemms(monkeypatch)
     if request.param == "torch":
         monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 0)
+        monkeypatch.setattr(fbt._Engine, "calibrate", lambda self, n, big: True)
         torch.set_num_threads(2)
+    elif request.param == "fastbp":
+        monkeypatch.setattr(fbt._Engine, "network", lambda self, n: None)
     yield request.param
-    if request.param == "torch":
-        assert calls["torch"] > 0 and calls["fastbp"] == 0
-    else:
-        assert calls["torch"] == 0 and calls["fastbp"] > 0
+    others = sum(count for path, count in calls.items() if path != request.param)
+    assert calls[request.param] > 0 and others == 0, calls
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -239,6 +245,7 @@ def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, fr
     calls = _count_gemms(monkeypatch)
     # n * fan_in * fan_out for SIZES 6-9-7-5 and 11 rows: 594, 693, 385: only layer 1 (and BP2 into layer 0) by torch
     monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 600)
+    monkeypatch.setattr(fbt._Engine, "calibrate", lambda self, n, big: True)
     torch.set_num_threads(2)
     model = fbt.MLP(SIZES, activation="tanh", output="softmax", dtype=torch.float64, seed=5)
     seq = sequential(model, "tanh", "softmax")
@@ -263,6 +270,47 @@ def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, fr
     assert (X.grad is None) == (not x_grad)
     if x_grad:
         assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float64"]
+
+
+@pytest.mark.parametrize("slower", ["torch", "fastbp"])
+def test_large_gemms_go_the_way_measured_faster(monkeypatch, torch_threads, slower):
+    """With torch on several threads, the large GEMMs go through torch.mm or fastbp's BLAS, whichever forward pass
+    was timed faster (here one of the two is slowed down), measured once per batch size and thread count."""
+    monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 600)  # layer 1 of SIZES 6-9-7-5 with 11 rows (693 multiply-adds)
+    torch.set_num_threads(2)
+    forward_layers, calibrate = fbt._Engine._forward_layers, fbt._Engine.calibrate
+    calibrations, timed = [], []  # batch sizes calibrated; the layers via torch of each timed pass
+
+    def slowed(self, X, acts, out, via_torch):
+        if any(via_torch) == (slower == "torch"):
+            time.sleep(0.01)
+        return forward_layers(self, X, acts, out, via_torch)
+
+    def calibrating(self, n, big):
+        calibrations.append(n)
+        monkeypatch.setattr(fbt._Engine, "_forward_layers", lambda *args: (timed.append(args[-1]), slowed(*args)))
+        try:
+            return calibrate(self, n, big)
+        finally:
+            monkeypatch.setattr(fbt._Engine, "_forward_layers", forward_layers)
+
+    monkeypatch.setattr(fbt._Engine, "calibrate", calibrating)
+    calls = _count_gemms(monkeypatch)
+    model = fbt.MLP(SIZES, activation="tanh", dtype=torch.float64, seed=5)
+    seq = sequential(model, "tanh", "identity")
+    X = batch(11, SIZES[0], torch.float64)
+    model(X).sum().backward()  # calibrates
+    calls.update(dict.fromkeys(calls, 0))
+    model(X).sum().backward()
+    assert calibrations == [11]  # once
+    assert sorted(map(any, timed)) == [False] * fbt.CALIBRATION_ROUNDS + [True] * fbt.CALIBRATION_ROUNDS
+    assert (calls["torch"] > 0) == (slower == "fastbp")
+    assert (calls["compiled"] > 0) == (slower == "torch")
+    for _ in range(2):
+        seq(X).sum().backward()
+    assert_grads_match(model, seq, TORCH_RTOL["float64"])  # accumulated over two backward passes each
+    model(batch(12, SIZES[0], torch.float64))  # another batch size: measured again
+    assert calibrations == [11, 12]
 
 
 @pytest.mark.parametrize("n", [0, 1, 7])
@@ -479,7 +527,7 @@ def test_blas_threads_limit_during_passes(monkeypatch, blas_threads, torch_threa
         return [info["num_threads"] for info in threadpoolctl.threadpool_info() if info["user_api"] == "blas"]
 
     seen = []
-    for name in ("_dense_forward", "_weight_grad"):
+    for name in ("_bridge_forward_entry", "_bridge_backward_entry"):
         kernel = getattr(fbt, name)
         monkeypatch.setattr(fbt, name, lambda *args, kernel=kernel: (seen.append(blas_threads_now()), kernel(*args)))
     model = fbt.MLP([4, 6, 3], seed=0, blas_threads=blas_threads)
@@ -495,7 +543,7 @@ def test_blas_threads_limit_during_passes(monkeypatch, blas_threads, torch_threa
     finally:
         torch.set_num_threads(torch_before)
     assert after == before
-    assert len(seen) == 4  # two layers forward, two weight gradients
+    assert len(seen) == 2  # the compiled forward and backward passes
     assert all((1 in counts) == limited for counts in seen)  # fastbp's (SciPy's) BLAS on one thread, or untouched
 
 

@@ -19,21 +19,30 @@ from .loss import _l2_penalty, _output_delta
 
 
 @leaf
-def _forward(params, layout, X, acts):
-    """Forward pass of every layer; returns the (n, n_out) view of the network output in ``acts``.
+def _forward_into(params, layout, X, acts, out):
+    """Forward pass of every layer, the hidden activations into ``acts`` and the network output into ``out``.
 
-    NumPy: ``A = X; for W, b, f in layers: A = f(A @ W + b)``. params: (n_params,); layout: (L, 6) int64;
-    X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements, output.
-    Not thread-safe for a shared workspace.
+    NumPy: ``A = X; for W, b, f in layers: A = f(A @ W + b); out[...] = A``. params: (n_params,); layout: (L, 6)
+    int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements, output; out:
+    (n, n_out) C-contiguous, output. Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
+    L = layout.shape[0]
     A_prev = X
-    for l in range(layout.shape[0]):
+    for l in range(L):
         W, b = _layer_view(params, layout, l)
-        A = _activation_view(acts, layout, l, n)
+        A = out if l == L - 1 else _activation_view(acts, layout, l, n)
         _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
         A_prev = A
-    return A_prev
+
+
+@leaf
+def _forward(params, layout, X, acts):
+    """Forward pass of every layer (:func:`_forward_into`) with the output in the workspace too; returns the
+    (n, n_out) view of the network output in ``acts``."""
+    out = _activation_view(acts, layout, layout.shape[0] - 1, X.shape[0])
+    _forward_into(params, layout, X, acts, out)
+    return out
 
 
 @leaf
