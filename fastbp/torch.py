@@ -234,7 +234,6 @@ class _Engine:
         self.dtype = np.dtype(dtype)
         self.torch_dtype = _TORCH_DTYPES[self.dtype]
         self.marker = self.dtype.type(0)  # selects the compiled entries' specialization
-        self.no_db = np.empty(0, dtype=self.dtype)  # stands for a bias gradient that is not wanted
         self.pool = []  # a new list: workspaces of the old dtype still leased go back to the old one
         self.ptrs = None  # data pointers of the parameters the views below were taken from
         self.Ws = self.bs = None
@@ -268,48 +267,37 @@ class _Engine:
         flat = cacheable and all(ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True))
         self.flat_entry = (base, self.n_params, self.layout.ctypes.data, self.n_layers) if flat else None
 
-    def network(self, n):
-        """The network as the compiled passes take it (kernels/boundary.py), for a batch of n rows: None when they
-        cannot run it (parameters not in one flat buffer, or a GEMM that goes through torch.mm)."""
-        if self.flat_entry is None or any(self.torch_layers(n)):
-            return None
-        return self.flat_entry
-
-    def torch_layers(self, n):
+    def torch_layers(self, n, calibrate_on=None):
         """Per layer, whether its GEMMs on a batch of n rows go through torch.mm: with ``blas_threads="auto"`` while
-        torch uses several threads, the GEMMs of at least TORCH_GEMM_MIN multiply-adds do, if that was measured to
-        be faster for this batch size (:meth:`calibrate`, once per batch size and torch thread count)."""
+        torch uses several threads, the GEMMs of at least TORCH_GEMM_MIN multiply-adds do if that was timed faster
+        for batches of this size within a factor of 2 and this thread count (:meth:`calibrate`, on ``calibrate_on``
+        = (X, workspace, out) of a forward pass, when not measured yet; without it, not measured means torch.mm)."""
         threads = torch.get_num_threads()
         if not (self.blas_threads == "auto" and threads > 1):
             return self.no_torch
         big = tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
         if not any(big):
             return big
-        choice = self.choices.get((n, threads))
-        if choice is None:
-            choice = self.choices[n, threads] = self.calibrate(n, big)
-        return big if choice else self.no_torch
+        key = (n.bit_length(), threads)
+        choice = self.choices.get(key)
+        if choice is None and calibrate_on is not None:
+            choice = self.choices[key] = self.calibrate(*calibrate_on, big)
+        return self.no_torch if choice is False else big
 
-    def calibrate(self, n, big):
-        """Whether the forward pass of n rows is faster with the GEMMs of the layers ``big`` through torch.mm on
-        torch's threads than with every GEMM on fastbp's BLAS on the calling thread. Timed on zeros, the two
-        alternately, CALIBRATION_ROUNDS times each; the faster minimum wins. Which is faster depends on the machine:
-        on 2 cores with OpenBLAS's AVX-512 kernels, fastbp's BLAS on one thread (shape M: a training step 1.32x
-        torch eager's, against 0.97x through torch.mm); with its AVX2 kernels, torch.mm (0.99x against 0.70x)."""
-        workspace = _Workspace(n, self.hidden_widths, self.max_width, self.dtype)
-        X = np.zeros((n, self.sizes[0]), dtype=self.dtype)
-        out = np.empty((n, self.sizes[-1]), dtype=self.dtype)
-        acts = workspace.activations(n)
+    def calibrate(self, X, workspace, out, big):
+        """Whether the forward pass of X is faster with the GEMMs of the layers ``big`` through torch.mm on torch's
+        threads than with every GEMM on fastbp's BLAS on the calling thread (as :meth:`forward` runs each): the two
+        alternately, CALIBRATION_ROUNDS times each, on this batch (the output is overwritten); the faster minimum
+        wins, for the backward passes too. Which is faster depends on the machine: on 2 cores with OpenBLAS's
+        AVX-512 kernels, fastbp's BLAS on one thread (shape M: a training step 1.32x torch eager's, against 0.97x
+        through torch.mm); with its AVX2 kernels, torch.mm (0.99x against 0.70x). Call with fastbp's BLAS limited
+        as in a pass."""
         best = {True: math.inf, False: math.inf}
-        limited = _limit_blas(self.blas_threads)
-        try:
-            for _ in range(CALIBRATION_ROUNDS):
-                for choice, layers in ((True, big), (False, self.no_torch)):
-                    start = time.perf_counter()
-                    self._forward_layers(X, acts, out, layers)
-                    best[choice] = min(best[choice], time.perf_counter() - start)
-        finally:
-            _restore_blas(limited)
+        for _ in range(CALIBRATION_ROUNDS):
+            for choice, layers in ((True, big), (False, self.no_torch)):
+                start = time.perf_counter()
+                self._run(X, workspace, out, layers)
+                best[choice] = min(best[choice], time.perf_counter() - start)
         return best[True] < best[False]
 
     def acquire(self, n):
@@ -328,18 +316,25 @@ class _Engine:
     def forward(self, X, workspace, out):
         """``out = network(X)``, hidden activations into the workspace; per layer a GEMM and one fused bias and
         activation pass. X: (n, n_in); out: (n, n_out), output: C-contiguous CPU tensors of the engine's dtype.
-        Returns :meth:`network` (what the backward pass of this forward may run on)."""
-        n = X.shape[0]
-        network = self.network(n)
+        Returns the network as the compiled backward pass takes it (kernels/boundary.py) if this pass ran compiled
+        (its parameters one flat buffer, no GEMM through torch.mm), else None."""
         limited = _limit_blas(self.blas_threads)
         try:
-            if network is not None:
-                _bridge_forward_entry(self.marker, network, X.data_ptr(), n, workspace.entry, out.data_ptr())
-                return network
-            self._forward_layers(_as_numpy(X), workspace.activations(n), out.numpy(), self.torch_layers(n))
+            via_torch = self.torch_layers(X.shape[0], calibrate_on=(X, workspace, out))
+            return self._run(X, workspace, out, via_torch)
         finally:
             _restore_blas(limited)
-        return None
+
+    def _run(self, X, workspace, out, via_torch):
+        """One forward pass (see :meth:`forward`) with the GEMMs of the layers ``via_torch`` by torch.mm: ONE
+        compiled call when there are none and the parameters are one flat buffer, else layer by layer."""
+        n = X.shape[0]
+        network = None if any(via_torch) else self.flat_entry
+        if network is not None:
+            _bridge_forward_entry(self.marker, network, X.data_ptr(), n, workspace.entry, out.data_ptr())
+        else:
+            self._forward_layers(_as_numpy(X), workspace.activations(n), out.numpy(), via_torch)
+        return network
 
     def _forward_layers(self, X, acts, out, via_torch):
         """The forward pass layer by layer from Python, with the GEMMs of the layers ``via_torch`` by torch.mm and
@@ -371,6 +366,8 @@ class _Engine:
         n = G.shape[0]
         if network is not None and not any(self.torch_layers(n)):
             return self._compiled_backward(G, X, out, workspace, network, needs)
+        # The graph's dtype: the engine's may have changed since its forward pass (functional_call in float64).
+        dtype, no_db = out.dtype, np.empty(0, dtype=out.dtype)
         G, X, acts = _as_numpy(G), _as_numpy(X), workspace.activations(n)
         L = self.n_layers
         need_X = needs[0]
@@ -378,7 +375,7 @@ class _Engine:
         grads = [None] * (2 + 2 * L)
         if lowest == L:
             return tuple(grads)
-        dtype, shapes, codes, sizes = self.dtype, self.shapes, self.codes, self.sizes
+        shapes, codes, sizes = self.shapes, self.codes, self.sizes
         via_torch = self.torch_layers(n)
         limited = _limit_blas(self.blas_threads)
         try:
@@ -407,7 +404,7 @@ class _Engine:
                 if l > lowest:
                     delta_prev = workspace.delta(slot, n, sizes[l])
                     with_db = needs[1 + 2 * l]
-                    db = np.empty(sizes[l], dtype=dtype) if with_db else self.no_db
+                    db = np.empty(sizes[l], dtype=dtype) if with_db else no_db
                     if via_torch[l]:  # BP2, BP3
                         _mm(delta, Ws[l].T, delta_prev)
                         _activation_derivative(delta_prev, A_prev, codes[l - 1], db, int(with_db), 0)
@@ -421,7 +418,7 @@ class _Engine:
                 if via_torch[0]:
                     _mm(delta, Ws[0].T, dX)
                 else:
-                    _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, self.no_db, 0, 0)
+                    _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, no_db, 0, 0)
                 grads[0] = torch.from_numpy(dX)
         finally:
             _restore_blas(limited)
@@ -436,15 +433,15 @@ class _Engine:
         array, p_needs, any_wanted = wanted
         if not any_wanted:
             return (None,) * len(needs)
-        n = G.shape[0]
-        flat = np.empty(self.n_params, dtype=self.dtype)
-        dX = torch.from_numpy(np.empty(X.shape, dtype=self.dtype)) if needs[0] else None
-        # The output is read only for its activation's derivative (and may be gone otherwise: it is not saved).
+        n, dtype = G.shape[0], out.dtype  # the graph's dtype (the engine's may have changed since its forward)
+        flat = np.empty(self.n_params, dtype=dtype)
+        dX = torch.from_numpy(np.empty(X.shape, dtype=dtype)) if needs[0] else None
+        # The output is read only for its activation's derivative; any valid (n, n_out) buffer stands in for it.
         p_out = G.data_ptr() if self.codes[-1] == _act.IDENTITY else out.ctypes.data
         limited = _limit_blas(self.blas_threads)
         try:
             _bridge_backward_entry(
-                self.marker,
+                dtype.type(0),
                 network,
                 p_needs,
                 n,
@@ -503,12 +500,12 @@ class _DenseStack(torch.autograd.Function):
         out = torch.from_numpy(out_np)
         Ws = engine.Ws
         network = engine.forward(X, lease.workspace, out)
-        # Saved for autograd's check that none was modified in place before backward (the kernels use the NumPy
-        # views); the output only when its activation's derivative needs it.
+        # Saved for autograd's check that none was modified in place before backward (the backward pass reads their
+        # memory); the output only when its activation's derivative needs it.
         ctx.save_for_backward(X, None if engine.codes[-1] == _act.IDENTITY else out, *params)
         # The NumPy array of the output, not the tensor: ctx -> output -> ctx (its grad_fn) would be a reference
-        # cycle, freed only by the garbage collector.
-        ctx.state = (engine, lease, X, out_np, Ws, network)
+        # cycle, freed only by the garbage collector. The parameters' addresses: see backward.
+        ctx.state = (engine, lease, X, out_np, Ws, network, [p.data_ptr() for p in params])
         return out
 
     @staticmethod
@@ -518,8 +515,15 @@ class _DenseStack(torch.autograd.Function):
                 "fastbp.torch.MLP does not support double backward (backward with create_graph=True, or "
                 "differentiating a gradient); use the equivalent torch.nn.Sequential from model.to_sequential()"
             )
-        ctx.saved_tensors  # noqa: B018 (raises if an input or a parameter was modified in place since the forward)
-        engine, lease, X, out_np, Ws, network = ctx.state
+        saved = ctx.saved_tensors  # raises if an input or a parameter was modified in place since the forward
+        engine, lease, X, out_np, Ws, network, ptrs = ctx.state
+        # .double(), .to(), share_memory() ... give the same parameter objects new storage (and may free the old one,
+        # which the backward pass would read): refuse, as the version counters refuse in-place changes.
+        if [p.data_ptr() for p in saved[2:]] != ptrs:
+            raise RuntimeError(
+                "the parameters of fastbp.torch.MLP were given new storage (.double(), .to(), share_memory(), "
+                "p.data = ...) between the forward pass and backward(); run the forward pass again"
+            )
         if not G.is_contiguous():
             G = G.contiguous()
         return engine.backward(G, X, out_np, lease.workspace, Ws, network, ctx.needs_input_grad)
@@ -554,8 +558,9 @@ class MLP(torch.nn.Module):
         thread, so that torch's pool keeps the other cores (two pools on the same cores slow each other down by
         milliseconds per step: see the module source), and GEMMs of at least ``TORCH_GEMM_MIN`` multiply-adds run
         through ``torch.mm`` on torch's pool if that is faster: the first forward pass of each batch size times both
-        ways (``CALIBRATION_ROUNDS`` forward passes each, on zeros) and keeps the faster for the module's life, so
-        results can differ between machines, or runs, in the last bits; after ``torch.set_num_threads(1)``, every
+        ways (``CALIBRATION_ROUNDS`` forward passes each, on that batch) and keeps the faster for batch sizes within
+        a factor of 2 and that thread count, so results can differ between machines, or runs, in the last bits;
+        after ``torch.set_num_threads(1)``, every
         GEMM on fastbp's BLAS with its own setting (``fastbp.set_num_threads``). An int: every GEMM on fastbp's
         BLAS with that many threads; None: every GEMM on fastbp's BLAS with its own setting.
 
@@ -724,6 +729,12 @@ class MLP(torch.nn.Module):
         else:
             self._engine.ptrs = None  # the next forward raises, naming the device or dtype
         return result
+
+    def __setstate__(self, state):
+        # copy.deepcopy and pickle copy each parameter on its own: make them views into one flat buffer again (the
+        # compiled passes need that).
+        super().__setstate__(state)
+        self._repack()
 
     def _load_from_state_dict(self, *args, **kwargs):
         # load_state_dict copies into the parameters in place, or with assign=True replaces them: gather them again.

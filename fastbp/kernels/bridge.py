@@ -34,8 +34,8 @@ def _softmax_vjp(G, A, delta):
 def _bridge_forward_entry(marker, network, p_X, n, workspace, p_out):
     """``out = network(X)``, hidden activations into the workspace (NumPy: ``out[...] = reference.predict(net,
     X)``). network: (p_params, n_params, p_layout, n_layers); X: (n, n_in) at p_X; workspace: as in boundary.py
-    (acts of at least n * sum(fan_out) elements); out: (n, n_out) at p_out, output. marker: a scalar of the
-    network's dtype. Not thread-safe for a shared workspace."""
+    (acts of at least n * sum(fan_out of the hidden layers) elements); out: (n, n_out) at p_out, output. marker: a
+    scalar of the network's dtype. Not thread-safe for a shared workspace."""
     params, layout = _network_arrays(network, marker)
     acts, _, _ = _workspace_arrays(workspace, marker)
     X = _array2d(p_X, n, layout[0, FAN_IN], marker)
@@ -55,7 +55,8 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     needs: (2 L + 1,) int64 at p_needs, whether dX, dW0, db0, dW1, db1, ... are wanted; only those are written.
     G, out: (n, n_out) at p_G, p_out (out: the network output, read for a non-identity output activation only);
     X: (n, n_in) at p_X; grads: (n_params,) at p_grads, laid out like params, output; dX: (n, n_in) at p_dX,
-    output (read only when wanted). The 1/n of a mean loss is already in G. Not thread-safe for a shared
+    output (used only when wanted). workspace: acts as the forward pass left them; delta buffers of at least
+    n * max(fan_out) elements each. The 1/n of a mean loss is already in G. Not thread-safe for a shared
     workspace.
     """
     params, layout = _network_arrays(network, marker)

@@ -23,8 +23,8 @@ def _forward_into(params, layout, X, acts, out):
     """Forward pass of every layer, the hidden activations into ``acts`` and the network output into ``out``.
 
     NumPy: ``A = X; for W, b, f in layers: A = f(A @ W + b); out[...] = A``. params: (n_params,); layout: (L, 6)
-    int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements, output; out:
-    (n, n_out) C-contiguous, output. Not thread-safe for a shared workspace.
+    int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out of the hidden layers)
+    elements, output; out: (n, n_out) C-contiguous, output. Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
     L = layout.shape[0]
