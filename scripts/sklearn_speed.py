@@ -10,7 +10,10 @@ otherwise (adam, batch_size='auto' = 200, tol, n_iter_no_change), random_state=0
     python scripts/sklearn_speed.py [--rounds 3] [--max-iter 10] [--json PATH]
 
 It ends with a profile of one fastbp step of each shape (batch 200): the whole step against its GEMMs alone (the
-same GEMMs scikit-learn's NumPy code calls), which shows how much of the step any implementation must spend there.
+same GEMMs scikit-learn's NumPy code calls), which shows how much of the step any implementation must spend there,
+and the ceiling that puts on the speed-up: the measured per-epoch ratio divided by that share, the ratio fastbp
+would reach if nothing but those GEMMs took time (a share and a ratio each measured in one phase of the run, as the
+README's ceilings of the benchmark targets; the machine's load can differ between the phases).
 """
 
 import argparse
@@ -64,11 +67,13 @@ def main():
         for dtype in ("float64", "float32"):
             result = breakdown.profile((sizes, 200), dtype, rounds=3)
             t_step, t_gemm = result["step"], breakdown.gemms_alone(result)
+            fit = next(r for r in rows if r.get("data") == name and r["dtype"] == dtype)
+            ceiling = fit["ratio"] / (t_gemm / t_step)
             print(
                 f"profile {name} {dtype}: fastbp step {t_step * 1e6:.0f} us, its GEMMs alone {t_gemm * 1e6:.0f} us "
-                f"({100 * t_gemm / t_step:.0f}%)"
+                f"({100 * t_gemm / t_step:.0f}%); ceiling of the speed-up over scikit-learn {ceiling:.1f}x"
             )
-            rows.append({"profile": name, "dtype": dtype, "step_s": t_step, "gemm_s": t_gemm})
+            rows.append({"profile": name, "dtype": dtype, "step_s": t_step, "gemm_s": t_gemm, "ceiling": ceiling})
     if args.json:
         with open(args.json, "w") as f:
             json.dump({"machine": bench.machine(), "date": time.strftime("%Y-%m-%d"), "rows": rows}, f, indent=1)
