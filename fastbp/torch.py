@@ -202,7 +202,7 @@ class _Engine:
     """The architecture, views of the parameters, the workspace pool, and the two passes.
 
     Each pass is ONE compiled call (kernels/bridge.py) when the parameters are views into one flat buffer and no
-    GEMM goes through torch (see :meth:`network`); otherwise it runs layer by layer from Python on NumPy views.
+    GEMM goes through torch (see :meth:`torch_layers`); otherwise it runs layer by layer from Python on NumPy views.
     Shared by the module and every autograd node it creates; holds no reference to the module.
     """
 
@@ -228,6 +228,8 @@ class _Engine:
         )
         self.wants = {}  # ctx.needs_input_grad -> (needs array for the compiled backward, its address, any wanted)
         self.no_torch = (False,) * self.n_layers
+        # (bit length of the row count, torch threads, dtype) -> whether the large GEMMs go through torch.mm
+        self.choices = {}
         self.set_dtype(dtype)
 
     def set_dtype(self, dtype):
@@ -238,7 +240,6 @@ class _Engine:
         self.ptrs = None  # data pointers of the parameters the views below were taken from
         self.Ws = self.bs = None
         self.flat_entry = None  # (p_params, n_params, p_layout, n_layers) when the parameters are one flat buffer
-        self.choices = {}  # (rows, torch threads) -> whether the large GEMMs go through torch.mm (calibrate)
 
     def __getstate__(self):
         # NumPy views, workspaces and addresses would be pickled detached from the parameters: rebuild them.
@@ -278,7 +279,7 @@ class _Engine:
         big = tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
         if not any(big):
             return big
-        key = (n.bit_length(), threads)
+        key = (n.bit_length(), threads, self.dtype.char)
         choice = self.choices.get(key)
         if choice is None and calibrate_on is not None:
             choice = self.choices[key] = self.calibrate(*calibrate_on, big)
@@ -504,8 +505,9 @@ class _DenseStack(torch.autograd.Function):
         # memory); the output only when its activation's derivative needs it.
         ctx.save_for_backward(X, None if engine.codes[-1] == _act.IDENTITY else out, *params)
         # The NumPy array of the output, not the tensor: ctx -> output -> ctx (its grad_fn) would be a reference
-        # cycle, freed only by the garbage collector. The parameters' addresses: see backward.
-        ctx.state = (engine, lease, X, out_np, Ws, network, [p.data_ptr() for p in params])
+        # cycle, freed only by the garbage collector. An alias of the input, which keeps its storage and shape even
+        # if X.data is replaced. The parameters and their addresses: see backward.
+        ctx.state = (engine, lease, X.detach(), out_np, Ws, network, params, [p.data_ptr() for p in params])
         return out
 
     @staticmethod
@@ -515,11 +517,12 @@ class _DenseStack(torch.autograd.Function):
                 "fastbp.torch.MLP does not support double backward (backward with create_graph=True, or "
                 "differentiating a gradient); use the equivalent torch.nn.Sequential from model.to_sequential()"
             )
-        saved = ctx.saved_tensors  # raises if an input or a parameter was modified in place since the forward
-        engine, lease, X, out_np, Ws, network, ptrs = ctx.state
-        # .double(), .to(), share_memory() ... give the same parameter objects new storage (and may free the old one,
-        # which the backward pass would read): refuse, as the version counters refuse in-place changes.
-        if [p.data_ptr() for p in saved[2:]] != ptrs:
+        ctx.saved_tensors  # noqa: B018 (raises if an input or a parameter was modified in place since the forward)
+        engine, lease, X, out_np, Ws, network, params, ptrs = ctx.state
+        # .double(), .to(), share_memory(), p.data = ... give the same parameter objects new storage (and may free the
+        # old one, which the backward pass would read): refuse, as the version counters refuse in-place changes. The
+        # objects themselves, not saved_tensors, which saved-tensor hooks may replace by copies.
+        if [p.data_ptr() for p in params] != ptrs:
             raise RuntimeError(
                 "the parameters of fastbp.torch.MLP were given new storage (.double(), .to(), share_memory(), "
                 "p.data = ...) between the forward pass and backward(); run the forward pass again"
@@ -723,18 +726,23 @@ class MLP(torch.nn.Module):
     def _apply(self, fn, *args, **kwargs):
         # .to(), .double(), .share_memory() ... may give the parameters new storage: re-make the flat buffer.
         result = super()._apply(fn, *args, **kwargs)
-        params = tuple(self._parameters.values())
-        if all(p is not None and p.device.type == "cpu" and p.dtype in _NUMPY_DTYPES for p in params):
-            self._repack()
-        else:
-            self._engine.ptrs = None  # the next forward raises, naming the device or dtype
+        self._regather()
         return result
 
     def __setstate__(self, state):
         # copy.deepcopy and pickle copy each parameter on its own: make them views into one flat buffer again (the
         # compiled passes need that).
         super().__setstate__(state)
-        self._repack()
+        self._regather()
+
+    def _regather(self):
+        """:meth:`_repack` when the parameters are CPU tensors of a dtype the kernels compute in; otherwise leave them
+        (a module may be moved to another device or dtype, and back) and let the next forward raise, naming it."""
+        params = tuple(self._parameters.values())
+        if all(p is not None and p.device.type == "cpu" and p.dtype in _NUMPY_DTYPES for p in params):
+            self._repack()
+        else:
+            self._engine.ptrs = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         # load_state_dict copies into the parameters in place, or with assign=True replaces them: gather them again.

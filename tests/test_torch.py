@@ -622,6 +622,50 @@ def test_parameters_given_new_storage_between_forward_and_backward_are_refused(c
         loss.backward()
 
 
+def test_an_input_given_new_storage_before_backward_is_differentiated_as_it_was():
+    """X.data = ... between forward and backward (not an in-place change, so autograd does not object): the backward
+    pass differentiates the input the forward pass used, and writes no more rows than dX has (it wrote 4096 rows
+    into a 1-row buffer: heap corruption)."""
+    model = fbt.MLP([64, 32, 3], activation="tanh", dtype=torch.float64, seed=0)
+    seq = sequential(model, "tanh", "identity")
+    X = batch(4096, 64, torch.float64)
+    X_ref = X.detach().clone().requires_grad_(True)
+    Y = model(X)
+    X.data = torch.zeros(1, 64, dtype=torch.float64)
+    Y.sum().backward()
+    seq(X_ref).sum().backward()
+    assert X.grad.shape == (4096, 64)
+    assert rel_err(X.grad, X_ref.grad) < TORCH_RTOL["float64"]
+    assert_grads_match(model, seq, TORCH_RTOL["float64"])
+
+
+def test_saved_tensor_hooks_that_copy_are_allowed():
+    """Saved-tensor hooks may pack copies (offloading, compression): backward still runs, with the right gradients."""
+    model = fbt.MLP([5, 8, 3], activation="relu", dtype=torch.float64, seed=0)
+    seq = sequential(model, "relu", "identity")
+    X = batch(6, 5, torch.float64)
+    with torch.autograd.graph.saved_tensors_hooks(lambda t: t.clone(), lambda t: t):
+        Y = model(X)
+    Y.sum().backward()
+    seq(X.detach()).sum().backward()
+    assert_grads_match(model, seq, TORCH_RTOL["float64"])
+
+
+@pytest.mark.parametrize("convert", ["meta", "half"])
+def test_a_module_on_another_device_or_dtype_can_be_copied(convert):
+    """Copies of a module moved where the kernels do not run (as .to() allows): the copy raises at its forward
+    pass, naming the device or dtype, and converts back."""
+    model = fbt.MLP([4, 6, 3], seed=0)
+    moved = model.to("meta") if convert == "meta" else model.half()
+    twin = copy.deepcopy(moved)
+    with pytest.raises((ValueError, TypeError), match=r"CPU|float16"):
+        twin(torch.zeros(2, 4))
+    if convert == "half":
+        back = twin.float()
+        assert back._engine.flat_entry is not None
+        assert back(torch.zeros(2, 4)).shape == (2, 3)
+
+
 @pytest.mark.parametrize("copy_of", [copy.deepcopy, lambda m: pickle.loads(pickle.dumps(m))])
 def test_a_copied_module_runs_the_compiled_passes(copy_of):
     model = fbt.MLP([4, 6, 3], activation="relu", seed=0)
