@@ -14,7 +14,7 @@ from .backward import _hidden_delta, _weight_grad
 from .boundary import _array1d, _batch_arrays, _network_arrays, _workspace_arrays
 from .forward import _dense_forward
 from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _copy, _layer_view, _rows_view
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _activation_view, _layer_view, _matrix_at, _rows_view
 from .loss import _l2_penalty, _output_delta
 
 
@@ -34,15 +34,6 @@ def _forward_into(params, layout, X, acts, out):
         A = out if l == L - 1 else _activation_view(acts, layout, l, n)
         _dense_forward(A_prev, W, b, layout[l, ACTIVATION], A)
         A_prev = A
-
-
-@leaf
-def _forward(params, layout, X, acts):
-    """Forward pass of every layer (:func:`_forward_into`) with the output in the workspace too; returns the
-    (n, n_out) view of the network output in ``acts``."""
-    out = _activation_view(acts, layout, layout.shape[0] - 1, X.shape[0])
-    _forward_into(params, layout, X, acts, out)
-    return out
 
 
 @leaf
@@ -68,7 +59,7 @@ def _predict(params, layout, X, acts, out):
     """``out[...] = network(X)`` in chunks of as many rows as the workspace holds.
 
     NumPy: ``out[...] = reference.predict(net, X)``. X: (n, n_in); out: (n, n_out), output; acts: 1-D workspace
-    (see :func:`_forward`), overwritten. Not thread-safe for a shared workspace.
+    (see :func:`_forward_into`), overwritten. Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
     width = 0
@@ -77,9 +68,8 @@ def _predict(params, layout, X, acts, out):
     chunk = max(1, acts.shape[0] // width)
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
-        A = _forward(params, layout, X[start:stop], acts)
-        for i in range(stop - start):
-            _copy(A[i], out[start + i])
+        n_out = out.shape[1]
+        _forward_into(params, layout, X[start:stop], acts, _matrix_at(out, start * n_out, stop - start, n_out))
 
 
 @leaf

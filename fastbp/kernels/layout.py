@@ -31,10 +31,10 @@ def _pointer_at(typingctx, buf, offset):
 
 @leaf
 def _matrix_at(buf, offset, rows, cols):
-    """The (rows, cols) C-ordered block of a 1-D C-contiguous buffer that starts at ``offset``, as a view that owns
-    nothing (no reference count, like the arrays of boundary.py). Not ``buf[...].reshape(...)``: Numba's reshape
-    checks the size at run time and compiles the formatting of its error message, 4-5 s of a cold compile of a
-    training run (measured with numba.core.event), and calls a helper at every view."""
+    """The (rows, cols) C-ordered block of a C-contiguous buffer that starts at element ``offset`` (in C order), as a
+    view that owns nothing (no reference count, like the arrays of boundary.py). Not ``buf[...].reshape(...)``:
+    Numba's reshape checks the size at run time and compiles the formatting of its error message, 4-5 s of a cold
+    compile of a training run (measured with numba.core.event), and calls a helper at every view."""
     return carray(_pointer_at(buf, offset), (rows, cols))
 
 
