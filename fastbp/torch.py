@@ -705,13 +705,12 @@ class MLP(torch.nn.Module):
         """Make the parameters views into one flat buffer again (copying their values) when something gave them
         other storage: ``.double()``, ``.to()``, ``p.data = ...``, ``load_state_dict(..., assign=True)``."""
         params = tuple(self._parameters.values())
-        self._check_params(params)
+        self._use_params(params)
         engine = self._engine
         flat = self._flat
-        base, size = flat.data_ptr(), flat.element_size()
-        in_place = flat.dtype == params[0].dtype and all(
-            p.is_contiguous() and p.data_ptr() == base + size * start
-            for p, start in zip(params, engine.starts, strict=True)
+        # In place: the engine found the parameters one flat buffer (Engine.use), and that buffer is this module's.
+        in_place = (
+            engine.flat_entry is not None and engine.flat_entry[0] == flat.data_ptr() and flat.dtype == params[0].dtype
         )
         if not in_place:
             flat = torch.empty(engine.n_params, dtype=params[0].dtype)
@@ -721,7 +720,7 @@ class MLP(torch.nn.Module):
                     view.copy_(p)
                     p.data = view
             self._flat = flat
-        self._use_params(params)
+            self._use_params(params)
 
     def _apply(self, fn, *args, **kwargs):
         # .to(), .double(), .share_memory() ... may give the parameters new storage: re-make the flat buffer.
