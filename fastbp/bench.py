@@ -1,7 +1,7 @@
 """The benchmark report: fastbp against the NumPy reference and every installed peer, in one run.
 
 One training step = forward + backward + plain SGD update on one mini-batch: ReLU hidden layers, softmax +
-cross-entropy (BENCHMARKS.md). Every contender trains on the same STEPS_PER_CALL mini-batches in turn (new data
+cross-entropy (docs/benchmarks.md). Every contender trains on the same STEPS_PER_CALL mini-batches in turn (new data
 at each step, as in training; the batches are made before timing, so no contender pays for gathering them). Each
 contender's step is timed in rounds interleaved A B C ... A B C ..., each
 round a loop lasting at least ``min_time``; the report gives the median time per step (min and max over rounds),
@@ -34,7 +34,7 @@ SHAPES = {
     "L": ([784, 1024, 1024, 10], 256),
     "XL": ([1024, 4096, 4096, 1024], 512),
 }
-#: The matrix of BENCHMARKS.md: every shape in float32, S and M in float64 too.
+#: The matrix of docs/benchmarks.md: every shape in float32, S and M in float64 too.
 MATRIX = [(s, "float32") for s in SHAPES] + [("S", "float64"), ("M", "float64")]
 QUICK = [("S", "float32"), ("M", "float32")]
 LR = 1e-3
@@ -380,7 +380,7 @@ def format_cell(cell):
 
 
 def table(results):
-    """Markdown table of the results (what the README carries)."""
+    """Markdown table of the results (what README.md and docs/benchmarks.md carry)."""
     peers = [p for p in ("numpy", "torch", "jax") if any(p in c["peers"] for c in results["cells"])]
     head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
     head += [f"{p} us/step" for p in peers] + [f"{p} / fastbp" for p in peers]
@@ -419,31 +419,34 @@ def table(results):
     return "\n".join(lines)
 
 
-#: The step-time targets of BENCHMARKS.md: shape -> minimum ratio (peer time / fastbp time) against each named peer,
-#: "fastest" meaning the fastest peer measured (numpy included). Float32 cells only, as in BENCHMARKS.md.
+#: The float32 step-time targets of docs/benchmarks.md: shape -> minimum ratio (peer time / fastbp time) against each
+#: named peer, "fastest" meaning the fastest peer measured (numpy included). Float32 cells only; the bfloat16 targets
+#: of that page need a bfloat16 matmul precision, which fastbp does not have yet.
 STEP_TARGETS = {
     "S": {"torch": 8.0, "numpy": 3.0, "jax": 3.0},
-    "M": {"fastest": 1.4},
-    "L": {"fastest": 1.15},
+    "M": {"fastest": 1.05},
+    "L": {"fastest": 1.0},
     "XL": {"fastest": 1.0},
 }
 #: XL must also reach this percent of the measured sgemm peak.
 XL_PEAK_PERCENT = 90.0
-#: Whole fits: scikit-learn's time / fastbp's by dtype, with test accuracy within ACCURACY_POINTS points.
-FIT_TARGETS = {"float32": 8.0, "float64": 4.0}
+#: Whole fits: scikit-learn's time / fastbp's by dtype, with test accuracy within ACCURACY_POINTS points. The fits
+#: of :func:`sklearn_fit` are at a small shape (digits, 64-128-10, batch 32), whose target is 8x in both dtypes (the
+#: GEMM-bound shapes' targets are checked by scripts/sklearn_speed.py).
+FIT_TARGETS = {"float32": 8.0, "float64": 8.0}
 ACCURACY_POINTS = 1.0
 
 
-#: The peers of BENCHMARKS.md: "the fastest peer" is the fastest of these, so all must have been measured.
+#: The peers of docs/benchmarks.md: "the fastest peer" is the fastest of these, so all must have been measured.
 STEP_PEERS = ("numpy", "torch", "jax")
 NOT_MEASURED = "not measured"
 
 
 def targets(results):
-    """Each target of BENCHMARKS.md, plus "never slower than the NumPy reference" (issue 4), checked against
-    ``results`` (as returned by :func:`run`): a list of ``(target, measured, met)``, where met is True, False, or
-    None when what the target needs was not measured (a cell not run, a peer not installed, no scikit-learn fit);
-    ``measured`` then says what is missing. No target is left out."""
+    """Each target of docs/benchmarks.md that a run of the matrix measures, plus "never slower than the NumPy
+    reference", checked against ``results`` (as returned by :func:`run`): a list of ``(target, measured, met)``,
+    where met is True, False, or None when what the target needs was not measured (a cell not run, a peer not
+    installed, no scikit-learn fit); ``measured`` then says what is missing. No target is left out."""
     rows = []
     cells = {(c["shape"], c["dtype"]): c for c in results["cells"]}
     for shape, wanted in STEP_TARGETS.items():
