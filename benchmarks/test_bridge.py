@@ -2,7 +2,7 @@
 
 One step is the user's torch loop: ``opt.zero_grad()``, forward, ``CrossEntropyLoss``, ``backward()``,
 ``torch.optim.SGD`` step; both modules start from the same weights and train on the same batch. torch keeps its
-default thread count. ``scripts/torch_bridge_bench.py`` interleaves the same steps in rounds for the README.
+default thread count. ``scripts/torch_bridge_bench.py`` interleaves the same steps in rounds (docs/measurements.md).
 """
 
 import pytest

@@ -1,4 +1,4 @@
-"""Whole training steps of fastbp and its peers, per cell of the matrix (BENCHMARKS.md).
+"""Whole training steps of fastbp and its peers, per cell of the matrix (docs/benchmarks.md).
 
 Every contender's timed call runs bench.STEPS_PER_CALL steps, over the same mini-batches, so that the times of a
 group compare directly. Divide by it for the time per step.

@@ -1,6 +1,6 @@
 """Where the time of a training step goes (``fastbp bench --profile``).
 
-For a shape of BENCHMARKS.md, the whole step of the compiled epoch loop is timed against its parts, each timed
+For a shape of docs/benchmarks.md, the whole step of the compiled epoch loop is timed against its parts, each timed
 alone from compiled code on the step's own shapes and thread count:
 
 - every GEMM of the step (forward, weight gradients, deltas), and all of them in sequence on distinct buffers, so

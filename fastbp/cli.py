@@ -140,7 +140,7 @@ def build_parser():
         "bench",
         help="time training steps against NumPy, PyTorch, JAX and scikit-learn",
         description="Time one training step (forward, backward, SGD update; relu, softmax + cross-entropy) of "
-        "fastbp and every installed peer, interleaved in one run, on the shapes of BENCHMARKS.md; and whole fits "
+        "fastbp and every installed peer, interleaved in one run, on the shapes of docs/benchmarks.md; and whole fits "
         "against scikit-learn's MLPClassifier.",
     )
     bench.add_argument("--quick", action="store_true", help="S and M in float32, fewer rounds (under 2 minutes)")
@@ -216,7 +216,8 @@ def _add_diagnose_parser(sub):
     diag = sub.add_parser(
         "diagnose",
         help="vanishing and exploding gradients in a deep network (per-layer norms and a plot)",
-        description="The lecture notes' experiment on the digits: the same deep network with sigmoid, tanh and relu "
+        description="The vanishing and exploding gradient experiment (docs/background.md) on the digits: the same deep "
+        "network with sigmoid, tanh and relu "
         "from a plain initialisation W ~ N(0, 1/fan_in); per-layer norms of the weight gradients and of delta, a "
         "short SGD training, then the exploding case (weights --gain times larger) without and with clipping.",
     )
@@ -399,7 +400,7 @@ def cmd_bench(args):
         print(
             f"note: OPENBLAS_CORETYPE={os.environ['OPENBLAS_CORETYPE']} is set, so OpenBLAS (fastbp's and NumPy's "
             "GEMMs) uses that CPU's kernels, named above, whatever this CPU supports; JAX and PyTorch bring their own "
-            "GEMMs and are not affected. The README's table is measured with the variable unset."
+            "GEMMs and are not affected. The table of docs/benchmarks.md is measured with the variable unset."
         )
     if args.profile:
         return _bench_profile(cells, rounds, min_time)

@@ -4,7 +4,7 @@ Nothing here downloads anything. The default data set is scikit-learn's digits (
 which ships inside scikit-learn.
 
 Start-up: ``import sklearn`` takes about 0.9 s on the reference machine, more than half of the 1.5 s budget of
-``fastbp train`` from start to its first step (BENCHMARKS.md). So the digits are read from the file scikit-learn
+``fastbp train`` from start to its first step (docs/benchmarks.md). So the digits are read from the file scikit-learn
 ships, without importing scikit-learn, and the split and standardisation of :func:`prepare` are done here in a few
 lines of NumPy (the same rules as scikit-learn's ``train_test_split`` sizes and ``StandardScaler``).
 """

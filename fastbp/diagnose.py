@@ -1,4 +1,4 @@
-"""Gradient-flow diagnostics: the vanishing and exploding gradient experiments of the lecture notes (004, 4.4).
+"""Gradient-flow diagnostics: the vanishing and exploding gradient experiments of docs/background.md (section 7).
 
 Backpropagation multiplies the error by ``f'(z_t) W_t`` once per layer, so ``df/dh_k`` is the output error times a
 product of ``L - k`` such factors. With sigmoid, ``f' <= 1/4``: the product vanishes and the first layers stop

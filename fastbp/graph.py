@@ -1,6 +1,6 @@
-"""Reverse-mode differentiation on a computation graph, as the lecture notes describe it (004 section 4.6, 003).
+"""Reverse-mode differentiation on a computation graph, as docs/background.md describes it (section 6).
 
-The contract, in the notes' words:
+The contract:
 
 - Every value is a :class:`Node`. Source nodes are the inputs: :class:`Variable` (parameters and data), and
   constants (plain numbers and arrays used in an expression, wrapped automatically). Every other node is the output
@@ -10,7 +10,7 @@ The contract, in the notes' words:
   its inputs, so creation order is a topological order) and joins the set ``S(u)`` of children of each input
   ``u``. The forward pass runs while the graph is built; :func:`forward` runs it again over the nodes in
   topological order after the inputs changed.
-- :func:`backward` fills the gradient table in reverse creation order (algorithm 4.6.3):
+- :func:`backward` fills the gradient table in reverse creation order:
   ``df/df = 1`` and ``df/du = sum over v in S(u) of df/dv * dv/du``, where ``df/dv * dv/du`` is gate ``v``'s
   backward applied to ``df/dv`` (computed once per gate). A value used several times (``x * x``, or a node with
   several children) gets the sum of its contributions.
@@ -18,7 +18,7 @@ The contract, in the notes' words:
 Values are float64 NumPy arrays (0-d for scalars) and NumPy broadcasting applies to scalars, vectors and matrices;
 a gate un-broadcasts each downstream gradient (sums it over the broadcast axes) back to its input's shape.
 
-Example (the notes' f(w, b) = 1/2 (sigma(w x + b) - y)^2 + 1/2 w^2)::
+Example (the worked example of that page, f(w, b) = 1/2 (sigma(w x + b) - y)^2 + 1/2 w^2)::
 
     from fastbp import graph as g
     w, x, b, y = g.Variable(0.8, "w"), g.Variable(1.5, "x"), g.Variable(-0.3, "b"), g.Variable(0.2, "y")
@@ -116,7 +116,7 @@ class SubtractGate(Gate):
 
 
 class MultiplyGate(Gate):
-    """z = a * b (elementwise, broadcasting): dz/da = b, dz/db = a (the notes' MultiplyGate)."""
+    """z = a * b (elementwise, broadcasting): dz/da = b, dz/db = a (the multiply gate of docs/background.md)."""
 
     name = "multiply"
 
@@ -299,7 +299,7 @@ class SoftmaxCrossEntropyGate(Gate):
 
     Targets are either integer class labels held by the gate (``labels``: (n,) ints, or an int for 1-D logits),
     or a second input Y of the logits' shape (one-hot rows, probabilities, or any non-negative weights).
-    Gradients (notes 4.6.4: softmax(h) - y, here for the batch mean):
+    Gradients (docs/background.md, section 5: softmax(h) - y, here for the batch mean):
     ``dz/dlogits = (P * sum_j y_j - Y) / n`` (= (P - Y) / n when each row of Y sums to 1) and
     ``dz/dY = -log P / n``. A logit of -inf is a class of probability 0: where its target is 0 it adds
     ``0 log 0 = 0`` to the loss (not NaN), and its gradient is 0.
@@ -589,7 +589,7 @@ def _check_output(f):
 
 def forward(f):
     """Forward pass: recompute every node ``f`` depends on, in topological order, from the current values of the
-    source nodes (the notes' ``for gate in nodes_topologically_sorted(): gate.forward()``). Returns f's value."""
+    source nodes (``for gate in nodes_topologically_sorted(): gate.forward()``). Returns f's value."""
     for node in _graph(f):
         if node.gate is not None:
             node._value = _as_value(node.gate.forward(*(x.value for x in node.inputs)))
@@ -682,11 +682,11 @@ class GradientTable(list):
 
 
 def gradient_table(f):
-    """The gradient table of the scalar ``f`` as the notes lay it out: one row per node of f's graph (constants
-    left out), in creation order, with its definition, children S(u), value and df/du.
+    """The gradient table of the scalar ``f`` as docs/background.md lays it out: one row per node of f's graph
+    (constants left out), in creation order, with its definition, children S(u), value and df/du.
 
     Unnamed variables are shown as ``v1, v2, ...`` and unnamed operation nodes as ``u1, u2, ...``, numbered in
-    creation order, so an expression built in the notes' order prints the notes' names. Returns a
+    creation order, so an expression built in the order of that page's example prints its names (u1..u9). Returns a
     :class:`GradientTable` (a list of ``Row``); ``print(g.gradient_table(f))`` shows it.
     """
     table = backward(f)

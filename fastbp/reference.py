@@ -5,7 +5,7 @@ differences), and the baseline of every benchmark: plain vectorised NumPy, as so
 would. Same names and semantics as the compiled path: ``value_and_grad(net, X, Y)`` equals
 ``net.value_and_grad(X, Y)``.
 
-Notation (DESIGN.md): ``Z[l] = A[l-1] @ W[l] + b[l]``, ``A[l] = f(Z[l])``, ``A[0] = X``,
+Notation (docs/design.md, docs/background.md): ``Z[l] = A[l-1] @ W[l] + b[l]``, ``A[l] = f(Z[l])``, ``A[0] = X``,
 ``delta[l] = dC/dZ[l]``, C the batch mean of the per-sample loss plus ``l2 / 2 * sum(W**2)``.
 
     BP1  delta[L] = dC/dA[L] (.) f'(Z[L])                (for the canonical pairs: P - Y)

@@ -18,7 +18,7 @@ Initialisation (scikit-learn's, from ``random_state``), shuffling, early stoppin
 ``n_iter_no_change`` rule and the learning-rate schedules follow scikit-learn's code, so the same
 hyper-parameters give the same models up to rounding (see the tests).
 
-Differences, all documented in the README:
+Differences, all documented in docs/guide/sklearn.md:
 
 - Stochastic solvers: SGD momentum is kept PyTorch-style (``b = mu b + g``, ``p -= lr b``); with a constant
   learning rate this is the same sequence of parameters as scikit-learn's ``v = mu v - lr g``, ``p += v``; when

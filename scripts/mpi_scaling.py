@@ -7,7 +7,7 @@ Usage: python scripts/mpi_scaling.py [--shape L] [--dtype float32] [--repeats 5]
 Each repeat launches, one after the other (interleaved, as the machine is shared and drifts):
 - ``mpiexec -n 1``: the single-process compiled epoch loop (``fastbp.Trainer``) and the distributed per-step path
   on one rank (``fastbp.distributed.Trainer``; its all-reduce over one rank is a no-op), both 1 thread, SGD,
-  global batch of the shape (BENCHMARKS.md); the compiled loop with 2 threads (one process, one copy of the
+  global batch of the shape (docs/benchmarks.md); the compiled loop with 2 threads (one process, one copy of the
   weights: what 2 cores give without MPI); and the per-step overhead on ``--overhead-shapes``;
 - ``mpiexec -n 2``: the distributed trainer on 2 ranks x 1 thread, same global batches; then the all-reduce
   alone (the gradient buffer, after a barrier, so no waiting for a slower rank is included).

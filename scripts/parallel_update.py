@@ -1,5 +1,5 @@
 """The SGD update of a large flat parameter buffer on one thread (fastbp's kernel) against the same kernel split
-over the cores with a Numba ``prange``: what a parallel update would save at XL (BENCHMARKS.md).
+over the cores with a Numba ``prange``: what a parallel update would save at XL (docs/benchmarks.md).
 
 Usage: python scripts/parallel_update.py [--params 25175040] [--dtype float32] [--rounds 5]
 

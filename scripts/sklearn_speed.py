@@ -13,7 +13,7 @@ It ends with a profile of one fastbp step of each shape (batch 200): the whole s
 same GEMMs scikit-learn's NumPy code calls), which shows how much of the step any implementation must spend there,
 and the ceiling that puts on the speed-up: the measured per-epoch ratio divided by that share, the ratio fastbp
 would reach if nothing but those GEMMs took time (a share and a ratio each measured in one phase of the run, as the
-README's ceilings of the benchmark targets; the machine's load can differ between the phases).
+ceilings in docs/measurements.md; the machine's load can differ between the phases).
 """
 
 import argparse

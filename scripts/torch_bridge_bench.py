@@ -1,7 +1,7 @@
 """Training step of ``fastbp.torch.MLP`` against the equivalent ``torch.nn.Sequential``, in one interleaved run.
 
 One step = ``opt.zero_grad()``, forward, ``CrossEntropyLoss`` on the logits, ``backward()``, ``torch.optim.SGD``
-step: the user's torch loop, unchanged except for the module. Shapes S and M of BENCHMARKS.md (ReLU hidden
+step: the user's torch loop, unchanged except for the module. Shapes S and M of docs/benchmarks.md (ReLU hidden
 layers), float32 by default. Both modules start from the same weights; a check first runs a few steps of each
 and prints the largest relative parameter difference.
 
@@ -14,7 +14,7 @@ Contenders, timed in interleaved rounds (A B C A B C ..., each a loop of at leas
   their loops only), the configuration in which fastbp's BLAS keeps its own threads.
 
 Times are medians over rounds; ratios ``torch / contender`` are taken within each round, then the median
-(BENCHMARKS.md: the machine drifts between rounds, same-round ratios much less).
+(docs/benchmarks.md: the machine drifts between rounds, same-round ratios much less).
 
     python scripts/torch_bridge_bench.py [--shapes S,M] [--dtype float32] [--rounds 7] [--min-time 0.2]
                                          [--cooldown 0.3] [--no-t1] [--json FILE]
@@ -129,7 +129,7 @@ def format_result(r):
 
 def main(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--shapes", default="S,M", help="comma-separated shapes of BENCHMARKS.md (default S,M)")
+    parser.add_argument("--shapes", default="S,M", help="comma-separated shapes of docs/benchmarks.md (default S,M)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timed loop (default 0.2)")

@@ -196,7 +196,7 @@ def test_float32_cross_entropy_of_a_confident_network_is_accurate(targets):
 
 @pytest.mark.parametrize(("sizes", "n"), [([64, 128, 10], 32), ([784, 256, 256, 10], 128), ([5, 3, 9, 2], 7)])
 def test_workspace_is_no_larger_than_the_reference_peak(sizes, n, rng):
-    # BENCHMARKS.md: the compiled path's workspace (activations of every layer + two ping-pong delta buffers) is
+    # docs/benchmarks.md: the compiled path's workspace (activations of every layer + two ping-pong delta buffers) is
     # at most the peak memory the NumPy reference allocates for the same batch (measured with tracemalloc, which
     # sees NumPy's allocations).
     import tracemalloc
