@@ -12,6 +12,7 @@ import fastbp
 from fastbp.kernels.activations import RELU
 from fastbp.kernels.backward import _hidden_delta, _weight_grad
 from fastbp.kernels.forward import _dense_forward
+from fastbp.kernels.gemm import BLAS_GEMM
 from fastbp.kernels.layout import _unowned
 from fastbp.kernels.loss import CROSS_ENTROPY, _output_delta
 from fastbp.kernels.optimizers import ADAM, SGD, _update
@@ -20,10 +21,10 @@ CALLS = 50
 
 
 @njit
-def _forward_loop(k, A_prev, W, b, A):
+def _forward_loop(k, gemm, A_prev, W, b, A):
     A_prev, W, b, A = _unowned(A_prev), _unowned(W), _unowned(b), _unowned(A)
     for _ in range(k):
-        _dense_forward(A_prev, W, b, RELU, A)
+        _dense_forward(gemm, A_prev, W, b, RELU, A)
 
 
 @njit
@@ -34,18 +35,18 @@ def _output_loop(k, Z, b, Y, labels, delta, db):
 
 
 @njit
-def _hidden_loop(k, delta, W, A_prev, delta_prev, db_prev):
+def _hidden_loop(k, gemm, delta, W, A_prev, delta_prev, db_prev):
     delta, W, A_prev = _unowned(delta), _unowned(W), _unowned(A_prev)
     delta_prev, db_prev = _unowned(delta_prev), _unowned(db_prev)
     for _ in range(k):
-        _hidden_delta(delta, W, A_prev, RELU, delta_prev, db_prev, np.int64(1), np.int64(0))
+        _hidden_delta(gemm, delta, W, A_prev, RELU, delta_prev, db_prev, np.int64(1), np.int64(0))
 
 
 @njit
-def _weight_loop(k, A_prev, delta, dW):
+def _weight_loop(k, gemm, A_prev, delta, dW):
     A_prev, delta, dW = _unowned(A_prev), _unowned(delta), _unowned(dW)
     for _ in range(k):
-        _weight_grad(A_prev, delta, 0.0, dW)
+        _weight_grad(gemm, A_prev, delta, 0.0, dW)
 
 
 @njit
@@ -70,7 +71,7 @@ def _arrays(shape, dtype):
 def test_dense_forward(benchmark, shape, dtype):
     net, X, _, A1, _ = _arrays(shape, dtype)
     out = np.empty_like(A1)
-    args = (X, net.coefs[0], net.intercepts[0], out)
+    args = (BLAS_GEMM[net.dtype], X, net.coefs[0], net.intercepts[0], out)
     _forward_loop(1, *args)
     benchmark.group = f"forward|{shape}-{dtype}"
     benchmark(_forward_loop, CALLS, *args)
@@ -98,7 +99,7 @@ def test_hidden_delta(benchmark, shape, dtype):
     net, X, _, A1, _ = _arrays(shape, dtype)
     W1 = net.coefs[1]
     delta2 = np.random.default_rng(2).standard_normal((X.shape[0], W1.shape[1])).astype(dtype)
-    args = (delta2, W1, A1, np.empty_like(A1), np.zeros(A1.shape[1], dtype))
+    args = (BLAS_GEMM[net.dtype], delta2, W1, A1, np.empty_like(A1), np.zeros(A1.shape[1], dtype))
     _hidden_loop(1, *args)
     benchmark.group = f"hidden_delta|{shape}-{dtype}"
     benchmark(_hidden_loop, CALLS, *args)
@@ -107,7 +108,7 @@ def test_hidden_delta(benchmark, shape, dtype):
 @pytest.mark.parametrize(("shape", "dtype"), cells())
 def test_weight_grad(benchmark, shape, dtype):
     net, X, _, _, delta1 = _arrays(shape, dtype)
-    args = (X, delta1, np.empty_like(net.coefs[0]))
+    args = (BLAS_GEMM[net.dtype], X, delta1, np.empty_like(net.coefs[0]))
     _weight_loop(1, *args)
     benchmark.group = f"weight_grad|{shape}-{dtype}"
     benchmark(_weight_loop, CALLS, *args)

@@ -24,24 +24,31 @@ from numba.np.numpy_support import as_dtype
 # On-disk cache invalidation. Numba checks only the source file of the function it loads from its cache, but a
 # cached driver contains the machine code of every kernel it calls, from other files. Editing a kernel (or
 # installing a version that changes one) would leave drivers running stale code. fastbp's kernels are therefore
-# cached with a source stamp that hashes ALL compiled sources (this file, fastbp/kernels/*.py and the cached timing
-# loops of fastbp/breakdown.py): any change to any of them invalidates every kernel's cache.
+# cached with a source stamp that hashes ALL kernel sources (this file and fastbp/kernels/*.py): any change to any
+# of them invalidates every kernel's cache. The profiler's timing loops (fastbp/breakdown.py) call kernels too: their
+# stamp hashes that one, so that a kernel change recompiles them, but editing the profiler recompiles nothing else.
 
 _PACKAGE = pathlib.Path(__file__).resolve().parent
-_SOURCES = sorted([_PACKAGE / "_config.py", _PACKAGE / "breakdown.py", *(_PACKAGE / "kernels").glob("*.py")])
+_SOURCES = sorted([_PACKAGE / "_config.py", *(_PACKAGE / "kernels").glob("*.py")])
 KERNEL_SOURCE_STAMP = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in _SOURCES)).hexdigest()
+_PROFILER = _PACKAGE / "breakdown.py"
+#: Source file -> the stamp of the cache entries of the functions it defines.
+STAMPS = {
+    **{path: KERNEL_SOURCE_STAMP for path in _SOURCES},
+    _PROFILER: hashlib.sha256(KERNEL_SOURCE_STAMP.encode() + _PROFILER.read_bytes()).hexdigest(),
+}
 
 
 def _stamped(locator):
     class Stamped(locator):
         @classmethod
         def from_function(cls, py_func, py_file):
-            if pathlib.Path(py_file).resolve() not in _SOURCES:
+            if pathlib.Path(py_file).resolve() not in STAMPS:
                 return None
             return super().from_function(py_func, py_file)
 
         def get_source_stamp(self):
-            return KERNEL_SOURCE_STAMP
+            return STAMPS[pathlib.Path(self._py_file).resolve()]
 
     Stamped.__name__ = Stamped.__qualname__ = f"Fastbp{locator.__name__}"
     return Stamped

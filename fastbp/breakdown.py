@@ -22,7 +22,7 @@ from .bench import LR
 from .kernels.activations import RELU, SOFTMAX
 from .kernels.backward import _activation_derivative
 from .kernels.forward import _bias_activation
-from .kernels.gemm import _gemm
+from .kernels.gemm import BLAS_GEMM, _gemm
 from .kernels.layout import _unowned
 from .kernels.loss import CROSS_ENTROPY, _output_delta
 from .kernels.optimizers import SGD, _update
@@ -34,14 +34,14 @@ from .network import MLP
 
 
 @njit(cache=True)
-def _repeat_gemm(k, trans_a, trans_b, A, B, C):
+def _repeat_gemm(k, gemm, trans_a, trans_b, A, B, C):
     A, B, C = _unowned(A), _unowned(B), _unowned(C)
     for _ in range(k):
-        _gemm(trans_a, trans_b, 1.0, A, B, 0.0, C)
+        _gemm(gemm, trans_a, trans_b, 1.0, A, B, 0.0, C)
 
 
 @njit(cache=True)
-def _gemm_sequence(k, X, W0, A0, D0, dW0, W1, A1, D1, dW1, W2, A2, D2, dW2):
+def _gemm_sequence(k, gemm, X, W0, A0, D0, dW0, W1, A1, D1, dW1, W2, A2, D2, dW2):
     """The GEMMs of k training steps of a network of 2 or 3 layers (W2... empty for 2) in order: forward, then per
     layer from the top dW and the delta below."""
     X, W0, A0, D0, dW0 = _unowned(X), _unowned(W0), _unowned(A0), _unowned(D0), _unowned(dW0)
@@ -49,15 +49,15 @@ def _gemm_sequence(k, X, W0, A0, D0, dW0, W1, A1, D1, dW1, W2, A2, D2, dW2):
     W2, A2, D2, dW2 = _unowned(W2), _unowned(A2), _unowned(D2), _unowned(dW2)
     three = W2.size > 0
     for _ in range(k):
-        _gemm(0, 0, 1.0, X, W0, 0.0, A0)
-        _gemm(0, 0, 1.0, A0, W1, 0.0, A1)
+        _gemm(gemm, 0, 0, 1.0, X, W0, 0.0, A0)
+        _gemm(gemm, 0, 0, 1.0, A0, W1, 0.0, A1)
         if three:
-            _gemm(0, 0, 1.0, A1, W2, 0.0, A2)
-            _gemm(1, 0, 1.0, A1, D2, 0.0, dW2)
-            _gemm(0, 1, 1.0, D2, W2, 0.0, D1)
-        _gemm(1, 0, 1.0, A0, D1, 0.0, dW1)
-        _gemm(0, 1, 1.0, D1, W1, 0.0, D0)
-        _gemm(1, 0, 1.0, X, D0, 0.0, dW0)
+            _gemm(gemm, 0, 0, 1.0, A1, W2, 0.0, A2)
+            _gemm(gemm, 1, 0, 1.0, A1, D2, 0.0, dW2)
+            _gemm(gemm, 0, 1, 1.0, D2, W2, 0.0, D1)
+        _gemm(gemm, 1, 0, 1.0, A0, D1, 0.0, dW1)
+        _gemm(gemm, 0, 1, 1.0, D1, W1, 0.0, D0)
+        _gemm(gemm, 1, 0, 1.0, X, D0, 0.0, dW0)
 
 
 @njit(cache=True)
@@ -123,6 +123,7 @@ def _timer(sizes, n, dtype, min_time):
     if len(sizes) not in (3, 4):
         raise ValueError(f"the profile covers networks of 2 or 3 layers, got layer sizes {sizes}")
     rng = np.random.default_rng(0)
+    gemm = BLAS_GEMM[np.dtype(dtype)]
     pairs = list(itertools.pairwise(sizes))
     X = rng.standard_normal((n, sizes[0])).astype(dtype)
     Ws = [(rng.standard_normal((a, b)) / np.sqrt(a)).astype(dtype) for a, b in pairs]
@@ -149,7 +150,7 @@ def _timer(sizes, n, dtype, min_time):
 
     parts = {
         "GEMMs in sequence": timed(
-            lambda k: _gemm_sequence(k, X, *layers), _repeats(2e8, bench.flops_per_step(sizes, n))
+            lambda k: _gemm_sequence(k, gemm, X, *layers), _repeats(2e8, bench.flops_per_step(sizes, n))
         ),
         "hidden bias + ReLU": summed([timed(lambda k, l=l: _repeat_bias_relu(k, As[l], bs[l]), small) for l in hidden]),
         "output softmax, loss, delta, bias grad": timed(
@@ -168,7 +169,8 @@ def _timer(sizes, n, dtype, min_time):
         B = rng.standard_normal((cols, k) if tb else (k, cols)).astype(dtype)
         C = np.empty((m, cols), dtype=dtype)
         parts[name] = timed(
-            lambda r, A=A, B=B, C=C, ta=ta, tb=tb: _repeat_gemm(r, ta, tb, A, B, C), _repeats(2e8, 2 * m * k * cols)
+            lambda r, A=A, B=B, C=C, ta=ta, tb=tb: _repeat_gemm(r, gemm, ta, tb, A, B, C),
+            _repeats(2e8, 2 * m * k * cols),
         )
     return parts
 

@@ -9,10 +9,10 @@ equals single-process training (:class:`fastbp.Trainer` with the same seed) on t
 order of floating-point summation.
 
 The step is driven from Python: the compiled value-and-gradient entry point writes into the flat buffer, mpi4py
-runs the all-reduce, and the compiled update kernel (the same one the compiled epoch loop calls) updates the
-parameters. Calling MPI from inside the compiled epoch loop would need a new compiled loop (a recompilation of
-the whole driver, and a cached binding of the MPI library); the Python per-step cost it would save is measured
-by ``scripts/mpi_scaling.py`` and stated in the README (about 6 us per step, under 1% of a step of shape M or L).
+runs the all-reduce, and the compiled step (kernels/step.py: divergence check, clipping, update; the same one the
+compiled epoch loop calls) updates the parameters. Calling MPI from inside the compiled epoch loop would need a new
+compiled loop and a cached binding of the MPI library, to save a few microseconds of Python per step
+(``scripts/mpi_scaling.py`` measures it; docs/measurements.md).
 
 ``mpi4py`` is imported only when a function of this module that needs it is called (importing it starts MPI).
 Every method of :class:`Trainer` that communicates (``fit``, ``train_step``, ``evaluate``, ``save``, ``sync``) is
@@ -37,8 +37,7 @@ import zlib
 import numpy as np
 
 from . import _validation as v
-from .kernels import epoch as _epoch
-from .kernels import optimizers as _kopt
+from .kernels import step as _kstep
 from .kernels.drivers import _value_and_grad_entry
 from .threads import set_num_threads
 from .trainer import DivergenceError, _Data, _spread
@@ -716,22 +715,20 @@ class Trainer(_Trainer):
 
     def _run_steps(self, part, perm, batch_size, schedule, max_loss):
         """The steps of one epoch over global rows ``perm``: per step, the compiled value-and-gradient of this
-        rank's part (weighted by its share of the batch), ONE all-reduce of gradient and loss, and the compiled
-        update, with the checks of the compiled epoch loop (kernels/epoch.py, which this mirrors line by line).
-        Returns (status, summed loss, steps, seconds in the all-reduce)."""
+        rank's part (weighted by its share of the batch), ONE all-reduce of gradient and loss, and the compiled step
+        of the epoch loop (kernels/step.py). Returns (status, summed loss, steps, seconds in the all-reduce)."""
         MPI = _mpi()
         net, opt, comm = self.net, self.optimizer, self.comm
         hyper, schedule_params = opt.hyper(), schedule.params()
         buffer, grads, sq_norms = self._buffer, self._grads, self._sq_norms
-        layout, n_in, n_out = net._layout, net.n_in, net.n_out
-        update, learning_rate, grad_norms = _kopt._update, _kopt._learning_rate, _kopt._grad_norms
+        n_in, n_out = net.n_in, net.n_out
         X, Y2d, labels, sw = part.arrays()
         batch_weights = self._batch_weights(part, perm, batch_size)
         n = perm.shape[0]
         # The most rows of a batch this rank computes: its part of a replicated batch, at most ceil(m / ranks)
         # rows; all of a sharded batch's rows, up to its shard's size.
         rows_max = max(1, min(batch_size, X.shape[0]) if part.sharded else -(-batch_size // part.size))
-        loss_sum, steps, status, comm_time = 0.0, 0, _epoch.OK, 0.0
+        loss_sum, steps, status, comm_time = 0.0, 0, _kstep.OK, 0.0
         with net._lock:
             state = self._begin_run(rows_max)
             params, spare = net.params, self._spare
@@ -747,7 +744,13 @@ class Trainer(_Trainer):
                 grads.ctypes.data,
                 net.l2,
             )
-            kind, lr, clip_norm, t0, code = opt.kind, opt.lr, opt.clip_norm, opt.t, schedule.code
+            optimizer = (opt.kind, hyper.ctypes.data, hyper.size, schedule.code)
+            schedule_args = (schedule_params.ctypes.data, schedule_params.size, opt.lr, opt.clip_norm)
+            p_state, n_state, p_sq_norms = (
+                (state.ctypes.data if state.size else 0),
+                state.shape[0],
+                sq_norms.ctypes.data,
+            )
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 m = stop - start
@@ -784,27 +787,26 @@ class Trainer(_Trainer):
                 tick = time.perf_counter()
                 comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
                 comm_time += time.perf_counter() - tick
-                loss = float(buffer[-1])
-                if not math.isfinite(loss) or loss > max_loss:
-                    status = _epoch.NONFINITE_LOSS if not math.isfinite(loss) else _epoch.LOSS_TOO_LARGE
-                    cur, nxt = nxt, cur  # cur gave a diverged loss: back to the previous step's parameters
-                    break
-                t = t0 + steps
-                lr_t = learning_rate(code, lr, schedule_params, t)
-                if clip_norm > 0.0:
-                    sq = grad_norms(layout, grads, sq_norms)
-                    norm = math.sqrt(sq)
-                    clip = clip_norm / norm if norm > clip_norm else 1.0
-                    if math.isfinite(sq):
-                        update(kind, hyper, lr_t, t + 1, clip, layout, cur, grads, state, nxt, sq_norms, 0)
-                else:
-                    sq = update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, sq_norms, 1)
-                if not math.isfinite(sq):
-                    status = _epoch.NONFINITE_GRADIENT
-                    nxt[:] = cur
+                status = _kstep._step_entry(
+                    marker,
+                    entry[id(cur)],
+                    nxt.ctypes.data,
+                    float(buffer[-1]),
+                    max_loss,
+                    p_grads,
+                    *optimizer,
+                    *schedule_args,
+                    opt.t + steps,
+                    p_state,
+                    n_state,
+                    p_sq_norms,
+                )
+                if status != _kstep.OK:
+                    if status != _kstep.NONFINITE_GRADIENT:  # cur gave a diverged loss: back to the previous step's
+                        cur, nxt = nxt, cur
                     break
                 cur, nxt = nxt, cur
-                loss_sum += loss * m
+                loss_sum += float(buffer[-1]) * m
                 steps += 1
             if cur is not params:
                 previous = params.copy()

@@ -5,11 +5,13 @@ import threading
 
 import numpy as np
 
+from . import _tuning
 from . import _validation as v
 from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels import loss as _loss
-from .kernels.drivers import _predict, _value_and_grad_entry
+from .kernels.drivers import _predict_entry, _value_and_grad_entry
+from .kernels.gemm import BLAS_GEMM
 
 #: Largest network accepted (2^34 parameters: 64 GiB in float32), so that absurd sizes fail with a ValueError
 #: naming layer_sizes rather than a MemoryError or an integer overflow deep inside NumPy.
@@ -250,9 +252,10 @@ class MLP:
         )
 
     def _entry_params(self, flat):
-        """The network as the compiled entry points take it, with the parameters read from ``flat`` (params or a
-        C-contiguous array of the same size and dtype, such as a trainer's spare copy)."""
-        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
+        """The network as the compiled entry points take it (kernels/boundary.py), with the parameters read from
+        ``flat`` (params or a C-contiguous array of the same size and dtype, such as a trainer's spare copy) and the
+        GEMMs done by SciPy's BLAS."""
+        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers, BLAS_GEMM[self.dtype])
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):
@@ -266,6 +269,11 @@ class MLP:
         self._capacity = n
         acts, delta_a, delta_b = self._workspace
         self._entry_workspace = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
+
+    def _reserve_chunks(self, n):
+        """Make the workspace hold a chunk of a pass over n rows that runs in chunks (predict, evaluate): all n rows,
+        or at least ``_tuning.CHUNK_ROWS`` (more if it already holds more), so memory stays bounded."""
+        self._reserve(min(n, max(self._capacity, _tuning.CHUNK_ROWS)))
 
     @property
     def _workspace(self):
@@ -366,10 +374,13 @@ class MLP:
     def predict(self, X):
         """Network outputs for X (n, n_in): an (n, n_out) array of the network's dtype (probabilities for softmax).
 
-        Large X is processed in chunks of the workspace size (at least 1024 rows), so memory stays bounded."""
+        Large X is processed in chunks of the workspace size (at least ``fastbp._tuning.CHUNK_ROWS`` rows), so memory
+        stays bounded."""
         X = v.check_X(X, self.n_in, self.dtype)
         out = np.empty((X.shape[0], self.n_out), dtype=self.dtype)
         with self._lock:
-            self._reserve(min(X.shape[0], max(self._capacity, 1024)))
-            _predict(self._params, self._layout, X, self._acts, out)
+            self._reserve_chunks(X.shape[0])
+            _predict_entry(
+                self._marker, self._entry_network, X.ctypes.data, X.shape[0], self._entry_workspace, out.ctypes.data
+            )
         return out

@@ -5,19 +5,18 @@ torch loss goes on top (e.g. ``CrossEntropyLoss`` on the logits of the default i
 ``loss.backward()`` fills ``p.grad`` of every parameter, so any torch optimizer, scheduler, gradient clipping or
 ``state_dict`` round trip works. Inside, one ``torch.autograd.Function`` runs the whole stack of layers:
 
-- forward: per layer a GEMM into the output, then one fused pass for bias and activation (``_dense_forward``);
-  hidden activations ``A[l]`` go to a reused workspace, the output to a new tensor;
+- forward: fastbp's forward pass (kernels/forward.py: per layer a GEMM into the output, then one fused pass for bias
+  and activation); hidden activations ``A[l]`` go to a reused workspace, the output to a new tensor;
 - backward, with the upstream gradient ``G = dLoss/dY``: ``delta[L] = G * f'(A[L])`` (BP1 with the torch loss's
-  gradient; ``delta[L] = G`` for the identity output), then per layer ``dW[l] = A[l-1].T @ delta[l]`` (BP4,
-  ``_weight_grad``), ``db[l] = sum_i delta[l]`` (BP3) and ``delta[l-1] = (delta[l] @ W[l].T) * f'(A[l-1])`` with
-  the bias gradient fused (BP2, ``_hidden_delta``); ``dX = delta[0] @ W[0].T`` when the input requires grad. The
-  gradients are views into one new flat buffer laid out like the parameters.
+  gradient; ``delta[L] = G`` for the identity output), then fastbp's backward pass (kernels/backward.py, the one the
+  trainer runs): per layer BP4, BP3 and BP2 down to the lowest layer that needs a gradient, and ``dX = delta[0] @
+  W[0].T`` when the input requires grad. The gradients are views into one new flat buffer laid out like the
+  parameters.
 
 Each pass is ONE compiled call (kernels/bridge.py) on the tensors' memory, given by address: no copies (CPU only;
-the input is made contiguous and of the module's dtype first, by differentiable torch ops). Calling the layer
-kernels one by one from Python cost about 3 us each in Numba's dispatcher, more than the kernels take at shape S.
-The passes go layer by layer from Python, on ``Tensor.numpy()`` views, only when the parameters are not views into
-one flat buffer (``torch.func.functional_call``) or some GEMMs go through torch.mm (below).
+the input is made contiguous and of the module's dtype first, by differentiable torch ops). When the parameters are
+not views into one flat buffer (``torch.func.functional_call`` with other tensors), the forward pass gathers them
+into a new flat buffer first, which its backward pass reads.
 
 Unlike torch's ``Linear`` (weight ``(out, in)``), the weights keep fastbp's convention ``W[l]: (fan_in, fan_out)``,
 ``Z = A_prev @ W + b``, and every parameter is a view into ONE flat buffer laid out like ``fastbp.MLP.params``
@@ -27,15 +26,15 @@ Memory: hidden activations live in workspaces taken from a per-module pool for t
 (returned when the graph is freed), so a training loop reuses two of them; the output and the gradients are new
 tensors, which autograd hands to ``p.grad`` without a copy.
 
-Threads: while torch uses several threads (``blas_threads="auto"``), fastbp's BLAS runs on the calling thread, and
-the large GEMMs run through ``torch.mm`` on torch's own pool (into fastbp's buffers, followed by fastbp's fused
-epilogues) when that was timed faster for the batch size (``_Engine.calibrate``); see "BLAS threads" below for the
-measurements behind it.
+Threads: while torch uses several threads (``blas_threads="auto"``), fastbp's BLAS runs on the calling thread only,
+or the GEMMs go to the BLAS that torch itself links (MKL in the x86 wheels; it runs on torch's own thread pool),
+whichever was timed faster for the batch size (``_Engine.calibrate``); see "BLAS threads" below.
 
 Not supported: double backward (``create_graph=True``; a clear RuntimeError), devices other than the CPU, dtypes
 other than float32 and float64, ``torch.func`` transforms (vmap, grad; ``torch.func.functional_call`` works).
 """
 
+import ctypes
 import itertools
 import math
 import os
@@ -44,12 +43,12 @@ import time
 import numpy as np
 import torch
 
+from . import _tuning
 from ._validation import check_dtype, check_int
 from .kernels import activations as _act
 from .kernels import layout as _lay
-from .kernels.backward import _activation_derivative, _hidden_delta, _weight_grad
 from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
-from .kernels.forward import _bias_activation, _dense_forward
+from .kernels.gemm import BLAS_GEMM
 from .network import MLP as _FastMLP
 
 __all__ = ["MLP"]
@@ -78,34 +77,39 @@ def _numpy_dtype(dtype):
 
 
 # ---------------------------------------------------------------------------------------------------- BLAS threads
-# In a torch program torch's OpenMP pool owns the cores, and a second pool fights it. Measured on 2 cores (torch 2.13,
-# SciPy's OpenBLAS 0.3.30 with 2 threads): OpenBLAS's idle worker spins for ~100 ms after a threaded GEMM, during
-# which a parallel torch op (an optimizer step on 1M values) takes 3-5 ms instead of 0.05 ms; and libgomp's
-# spinning worker slows the next threaded GEMM from 0.7 to 3.5-4.5 ms for a few ms after a torch op. A training
-# step of shape M took 26 ms instead of about 1 ms. So by default (``blas_threads="auto"``) the bridge runs fastbp's
-# GEMMs on the calling thread only while torch uses more than one thread, restoring the previous setting after each
-# forward and backward; with ``torch.set_num_threads(1)`` the cores are free and fastbp's BLAS keeps its threads.
+# In a torch program torch's OpenMP pool owns the cores, and a second pool fights it: OpenBLAS's idle worker spins
+# after a threaded GEMM while a parallel torch op needs the core, and libgomp's spinning worker slows the next
+# threaded OpenBLAS GEMM (a training step of shape M took 21-26 ms instead of about 1.5 ms; docs/measurements.md).
+# So by default (``blas_threads="auto"``) the bridge runs fastbp's GEMMs on the calling thread only while torch uses
+# more than one thread, restoring the previous setting after each pass, or calls the GEMM of the BLAS that torch
+# links, which runs on torch's own pool; with ``torch.set_num_threads(1)`` the cores are free and fastbp's BLAS
+# keeps its threads.
 
 _BLAS_CONTROLS = None
+_TORCH_GEMM = None
 
-#: With ``blas_threads="auto"`` while torch uses several threads, a GEMM of at least this many multiply-adds
-#: (n * fan_in * fan_out) may run through ``torch.mm`` (into fastbp's buffers, on torch's own thread pool, so all
-#: cores work and no second pool fights torch's), followed by fastbp's fused epilogue; smaller GEMMs run on fastbp's
-#: BLAS on the calling thread, where torch's per-call overhead would cost more than the other cores gain. Whether
-#: the large ones do is measured once per batch size (``_Engine.calibrate``): on 2 cores (shape M, 784-256-256-10,
-#: batch 128, float32) torch's GEMMs of a step took 956 us and OpenBLAS's on one thread 901 us with its AVX-512
-#: kernels, but about twice that with the AVX2 kernels that this machine's default OPENBLAS_CORETYPE selects; with
-#: more cores torch's threads gain more. 2^20 is OpenBLAS's own order of size for starting a second thread.
-TORCH_GEMM_MIN = 1 << 20
 
-#: Timed forward passes of each kind when :meth:`_Engine.calibrate` chooses between torch.mm and fastbp's BLAS.
-CALIBRATION_ROUNDS = 3
+def _torch_gemm():
+    """dtype -> address of the Fortran ``sgemm_``/``dgemm_`` that torch's own library exports (MKL in the x86
+    wheels, on torch's OpenMP pool); empty when it exports none (the GEMMs then stay on fastbp's BLAS)."""
+    global _TORCH_GEMM
+    if _TORCH_GEMM is None:
+        found = {}
+        library = os.path.join(os.path.dirname(torch.__file__), "lib", "libtorch_cpu.so")
+        try:
+            lib = ctypes.CDLL(library)
+            for dtype, name in ((np.float32, "sgemm_"), (np.float64, "dgemm_")):
+                found[np.dtype(dtype)] = ctypes.cast(getattr(lib, name), ctypes.c_void_p).value
+        except (OSError, AttributeError):
+            found = {}
+        _TORCH_GEMM = found
+    return _TORCH_GEMM
 
 
 def _blas_controls():
     """(get, set) thread-count functions of the BLAS library that fastbp's GEMM binding calls (SciPy's; every
     loaded BLAS if SciPy's cannot be told apart). The OpenBLAS entry points are called directly through ctypes
-    (0.3 us for a get and a set, against 2.3 us through threadpoolctl's wrappers), when threadpoolctl exposes them."""
+    (cheaper than threadpoolctl's wrappers), when threadpoolctl exposes them."""
     global _BLAS_CONTROLS
     if _BLAS_CONTROLS is None:
         import scipy
@@ -142,11 +146,6 @@ def _limit_blas(n):
     return changed
 
 
-def _mm(A, B, out):
-    """``out[...] = A @ B`` by torch.mm on views of the NumPy arrays (no copy; B may be a transposed view)."""
-    torch.mm(torch.from_numpy(A), torch.from_numpy(B), out=torch.from_numpy(out))
-
-
 def _restore_blas(changed):
     if changed:
         for set_, count in changed:
@@ -155,33 +154,17 @@ def _restore_blas(changed):
 
 # ------------------------------------------------------------------------------------------------------- workspace
 class _Workspace:
-    """Hidden activations and the two ping-pong delta buffers of the backward pass, for up to ``capacity`` rows."""
+    """Hidden activations and the two ping-pong delta buffers of the backward pass, for up to ``capacity`` rows, and
+    their addresses as the compiled entries take them (kernels/boundary.py)."""
 
-    __slots__ = ("_views", "acts", "capacity", "deltas", "entry", "hidden_widths")
+    __slots__ = ("buffers", "capacity", "entry")
 
     def __init__(self, capacity, hidden_widths, max_width, dtype):
         self.capacity = capacity
-        self.hidden_widths = hidden_widths
-        self.acts = np.empty(capacity * sum(hidden_widths), dtype=dtype)
-        self.deltas = (np.empty(capacity * max_width, dtype=dtype), np.empty(capacity * max_width, dtype=dtype))
-        self._views = (-1, None)
-        # As the compiled entries take it (kernels/boundary.py).
-        acts, (delta_a, delta_b) = self.acts, self.deltas
+        acts = np.empty(capacity * sum(hidden_widths), dtype=dtype)
+        delta_a, delta_b = np.empty(capacity * max_width, dtype=dtype), np.empty(capacity * max_width, dtype=dtype)
+        self.buffers = (acts, delta_a, delta_b)
         self.entry = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
-
-    def activations(self, n):
-        """(n, width) C-contiguous views of ``acts``, one per hidden layer (cached for the last n)."""
-        if self._views[0] != n:
-            views, start = [], 0
-            for width in self.hidden_widths:
-                views.append(self.acts[start : start + n * width].reshape(n, width))
-                start += n * width
-            self._views = (n, views)
-        return self._views[1]
-
-    def delta(self, k, n, width):
-        """(n, width) view of ping-pong delta buffer k (0 or 1)."""
-        return self.deltas[k][: n * width].reshape(n, width)
 
 
 class _Lease:
@@ -199,12 +182,9 @@ class _Lease:
 
 # ---------------------------------------------------------------------------------------------------------- engine
 class _Engine:
-    """The architecture, views of the parameters, the workspace pool, and the two passes.
-
-    Each pass is ONE compiled call (kernels/bridge.py) when the parameters are views into one flat buffer and no
-    GEMM goes through torch (see :meth:`torch_layers`); otherwise it runs layer by layer from Python on NumPy views.
-    Shared by the module and every autograd node it creates; holds no reference to the module.
-    """
+    """The architecture, the parameters' addresses, the workspace pool, the choice of GEMM, and the two passes, each
+    ONE compiled call (kernels/bridge.py). Shared by the module and every autograd node it creates; holds no
+    reference to the module."""
 
     def __init__(self, sizes, layout, dtype, blas_threads):
         self.blas_threads = blas_threads
@@ -227,8 +207,7 @@ class _Engine:
             (start, start + math.prod(shape), shape) for start, shape in zip(self.starts, self.shapes, strict=True)
         )
         self.wants = {}  # ctx.needs_input_grad -> (needs array for the compiled backward, its address, any wanted)
-        self.no_torch = (False,) * self.n_layers
-        # (bit length of the row count, torch threads, dtype) -> whether the large GEMMs go through torch.mm
+        # (bit length of the row count, torch threads, dtype) -> whether the GEMMs go to torch's BLAS
         self.choices = {}
         self.set_dtype(dtype)
 
@@ -237,14 +216,13 @@ class _Engine:
         self.torch_dtype = _TORCH_DTYPES[self.dtype]
         self.marker = self.dtype.type(0)  # selects the compiled entries' specialization
         self.pool = []  # a new list: workspaces of the old dtype still leased go back to the old one
-        self.ptrs = None  # data pointers of the parameters the views below were taken from
-        self.Ws = self.bs = None
+        self.ptrs = None  # data pointers of the parameters the entry below was made for
         self.flat_entry = None  # (p_params, n_params, p_layout, n_layers) when the parameters are one flat buffer
 
     def __getstate__(self):
-        # NumPy views, workspaces and addresses would be pickled detached from the parameters: rebuild them.
+        # Workspaces and addresses would be pickled detached from the parameters: rebuild them.
         state = dict(self.__dict__)
-        state.update(pool=[], ptrs=None, Ws=None, bs=None, flat_entry=None, wants={}, choices={})
+        state.update(pool=[], ptrs=None, flat_entry=None, wants={}, choices={})
         return state
 
     def unflatten(self, flat):
@@ -256,48 +234,52 @@ class _Engine:
         return Ws, bs
 
     def use(self, params):
-        """Point the passes at the parameter tensors ``params`` (W0, b0, W1, ...; CPU, the engine's dtype): NumPy
-        views of each (a non-contiguous one is copied), and the flat entry of the compiled passes when the
-        parameters are contiguous views at their places in one buffer (as :class:`MLP` keeps them)."""
-        arrays = [_as_numpy(p if p.is_contiguous() else p.contiguous()) for p in params]
-        self.Ws, self.bs = arrays[0::2], arrays[1::2]
+        """Point the passes at the parameter tensors ``params`` (W0, b0, W1, ...; CPU, the engine's dtype): their
+        flat entry when they are contiguous views at their places in one buffer (as :class:`MLP` keeps them), else
+        none (each forward pass then gathers them)."""
         ptrs = [p.data_ptr() for p in params]
-        cacheable = all(p.is_contiguous() for p in params)
-        self.ptrs = ptrs if cacheable else None
+        self.ptrs = ptrs
         base, size = ptrs[0], self.dtype.itemsize
-        flat = cacheable and all(ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True))
+        flat = all(p.is_contiguous() for p in params) and all(
+            ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True)
+        )
         self.flat_entry = (base, self.n_params, self.layout.ctypes.data, self.n_layers) if flat else None
 
-    def torch_layers(self, n, calibrate_on=None):
-        """Per layer, whether its GEMMs on a batch of n rows go through torch.mm: with ``blas_threads="auto"`` while
-        torch uses several threads, the GEMMs of at least TORCH_GEMM_MIN multiply-adds do if that was timed faster
-        for batches of this size within a factor of 2 and this thread count (:meth:`calibrate`, on ``calibrate_on``
-        = (X, workspace, out) of a forward pass, when not measured yet; without it, not measured means torch.mm)."""
+    def parameters(self, params):
+        """(the parameters as the compiled passes take them, without the GEMM, and the buffer that holds them): the
+        parameters' own flat buffer, or a new gathered copy when they are not one."""
+        if self.flat_entry is not None:
+            return self.flat_entry, None
+        with torch.no_grad():
+            gathered = torch.cat([p.detach().reshape(-1) for p in params]).numpy()
+        return (gathered.ctypes.data, self.n_params, self.layout.ctypes.data, self.n_layers), gathered
+
+    def gemm(self, n, calibrate_on=None):
+        """Address of the GEMM of the passes on a batch of n rows: fastbp's BLAS, or, with ``blas_threads="auto"``
+        while torch uses several threads, torch's BLAS if that was timed faster for batches of this size within a
+        factor of 2, this thread count and dtype (:meth:`calibrate` on ``calibrate_on`` = (network, X, workspace,
+        out) of a forward pass, when not measured yet)."""
         threads = torch.get_num_threads()
-        if not (self.blas_threads == "auto" and threads > 1):
-            return self.no_torch
-        big = tuple(n * fan_in * fan_out >= TORCH_GEMM_MIN for fan_in, fan_out in itertools.pairwise(self.sizes))
-        if not any(big):
-            return big
+        torch_gemm = _torch_gemm().get(self.dtype)
+        if not (self.blas_threads == "auto" and threads > 1 and torch_gemm is not None):
+            return BLAS_GEMM[self.dtype]
         key = (n.bit_length(), threads, self.dtype.char)
         choice = self.choices.get(key)
-        if choice is None and calibrate_on is not None:
-            choice = self.choices[key] = self.calibrate(*calibrate_on, big)
-        return self.no_torch if choice is False else big
+        if choice is None:
+            choice = self.choices[key] = self.calibrate(*calibrate_on, torch_gemm)
+        return torch_gemm if choice else BLAS_GEMM[self.dtype]
 
-    def calibrate(self, X, workspace, out, big):
-        """Whether the forward pass of X is faster with the GEMMs of the layers ``big`` through torch.mm on torch's
-        threads than with every GEMM on fastbp's BLAS on the calling thread (as :meth:`forward` runs each): the two
-        alternately, CALIBRATION_ROUNDS times each, on this batch (the output is overwritten); the faster minimum
-        wins, for the backward passes too. Which is faster depends on the machine: on 2 cores with OpenBLAS's
-        AVX-512 kernels, fastbp's BLAS on one thread (shape M: a training step 1.32x torch eager's, against 0.97x
-        through torch.mm); with its AVX2 kernels, torch.mm (0.99x against 0.70x). Call with fastbp's BLAS limited
-        as in a pass."""
+    def calibrate(self, network, X, workspace, out, torch_gemm):
+        """Whether the forward pass of X is faster with torch's BLAS (on torch's threads) than with fastbp's BLAS on
+        the calling thread: the two alternately, ``_tuning.CALIBRATION_ROUNDS`` times each, on this batch (the output
+        is overwritten); the faster minimum wins, for the backward passes too. Which is faster depends on the machine
+        (the BLAS kernels each library picks for the CPU, the number of cores). Call with fastbp's BLAS limited as in
+        a pass."""
         best = {True: math.inf, False: math.inf}
-        for _ in range(CALIBRATION_ROUNDS):
-            for choice, layers in ((True, big), (False, self.no_torch)):
+        for _ in range(_tuning.CALIBRATION_ROUNDS):
+            for choice, gemm in ((True, torch_gemm), (False, BLAS_GEMM[self.dtype])):
                 start = time.perf_counter()
-                self._run(X, workspace, out, layers)
+                self._run((*network, gemm), X, workspace, out)
                 best[choice] = min(best[choice], time.perf_counter() - start)
         return best[True] < best[False]
 
@@ -314,119 +296,31 @@ class _Engine:
                 break
         return _Lease(pool, workspace)
 
-    def forward(self, X, workspace, out):
-        """``out = network(X)``, hidden activations into the workspace; per layer a GEMM and one fused bias and
-        activation pass. X: (n, n_in); out: (n, n_out), output: C-contiguous CPU tensors of the engine's dtype.
-        Returns the network as the compiled backward pass takes it (kernels/boundary.py) if this pass ran compiled
-        (its parameters one flat buffer, no GEMM through torch.mm), else None."""
+    def forward(self, X, workspace, out, params):
+        """``out = network(X)``, hidden activations into the workspace. X: (n, n_in); out: (n, n_out), output:
+        C-contiguous CPU tensors of the engine's dtype; params: the parameter tensors. Returns (the network as the
+        backward pass takes it, the buffer it reads the parameters from: None, or a gathered copy to keep alive)."""
+        network, gathered = self.parameters(params)
         limited = _limit_blas(self.blas_threads)
         try:
-            via_torch = self.torch_layers(X.shape[0], calibrate_on=(X, workspace, out))
-            return self._run(X, workspace, out, via_torch)
+            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)))
+            self._run(network, X, workspace, out)
         finally:
             _restore_blas(limited)
+        return network, gathered
 
-    def _run(self, X, workspace, out, via_torch):
-        """One forward pass (see :meth:`forward`) with the GEMMs of the layers ``via_torch`` by torch.mm: ONE
-        compiled call when there are none and the parameters are one flat buffer, else layer by layer."""
-        n = X.shape[0]
-        network = None if any(via_torch) else self.flat_entry
-        if network is not None:
-            _bridge_forward_entry(self.marker, network, X.data_ptr(), n, workspace.entry, out.data_ptr())
-        else:
-            self._forward_layers(_as_numpy(X), workspace.activations(n), out.numpy(), via_torch)
-        return network
+    def _run(self, network, X, workspace, out):
+        _bridge_forward_entry(self.marker, network, X.data_ptr(), X.shape[0], workspace.entry, out.data_ptr())
 
-    def _forward_layers(self, X, acts, out, via_torch):
-        """The forward pass layer by layer from Python, with the GEMMs of the layers ``via_torch`` by torch.mm and
-        the others by fastbp's ``_dense_forward``. X: (n, n_in); acts: list of (n, h_l) views; out: (n, n_out),
-        output: C-contiguous NumPy arrays of the engine's dtype."""
-        Ws, bs, codes = self.Ws, self.bs, self.codes
-        A_prev = X
-        for l in range(self.n_layers):
-            A = acts[l] if l < self.n_layers - 1 else out
-            if via_torch[l]:
-                _mm(A_prev, Ws[l], A)
-                _bias_activation(A, bs[l], codes[l])
-            else:
-                _dense_forward(A_prev, Ws[l], bs[l], codes[l], A)
-            A_prev = A
-
-    def backward(self, G, X, out, workspace, Ws, network, needs):
+    def backward(self, G, X, out, workspace, network, needs):
         """Gradients from the upstream gradient ``G = dLoss/dY``, as autograd wants them: a tuple
         ``(dX, None, dW0, db0, dW1, db1, ...)`` of new tensors, None where ``needs`` (ctx.needs_input_grad: X,
-        engine, W0, b0, ...) is False.
+        engine, W0, b0, ...) is False; the weights and biases are views into one new flat buffer.
 
-        BP1 with the given upstream gradient ``delta[L] = G * f'(A[L])``, then from the top: BP4 ``dW[l] =
-        A[l-1].T @ delta[l]``, BP3 ``db[l] = sum_i delta[l]``, BP2 ``delta[l-1] = (delta[l] @ W[l].T) *
-        f'(A[l-1])``, down to the lowest layer that needs a gradient; ``dX = delta[0] @ W[0].T``.
-        G: (n, n_out), X: (n, n_in): C-contiguous CPU tensors; out: (n, n_out) NumPy array, the forward's output.
-        workspace: the hidden activations of the forward pass; Ws: the weights it used (NumPy views), network:
-        what it returned. The 1/n of a mean loss is already in G (torch's loss put it there).
+        G: (n, n_out), X: (n, n_in): C-contiguous CPU tensors; out: (n, n_out) NumPy array, the forward's output;
+        workspace: the hidden activations of the forward pass; network: what it returned (its parameters and GEMM).
+        The 1/n of a mean loss is already in G (torch's loss put it there).
         """
-        n = G.shape[0]
-        if network is not None and not any(self.torch_layers(n)):
-            return self._compiled_backward(G, X, out, workspace, network, needs)
-        # The graph's dtype: the engine's may have changed since its forward pass (functional_call in float64).
-        dtype, no_db = out.dtype, np.empty(0, dtype=out.dtype)
-        G, X, acts = _as_numpy(G), _as_numpy(X), workspace.activations(n)
-        L = self.n_layers
-        need_X = needs[0]
-        lowest = 0 if need_X else next((l for l in range(L) if needs[2 + 2 * l] or needs[3 + 2 * l]), L)
-        grads = [None] * (2 + 2 * L)
-        if lowest == L:
-            return tuple(grads)
-        shapes, codes, sizes = self.shapes, self.codes, self.sizes
-        via_torch = self.torch_layers(n)
-        limited = _limit_blas(self.blas_threads)
-        try:
-            # BP1 with the upstream gradient (G itself for the identity output).
-            code = codes[-1]
-            slot = 0  # the ping-pong delta buffer the next delta goes to
-            if code == _act.IDENTITY:
-                delta = G
-            else:
-                delta = workspace.delta(0, n, sizes[-1])
-                _output_delta(code, G, out, delta)
-                slot = 1
-            if needs[1 + 2 * L]:
-                db = np.empty(sizes[-1], dtype=dtype)
-                np.add.reduce(delta, axis=0, out=db)  # BP3 of the output layer
-                grads[1 + 2 * L] = torch.from_numpy(db)
-            for l in range(L - 1, lowest - 1, -1):
-                A_prev = X if l == 0 else acts[l - 1]
-                if needs[2 + 2 * l]:
-                    dW = np.empty(shapes[2 * l], dtype=dtype)
-                    if via_torch[l]:
-                        _mm(A_prev.T, delta, dW)  # BP4
-                    else:
-                        _weight_grad(A_prev, delta, 0.0, dW)  # BP4
-                    grads[2 + 2 * l] = torch.from_numpy(dW)
-                if l > lowest:
-                    delta_prev = workspace.delta(slot, n, sizes[l])
-                    with_db = needs[1 + 2 * l]
-                    db = np.empty(sizes[l], dtype=dtype) if with_db else no_db
-                    if via_torch[l]:  # BP2, BP3
-                        _mm(delta, Ws[l].T, delta_prev)
-                        _activation_derivative(delta_prev, A_prev, codes[l - 1], db, int(with_db), 0)
-                    else:
-                        _hidden_delta(delta, Ws[l], A_prev, codes[l - 1], delta_prev, db, int(with_db), 0)
-                    if with_db:
-                        grads[1 + 2 * l] = torch.from_numpy(db)
-                    delta, slot = delta_prev, 1 - slot
-            if need_X:
-                dX = np.empty_like(X)
-                if via_torch[0]:
-                    _mm(delta, Ws[0].T, dX)
-                else:
-                    _hidden_delta(delta, Ws[0], dX, _act.IDENTITY, dX, no_db, 0, 0)
-                grads[0] = torch.from_numpy(dX)
-        finally:
-            _restore_blas(limited)
-        return tuple(grads)
-
-    def _compiled_backward(self, G, X, out, workspace, network, needs):
-        """:meth:`backward` in one compiled call, into one new flat gradient buffer whose views are returned."""
         wanted = self.wants.get(needs)
         if wanted is None:
             array = np.array([needs[0], *needs[2:]], dtype=np.int64)
@@ -461,34 +355,6 @@ class _Engine:
         return tuple(grads)
 
 
-def _output_delta(code, G, A, delta):
-    """``delta[...] = G * f'(A)`` for an output activation f (A its output); softmax's Jacobian-vector product
-    ``A * (G - sum_j G_j A_j)``. G, A, delta: (n, n_out) arrays of one dtype; delta is the output."""
-    if code == _act.SIGMOID:
-        np.subtract(1, A, out=delta)
-        delta *= A
-        delta *= G
-    elif code == _act.TANH:
-        np.multiply(A, A, out=delta)
-        np.subtract(1, delta, out=delta)
-        delta *= G
-    elif code == _act.RELU:
-        np.multiply(G, A > 0, out=delta)
-    elif code == _act.LEAKY_RELU:
-        one, slope = delta.dtype.type(1), delta.dtype.type(_act.LEAKY_SLOPE)
-        np.multiply(G, np.where(A > 0, one, slope), out=delta)
-    elif code == _act.SOFTMAX:
-        np.subtract(G, np.einsum("ij,ij->i", G, A)[:, None], out=delta)
-        delta *= A
-    else:
-        raise AssertionError(f"unknown activation code {code}")
-
-
-def _as_numpy(T):
-    """The NumPy view of a CPU tensor (``Tensor.numpy`` refuses tensors that require grad: detach them first)."""
-    return T.detach().numpy() if T.requires_grad else T.numpy()
-
-
 # --------------------------------------------------------------------------------------------- autograd function
 class _DenseStack(torch.autograd.Function):
     """All layers as one autograd node: inputs ``(X, engine, W0, b0, W1, b1, ...)``, output ``(n, n_out)``."""
@@ -499,15 +365,15 @@ class _DenseStack(torch.autograd.Function):
         lease = engine.acquire(n)
         out_np = np.empty((n, engine.sizes[-1]), dtype=engine.dtype)
         out = torch.from_numpy(out_np)
-        Ws = engine.Ws
-        network = engine.forward(X, lease.workspace, out)
+        network, gathered = engine.forward(X, lease.workspace, out, params)
         # Saved for autograd's check that none was modified in place before backward (the backward pass reads their
         # memory); the output only when its activation's derivative needs it.
         ctx.save_for_backward(X, None if engine.codes[-1] == _act.IDENTITY else out, *params)
         # The NumPy array of the output, not the tensor: ctx -> output -> ctx (its grad_fn) would be a reference
         # cycle, freed only by the garbage collector. An alias of the input, which keeps its storage and shape even
-        # if X.data is replaced. The parameters and their addresses: see backward.
-        ctx.state = (engine, lease, X.detach(), out_np, Ws, network, params, [p.data_ptr() for p in params])
+        # if X.data is replaced. The gathered parameters (if any) stay alive for the backward pass. The parameters
+        # and their addresses: see backward.
+        ctx.state = (engine, lease, X.detach(), out_np, network, gathered, params, [p.data_ptr() for p in params])
         return out
 
     @staticmethod
@@ -518,7 +384,7 @@ class _DenseStack(torch.autograd.Function):
                 "differentiating a gradient); use the equivalent torch.nn.Sequential from model.to_sequential()"
             )
         ctx.saved_tensors  # noqa: B018 (raises if an input or a parameter was modified in place since the forward)
-        engine, lease, X, out_np, Ws, network, params, ptrs = ctx.state
+        engine, lease, X, out_np, network, _, params, ptrs = ctx.state
         # .double(), .to(), share_memory(), p.data = ... give the same parameter objects new storage (and may free the
         # old one, which the backward pass would read): refuse, as the version counters refuse in-place changes. The
         # objects themselves, not saved_tensors, which saved-tensor hooks may replace by copies.
@@ -529,7 +395,7 @@ class _DenseStack(torch.autograd.Function):
             )
         if not G.is_contiguous():
             G = G.contiguous()
-        return engine.backward(G, X, out_np, lease.workspace, Ws, network, ctx.needs_input_grad)
+        return engine.backward(G, X, out_np, lease.workspace, network, ctx.needs_input_grad)
 
 
 # torch.autograd.Function.apply (Python) binds default arguments and checks for functorch transforms before calling
@@ -557,15 +423,15 @@ class MLP(torch.nn.Module):
         same values as ``fastbp.MLP(layer_sizes, ..., seed=seed)``; not torch's ``Linear`` initialisation.
     blas_threads : "auto", int or None, default "auto"
         Threads of fastbp's BLAS during this module's forward and backward (the setting is restored after each).
-        "auto": while torch uses several threads (``torch.get_num_threads() > 1``), fastbp's BLAS is limited to 1
-        thread, so that torch's pool keeps the other cores (two pools on the same cores slow each other down by
-        milliseconds per step: see the module source), and GEMMs of at least ``TORCH_GEMM_MIN`` multiply-adds run
-        through ``torch.mm`` on torch's pool if that is faster: the first forward pass of each batch size times both
-        ways (``CALIBRATION_ROUNDS`` forward passes each, on that batch) and keeps the faster for batch sizes within
-        a factor of 2 and that thread count, so results can differ between machines, or runs, in the last bits;
-        after ``torch.set_num_threads(1)``, every
-        GEMM on fastbp's BLAS with its own setting (``fastbp.set_num_threads``). An int: every GEMM on fastbp's
-        BLAS with that many threads; None: every GEMM on fastbp's BLAS with its own setting.
+        "auto": while torch uses several threads (``torch.get_num_threads() > 1``), the GEMMs run either on
+        fastbp's BLAS limited to 1 thread, so that torch's pool keeps the other cores (two pools on the same cores
+        slow each other down by milliseconds per step: see the module source), or on the BLAS that torch links, on
+        torch's own pool: the first forward pass of each batch size times both (``CALIBRATION_ROUNDS`` of
+        :mod:`fastbp._tuning` forward passes each, on that batch) and keeps the faster for batch sizes within a
+        factor of 2, that thread count and dtype, so results can differ between machines, or runs, in the last
+        bits. After ``torch.set_num_threads(1)``, every GEMM on fastbp's BLAS with its own setting
+        (``fastbp.set_num_threads``). An int: every GEMM on fastbp's BLAS with that many threads; None: every GEMM
+        on fastbp's BLAS with its own setting.
 
     Parameters of the module: ``W0, b0, W1, b1, ...``; ``W{l}`` is (fan_in, fan_out) (the transpose of torch
     ``Linear.weight``) and ``b{l}`` is (fan_out,), all views into :attr:`flat_params`.
@@ -691,9 +557,10 @@ class MLP(torch.nn.Module):
                 raise ValueError(f"a parameter of fastbp.torch.MLP has shape {tuple(p.shape)}, expected {shape}")
 
     def _use_params(self, params):
-        """Point the kernels at the current parameter tensors: NumPy views (no copy) of each, refreshed whenever a
-        parameter's storage changes (the forward pass compares data pointers). Parameters are not modified, so
-        ``torch.func.functional_call`` works; a non-contiguous one is copied, and then not cached."""
+        """Point the kernels at the current parameter tensors (checked), refreshed whenever a parameter's storage
+        changes (the forward pass compares data pointers). Parameters are not modified, so
+        ``torch.func.functional_call`` works: parameters that are not one flat buffer are gathered by each forward
+        pass."""
         self._check_params(params)
         engine = self._engine
         dtype = _NUMPY_DTYPES[params[0].dtype]
@@ -777,7 +644,7 @@ class MLP(torch.nn.Module):
         n = X.shape[0]
         lease = engine.acquire(n)
         out = torch.from_numpy(np.empty((n, engine.sizes[-1]), dtype=engine.dtype))
-        engine.forward(X, lease.workspace, out)
+        engine.forward(X, lease.workspace, out, params)
         return out
 
     def extra_repr(self):

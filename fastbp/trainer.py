@@ -7,9 +7,10 @@ import time
 import numpy as np
 from tqdm.auto import tqdm
 
+from . import _tuning, reference
 from . import _validation as v
-from . import reference
 from .kernels import epoch as _epoch
+from .kernels import step as _kstep
 from .optim import Adam, Cosine, Optimizer
 
 
@@ -239,9 +240,9 @@ class Trainer:
         return status, loss_sum, steps, {}
 
     def _raise_divergence(self, status, where, loss_sum, steps, samples, max_loss=math.inf):
-        if status == _epoch.LOSS_TOO_LARGE:
+        if status == _kstep.LOSS_TOO_LARGE:
             what = f"the loss exceeded {max_loss:.3g} ({self.divergence_factor:g} times its initial value, at least 1)"
-        elif status == _epoch.NONFINITE_LOSS:
+        elif status == _kstep.NONFINITE_LOSS:
             what = "the loss became NaN or infinite"
         else:
             what = "the gradient became NaN or infinite"
@@ -256,11 +257,12 @@ class Trainer:
         )
 
     def _max_loss(self, data):
-        """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to 1024 rows spread evenly
-        over the data set ``data`` (not the first rows: sorted data would give an unrepresentative reference)."""
+        """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to
+        ``_tuning.DIVERGENCE_REFERENCE_ROWS`` rows spread evenly over the data set ``data`` (not the first rows:
+        sorted data would give an unrepresentative reference)."""
         if self.divergence_factor is None:
             return math.inf
-        X, Y2d, labels, sw = data.take(data.rows(_spread(data.n, 1024)))
+        X, Y2d, labels, sw = data.take(data.rows(_spread(data.n, _tuning.DIVERGENCE_REFERENCE_ROWS)))
         sums = self._sums(X, Y2d, labels, sw)
         if data.weighted and not sums[2] > 0:  # these rows' weights are all zero: count them unweighted
             sums = self._sums(X, Y2d, labels, sw[:0])
@@ -312,9 +314,9 @@ class Trainer:
         """After the checks of train_step, before its step."""
 
     def _probe_batch(self, train):
-        """The fixed probe batch of ``record_deltas``: up to 256 rows spread over the training data, as
-        (X, labels or Y2d)."""
-        X, Y2d, labels, _ = train.take(train.rows(_spread(train.n, 256)))
+        """The fixed probe batch of ``record_deltas``: up to ``_tuning.PROBE_ROWS`` rows spread over the training data,
+        as (X, labels or Y2d)."""
+        X, Y2d, labels, _ = train.take(train.rows(_spread(train.n, _tuning.PROBE_ROWS)))
         return X, (labels if train.uses_labels else Y2d)
 
     def _end_epoch(self, stop):
@@ -340,7 +342,7 @@ class Trainer:
                 self._step_max_loss = self._max_loss(data)
             perm = np.arange(m, dtype=np.int64)
             status, loss_sum, steps, _ = self._run_epoch(data, perm, m, self._schedule(None), self._step_max_loss)
-        if status != _epoch.OK:
+        if status != _kstep.OK:
             self._raise_divergence(status, f"at step {self.optimizer.t + 1}", loss_sum, steps, m, self._step_max_loss)
         return loss_sum / m
 
@@ -373,7 +375,7 @@ class Trainer:
             return 0.0, 0.0, 0.0
         net = self.net
         with net._lock:
-            net._reserve(min(X.shape[0], max(net._capacity, 1024)))
+            net._reserve_chunks(X.shape[0])
             loss_sum, correct = _epoch._evaluate_entry(
                 net._marker,
                 net._entry_network,
@@ -423,7 +425,7 @@ class Trainer:
                 start = time.perf_counter()
                 perm = self._rng.permutation(n).astype(np.int64)
                 status, loss_sum, steps, extra = self._run_epoch(train, perm, self.batch_size, schedule, max_loss)
-                if status != _epoch.OK:
+                if status != _kstep.OK:
                     diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size))
                     break
                 logs = {

@@ -109,9 +109,9 @@ def measure(shape, dtype, rounds, min_time, cooldown, with_t1=True):
             "torch_over_this": same_round_ratio(times, "torch", name),
         }
     result["param_rel_diff_after_5_steps"] = agreement(sizes, batch, dtype)
-    # What fastbp.torch's calibration chose for the large GEMMs while torch used several threads.
-    names = {frozenset(): "none large", frozenset({True}): "torch.mm", frozenset({False}): "fastbp's BLAS"}
-    result["large_gemms"] = names.get(frozenset(model._engine.choices.values()), "mixed")
+    # What fastbp.torch's calibration chose for the GEMMs while torch used several threads.
+    names = {frozenset(): "not measured", frozenset({True}): "torch's BLAS", frozenset({False}): "fastbp's BLAS"}
+    result["gemms"] = names.get(frozenset(model._engine.choices.values()), "mixed")
     return result
 
 
@@ -123,7 +123,7 @@ def format_result(r):
             f"   {name:<16} {1e6 * p['median_s']:8.1f} us/step ({1e6 * p['min_s']:.1f}-{1e6 * p['max_s']:.1f}){ratio}"
         )
     lines.append(f"   parameters after 5 steps differ by {r['param_rel_diff_after_5_steps']:.1e} (relative)")
-    lines.append(f"   fastbp.torch's large GEMMs (torch on several threads): {r['large_gemms']}")
+    lines.append(f"   fastbp.torch's GEMMs (torch on several threads): {r['gemms']}")
     return "\n".join(lines)
 
 

@@ -93,7 +93,16 @@ def _shard(split, rank, *arrays):
 
 def equal(out):
     from fastbp import distributed
+    from fastbp.kernels import step
 
+    # Count the steps taken by the compiled step of the epoch loop (kernels/step.py), which the ranks call from Python.
+    step_entry, step_calls = step._step_entry, [0]
+
+    def counted(*args):
+        step_calls[0] += 1
+        return step_entry(*args)
+
+    step._step_entry = counted
     results = {}
     configs = CONFIGS_3 if distributed._mpi().COMM_WORLD.Get_size() == 3 else CONFIGS
     for name, split in configs.items():
@@ -104,7 +113,9 @@ def equal(out):
             sw = fit_kwargs.pop("sample_weight", None)
             X, y, sw = _shard(split, trainer.rank, X, y, sw)
             fit_kwargs.update(sharded=True, sample_weight=sw)
+        step_calls[0] = 0
         history = trainer.fit(X, y, epochs=EPOCHS, **fit_kwargs)
+        results[f"{name}/step_calls"] = np.array([step_calls[0], trainer.optimizer.t])
         digests = trainer.comm.allgather(net.params.tobytes())
         results[f"{name}/params"] = net.params
         results[f"{name}/same_on_all_ranks"] = np.array(len(set(digests)) == 1)

@@ -100,6 +100,13 @@ def test_three_ranks_equal_one_process_on_the_same_global_batches(three_ranks, n
 
 
 @needs_mpi
+def test_every_step_of_the_ranks_is_the_compiled_step_of_the_epoch_loop(two_ranks):
+    # fastbp.distributed drives the step from Python around its all-reduce, through kernels/step.py's entry point,
+    # whose compiled code is the epoch loop's step (tests/test_kernels.py reads the machine code): once per step.
+    for key, (calls, steps) in ((k, v) for k, v in two_ranks.items() if k.endswith("/step_calls")):
+        assert calls == steps > 0, key
+
+
 def test_ranks_times_threads_fit_the_cores(two_ranks):
     threads = two_ranks["sgd_frozen_l2_clip_cosine/threads"]
     cores = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()

@@ -15,9 +15,9 @@ from conftest import EXP_MAX_ULPS, make_batch
 
 import fastbp
 from fastbp import _config
-from fastbp.kernels import backward, drivers, forward, loss
+from fastbp.kernels import backward, bridge, drivers, epoch, forward, loss, optimizers, step
 
-KERNEL_MODULES = (forward, loss, backward, drivers)
+KERNEL_MODULES = (forward, loss, backward, drivers, bridge, epoch, optimizers, step)
 
 
 def _dispatchers():
@@ -32,7 +32,7 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
     import json
     import numpy as np
     import fastbp
-    from fastbp.kernels import backward, drivers, epoch, forward, loss, optimizers
+    from fastbp.kernels import backward, bridge, drivers, epoch, forward, loss, optimizers, step
 
     rng = np.random.default_rng(0)
     for dtype in ("float32", "float64"):
@@ -44,35 +44,101 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                 Y = rng.integers(0, sizes[-1], 20) if output == "softmax" else rng.random((20, sizes[-1]))
                 net.value_and_grad(X, Y)
                 net.predict(X)
+                fastbp.FlatObjective(net, X, Y)(net.params.astype(float))
                 for opt in (fastbp.SGD(0.1, momentum=0.5), fastbp.Adam()):
                     trainer = fastbp.Trainer(net, opt, batch_size=8, progress=False)
                     trainer.fit(X, Y, epochs=1, validation_data=(X, Y))
                     trainer.train_step(X, Y)
+                    # the step of a loop driven from Python, called as fastbp.distributed calls it
+                    hyper, schedule = opt.hyper(), trainer._schedule(None).params()
+                    state, sq = opt.state, np.zeros(net.n_layers)
+                    step._step_entry(
+                        net._marker, net._entry_network, trainer._spare.ctypes.data, 1.0, float("inf"),
+                        trainer._grads.ctypes.data, opt.kind, hyper.ctypes.data, hyper.size, 0,
+                        schedule.ctypes.data, schedule.size, opt.lr, opt.clip_norm, opt.t, state.ctypes.data,
+                        state.shape[0], sq.ctypes.data,
+                    )
+                try:
+                    import torch
+                    import fastbp.torch
+                except ImportError:
+                    continue
+                model = fastbp.torch.MLP.from_fastbp(net)
+                for x_grad in (False, True):
+                    model(torch.from_numpy(X.astype(dtype)).requires_grad_(x_grad)).sum().backward()
+
+    def callers(callee, entries):
+        # for each entry point and compiled signature: whether its machine code calls the compiled callee
+        names = {callee.overloads[sig].fndesc.mangled_name for sig in callee.signatures}
+        def calls(code):
+            return any("call" in line and any(name in line for name in names) for line in code.splitlines())
+
+        return {entry.__name__: [calls(entry.inspect_llvm(sig)) for sig in entry.signatures] for entry in entries}
+
     signatures = {}
-    for module in (backward, drivers, epoch, forward, loss, optimizers):
+    for module in (backward, bridge, drivers, epoch, forward, loss, optimizers, step):
         for name, obj in vars(module).items():
             if hasattr(obj, "targetoptions") and obj.py_func.__module__ == module.__name__:
                 signatures[module.__name__ + "." + name] = [[str(a) for a in sig] for sig in obj.signatures]
-    print(json.dumps(signatures))
+    calls = {
+        "_backward": callers(backward._backward, [drivers._value_and_grad_entry, epoch._train_epoch_entry,
+                                                  bridge._bridge_backward_entry]),
+        "_forward_hidden": callers(forward._forward_hidden, [drivers._value_and_grad_entry, drivers._predict_entry,
+                                                            epoch._train_epoch_entry, epoch._evaluate_entry,
+                                                            bridge._bridge_forward_entry]),
+        "_step": callers(step._step, [epoch._train_epoch_entry, step._step_entry]),
+    }
+    print(json.dumps({"signatures": signatures, "calls": calls}))
     """
 )
 
 
-def test_changing_depth_width_and_data_compiles_nothing_new(tmp_path):
-    # In a fresh process with an empty cache (so every compilation is seen): many architectures, both dtypes,
-    # every entry point. Each kernel must end with at most one specialization per dtype.
-    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path)}
+@pytest.fixture(scope="module")
+def compilations(tmp_path_factory):
+    """In a fresh process with an empty cache (so every compilation is seen, and its machine code can be read):
+    many architectures, both dtypes, every entry point (the PyTorch bridge's where torch is installed). Returns the
+    signatures of every kernel and, for the shared passes, whether each entry point's code calls them."""
+    env = {**os.environ, "NUMBA_CACHE_DIR": str(tmp_path_factory.mktemp("numba-cache"))}
     proc = subprocess.run(
         [sys.executable, "-c", COMPILATIONS_SCRIPT], env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
-    signatures = json.loads(proc.stdout)
+    return json.loads(proc.stdout)
+
+
+def test_changing_depth_width_and_data_compiles_nothing_new(compilations):
+    # Each kernel must end with at most one specialization per dtype.
+    signatures = compilations["signatures"]
     assert len(signatures["fastbp.kernels.drivers._value_and_grad_entry"]) == 2
     assert len(signatures["fastbp.kernels.epoch._train_epoch_entry"]) == 2
     for name, sigs in signatures.items():
         # a float32 specialization has float32 arrays somewhere; float64 scalars (lr, l2) occur in both
         dtypes = ["float32" if "float32" in " ".join(sig) else "float64" for sig in sigs]
         assert len(dtypes) == len(set(dtypes)) <= 2, f"{name} has several specializations of one dtype: {sigs}"
+
+
+def test_one_backward_pass_one_forward_pass_and_one_step_serve_every_entry_point(compilations):
+    # The trainer's epoch loop, value_and_grad (and FlatObjective, through it), and the PyTorch bridge run the SAME
+    # compiled backward pass: one specialization per dtype, called from the machine code of each entry point. The
+    # same for the forward pass over the hidden layers, and for the optimizer step of the epoch loop and of the
+    # loop driven from Python (fastbp.distributed; tests/test_distributed.py counts its calls).
+    signatures, calls = compilations["signatures"], compilations["calls"]
+    for callee in ("backward._backward", "forward._forward_hidden", "step._step"):
+        assert len(signatures[f"fastbp.kernels.{callee}"]) == 2, callee  # float32 and float64
+    for callee, entries in calls.items():
+        for entry, per_signature in entries.items():
+            if entry.startswith("_bridge") and not per_signature:
+                pytest.importorskip("torch")  # not compiled: torch is not installed
+            assert per_signature == [True, True], (callee, entry)
+
+
+def test_the_layer_kernels_of_the_backward_pass_are_called_from_it_only():
+    # BP2 and BP4 (and the output layer's BP1 epilogue outside the loss) appear in one loop: a second copy of the
+    # backward pass would have to call them too.
+    package = pathlib.Path(fastbp.__file__).resolve().parent
+    for kernel, allowed in (("_hidden_delta(", {"backward.py"}), ("_weight_grad(", {"backward.py"})):
+        users = {path.name for path in package.rglob("*.py") if kernel in path.read_text()}
+        assert users == allowed, (kernel, users)
 
 
 def test_every_kernel_takes_fastmath_flags_from_the_config():
@@ -164,21 +230,25 @@ def test_results_do_not_depend_on_the_thread_count(rng):
 
 def test_kernel_caches_are_invalidated_by_a_change_to_any_kernel_source():
     # A cached driver holds the code of the kernels it calls from other files, so each kernel's cache entry is
-    # stamped with a hash of ALL compiled sources (see _config.py), not only of its own file.
-    package = pathlib.Path(fastbp.__file__).resolve().parent
-    assert set(_config._SOURCES) == {
-        package / "_config.py",
-        package / "breakdown.py",
-        *(package / "kernels").glob("*.py"),
-    }
+    # stamped with a hash of ALL kernel sources (see _config.py), not only of its own file. The profiler's timing
+    # loops call kernels too: their stamp covers the kernels and the profiler, while the kernels' stamp does not
+    # cover the profiler (editing a benchmark must not recompile the kernels).
+    import hashlib
+
     from fastbp import breakdown
 
-    assert breakdown._repeat_output._cache._impl.locator.get_source_stamp() == _config.KERNEL_SOURCE_STAMP
+    package = pathlib.Path(fastbp.__file__).resolve().parent
+    sources = sorted([package / "_config.py", *(package / "kernels").glob("*.py")])
+    assert _config._SOURCES == sources
+    kernels = hashlib.sha256(b"".join(p.name.encode() + p.read_bytes() for p in sources)).hexdigest()
+    assert _config.KERNEL_SOURCE_STAMP == kernels
+    profiler = hashlib.sha256(kernels.encode() + (package / "breakdown.py").read_bytes()).hexdigest()
+    assert breakdown._repeat_output._cache._impl.locator.get_source_stamp() == profiler != kernels
     for name, d in _dispatchers():
         if d.targetoptions.get("inline", "never") == "never":
             locator = d._cache._impl.locator
             assert type(locator).__name__.startswith("Fastbp"), name
-            assert locator.get_source_stamp() == _config.KERNEL_SOURCE_STAMP
+            assert locator.get_source_stamp() == kernels
 
 
 def test_finiteness_check_survives_the_fastmath_flags():

@@ -66,25 +66,34 @@ def batch(n, n_in, dtype, seed=0, requires_grad=True):
     return X.requires_grad_(requires_grad)
 
 
-def _count_gemms(monkeypatch):
-    """Count the module's GEMM calls by path: torch.mm (``_mm``), one of fastbp's layer kernels (``fastbp``), or
-    fastbp's compiled whole passes (``compiled``)."""
-    calls = {"torch": 0, "fastbp": 0, "compiled": 0}
+def _count_passes(monkeypatch):
+    """Count the module's compiled passes by the GEMM they call (``torch``: the BLAS torch links, ``fastbp``:
+    SciPy's, fastbp's own) and by where they read the parameters (``gathered``: a copy gathered by the forward
+    pass; ``flat``: the module's own flat buffer)."""
+    calls = {"torch": 0, "fastbp": 0, "gathered": 0, "flat": 0}
+    torch_gemms = set(fbt._torch_gemm().values())
 
-    def counted(name, kind):
+    def counted(name):
         function = getattr(fbt, name)
 
-        def wrapper(*args):
-            calls[kind] += 1
-            return function(*args)
+        def wrapper(marker, network, *args):
+            gemm = network[4]
+            assert gemm in torch_gemms or gemm == fbt.BLAS_GEMM[np.dtype(type(marker))]
+            calls["torch" if gemm in torch_gemms else "fastbp"] += 1
+            return function(marker, network, *args)
 
         monkeypatch.setattr(fbt, name, wrapper)
 
-    counted("_mm", "torch")
-    for name in ("_dense_forward", "_weight_grad", "_hidden_delta"):
-        counted(name, "fastbp")
     for name in ("_bridge_forward_entry", "_bridge_backward_entry"):
-        counted(name, "compiled")
+        counted(name)
+    parameters = fbt._Engine.parameters
+
+    def where(self, params):
+        network, gathered = parameters(self, params)
+        calls["flat" if gathered is None else "gathered"] += 1
+        return network, gathered
+
+    monkeypatch.setattr(fbt._Engine, "parameters", where)
     return calls
 
 
@@ -96,18 +105,19 @@ def torch_threads():
     torch.set_num_threads(before)
 
 
-@pytest.fixture(params=["compiled", "fastbp", "torch"])
+@pytest.fixture(params=["fastbp", "gathered", "torch"])
 def gemms(request, monkeypatch, torch_threads):
-    """Which path runs the module's passes: fastbp's compiled whole passes (the default for the small test layers),
-    fastbp's layer kernels one by one from Python (the path of parameters that are not one flat buffer, forced
-    here), or torch.mm on torch's threads for the GEMMs (forced for every GEMM: TORCH_GEMM_MIN 0, torch on 2
-    threads); checks afterwards that every pass of the test (forward, BP4, BP2 and dX) took that path."""
-    calls = _count_gemms(monkeypatch)
+    """Which path runs the module's passes: fastbp's BLAS on the parameters' own flat buffer, fastbp's BLAS on
+    parameters gathered by the forward pass (the path of parameters that are not one flat buffer, forced here), or
+    the BLAS that torch links, on torch's threads (torch on 2 threads); the calibration is made to choose the GEMM of
+    the path. Checks afterwards that every pass of the test took that path."""
+    if request.param == "torch" and not fbt._torch_gemm():
+        pytest.skip("this torch build exports no Fortran GEMM")
+    calls = _count_passes(monkeypatch)
+    monkeypatch.setattr(fbt._Engine, "calibrate", lambda *args: request.param == "torch")
     if request.param == "torch":
-        monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 0)
-        monkeypatch.setattr(fbt._Engine, "calibrate", lambda *args: True)
         torch.set_num_threads(2)
-    elif request.param == "fastbp":
+    elif request.param == "gathered":
         use = fbt._Engine.use
 
         def not_flat(self, params):
@@ -116,8 +126,11 @@ def gemms(request, monkeypatch, torch_threads):
 
         monkeypatch.setattr(fbt._Engine, "use", not_flat)
     yield request.param
-    others = sum(count for path, count in calls.items() if path != request.param)
-    assert calls[request.param] > 0 and others == 0, calls
+    gemm = "torch" if request.param == "torch" else "fastbp"
+    where = "gathered" if request.param == "gathered" else "flat"
+    other = {"torch": "fastbp", "fastbp": "torch"}[gemm]
+    assert calls[gemm] > 0 and calls[other] == 0, calls
+    assert calls[where] > 0 and calls[{"flat": "gathered", "gathered": "flat"}[where]] == 0, calls
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
@@ -245,14 +258,8 @@ def test_input_shapes(shape, gemms):
 
 @pytest.mark.parametrize("frozen", [(), ("W0", "b0"), ("W1",)])
 @pytest.mark.parametrize("x_grad", [True, False])
-def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, frozen, x_grad):
-    """The production case of the torch path: some layers' GEMMs by torch.mm, others by fastbp's BLAS, in the same
-    forward and backward; with frozen parameters and an input with or without grad."""
-    calls = _count_gemms(monkeypatch)
-    # n * fan_in * fan_out for SIZES 6-9-7-5 and 11 rows: 594, 693, 385: only layer 1 (and BP2 into layer 0) by torch
-    monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 600)
-    monkeypatch.setattr(fbt._Engine, "calibrate", lambda *args: True)
-    torch.set_num_threads(2)
+def test_frozen_parameters_with_and_without_input_grad(frozen, x_grad, gemms):
+    """Any mix of frozen parameters, with an input with or without grad, on every path of the passes."""
     model = fbt.MLP(SIZES, activation="tanh", output="softmax", dtype=torch.float64, seed=5)
     seq = sequential(model, "tanh", "softmax")
     for name in frozen:
@@ -266,7 +273,6 @@ def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, fr
     assert rel_err(Y.detach(), Y_ref.detach()) < TORCH_RTOL["float64"]
     Y.backward(G)
     Y_ref.backward(G)
-    assert calls["torch"] > 0 and calls["fastbp"] > 0
     for l, (W, b, linear) in enumerate(zip(model.coefs, model.intercepts, linears(seq), strict=True)):
         for mine, theirs, transpose in ((W, linear.weight, True), (b, linear.bias, False)):
             if theirs.grad is None:
@@ -279,30 +285,32 @@ def test_torch_and_fastbp_gemms_mixed_in_one_pass(monkeypatch, torch_threads, fr
 
 
 @pytest.mark.parametrize("slower", ["torch", "fastbp"])
-def test_large_gemms_go_the_way_measured_faster(monkeypatch, torch_threads, slower):
-    """With torch on several threads, the large GEMMs go through torch.mm or fastbp's BLAS, whichever forward pass
-    was timed faster (here one of the two is slowed down), measured once per batch size (within a factor of 2)."""
-    monkeypatch.setattr(fbt, "TORCH_GEMM_MIN", 600)  # layer 1 of SIZES 6-9-7-5 with 11 rows (693 multiply-adds)
+def test_the_gemms_go_the_way_measured_faster(monkeypatch, torch_threads, slower):
+    """With torch on several threads, the GEMMs go to torch's BLAS or to fastbp's, whichever forward pass was timed
+    faster (here one of the two is slowed down), measured once per batch size (within a factor of 2)."""
+    if not fbt._torch_gemm():
+        pytest.skip("this torch build exports no Fortran GEMM")
     torch.set_num_threads(2)
+    torch_gemms = set(fbt._torch_gemm().values())
     run, calibrate = fbt._Engine._run, fbt._Engine.calibrate
-    calibrations, timed = [], []  # batch sizes calibrated; the layers via torch of each timed pass
+    calibrations, timed = [], []  # batch sizes calibrated; whether each timed pass went to torch's BLAS
 
-    def slowed(self, X, workspace, out, via_torch):
-        timed.append(via_torch)
-        if any(via_torch) == (slower == "torch"):
+    def slowed(self, network, X, workspace, out):
+        timed.append(network[4] in torch_gemms)
+        if timed[-1] == (slower == "torch"):
             time.sleep(0.01)
-        return run(self, X, workspace, out, via_torch)
+        return run(self, network, X, workspace, out)
 
-    def calibrating(self, X, workspace, out, big):
-        calibrations.append(X.shape[0])
+    def calibrating(self, *args):
+        calibrations.append(args[1].shape[0])
         monkeypatch.setattr(fbt._Engine, "_run", slowed)
         try:
-            return calibrate(self, X, workspace, out, big)
+            return calibrate(self, *args)
         finally:
             monkeypatch.setattr(fbt._Engine, "_run", run)
 
     monkeypatch.setattr(fbt._Engine, "calibrate", calibrating)
-    calls = _count_gemms(monkeypatch)
+    calls = _count_passes(monkeypatch)
     model = fbt.MLP(SIZES, activation="tanh", dtype=torch.float64, seed=5)
     seq = sequential(model, "tanh", "identity")
     X = batch(11, SIZES[0], torch.float64)
@@ -310,9 +318,9 @@ def test_large_gemms_go_the_way_measured_faster(monkeypatch, torch_threads, slow
     calls.update(dict.fromkeys(calls, 0))
     model(X).sum().backward()
     assert calibrations == [11]  # once
-    assert sorted(map(any, timed)) == [False] * fbt.CALIBRATION_ROUNDS + [True] * fbt.CALIBRATION_ROUNDS
-    assert (calls["torch"] > 0) == (slower == "fastbp")
-    assert (calls["compiled"] > 0) == (slower == "torch")
+    assert sorted(timed) == [False] * fbt._tuning.CALIBRATION_ROUNDS + [True] * fbt._tuning.CALIBRATION_ROUNDS
+    assert calls["torch" if slower == "fastbp" else "fastbp"] == 2  # the forward and the backward pass
+    assert calls[slower] == 0
     for _ in range(2):
         seq(X).sum().backward()
     assert_grads_match(model, seq, TORCH_RTOL["float64"])  # accumulated over two backward passes each
@@ -552,7 +560,10 @@ def test_blas_threads_limit_during_passes(monkeypatch, blas_threads, torch_threa
     finally:
         torch.set_num_threads(torch_before)
     assert after == before
-    assert len(seen) == 2  # the compiled forward and backward passes
+    # the compiled forward and backward passes, after the calibration's timed forward passes (with "auto" while
+    # torch uses several threads, when torch's library has a GEMM to compare)
+    calibrated = blas_threads == "auto" and torch_threads > 1 and bool(fbt._torch_gemm())
+    assert len(seen) == 2 + 2 * fbt._tuning.CALIBRATION_ROUNDS * calibrated
     assert all((1 in counts) == limited for counts in seen)  # fastbp's (SciPy's) BLAS on one thread, or untouched
 
 

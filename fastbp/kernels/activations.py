@@ -1,7 +1,7 @@
 """Activation functions and their derivatives, by integer code.
 
 Every derivative is written in terms of the activation OUTPUT ``A = f(Z)``, so the pre-activation ``Z`` never
-has to be stored (DESIGN.md): sigmoid' = A (1 - A), tanh' = 1 - A^2, relu' = [A > 0], leaky_relu' = 1 or slope,
+has to be stored (docs/design.md): sigmoid' = A (1 - A), tanh' = 1 - A^2, relu' = [A > 0], leaky_relu' = 1 or slope,
 identity' = 1. Softmax is only an output activation; its Jacobian is not elementwise and is handled in
 :mod:`fastbp.kernels.loss`.
 

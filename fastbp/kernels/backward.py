@@ -1,13 +1,21 @@
-"""Backward pass of one dense layer: BP2 (hidden delta), BP3 (bias gradient) and BP4 (weight gradient).
+"""The backward pass: BP2 (hidden delta), BP3 (bias gradient) and BP4 (weight gradient), over the layout table.
 
 BP2 is a GEMM ``delta @ W.T`` into the previous layer's delta buffer, then ONE pass that multiplies by f'(A_prev)
 (from the activation output, so Z is not needed) and accumulates that layer's bias gradient (BP3).
 BP4 is a GEMM ``A_prev.T @ delta`` whose beta lets gradients of several micro-batches accumulate.
+
+:func:`_backward` is the one loop over the layers that every gradient goes through: the trainer's steps,
+``MLP.value_and_grad`` and the PyTorch bridge differ only in how the output layer's delta (BP1) is made.
 """
+
+import numpy as np
 
 from .._config import kernel, leaf
 from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
+from .forward import _layer_input
 from .gemm import _gemm
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _layer_view, _rows_view
+from .loss import _l2_penalty
 
 
 @leaf
@@ -22,9 +30,15 @@ def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db):
                 db_prev[j] += d
 
 
-@leaf
-def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate):
-    """delta_prev *= f'(A_prev); db_prev (+)= column sums (see :func:`_activation_derivative`), inlined."""
+@kernel
+def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate):
+    """The epilogue of BP2 and BP3: ``delta_prev *= f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``, in one pass.
+
+    NumPy: ``delta_prev *= fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0) + delta_prev.sum(0)``.
+    delta_prev: (n, m), holding ``delta @ W.T`` on entry (or an upstream gradient), output; A_prev: (n, m),
+    activation output with code ``code`` (elementwise, not softmax); db_prev: (m,), output when ``with_db``.
+    Thread-safe for distinct outputs.
+    """
     if with_db and not accumulate:
         db_prev[:] = 0.0
     # Branch once; each call inlines a loop specialised to a constant activation code.
@@ -41,36 +55,106 @@ def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate)
 
 
 @kernel
-def _hidden_delta(delta, W, A_prev, code, delta_prev, db_prev, with_db, accumulate):
+def _hidden_delta(gemm, delta, W, A_prev, code, delta_prev, db_prev, with_db, accumulate):
     """BP2 and BP3 for the layer below: ``delta_prev = (delta @ W.T) * f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``.
 
     NumPy: ``delta_prev[...] = (delta @ W.T) * fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0)
-    + delta_prev.sum(0)``. delta: (n, fan_out); W: (fan_in, fan_out); A_prev: (n, fan_in), activation output
-    of the layer below, with code ``code``; delta_prev: (n, fan_in), output; db_prev: (fan_in,), output when
-    ``with_db``. Thread-safe for distinct outputs.
+    + delta_prev.sum(0)``. gemm: GEMM address; delta: (n, fan_out); W: (fan_in, fan_out); A_prev: (n, fan_in),
+    activation output of the layer below, with code ``code``; delta_prev: (n, fan_in), output; db_prev:
+    (fan_in,), output when ``with_db``. Thread-safe for distinct outputs.
     """
-    _gemm(0, 1, 1.0, delta, W, 0.0, delta_prev)
-    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate)
+    _gemm(gemm, 0, 1, 1.0, delta, W, 0.0, delta_prev)
+    _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate)
 
 
 @kernel
-def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate):
-    """The epilogue of BP2 and BP3 alone, for a ``delta @ W.T`` computed elsewhere (the torch bridge's GEMMs run on
-    torch's threads): ``delta_prev *= f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``, in one pass.
-
-    NumPy: ``delta_prev *= fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0) + delta_prev.sum(0)``.
-    delta_prev: (n, fan_in), holding ``delta @ W.T`` on entry, output; A_prev: (n, fan_in), activation output of
-    the layer below, with code ``code``; db_prev: (fan_in,), output when ``with_db``. Thread-safe for distinct
-    outputs.
-    """
-    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate)
-
-
-@kernel
-def _weight_grad(A_prev, delta, beta, dW):
+def _weight_grad(gemm, A_prev, delta, beta, dW):
     """BP4 over the batch: ``dW = A_prev.T @ delta + beta * dW`` (beta 1 accumulates, 0 overwrites).
 
-    NumPy: ``dW[...] = A_prev.T @ delta + beta * dW``. A_prev: (n, fan_in); delta: (n, fan_out), already carrying
-    the 1/n of the batch mean; dW: (fan_in, fan_out), output. Thread-safe for distinct dW.
+    NumPy: ``dW[...] = A_prev.T @ delta + beta * dW``. gemm: GEMM address; A_prev: (n, fan_in); delta: (n,
+    fan_out), already carrying the 1/n of the batch mean; dW: (fan_in, fan_out), output. Thread-safe for distinct
+    dW.
     """
-    _gemm(1, 0, 1.0, A_prev, delta, beta, dW)
+    _gemm(gemm, 1, 0, 1.0, A_prev, delta, beta, dW)
+
+
+@leaf
+def _wants(needs, layout, k):
+    """Whether gradient k is wanted (int64 0/1): k = 0 is dX, 1 + 2 l is dW[l], 2 + 2 l is db[l]. From ``needs``
+    (2 L + 1,) int64 when it is given; from the layout's trainable flags when it is empty (W and b of the trainable
+    layers, not X)."""
+    if needs.shape[0] > 0:
+        return needs[k]
+    if k == 0:
+        return np.int64(0)
+    return layout[(k - 1) // 2, TRAINABLE]
+
+
+@kernel
+def _backward(gemm, params, grads, layout, needs, X, acts, cur, other, l2, accumulate, dX):
+    """The backward pass from the output layer's delta: per layer from the top, the L2 term and BP4
+    ``dW[l] = A[l-1].T @ delta[l] (+ l2 W[l])``, then BP2 and BP3 ``delta[l-1] = (delta[l] @ W[l].T) * f'(A[l-1])``,
+    ``db[l-1] = sum_i delta[l-1]``, down to the lowest layer whose gradient is wanted; then ``dX = delta[0] @ W[0].T``
+    when wanted.
+
+    NumPy: ``for l from L-1 down: dW[l] = A[l-1].T @ delta + l2 * W[l]; delta = (delta @ W[l].T) * fprime(A[l-1]);
+    db[l-1] = delta.sum(0)``; ``dX = delta @ W[0].T`` (reference.value_and_grad is the oracle).
+
+    gemm: GEMM address. params, grads: (n_params,); grads is the output, laid out like params, each wanted gradient
+    written (added to when ``accumulate``), the others zeroed (unchanged when accumulating). layout: (L, 6) int64.
+    needs: (2 L + 1,) int64 flags, dX, dW0, db0, dW1, ... (see :func:`_wants`), or (0,) for the trainable layers.
+    X: (n, n_in); acts: the hidden activations of the forward pass of X (workspace). cur: 1-D buffer holding the
+    output layer's delta (n, n_out) on entry, with its bias gradient (BP3) already in grads; other: 1-D buffer of
+    at least n * max(fan_in); both overwritten (the ping-pong pair). l2: float, coefficient of the L2 term (0: none).
+    accumulate: int 0/1. dX: (n, n_in), output when wanted. Returns the sum of squared weights of every layer
+    (float64) when l2 > 0, else 0. Not thread-safe for a shared workspace or grads.
+    """
+    n = X.shape[0]
+    L = layout.shape[0]
+    lowest = L
+    for l in range(L - 1, -1, -1):
+        if _wants(needs, layout, 1 + 2 * l) or _wants(needs, layout, 2 + 2 * l):
+            lowest = l
+    if _wants(needs, layout, 0):
+        lowest = 0
+    if not accumulate:  # gradients that are not wanted are zero
+        for l in range(L):
+            dW, db = _layer_view(grads, layout, l)
+            if not _wants(needs, layout, 1 + 2 * l):
+                dW[:] = 0.0
+            if not _wants(needs, layout, 2 + 2 * l):
+                db[:] = 0.0
+
+    squares = 0.0
+    for l in range(L - 1, -1, -1):
+        W, _ = _layer_view(params, layout, l)
+        dW, _ = _layer_view(grads, layout, l)
+        want_dW = _wants(needs, layout, 1 + 2 * l)
+        if l2 > 0.0:
+            squares += _l2_penalty(W, dW, l2, want_dW != 0, accumulate)
+        if l < lowest:
+            continue
+        A_prev = _layer_input(layout, l, X, acts)
+        delta = _rows_view(cur, n, layout[l, FAN_OUT])
+        if want_dW:
+            # After the L2 term dW already holds its part of the gradient: accumulate onto it.
+            _weight_grad(gemm, A_prev, delta, 1.0 if (accumulate or l2 > 0.0) else 0.0, dW)
+        if l > lowest:
+            delta_prev = _rows_view(other, n, layout[l, FAN_IN])
+            _, db_prev = _layer_view(grads, layout, l - 1)
+            _hidden_delta(
+                gemm,
+                delta,
+                W,
+                A_prev,
+                layout[l - 1, ACTIVATION],
+                delta_prev,
+                db_prev,
+                _wants(needs, layout, 2 * l),
+                accumulate,
+            )
+            cur, other = other, cur
+    if _wants(needs, layout, 0):
+        W, _ = _layer_view(params, layout, 0)
+        _gemm(gemm, 0, 1, 1.0, _rows_view(cur, n, layout[0, FAN_OUT]), W, 0.0, dX)
+    return squares

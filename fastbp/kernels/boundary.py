@@ -46,9 +46,10 @@ def _array2d(address, rows, cols, marker):
 
 @leaf
 def _network_arrays(network, marker):
-    """(params (n_params,), layout (n_layers, 6) int64) from (p_params, n_params, p_layout, n_layers)."""
-    p_params, n_params, p_layout, n_layers = network
-    return _array1d(p_params, n_params, marker), _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0))
+    """(params (n_params,), layout (n_layers, 6) int64, gemm) from (p_params, n_params, p_layout, n_layers, gemm):
+    gemm is the address of the GEMM the passes call (kernels/gemm.py)."""
+    p_params, n_params, p_layout, n_layers, gemm = network
+    return _array1d(p_params, n_params, marker), _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)), gemm
 
 
 @leaf

@@ -1,20 +1,19 @@
 """Whole passes for the PyTorch bridge (:mod:`fastbp.torch`): the forward pass into an output tensor, and the
 backward pass from the upstream gradient that torch's loss gives, each ONE call from Python.
 
-Calling the layer kernels one by one from Python costs about 3 us per call in Numba's dispatcher (typing each array
-argument), more than the kernels themselves take at shape S; these entries take buffer addresses (boundary.py) and
-loop over the layout table like the trainer's drivers, so one specialization per dtype serves every network.
+They run the same passes as the trainer (forward.py, backward.py); only BP1 differs: the output layer's delta comes
+from torch's upstream gradient instead of a loss fused with the output epilogue. Buffers are given by address
+(boundary.py), so one specialization per dtype serves every network.
 """
 
 import numpy as np
 
 from .._config import kernel, leaf
 from .activations import IDENTITY, SOFTMAX
-from .backward import _activation_derivative, _hidden_delta, _weight_grad
+from .backward import _activation_derivative, _backward
 from .boundary import _array1d, _array2d, _network_arrays, _workspace_arrays
-from .drivers import _forward_into
-from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, _activation_view, _copy, _layer_view, _rows_view
+from .forward import _forward_into
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, _copy, _layer_view, _rows_view
 
 
 @leaf
@@ -33,14 +32,14 @@ def _softmax_vjp(G, A, delta):
 @kernel
 def _bridge_forward_entry(marker, network, p_X, n, workspace, p_out):
     """``out = network(X)``, hidden activations into the workspace (NumPy: ``out[...] = reference.predict(net,
-    X)``). network: (p_params, n_params, p_layout, n_layers); X: (n, n_in) at p_X; workspace: as in boundary.py
-    (acts of at least n * sum(fan_out of the hidden layers) elements); out: (n, n_out) at p_out, output. marker: a
-    scalar of the network's dtype. Not thread-safe for a shared workspace."""
-    params, layout = _network_arrays(network, marker)
+    X)``). network: as in boundary.py; X: (n, n_in) at p_X; workspace: as in boundary.py (acts of at least
+    n * sum(fan_out of the hidden layers) elements); out: (n, n_out) at p_out, output. marker: a scalar of the
+    network's dtype. Not thread-safe for a shared workspace."""
+    params, layout, gemm = _network_arrays(network, marker)
     acts, _, _ = _workspace_arrays(workspace, marker)
     X = _array2d(p_X, n, layout[0, FAN_IN], marker)
     out = _array2d(p_out, n, layout[layout.shape[0] - 1, FAN_OUT], marker)
-    _forward_into(params, layout, X, acts, out)
+    _forward_into(gemm, params, layout, X, acts, out)
 
 
 @kernel
@@ -48,30 +47,27 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     """Gradients from the upstream gradient ``G = dLoss/dY`` of the forward pass that left its hidden activations
     in the workspace.
 
-    BP1 with the given upstream gradient, ``delta[L] = G * f'(A[L])`` (softmax: its Jacobian times G), then from
-    the top: BP4 ``dW[l] = A[l-1].T @ delta[l]``, BP3 ``db[l] = sum_i delta[l]``, BP2 ``delta[l-1] = (delta[l] @
-    W[l].T) * f'(A[l-1])``, down to the lowest layer that needs a gradient; ``dX = delta[0] @ W[0].T``.
+    BP1 with the given upstream gradient, ``delta[L] = G * f'(A[L])`` (softmax: its Jacobian times G), with the
+    output layer's BP3, then the backward pass (backward.py) down to the lowest layer that needs a gradient, and
+    ``dX = delta[0] @ W[0].T``.
 
-    needs: (2 L + 1,) int64 at p_needs, whether dX, dW0, db0, dW1, db1, ... are wanted; only those are written.
-    G, out: (n, n_out) at p_G, p_out (out: the network output, read for a non-identity output activation only);
-    X: (n, n_in) at p_X; grads: (n_params,) at p_grads, laid out like params, output; dX: (n, n_in) at p_dX,
+    NumPy: ``delta = G * fprime(out); for l from L-1 down: dW[l] = A[l-1].T @ delta; db[l] = delta.sum(0);
+    delta = (delta @ W[l].T) * fprime(A[l-1])``; ``dX = delta @ W[0].T``.
+
+    needs: (2 L + 1,) int64 at p_needs, whether dX, dW0, db0, dW1, db1, ... are wanted; the others are zeroed in
+    grads. G, out: (n, n_out) at p_G, p_out (out: the network output, read for a non-identity output activation
+    only); X: (n, n_in) at p_X; grads: (n_params,) at p_grads, laid out like params, output; dX: (n, n_in) at p_dX,
     output (used only when wanted). workspace: acts as the forward pass left them; delta buffers of at least
     n * max(fan_out) elements each. The 1/n of a mean loss is already in G. Not thread-safe for a shared
     workspace.
     """
-    params, layout = _network_arrays(network, marker)
+    params, layout, gemm = _network_arrays(network, marker)
     L = layout.shape[0]
     needs = _array1d(p_needs, 2 * L + 1, np.int64(0))
     n_in = layout[0, FAN_IN]
     n_out = layout[L - 1, FAN_OUT]
     acts, cur, other = _workspace_arrays(workspace, marker)
     grads = _array1d(p_grads, params.shape[0], marker)
-    lowest = L
-    for l in range(L - 1, -1, -1):
-        if needs[0] or needs[1 + 2 * l] or needs[2 + 2 * l]:
-            lowest = l
-    if lowest == L:
-        return
     G = _array2d(p_G, n, n_out, marker)
     X = _array2d(p_X, n, n_in, marker)
     out = _array2d(p_out, n, n_out, marker)
@@ -86,20 +82,7 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     else:
         for i in range(n):
             _copy(G[i], delta[i])
-    _activation_derivative(delta, out, code, db, needs[2 * L], 0)
-
-    for l in range(L - 1, lowest - 1, -1):
-        W, _ = _layer_view(params, layout, l)
-        A_prev = X if l == 0 else _activation_view(acts, layout, l - 1, n)
-        delta = _rows_view(cur, n, layout[l, FAN_OUT])
-        if needs[1 + 2 * l]:
-            dW, _ = _layer_view(grads, layout, l)
-            _weight_grad(A_prev, delta, 0.0, dW)
-        if l > lowest:
-            delta_prev = _rows_view(other, n, layout[l, FAN_IN])
-            _, db_prev = _layer_view(grads, layout, l - 1)
-            _hidden_delta(delta, W, A_prev, layout[l - 1, ACTIVATION], delta_prev, db_prev, needs[2 * l], 0)
-            cur, other = other, cur
-    if needs[0]:
-        W, _ = _layer_view(params, layout, 0)
-        _gemm(0, 1, 1.0, _rows_view(cur, n, layout[0, FAN_OUT]), W, 0.0, _array2d(p_dX, n, n_in, marker))
+    _activation_derivative(delta, out, code, db, needs[2 * L], np.int64(0))
+    _backward(
+        gemm, params, grads, layout, needs, X, acts, cur, other, 0.0, np.int64(0), _array2d(p_dX, n, n_in, marker)
+    )

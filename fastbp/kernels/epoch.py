@@ -1,30 +1,26 @@
 """The training loop in compiled code: a whole epoch per call, and evaluation of a data set.
 
-Each step gathers its mini-batch (rows ``perm[start:stop]``) into the workspace, computes loss and gradient,
-checks both are finite, clips by the global norm, and applies the optimizer. Python is called once per epoch.
+Each step gathers its mini-batch (rows ``perm[start:stop]``) into the workspace, computes loss and gradient
+(drivers.py), and takes one optimizer step with its checks (step.py). Python is called once per epoch.
 
 Divergence: the parameters are updated "ping-pong" between ``params`` and ``spare`` (the update reads one and
 writes the other, so it costs no extra memory traffic), which keeps the parameters of the previous step at hand.
-When a loss is not finite, or larger than ``max_loss`` (a loss many orders of magnitude above its initial value
-is divergence too, even when log-sum-exp keeps it finite), the parameters it was computed from are dropped and
-the previous ones are restored; when a gradient is not finite, no update is made. Either way ``params`` ends with the
-parameters of the last step whose loss was finite. After a normal return ``params`` holds the current parameters
-and ``spare`` the previous step's (after a divergence, ``spare`` holds no useful values).
+When a loss diverges (step.py), the parameters it was computed from are dropped and the previous ones are restored;
+when a gradient is not finite, no update is made. Either way ``params`` ends with the parameters of the last step
+whose loss was finite. After a normal return ``params`` holds the current parameters and ``spare`` the previous
+step's (after a divergence, ``spare`` holds no useful values).
 """
-
-import math
 
 import numpy as np
 
-from .._config import finite, kernel, leaf
+from .._config import kernel, leaf
 from .activations import SOFTMAX
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
-from .drivers import _forward_to_logits, _value_and_grad
+from .drivers import _value_and_grad
+from .forward import _forward_to_logits
 from .layout import ACTIVATION, FAN_OUT, _copy, _rows_view
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
-from .optimizers import _grad_norms, _learning_rate, _update
-
-OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
+from .step import NONFINITE_GRADIENT, OK, _step
 
 
 @leaf
@@ -85,6 +81,7 @@ def _swap(a, b):
 
 @leaf
 def _train_epoch(
+    gemm,
     params,
     spare,
     grads,
@@ -117,19 +114,19 @@ def _train_epoch(
 ):
     """One epoch of mini-batch training; returns ``(status, summed loss, steps done)``.
 
-    NumPy: ``for each batch idx of perm: loss, g = value_and_grad(X[idx], Y[idx]); check finite;
-    g *= min(1, clip_norm / ||g||); params = update(params, g)``. The summed loss is sum of batch loss x batch
-    size over the steps done (divide by their samples for the mean). status: OK, NONFINITE_LOSS or
-    NONFINITE_GRADIENT (training stopped there; see the module docstring for which parameters are kept).
+    NumPy: ``for each batch idx of perm: loss, g = value_and_grad(X[idx], Y[idx]); params = step(params, g)``.
+    The summed loss is sum of batch loss x batch size over the steps done (divide by their samples for the mean).
+    status: a status of step.py, OK or why training stopped there (see the module docstring for which parameters
+    are kept).
 
-    params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n, n_in); Y: (n, n_out)
-    or (0, n_out) with labels (n,) int64; sw: (n,) sample weights or (0,) (each batch's loss is then the weighted
-    mean); perm: (k,) int64 row indices, the epoch's order (a permutation of the rows, or any subset);
-    batch_size: int >= 1;
-    l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see :mod:`.optimizers`); clip_norm: float,
-    0 for none; t0: steps done before this epoch; state: (rows, n_params), in place; acts, delta_a, delta_b:
-    workspace for batch_size rows; Xb, Yb, lb, swb: batch buffers; sq_norms: (L,) float64, output, summed squared
-    per-layer gradient norms of the steps; max_loss: float, a larger batch loss counts as divergence.
+    gemm: GEMM address. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n,
+    n_in); Y: (n, n_out) or (0, n_out) with labels (n,) int64; sw: (n,) sample weights or (0,) (each batch's loss is
+    then the weighted mean); perm: (k,) int64 row indices, the epoch's order (a permutation of the rows, or any
+    subset); batch_size: int >= 1; l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see
+    :mod:`.optimizers`); clip_norm: float, 0 for none; t0: steps done before this epoch; state: (rows, n_params), in
+    place; acts, delta_a, delta_b: workspace for batch_size rows; Xb, Yb, lb, swb: batch buffers; sq_norms: (L,)
+    float64, output, summed squared per-layer gradient norms of the steps; max_loss: float, a larger batch loss
+    counts as divergence.
     Not thread-safe.
     """
     n = perm.shape[0]
@@ -143,27 +140,29 @@ def _train_epoch(
         Xv, Yv, lv, swv = _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb)
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
         loss = _value_and_grad(
-            cur, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), acts, delta_a, delta_b
+            gemm, cur, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), acts, delta_a, delta_b
         )
-        if not finite(loss) or loss > max_loss:
-            status = NONFINITE_LOSS if not finite(loss) else LOSS_TOO_LARGE
-            # cur gave a diverged loss: fall back to the previous step's parameters (in nxt)
-            cur, nxt = nxt, cur
-            cur_is_params = not cur_is_params
-            break
-        t = t0 + steps
-        lr_t = _learning_rate(schedule_code, lr, schedule, t)
-        if clip_norm > 0.0:  # the norm is needed before the update
-            sq = _grad_norms(layout, grads, sq_norms)
-            norm = math.sqrt(sq)
-            clip = clip_norm / norm if norm > clip_norm else 1.0
-            if finite(sq):
-                _update(kind, hyper, lr_t, t + 1, clip, layout, cur, grads, state, nxt, sq_norms, np.int64(0))
-        else:  # the norm is summed in the update's own pass over the gradient
-            sq = _update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, sq_norms, np.int64(1))
-        if not finite(sq):
-            status = NONFINITE_GRADIENT
-            _copy(cur, nxt)  # drop the update: the previous parameters stay the fallback
+        status = _step(
+            loss,
+            max_loss,
+            kind,
+            hyper,
+            schedule_code,
+            schedule,
+            lr,
+            clip_norm,
+            t0 + steps,
+            layout,
+            cur,
+            grads,
+            state,
+            nxt,
+            sq_norms,
+        )
+        if status != OK:
+            if status != NONFINITE_GRADIENT:  # cur gave a diverged loss: back to the previous step's parameters
+                cur, nxt = nxt, cur
+                cur_is_params = not cur_is_params
             break
         cur, nxt = nxt, cur
         cur_is_params = not cur_is_params
@@ -175,7 +174,7 @@ def _train_epoch(
 
 
 @leaf
-def _evaluate(params, layout, loss_code, X, Y, labels, sw, acts, delta):
+def _evaluate(gemm, params, layout, loss_code, X, Y, labels, sw, acts, delta):
     """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks; both
     weighted by the sample weights sw (n,) when given (sw (0,): unit weights).
 
@@ -200,7 +199,7 @@ def _evaluate(params, layout, loss_code, X, Y, labels, sw, acts, delta):
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         m = stop - start
-        P, b = _forward_to_logits(params, layout, X[start:stop], acts)
+        P, b = _forward_to_logits(gemm, params, layout, X[start:stop], acts)
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
         swv = sw[start:stop] if sw.shape[0] > 0 else sw
@@ -260,11 +259,12 @@ def _train_epoch_entry(
     max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, layout = _network_arrays(network, marker)
+    params, layout, gemm = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
     acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
     n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
     return _train_epoch(
+        gemm,
         params,
         _array1d(p_spare, n_params, marker),
         _array1d(p_grads, n_params, marker),
@@ -300,7 +300,7 @@ def _train_epoch_entry(
 @kernel
 def _evaluate_entry(marker, network, loss_code, batch, workspace):
     """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, layout = _network_arrays(network, marker)
+    params, layout, gemm = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
     acts, delta_a, _ = _workspace_arrays(workspace, marker)
-    return _evaluate(params, layout, loss_code, X, Y, labels, sw, acts, delta_a)
+    return _evaluate(gemm, params, layout, loss_code, X, Y, labels, sw, acts, delta_a)

@@ -1,13 +1,13 @@
-"""Direct binding of SciPy's BLAS ``sgemm``/``dgemm`` for compiled code.
+"""Direct calls of a BLAS GEMM from compiled code: SciPy's ``sgemm``/``dgemm`` by default.
 
-Numba's ``np.dot(a, b, out)`` cannot accumulate (beta is fixed at 0) and copies non-contiguous operands. Here
-the Fortran GEMM that ``scipy.linalg.cython_blas`` exports is called straight from nopython code, with transpose
-flags, alpha and beta, and no allocation.
+Numba's ``np.dot(a, b, out)`` cannot accumulate (beta is fixed at 0) and copies non-contiguous operands. Here a
+Fortran GEMM is called straight from nopython code, with transpose flags, alpha and beta, and no allocation.
 
-How the binding survives ``cache=True``: the function's address is registered with LLVM's symbol table under a
-fixed name (``fastbp_sgemm`` / ``fastbp_dgemm``) when this module is imported, and the compiled code calls the
-function *by name*. Cached machine code therefore holds no address of this process; the name is resolved again
-when the cache is loaded in a new process (a plain ctypes function pointer would bake the address in).
+Which GEMM: the compiled passes take the function's ADDRESS as a run-time integer (``gemm``), and call through it.
+Cached machine code therefore holds no address of the process that compiled it (a constant function pointer would
+be baked into the on-disk cache and point at nothing in the next process), and one compiled specialization serves
+every GEMM with the Fortran interface of the dtype: SciPy's OpenBLAS (:data:`BLAS_GEMM`, the default) or, in the
+PyTorch bridge, the MKL that PyTorch links (it runs on torch's own thread pool).
 
 Row-major trick: BLAS is column-major, and a C-ordered ``(m, n)`` array is the column-major ``(n, m)`` array of
 its transpose. So ``C = op(A) @ op(B)`` in row-major is computed as the column-major ``C.T = op(B).T @ op(A).T``,
@@ -16,7 +16,7 @@ that is, BLAS is called with the operands swapped and no data is copied.
 
 import ctypes
 
-import llvmlite.binding as llvm
+import numpy as np
 import scipy.linalg.cython_blas as _cython_blas
 from llvmlite import ir
 from numba import types
@@ -37,27 +37,36 @@ def _capsule_address(capsule):
     return get_pointer(capsule, get_name(capsule))
 
 
-_SYMBOLS = {types.float32: "fastbp_sgemm", types.float64: "fastbp_dgemm"}
-for _name in ("sgemm", "dgemm"):
-    llvm.add_symbol("fastbp_" + _name, _capsule_address(_cython_blas.__pyx_capi__[_name]))
+#: dtype -> address of SciPy's Fortran GEMM of that dtype (32-bit integers), the GEMM of every compiled pass.
+BLAS_GEMM = {
+    np.dtype(np.float32): _capsule_address(_cython_blas.__pyx_capi__["sgemm"]),
+    np.dtype(np.float64): _capsule_address(_cython_blas.__pyx_capi__["dgemm"]),
+}
 
 
 @intrinsic
-def _xgemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
-    """Column-major Fortran GEMM ``c = alpha * op(a) @ op(b) + beta * c`` on the data of arrays a, b, c.
+def _xgemm(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Column-major Fortran GEMM ``c = alpha * op(a) @ op(b) + beta * c`` on the data of arrays a, b, c, by the
+    function at address ``fn`` (an integer: a ``?gemm`` of the arrays' dtype with the Fortran interface).
 
     trans_a, trans_b: nonzero integer means transpose. m, n, k, lda, ldb, ldc: integers (BLAS 32-bit int).
-    alpha, beta: any real scalar, cast to the arrays' dtype. a, b, c: arrays of one float dtype (float32 calls
-    sgemm, float64 dgemm); only their data pointers are used. All scalar arguments are passed by reference, as
-    Fortran expects, through stack slots allocated once in the caller's entry block.
+    alpha, beta: any real scalar, cast to the arrays' dtype. a, b, c: arrays of one float dtype; only their data
+    pointers are used. All scalar arguments are passed by reference, as Fortran expects, through stack slots
+    allocated once in the caller's entry block.
     """
-    if not (isinstance(c, types.Array) and c.dtype in _SYMBOLS and a.dtype == c.dtype and b.dtype == c.dtype):
+    if not (
+        isinstance(fn, types.Integer)
+        and isinstance(c, types.Array)
+        and c.dtype in (types.float32, types.float64)
+        and a.dtype == c.dtype
+        and b.dtype == c.dtype
+    ):
         return None
     dtype = c.dtype
-    sig = types.void(trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+    sig = types.void(fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
 
     def codegen(context, builder, signature, args):
-        ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        fn_, ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
         argtys = signature.args
         i8, i32 = ir.IntType(8), ir.IntType(32)
         real = context.get_value_type(dtype)
@@ -85,22 +94,22 @@ def _xgemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
             ir.VoidType(),
             [p_i8, p_i8, p_i32, p_i32, p_i32, p_real, p_real, p_i32, p_real, p_i32, p_real, p_real, p_i32],
         )
-        fn = cgutils.get_or_insert_function(builder.module, fnty, _SYMBOLS[dtype])
+        target = builder.inttoptr(fn_, fnty.as_pointer())
         builder.call(
-            fn,
+            target,
             [
                 flag(ta),
                 flag(tb),
                 integer(m_),
                 integer(n_),
                 integer(k_),
-                scalar(alpha_, argtys[5]),
-                data(a_, argtys[6]),
+                scalar(alpha_, argtys[6]),
+                data(a_, argtys[7]),
                 integer(lda_),
-                data(b_, argtys[8]),
+                data(b_, argtys[9]),
                 integer(ldb_),
-                scalar(beta_, argtys[10]),
-                data(c_, argtys[11]),
+                scalar(beta_, argtys[11]),
+                data(c_, argtys[12]),
                 integer(ldc_),
             ],
         )
@@ -110,14 +119,15 @@ def _xgemm(typingctx, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c,
 
 
 @leaf
-def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
-    """Row-major ``C = alpha * op(A) @ op(B) + beta * C`` by one BLAS call, in place.
+def _gemm(gemm, trans_a, trans_b, alpha, A, B, beta, C):
+    """Row-major ``C = alpha * op(A) @ op(B) + beta * C`` by one call of the GEMM at address ``gemm``, in place.
 
     NumPy: ``C[...] = alpha * (A.T if trans_a else A) @ (B.T if trans_b else B) + beta * C``.
 
-    A, B, C: 2-D C-contiguous arrays of one dtype (float32 or float64); C is (m, n) and the output.
-    trans_a, trans_b: int, 0 or 1. alpha, beta: float. With beta == 0, C's previous content is ignored (BLAS
-    does not read it, so NaN in C does not propagate). Thread-safe for distinct C; BLAS may use several threads.
+    gemm: int, address of a Fortran ``?gemm`` of the arrays' dtype (e.g. ``BLAS_GEMM[dtype]``). A, B, C: 2-D
+    C-contiguous arrays of one dtype (float32 or float64); C is (m, n) and the output. trans_a, trans_b: int, 0 or
+    1. alpha, beta: float. With beta == 0, C's previous content is ignored (BLAS does not read it, so NaN in C does
+    not propagate). Thread-safe for distinct C; BLAS may use several threads.
     """
     m, n = C.shape
     k = A.shape[0] if trans_a else A.shape[1]
@@ -129,4 +139,4 @@ def _gemm(trans_a, trans_b, alpha, A, B, beta, C):
             for j in range(n):
                 C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
         return
-    _xgemm(trans_b, trans_a, n, m, k, alpha, B, B.shape[1], A, A.shape[1], beta, C, n)
+    _xgemm(gemm, trans_b, trans_a, n, m, k, alpha, B, B.shape[1], A, A.shape[1], beta, C, n)
