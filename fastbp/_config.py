@@ -6,7 +6,7 @@ the checks that detect a diverging loss.
 
 ``error_model="numpy"``: a float division by zero gives inf/NaN (IEEE) instead of raising. Besides being the
 semantics we want (NaN detection), Python's model adds a zero check to every division, which keeps loops with a
-division from vectorising (measured: Adam's update on 10k float32 parameters 18.7 us -> 1.8 us).
+division from vectorising (Adam's update ran 10x slower).
 """
 
 import hashlib

@@ -79,7 +79,7 @@ def _numpy_dtype(dtype):
 # ---------------------------------------------------------------------------------------------------- BLAS threads
 # In a torch program torch's OpenMP pool owns the cores, and a second pool fights it: OpenBLAS's idle worker spins
 # after a threaded GEMM while a parallel torch op needs the core, and libgomp's spinning worker slows the next
-# threaded OpenBLAS GEMM (a training step of shape M took 21-26 ms instead of about 1.5 ms; docs/measurements.md).
+# threaded OpenBLAS GEMM (a training step of shape M took over 10x as long; docs/measurements.md).
 # So by default (``blas_threads="auto"``) the bridge runs fastbp's GEMMs on the calling thread only while torch uses
 # more than one thread, restoring the previous setting after each pass, or calls the GEMM of the BLAS that torch
 # links, which runs on torch's own pool; with ``torch.set_num_threads(1)`` the cores are free and fastbp's BLAS
@@ -399,8 +399,7 @@ class _DenseStack(torch.autograd.Function):
 
 
 # torch.autograd.Function.apply (Python) binds default arguments and checks for functorch transforms before calling
-# the C++ apply: 2 us per call (measured 5.7 against 3.7 us). The bridge supports no functorch transform, so it calls
-# the C++ apply directly.
+# the C++ apply: 2 us per call. The bridge supports no functorch transform, so it calls the C++ apply directly.
 _apply_dense_stack = super(torch.autograd.Function, _DenseStack).apply
 
 

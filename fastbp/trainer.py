@@ -202,12 +202,12 @@ class Trainer:
         return status, loss_sum, steps
 
     def _buffer_addresses(self, state):
-        """Addresses of the buffers the compiled loop writes: spare, grads, the optimizer state, the batch buffers and
-        the gradient norms. Taken again only when a buffer was replaced (an address costs 1.4 us, and a call of 16
-        steps of shape S about 170 us). The cache holds the buffers themselves, so no other object can take their
-        ids while they are cached: equal ids then mean the same buffers. (Ids, not the objects: a deep copy or a
-        pickle copies the cache with its old addresses, and an identity test against the copied buffers would
-        pass.)"""
+        """Addresses of the buffers the compiled loop writes: spare, grads, the optimizer state, the batch buffers
+        and the gradient norms. Taken again only when a buffer was replaced (each address costs a microsecond or so,
+        a noticeable part of a call at small shapes). The cache holds the buffers themselves, so no other object can
+        take their ids while they are cached: equal ids then mean the same buffers. (Ids, not the objects: a deep
+        copy or a pickle copies the cache with its old addresses, and an identity test against the copied buffers
+        would pass.)"""
         buffers = (self._spare, self._grads, state, self._Xb, self._Yb, self._lb, self._swb, self._sq_norms)
         ids = tuple(map(id, buffers))
         _, cached_ids, addresses = self._addresses

@@ -1,6 +1,6 @@
 """Arrays from raw addresses, for the entry points called from Python.
 
-Measured: Numba wraps every array ARGUMENT of a call from Python in a fresh runtime MemInfo (one NRT allocation
+Numba wraps every array ARGUMENT of a call from Python in a fresh runtime MemInfo (one NRT allocation
 per array, freed on return; ``NUMBA_NRT_STATS=1`` shows 9 for a ``_value_and_grad`` call). The entry points
 therefore take data addresses and sizes (plain integers, which cost no allocation) and rebuild the arrays inside
 compiled code with ``numba.carray``, which allocates nothing. The Python side guarantees that each address is

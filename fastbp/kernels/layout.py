@@ -33,8 +33,8 @@ def _pointer_at(typingctx, buf, offset):
 def _matrix_at(buf, offset, rows, cols):
     """The (rows, cols) C-ordered block of a C-contiguous buffer that starts at element ``offset`` (in C order), as a
     view that owns nothing (no reference count, like the arrays of boundary.py). Not ``buf[...].reshape(...)``:
-    Numba's reshape checks the size at run time and compiles the formatting of its error message, 4-5 s of a cold
-    compile of a training run (measured with numba.core.event), and calls a helper at every view."""
+    Numba's reshape checks the size at run time and compiles the formatting of its error message (seconds of a cold
+    compile of a training run), and calls a helper at every view."""
     return carray(_pointer_at(buf, offset), (rows, cols))
 
 
@@ -42,7 +42,7 @@ def _matrix_at(buf, offset, rows, cols):
 def _unowned(a):
     """A view of the C-contiguous array ``a`` (any dimension) that owns nothing. An array passed in from Python
     carries a reference count that every inlined helper taking it increments and decrements, with atomic
-    instructions (measured: more than half the time of the softmax kernel on 32 x 10); the training loop's arrays
+    instructions (more than half the time of a small softmax kernel); the training loop's arrays
     (boundary.py) have none, and benchmarks of single kernels use this to run them the same way."""
     return carray(_pointer_at(a, 0), a.shape)
 
@@ -76,6 +76,6 @@ def _rows_view(buf, n, width):
 @leaf
 def _copy(src, dst):
     """dst[:] = src for equal-length 1-D arrays, as a loop: an array assignment checks the shapes at run time and
-    compiles the formatting of its error message (2-4 s of a cold compile of a training run)."""
+    compiles the formatting of its error message (seconds of a cold compile of a training run)."""
     for i in range(dst.shape[0]):
         dst[i] = src[i]
