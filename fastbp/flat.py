@@ -21,6 +21,8 @@ class FlatObjective:
     sample_weight : array (n,), optional
         The data term becomes the weighted mean ``sum_i w_i loss_i / sum_i w_i``.
 
+    Notes
+    -----
     Calling it with ``theta`` (n_params,) returns ``(loss: float, grad: (n_params,) float64)``: the loss is the
     network's objective (mean loss + ``net.l2 / 2 * sum(W**2)``). The gradient is computed in the network's dtype
     (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.

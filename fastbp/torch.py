@@ -432,6 +432,8 @@ class MLP(torch.nn.Module):
         (``fastbp.set_num_threads``). An int: every GEMM on fastbp's BLAS with that many threads; None: every GEMM
         on fastbp's BLAS with its own setting.
 
+    Notes
+    -----
     Parameters of the module: ``W0, b0, W1, b1, ...``; ``W{l}`` is (fan_in, fan_out) (the transpose of torch
     ``Linear.weight``) and ``b{l}`` is (fan_out,), all views into :attr:`flat_params`.
 

@@ -1,5 +1,6 @@
-"""fastbp.graph: the notes' worked example, every operation against central differences, broadcasting, reuse of a
-value, and random MLPs written with graph operations against the fused kernels and the NumPy reference."""
+"""fastbp.graph: the worked example of docs/background.md, every operation against central differences,
+broadcasting, reuse of a value, and random MLPs written with graph operations against the fused kernels and the NumPy
+reference."""
 
 import gc
 import math

@@ -73,7 +73,7 @@ def test_two_layer_relu_network_by_hand(value_and_grad, dtype):
 
 @pytest.mark.parametrize("value_and_grad", [reference.value_and_grad, fastbp.MLP.value_and_grad])
 def test_lecture_example_sigmoid_unit_with_weight_decay(value_and_grad):
-    # The worked example of the notes: f(w, b) = 1/2 (sigma(w x + b) - y)^2 + 1/2 w^2, which is a 1-1 network
+    # The worked example of docs/background.md: f(w, b) = 1/2 (sigma(w x + b) - y)^2 + 1/2 w^2, which is a 1-1 network
     # with a sigmoid output, squared error and l2 = 1. With x = 1.5, y = 0.2, w = 0.8, b = -0.3:
     #   z = 0.8 * 1.5 - 0.3 = 0.9;  s = sigma(0.9) = 1 / (1 + e^-0.9)
     #   df/dw = x s (1 - s) (s - y) + w;   df/db = s (1 - s) (s - y)

@@ -7,7 +7,7 @@ other buffer of the ping-pong pair, see epoch.py) and the new state in place. Fr
 
 Updates (g = clip * grad, plus ``weight_decay * p`` on weights when the decay is coupled, as an L2 term):
 
-- SGD: ``p <- p - lr g`` (the notes' theta <- theta - eta grad).
+- SGD: ``p <- p - lr g`` (docs/background.md: theta <- theta - eta grad).
 - momentum: ``v <- mu v - lr g; p <- p + v``; Nesterov: ``v <- mu v - lr g; p <- p + mu v - lr g``.
 - Adam (Kingma & Ba, Algorithm 1): ``m <- b1 m + (1 - b1) g; v <- b2 v + (1 - b2) g^2;
   p <- p - lr (m / (1 - b1^t)) / (sqrt(v / (1 - b2^t)) + eps)``; AdamW adds the decoupled ``- lr wd p``. With
