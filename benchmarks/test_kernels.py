@@ -21,10 +21,17 @@ CALLS = 50
 
 
 @njit
+def _no_twin(a):
+    """A (0, columns) uint16 array: the empty bfloat16 twin of the dtype's own precision."""
+    return np.empty((0, a.shape[1]), np.uint16)
+
+
+@njit
 def _forward_loop(k, gemm, A_prev, W, b, A):
     A_prev, W, b, A = _unowned(A_prev), _unowned(W), _unowned(b), _unowned(A)
+    A_prev16, W16, A16 = _no_twin(A_prev), _no_twin(W), _no_twin(A)
     for _ in range(k):
-        _dense_forward(gemm, A_prev, W, b, RELU, A)
+        _dense_forward(gemm, A_prev, A_prev16, W, W16, b, RELU, A, A16)
 
 
 @njit
@@ -38,23 +45,28 @@ def _output_loop(k, Z, b, Y, labels, delta, db):
 def _hidden_loop(k, gemm, delta, W, A_prev, delta_prev, db_prev):
     delta, W, A_prev = _unowned(delta), _unowned(W), _unowned(A_prev)
     delta_prev, db_prev = _unowned(delta_prev), _unowned(db_prev)
+    delta16, W16, delta_prev16 = _no_twin(delta), _no_twin(W), _no_twin(delta_prev)
     for _ in range(k):
-        _hidden_delta(gemm, delta, W, A_prev, RELU, delta_prev, db_prev, np.int64(1), np.int64(0))
+        _hidden_delta(
+            gemm, delta, delta16, W, W16, A_prev, RELU, delta_prev, delta_prev16, db_prev, np.int64(1), np.int64(0)
+        )
 
 
 @njit
 def _weight_loop(k, gemm, A_prev, delta, dW):
     A_prev, delta, dW = _unowned(A_prev), _unowned(delta), _unowned(dW)
+    A_prev16, delta16 = _no_twin(A_prev), _no_twin(delta)
     for _ in range(k):
-        _weight_grad(gemm, A_prev, delta, 0.0, dW)
+        _weight_grad(gemm, A_prev, A_prev16, delta, delta16, 0.0, dW)
 
 
 @njit
 def _update_loop(k, kind, hyper, layout, p, g, state, q, sq_norms):
     hyper, layout, p, g = _unowned(hyper), _unowned(layout), _unowned(p), _unowned(g)
     state, q, sq_norms = _unowned(state), _unowned(q), _unowned(sq_norms)
+    q16 = np.empty(0, np.uint16)  # no bfloat16 twin
     for _ in range(k):
-        _update(kind, hyper, 0.01, 1, 1.0, layout, p, g, state, q, sq_norms, np.int64(1))
+        _update(kind, hyper, 0.01, 1, 1.0, layout, p, g, state, q, q16, sq_norms, np.int64(1))
 
 
 def _arrays(shape, dtype):
@@ -71,7 +83,7 @@ def _arrays(shape, dtype):
 def test_dense_forward(benchmark, shape, dtype):
     net, X, _, A1, _ = _arrays(shape, dtype)
     out = np.empty_like(A1)
-    args = (BLAS_GEMM[net.dtype], X, net.coefs[0], net.intercepts[0], out)
+    args = ((BLAS_GEMM[net.dtype], 0), X, net.coefs[0], net.intercepts[0], out)
     _forward_loop(1, *args)
     benchmark.group = f"forward|{shape}-{dtype}"
     benchmark(_forward_loop, CALLS, *args)
@@ -99,7 +111,7 @@ def test_hidden_delta(benchmark, shape, dtype):
     net, X, _, A1, _ = _arrays(shape, dtype)
     W1 = net.coefs[1]
     delta2 = np.random.default_rng(2).standard_normal((X.shape[0], W1.shape[1])).astype(dtype)
-    args = (BLAS_GEMM[net.dtype], delta2, W1, A1, np.empty_like(A1), np.zeros(A1.shape[1], dtype))
+    args = ((BLAS_GEMM[net.dtype], 0), delta2, W1, A1, np.empty_like(A1), np.zeros(A1.shape[1], dtype))
     _hidden_loop(1, *args)
     benchmark.group = f"hidden_delta|{shape}-{dtype}"
     benchmark(_hidden_loop, CALLS, *args)
@@ -108,7 +120,7 @@ def test_hidden_delta(benchmark, shape, dtype):
 @pytest.mark.parametrize(("shape", "dtype"), cells())
 def test_weight_grad(benchmark, shape, dtype):
     net, X, _, _, delta1 = _arrays(shape, dtype)
-    args = (BLAS_GEMM[net.dtype], X, delta1, np.empty_like(net.coefs[0]))
+    args = ((BLAS_GEMM[net.dtype], 0), X, delta1, np.empty_like(net.coefs[0]))
     _weight_loop(1, *args)
     benchmark.group = f"weight_grad|{shape}-{dtype}"
     benchmark(_weight_loop, CALLS, *args)

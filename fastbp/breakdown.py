@@ -63,8 +63,9 @@ def _gemm_sequence(k, gemm, X, W0, A0, D0, dW0, W1, A1, D1, dW1, W2, A2, D2, dW2
 @njit(cache=True)
 def _repeat_bias_relu(k, A, b):
     A, b = _unowned(A), _unowned(b)
+    A16 = np.empty((0, A.shape[1]), np.uint16)  # no bfloat16 twin
     for _ in range(k):
-        _bias_activation(A, b, RELU)
+        _bias_activation(A, b, RELU, A16)
 
 
 @njit(cache=True)
@@ -87,17 +88,19 @@ def _repeat_output(k, Z, b, Y, labels, sw, delta, db):
 @njit(cache=True)
 def _repeat_relu_derivative(k, D, A, db):
     D, A, db = _unowned(D), _unowned(A), _unowned(db)
+    D16 = np.empty((0, D.shape[1]), np.uint16)  # no bfloat16 twin
     for _ in range(k):
-        _activation_derivative(D, A, RELU, db, 1, 0)
+        _activation_derivative(D, A, RELU, db, 1, 0, D16)
 
 
 @njit(cache=True)
 def _repeat_update(k, hyper, layout, params, grads, state, out, sq_norms):
     hyper, layout, params, grads = _unowned(hyper), _unowned(layout), _unowned(params), _unowned(grads)
     state, out, sq_norms = _unowned(state), _unowned(out), _unowned(sq_norms)
+    out16 = np.empty(0, np.uint16)  # no bfloat16 twin
     total = 0.0
     for _ in range(k):
-        total += _update(SGD, hyper, LR, 1, 1.0, layout, params, grads, state, out, sq_norms, 1)
+        total += _update(SGD, hyper, LR, 1, 1.0, layout, params, grads, state, out, out16, sq_norms, 1)
     return total
 
 

@@ -53,6 +53,7 @@ def save(net, path, optimizer=None, extras=None):
         "l2": np.array(net.l2),
         "dtype": np.array(net.dtype.name),
         "trainable": np.array(net.trainable, dtype=bool),
+        "matmul_precision": np.array(net.matmul_precision),
         "params": net.params,
     }
     if optimizer is not None:
@@ -109,11 +110,15 @@ def _read(path):
     return arrays
 
 
-def load(path, return_optimizer=False):
+def load(path, return_optimizer=False, matmul_precision=None):
     """Read a checkpoint written by :func:`save` / ``MLP.save``.
 
     Returns the :class:`~fastbp.MLP`, or ``(net, optimizer)`` with ``return_optimizer=True`` (optimizer is None
-    when the file has none). Raises FileNotFoundError, or CheckpointError (a ValueError) naming what is wrong.
+    when the file has none). ``matmul_precision``: the network's matrix-product precision, by default the one it
+    was saved with ("float32" for checkpoints written before it was stored); the parameters are float32 either way,
+    so a network trained in bfloat16 can be loaded in float32 (e.g. on a machine without bfloat16) and the reverse.
+    Raises FileNotFoundError, or CheckpointError (a ValueError) naming what is wrong, or RuntimeError when the
+    precision asked for is not available here.
     """
     from . import optim
     from .network import MLP
@@ -130,6 +135,9 @@ def load(path, return_optimizer=False):
             dtype=str(a["dtype"]),
             seed=None,
             trainable=[bool(t) for t in a["trainable"]],
+            matmul_precision=str(a.get("matmul_precision", "float32"))
+            if matmul_precision is None
+            else matmul_precision,
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes an invalid network: {err}") from err

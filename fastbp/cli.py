@@ -99,6 +99,13 @@ def build_parser():
     train.add_argument("--epochs", type=_positive_int, default=40)
     train.add_argument("--batch-size", type=_positive_int, default=32)
     train.add_argument("--dtype", default="float32", choices=("float32", "float64"))
+    train.add_argument(
+        "--matmul-precision",
+        default="float32",
+        choices=("float32", "bfloat16"),
+        help="precision of the matrix products (bfloat16: float32 networks on CPUs with AVX512_BF16 or AMX, with "
+        "the bf16 extra; default float32)",
+    )
     train.add_argument("--threads", type=_positive_int, help="threads for BLAS and Numba (default: all)")
     train.add_argument("--test-size", type=_fraction, default=0.2, help="fraction held out for testing")
     train.add_argument(
@@ -145,7 +152,10 @@ def build_parser():
     )
     bench.add_argument("--quick", action="store_true", help="S and M in float32, fewer rounds (under 2 minutes)")
     bench.add_argument("--shapes", help="comma-separated among S,M,L,XL (default: the full matrix)")
-    bench.add_argument("--dtypes", help="comma-separated among float32,float64 (with --shapes)")
+    bench.add_argument(
+        "--dtypes",
+        help="comma-separated among float32,float64,bfloat16 (with --shapes; bfloat16: bfloat16 matmul precision)",
+    )
     bench.add_argument("--rounds", type=_positive_int, help="interleaved rounds (default 5, quick 3)")
     bench.add_argument("--min-time", type=_positive_float, help="seconds per timed loop (default 0.2, quick 0.1)")
     bench.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn fit comparison")
@@ -314,7 +324,15 @@ def _train(args, trainer_cls=None):
         raise ValueError("class labels must be >= 0")
     n_classes = int(classes.max()) + 1
     sizes = [X.shape[1], *args.layers, n_classes]
-    net = fastbp.MLP(sizes, activation=args.activation, output="softmax", l2=args.l2, dtype=args.dtype, seed=args.seed)
+    net = fastbp.MLP(
+        sizes,
+        activation=args.activation,
+        output="softmax",
+        l2=args.l2,
+        dtype=args.dtype,
+        seed=args.seed,
+        matmul_precision=args.matmul_precision,
+    )
     trainer = (trainer_cls or fastbp.Trainer)(
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )
@@ -323,7 +341,8 @@ def _train(args, trainer_cls=None):
         f"({'digits' if args.data is None else args.data}); train {len(y_train)}, test {len(y_test)}"
     )
     print(
-        f"model: {'-'.join(map(str, sizes))} {args.activation}, softmax, {args.dtype}; "
+        f"model: {'-'.join(map(str, sizes))} {args.activation}, softmax, {args.dtype}"
+        f"{', bfloat16 matmul precision' if net.matmul_precision == 'bfloat16' else ''}; "
         f"optimizer {trainer.optimizer!r}; {args.epochs} epochs of batch {args.batch_size}"
     )
     fit_start = time.perf_counter()
@@ -388,11 +407,18 @@ def cmd_bench(args):
         if unknown:
             raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {list(bench.SHAPES)}")
         dtypes = (args.dtypes or "float32").split(",")
+        unknown = [d for d in dtypes if d not in ("float32", "float64", "bfloat16")]
+        if unknown:
+            raise ValueError(f"unknown dtype {unknown[0]!r}; expected some of float32, float64, bfloat16")
+        if "bfloat16" in dtypes:
+            from . import _onednn
+
+            _onednn.bf16_gemm()  # raises, saying why, where bfloat16 is not available
         cells = [(s, d) for s in shapes for d in dtypes]
     elif args.profile:
         cells = [(s, "float32") for s in bench.SHAPES]
     else:
-        cells = bench.QUICK if args.quick else bench.MATRIX
+        cells = bench.matrix(quick=args.quick)
     rounds = args.rounds or (3 if args.quick else 5)
     min_time = args.min_time or (0.1 if args.quick else 0.2)
     print(f"fastbp bench, {time.strftime('%Y-%m-%d')}: {bench.machine()}")
@@ -436,7 +462,7 @@ def cmd_info(args):
     import sklearn
 
     import fastbp
-    from fastbp import _config
+    from fastbp import _config, _onednn
 
     print(
         f"fastbp {fastbp.__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
@@ -452,6 +478,12 @@ def cmd_info(args):
             f"blas: {info.get('internal_api')} {info.get('version')} ({info.get('architecture')}), "
             f"{info.get('num_threads')} threads, {info.get('threading_layer')}: {info.get('filepath')}"
         )
+    bf16 = _onednn.info()
+    if not bf16["installed"]:
+        print(f"bfloat16 matmul precision: not available: {bf16['reason']}")
+    else:
+        state = "accelerated" if bf16["accelerated"] else f"not available: {bf16['reason']}"
+        print(f"bfloat16 matmul precision: {state} (oneDNN {bf16['version']}, {bf16['isa']}: {bf16['path']})")
     print(f"fastmath flags: {sorted(_config.FASTMATH)}")
     cache = numba.config.CACHE_DIR or os.path.join(os.path.dirname(fastbp.__file__), "kernels", "__pycache__")
     print(f"numba cache: {cache}")

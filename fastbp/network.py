@@ -5,7 +5,7 @@ import threading
 
 import numpy as np
 
-from . import _tuning
+from . import _onednn, _tuning
 from . import _validation as v
 from .kernels import activations as _act
 from .kernels import layout as _lay
@@ -18,6 +18,34 @@ from .kernels.gemm import BLAS_GEMM
 MAX_PARAMS = 2**34
 
 _CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+
+
+#: matmul_precision names -> precision (torch's "highest" and "medium", JAX's "bfloat16" and "float32").
+_PRECISIONS = {"float32": "float32", "highest": "float32", "bfloat16": "bfloat16", "medium": "bfloat16"}
+
+
+def workspace_entry(work, twins):
+    """The workspace as the compiled entry points take it (kernels/boundary.py): ``work`` = (acts, delta_a,
+    delta_b) arrays of the dtype, ``twins`` = (x16, acts16, delta_a16, delta_b16) uint16 arrays, empty in the dtype's
+    own precision."""
+    acts, delta_a, delta_b = work
+    x16, acts16, delta_a16, delta_b16 = twins
+
+    def address(a):
+        return a.ctypes.data if a.size else 0
+
+    return (
+        acts.ctypes.data,
+        acts.size,
+        delta_a.ctypes.data,
+        delta_b.ctypes.data,
+        delta_a.size,
+        address(x16),
+        x16.size,
+        address(acts16),
+        address(delta_a16),
+        address(delta_b16),
+    )
 
 
 def _check_name(value, name, choices):
@@ -75,6 +103,13 @@ class MLP:
         Equal seeds give bit-identical parameters; None draws fresh entropy.
     trainable : sequence of bool or None
         Per layer; a frozen layer's parameters get no gradient (its weight GEMM is skipped).
+    matmul_precision : "float32" or "bfloat16", default "float32"
+        Precision of the matrix products (the conventions of ``torch.set_float32_matmul_precision`` and
+        ``jax.default_matmul_precision``; "highest" and "medium" are accepted for them). "bfloat16" (float32
+        networks only): every GEMM of the forward and backward pass takes its operands rounded to bfloat16 (to
+        nearest even) and accumulates in float32, about twice the float32 rate on CPUs with AVX512_BF16 or AMX;
+        parameters, gradients, optimizer state, the loss and all elementwise work stay float32. Needs oneDNN (the
+        ``bf16`` extra) and such a CPU, else a RuntimeError says what is missing.
 
     Attributes
     ----------
@@ -98,6 +133,7 @@ class MLP:
         dtype="float32",
         seed=0,
         trainable=None,
+        matmul_precision="float32",
     ):
         if not isinstance(layer_sizes, (list, tuple, np.ndarray)):
             raise TypeError(f"layer_sizes must be a list of integers, got {type(layer_sizes).__name__} {layer_sizes!r}")
@@ -123,6 +159,14 @@ class MLP:
         self.output, self.loss, self._loss_code = _resolve_output_and_loss(output, loss, sizes[-1])
         self.l2 = v.check_float(l2, "l2", minimum=0.0)
         self.dtype = v.check_dtype(dtype)
+        precision = _PRECISIONS[_check_name(matmul_precision, "matmul_precision", _PRECISIONS)]
+        bf16 = 0
+        if precision == "bfloat16":
+            if self.dtype != np.float32:
+                raise ValueError(
+                    f"matmul_precision='bfloat16' needs dtype='float32' (float32 master weights), got {self.dtype.name}"
+                )
+            bf16 = _onednn.bf16_gemm()  # raises, saying why, where bfloat16 is not available
         if seed is not None:
             seed = v.check_int(seed, "seed", minimum=0)
         if trainable is None:
@@ -146,6 +190,10 @@ class MLP:
         self._layout = layout
         self.n_params = offset
         self._params = np.zeros(offset, dtype=self.dtype)
+        self._matmul_precision = precision
+        self._gemm = (BLAS_GEMM[self.dtype], bf16)
+        # The weights' bfloat16 twin, which the GEMMs read in bfloat16 precision (kernels/gemm.py); empty otherwise.
+        self._params16 = np.zeros(offset if bf16 else 0, dtype=np.uint16)
         self.coefs, self.intercepts = self.unflatten(self._params)
         self._init_params(seed)
 
@@ -163,6 +211,11 @@ class MLP:
         view = self._layout.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def matmul_precision(self):
+        """Precision of the matrix products, "float32" or "bfloat16" (fixed at construction)."""
+        return self._matmul_precision
 
     @property
     def params(self):
@@ -235,6 +288,7 @@ class MLP:
                 self.dtype.name,
                 self.seed,
                 list(self.trainable),
+                self.matmul_precision,
             ),
             "params": self._params.copy(),
             "extras": dict(self.extras),
@@ -248,14 +302,16 @@ class MLP:
     def __repr__(self):
         return (
             f"MLP({list(self.layer_sizes)}, activation={list(self.activations)!r}, output={self.output!r}, "
-            f"loss={self.loss!r}, l2={self.l2}, dtype={self.dtype.name!r})"
+            f"loss={self.loss!r}, l2={self.l2}, dtype={self.dtype.name!r}"
+            + (f", matmul_precision={self.matmul_precision!r})" if self._gemm[1] else ")")
         )
 
     def _entry_params(self, flat):
         """The network as the compiled entry points take it (kernels/boundary.py), with the parameters read from
-        ``flat`` (params or a C-contiguous array of the same size and dtype, such as a trainer's spare copy) and the
-        GEMMs done by SciPy's BLAS."""
-        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers, BLAS_GEMM[self.dtype])
+        ``flat`` (params or a C-contiguous array of the same size and dtype, such as a trainer's spare copy), the
+        GEMMs (SciPy's BLAS, and oneDNN's bfloat16 GEMM in bfloat16 precision) and the weights' bfloat16 twin."""
+        p16 = self._params16.ctypes.data if self._params16.size else 0
+        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers, *self._gemm, p16)
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):
@@ -266,9 +322,13 @@ class MLP:
         self._acts = np.empty(n * int(widths.sum()), dtype=self.dtype)
         self._delta_a = np.empty(n * int(widths.max()), dtype=self.dtype)
         self._delta_b = np.empty_like(self._delta_a)
+        twin = bool(self._gemm[1])  # bfloat16 twins of the input, the activations and the deltas
+        self._twins = tuple(
+            np.empty(size if twin else 0, dtype=np.uint16)
+            for size in (n * self.n_in, self._acts.size, self._delta_a.size, self._delta_a.size)
+        )
         self._capacity = n
-        acts, delta_a, delta_b = self._workspace
-        self._entry_workspace = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
+        self._entry_workspace = workspace_entry((self._acts, self._delta_a, self._delta_b), self._twins)
 
     def _reserve_chunks(self, n):
         """Make the workspace hold a chunk of a pass over n rows that runs in chunks (predict, evaluate): all n rows,

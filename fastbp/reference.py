@@ -3,7 +3,7 @@
 This is the oracle every compiled result is tested against (and which is itself tested against finite
 differences), and the baseline of every benchmark: plain vectorised NumPy, as someone writing backprop in NumPy
 would. Same names and semantics as the compiled path: ``value_and_grad(net, X, Y)`` equals
-``net.value_and_grad(X, Y)``.
+``net.value_and_grad(X, Y)``, in bfloat16 matmul precision too (the products of operands rounded to bfloat16).
 
 Notation (docs/design.md, docs/background.md): ``Z[l] = A[l-1] @ W[l] + b[l]``, ``A[l] = f(Z[l])``, ``A[0] = X``,
 ``delta[l] = dC/dZ[l]``, C the batch mean of the per-sample loss plus ``l2 / 2 * sum(W**2)``.
@@ -49,6 +49,22 @@ DERIVATIVES = {
 }
 
 
+def round_bf16(a):
+    """float32 values rounded to the nearest bfloat16 (ties to even), as float32; NaN stays NaN."""
+    a = np.asarray(a, dtype=np.float32)
+    u = a.view(np.uint32).astype(np.uint64)
+    rounded = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
+    return np.where(np.isnan(a), np.float32(np.nan), rounded)
+
+
+def _mm(net, A, B):
+    """The matrix product of the network's matmul precision: ``A @ B`` in its dtype, or, in bfloat16 precision,
+    the product of the operands rounded to bfloat16, summed exactly (float64) and rounded to float32."""
+    if getattr(net, "matmul_precision", "float32") != "bfloat16":
+        return A @ B
+    return (round_bf16(A).astype(np.float64) @ round_bf16(B).astype(np.float64)).astype(np.float32)
+
+
 def _targets(net, Y, n):
     """Y as an (n, n_out) array: one-hot rows for integer class labels."""
     Y = np.asarray(Y)
@@ -63,7 +79,7 @@ def forward(net, X):
     names = [*net.activations, net.output]
     A = [X]
     for W, b, name in zip(net.coefs, net.intercepts, names, strict=True):
-        A.append(ACTIVATIONS[name](A[-1] @ W + b))
+        A.append(ACTIVATIONS[name](_mm(net, A[-1], W) + b))
     return A
 
 
@@ -103,8 +119,8 @@ def value_and_grad(net, X, Y, sample_weight=None):
     # Forward, keeping every A (and the output layer's Z for a stable loss).
     A = [X]
     for W, b, name in zip(Ws[:-1], net.intercepts[:-1], names[:-1], strict=True):
-        A.append(ACTIVATIONS[name](A[-1] @ W + b))
-    Z = A[-1] @ Ws[-1] + net.intercepts[-1]
+        A.append(ACTIVATIONS[name](_mm(net, A[-1], W) + b))
+    Z = _mm(net, A[-1], Ws[-1]) + net.intercepts[-1]
     A.append(ACTIVATIONS[names[-1]](Z))
 
     losses, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
@@ -116,9 +132,9 @@ def value_and_grad(net, X, Y, sample_weight=None):
     for l in range(len(Ws) - 1, lowest - 1, -1):
         if net.trainable[l]:
             dbs[l][...] = delta.sum(axis=0)  # BP3
-            dWs[l][...] = A[l].T @ delta + net.l2 * Ws[l]  # BP4 (+ L2)
+            dWs[l][...] = _mm(net, A[l].T, delta) + net.l2 * Ws[l]  # BP4 (+ L2)
         if l > lowest:
-            delta = (delta @ Ws[l].T) * DERIVATIVES[names[l - 1]](A[l])  # BP2
+            delta = _mm(net, delta, Ws[l].T) * DERIVATIVES[names[l - 1]](A[l])  # BP2
     loss = loss_sum / w.sum() + 0.5 * net.l2 * sum(float((W.astype(np.float64) ** 2).sum()) for W in Ws)
     return float(loss), grads
 
@@ -135,10 +151,10 @@ def deltas(net, X, Y):
     n = X.shape[0]
     Y = _targets(net, Y, n)
     A = forward(net, X)
-    Z = A[-2] @ net.coefs[-1] + net.intercepts[-1]  # the output pre-activation, for the stable loss forms
+    Z = _mm(net, A[-2], net.coefs[-1]) + net.intercepts[-1]  # the output pre-activation, for the stable loss forms
     _, delta = _loss_and_output_delta(net, Z, A[-1], Y)  # BP1
     out = [delta / n]
     names = [*net.activations, net.output]
     for l in range(net.n_layers - 1, 0, -1):
-        out.append((out[-1] @ net.coefs[l].T) * DERIVATIVES[names[l - 1]](A[l]))  # BP2
+        out.append(_mm(net, out[-1], net.coefs[l].T) * DERIVATIVES[names[l - 1]](A[l]))  # BP2
     return out[::-1]

@@ -1,8 +1,9 @@
-"""One place to set the thread count of both BLAS (via threadpoolctl) and Numba.
+"""One place to set the thread count of BLAS, of OpenMP (via threadpoolctl) and of Numba.
 
-fastbp's kernels are multi-threaded through BLAS (the GEMMs, which hold nearly all the work); no kernel uses a
-Numba ``prange`` loop yet, so today the Numba setting matters only to other Numba code in the process. The BLAS
-limit is process-wide; Numba's thread count is per calling thread.
+fastbp's kernels are multi-threaded through their GEMMs, which hold nearly all the work: SciPy's BLAS, and in
+bfloat16 matmul precision oneDNN, which runs on OpenMP. No kernel uses a Numba ``prange`` loop, so the Numba setting
+matters only to other Numba code in the process. The BLAS limit is process-wide; OpenMP's and Numba's thread counts
+are per calling thread.
 """
 
 import numba
@@ -13,17 +14,29 @@ from ._validation import check_int
 _limiter = None
 
 
+_count = None  # the count set by set_num_threads, applied again to an OpenMP runtime loaded later
+
+
 def set_num_threads(n):
-    """Use ``n`` threads in every BLAS library loaded (NumPy's and SciPy's) and in Numba parallel loops.
+    """Use ``n`` threads in every BLAS library loaded (NumPy's and SciPy's), in OpenMP (oneDNN's bfloat16 GEMMs, also
+    when oneDNN is loaded later) and in Numba parallel loops.
 
     n: int >= 1; larger than Numba's ``NUMBA_NUM_THREADS`` is capped to it. Returns the number set.
     """
-    global _limiter
+    global _limiter, _count
     n = check_int(n, "n", minimum=1)
     n = min(n, numba.config.NUMBA_NUM_THREADS)
     numba.set_num_threads(n)
     _limiter = threadpool_limits(limits=n, user_api="blas")
+    threadpool_limits(limits=n, user_api="openmp")
+    _count = n
     return n
+
+
+def _apply_to_openmp():
+    """After a library that runs on OpenMP is loaded (oneDNN): give it the count of :func:`set_num_threads`."""
+    if _count is not None:
+        threadpool_limits(limits=_count, user_api="openmp")
 
 
 def get_num_threads():

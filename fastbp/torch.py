@@ -50,8 +50,11 @@ from .kernels import layout as _lay
 from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
 from .kernels.gemm import BLAS_GEMM
 from .network import MLP as _FastMLP
+from .network import workspace_entry
 
 __all__ = ["MLP"]
+
+_NO_TWIN = np.zeros(0, dtype=np.uint16)
 
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 _NUMPY_DTYPES = {t: d for d, t in _TORCH_DTYPES.items()}
@@ -164,7 +167,7 @@ class _Workspace:
         acts = np.empty(capacity * sum(hidden_widths), dtype=dtype)
         delta_a, delta_b = np.empty(capacity * max_width, dtype=dtype), np.empty(capacity * max_width, dtype=dtype)
         self.buffers = (acts, delta_a, delta_b)
-        self.entry = (acts.ctypes.data, acts.size, delta_a.ctypes.data, delta_b.ctypes.data, delta_a.size)
+        self.entry = workspace_entry(self.buffers, (_NO_TWIN,) * 4)  # the bridge computes in the dtype's precision
 
 
 class _Lease:
@@ -279,7 +282,7 @@ class _Engine:
         for _ in range(_tuning.CALIBRATION_ROUNDS):
             for choice, gemm in ((True, torch_gemm), (False, BLAS_GEMM[self.dtype])):
                 start = time.perf_counter()
-                self._run((*network, gemm), X, workspace, out)
+                self._run((*network, gemm, 0, 0), X, workspace, out)
                 best[choice] = min(best[choice], time.perf_counter() - start)
         return best[True] < best[False]
 
@@ -303,7 +306,8 @@ class _Engine:
         network, gathered = self.parameters(params)
         limited = _limit_blas(self.blas_threads)
         try:
-            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)))
+            # the GEMM, and no bfloat16 GEMM nor twin (the bridge computes in the dtype's own precision)
+            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)), 0, 0)
             self._run(network, X, workspace, out)
         finally:
             _restore_blas(limited)

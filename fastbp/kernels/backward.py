@@ -12,15 +12,16 @@ import numpy as np
 
 from .._config import kernel, leaf
 from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
-from .forward import _layer_input
-from .gemm import _gemm
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _layer_view, _rows_view
+from .forward import _layer_input, _to_bf16_rows
+from .gemm import _bf16, _matmul
+from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _layer_view, _rows_view, _twin_view
 from .loss import _l2_penalty
 
 
 @leaf
-def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db):
-    """delta_prev *= f'(A_prev); db_prev += column sums of the result (when with_db). Code is a constant."""
+def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db, D16, twin):
+    """delta_prev *= f'(A_prev); db_prev += column sums of the result (when with_db); D16 <- its bfloat16 twin (when
+    twin). Code and twin are constants."""
     n, m = delta_prev.shape
     for i in range(n):
         for j in range(m):
@@ -28,54 +29,74 @@ def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db):
             delta_prev[i, j] = d
             if with_db:
                 db_prev[j] += d
+            if twin:
+                D16[i, j] = _bf16(d)
+
+
+@leaf
+def _derivative_code(delta_prev, A_prev, code, db_prev, with_db, D16, twin):
+    """:func:`_derivative_bias_grad` with the branch on the code taken once: each call inlines a loop specialised
+    to one constant activation code."""
+    if code == RELU:
+        _derivative_bias_grad(delta_prev, A_prev, RELU, db_prev, with_db, D16, twin)
+    elif code == TANH:
+        _derivative_bias_grad(delta_prev, A_prev, TANH, db_prev, with_db, D16, twin)
+    elif code == SIGMOID:
+        _derivative_bias_grad(delta_prev, A_prev, SIGMOID, db_prev, with_db, D16, twin)
+    elif code == LEAKY_RELU:
+        _derivative_bias_grad(delta_prev, A_prev, LEAKY_RELU, db_prev, with_db, D16, twin)
+    else:
+        _derivative_bias_grad(delta_prev, A_prev, IDENTITY, db_prev, with_db, D16, twin)
+
+
+@leaf
+def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16):
+    """:func:`_activation_derivative`, inlined into its callers (the layer's BP2 saves a call)."""
+    if with_db and not accumulate:
+        db_prev[:] = 0.0
+    if delta_prev16.shape[0] > 0:
+        _derivative_code(delta_prev, A_prev, code, db_prev, with_db, delta_prev16, True)
+    else:
+        _derivative_code(delta_prev, A_prev, code, db_prev, with_db, delta_prev16, False)
 
 
 @kernel
-def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate):
+def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16):
     """The epilogue of BP2 and BP3: ``delta_prev *= f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``, in one pass.
 
     NumPy: ``delta_prev *= fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0) + delta_prev.sum(0)``.
     delta_prev: (n, m), holding ``delta @ W.T`` on entry (or an upstream gradient), output; A_prev: (n, m),
     activation output with code ``code`` (elementwise, not softmax); db_prev: (m,), output when ``with_db``.
-    Thread-safe for distinct outputs.
+    delta_prev16: (n, m) uint16, output, the bfloat16 twin of the result, or (0, m) for none. Thread-safe for
+    distinct outputs.
     """
-    if with_db and not accumulate:
-        db_prev[:] = 0.0
-    # Branch once; each call inlines a loop specialised to a constant activation code.
-    if code == RELU:
-        _derivative_bias_grad(delta_prev, A_prev, RELU, db_prev, with_db)
-    elif code == TANH:
-        _derivative_bias_grad(delta_prev, A_prev, TANH, db_prev, with_db)
-    elif code == SIGMOID:
-        _derivative_bias_grad(delta_prev, A_prev, SIGMOID, db_prev, with_db)
-    elif code == LEAKY_RELU:
-        _derivative_bias_grad(delta_prev, A_prev, LEAKY_RELU, db_prev, with_db)
-    else:
-        _derivative_bias_grad(delta_prev, A_prev, IDENTITY, db_prev, with_db)
+    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16)
 
 
 @kernel
-def _hidden_delta(gemm, delta, W, A_prev, code, delta_prev, db_prev, with_db, accumulate):
+def _hidden_delta(gemm, delta, delta16, W, W16, A_prev, code, delta_prev, delta_prev16, db_prev, with_db, accumulate):
     """BP2 and BP3 for the layer below: ``delta_prev = (delta @ W.T) * f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``.
 
     NumPy: ``delta_prev[...] = (delta @ W.T) * fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0)
-    + delta_prev.sum(0)``. gemm: GEMM address; delta: (n, fan_out); W: (fan_in, fan_out); A_prev: (n, fan_in),
-    activation output of the layer below, with code ``code``; delta_prev: (n, fan_in), output; db_prev:
-    (fan_in,), output when ``with_db``. Thread-safe for distinct outputs.
+    + delta_prev.sum(0)``. gemm: the GEMMs (gemm.py :func:`~fastbp.kernels.gemm._matmul`); delta: (n, fan_out); W:
+    (fan_in, fan_out); A_prev: (n, fan_in), activation output of the layer below, with code ``code``; delta_prev:
+    (n, fan_in), output; db_prev: (fan_in,), output when ``with_db``. delta16, W16: bfloat16 twins of delta and W
+    (read in bfloat16 precision); delta_prev16: the twin of delta_prev, output (0 rows: none). Thread-safe for
+    distinct outputs.
     """
-    _gemm(gemm, 0, 1, 1.0, delta, W, 0.0, delta_prev)
-    _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulate)
+    _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, delta_prev)
+    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16)
 
 
 @kernel
-def _weight_grad(gemm, A_prev, delta, beta, dW):
+def _weight_grad(gemm, A_prev, A_prev16, delta, delta16, beta, dW):
     """BP4 over the batch: ``dW = A_prev.T @ delta + beta * dW`` (beta 1 accumulates, 0 overwrites).
 
-    NumPy: ``dW[...] = A_prev.T @ delta + beta * dW``. gemm: GEMM address; A_prev: (n, fan_in); delta: (n,
-    fan_out), already carrying the 1/n of the batch mean; dW: (fan_in, fan_out), output. Thread-safe for distinct
-    dW.
+    NumPy: ``dW[...] = A_prev.T @ delta + beta * dW``. gemm: the GEMMs; A_prev: (n, fan_in); delta: (n, fan_out),
+    already carrying the 1/n of the batch mean; dW: (fan_in, fan_out), output. A_prev16, delta16: bfloat16 twins
+    (read in bfloat16 precision). Thread-safe for distinct dW.
     """
-    _gemm(gemm, 1, 0, 1.0, A_prev, delta, beta, dW)
+    _matmul(gemm, 1, 0, A_prev, A_prev16, delta, delta16, beta, dW)
 
 
 @leaf
@@ -91,7 +112,9 @@ def _wants(needs, layout, k):
 
 
 @kernel
-def _backward(gemm, params, grads, layout, needs, X, acts, cur, other, l2, accumulate, dX):
+def _backward(
+    gemm, params, params16, grads, layout, needs, X, X16, acts, acts16, cur, cur16, other, other16, l2, accumulate, dX
+):
     """The backward pass from the output layer's delta: per layer from the top, the L2 term and BP4
     ``dW[l] = A[l-1].T @ delta[l] (+ l2 W[l])``, then BP2 and BP3 ``delta[l-1] = (delta[l] @ W[l].T) * f'(A[l-1])``,
     ``db[l-1] = sum_i delta[l-1]``, down to the lowest layer whose gradient is wanted; then ``dX = delta[0] @ W[0].T``
@@ -100,16 +123,19 @@ def _backward(gemm, params, grads, layout, needs, X, acts, cur, other, l2, accum
     NumPy: ``for l from L-1 down: dW[l] = A[l-1].T @ delta + l2 * W[l]; delta = (delta @ W[l].T) * fprime(A[l-1]);
     db[l-1] = delta.sum(0)``; ``dX = delta @ W[0].T`` (reference.value_and_grad is the oracle).
 
-    gemm: GEMM address. params, grads: (n_params,); grads is the output, laid out like params, each wanted gradient
-    written (added to when ``accumulate``), the others zeroed (unchanged when accumulating). layout: (L, 6) int64.
-    needs: (2 L + 1,) int64 flags, dX, dW0, db0, dW1, ... (see :func:`_wants`), or (0,) for the trainable layers.
-    X: (n, n_in); acts: the hidden activations of the forward pass of X (workspace). cur: 1-D buffer holding the
-    output layer's delta (n, n_out) on entry, with its bias gradient (BP3) already in grads; other: 1-D buffer of
-    at least n * max(fan_in); both overwritten (the ping-pong pair). l2: float, coefficient of the L2 term (0: none).
-    accumulate: int 0/1. dX: (n, n_in), output when wanted. Returns the sum of squared weights of every layer
-    (float64) when l2 > 0, else 0. Not thread-safe for a shared workspace or grads.
+    gemm: the GEMMs (gemm.py). params, grads: (n_params,); grads is the output, laid out like params, each wanted
+    gradient written (added to when ``accumulate``), the others zeroed (unchanged when accumulating). layout: (L, 6)
+    int64. needs: (2 L + 1,) int64 flags, dX, dW0, db0, dW1, ... (see :func:`_wants`), or (0,) for the trainable
+    layers. X: (n, n_in); acts: the hidden activations of the forward pass of X (workspace). cur: 1-D buffer holding
+    the output layer's delta (n, n_out) on entry, with its bias gradient (BP3) already in grads; other: 1-D buffer of
+    at least n * max(fan_in); both overwritten (the ping-pong pair). In bfloat16 precision, params16, X16, acts16,
+    cur16, other16 are the bfloat16 twins of params, X, acts, cur and other (the output delta's twin is made here);
+    otherwise they are empty (X16: 0 rows). l2: float, coefficient of the L2 term (0: none). accumulate: int 0/1. dX:
+    (n, n_in), output when wanted. Returns the sum of squared weights of every layer (float64) when l2 > 0, else 0.
+    Not thread-safe for a shared workspace or grads.
     """
     n = X.shape[0]
+    n16 = X16.shape[0]
     L = layout.shape[0]
     lowest = L
     for l in range(L - 1, -1, -1):
@@ -124,6 +150,7 @@ def _backward(gemm, params, grads, layout, needs, X, acts, cur, other, l2, accum
                 dW[:] = 0.0
             if not _wants(needs, layout, 2 + 2 * l):
                 db[:] = 0.0
+    _to_bf16_rows(_rows_view(cur, n, layout[L - 1, FAN_OUT]), _rows_view(cur16, n16, layout[L - 1, FAN_OUT]))
 
     squares = 0.0
     for l in range(L - 1, -1, -1):
@@ -135,26 +162,41 @@ def _backward(gemm, params, grads, layout, needs, X, acts, cur, other, l2, accum
         if l < lowest:
             continue
         A_prev = _layer_input(layout, l, X, acts)
+        A_prev16 = _layer_input(layout, l, X16, acts16)
         delta = _rows_view(cur, n, layout[l, FAN_OUT])
+        delta16 = _rows_view(cur16, n16, layout[l, FAN_OUT])
         if want_dW:
             # After the L2 term dW already holds its part of the gradient: accumulate onto it.
-            _weight_grad(gemm, A_prev, delta, 1.0 if (accumulate or l2 > 0.0) else 0.0, dW)
+            _weight_grad(gemm, A_prev, A_prev16, delta, delta16, 1.0 if (accumulate or l2 > 0.0) else 0.0, dW)
         if l > lowest:
-            delta_prev = _rows_view(other, n, layout[l, FAN_IN])
             _, db_prev = _layer_view(grads, layout, l - 1)
             _hidden_delta(
                 gemm,
                 delta,
+                delta16,
                 W,
+                _twin_view(params16, layout, l),
                 A_prev,
                 layout[l - 1, ACTIVATION],
-                delta_prev,
+                _rows_view(other, n, layout[l, FAN_IN]),
+                _rows_view(other16, n16, layout[l, FAN_IN]),
                 db_prev,
                 _wants(needs, layout, 2 * l),
                 accumulate,
             )
             cur, other = other, cur
+            cur16, other16 = other16, cur16
     if _wants(needs, layout, 0):
         W, _ = _layer_view(params, layout, 0)
-        _gemm(gemm, 0, 1, 1.0, _rows_view(cur, n, layout[0, FAN_OUT]), W, 0.0, dX)
+        _matmul(
+            gemm,
+            0,
+            1,
+            _rows_view(cur, n, layout[0, FAN_OUT]),
+            _rows_view(cur16, n16, layout[0, FAN_OUT]),
+            W,
+            _twin_view(params16, layout, 0),
+            0.0,
+            dX,
+        )
     return squares

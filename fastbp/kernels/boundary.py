@@ -46,10 +46,17 @@ def _array2d(address, rows, cols, marker):
 
 @leaf
 def _network_arrays(network, marker):
-    """(params (n_params,), layout (n_layers, 6) int64, gemm) from (p_params, n_params, p_layout, n_layers, gemm):
-    gemm is the address of the GEMM the passes call (kernels/gemm.py)."""
-    p_params, n_params, p_layout, n_layers, gemm = network
-    return _array1d(p_params, n_params, marker), _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)), gemm
+    """(params (n_params,), params16, layout (n_layers, 6) int64, gemm) from (p_params, n_params, p_layout,
+    n_layers, blas, bf16, p_params16): gemm = (blas, bf16), the addresses of the GEMMs the passes call (bf16: 0 in
+    the dtype's own precision; kernels/gemm.py); params16: the (n_params,) uint16 bfloat16 twin of the weights in
+    bfloat16 precision, else empty."""
+    p_params, n_params, p_layout, n_layers, blas, bf16, p_params16 = network
+    return (
+        _array1d(p_params, n_params, marker),
+        _array1d(p_params16, n_params if bf16 else 0, np.uint16(0)),
+        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
+        (blas, bf16),
+    )
 
 
 @leaf
@@ -64,6 +71,17 @@ def _batch_arrays(batch, marker):
 
 @leaf
 def _workspace_arrays(workspace, marker):
-    """(acts, delta_a, delta_b) 1-D workspace buffers from (p_acts, n_acts, p_delta_a, p_delta_b, n_delta)."""
-    p_acts, n_acts, p_da, p_db, n_delta = workspace
-    return _array1d(p_acts, n_acts, marker), _array1d(p_da, n_delta, marker), _array1d(p_db, n_delta, marker)
+    """((acts, delta_a, delta_b), (x16, acts16, delta_a16, delta_b16)) 1-D workspace buffers from (p_acts, n_acts,
+    p_delta_a, p_delta_b, n_delta, p_x16, n_x16, p_acts16, p_delta_a16, p_delta_b16): the activations, the two delta
+    buffers, and in bfloat16 precision (n_x16 > 0) their uint16 bfloat16 twins and the input's (empty otherwise)."""
+    p_acts, n_acts, p_da, p_db, n_delta, p_x16, n_x16, p_acts16, p_da16, p_db16 = workspace
+    twin = n_x16 > 0
+    u16 = np.uint16(0)
+    work = (_array1d(p_acts, n_acts, marker), _array1d(p_da, n_delta, marker), _array1d(p_db, n_delta, marker))
+    work16 = (
+        _array1d(p_x16, n_x16, u16),
+        _array1d(p_acts16, n_acts if twin else 0, u16),
+        _array1d(p_da16, n_delta if twin else 0, u16),
+        _array1d(p_db16, n_delta if twin else 0, u16),
+    )
+    return work, work16

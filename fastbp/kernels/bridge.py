@@ -12,6 +12,7 @@ from .._config import kernel, leaf
 from .activations import IDENTITY, SOFTMAX
 from .backward import _activation_derivative, _backward
 from .boundary import _array1d, _array2d, _network_arrays, _workspace_arrays
+from .drivers import _input_twin
 from .forward import _forward_into
 from .layout import ACTIVATION, FAN_IN, FAN_OUT, _copy, _layer_view, _rows_view
 
@@ -35,11 +36,11 @@ def _bridge_forward_entry(marker, network, p_X, n, workspace, p_out):
     X)``). network: as in boundary.py; X: (n, n_in) at p_X; workspace: as in boundary.py (acts of at least
     n * sum(fan_out of the hidden layers) elements); out: (n, n_out) at p_out, output. marker: a scalar of the
     network's dtype. Not thread-safe for a shared workspace."""
-    params, layout, gemm = _network_arrays(network, marker)
-    acts, _, _ = _workspace_arrays(workspace, marker)
+    params, params16, layout, gemm = _network_arrays(network, marker)
+    work, work16 = _workspace_arrays(workspace, marker)
     X = _array2d(p_X, n, layout[0, FAN_IN], marker)
     out = _array2d(p_out, n, layout[layout.shape[0] - 1, FAN_OUT], marker)
-    _forward_into(gemm, params, layout, X, acts, out)
+    _forward_into(gemm, params, params16, layout, X, _input_twin(X, work16), work[0], work16[1], out)
 
 
 @kernel
@@ -61,12 +62,14 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     n * max(fan_out) elements each. The 1/n of a mean loss is already in G. Not thread-safe for a shared
     workspace.
     """
-    params, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm = _network_arrays(network, marker)
     L = layout.shape[0]
     needs = _array1d(p_needs, 2 * L + 1, np.int64(0))
     n_in = layout[0, FAN_IN]
     n_out = layout[L - 1, FAN_OUT]
-    acts, cur, other = _workspace_arrays(workspace, marker)
+    work, work16 = _workspace_arrays(workspace, marker)
+    acts, cur, other = work
+    _, acts16, cur16, other16 = work16
     grads = _array1d(p_grads, params.shape[0], marker)
     G = _array2d(p_G, n, n_out, marker)
     X = _array2d(p_X, n, n_in, marker)
@@ -82,7 +85,25 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     else:
         for i in range(n):
             _copy(G[i], delta[i])
-    _activation_derivative(delta, out, code, db, needs[2 * L], np.int64(0))
+    _activation_derivative(delta, out, code, db, needs[2 * L], np.int64(0), _rows_view(cur16, 0, n_out))
+    X16 = _input_twin(X, work16)
+    dX = _array2d(p_dX, n, n_in, marker)
     _backward(
-        gemm, params, grads, layout, needs, X, acts, cur, other, 0.0, np.int64(0), _array2d(p_dX, n, n_in, marker)
+        gemm,
+        params,
+        params16,
+        grads,
+        layout,
+        needs,
+        X,
+        X16,
+        acts,
+        acts16,
+        cur,
+        cur16,
+        other,
+        other16,
+        0.0,
+        np.int64(0),
+        dX,
     )

@@ -16,7 +16,7 @@ import numpy as np
 from .._config import kernel, leaf
 from .activations import SOFTMAX
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
-from .drivers import _value_and_grad
+from .drivers import _input_twin, _refresh_twin, _value_and_grad
 from .forward import _forward_to_logits
 from .layout import ACTIVATION, FAN_OUT, _copy, _rows_view
 from .loss import BINARY_CROSS_ENTROPY, _output_delta
@@ -83,6 +83,7 @@ def _swap(a, b):
 def _train_epoch(
     gemm,
     params,
+    params16,
     spare,
     grads,
     layout,
@@ -102,9 +103,8 @@ def _train_epoch(
     clip_norm,
     t0,
     state,
-    acts,
-    delta_a,
-    delta_b,
+    work,
+    work16,
     Xb,
     Yb,
     lb,
@@ -119,12 +119,13 @@ def _train_epoch(
     status: a status of step.py, OK or why training stopped there (see the module docstring for which parameters
     are kept).
 
-    gemm: GEMM address. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n,
+    gemm: the GEMMs (gemm.py); params16: the weights' bfloat16 twin, kept in step with the parameters by each update, or
+    empty. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n,
     n_in); Y: (n, n_out) or (0, n_out) with labels (n,) int64; sw: (n,) sample weights or (0,) (each batch's loss is
     then the weighted mean); perm: (k,) int64 row indices, the epoch's order (a permutation of the rows, or any
     subset); batch_size: int >= 1; l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see
     :mod:`.optimizers`); clip_norm: float, 0 for none; t0: steps done before this epoch; state: (rows, n_params), in
-    place; acts, delta_a, delta_b: workspace for batch_size rows; Xb, Yb, lb, swb: batch buffers; sq_norms: (L,)
+    place; work, work16: workspace for batch_size rows (drivers.py); Xb, Yb, lb, swb: batch buffers; sq_norms: (L,)
     float64, output, summed squared per-layer gradient norms of the steps; max_loss: float, a larger batch loss
     counts as divergence.
     Not thread-safe.
@@ -140,7 +141,7 @@ def _train_epoch(
         Xv, Yv, lv, swv = _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb)
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
         loss = _value_and_grad(
-            gemm, cur, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), acts, delta_a, delta_b
+            gemm, cur, params16, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), work, work16
         )
         status = _step(
             loss,
@@ -157,6 +158,7 @@ def _train_epoch(
             grads,
             state,
             nxt,
+            params16,
             sq_norms,
         )
         if status != OK:
@@ -174,15 +176,16 @@ def _train_epoch(
 
 
 @leaf
-def _evaluate(gemm, params, layout, loss_code, X, Y, labels, sw, acts, delta):
+def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16):
     """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks; both
     weighted by the sample weights sw (n,) when given (sw (0,): unit weights).
 
     NumPy: ``P = predict(X); loss = per-sample losses summed; correct = (argmax P == y).sum()`` for softmax,
     ``(all((P > 0.5) == (Y > 0.5), axis=1)).sum()`` (subset accuracy) for sigmoid + binary cross-entropy, 0
-    otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; acts, delta: workspace, overwritten, whose
+    otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; work, work16: workspace, overwritten, whose
     size sets the chunk. Returns (float64, float64). Not thread-safe for a shared workspace.
     """
+    acts, delta, _ = work
     n = X.shape[0]
     L = layout.shape[0]
     width = 0
@@ -199,7 +202,8 @@ def _evaluate(gemm, params, layout, loss_code, X, Y, labels, sw, acts, delta):
     for start in range(0, n, chunk):
         stop = min(n, start + chunk)
         m = stop - start
-        P, b = _forward_to_logits(gemm, params, layout, X[start:stop], acts)
+        Xc = X[start:stop]
+        P, b = _forward_to_logits(gemm, params, params16, layout, Xc, _input_twin(Xc, work16), acts, work16[1])
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
         swv = sw[start:stop] if sw.shape[0] > 0 else sw
@@ -259,13 +263,15 @@ def _train_epoch_entry(
     max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
-    acts, delta_a, delta_b = _workspace_arrays(workspace, marker)
+    work, work16 = _workspace_arrays(workspace, marker)
     n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
+    _refresh_twin(params, params16, layout)
     return _train_epoch(
         gemm,
         params,
+        params16,
         _array1d(p_spare, n_params, marker),
         _array1d(p_grads, n_params, marker),
         layout,
@@ -285,9 +291,8 @@ def _train_epoch_entry(
         clip_norm,
         t0,
         _array2d(p_state, n_state, n_params, marker),
-        acts,
-        delta_a,
-        delta_b,
+        work,
+        work16,
         _array1d(p_Xb, batch_size * n_in, marker),
         _array1d(p_Yb, batch_size * n_out, marker),
         _array1d(p_lb, batch_size, np.int64(0)),
@@ -300,7 +305,8 @@ def _train_epoch_entry(
 @kernel
 def _evaluate_entry(marker, network, loss_code, batch, workspace):
     """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
-    acts, delta_a, _ = _workspace_arrays(workspace, marker)
-    return _evaluate(gemm, params, layout, loss_code, X, Y, labels, sw, acts, delta_a)
+    work, work16 = _workspace_arrays(workspace, marker)
+    _refresh_twin(params, params16, layout)
+    return _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16)

@@ -4,6 +4,10 @@ One GEMM writes ``A_prev @ W`` into the output buffer, then ONE pass over that b
 the activation in place, so the pre-activation ``Z`` is never stored separately. :func:`_forward_hidden` is the
 loop over the hidden layers that every pass runs (training, evaluation, prediction, the PyTorch bridge); the
 output layer's epilogue is the caller's: the plain one (:func:`_forward_into`) or the one fused with the loss.
+
+In bfloat16 matmul precision the GEMMs read bfloat16 twins of their operands (gemm.py): the epilogue writes the
+twin of each hidden activation ``A16`` in the same pass, and the input's twin is made once at the start. In the
+dtype's own precision every twin is an empty (0-row) view and is never touched.
 """
 
 from .._config import kernel, leaf, like
@@ -19,17 +23,37 @@ from .activations import (
     _exp_block,
     _row_sum,
 )
-from .gemm import _gemm
-from .layout import ACTIVATION, _activation_view, _layer_view
+from .gemm import _bf16, _matmul
+from .layout import ACTIVATION, _activation_view, _layer_view, _twin_view
 
 
 @leaf
-def _bias_activation_elementwise(Z, b, code):
-    """Z[i, j] <- f(Z[i, j] + b[j]) for an elementwise activation code (a constant after inlining)."""
+def _bias_activation_elementwise(Z, b, code, Z16, twin):
+    """Z[i, j] <- f(Z[i, j] + b[j]) for an elementwise activation code, and Z16[i, j] <- its bfloat16 when ``twin``
+    (code and twin are constants after inlining)."""
     n, m = Z.shape
     for i in range(n):
         for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], code)
+            a = _activate(Z[i, j] + b[j], code)
+            Z[i, j] = a
+            if twin:
+                Z16[i, j] = _bf16(a)
+
+
+@leaf
+def _bias_activation_code(Z, b, code, Z16, twin):
+    """:func:`_bias_activation_elementwise` with the branch on the code taken once, outside the loops: each call
+    inlines a loop specialised to one constant code."""
+    if code == RELU:
+        _bias_activation_elementwise(Z, b, RELU, Z16, twin)
+    elif code == TANH:
+        _bias_activation_elementwise(Z, b, TANH, Z16, twin)
+    elif code == SIGMOID:
+        _bias_activation_elementwise(Z, b, SIGMOID, Z16, twin)
+    elif code == LEAKY_RELU:
+        _bias_activation_elementwise(Z, b, LEAKY_RELU, Z16, twin)
+    else:
+        _bias_activation_elementwise(Z, b, IDENTITY, Z16, twin)
 
 
 @leaf
@@ -46,84 +70,121 @@ def _bias_softmax(Z, b):
 
 
 @kernel
-def _bias_activation(Z, b, code):
-    """In place ``Z[...] = f(Z + b)``; the epilogue of the dense forward GEMM.
+def _bias_activation(Z, b, code, Z16):
+    """In place ``Z[...] = f(Z + b)``, and ``Z16[...] = bfloat16(Z)`` when Z16 has rows; the epilogue of the dense
+    forward GEMM.
 
     NumPy: ``Z[...] = f(Z + b)`` (softmax row-wise). Z: (n, m) C-contiguous, output. b: (m,). code: activation
-    code of :mod:`fastbp.kernels.activations`. Thread-safe for distinct Z.
+    code of :mod:`fastbp.kernels.activations`. Z16: (n, m) uint16, output (the bfloat16 twin), or (0, m) for none
+    (a softmax output has none). Thread-safe for distinct Z.
     """
-    # Branch once, outside the loops: each call below inlines a loop specialised to one constant code.
-    if code == RELU:
-        _bias_activation_elementwise(Z, b, RELU)
-    elif code == TANH:
-        _bias_activation_elementwise(Z, b, TANH)
-    elif code == SIGMOID:
-        _bias_activation_elementwise(Z, b, SIGMOID)
-    elif code == LEAKY_RELU:
-        _bias_activation_elementwise(Z, b, LEAKY_RELU)
-    elif code == SOFTMAX:
+    if code == SOFTMAX:
         _bias_softmax(Z, b)
+    elif Z16.shape[0] > 0:
+        _bias_activation_code(Z, b, code, Z16, True)
     else:
-        _bias_activation_elementwise(Z, b, IDENTITY)
+        _bias_activation_code(Z, b, code, Z16, False)
 
 
 @kernel
-def _dense_forward(gemm, A_prev, W, b, code, A):
+def _dense_forward(gemm, A_prev, A_prev16, W, W16, b, code, A, A16):
     """Dense layer forward ``A = f(A_prev @ W + b)``: one GEMM into A, then one fused bias+activation pass.
 
-    NumPy: ``A[...] = f(A_prev @ W + b)``. gemm: address of the GEMM (see gemm.py); A_prev: (n, fan_in); W:
-    (fan_in, fan_out); b: (fan_out,); A: (n, fan_out), output. All C-contiguous, one dtype. Thread-safe for
-    distinct A.
+    NumPy: ``A[...] = f(A_prev @ W + b)``. gemm: the GEMMs (gemm.py :func:`~fastbp.kernels.gemm._matmul`);
+    A_prev: (n, fan_in); W: (fan_in, fan_out); b: (fan_out,); A: (n, fan_out), output. All C-contiguous, one dtype.
+    A_prev16, W16: their bfloat16 twins (read in bfloat16 precision); A16: A's twin, output (0 rows: none).
+    Thread-safe for distinct A.
     """
-    _gemm(gemm, 0, 0, 1.0, A_prev, W, 0.0, A)
-    _bias_activation(A, b, code)
+    _matmul(gemm, 0, 0, A_prev, A_prev16, W, W16, 0.0, A)
+    _bias_activation(A, b, code, A16)
 
 
 @leaf
 def _layer_input(layout, l, X, acts):
     """The input of layer l: X (n, n_in) for the first layer, else the (n, fan_in) activations of layer l - 1 in the
-    workspace ``acts``."""
+    workspace ``acts`` (X may be the input's twin, with acts the activations' twin: the same views of them)."""
     if l == 0:
         return X
     return _activation_view(acts, layout, l - 1, X.shape[0])
 
 
+@leaf
+def _to_bf16_rows(X, X16):
+    """X16[...] = bfloat16(X) for (n, m) arrays (X16 uint16)."""
+    for i in range(X16.shape[0]):
+        for j in range(X16.shape[1]):
+            X16[i, j] = _bf16(X[i, j])
+
+
 @kernel
-def _forward_hidden(gemm, params, layout, X, acts):
+def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16):
     """Forward pass of every hidden layer, ``A[l] = f(A[l-1] @ W[l] + b[l])`` for l < L - 1, into the workspace.
 
-    NumPy: ``A = X; for W, b, f in hidden layers: A = f(A @ W + b)``. gemm: GEMM address; params: (n_params,);
+    NumPy: ``A = X; for W, b, f in hidden layers: A = f(A @ W + b)``. gemm: the GEMMs; params: (n_params,);
     layout: (L, 6) int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements,
-    output (layer l's A at :func:`~fastbp.kernels.layout._activation_view`). Not thread-safe for a shared workspace.
+    output (layer l's A at :func:`~fastbp.kernels.layout._activation_view`). In bfloat16 precision, params16 and
+    acts16 are the twins of params and acts, and X16 (n, n_in) uint16 is written with X's twin first; otherwise
+    params16 and acts16 are empty and X16 has 0 rows. Not thread-safe for a shared workspace.
     """
     n = X.shape[0]
+    n16 = X16.shape[0]
+    _to_bf16_rows(X, X16)
     for l in range(layout.shape[0] - 1):
         W, b = _layer_view(params, layout, l)
         _dense_forward(
-            gemm, _layer_input(layout, l, X, acts), W, b, layout[l, ACTIVATION], _activation_view(acts, layout, l, n)
+            gemm,
+            _layer_input(layout, l, X, acts),
+            _layer_input(layout, l, X16, acts16),
+            W,
+            _twin_view(params16, layout, l),
+            b,
+            layout[l, ACTIVATION],
+            _activation_view(acts, layout, l, n),
+            _activation_view(acts16, layout, l, n16),
         )
 
 
 @leaf
-def _forward_into(gemm, params, layout, X, acts, out):
+def _forward_into(gemm, params, params16, layout, X, X16, acts, acts16, out):
     """The whole forward pass: hidden activations into ``acts``, the network output into ``out`` (n, n_out).
 
     NumPy: ``out[...] = reference.predict(net, X)``. Arguments as for :func:`_forward_hidden`; out: C-contiguous,
     output. Not thread-safe for a shared workspace.
     """
     L = layout.shape[0]
-    _forward_hidden(gemm, params, layout, X, acts)
+    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16)
     W, b = _layer_view(params, layout, L - 1)
-    _dense_forward(gemm, _layer_input(layout, L - 1, X, acts), W, b, layout[L - 1, ACTIVATION], out)
+    no_twin = _activation_view(acts16, layout, L - 1, 0)
+    _dense_forward(
+        gemm,
+        _layer_input(layout, L - 1, X, acts),
+        _layer_input(layout, L - 1, X16, acts16),
+        W,
+        _twin_view(params16, layout, L - 1),
+        b,
+        layout[L - 1, ACTIVATION],
+        out,
+        no_twin,
+    )
 
 
 @leaf
-def _forward_to_logits(gemm, params, layout, X, acts):
+def _forward_to_logits(gemm, params, params16, layout, X, X16, acts, acts16):
     """The forward pass up to the output layer's GEMM: returns (Z, b) with ``Z = A[L-1] @ W[L]`` (n, n_out) in the
     workspace, without the bias, for an output epilogue fused with the loss."""
     L = layout.shape[0]
-    _forward_hidden(gemm, params, layout, X, acts)
+    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16)
     W, b = _layer_view(params, layout, L - 1)
     Z = _activation_view(acts, layout, L - 1, X.shape[0])
-    _gemm(gemm, 0, 0, 1.0, _layer_input(layout, L - 1, X, acts), W, 0.0, Z)
+    _matmul(
+        gemm,
+        0,
+        0,
+        _layer_input(layout, L - 1, X, acts),
+        _layer_input(layout, L - 1, X16, acts16),
+        W,
+        _twin_view(params16, layout, L - 1),
+        0.0,
+        Z,
+    )
     return Z, b

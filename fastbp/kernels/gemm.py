@@ -21,7 +21,7 @@ import scipy.linalg.cython_blas as _cython_blas
 from llvmlite import ir
 from numba import types
 from numba.core import cgutils
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 from .._config import leaf
 
@@ -140,3 +140,129 @@ def _gemm(gemm, trans_a, trans_b, alpha, A, B, beta, C):
                 C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
         return
     _xgemm(gemm, trans_b, trans_a, n, m, k, alpha, B, B.shape[1], A, A.shape[1], beta, C, n)
+
+
+@intrinsic
+def _xgemm_bf16(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc):
+    """Row-major ``c = alpha * op(a) @ op(b) + beta * c`` with bfloat16 a and b (uint16 arrays holding the bits)
+    and a float32 c, by oneDNN's ``dnnl_gemm_bf16bf16f32`` at address ``fn`` (its C interface: flags as chars,
+    sizes as int64 and alpha, beta as float, all by value; the products are accumulated in float32).
+
+    trans_a, trans_b: nonzero integer means transpose. m, n, k, lda, ldb, ldc: integers. alpha, beta: real scalars.
+    Returns nothing; a nonzero status of oneDNN (invalid arguments, which the callers' shapes rule out) is ignored.
+    """
+    if not (
+        isinstance(fn, types.Integer)
+        and isinstance(c, types.Array)
+        and c.dtype == types.float32
+        and a.dtype == types.uint16
+        and b.dtype == types.uint16
+    ):
+        return None
+    sig = types.void(fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta, c, ldc)
+
+    def codegen(context, builder, signature, args):
+        fn_, ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
+        argtys = signature.args
+        i8, i64, f32 = ir.IntType(8), ir.IntType(64), ir.FloatType()
+
+        def flag(value):
+            transposed = builder.icmp_signed("!=", value, value.type(0))
+            return builder.select(transposed, i8(ord("T")), i8(ord("N")))
+
+        def integer(value, ty):
+            return context.cast(builder, value, ty, types.int64)
+
+        def scalar(value, ty):
+            return context.cast(builder, value, ty, types.float32)
+
+        def data(value, ty, elem):
+            return builder.bitcast(context.make_array(ty)(context, builder, value).data, elem.as_pointer())
+
+        i16 = ir.IntType(16)
+        fnty = ir.FunctionType(
+            ir.IntType(32),
+            [i8, i8, i64, i64, i64, f32, i16.as_pointer(), i64, i16.as_pointer(), i64, f32, f32.as_pointer(), i64],
+        )
+        target = builder.inttoptr(fn_, fnty.as_pointer())
+        builder.call(
+            target,
+            [
+                flag(ta),
+                flag(tb),
+                integer(m_, argtys[3]),
+                integer(n_, argtys[4]),
+                integer(k_, argtys[5]),
+                scalar(alpha_, argtys[6]),
+                data(a_, argtys[7], i16),
+                integer(lda_, argtys[8]),
+                data(b_, argtys[9], i16),
+                integer(ldb_, argtys[10]),
+                scalar(beta_, argtys[11]),
+                data(c_, argtys[12], f32),
+                integer(ldc_, argtys[13]),
+            ],
+        )
+        return context.get_dummy_value()
+
+    return sig, codegen
+
+
+def _matmul(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
+    """``C = op(A) @ op(B) + beta * C`` in the network's matmul precision (compiled code only; see the overload)."""
+    raise NotImplementedError("_matmul() is for compiled code")
+
+
+@overload(_matmul, inline="always")
+def _matmul_impl(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
+    """The GEMM of every pass: ``gemm = (blas, bf16)`` addresses. With ``bf16 == 0`` (the network's dtype
+    precision), ``C = op(A) @ op(B) + beta * C`` by the BLAS at ``blas`` (:func:`_gemm`); otherwise (bfloat16
+    matmul precision, float32 networks only) by the bfloat16 GEMM at ``bf16`` on the bfloat16 twins A16 and B16 of
+    A and B (uint16 arrays of the same shapes), accumulated in float32. A float64 specialization has no bfloat16
+    branch."""
+    if C.dtype != types.float32:
+
+        def dtype_precision(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
+            _gemm(gemm[0], trans_a, trans_b, 1.0, A, B, beta, C)
+
+        return dtype_precision
+
+    def either(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
+        if gemm[1] != 0:
+            m, n = C.shape
+            if m == 0 or n == 0:
+                return
+            k = A16.shape[0] if trans_a else A16.shape[1]
+            if k == 0:
+                for i in range(m):
+                    for j in range(n):
+                        C[i, j] = beta * C[i, j] if beta != 0.0 else 0.0
+                return
+            _xgemm_bf16(gemm[1], trans_a, trans_b, m, n, k, 1.0, A16, A16.shape[1], B16, B16.shape[1], beta, C, n)
+        else:
+            _gemm(gemm[0], trans_a, trans_b, 1.0, A, B, beta, C)
+
+    return either
+
+
+@intrinsic
+def _bits32(typingctx, x):
+    """The IEEE bits of a float32 as a uint32 (a bit cast)."""
+    if x != types.float32:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return types.uint32(x), codegen
+
+
+@leaf
+def _bf16(x):
+    """The bfloat16 nearest to the float32 x (ties to even), as its 16 bits (uint16); NaN stays a (quiet) NaN.
+    The top 16 bits of x after adding 0x7FFF plus the lowest kept bit: the rounding of oneDNN and PyTorch. (A
+    float64 x, in code that a float64 network compiles but never runs, is taken as float32 first.)"""
+    if x != x:
+        return np.uint16(0x7FC0)
+    u = _bits32(np.float32(x))
+    return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))

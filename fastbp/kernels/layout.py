@@ -58,6 +58,14 @@ def _layer_view(buf, layout, l):
 
 
 @leaf
+def _twin_view(params16, layout, l):
+    """The bfloat16 twin of layer l's W: the (fan_in, fan_out) uint16 view of ``params16`` laid out like params, or a
+    (0, fan_out) view when ``params16`` is empty (the dtype's own precision)."""
+    rows = layout[l, FAN_IN] if params16.shape[0] > 0 else 0
+    return _matrix_at(params16, layout[l, W_OFFSET] if rows else 0, rows, layout[l, FAN_OUT])
+
+
+@leaf
 def _activation_view(acts, layout, l, n):
     """(n, fan_out) view of layer l's activations in the workspace ``acts``."""
     start = 0

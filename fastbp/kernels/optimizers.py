@@ -20,6 +20,7 @@ import math
 import numpy as np
 
 from .._config import kernel, leaf, like
+from .gemm import _bf16
 from .layout import B_OFFSET, FAN_OUT, TRAINABLE, W_OFFSET
 
 SGD, ADAM = 0, 1
@@ -50,23 +51,35 @@ def _learning_rate(code, lr, schedule, t):
 
 
 @leaf
-def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay):
+def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay, q16, twin):
     """SGD / momentum / Nesterov on one contiguous range; returns the squared norm of ``grads`` on it (fused here
-    so that the gradient is read once when there is no clipping) (all arguments are equal-length 1-D views; looping over
-    range(len) rather than range(start, stop) lets LLVM vectorise: 8x faster)."""
+    so that the gradient is read once when there is no clipping); when ``twin`` (a constant), q16 <- the bfloat16 of
+    p_next in the same pass (all arguments are equal-length 1-D views; looping over range(len) rather than
+    range(start, stop) lets LLVM vectorise: 8x faster). The test of ``mu`` is taken once, outside the loops: left
+    inside, the loop vectorises only when LLVM unswitches it, which it stops doing in a larger function."""
     lr_, clip_, mu_, decay_ = like(lr, p_cur), like(clip, p_cur), like(mu, p_cur), like(decay, p_cur)
     sq = 0.0
+    if mu == 0.0:
+        for i in range(p_cur.shape[0]):
+            p = p_cur[i]
+            raw = grads[i]
+            sq += np.float64(raw) * raw  # in float64: a float32 square overflows long before the gradient does
+            q = p - lr_ * (clip_ * raw + decay_ * p)
+            p_next[i] = q
+            if twin:
+                q16[i] = _bf16(q)
+        return sq
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
         raw = grads[i]
-        sq += np.float64(raw) * raw  # in float64: a float32 square overflows long before the gradient does
+        sq += np.float64(raw) * raw
         g = clip_ * raw + decay_ * p
-        if mu == 0.0:
-            p_next[i] = p - lr_ * g
-        else:
-            v = mu_ * velocity[i] - lr_ * g
-            velocity[i] = v
-            p_next[i] = p + (mu_ * v - lr_ * g if nesterov else v)
+        v = mu_ * velocity[i] - lr_ * g
+        velocity[i] = v
+        q = p + (mu_ * v - lr_ * g if nesterov else v)
+        p_next[i] = q
+        if twin:
+            q16[i] = _bf16(q)
     return sq
 
 
@@ -87,24 +100,30 @@ def _adam_moments(grads, m, v, clip, b1, b2, p, decay):
 
 
 @leaf
-def _adam_step(p_cur, m, v, p_next, lr_c1, inv_sqrt_c2, eps, decay):
+def _adam_step(p_cur, m, v, p_next, lr_c1, inv_sqrt_c2, eps, decay, q16, twin):
     """p_next = p - lr_c1 m / (sqrt(v) inv_sqrt_c2 + eps) - decay p, which equals
-    p - lr (m / c1) / (sqrt(v / c2) + eps) - decay p with lr_c1 = lr / c1 and inv_sqrt_c2 = 1 / sqrt(c2)."""
+    p - lr (m / c1) / (sqrt(v / c2) + eps) - decay p with lr_c1 = lr / c1 and inv_sqrt_c2 = 1 / sqrt(c2); when
+    ``twin`` (a constant), q16 <- the bfloat16 of p_next in the same pass."""
     a, s, e, d = like(lr_c1, p_cur), like(inv_sqrt_c2, p_cur), like(eps, p_cur), like(decay, p_cur)
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
-        p_next[i] = p - a * m[i] / (math.sqrt(v[i]) * s + e) - d * p
+        q = p - a * m[i] / (math.sqrt(v[i]) * s + e) - d * p
+        p_next[i] = q
+        if twin:
+            q16[i] = _bf16(q)
 
 
 @kernel
-def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, sq_norms, with_norms):
+def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_next16, sq_norms, with_norms):
     """One optimizer step on every trainable layer: ``p_next = update(p_cur, clip * grads)``, state in place.
 
     NumPy (SGD): ``p_next[...] = p_cur - lr * clip * grads`` on trainable ranges; see the module docstring for
     momentum, Nesterov, Adam and AdamW. kind: SGD or ADAM; hyper: float64 vector (see the index constants);
     lr: float; t: int, 1-based step number (Adam's bias correction); clip: float factor on the gradient;
     layout: (L, 6) int64; p_cur, grads, p_next: (n_params,), p_next is the output and a different buffer from
-    p_cur; state: (rows, n_params), updated in place. Frozen layers' p_next is not written. When ``with_norms``,
+    p_cur; state: (rows, n_params), updated in place. p_next16: (n_params,) uint16, the bfloat16 twin of the
+    weights, written with p_next's weights in the same pass, or empty. Frozen layers' p_next is not written (nor
+    their twin). When ``with_norms``,
     each trainable layer's squared gradient norm is added into ``sq_norms`` (L,) float64, in the same pass (when
     clipping, the norms are needed before the update: see :func:`_grad_norms`). Returns the total squared norm
     of the trainable gradient. Thread-safe for distinct outputs.
@@ -123,18 +142,26 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, sq_no
         end = b + layout[l, FAN_OUT]  # W then b: [w, b) are the weights, [b, end) the bias
         for start, stop, decay_on in ((w, b, 1.0), (b, end, 0.0)):  # weights are decayed, biases not
             p, g, q = p_cur[start:stop], grads[start:stop], p_next[start:stop]
+            twin = decay_on == 1.0 and p_next16.shape[0] > 0  # the weights have a bfloat16 twin, biases none
+            q16 = p_next16[start:stop] if twin else p_next16[:0]
             if kind == ADAM:
                 m, v = state[0, start:stop], state[1, start:stop]
                 decay = decay_on * hyper[ADAM_WEIGHT_DECAY]
                 decoupled = hyper[ADAM_DECOUPLED] != 0.0  # AdamW: decay outside the adaptive step
                 sq += _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
-                _adam_step(p, m, v, q, lr / c1, 1.0 / math.sqrt(c2), eps, lr * decay if decoupled else 0.0)
+                a, s, e, d = lr / c1, 1.0 / math.sqrt(c2), eps, lr * decay if decoupled else 0.0
+                if twin:
+                    _adam_step(p, m, v, q, a, s, e, d, q16, True)
+                else:
+                    _adam_step(p, m, v, q, a, s, e, d, q16, False)
             else:
                 mu = hyper[SGD_MOMENTUM]
                 velocity = state[0, start:stop] if mu != 0.0 else g  # no state row without momentum (unused)
-                sq += _sgd_range(
-                    p, g, velocity, q, lr, clip, mu, hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
-                )
+                nesterov, decay = hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
+                if twin:
+                    sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay, q16, True)
+                else:
+                    sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay, q16, False)
         total += sq
         if with_norms:
             sq_norms[l] += sq

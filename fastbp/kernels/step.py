@@ -24,7 +24,22 @@ OK, NONFINITE_LOSS, NONFINITE_GRADIENT, LOSS_TOO_LARGE = 0, 1, 2, 3
 
 @kernel
 def _step(
-    loss, max_loss, kind, hyper, schedule_code, schedule, lr, clip_norm, t, layout, cur, grads, state, nxt, sq_norms
+    loss,
+    max_loss,
+    kind,
+    hyper,
+    schedule_code,
+    schedule,
+    lr,
+    clip_norm,
+    t,
+    layout,
+    cur,
+    grads,
+    state,
+    nxt,
+    twin,
+    sq_norms,
 ):
     """One optimizer step after a batch whose loss and gradient were computed from ``cur``; returns a status.
 
@@ -35,7 +50,8 @@ def _step(
     float, 0 for no clipping; t: int, the number of steps done before this one (0-based, for the schedule; Adam's
     bias correction counts t + 1). layout: (L, 6) int64. cur, grads: (n_params,), read; nxt: (n_params,), output:
     the new parameters when OK, a copy of ``cur`` for NONFINITE_GRADIENT, not written when the loss diverged (it
-    still holds the previous step's parameters: the fallback). state: (rows, n_params), updated in place.
+    still holds the previous step's parameters: the fallback). twin: (n_params,) uint16, the bfloat16 twin of the
+    weights, written with nxt's when OK, or empty. state: (rows, n_params), updated in place.
     sq_norms: (L,) float64, each trainable layer's squared gradient norm added to it. Returns OK, NONFINITE_LOSS,
     LOSS_TOO_LARGE or NONFINITE_GRADIENT. Not thread-safe.
     """
@@ -49,9 +65,9 @@ def _step(
         norm = math.sqrt(sq)
         clip = clip_norm / norm if norm > clip_norm else 1.0
         if finite(sq):
-            _update(kind, hyper, lr_t, t + 1, clip, layout, cur, grads, state, nxt, sq_norms, np.int64(0))
+            _update(kind, hyper, lr_t, t + 1, clip, layout, cur, grads, state, nxt, twin, sq_norms, np.int64(0))
     else:  # the norm is summed in the update's own pass over the gradient
-        sq = _update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, sq_norms, np.int64(1))
+        sq = _update(kind, hyper, lr_t, t + 1, 1.0, layout, cur, grads, state, nxt, twin, sq_norms, np.int64(1))
     if not finite(sq):
         _copy(cur, nxt)  # drop the update: the parameters before it stay the fallback
         return NONFINITE_GRADIENT
@@ -83,7 +99,7 @@ def _step_entry(
     that of the parameters ``cur`` (boundary.py), nxt and grads (n_params,) at p_next and p_grads, the optimizer's
     hyper-parameters (n_hyper,) and schedule (n_schedule,) float64, its state (n_state, n_params), sq_norms (L,)
     float64. Returns the status (NumPy: as there). Not thread-safe."""
-    cur, layout, _ = _network_arrays(network, marker)
+    cur, twin, layout, _ = _network_arrays(network, marker)
     n_params = cur.shape[0]
     return _step(
         loss,
@@ -100,5 +116,6 @@ def _step_entry(
         _array1d(p_grads, n_params, marker),
         _array2d(p_state, n_state, n_params, marker),
         _array1d(p_next, n_params, marker),
+        twin,
         _array1d(p_sq_norms, layout.shape[0], np.float64(0)),
     )
