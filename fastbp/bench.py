@@ -34,9 +34,23 @@ SHAPES = {
     "L": ([784, 1024, 1024, 10], 256),
     "XL": ([1024, 4096, 4096, 1024], 512),
 }
-#: The matrix of docs/benchmarks.md: every shape in float32, S and M in float64 too.
+#: The matrix of docs/benchmarks.md: every shape in float32, S and M in float64 too, and every shape in bfloat16 matmul
+#: precision (a float32 network; its peers in float32, and PyTorch under bfloat16 autocast) where it is available.
 MATRIX = [(s, "float32") for s in SHAPES] + [("S", "float64"), ("M", "float64")]
+MATRIX_BF16 = [(s, "bfloat16") for s in SHAPES]
 QUICK = [("S", "float32"), ("M", "float32")]
+QUICK_BF16 = [("M", "bfloat16")]
+
+
+def matrix(quick=False):
+    """The cells of a run: :data:`MATRIX` (or :data:`QUICK`), with the bfloat16 cells where bfloat16 matmul precision
+    is available on this machine."""
+    from . import _onednn
+
+    bf16 = _onednn.info()["reason"] is None
+    return (QUICK + QUICK_BF16 * bf16) if quick else (MATRIX + MATRIX_BF16 * bf16)
+
+
 LR = 1e-3
 STEPS_PER_CALL = 16
 
@@ -129,12 +143,12 @@ def _batches(X, y, batch):
     return [(X[i : i + batch], y[i : i + batch]) for i in range(0, X.shape[0], batch)]
 
 
-def fastbp_step(sizes, batch, dtype, trainable=None):
+def fastbp_step(sizes, batch, dtype, trainable=None, matmul_precision="float32"):
     """The compiled epoch loop over the STEPS_PER_CALL batches, in order (no shuffling, so the batches are views of
     X, as the peers' are): returns (function, steps per call). ``trainable``: per-layer flags of the network
     (frozen layers skip their weight-gradient GEMM)."""
     X, y = _data(sizes, batch, dtype)
-    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable)
+    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable, matmul_precision=matmul_precision)
     trainer = Trainer(net, SGD(LR), batch_size=batch, progress=False, divergence_factor=None)
     Xc, Y2d, labels = net.check_batch(X, y)
     perm = np.arange(X.shape[0], dtype=np.int64)
@@ -155,7 +169,11 @@ def numpy_step(sizes, batch, dtype):
     return steps, len(batches)
 
 
-def torch_step(sizes, batch, dtype):
+def torch_step(sizes, batch, dtype, autocast=False):
+    """PyTorch eager; with ``autocast``, the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)``
+    (bfloat16 matrix products, float32 parameters), PyTorch's own mixed precision."""
+    import contextlib
+
     import torch
 
     layers = []
@@ -166,13 +184,23 @@ def torch_step(sizes, batch, dtype):
     loss_fn = torch.nn.CrossEntropyLoss()
     batches = [(torch.from_numpy(X), torch.from_numpy(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
 
+    def mixed():
+        return torch.autocast("cpu", dtype=torch.bfloat16) if autocast else contextlib.nullcontext()
+
     def steps():
         for tX, ty in batches:
             opt.zero_grad()
-            loss_fn(model(tX), ty).backward()
+            with mixed():
+                out = model(tX)
+            loss_fn(out.float(), ty).backward()
             opt.step()
 
     return steps, len(batches)
+
+
+def torch_bf16_step(sizes, batch, dtype):
+    """:func:`torch_step` under bfloat16 autocast (float32 data and parameters)."""
+    return torch_step(sizes, batch, dtype, autocast=True)
 
 
 def jax_step(sizes, batch, dtype):
@@ -210,7 +238,15 @@ def jax_step(sizes, batch, dtype):
     return steps, len(batches)
 
 
-CONTENDERS = {"fastbp": fastbp_step, "numpy": numpy_step, "torch": torch_step, "jax": jax_step}
+CONTENDERS = {
+    "fastbp": fastbp_step,
+    "numpy": numpy_step,
+    "torch": torch_step,
+    "jax": jax_step,
+    "torch_bf16": torch_bf16_step,
+}
+#: Contenders that run in bfloat16 matmul precision (the others, in a bfloat16 cell, run in float32).
+BF16_CONTENDERS = ("torch_bf16",)
 
 
 def available_peers(names=("torch", "jax"), report=print):
@@ -227,20 +263,32 @@ def available_peers(names=("torch", "jax"), report=print):
     return found
 
 
-def gradient_check(sizes, batch, dtype):
+def gradient_check(sizes, batch, dtype, matmul_precision="float32"):
     """Relative difference of fastbp's gradient from the reference's on this machine's BLAS (a guard against a
-    BLAS kernel that computes wrong results on this processor)."""
+    BLAS kernel that computes wrong results on this processor; in bfloat16 precision, against the reference's exact
+    bfloat16 products)."""
     X, y = _data(sizes, batch, dtype, 1)
-    net = MLP(sizes, dtype=dtype, seed=0)
+    net = MLP(sizes, dtype=dtype, seed=0, matmul_precision=matmul_precision)
     _, g = net.value_and_grad(X, y)
     _, ref = reference.value_and_grad(net, X, y)
     return float(np.linalg.norm(g.astype(np.float64) - ref) / np.linalg.norm(ref))
 
 
 def measure_cell(shape, dtype, contenders, rounds, min_time):
-    """Time every contender on one (shape, dtype), interleaved; returns a result dict."""
+    """Time every contender on one (shape, dtype), interleaved; returns a result dict. dtype "bfloat16": fastbp in
+    bfloat16 matmul precision, the float32 peers, and PyTorch under bfloat16 autocast (``torch_bf16``)."""
     sizes, batch = SHAPES[shape]
-    times = interleaved({name: CONTENDERS[name](sizes, batch, dtype) for name in contenders}, rounds, min_time)
+    bf16 = dtype == "bfloat16"
+    data = "float32" if bf16 else dtype
+    steps = {}
+    for name in contenders:
+        if name in BF16_CONTENDERS and not bf16:
+            continue
+        if name == "fastbp":
+            steps[name] = fastbp_step(sizes, batch, data, matmul_precision="bfloat16" if bf16 else "float32")
+        else:
+            steps[name] = CONTENDERS[name](sizes, batch, data)
+    times = interleaved(steps, rounds, min_time)
     flops = flops_per_step(sizes, batch)
     result = {
         "shape": shape,
@@ -249,7 +297,7 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
         "dtype": dtype,
         "flops": flops,
         "peers": {},
-        "gradient_rel_diff": gradient_check(sizes, batch, dtype),
+        "gradient_rel_diff": gradient_check(sizes, batch, data, "bfloat16" if bf16 else "float32"),
     }
     for name, ts in times.items():
         ts = np.array(ts)
@@ -341,9 +389,48 @@ def machine():
     return f"{cpu}, {get_num_threads()} threads, {blas}"
 
 
+def bf16_gemm_peak(size=2048, repeats=3):
+    """GFLOP/s of the bfloat16 GEMM fastbp calls (oneDNN's, bfloat16 operands, float32 accumulation and output) on
+    size x size matrices: best of repeats."""
+    import ctypes
+
+    from . import _onednn
+
+    gemm = ctypes.CFUNCTYPE(
+        ctypes.c_int,
+        ctypes.c_char,
+        ctypes.c_char,
+        *[ctypes.c_int64] * 3,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+        ctypes.c_float,
+        ctypes.c_void_p,
+        ctypes.c_int64,
+    )(_onednn.bf16_gemm())
+    from .reference import round_bf16
+
+    rng = np.random.default_rng(0)
+    # normal values, as the steps' operands are (the GEMM's speed depends a little on the data: power and clock)
+    A, B = (round_bf16(rng.standard_normal((size, size))).view(np.uint32) >> 16 for _ in range(2))
+    A, B = A.astype(np.uint16), B.astype(np.uint16)
+    C = np.zeros((size, size), dtype=np.float32)
+
+    def call():
+        gemm(b"N", b"N", size, size, size, 1.0, A.ctypes.data, size, B.ctypes.data, size, 0.0, C.ctypes.data, size)
+
+    call()
+    best = min(_timed(call) for _ in range(repeats))
+    return 2 * size**3 / best / 1e9
+
+
 def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
     """Measure every (shape, dtype) cell; returns the full results dict (also what --json writes)."""
     contenders = ["fastbp", "numpy", *available_peers(report=report)]
+    if "torch" in contenders:
+        contenders.append("torch_bf16")
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -355,7 +442,10 @@ def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
     }
     peaks = results["peak_gflops"]
     for shape, dtype in cells:
-        best_peak(peaks, dtype)
+        if dtype == "bfloat16":
+            peaks[dtype] = max(peaks.get(dtype, 0.0), bf16_gemm_peak())
+        else:
+            best_peak(peaks, dtype)
         cell = measure_cell(shape, dtype, contenders, rounds, min_time)
         cell["peak_percent"] = 100 * cell["peers"]["fastbp"]["gflops"] / peaks[dtype]
         results["cells"].append(cell)
@@ -381,9 +471,9 @@ def format_cell(cell):
 
 def table(results):
     """Markdown table of the results (what README.md and docs/benchmarks.md carry)."""
-    peers = [p for p in ("numpy", "torch", "jax") if any(p in c["peers"] for c in results["cells"])]
+    peers = [p for p in (*STEP_PEERS, "torch_bf16") if any(p in c["peers"] for c in results["cells"])]
     head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
-    head += [f"{p} us/step" for p in peers] + [f"{p} / fastbp" for p in peers]
+    head += [f"{PEER_NAMES[p]} us/step" for p in peers] + [f"{PEER_NAMES[p]} / fastbp" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for c in results["cells"]:
         f = c["peers"]["fastbp"]
@@ -400,8 +490,10 @@ def table(results):
     peaks = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in results["peak_gflops"].items())
     lines.append("")
     lines.append(
-        f"GEMM peak (SciPy BLAS, 2048x2048, the best of the measurements before each cell): {peaks}. Ratios are "
-        f"peer time / fastbp time (higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
+        f"GEMM peak (2048x2048, SciPy's BLAS for float32/float64 and oneDNN's bfloat16 GEMM for bfloat16, the best of "
+        f"the measurements before each cell): {peaks}. dtype bfloat16: fastbp's float32 network in bfloat16 matmul "
+        "precision, against the float32 peers and PyTorch under bfloat16 autocast (torch bf16). Ratios are peer time "
+        f"/ fastbp time (higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
     )
     if results["sklearn"]:
         lines.append("")
@@ -420,8 +512,7 @@ def table(results):
 
 
 #: The float32 step-time targets of docs/benchmarks.md: shape -> minimum ratio (peer time / fastbp time) against each
-#: named peer, "fastest" meaning the fastest peer measured (numpy included). Float32 cells only; the bfloat16 targets
-#: of that page need a bfloat16 matmul precision, which fastbp does not have yet.
+#: named peer, "fastest" meaning the fastest peer measured (numpy included).
 STEP_TARGETS = {
     "S": {"torch": 8.0, "numpy": 3.0, "jax": 3.0},
     "M": {"fastest": 1.05},
@@ -437,9 +528,61 @@ FIT_TARGETS = {"float32": 8.0, "float64": 8.0}
 ACCURACY_POINTS = 1.0
 
 
+#: The bfloat16 matmul precision targets of docs/benchmarks.md: shape -> minimum ratio against each named peer
+#: ("fastest": the fastest float32 peer; "torch_bf16": PyTorch under bfloat16 autocast).
+BF16_TARGETS = {
+    "M": {"fastest": 1.3, "torch_bf16": 1.2},
+    "L": {"fastest": 1.6, "torch_bf16": 1.2},
+    "XL": {"fastest": 1.6, "torch_bf16": 1.2},
+}
+#: XL in bfloat16 must also reach this percent of the measured bfloat16 GEMM peak.
+XL_BF16_PEAK_PERCENT = 70.0
+
 #: The peers of docs/benchmarks.md: "the fastest peer" is the fastest of these, so all must have been measured.
 STEP_PEERS = ("numpy", "torch", "jax")
+PEER_NAMES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "torch_bf16": "torch bf16"}
 NOT_MEASURED = "not measured"
+
+
+def _step_targets(cells, dtype, wanted_by_shape, percent_of_peak):
+    """Rows of :func:`targets` for the step targets of one dtype ("float32" or "bfloat16")."""
+    rows = []
+    where = "" if dtype == "float32" else " in bfloat16"
+    fastest = "the fastest peer" if dtype == "float32" else "the fastest float32 peer"
+    for shape, wanted in wanted_by_shape.items():
+        cell = cells.get((shape, dtype))
+        peers = {} if cell is None else {n: p["ratio"] for n, p in cell["peers"].items() if n != "fastbp"}
+        missing = [name for name in STEP_PEERS if name not in peers]
+        for peer, minimum in wanted.items():
+            name_of = fastest if peer == "fastest" else PEER_NAMES[peer]
+            target = f"{shape}{where}: >= {minimum:g}x {name_of}"
+            if cell is None:
+                rows.append((target, f"{NOT_MEASURED} (no {shape} {dtype} cell)", None))
+            elif peer == "fastest":
+                float32 = {n: r for n, r in peers.items() if n in STEP_PEERS}
+                if not float32:
+                    rows.append((target, f"{NOT_MEASURED} (no peer)", None))
+                    continue
+                name = min(float32, key=float32.get)  # the smallest ratio is the fastest peer
+                measured = f"{float32[name]:.2f}x ({name})"
+                if missing:
+                    rows.append((target, f"{measured}; {', '.join(missing)} {NOT_MEASURED}", None))
+                else:
+                    rows.append((target, measured, float32[name] >= minimum))
+            elif peer in peers:
+                rows.append((target, f"{peers[peer]:.2f}x", peers[peer] >= minimum))
+            else:
+                why = "not installed" if peer in STEP_PEERS else "not measured"
+                rows.append((target, f"{NOT_MEASURED} ({PEER_NAMES[peer]} {why})", None))
+        if shape == "XL":
+            gemm = "sgemm" if dtype == "float32" else "bfloat16 GEMM"
+            target = f"XL{where}: >= {percent_of_peak:g}% of the {gemm} peak"
+            if cell is None:
+                rows.append((target, f"{NOT_MEASURED} (no XL {dtype} cell)", None))
+            else:
+                percent = cell["peak_percent"]
+                rows.append((target, f"{percent:.1f}%", percent >= percent_of_peak))
+    return rows
 
 
 def targets(results):
@@ -449,36 +592,11 @@ def targets(results):
     installed, no scikit-learn fit); ``measured`` then says what is missing. No target is left out."""
     rows = []
     cells = {(c["shape"], c["dtype"]): c for c in results["cells"]}
-    for shape, wanted in STEP_TARGETS.items():
-        cell = cells.get((shape, "float32"))
-        peers = {} if cell is None else {n: p["ratio"] for n, p in cell["peers"].items() if n != "fastbp"}
-        missing = [name for name in STEP_PEERS if name not in peers]
-        for peer, minimum in wanted.items():
-            if cell is None:
-                target = f"{shape}: >= {minimum:g}x {'the fastest peer' if peer == 'fastest' else peer}"
-                rows.append((target, f"{NOT_MEASURED} (no {shape} float32 cell)", None))
-            elif peer == "fastest":
-                target = f"{shape}: >= {minimum:g}x the fastest peer"
-                if not peers:
-                    rows.append((target, f"{NOT_MEASURED} (no peer)", None))
-                    continue
-                name = min(peers, key=peers.get)  # the smallest ratio is the fastest peer
-                measured = f"{peers[name]:.2f}x ({name})"
-                if missing:
-                    rows.append((target, f"{measured}; {', '.join(missing)} {NOT_MEASURED}", None))
-                else:
-                    rows.append((target, measured, peers[name] >= minimum))
-            elif peer in peers:
-                rows.append((f"{shape}: >= {minimum:g}x {peer}", f"{peers[peer]:.2f}x", peers[peer] >= minimum))
-            else:
-                rows.append((f"{shape}: >= {minimum:g}x {peer}", f"{NOT_MEASURED} ({peer} not installed)", None))
-        if shape == "XL":
-            target = f"XL: >= {XL_PEAK_PERCENT:g}% of the sgemm peak"
-            if cell is None:
-                rows.append((target, f"{NOT_MEASURED} (no XL float32 cell)", None))
-            else:
-                percent = cell["peak_percent"]
-                rows.append((target, f"{percent:.1f}%", percent >= XL_PEAK_PERCENT))
+    for dtype, table, percent_of_peak in (
+        ("float32", STEP_TARGETS, XL_PEAK_PERCENT),
+        ("bfloat16", BF16_TARGETS, XL_BF16_PEAK_PERCENT),
+    ):
+        rows += _step_targets(cells, dtype, table, percent_of_peak)
     with_numpy = [c for c in results["cells"] if "numpy" in c["peers"]]
     target = "never slower than the NumPy reference (every cell)"
     if with_numpy:
@@ -518,13 +636,13 @@ def plot(results, path):
 
     plt = pyplot()
     cells = results["cells"]
-    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", "numpy", "torch", "jax"].index)
+    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", *STEP_PEERS, "torch_bf16"].index)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4))
     width = 0.8 / len(names)
     for k, name in enumerate(names):
         xs = [i + k * width for i, c in enumerate(cells) if name in c["peers"]]
         ys = [c["peers"][name]["ratio"] for c in cells if name in c["peers"]]
-        ax.bar(xs, ys, width, label=name)
+        ax.bar(xs, ys, width, label=PEER_NAMES.get(name, name))
     ax.set_xticks([i + 0.4 - width / 2 for i in range(len(cells))])
     ax.set_xticklabels([f"{c['shape']} {c['dtype']}" for c in cells])
     ax.set_yscale("log")

@@ -33,7 +33,8 @@ def test_targets_compare_each_cell_with_its_peers_and_the_fastest_one():
     assert met["never slower than the NumPy reference (every cell)"] == ("0.90x at its lowest (M float64)", False)
     assert met["scikit-learn fit float32: >= 8x, accuracy within 1 point"] == ("8.5x, 0.50 points apart", True)
     assert met["scikit-learn fit float64: >= 8x, accuracy within 1 point"] == ("9.0x, 2.00 points apart", False)
-    assert len(met) == 10
+    assert len(met) == 17  # and the 7 bfloat16 targets, not measured here
+    assert met["L in bfloat16: >= 1.6x the fastest float32 peer"] == ("not measured (no L bfloat16 cell)", None)
 
 
 def test_targets_not_measured_are_shown_never_dropped_or_passed():
@@ -44,7 +45,7 @@ def test_targets_not_measured_are_shown_never_dropped_or_passed():
     }
     rows = bench.targets(results)
     met = {target: (measured, ok) for target, measured, ok in rows}
-    assert len(rows) == 10  # every target, measured or not
+    assert len(rows) == 17  # every target, measured or not
     assert met["S: >= 8x torch"] == ("9.00x", True)
     assert met["S: >= 3x jax"] == ("not measured (jax not installed)", None)
     # numpy alone is above 1.05x, but torch and jax were not measured: no verdict
@@ -56,3 +57,24 @@ def test_targets_not_measured_are_shown_never_dropped_or_passed():
     table = bench.targets_table(results)
     assert "| S: >= 3x numpy | 4.00x | yes |" in table
     assert "| S: >= 3x jax | not measured (jax not installed) | not measured |" in table
+
+
+def test_bfloat16_cells_are_checked_against_float32_peers_torch_autocast_and_the_bf16_peak():
+    results = {
+        "cells": [
+            _cell("M", "bfloat16", numpy=2.6, torch=1.7, jax=1.5, torch_bf16=1.9),
+            _cell("L", "bfloat16", numpy=3.0, torch=1.8, jax=1.75, torch_bf16=0.63),
+            # torch float32 is the fastest float32 peer here: the target is checked against it, not jax
+            _cell("XL", "bfloat16", peak_percent=38.6, numpy=3.9, torch=1.55, jax=2.4, torch_bf16=1.3),
+        ],
+        "sklearn": [],
+    }
+    met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
+    assert met["M in bfloat16: >= 1.3x the fastest float32 peer"] == ("1.50x (jax)", True)
+    assert met["M in bfloat16: >= 1.2x torch bf16"] == ("1.90x", True)
+    assert met["L in bfloat16: >= 1.2x torch bf16"] == ("0.63x", False)
+    assert met["XL in bfloat16: >= 1.6x the fastest float32 peer"] == ("1.55x (torch)", False)
+    assert met["XL in bfloat16: >= 1.2x torch bf16"] == ("1.30x", True)
+    assert met["XL in bfloat16: >= 70% of the bfloat16 GEMM peak"] == ("38.6%", False)
+    # the float32 targets, with no float32 cell, are shown as not measured
+    assert met["M: >= 1.05x the fastest peer"] == ("not measured (no M float32 cell)", None)
