@@ -13,6 +13,11 @@ Contenders: ``fastbp`` (the compiled epoch loop, per step), ``numpy`` (the refer
 ``params -= lr * grads``), ``torch`` (eager: ``nn.Sequential`` of ``Linear``/``ReLU``, ``CrossEntropyLoss``,
 ``optim.SGD``), ``jax`` (the whole step under ``jax.jit``). Missing peers are skipped with a printed note.
 scikit-learn's ``MLPClassifier`` is compared on whole ``fit`` calls (digits, same hyper-parameters).
+
+The deep shape ``D`` (:data:`DEEP`) has layer options (batch norm, residual connections, dropout): there the peers
+build the same model (PyTorch from ``Linear``/``BatchNorm1d``/``ReLU``/``Dropout`` with the skip connection, JAX the
+same functions under ``jax.jit``, dropout from each framework's own generator), and ``plain`` is fastbp's network of
+the same widths without the options, to show what they cost. The NumPy reference has no step at D.
 """
 
 import itertools
@@ -36,7 +41,11 @@ SHAPES = {
 }
 #: The matrix of docs/benchmarks.md: every shape in float32, S and M in float64 too, and every shape in bfloat16 matmul
 #: precision (a float32 network; its peers in float32, and PyTorch under bfloat16 autocast) where it is available.
-MATRIX = [(s, "float32") for s in SHAPES] + [("S", "float64"), ("M", "float64")]
+#: The deep shape: 784-256x4-10 with batch norm on every hidden layer, a residual connection on every one that keeps
+#: its width, and dropout 0.1 (docs/benchmarks.md).
+DEEP = {"D": ([784, 256, 256, 256, 256, 10], 128)}
+LAYER_OPTIONS = {"D": {"norm": "batch", "residual": [False, True, True, True], "dropout": 0.1}}
+MATRIX = [(s, "float32") for s in SHAPES] + [("S", "float64"), ("M", "float64"), ("D", "float32")]
 MATRIX_BF16 = [(s, "bfloat16") for s in SHAPES]
 QUICK = [("S", "float32"), ("M", "float32")]
 QUICK_BF16 = [("M", "bfloat16")]
@@ -143,12 +152,19 @@ def _batches(X, y, batch):
     return [(X[i : i + batch], y[i : i + batch]) for i in range(0, X.shape[0], batch)]
 
 
-def fastbp_step(sizes, batch, dtype, trainable=None, matmul_precision="float32"):
+def shape_of(shape):
+    """(sizes, batch, layer options) of a shape name of :data:`SHAPES` or :data:`DEEP`."""
+    sizes, batch = SHAPES[shape] if shape in SHAPES else DEEP[shape]
+    return sizes, batch, LAYER_OPTIONS.get(shape, {})
+
+
+def fastbp_step(sizes, batch, dtype, trainable=None, matmul_precision="float32", options=None):
     """The compiled epoch loop over the STEPS_PER_CALL batches, in order (no shuffling, so the batches are views of
     X, as the peers' are): returns (function, steps per call). ``trainable``: per-layer flags of the network
-    (frozen layers skip their weight-gradient GEMM)."""
+    (frozen layers skip their weight-gradient GEMM); ``options``: the network's layer options (norm, residual,
+    dropout)."""
     X, y = _data(sizes, batch, dtype)
-    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable, matmul_precision=matmul_precision)
+    net = MLP(sizes, dtype=dtype, seed=0, trainable=trainable, matmul_precision=matmul_precision, **(options or {}))
     trainer = Trainer(net, SGD(LR), batch_size=batch, progress=False, divergence_factor=None)
     Xc, Y2d, labels = net.check_batch(X, y)
     perm = np.arange(X.shape[0], dtype=np.int64)
@@ -169,17 +185,50 @@ def numpy_step(sizes, batch, dtype):
     return steps, len(batches)
 
 
-def torch_step(sizes, batch, dtype, autocast=False):
+def _torch_model(sizes, options):
+    """The ReLU network as a torch module: ``nn.Sequential`` of ``Linear``/``ReLU``, or with layer options
+    (``norm="batch"``, ``residual`` per hidden layer, ``dropout``) a module that adds each residual layer's input to
+    its output."""
+    import torch
+
+    if not options:
+        layers = []
+        for fan_in, fan_out in itertools.pairwise(sizes):
+            layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
+        return torch.nn.Sequential(*layers[:-1])
+    if options.get("norm") not in (None, "batch"):
+        raise ValueError(f"the torch peer builds batch norm only, not {options['norm']!r}")
+    hidden = len(sizes) - 2
+    residual = options.get("residual", False)
+    residual = residual if isinstance(residual, list) else [residual] * hidden
+
+    class Deep(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.blocks = torch.nn.ModuleList()
+            for fan_in, fan_out in itertools.pairwise(sizes[:-1]):
+                norm = [torch.nn.BatchNorm1d(fan_out)] if options.get("norm") else []
+                layers = [torch.nn.Linear(fan_in, fan_out), *norm, torch.nn.ReLU()]
+                self.blocks.append(torch.nn.Sequential(*layers, torch.nn.Dropout(options.get("dropout", 0.0))))
+            self.out = torch.nn.Linear(sizes[-2], sizes[-1])
+
+        def forward(self, x):
+            for block, skip in zip(self.blocks, residual, strict=True):
+                x = x + block(x) if skip else block(x)
+            return self.out(x)
+
+    return Deep()
+
+
+def torch_step(sizes, batch, dtype, autocast=False, options=None):
     """PyTorch eager; with ``autocast``, the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)``
-    (bfloat16 matrix products, float32 parameters), PyTorch's own mixed precision."""
+    (bfloat16 matrix products, float32 parameters), PyTorch's own mixed precision. ``options``: layer options of
+    the model (:func:`_torch_model`), trained in ``train()`` mode."""
     import contextlib
 
     import torch
 
-    layers = []
-    for fan_in, fan_out in itertools.pairwise(sizes):
-        layers += [torch.nn.Linear(fan_in, fan_out), torch.nn.ReLU()]
-    model = torch.nn.Sequential(*layers[:-1]).to(getattr(torch, dtype))
+    model = _torch_model(sizes, options).to(getattr(torch, dtype)).train()
     opt = torch.optim.SGD(model.parameters(), lr=LR)
     loss_fn = torch.nn.CrossEntropyLoss()
     batches = [(torch.from_numpy(X), torch.from_numpy(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
@@ -203,7 +252,10 @@ def torch_bf16_step(sizes, batch, dtype):
     return torch_step(sizes, batch, dtype, autocast=True)
 
 
-def jax_step(sizes, batch, dtype):
+def jax_step(sizes, batch, dtype, options=None):
+    """The whole step under ``jax.jit``. ``options``: batch norm (batch statistics, running statistics returned with
+    the parameters, momentum 0.1), residual connections and dropout (``jax.random`` keyed by the step), as fastbp's
+    layer options."""
     if dtype == "float64":
         import jax
 
@@ -211,31 +263,58 @@ def jax_step(sizes, batch, dtype):
     import jax
     import jax.numpy as jnp
 
+    options = options or {}
+    hidden = len(sizes) - 2
+    residual = options.get("residual", False)
+    residual = residual if isinstance(residual, list) else [residual] * hidden
+    norm, rate = options.get("norm") == "batch", options.get("dropout", 0.0)
     net = MLP(sizes, dtype=dtype, seed=0)
     params = [(jnp.asarray(W), jnp.asarray(b)) for W, b in zip(net.coefs, net.intercepts, strict=True)]
+    if norm:  # gamma and beta after each hidden layer's (W, b); running means and variances apart
+        params = [(*p, jnp.ones(p[1].shape, dtype), jnp.zeros(p[1].shape, dtype)) for p in params[:-1]] + params[-1:]
+    stats = [(jnp.zeros(m, dtype), jnp.ones(m, dtype)) for m in sizes[1:-1]] if norm else []
 
-    def loss(params, X, y):
-        A = X
-        for W, b in params[:-1]:
-            A = jax.nn.relu(A @ W + b)
+    def loss(params, stats, X, y, key):
+        A, new_stats = X, []
+        for l, layer in enumerate(params[:-1]):
+            Z = A @ layer[0] + layer[1]
+            if norm:
+                mean, var = Z.mean(axis=0), Z.var(axis=0)
+                Z = layer[2] * (Z - mean) / jnp.sqrt(var + 1e-5) + layer[3]
+                n = X.shape[0]
+                running_mean, running_var = stats[l]
+                new_stats.append((0.9 * running_mean + 0.1 * mean, 0.9 * running_var + 0.1 * var * n / (n - 1)))
+            H = jax.nn.relu(Z)
+            if rate:
+                keep = jax.random.bernoulli(jax.random.fold_in(key, l), 1.0 - rate, H.shape)
+                H = jnp.where(keep, H / (1.0 - rate), 0.0)
+            A = A + H if residual[l] else H
         W, b = params[-1]
         logp = jax.nn.log_softmax(A @ W + b)
-        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1))
+        return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), new_stats
 
     @jax.jit
-    def update(params, X, y):
-        grads = jax.grad(loss)(params, X, y)
-        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads)
+    def update(params, stats, X, y, key):
+        grads, new_stats = jax.grad(loss, has_aux=True)(params, stats, X, y, key)
+        return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads), new_stats
 
     batches = [(jnp.asarray(X), jnp.asarray(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
-    state = {"params": params}
+    state = {"params": params, "stats": stats, "step": 0}
+    base = jax.random.key(0)
 
     def steps():
         for jX, jy in batches:
-            state["params"] = update(state["params"], jX, jy)
+            key = jax.random.fold_in(base, state["step"])
+            state["params"], state["stats"] = update(state["params"], state["stats"], jX, jy, key)
+            state["step"] += 1
         jax.block_until_ready(state["params"])
 
     return steps, len(batches)
+
+
+def plain_step(sizes, batch, dtype, options=None):
+    """fastbp's network of the same widths without its layer options (what the options cost)."""
+    return fastbp_step(sizes, batch, dtype)
 
 
 CONTENDERS = {
@@ -244,7 +323,10 @@ CONTENDERS = {
     "torch": torch_step,
     "jax": jax_step,
     "torch_bf16": torch_bf16_step,
+    "plain": plain_step,
 }
+#: The contenders of a shape with layer options (:data:`LAYER_OPTIONS`).
+DEEP_CONTENDERS = ("fastbp", "plain", "torch", "jax")
 #: Contenders that run in bfloat16 matmul precision (the others, in a bfloat16 cell, run in float32).
 BF16_CONTENDERS = ("torch_bf16",)
 
@@ -263,12 +345,12 @@ def available_peers(names=("torch", "jax"), report=print):
     return found
 
 
-def gradient_check(sizes, batch, dtype, matmul_precision="float32"):
+def gradient_check(sizes, batch, dtype, matmul_precision="float32", options=None):
     """Relative difference of fastbp's gradient from the reference's on this machine's BLAS (a guard against a
     BLAS kernel that computes wrong results on this processor; in bfloat16 precision, against the reference's exact
     bfloat16 products)."""
     X, y = _data(sizes, batch, dtype, 1)
-    net = MLP(sizes, dtype=dtype, seed=0, matmul_precision=matmul_precision)
+    net = MLP(sizes, dtype=dtype, seed=0, matmul_precision=matmul_precision, **(options or {}))
     _, g = net.value_and_grad(X, y)
     _, ref = reference.value_and_grad(net, X, y)
     return float(np.linalg.norm(g.astype(np.float64) - ref) / np.linalg.norm(ref))
@@ -277,15 +359,18 @@ def gradient_check(sizes, batch, dtype, matmul_precision="float32"):
 def measure_cell(shape, dtype, contenders, rounds, min_time):
     """Time every contender on one (shape, dtype), interleaved; returns a result dict. dtype "bfloat16": fastbp in
     bfloat16 matmul precision, the float32 peers, and PyTorch under bfloat16 autocast (``torch_bf16``)."""
-    sizes, batch = SHAPES[shape]
+    sizes, batch, options = shape_of(shape)
     bf16 = dtype == "bfloat16"
     data = "float32" if bf16 else dtype
     steps = {}
     for name in contenders:
-        if name in BF16_CONTENDERS and not bf16:
+        if (name in BF16_CONTENDERS and not bf16) or (options and name not in DEEP_CONTENDERS):
             continue
         if name == "fastbp":
-            steps[name] = fastbp_step(sizes, batch, data, matmul_precision="bfloat16" if bf16 else "float32")
+            precision = "bfloat16" if bf16 else "float32"
+            steps[name] = fastbp_step(sizes, batch, data, matmul_precision=precision, options=options)
+        elif options:
+            steps[name] = CONTENDERS[name](sizes, batch, data, options=options)
         else:
             steps[name] = CONTENDERS[name](sizes, batch, data)
     times = interleaved(steps, rounds, min_time)
@@ -297,7 +382,8 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
         "dtype": dtype,
         "flops": flops,
         "peers": {},
-        "gradient_rel_diff": gradient_check(sizes, batch, data, "bfloat16" if bf16 else "float32"),
+        "options": options,
+        "gradient_rel_diff": gradient_check(sizes, batch, data, "bfloat16" if bf16 else "float32", options),
     }
     for name, ts in times.items():
         ts = np.array(ts)
@@ -431,6 +517,8 @@ def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
     contenders = ["fastbp", "numpy", *available_peers(report=report)]
     if "torch" in contenders:
         contenders.append("torch_bf16")
+    if any(shape in LAYER_OPTIONS for shape, _ in cells):
+        contenders.append("plain")
     results = {
         "date": time.strftime("%Y-%m-%d"),
         "machine": machine(),
@@ -471,7 +559,7 @@ def format_cell(cell):
 
 def table(results):
     """Markdown table of the results (what README.md and docs/benchmarks.md carry)."""
-    peers = [p for p in (*STEP_PEERS, "torch_bf16") if any(p in c["peers"] for c in results["cells"])]
+    peers = [p for p in (*STEP_PEERS, "torch_bf16", "plain") if any(p in c["peers"] for c in results["cells"])]
     head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
     head += [f"{PEER_NAMES[p]} us/step" for p in peers] + [f"{PEER_NAMES[p]} / fastbp" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -495,6 +583,11 @@ def table(results):
         "precision, against the float32 peers and PyTorch under bfloat16 autocast (torch bf16). Ratios are peer time "
         f"/ fastbp time (higher is better for fastbp), medians over {results['rounds']} interleaved rounds."
     )
+    if any(c.get("options") for c in results["cells"]):
+        lines[-1] += (
+            " Shape D: 784-256x4-10, batch 128, batch norm, residual connections, dropout 0.1; its peers build the "
+            "same model, and plain is fastbp's network of the same widths without the options."
+        )
     if results["sklearn"]:
         lines.append("")
         lines.append(
@@ -540,7 +633,10 @@ XL_BF16_PEAK_PERCENT = 70.0
 
 #: The peers of docs/benchmarks.md: "the fastest peer" is the fastest of these, so all must have been measured.
 STEP_PEERS = ("numpy", "torch", "jax")
-PEER_NAMES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "torch_bf16": "torch bf16"}
+PEER_NAMES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "torch_bf16": "torch bf16", "plain": "plain"}
+#: The deep shape's targets: the ratios against torch eager and JAX doing the same model, and the cost of the layer
+#: options, as the ratio of the plain network's time to fastbp's (0.8333: the options cost at most 20% more).
+DEEP_TARGETS = {"D": {"torch": 2.0, "jax": 1.25, "plain": 1 / 1.2}}
 NOT_MEASURED = "not measured"
 
 
@@ -597,13 +693,31 @@ def targets(results):
         ("bfloat16", BF16_TARGETS, XL_BF16_PEAK_PERCENT),
     ):
         rows += _step_targets(cells, dtype, table, percent_of_peak)
-    with_numpy = [c for c in results["cells"] if "numpy" in c["peers"]]
+    for shape, wanted in DEEP_TARGETS.items():
+        cell = cells.get((shape, "float32"))
+        for peer, minimum in wanted.items():
+            if peer == "plain":
+                target = f"{shape}: the layer options cost <= {100 * (1 / minimum - 1):.0f}% over the plain network"
+            else:
+                target = f"{shape}: >= {minimum:g}x {PEER_NAMES[peer]} (the same model)"
+            if cell is None:
+                rows.append((target, f"{NOT_MEASURED} (no {shape} float32 cell)", None))
+            elif peer not in cell["peers"]:
+                rows.append((target, f"{NOT_MEASURED} ({PEER_NAMES[peer]} not installed)", None))
+            elif peer == "plain":
+                cost = 1 / cell["peers"][peer]["ratio"] - 1
+                rows.append((target, f"{100 * cost:+.0f}%", cell["peers"][peer]["ratio"] >= minimum))
+            else:
+                ratio = cell["peers"][peer]["ratio"]
+                rows.append((target, f"{ratio:.2f}x", ratio >= minimum))
+    numpy_cells = [c for c in results["cells"] if not c.get("options")]  # the reference has no step with options
+    with_numpy = [c for c in numpy_cells if "numpy" in c["peers"]]
     target = "never slower than the NumPy reference (every cell)"
     if with_numpy:
         slowest = min(with_numpy, key=lambda c: c["peers"]["numpy"]["ratio"])
         ratio = slowest["peers"]["numpy"]["ratio"]
         where = f"{ratio:.2f}x at its lowest ({slowest['shape']} {slowest['dtype']})"
-        if len(with_numpy) < len(results["cells"]):
+        if len(with_numpy) < len(numpy_cells):
             rows.append((target, f"{where}; some cells without numpy", None))
         else:
             rows.append((target, where, ratio >= 1.0))
@@ -636,7 +750,7 @@ def plot(results, path):
 
     plt = pyplot()
     cells = results["cells"]
-    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", *STEP_PEERS, "torch_bf16"].index)
+    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", *STEP_PEERS, "torch_bf16", "plain"].index)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4))
     width = 0.8 / len(names)
     for k, name in enumerate(names):

@@ -89,8 +89,13 @@ def float64_copy(net):
         "float64",
         seed=0,  # the initial values are overwritten below
         trainable=list(net.trainable),
+        norm=list(net.norms[:-1]),
+        residual=list(net.residuals[:-1]),
+        dropout=list(net.dropouts[:-1]),
     )
     copy.params[:] = net.params
+    copy.buffers[:] = net.buffers
+    copy.dropout_seed = net.dropout_seed
     return copy
 
 
@@ -261,7 +266,7 @@ class GradcheckResult:
 def _float32_magnitudes(net64, X, Y):
     """Per layer, the norms of ``|A|^T |delta| + l2 |W|`` and of ``sum |delta|``: the size of the terms that the
     weight and bias gradients sum, on the float64 copy."""
-    A = reference.forward(net64, X)
+    A = reference.forward(net64, X, training=True)  # value_and_grad's mode: batch statistics
     out = []
     for l, d in enumerate(reference.deltas(net64, X, Y)):
         W = net64.coefs[l]

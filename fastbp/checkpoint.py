@@ -1,8 +1,24 @@
-"""Checkpoints: the network (architecture and parameters) and optionally its optimizer state, in one ``.npz``.
+"""Checkpoints: the network (architecture, parameters, running statistics) and optionally its optimizer state, in
+one ``.npz``.
 
-Format (version 1): plain arrays only, loaded with ``allow_pickle=False``; strings are stored as NumPy unicode
-arrays and the optimizer's configuration as JSON text. A SHA-256 digest of every other entry (names, dtypes,
-shapes and bytes) is stored too, so a truncated, edited or otherwise damaged file is rejected on load. Files are
+Format (version 2): plain arrays only, loaded with ``allow_pickle=False``; strings are stored as NumPy unicode
+arrays and the optimizer's configuration as JSON text. The entries:
+
+- ``format`` ("fastbp-checkpoint"), ``version`` (2);
+- the architecture: ``layer_sizes``, ``activations`` (one per hidden layer), ``output``, ``loss``, ``l2``,
+  ``dtype``, ``trainable`` (one per layer), ``matmul_precision``;
+- the hidden layers' options (version 2), one value per hidden layer: ``norms`` ("batch", "layer", or "" for
+  none), ``residuals`` (bool), ``dropouts`` (float64 rates); and ``dropout_seed`` (uint64), the seed of the dropout
+  masks;
+- ``params`` (the flat parameter buffer) and ``buffers`` (version 2: the running statistics of the batch-norm
+  layers, ``MLP.buffers``, empty without batch norm), both of the network's dtype;
+- with an optimizer: ``optimizer`` (JSON: name and configuration), ``optimizer_t`` and ``optimizer_state``;
+- ``extra_<name>`` for each entry of ``extras``;
+- ``sha256``: a SHA-256 digest of every other entry (names, dtypes, shapes and bytes), so a truncated, edited or
+  otherwise damaged file is rejected on load.
+
+Version 1 (fastbp before the layer options) has the same entries without the options, ``dropout_seed`` and
+``buffers``; such files still load, as networks without options. Files of a later version are refused. Files are
 written atomically: to a temporary file in the same directory, flushed to disk, then renamed over the target, so
 a crash never leaves a partial checkpoint under the target name.
 """
@@ -16,7 +32,9 @@ import zipfile
 import numpy as np
 
 FORMAT = "fastbp-checkpoint"
-VERSION = 1
+VERSION = 2
+#: The format versions :func:`load` reads (version 1: no layer options, no running statistics).
+READABLE_VERSIONS = (1, 2)
 
 
 class CheckpointError(ValueError):
@@ -30,6 +48,12 @@ def _digest(arrays):
         h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
         h.update(a.tobytes())
     return h.hexdigest()
+
+
+def _uint64(value, name):
+    if not 0 <= value < 2**64:
+        raise ValueError(f"cannot save a network whose {name} {value} is not in [0, 2**64)")
+    return np.array(value, dtype=np.uint64)
 
 
 def _schedule_config(schedule):
@@ -54,7 +78,13 @@ def save(net, path, optimizer=None, extras=None):
         "dtype": np.array(net.dtype.name),
         "trainable": np.array(net.trainable, dtype=bool),
         "matmul_precision": np.array(net.matmul_precision),
+        # the hidden layers' options (net.norms, residuals and dropouts also hold the output layer's: none)
+        "norms": np.array([k or "" for k in net.norms[:-1]], dtype=str).reshape(-1),
+        "residuals": np.array(net.residuals[:-1], dtype=bool).reshape(-1),
+        "dropouts": np.array(net.dropouts[:-1], dtype=np.float64).reshape(-1),
+        "dropout_seed": _uint64(net.dropout_seed, "dropout_seed"),
         "params": net.params,
+        "buffers": net.buffers,
     }
     if optimizer is not None:
         config = {k: (_schedule_config(val) if k == "schedule" else val) for k, val in optimizer.config().items()}
@@ -102,12 +132,39 @@ def _read(path):
         raise CheckpointError(f"{path} is not a readable fastbp checkpoint ({type(err).__name__}: {err})") from err
     if not isinstance(arrays, dict) or str(arrays.get("format", "")) != FORMAT:
         raise CheckpointError(f"{path} is not a fastbp checkpoint")
-    if int(arrays.get("version", -1)) != VERSION:
-        raise CheckpointError(f"{path} has checkpoint format version {arrays.get('version')}, expected {VERSION}")
+    version = arrays.get("version")
+    if version is None or version.shape != () or version.dtype.kind not in "iu":
+        raise CheckpointError(f"{path} has no valid checkpoint format version ({version!r})")
+    if int(version) not in READABLE_VERSIONS:
+        newer = "; a newer fastbp wrote it: load it with that version" if int(version) > VERSION else ""
+        raise CheckpointError(
+            f"{path} has checkpoint format version {int(version)}, but this fastbp ({_version()}) reads versions "
+            f"{' and '.join(map(str, READABLE_VERSIONS))}{newer}"
+        )
     stored = str(arrays.pop("sha256", ""))
     if stored != _digest(arrays):
         raise CheckpointError(f"{path} is damaged or was modified: its SHA-256 digest does not match its content")
     return arrays
+
+
+def _version():
+    from . import __version__
+
+    return __version__
+
+
+def _options(a):
+    """The MLP keyword arguments of the hidden layers' options stored in version-2 checkpoint entries ``a``."""
+    if int(a["version"]) < 2:
+        return {}
+    norms = [str(k) or None for k in a["norms"]]
+    residuals = [bool(r) for r in a["residuals"]]
+    dropouts = [float(p) for p in a["dropouts"]]
+    n_hidden = len(a["layer_sizes"]) - 2
+    for name, values in (("norms", norms), ("residuals", residuals), ("dropouts", dropouts)):
+        if len(values) != n_hidden:
+            raise ValueError(f"{name} has {len(values)} values for {n_hidden} hidden layers")
+    return {"norm": norms, "residual": residuals, "dropout": dropouts}
 
 
 def load(path, return_optimizer=False, matmul_precision=None):
@@ -117,8 +174,12 @@ def load(path, return_optimizer=False, matmul_precision=None):
     when the file has none). ``matmul_precision``: the network's matrix-product precision, by default the one it
     was saved with ("float32" for checkpoints written before it was stored); the parameters are float32 either way,
     so a network trained in bfloat16 can be loaded in float32 (e.g. on a machine without bfloat16) and the reverse.
-    Raises FileNotFoundError, or CheckpointError (a ValueError) naming what is wrong, or RuntimeError when the
-    precision asked for is not available here.
+    The hidden layers' options (normalization, residual connections, dropout and its seed) and the running
+    statistics of batch norm (``net.buffers``) are restored exactly, so ``predict`` (evaluation mode) gives what it
+    gave before the save; a version-1 checkpoint (written before the options existed) loads as a network without
+    options.
+    Raises FileNotFoundError, or CheckpointError (a ValueError) naming what is wrong (including a checkpoint of a
+    format version this fastbp does not know), or RuntimeError when the precision asked for is not available here.
     """
     from . import optim
     from .network import MLP
@@ -138,6 +199,7 @@ def load(path, return_optimizer=False, matmul_precision=None):
             matmul_precision=str(a.get("matmul_precision", "float32"))
             if matmul_precision is None
             else matmul_precision,
+            **_options(a),
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes an invalid network: {err}") from err
@@ -148,6 +210,19 @@ def load(path, return_optimizer=False, matmul_precision=None):
             f"{net.dtype} and ({net.n_params},)"
         )
     net.params[:] = params
+    if int(a["version"]) >= 2:
+        if "buffers" not in a or "dropout_seed" not in a:
+            raise CheckpointError(f"{path}: a version-2 checkpoint needs the entries buffers and dropout_seed")
+        buffers, seed = a["buffers"], a["dropout_seed"]
+        if buffers.dtype != net.dtype or buffers.shape != net.buffers.shape:
+            raise CheckpointError(
+                f"{path}: buffers (running statistics) has dtype {buffers.dtype} and shape {buffers.shape}, but the "
+                f"architecture needs {net.dtype} and {net.buffers.shape}"
+            )
+        if seed.shape != () or seed.dtype.kind not in "iu" or int(seed) < 0:
+            raise CheckpointError(f"{path}: dropout_seed must be a non-negative integer, got {seed.dtype} {seed!r}")
+        net.buffers[:] = buffers
+        net.dropout_seed = int(seed)
     net.extras = {name[len("extra_") :]: value for name, value in a.items() if name.startswith("extra_")}
     if not return_optimizer:
         return net

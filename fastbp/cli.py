@@ -1,6 +1,7 @@
 """The ``fastbp`` command line: ``train``, ``predict``, ``bench``, ``info``, ``gradcheck``, ``diagnose``.
 
-Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's).
+Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's, or a combination of
+options that cannot work with the data, such as ``--residual`` when no hidden layer keeps its width: one line).
 """
 
 import argparse
@@ -24,6 +25,14 @@ def _layers(text):
     if any(s < 1 for s in sizes):
         raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
     return sizes
+
+
+class UsageError(ValueError):
+    """A combination of options that cannot work, found once the data is known (exit code 2, one line on stderr)."""
+
+    # Every rank of `fastbp train --distributed` finds it alike (same options, same data): rank 0 reports it once,
+    # no rank is aborted (fastbp.distributed.run_cli).
+    agreed_across_ranks = True
 
 
 def _int_at_least(minimum):
@@ -85,6 +94,26 @@ def build_parser():
     train.add_argument("--layers", type=_layers, default=[128], help="hidden layer sizes, e.g. 256,128 (default 128)")
     train.add_argument(
         "--activation", default="relu", choices=("relu", "leaky_relu", "tanh", "sigmoid", "logistic", "identity")
+    )
+    train.add_argument(
+        "--norm",
+        choices=("batch", "layer"),
+        help="normalize every hidden layer's pre-activations: batch norm (running statistics for evaluation and "
+        "fastbp predict) or layer norm (default: none)",
+    )
+    train.add_argument(
+        "--residual",
+        action="store_true",
+        help="a residual connection (the layer's input added to its output) on every hidden layer that keeps its "
+        "width, i.e. whose input size equals its size: with --layers 128,128,128 on 64 features, hidden layers 2 and "
+        "3, not layer 1 (64 to 128); an error when no hidden layer keeps its width",
+    )
+    train.add_argument(
+        "--dropout",
+        type=_bounded_float(0.0, 1.0),
+        default=0.0,
+        metavar="P",
+        help="dropout rate of every hidden layer's output in training, in [0, 1) (default 0)",
     )
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZER_CHOICES)
     train.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
@@ -151,7 +180,11 @@ def build_parser():
         "against scikit-learn's MLPClassifier.",
     )
     bench.add_argument("--quick", action="store_true", help="S and M in float32, fewer rounds (under 2 minutes)")
-    bench.add_argument("--shapes", help="comma-separated among S,M,L,XL (default: the full matrix)")
+    bench.add_argument(
+        "--shapes",
+        help="comma-separated among S,M,L,XL,D (D: 784-256x4-10 with batch norm, residual connections and dropout "
+        "0.1; default: the full matrix)",
+    )
     bench.add_argument(
         "--dtypes",
         help="comma-separated among float32,float64,bfloat16 (with --shapes; bfloat16: bfloat16 matmul precision)",
@@ -225,11 +258,13 @@ def _add_gradcheck_parser(sub):
 def _add_diagnose_parser(sub):
     diag = sub.add_parser(
         "diagnose",
-        help="vanishing and exploding gradients in a deep network (per-layer norms and a plot)",
+        help="vanishing and exploding gradients in a deep network, and their remedies (per-layer norms and a plot)",
         description="The vanishing and exploding gradient experiment (docs/background.md) on the digits: the same deep "
         "network with sigmoid, tanh and relu "
         "from a plain initialisation W ~ N(0, 1/fan_in); per-layer norms of the weight gradients and of delta, a "
-        "short SGD training, then the exploding case (weights --gain times larger) without and with clipping.",
+        "short SGD training, then the exploding case (weights --gain times larger) without and with clipping, then "
+        "the remedies: the deep sigmoid network plain, with batch norm and with residual connections, the same "
+        "weights, SGD, epochs and seed, side by side (gradient norms per layer, test accuracy).",
     )
     diag.add_argument("--depth", type=_positive_int, default=10, help="hidden layers (default 10)")
     diag.add_argument("--width", type=_positive_int, default=64, help="units per hidden layer (default 64)")
@@ -272,6 +307,36 @@ def _load_data(path, labels, require_y=True, no_labels=False):
     if no_labels and path.lower().endswith((".csv", ".txt")):
         return data.load_csv(path, label_column=None)
     return data.load_file(path, labels, require_y=require_y and not no_labels)
+
+
+def _residuals(sizes):
+    """``fastbp train --residual``: a residual connection on each hidden layer of ``sizes`` that keeps its width; a
+    UsageError naming the layers when none does."""
+    residual = [sizes[i] == sizes[i + 1] for i in range(len(sizes) - 2)]
+    if not any(residual):
+        changes = ", ".join(f"layer {i + 1} maps {sizes[i]} to {sizes[i + 1]} units" for i in range(len(residual)))
+        raise UsageError(
+            f"--residual needs a hidden layer that keeps its width (a residual connection adds the layer's input to "
+            f"its output), but every hidden layer of {'-'.join(map(str, sizes))} changes it: "
+            f"{changes}; repeat a width, e.g. --layers {sizes[1]},{sizes[1]}"
+        )
+    return residual
+
+
+def _describe_options(net):
+    """The hidden layers' options of ``net`` for the summary line (', batch norm, residual on hidden layers 2,3,
+    dropout 0.1'), or ''."""
+    parts = []
+    norms = {k for k in net.norms[:-1] if k}
+    if norms:
+        parts.append(" and ".join(f"{k} norm" for k in sorted(norms)))
+    layers = [str(i + 1) for i, r in enumerate(net.residuals) if r]
+    if layers:
+        parts.append(f"residual on hidden layer{'s' if len(layers) > 1 else ''} {','.join(layers)}")
+    rates = {p for p in net.dropouts[:-1] if p}
+    if rates:
+        parts.append("dropout " + "/".join(f"{p:g}" for p in sorted(rates)))
+    return "".join(f", {part}" for part in parts)
 
 
 def _make_optimizer(args):
@@ -332,6 +397,9 @@ def _train(args, trainer_cls=None):
         dtype=args.dtype,
         seed=args.seed,
         matmul_precision=args.matmul_precision,
+        norm=args.norm,
+        residual=_residuals(sizes) if args.residual else False,
+        dropout=args.dropout,
     )
     trainer = (trainer_cls or fastbp.Trainer)(
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
@@ -341,7 +409,7 @@ def _train(args, trainer_cls=None):
         f"({'digits' if args.data is None else args.data}); train {len(y_train)}, test {len(y_test)}"
     )
     print(
-        f"model: {'-'.join(map(str, sizes))} {args.activation}, softmax, {args.dtype}"
+        f"model: {'-'.join(map(str, sizes))} {args.activation}{_describe_options(net)}, softmax, {args.dtype}"
         f"{', bfloat16 matmul precision' if net.matmul_precision == 'bfloat16' else ''}; "
         f"optimizer {trainer.optimizer!r}; {args.epochs} epochs of batch {args.batch_size}"
     )
@@ -369,7 +437,10 @@ def _train(args, trainer_cls=None):
         print(f"plot: {args.plot}")
     if args.json:
         with open(args.json, "w") as f:
-            json.dump({"history": history, "test": result, "layers": sizes, "fit_time": fit_time}, f, indent=1)
+            options = {"norm": list(net.norms[:-1]), "residual": list(net.residuals[:-1])}
+            options["dropout"] = list(net.dropouts[:-1])
+            report = {"history": history, "test": result, "layers": sizes, **options, "fit_time": fit_time}
+            json.dump(report, f, indent=1)
     return 0
 
 
@@ -403,9 +474,10 @@ def cmd_bench(args):
 
     if args.shapes:
         shapes = args.shapes.split(",")
-        unknown = [s for s in shapes if s not in bench.SHAPES]
+        known = [*bench.SHAPES, *bench.DEEP]
+        unknown = [s for s in shapes if s not in known]
         if unknown:
-            raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {list(bench.SHAPES)}")
+            raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {known}")
         dtypes = (args.dtypes or "float32").split(",")
         unknown = [d for d in dtypes if d not in ("float32", "float64", "bfloat16")]
         if unknown:
@@ -602,6 +674,9 @@ def main(argv=None):
     except KeyboardInterrupt:
         print("fastbp: interrupted", file=sys.stderr)
         return 1
+    except UsageError as err:
+        print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
+        return 2
     except (ValueError, TypeError, OSError, RuntimeError, EOFError) as err:
         print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
         return 1

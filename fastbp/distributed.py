@@ -408,6 +408,12 @@ class Trainer(_Trainer):
         error = None
         try:
             super().__init__(net, optimizer, batch_size=batch_size, seed=seed, progress=progress, **options)
+            if "batch" in getattr(net, "norms", ()):
+                raise ValueError(
+                    "fastbp.distributed does not support batch norm: its batch statistics would have to be summed over "
+                    "the ranks inside the forward pass. Use norm='layer' (layer norm's statistics are per row), or "
+                    "train with fastbp.Trainer"
+                )
             if threads is not None and not (isinstance(threads, str) and threads == "auto"):
                 threads = v.check_int(threads, "threads", minimum=1)
         except Exception as err:
@@ -442,6 +448,10 @@ class Trainer(_Trainer):
             "l2": net.l2,
             "dtype": net.dtype.name,
             "trainable": tuple(net.trainable),
+            # the layer options: the size of the all-reduced gradient (gamma, beta) and the masks of dropout
+            "norm": tuple(net.norms),
+            "residual": tuple(net.residuals),
+            "dropout": tuple(net.dropouts),
             "optimizer": repr(self.optimizer),
             "batch_size": self.batch_size,
             "seed": self.seed,
@@ -503,9 +513,11 @@ class Trainer(_Trainer):
         return parts, call
 
     def _sync(self):
-        """Broadcast rank 0's parameters, optimizer state and step count to every rank."""
+        """Broadcast rank 0's parameters, optimizer state and step count, and its network's dropout seed (drawn
+        by each rank for ``MLP(seed=None)``), to every rank."""
         net, opt, comm = self.net, self.optimizer, self.comm
         comm.Bcast(net.params, root=0)
+        net.dropout_seed = comm.bcast(net.dropout_seed, root=0)
         state = opt.init_state(net.n_params, net.dtype)
         opt.t = comm.bcast(opt.t, root=0)
         if state.size:
@@ -513,10 +525,10 @@ class Trainer(_Trainer):
         self._synced = True
 
     def sync(self):
-        """Broadcast rank 0's parameters and optimizer state (step count included) to every rank. ``fit`` does it
-        when it starts and ``train_step`` on its first call, not on later ones: call ``sync`` (on every rank)
-        after changing the parameters or the optimizer on some ranks only between ``train_step`` calls, for
-        example after loading a checkpoint on rank 0. Collective."""
+        """Broadcast rank 0's parameters, optimizer state (step count included) and dropout seed to every rank.
+        ``fit`` does it when it starts and ``train_step`` on its first call, not on later ones: call ``sync`` (on
+        every rank) after changing the parameters or the optimizer on some ranks only between ``train_step`` calls,
+        for example after loading a checkpoint on rank 0. Collective."""
         with self._guard():
             self._sync()
 
@@ -735,6 +747,8 @@ class Trainer(_Trainer):
             Xb = self._Xb[: rows_max * n_in].reshape(rows_max, n_in)
             Yb = self._Yb[: rows_max * n_out].reshape(rows_max, n_out)
             lb, swb = self._lb, self._swb
+            ids = np.empty(rows_max, dtype=np.int64)
+            p_ids = ids.ctypes.data
             entry = {id(b): net._entry_params(b) for b in (params, spare)}
             cur, nxt = params, spare
             marker, loss_code, workspace, p_grads, l2 = (
@@ -777,8 +791,13 @@ class Trainer(_Trainer):
                         swv = swb[:k]
                         np.take(sw, rows, out=swv, mode="clip")
                     batch = net._entry_batch(Xb[:k], Yv, lv, swv)
+                    # the rows' indices in the whole data set key the dropout masks, as in one process
+                    ids[:k] = rows
+                    if part.sharded:
+                        ids[:k] += part.start
+                    run = net._run(True, update_stats=True, dropout=True, step=opt.t + steps)
                     buffer[-1] = _value_and_grad_entry(
-                        marker, entry[id(cur)], loss_code, batch, workspace, p_grads, l2, scale, 0
+                        marker, entry[id(cur)], run, p_ids, k, loss_code, batch, workspace, p_grads, l2, scale, 0
                     )
                 else:  # no rows (or no weight) of this batch here: contribute nothing
                     buffer[:] = 0.0

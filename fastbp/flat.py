@@ -31,6 +31,7 @@ class FlatObjective:
     def __init__(self, net, X, Y, sample_weight=None):
         self.net = net
         self.X, self.Y2d, self.labels = net.check_batch(X, Y)
+        net._check_batch_norm_rows(self.X.shape[0])
         self.sw = v.check_sample_weight(sample_weight, self.X.shape[0], net.dtype)
         self._grad = np.empty(net.n_params, dtype=net.dtype)
         self._grad64 = np.empty(net.n_params, dtype=np.float64)

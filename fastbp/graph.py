@@ -237,6 +237,36 @@ class ReluGate(Gate):
         return [dz * self.active]
 
 
+class LeakyReluGate(Gate):
+    """z = a where a > 0, else slope * a: dz/da = 1 where a > 0, else slope (the slope also at the kink a = 0, as
+    fastbp's kernels take it from the output z = 0)."""
+
+    name = "leaky_relu"
+
+    def __init__(self, slope):
+        self.slope = slope
+
+    def forward(self, a):
+        self.active = a > 0
+        return np.where(self.active, a, self.slope * a)
+
+    def backward(self, dz):
+        return [dz * np.where(self.active, 1.0, self.slope)]
+
+
+class SqrtGate(Gate):
+    """z = sqrt(a) (a >= 0): dz/da = 1 / (2 sqrt(a)) = 1 / (2 z) (infinite at a = 0)."""
+
+    name = "sqrt"
+
+    def forward(self, a):
+        self.z = np.sqrt(a)
+        return self.z
+
+    def backward(self, dz):
+        return [dz / (2.0 * self.z)]
+
+
 class MatMulGate(Gate):
     """z = a @ b for vectors and matrices (NumPy's rules for 1-D operands): with A = a as (n, k), B = b as
     (k, m) and dZ = dz as (n, m), dA = dZ @ B.T and dB = A.T @ dZ, reshaped back to a's and b's shapes."""
@@ -506,6 +536,23 @@ def relu(a):
     a: a Node or a constant of any shape. Returns a new float64 Node of a's shape.
     """
     return _apply(ReluGate(), a)
+
+
+def leaky_relu(a, slope=0.01):
+    """Elementwise ``a if a > 0 else slope * a`` (its gradient is the slope at the kink a = 0, as in fastbp's
+    kernels; fastbp's slope is 0.01).
+
+    a: a Node or a constant of any shape; slope: a float. Returns a new float64 Node of a's shape.
+    """
+    return _apply(LeakyReluGate(float(slope)), a)
+
+
+def sqrt(a):
+    """Elementwise square root of ``a`` (non-negative values; negative values give NaN, as ``np.sqrt``).
+
+    a: a Node or a constant of any shape. Returns a new float64 Node of a's shape.
+    """
+    return _apply(SqrtGate(), a)
 
 
 def matmul(a, b):

@@ -26,9 +26,10 @@ _PRECISIONS = {"float32": "float32", "highest": "float32", "bfloat16": "bfloat16
 
 def workspace_entry(work, twins):
     """The workspace as the compiled entry points take it (kernels/boundary.py): ``work`` = (acts, delta_a,
-    delta_b) arrays of the dtype, ``twins`` = (x16, acts16, delta_a16, delta_b16) uint16 arrays, empty in the dtype's
-    own precision."""
-    acts, delta_a, delta_b = work
+    delta_b, delta_c, aux, sums) arrays of the dtype (sums float64; delta_c, aux and sums may be empty for networks
+    without layer options), ``twins`` = (x16, acts16, delta_a16, delta_b16) uint16 arrays, empty in the dtype's own
+    precision."""
+    acts, delta_a, delta_b, delta_c, aux, sums = work
     x16, acts16, delta_a16, delta_b16 = twins
 
     def address(a):
@@ -39,13 +40,69 @@ def workspace_entry(work, twins):
         acts.size,
         delta_a.ctypes.data,
         delta_b.ctypes.data,
+        address(delta_c),
         delta_a.size,
+        address(aux),
+        aux.size,
+        address(sums),
+        sums.size,
         address(x16),
         x16.size,
         address(acts16),
         address(delta_a16),
         address(delta_b16),
     )
+
+
+_NORMS = {"batch": _lay.BATCH_NORM, "layer": _lay.LAYER_NORM}
+_NORM_NAMES = {_lay.NO_NORM: None, _lay.BATCH_NORM: "batch", _lay.LAYER_NORM: "layer"}
+_lay_name_batch = "batch"
+
+
+def _per_hidden_layer(value, name, n_hidden, scalar_types):
+    """``value`` for each hidden layer: the same for all, or a sequence of n_hidden values."""
+    if isinstance(value, scalar_types) or value is None:
+        return [value] * n_hidden
+    if not isinstance(value, (list, tuple, np.ndarray)):
+        raise TypeError(f"{name} must be a value or a list of one per hidden layer, got {type(value).__name__}")
+    if len(value) != n_hidden:
+        raise ValueError(f"{name} has {len(value)} values for {n_hidden} hidden layers")
+    return list(value)
+
+
+def _layer_options(norm, residual, dropout, sizes):
+    """(norm codes, residual flags, dropout rates) of the layers (the output layer's: none), checked."""
+    n_hidden = len(sizes) - 2
+    norms = []
+    for i, k in enumerate(_per_hidden_layer(norm, "norm", n_hidden, (str, np.str_))):
+        norms.append(_lay.NO_NORM if k is None else _NORMS[_check_name(str(k), f"norm[{i}]", _NORMS)])
+    residuals = []
+    for i, r in enumerate(_per_hidden_layer(residual, "residual", n_hidden, (bool, np.bool_, int, np.integer))):
+        r = v.check_bool(r, f"residual[{i}]")
+        if r and sizes[i] != sizes[i + 1]:
+            raise ValueError(
+                f"residual[{i}]: a residual connection adds the layer's input to its output, so hidden layer {i} must "
+                f"keep its width, but it maps {sizes[i]} to {sizes[i + 1]} units"
+            )
+        residuals.append(r)
+    rates = []
+    for i, p in enumerate(_per_hidden_layer(dropout, "dropout", n_hidden, (int, float, np.integer, np.floating))):
+        p = v.check_float(p, f"dropout[{i}]", minimum=0.0)
+        if p >= 1.0:
+            raise ValueError(f"dropout[{i}] must be in [0, 1), got {p}")
+        rates.append(p)
+    return [*norms, _lay.NO_NORM], [*residuals, False], [*rates, 0.0]
+
+
+def _aux_size(row, n):
+    """Values of the auxiliary workspace a layer (its layout row) uses for n rows (kernels/layout.py _aux_size)."""
+    m = int(row[_lay.FAN_OUT])
+    size = n * m if (row[_lay.RESIDUAL] or row[_lay.DROPOUT]) else 0
+    if row[_lay.NORM] == _lay.BATCH_NORM:
+        size += n * m + 2 * m
+    elif row[_lay.NORM] == _lay.LAYER_NORM:
+        size += n * m + 2 * n
+    return size
 
 
 def _check_name(value, name, choices):
@@ -82,6 +139,9 @@ def _resolve_output_and_loss(output, loss, n_out):
 class MLP:
     """A dense feed-forward network whose parameters live in one flat buffer.
 
+    A hidden layer computes ``Z = A[l-1] @ W + b``, ``N = norm(Z)``, ``H = f(N)``, dropout on H, then ``A[l] =
+    A[l-1] + H`` with a residual connection, else ``A[l] = H``. The output layer has none of these.
+
     Parameters
     ----------
     layer_sizes : sequence of int
@@ -110,15 +170,32 @@ class MLP:
         nearest even) and accumulates in float32, about twice the float32 rate on CPUs with AVX512_BF16 or AMX;
         parameters, gradients, optimizer state, the loss and all elementwise work stay float32. Needs oneDNN (the
         ``bf16`` extra) and such a CPU, else a RuntimeError says what is missing.
+    norm : None, "batch" or "layer", or a sequence of them (one per hidden layer), default None
+        Normalization of the hidden layers' pre-activations: batch norm (PyTorch's ``BatchNorm1d``: batch statistics
+        in training, running statistics with momentum 0.1 in evaluation) or layer norm (``torch.nn.LayerNorm`` over
+        the features); eps 1e-5, a trainable scale gamma (initialised to 1) and shift beta (0), never decayed.
+    residual : bool or sequence of bool, default False
+        A residual connection per hidden layer, ``A[l] = A[l-1] + H``: the layer must keep its width.
+    dropout : float or sequence of float, default 0.0
+        Inverted dropout rate of each hidden layer's output, in training (``fit``, ``train_step``) only; the mask comes
+        from a counter-based hash of (seed, step, layer, row, unit), so a run is reproducible for any thread count.
+        The rate is applied as a multiple of 2^-32.
 
     Attributes
     ----------
     params : ndarray (n_params,) of dtype
-        Every parameter, layer by layer: W[l] row-major (fan_in, fan_out), then b[l].
+        Every parameter, layer by layer: W[l] row-major (fan_in, fan_out), then b[l], then gamma[l] and beta[l] of a
+        normalized layer.
     coefs, intercepts : lists of views into ``params``
         ``coefs[l]`` is (fan_in, fan_out), ``intercepts[l]`` is (fan_out,); ``Z = A_prev @ W + b``.
-    layout : ndarray (n_layers, 6) of int64
-        fan_in, fan_out, offset of W, offset of b, activation code, trainable flag.
+    norm_scales, norm_shifts : lists, one per hidden layer
+        gamma and beta of a normalized layer (views into ``params``), None for the others.
+    buffers : ndarray of dtype
+        The running statistics of the batch-norm layers; ``running_means[l]`` and ``running_vars[l]`` are views into
+        it (None for the other hidden layers).
+    layout : ndarray (n_layers, 12) of int64
+        fan_in, fan_out, offset of W, offset of b, activation code, trainable flag, normalization, residual flag,
+        dropout threshold, offset of gamma, offset of the running statistics, end of the layer's parameters.
 
     The workspace is owned by the network: calls on one network are serialised by a lock.
     """
@@ -134,6 +211,9 @@ class MLP:
         seed=0,
         trainable=None,
         matmul_precision="float32",
+        norm=None,
+        residual=False,
+        dropout=0.0,
     ):
         if not isinstance(layer_sizes, (list, tuple, np.ndarray)):
             raise TypeError(f"layer_sizes must be a list of integers, got {type(layer_sizes).__name__} {layer_sizes!r}")
@@ -141,7 +221,10 @@ class MLP:
         if len(sizes) < 2:
             raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
         n_layers = len(sizes) - 1
-        n_params = sum(a * b + b for a, b in itertools.pairwise(sizes))
+        norms, residuals, rates = _layer_options(norm, residual, dropout, sizes)
+        n_params = sum(a * b + b for a, b in itertools.pairwise(sizes)) + 2 * sum(
+            w for w, k in zip(sizes[1:], norms, strict=True) if k
+        )
         if n_params > MAX_PARAMS:
             raise ValueError(
                 f"layer_sizes {list(sizes)} need {n_params} parameters, more than fastbp supports ({MAX_PARAMS})"
@@ -180,21 +263,49 @@ class MLP:
         self.layer_sizes = sizes
         self.activations = tuple(hidden)
         self.seed = seed
+        self.norms = tuple(_NORM_NAMES[k] for k in norms)
+        self.residuals = tuple(residuals)
+        self.dropouts = tuple(rates)
+        # the seed of the dropout masks: the initialisation's, or fresh entropy as it draws
+        self.dropout_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
         codes = [_act.ACTIVATIONS[a] for a in hidden] + [_act.ACTIVATIONS[self.output]]
         layout = np.zeros((n_layers, _lay.N_COLUMNS), dtype=np.int64)
-        offset = 0
+        offset = stats = 0
         for l in range(n_layers):
             fan_in, fan_out = sizes[l], sizes[l + 1]
-            layout[l] = (fan_in, fan_out, offset, offset + fan_in * fan_out, codes[l], trainable[l])
-            offset += fan_in * fan_out + fan_out
+            k = norms[l] if l < n_layers - 1 else _lay.NO_NORM
+            gamma = offset + fan_in * fan_out + fan_out
+            end = gamma + (2 * fan_out if k else 0)
+            threshold = round(rates[l] * 2**32) if l < n_layers - 1 else 0
+            residual_l = int(residuals[l]) if l < n_layers - 1 else 0
+            layout[l, : _lay.NORM] = (fan_in, fan_out, offset, offset + fan_in * fan_out, codes[l], trainable[l])
+            layout[l, _lay.NORM :] = (k, residual_l, threshold, gamma if k else 0, stats, end)
+            stats += 2 * fan_out if k == _lay.BATCH_NORM else 0
+            offset = end
         self._layout = layout
         self.n_params = offset
         self._params = np.zeros(offset, dtype=self.dtype)
+        # running means (0) then variances (1) of each batch-norm layer
+        # followed by as many values where the epoch loop keeps them before each step (kernels/epoch.py), to put them
+        # back when the step diverges
+        self._stats_store = np.zeros(2 * stats, dtype=self.dtype)
+        self._buffers = self._stats_store[:stats]
         self._matmul_precision = precision
         self._gemm = (BLAS_GEMM[self.dtype], bf16)
         # The weights' bfloat16 twin, which the GEMMs read in bfloat16 precision (kernels/gemm.py); empty otherwise.
         self._params16 = np.zeros(offset if bf16 else 0, dtype=np.uint16)
         self.coefs, self.intercepts = self.unflatten(self._params)
+        self.norm_scales, self.norm_shifts = self._norm_views(self._params)
+        self.running_means, self.running_vars = [], []
+        for l in range(n_layers - 1):
+            if layout[l, _lay.NORM] == _lay.BATCH_NORM:
+                s, m = int(layout[l, _lay.STATS_OFFSET]), sizes[l + 1]
+                self.running_means.append(self._buffers[s : s + m])
+                self.running_vars.append(self._buffers[s + m : s + 2 * m])
+                self.running_vars[-1][...] = 1.0
+            else:
+                self.running_means.append(None)
+                self.running_vars.append(None)
         self._init_params(seed)
 
         self.extras = {}  # arrays kept with the checkpoint (e.g. input standardisation)
@@ -204,13 +315,35 @@ class MLP:
         self._acts = self._delta_a = self._delta_b = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
         self._entry_network = self._entry_params(self._params)
+        # value_and_grad: batch statistics, no dropout, running statistics untouched; predict: evaluation
+        self._run_training, self._run_evaluation = self._run(True), self._run(False)
 
     @property
     def layout(self):
-        """(n_layers, 6) int64, read-only: fan_in, fan_out, offset of W, offset of b, activation code, trainable."""
+        """(n_layers, 12) int64, read-only: fan_in, fan_out, offset of W, offset of b, activation code, trainable,
+        and the layer options' columns (see the class docstring)."""
         view = self._layout.view()
         view.flags.writeable = False
         return view
+
+    @property
+    def buffers(self):
+        """The running statistics of the batch-norm layers, (n_buffers,) of ``dtype``: per such layer its running
+        means, then its running variances (``running_means[l]``, ``running_vars[l]``). Write into it to set them."""
+        return self._buffers
+
+    def _norm_views(self, flat):
+        """Per hidden layer, (gamma, beta) views into a flat buffer laid out like ``params`` (None without norm)."""
+        scales, shifts = [], []
+        for l in range(self.n_layers - 1):
+            if self._layout[l, _lay.NORM]:
+                g, m = int(self._layout[l, _lay.GAMMA_OFFSET]), int(self._layout[l, _lay.FAN_OUT])
+                scales.append(flat[g : g + m])
+                shifts.append(flat[g + m : g + 2 * m])
+            else:
+                scales.append(None)
+                shifts.append(None)
+        return scales, shifts
 
     @property
     def matmul_precision(self):
@@ -252,14 +385,14 @@ class MLP:
             self._layout[layer, _lay.TRAINABLE] = int(flag)
 
     def layer_range(self, layer):
-        """``(start, stop)`` of layer ``layer``'s parameters (W then b) in ``params``."""
-        _, fan_out, w, b = (int(x) for x in self._layout[layer, :4])
-        return w, b + fan_out
+        """``(start, stop)`` of layer ``layer``'s parameters (W, b, then gamma and beta of a normalized layer) in
+        ``params``."""
+        return int(self._layout[layer, _lay.W_OFFSET]), int(self._layout[layer, _lay.PARAM_END])
 
     def unflatten(self, flat):
         """Per-layer ``(W list, b list)`` views into a flat buffer laid out like ``params``."""
         Ws, bs = [], []
-        for fan_in, fan_out, w, b, _, _ in self._layout:
+        for fan_in, fan_out, w, b in self._layout[:, :4]:
             Ws.append(flat[w : w + fan_in * fan_out].reshape(fan_in, fan_out))
             bs.append(flat[b : b + fan_out])
         return Ws, bs
@@ -274,6 +407,10 @@ class MLP:
                 limit = np.sqrt(6.0 / (fan_in + fan_out))
                 W[...] = rng.uniform(-limit, limit, size=W.shape)
             b[...] = 0.0
+        for gamma, beta in zip(self.norm_scales, self.norm_shifts, strict=True):
+            if gamma is not None:
+                gamma[...] = 1.0
+                beta[...] = 0.0
 
     def __getstate__(self):
         # The lock, the workspace and the raw addresses the entry points use belong to this object only: a copy
@@ -289,21 +426,37 @@ class MLP:
                 self.seed,
                 list(self.trainable),
                 self.matmul_precision,
+                list(self.norms[:-1]),
+                list(self.residuals[:-1]),
+                list(self.dropouts[:-1]),
             ),
             "params": self._params.copy(),
+            "buffers": self._buffers.copy(),
+            "dropout_seed": self.dropout_seed,
             "extras": dict(self.extras),
         }
 
     def __setstate__(self, state):
         self.__init__(*state["args"])
         self._params[:] = state["params"]
+        self._buffers[:] = state["buffers"]
+        self.dropout_seed = state["dropout_seed"]
         self.extras = state["extras"]
+
+    @property
+    def _has_options(self):
+        """Whether a hidden layer has normalization, a residual connection or dropout."""
+        return any(self.norms) or any(self.residuals) or any(self.dropouts)
 
     def __repr__(self):
         return (
             f"MLP({list(self.layer_sizes)}, activation={list(self.activations)!r}, output={self.output!r}, "
             f"loss={self.loss!r}, l2={self.l2}, dtype={self.dtype.name!r}"
-            + (f", matmul_precision={self.matmul_precision!r})" if self._gemm[1] else ")")
+            + (f", matmul_precision={self.matmul_precision!r}" if self._gemm[1] else "")
+            + (f", norm={list(self.norms[:-1])!r}" if any(self.norms) else "")
+            + (f", residual={list(self.residuals[:-1])!r}" if any(self.residuals) else "")
+            + (f", dropout={list(self.dropouts[:-1])!r}" if any(self.dropouts) else "")
+            + ")"
         )
 
     def _entry_params(self, flat):
@@ -311,7 +464,22 @@ class MLP:
         ``flat`` (params or a C-contiguous array of the same size and dtype, such as a trainer's spare copy), the
         GEMMs (SciPy's BLAS, and oneDNN's bfloat16 GEMM in bfloat16 precision) and the weights' bfloat16 twin."""
         p16 = self._params16.ctypes.data if self._params16.size else 0
-        return (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers, *self._gemm, p16)
+        store = self._stats_store
+        p_buffers = store.ctypes.data if store.size else 0
+        network = (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
+        return (*network, *self._gemm, p16, p_buffers, store.size)
+
+    def _run(self, training, update_stats=False, dropout=False, step=0):
+        """The run flags of the compiled passes (kernels/layers.py): (training, update the running statistics,
+        dropout, seed, step)."""
+        return (int(training), int(update_stats), int(dropout and any(self.dropouts)), self.dropout_seed, int(step))
+
+    def _check_batch_norm_rows(self, n, name="X"):
+        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d."""
+        if n < 2 and _lay_name_batch in self.norms:
+            raise ValueError(
+                f"{name} has {n} row, but batch norm in training needs batches of at least 2 rows (a batch variance)"
+            )
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):
@@ -322,13 +490,19 @@ class MLP:
         self._acts = np.empty(n * int(widths.sum()), dtype=self.dtype)
         self._delta_a = np.empty(n * int(widths.max()), dtype=self.dtype)
         self._delta_b = np.empty_like(self._delta_a)
+        # the options' buffers: a third delta buffer (residual connections), the auxiliary workspace, the sums
+        options = self._has_options
+        self._delta_c = np.empty(self._delta_a.size if options else 0, dtype=self.dtype)
+        self._aux = np.empty(sum(_aux_size(row, n) for row in self._layout[:-1]), dtype=self.dtype)
+        self._sums = np.empty(2 * int(widths.max()) if options else 0, dtype=np.float64)
         twin = bool(self._gemm[1])  # bfloat16 twins of the input, the activations and the deltas
         self._twins = tuple(
             np.empty(size if twin else 0, dtype=np.uint16)
             for size in (n * self.n_in, self._acts.size, self._delta_a.size, self._delta_a.size)
         )
         self._capacity = n
-        self._entry_workspace = workspace_entry((self._acts, self._delta_a, self._delta_b), self._twins)
+        work = (self._acts, self._delta_a, self._delta_b, self._delta_c, self._aux, self._sums)
+        self._entry_workspace = workspace_entry(work, self._twins)
 
     def _reserve_chunks(self, n):
         """Make the workspace hold a chunk of a pass over n rows that runs in chunks (predict, evaluate): all n rows,
@@ -400,6 +574,7 @@ class MLP:
             Same layout as ``params``; ``out`` when given.
         """
         X, Y2d, labels = self.check_batch(X, Y)
+        self._check_batch_norm_rows(X.shape[0])
         sw = v.check_sample_weight(sample_weight, X.shape[0], self.dtype)
         scale = v.check_float(scale, "scale", minimum=0.0)
         accumulate = v.check_bool(accumulate, "accumulate")
@@ -421,6 +596,9 @@ class MLP:
             loss = _value_and_grad_entry(
                 self._marker,
                 self._entry_network,
+                self._run_training,
+                0,
+                0,
                 self._loss_code,
                 self._entry_batch(X, Y2d, labels, sw),
                 self._entry_workspace,
@@ -441,6 +619,12 @@ class MLP:
         with self._lock:
             self._reserve_chunks(X.shape[0])
             _predict_entry(
-                self._marker, self._entry_network, X.ctypes.data, X.shape[0], self._entry_workspace, out.ctypes.data
+                self._marker,
+                self._entry_network,
+                self._run_evaluation,
+                X.ctypes.data,
+                X.shape[0],
+                self._entry_workspace,
+                out.ctypes.data,
             )
         return out

@@ -166,8 +166,10 @@ class _Workspace:
         self.capacity = capacity
         acts = np.empty(capacity * sum(hidden_widths), dtype=dtype)
         delta_a, delta_b = np.empty(capacity * max_width, dtype=dtype), np.empty(capacity * max_width, dtype=dtype)
-        self.buffers = (acts, delta_a, delta_b)
-        self.entry = workspace_entry(self.buffers, (_NO_TWIN,) * 4)  # the bridge computes in the dtype's precision
+        # no layer options (no third delta buffer, no auxiliary workspace), no bfloat16 twins
+        nothing, no_sums = np.empty(0, dtype=dtype), np.empty(0, dtype=np.float64)
+        self.buffers = (acts, delta_a, delta_b, nothing, nothing, no_sums)
+        self.entry = workspace_entry(self.buffers, (_NO_TWIN,) * 4)
 
 
 class _Lease:
@@ -282,7 +284,7 @@ class _Engine:
         for _ in range(_tuning.CALIBRATION_ROUNDS):
             for choice, gemm in ((True, torch_gemm), (False, BLAS_GEMM[self.dtype])):
                 start = time.perf_counter()
-                self._run((*network, gemm, 0, 0), X, workspace, out)
+                self._run((*network, gemm, 0, 0, 0, 0), X, workspace, out)
                 best[choice] = min(best[choice], time.perf_counter() - start)
         return best[True] < best[False]
 
@@ -306,8 +308,8 @@ class _Engine:
         network, gathered = self.parameters(params)
         limited = _limit_blas(self.blas_threads)
         try:
-            # the GEMM, and no bfloat16 GEMM nor twin (the bridge computes in the dtype's own precision)
-            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)), 0, 0)
+            # the GEMM, and no bfloat16 GEMM nor twin (the bridge computes in the dtype's own precision), no buffers
+            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)), 0, 0, 0, 0)
             self._run(network, X, workspace, out)
         finally:
             _restore_blas(limited)
@@ -472,8 +474,23 @@ class MLP(torch.nn.Module):
         """A module with the architecture and (copied) parameters of a ``fastbp.MLP``.
 
         ``output``: the output activation, default ``net.output`` (pass "identity" to get the logits of a softmax
-        network, for ``CrossEntropyLoss``). The dtype is the network's.
+        network, for ``CrossEntropyLoss``). The dtype is the network's. Networks with layer options (normalization,
+        residual connections, dropout) are refused with a ValueError that names them: the bridge computes plain
+        dense layers; build the same network from torch.nn modules instead.
         """
+        if net._has_options:
+            hidden = slice(0, net.n_layers - 1)
+            options = ", ".join(
+                f"{name}={list(values[hidden])!r}"
+                for name, values in (("norm", net.norms), ("residual", net.residuals), ("dropout", net.dropouts))
+                if any(values)
+            )
+            raise ValueError(
+                f"fastbp.torch.MLP computes plain dense layers, but this network has layer options ({options}): "
+                "build the same network from torch.nn modules (Linear, BatchNorm1d or LayerNorm, the activation, "
+                "Dropout, the skip connection; Linear.weight is W.T) and copy the parameters, or train it with "
+                "fastbp.Trainer"
+            )
         model = cls(
             list(net.layer_sizes),
             list(net.activations),

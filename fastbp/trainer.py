@@ -84,7 +84,7 @@ class Trainer:
     early_stopping : bool, default False
         Stop when the monitored loss (validation loss if there is validation data, else training loss) has not
         improved by more than ``min_delta`` for ``patience`` epochs; with ``restore_best`` the parameters of the
-        best epoch are put back at the end.
+        best epoch (and its running statistics of batch norm) are put back at the end.
     record_deltas : bool, default False
         Also record ``history["delta_norm"]``: after every epoch, the L2 (Frobenius) norm of each layer's error
         ``delta[l] = dC/dZ[l]`` on a fixed probe batch (up to 256 training rows spread evenly over the data), by
@@ -163,6 +163,8 @@ class Trainer:
         Returns (status, loss_sum, steps); parameters, optimizer state and ``_sq_norms`` are updated."""
         net, opt = self.net, self.optimizer
         hyper, schedule_params = opt.hyper(), schedule.params()
+        n = perm.shape[0]
+        net._check_batch_norm_rows(min(batch_size, n) if n % batch_size != 1 else 1, "a mini-batch")
         # Everything that may replace a buffer whose address the kernel gets happens under the network's lock,
         # so no other call on this network can be running in those buffers.
         with net._lock:
@@ -171,6 +173,7 @@ class Trainer:
             status, loss_sum, steps = _epoch._train_epoch_entry(
                 net._marker,
                 net._entry_network,
+                net._run(True, update_stats=True, dropout=True),
                 net._loss_code,
                 net._entry_batch(X, Y2d, labels, sw),
                 net._entry_workspace,
@@ -379,6 +382,7 @@ class Trainer:
             loss_sum, correct = _epoch._evaluate_entry(
                 net._marker,
                 net._entry_network,
+                net._run_evaluation,
                 net._loss_code,
                 net._entry_batch(X, Y2d, labels, sw),
                 net._entry_workspace,
@@ -450,7 +454,7 @@ class Trainer:
                     if logs[monitor] < best - self.min_delta:
                         best, wait = logs[monitor], 0
                         if self.restore_best:
-                            best_params = net.params.copy()
+                            best_params, best_buffers = net.params.copy(), net.buffers.copy()
                     else:
                         wait += 1
                         stop = stop or wait >= self.patience
@@ -461,6 +465,7 @@ class Trainer:
             self._raise_divergence(*diverged, max_loss)
         if best_params is not None:
             net.params[:] = best_params
+            net.buffers[:] = best_buffers  # the running statistics of that epoch too
         return history
 
     def _split(self, X, Y2d, labels, sw, fraction):

@@ -52,7 +52,7 @@ def main():
     if args.from_json:
         results = json.loads(pathlib.Path(args.from_json).read_text())
     else:
-        results = bench.run(bench.MATRIX, rounds=args.rounds, min_time=args.min_time)
+        results = bench.run(bench.matrix(), rounds=args.rounds, min_time=args.min_time)
         (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)
         bench.save_json(results, ROOT / "benchmarks" / "results" / "latest.json")
     CHART.parent.mkdir(parents=True, exist_ok=True)

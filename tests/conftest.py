@@ -82,6 +82,15 @@ DTYPES = ("float32", "float64")
 #: float32. A wrong derivative or a missing gradient term fails by orders of magnitude.
 TORCH_RTOL = {"float32": 1e-5, "float64": 1e-12}
 
+#: The hidden-layer options (batch norm, layer norm, residual connections) against the same network built from
+#: torch.nn modules, float64: loss, gradients, and parameters and running statistics after SGD steps. The same
+#: operations in another order (fastbp's shifted one-pass batch variance, fused epilogues, OpenBLAS against torch's
+#: BLAS): measured <= 4e-15, except the gradient of the weights under a batch norm over 2 rows, 2.2e-12 (there x_hat
+#: is +-sqrt(v / (v + eps)), nearly independent of Z, so that gradient is nearly 0 and its last places are rounding).
+#: 1e-10 is the issue's bound, while a wrong term of a normalization's gradient, a missed update of gamma and beta or
+#: a biased running variance is off by 1e-3 and more.
+TORCH_LAYERS_RTOL = 1e-10
+
 
 #: The graph engine (fastbp.graph) against the fused kernels and the NumPy reference, float64: the same functions
 #: evaluated op by op in another order (and softmax/sigmoid losses through log-softmax or log(sigmoid) instead of the
@@ -123,6 +132,55 @@ REASSEMBLY_RTOL = 1e-12
 #: reference at the same plain initialisation: <= 3.3e-16 relative measured; the bound 1e-10 allows for rounding that
 #: grows with depth, while a wrong initialisation, split or batch changes the norms by orders of magnitude.
 DIAGNOSE_RTOL = 1e-10
+
+#: fastbp diagnose's remedies (defaults: 64-64x10-10 sigmoid, SGD(lr=0.1), batch 32, 10 epochs): the plain network
+#: does not learn, measured 0.097 to 0.103 test accuracy over seeds 0-15 (chance 0.1); 0.3 is far from learning.
+DIAGNOSE_PLAIN_MAX_ACCURACY = 0.3
+#: ... and with batch norm or residual connections it does, measured 0.942 to 0.972 (batch norm) and 0.939 to 0.978
+#: (residual) over seeds 0-15; a remedy that does not restore the gradient stays near 0.1.
+DIAGNOSE_REMEDY_MIN_ACCURACY = 0.9
+
+
+#: The hidden-layer options (batch norm, layer norm, residual connections, dropout) in the compiled kernels against
+#: the NumPy reference and the graph engine (tests/test_layers.py), relative error of gradients, losses, parameters
+#: after a step and running statistics: the same operations in another order (statistics and sums in float64 in both,
+#: fused epilogues, BLAS blocking), amplified where a normalization is ill-conditioned. Measured on random networks
+#: (widths >= 3, up to 6 hidden layers, up to 257 rows): float64 <= 1.3e-12 (2e-16 without normalization); float32
+#: within the limits below <= 9e-6 but for rare networks (see FLOAT32_NORM_MAX_DEPTH), 3.5e-7 without normalization.
+#: The issue's bounds; a wrong term of a normalization's gradient, a missed residual path or a wrong dropout mask is
+#: off by 1e-3 and more.
+LAYERS_RTOL = {"float32": 1e-5, "float64": 1e-10}
+#: ... those comparisons take normalized layers of at least this width: a layer norm over 1 or 2 features is
+#: degenerate (x_hat = 0, or +-sqrt(v / (v + eps))), and a width-1 layer whose output is constant (after such a layer
+#: norm, or a dead relu) gives the batch norm above it a column of equal values, normalized rounding: the gradients
+#: are then rounding noise (measured up to 6e-7 apart in float64, O(1) in float32). 4 for float32's margin (3: 1.4e-5).
+NORM_MIN_WIDTH = 4
+#: ... float32 batch norm over this many rows at least: over n rows x_hat^2 sums to n v / (v + eps), so over 2 rows
+#: x_hat = +-sqrt(v / (v + eps)) and delta is proportional to 1 - x_hat^2 = eps / (v + eps), a cancellation of x_hat's
+#: rounding (float32 kernels and reference 7e-4 apart over 2 rows, 2.3e-4 over 3, 3e-6 over 4); 8 leave room.
+BATCH_NORM_MIN_ROWS_FLOAT32 = 8
+#: ... and float32 networks with a normalization of at most this many hidden layers: each normalization divides the
+#: float32 rounding of Z by its column's (or row's) spread (small after a sigmoid), and deeper networks carry that
+#: further: at 4 to 6 hidden layers (widths >= 4) 1 in 100 networks is above 1e-5, up to 1.8e-4, with both float32
+#: paths as far from the float64 gradient at the same parameters (float32's limit, not a wrong term; rounding the
+#: parameters to float32 moves it by about 1e-6). At up to 3 layers, 1 in 1700 (1.9e-5). float64: every depth.
+FLOAT32_NORM_MAX_DEPTH = 3
+
+#: The kept fraction of a dropout layer over 2^20 units against 1 - p, absolute: the mask is a deterministic hash, but
+#: as a sample its fraction has the binomial spread sqrt(p (1 - p) / 2^20) <= 4.9e-4; 2e-3 is the issue's 0.2% (four
+#: standard deviations and more), while a rate applied as 1 - p, or a hash whose top bits are not uniform, is off by
+#: far more.
+DROPOUT_KEPT_ATOL = 2e-3
+#: ... and two masks of other seeds, steps, layers or rows disagree on about half their units: over 256 units the
+#: fraction has the spread 0.031, so (0.3, 0.7) is more than 6 of them either side, while a key that ignores one of
+#: its inputs gives 0.
+INDEPENDENT_MASKS_DISAGREE = (0.3, 0.7)
+
+#: What the layer tests require to differ, differs by far: the gradient without the step's dropout masks (measured
+#: 0.29 to 1.1 relative), evaluation against the training-mode forward pass (0.48), a normalization's gradient with its
+#: mean and variance taken as constants, against central differences (0.97). 1e-2 is far below those and far above
+#: LAYERS_RTOL, so these checks show that the equalities they accompany are not vacuous.
+LAYERS_MUST_DIFFER = 1e-2
 
 
 def rel_err(a, b):

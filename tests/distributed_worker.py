@@ -343,6 +343,111 @@ def checks(out):
             pickle.dump(results, f)
 
 
+#: Networks with layer options (layer norm, residual connections, dropout) trained over 2 ranks by the ``layers`` run:
+#: name -> how the data is split, as in CONFIGS. Dropout's masks are keyed by the rows' indices in the whole data set,
+#: so each rank must draw, for its rows, the masks one process draws.
+LAYER_CONFIGS = {
+    "layer_norm_residual_dropout": "replicated",
+    "dropout_sharded": (29,),
+    "float32_layer_norm_dropout_adam": "replicated",
+}
+
+
+def make_layers(name):
+    """(net, trainer kwargs, X, y, fit kwargs) of the LAYER_CONFIGS configuration ``name``, as :func:`make`."""
+    rng = np.random.default_rng(sum(map(ord, name)))
+    if name == "layer_norm_residual_dropout":
+        # 70 rows in batches of 16: the last batch has 6 rows
+        X, y = rng.standard_normal((70, 8)), rng.integers(0, 3, 70)
+        net = fastbp.MLP(
+            [8, 12, 12, 12, 3], "relu", dtype="float64", seed=13, norm="layer", residual=[False, True, True],
+            dropout=[0.3, 0.0, 0.2], l2=1e-3,
+        )  # fmt: skip
+        opt = fastbp.SGD(0.05, momentum=0.9, clip_norm=1.0)
+        return net, {"optimizer": opt, "batch_size": 16, "seed": 14}, X, y, {"validation_data": (X[:20], y[:20])}
+    if name == "dropout_sharded":
+        X, y = rng.standard_normal((61, 6)), rng.integers(0, 3, 61)
+        w = rng.random(61) + 0.1
+        net = fastbp.MLP([6, 6, 9, 3], "tanh", dtype="float64", seed=15, norm=[None, "layer"], residual=[True, False],
+                         dropout=0.5)  # fmt: skip
+        return net, {"optimizer": fastbp.AdamW(1e-2), "batch_size": 20, "seed": 16}, X, y, {"sample_weight": w}
+    if name == "float32_layer_norm_dropout_adam":
+        X, y = rng.standard_normal((50, 7)), rng.integers(0, 4, 50)
+        net = fastbp.MLP([7, 10, 10, 4], "leaky_relu", dtype="float32", seed=17, norm="layer", residual=[False, True],
+                         dropout=[0.25, 0.4])  # fmt: skip
+        return net, {"optimizer": fastbp.Adam(1e-2), "batch_size": 12, "seed": 18}, X, y, {}
+    raise KeyError(name)
+
+
+def layers_step_net():
+    """The network of the ``layers`` run's train_step checks: layer norm, a residual connection and dropout."""
+    return fastbp.MLP([5, 7, 7, 3], "tanh", dtype="float64", seed=19, norm="layer", residual=[False, True],
+                      dropout=[0.5, 0.3])  # fmt: skip
+
+
+def layers(out):
+    """Layer options on 2 ranks; rank 0 pickles {name: value or per-rank list} to OUT: the LAYER_CONFIGS fits, three
+    train_steps with dropout (replicated, then sharded), batch norm refused, ranks that disagree on an option."""
+    from fastbp import distributed
+
+    comm = distributed._mpi().COMM_WORLD
+    rank = comm.Get_rank()
+    results = {}
+
+    def error_of(call, *args, **kwargs):
+        try:
+            call(*args, **kwargs)
+        except Exception as err:
+            return type(err).__name__, str(err), bool(getattr(err, "agreed_across_ranks", False))
+        return None
+
+    for name, split in LAYER_CONFIGS.items():
+        net, kwargs, X, y, fit_kwargs = make_layers(name)
+        trainer = distributed.Trainer(net, progress=False, threads=None, **kwargs)
+        fit_kwargs = dict(fit_kwargs)
+        if split != "replicated":
+            sw = fit_kwargs.pop("sample_weight", None)
+            X, y, sw = _shard(split, rank, X, y, sw)
+            fit_kwargs.update(sharded=True, sample_weight=sw)
+        history = trainer.fit(X, y, epochs=EPOCHS, **fit_kwargs)
+        results[f"{name}/params"] = net.params.copy()
+        results[f"{name}/same_on_all_ranks"] = len(set(comm.allgather(net.params.tobytes()))) == 1
+        results[f"{name}/history"] = {k: v for k, v in history.items() if k not in ("epoch_time", "comm_time")}
+
+    # train_step: the batch's row ids are 0..m-1 (replicated: each rank its part of them; sharded: the ranks' parts in
+    # rank order), as in one process
+    X, y, _ = checks_data()
+    trainer = distributed.Trainer(layers_step_net(), fastbp.SGD(0.1, momentum=0.9), progress=False, threads=None)
+    losses = [trainer.train_step(X[:16], y[:16]), trainer.train_step(X[16:31], y[16:31])]
+    part = slice(31, 38) if rank == 0 else slice(38, 48)
+    losses.append(trainer.train_step(X[part], y[part], sharded=True))
+    results["train_step/losses"] = losses
+    results["train_step/params"] = trainer.net.params.copy()
+
+    # batch norm: refused on every rank by the constructor, saying why and what to do
+    for key, norm in (("batch_norm", "batch"), ("batch_norm_one_layer", ["layer", "batch"])):
+        net = fastbp.MLP([5, 7, 7, 3], dtype="float64", norm=norm)
+        results[key] = comm.allgather(error_of(distributed.Trainer, net, progress=False, threads=None))
+
+    # ranks whose networks differ in an option (the sizes of the all-reduce too, for norm): named on every rank
+    for key, option in (("norms", {"norm": "layer"}), ("residuals", {"residual": [False, True]})):
+        net = fastbp.MLP([5, 7, 7, 3], dtype="float64", **(option if rank == 1 else {}))
+        trainer = distributed.Trainer(net, progress=False, threads=None, batch_size=16)
+        results[f"disagree/{key}"] = comm.allgather(error_of(trainer.fit, X, y, epochs=1))
+    net = fastbp.MLP([5, 7, 7, 3], dtype="float64", dropout=0.5 if rank == 1 else 0.25)
+    trainer = distributed.Trainer(net, progress=False, threads=None, batch_size=16)
+    results["disagree/dropouts"] = comm.allgather(error_of(trainer.fit, X, y, epochs=1))
+
+    # seed=None draws each rank's own dropout seed: rank 0's is broadcast with the parameters
+    net = fastbp.MLP([5, 7, 7, 3], dtype="float64", seed=None, dropout=0.5)
+    trainer = distributed.Trainer(net, fastbp.SGD(0.1), progress=False, threads=None, batch_size=16)
+    trainer.fit(X, y, epochs=1)
+    results["seed_none/dropout_seeds"] = comm.allgather(net.dropout_seed)
+    if rank == 0:
+        with open(out, "wb") as f:
+            pickle.dump(results, f)
+
+
 MODES = {
     "equal": equal,
     "fail": fail,
@@ -351,6 +456,7 @@ MODES = {
     "cli_agreed": cli_agreed,
     "save_rank0": save_rank0,
     "checks": checks,
+    "layers": layers,
 }
 
 if __name__ == "__main__":

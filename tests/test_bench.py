@@ -33,7 +33,7 @@ def test_targets_compare_each_cell_with_its_peers_and_the_fastest_one():
     assert met["never slower than the NumPy reference (every cell)"] == ("0.90x at its lowest (M float64)", False)
     assert met["scikit-learn fit float32: >= 8x, accuracy within 1 point"] == ("8.5x, 0.50 points apart", True)
     assert met["scikit-learn fit float64: >= 8x, accuracy within 1 point"] == ("9.0x, 2.00 points apart", False)
-    assert len(met) == 17  # and the 7 bfloat16 targets, not measured here
+    assert len(met) == 20  # and the 7 bfloat16 targets and the 3 of D, not measured here
     assert met["L in bfloat16: >= 1.6x the fastest float32 peer"] == ("not measured (no L bfloat16 cell)", None)
 
 
@@ -45,7 +45,7 @@ def test_targets_not_measured_are_shown_never_dropped_or_passed():
     }
     rows = bench.targets(results)
     met = {target: (measured, ok) for target, measured, ok in rows}
-    assert len(rows) == 17  # every target, measured or not
+    assert len(rows) == 20  # every target, measured or not
     assert met["S: >= 8x torch"] == ("9.00x", True)
     assert met["S: >= 3x jax"] == ("not measured (jax not installed)", None)
     # numpy alone is above 1.05x, but torch and jax were not measured: no verdict
@@ -78,3 +78,19 @@ def test_bfloat16_cells_are_checked_against_float32_peers_torch_autocast_and_the
     assert met["XL in bfloat16: >= 70% of the bfloat16 GEMM peak"] == ("38.6%", False)
     # the float32 targets, with no float32 cell, are shown as not measured
     assert met["M: >= 1.05x the fastest peer"] == ("not measured (no M float32 cell)", None)
+
+
+def test_the_deep_shape_is_checked_against_its_peers_and_the_plain_network():
+    deep = _cell("D", "float32", torch=2.4, jax=1.1, plain=0.86)
+    deep["options"] = bench.LAYER_OPTIONS["D"]
+    results = {"cells": [_cell("M", "float32", numpy=1.9, torch=2.0, jax=1.06), deep], "sklearn": []}
+    met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
+    assert met["D: >= 2x torch (the same model)"] == ("2.40x", True)
+    assert met["D: >= 1.25x jax (the same model)"] == ("1.10x", False)
+    # plain / fastbp = 0.86: the options cost 1 / 0.86 - 1 = 16%
+    assert met["D: the layer options cost <= 20% over the plain network"] == ("+16%", True)
+    # the reference has no step with layer options: D without numpy leaves the numpy target measured
+    assert met["never slower than the NumPy reference (every cell)"] == ("1.90x at its lowest (M float32)", True)
+    deep["peers"]["plain"]["ratio"] = 0.8
+    met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
+    assert met["D: the layer options cost <= 20% over the plain network"] == ("+25%", False)

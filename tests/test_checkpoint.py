@@ -1,5 +1,8 @@
-"""Checkpoints: exact round trip, rejection of damaged files, atomic writes."""
+"""Checkpoints: exact round trip (layer options and running statistics too), version-1 files, rejection of damaged
+files and unknown versions, atomic writes."""
 
+import hashlib
+import json
 import os
 import signal
 import subprocess
@@ -99,6 +102,164 @@ def test_tampered_bytes_and_changed_shapes_are_rejected(tmp_path):
         fastbp.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError):
         fastbp.load(tmp_path / "missing.npz")
+
+
+def _options_net(seed=3):
+    """A float64 network with every layer option: batch and layer norm, residual connections, two dropout rates."""
+    return fastbp.MLP(
+        [5, 8, 8, 8, 3],
+        activation="tanh",
+        dtype="float64",
+        seed=seed,
+        norm=["batch", "layer", "batch"],
+        residual=[False, True, True],
+        dropout=[0.0, 0.25, 0.1],
+    )
+
+
+def test_layer_options_and_running_statistics_round_trip_exactly(tmp_path, rng):
+    net = _options_net()
+    net.dropout_seed = 12345  # not the initialisation's seed: the checkpoint keeps it
+    trainer = fastbp.Trainer(net, fastbp.Adam(1e-2), batch_size=8, seed=1, progress=False)
+    X, y = make_batch(net, 40, rng)
+    trainer.fit(X, y, epochs=2)
+    assert not np.array_equal(net.running_means[0], np.zeros(8))  # training moved the running statistics
+    path = tmp_path / "options.npz"
+    trainer.save(path)
+    with np.load(path) as f:
+        assert int(f["version"]) == 2
+        assert list(f["norms"]) == ["batch", "layer", "batch"] and f["residuals"].tolist() == [False, True, True]
+        np.testing.assert_array_equal(f["buffers"], net.buffers)
+    loaded, opt = fastbp.load(path, return_optimizer=True)
+    assert (loaded.norms, loaded.residuals, loaded.dropouts) == (net.norms, net.residuals, net.dropouts)
+    assert loaded.dropout_seed == 12345 and repr(loaded) == repr(net)
+    np.testing.assert_array_equal(loaded.params, net.params)
+    np.testing.assert_array_equal(loaded.buffers, net.buffers)
+    for a, b in zip(loaded.running_vars, net.running_vars, strict=True):
+        assert (a is None and b is None) or np.array_equal(a, b)
+    np.testing.assert_array_equal(loaded.predict(X), net.predict(X))  # evaluation mode: the running statistics
+    # training resumes identically: the same dropout masks (seed and step) and running statistics
+    resumed = fastbp.Trainer(loaded, opt, batch_size=8, seed=5, progress=False)
+    original = fastbp.Trainer(net, trainer.optimizer, batch_size=8, seed=5, progress=False)
+    resumed.fit(X, y, epochs=1)
+    original.fit(X, y, epochs=1)
+    np.testing.assert_array_equal(loaded.params, net.params)
+    np.testing.assert_array_equal(loaded.buffers, net.buffers)
+
+
+def test_a_plain_network_saves_empty_options(tmp_path):
+    net = fastbp.MLP([3, 2])  # no hidden layer: the per-layer entries are empty
+    net.save(tmp_path / "m.npz")
+    with np.load(tmp_path / "m.npz") as f:
+        assert f["norms"].shape == f["residuals"].shape == f["dropouts"].shape == f["buffers"].shape == (0,)
+    loaded = fastbp.load(tmp_path / "m.npz")
+    assert not loaded._has_options and loaded.dropout_seed == net.dropout_seed
+
+
+def _v1_digest(arrays):
+    """The SHA-256 digest of version 1 (unchanged in version 2): names, dtypes, shapes and bytes, by name."""
+    h = hashlib.sha256()
+    for name in sorted(arrays):
+        a = np.ascontiguousarray(arrays[name])
+        h.update(f"{name}|{a.dtype.str}|{a.shape}|".encode())
+        h.update(a.tobytes())
+    return h.hexdigest()
+
+
+def _save_v1(net, path, optimizer=None, extras=None):
+    """Write ``net`` as fastbp wrote checkpoints before the layer options (format version 1)."""
+    arrays = {
+        "format": np.array("fastbp-checkpoint"),
+        "version": np.array(1),
+        "layer_sizes": np.array(net.layer_sizes, dtype=np.int64),
+        "activations": np.array(net.activations, dtype=str).reshape(-1),
+        "output": np.array(net.output),
+        "loss": np.array(net.loss),
+        "l2": np.array(net.l2),
+        "dtype": np.array(net.dtype.name),
+        "trainable": np.array(net.trainable, dtype=bool),
+        "matmul_precision": np.array(net.matmul_precision),
+        "params": net.params,
+    }
+    if optimizer is not None:
+        config = {
+            k: ({"name": type(val).__name__, **vars(val)} if k == "schedule" else val)
+            for k, val in optimizer.config().items()
+        }
+        arrays["optimizer"] = np.array(json.dumps({"name": optimizer.name, "config": config}))
+        arrays["optimizer_t"] = np.array(optimizer.t, dtype=np.int64)
+        arrays["optimizer_state"] = optimizer.state
+    for name, value in (extras or {}).items():
+        arrays[f"extra_{name}"] = np.asarray(value)
+    arrays["sha256"] = np.array(_v1_digest(arrays))
+    np.savez(path, **arrays)
+
+
+def test_version_1_checkpoints_still_load_as_plain_networks(tmp_path, rng):
+    net, trainer, X, _ = _trained(rng, fastbp.AdamW(schedule=fastbp.optim.Cosine(50)))
+    path = tmp_path / "v1.npz"
+    _save_v1(net, path, trainer.optimizer, extras={"x_mean": np.arange(5.0)})
+    loaded, opt = fastbp.load(path, return_optimizer=True)
+    assert loaded.layer_sizes == net.layer_sizes and loaded.trainable == net.trainable
+    assert not loaded._has_options and loaded.buffers.size == 0
+    assert loaded.norms == (None,) * 3 and loaded.residuals == (False,) * 3 and loaded.dropouts == (0.0,) * 3
+    np.testing.assert_array_equal(loaded.params, net.params)
+    np.testing.assert_array_equal(loaded.predict(X), net.predict(X))
+    np.testing.assert_array_equal(opt.state, trainer.optimizer.state)
+    assert opt.t == trainer.optimizer.t and repr(opt) == repr(trainer.optimizer)
+    np.testing.assert_array_equal(loaded.extras["x_mean"], np.arange(5.0))
+    # saved again, it is a version-2 checkpoint of the same network
+    loaded.save(tmp_path / "v2.npz")
+    with np.load(tmp_path / "v2.npz") as f:
+        assert int(f["version"]) == 2
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "v2.npz").params, net.params)
+
+
+def _rewrite(path, out, **changes):
+    """Copy the checkpoint ``path`` to ``out`` with entries changed (None deletes) and the digest recomputed."""
+    with np.load(path) as f:
+        arrays = dict(f)
+    del arrays["sha256"]
+    for name, value in changes.items():
+        if value is None:
+            del arrays[name]
+        else:
+            arrays[name] = value
+    arrays["sha256"] = np.array(_v1_digest(arrays))
+    np.savez(out, **arrays)
+    return out
+
+
+def test_unknown_versions_and_inconsistent_options_are_refused(tmp_path):
+    net = _options_net()
+    path = tmp_path / "m.npz"
+    net.save(path)
+    future = _rewrite(path, tmp_path / "future.npz", version=np.array(3))
+    with pytest.raises(CheckpointError, match=r"future\.npz has checkpoint format version 3, .*reads versions 1 and 2"):
+        fastbp.load(future)
+    for version in (np.array(0), np.array("2"), np.array([2]), None):
+        with pytest.raises(CheckpointError, match="version"):
+            fastbp.load(_rewrite(path, tmp_path / "bad.npz", version=version))
+    # the options and the running statistics are covered by the digest
+    with np.load(path) as f:
+        tampered = dict(f)
+    tampered["buffers"] = tampered["buffers"] + 1.0
+    np.savez(tmp_path / "tampered.npz", **tampered)
+    with pytest.raises(CheckpointError, match="SHA-256"):
+        fastbp.load(tmp_path / "tampered.npz")
+    cases = [
+        ({"norms": np.array(["batch", "layer"])}, r"invalid network: norms has 2 values for 3 hidden layers"),
+        ({"norms": np.array(["batch", "group", ""])}, r"invalid network: unknown norm\[1\] 'group'"),
+        ({"residuals": np.array([True, True, True])}, r"invalid network: residual\[0\]"),
+        ({"dropouts": np.array([0.0, 1.0, 0.0])}, r"invalid network: dropout\[1\] must be in \[0, 1\)"),
+        ({"dropouts": None}, r"invalid network: 'dropouts'"),
+        ({"buffers": np.zeros(3)}, r"buffers \(running statistics\) has dtype float64 and shape \(3,\).*\(32,\)"),
+        ({"buffers": None}, "needs the entries buffers and dropout_seed"),
+        ({"dropout_seed": np.array(-1)}, "dropout_seed must be a non-negative integer"),
+    ]
+    for changes, message in cases:
+        with pytest.raises(CheckpointError, match=message):
+            fastbp.load(_rewrite(path, tmp_path / "bad.npz", **changes))
 
 
 SAVER = textwrap.dedent(

@@ -7,7 +7,15 @@ import sys
 
 import numpy as np
 import pytest
-from conftest import DIAGNOSE_RTOL, GRAPH_RTOL, REASSEMBLY_RTOL, make_batch, rel_err
+from conftest import (
+    DIAGNOSE_PLAIN_MAX_ACCURACY,
+    DIAGNOSE_REMEDY_MIN_ACCURACY,
+    DIAGNOSE_RTOL,
+    GRAPH_RTOL,
+    REASSEMBLY_RTOL,
+    make_batch,
+    rel_err,
+)
 
 import fastbp
 from fastbp import graph as g
@@ -100,9 +108,9 @@ def plain_init_grad_norms(activation, X, y, depth=10, width=64):
     return [np.linalg.norm(d) for d in dW]
 
 
-def test_cli_diagnose_shows_vanishing_sigmoid_level_relu_and_clipping(tmp_path):
+def test_cli_diagnose_shows_vanishing_sigmoid_level_relu_clipping_and_the_remedies(tmp_path):
     proc = subprocess.run(
-        [sys.executable, "-m", "fastbp.cli", "diagnose", "--epochs", "2", "--plot", "d.png", "--json", "d.json"],
+        [sys.executable, "-m", "fastbp.cli", "diagnose", "--plot", "d.png", "--json", "d.json"],
         capture_output=True,
         text=True,
         cwd=tmp_path,
@@ -127,6 +135,48 @@ def test_cli_diagnose_shows_vanishing_sigmoid_level_relu_and_clipping(tmp_path):
     runs = result["exploding"]["runs"]
     assert [r["clip_norm"] for r in runs] == [None, 1.0]
     assert runs[0]["diverged"] and "diverged" in runs[0]["message"]
-    assert not runs[1]["diverged"] and len(runs[1]["loss_per_epoch"]) == 2
+    assert not runs[1]["diverged"] and len(runs[1]["loss_per_epoch"]) == 10
     assert np.isfinite(runs[1]["loss_per_epoch"]).all()
     assert runs[1]["loss_per_epoch"][-1] < result["exploding"]["loss"]  # clipped training made progress
+
+    # The remedies: the plain sigmoid network does not learn, with batch norm or residual connections it does, in the
+    # same epochs of the same SGD on the same data and seed.
+    row = re.search(r"^test accuracy\s+(\S+)\s+(\S+)\s+(\S+)\s*$", proc.stdout, re.M)
+    assert row, proc.stdout
+    plain, batch_norm, residual = map(float, row.groups())
+    assert plain <= DIAGNOSE_PLAIN_MAX_ACCURACY
+    assert batch_norm >= DIAGNOSE_REMEDY_MIN_ACCURACY and residual >= DIAGNOSE_REMEDY_MIN_ACCURACY
+    assert "residual connections on hidden layers 1-10" in proc.stdout  # width 64 = the 64 inputs: every layer
+    rem = result["remedies"]
+    assert list(rem) == ["plain", "batch_norm", "residual"]
+    assert [round(rem[r]["test_accuracy"], 3) for r in rem] == [plain, batch_norm, residual]
+    assert rem["plain"]["norm"] == [None] * 10 and rem["plain"]["residual"] == [False] * 10
+    assert rem["batch_norm"]["norm"] == ["batch"] * 10 and rem["batch_norm"]["residual"] == [False] * 10
+    assert rem["residual"]["norm"] == [None] * 10 and rem["residual"]["residual"] == [True] * 10
+    sigmoid = result["vanishing"]["sigmoid"]
+    # the same initial weights: the plain network is the vanishing experiment's sigmoid network, trained the same way
+    assert rel_err(rem["plain"]["grad"], sigmoid["grad"]) <= DIAGNOSE_RTOL
+    assert rem["plain"]["test_accuracy"] == sigmoid["val_accuracy"]
+    for r in rem.values():
+        assert len(r["grad"]) == len(r["grad_norm"]) == 11 and len(r["loss_per_epoch"]) == 10
+        # predict (evaluation mode) agrees with the trainer's evaluation after the last epoch
+        assert r["accuracy_per_epoch"][-1] == r["test_accuracy"]
+        if r is not rem["plain"]:  # the first layer's gradient at initialisation is no longer vanishing
+            assert r["grad"][0] >= 1e4 * rem["plain"]["grad"][0]
+
+
+def test_diagnose_remedies_on_a_narrower_network_and_their_checks():
+    from fastbp import diagnose
+
+    result = diagnose.run(depth=3, width=16, samples=32, epochs=1, batch_size=64)
+    assert result["config"]["residual_layers"] == [2, 3]  # the first hidden layer maps 64 inputs to 16 units
+    rem = result["remedies"]
+    assert rem["residual"]["residual"] == [False, True, True] and rem["batch_norm"]["norm"] == ["batch"] * 3
+    assert all("delta" not in r for r in rem.values())  # only the compiled gradient for the layer options
+    report = diagnose.report(result)
+    assert "residual connections on hidden layers 2-3 (those that keep their width)" in report
+    assert re.search(r"^test accuracy(\s+\d\.\d{3}){3}$", report, re.M)
+    net = diagnose.plain_network("sigmoid", depth=2, width=8, n_in=8, norm="batch")
+    assert diagnose.layer_norms(net, *make_batch(net, 6, np.random.default_rng(0)))["delta"] is None
+    with pytest.raises(ValueError, match="samples must be at least 2"):
+        diagnose.run(samples=1)

@@ -291,6 +291,65 @@ def test_divergence_is_raised_on_every_rank(checks):
     assert "training diverged in epoch 1" in _raised_on_every_rank(checks["diverge"], "DivergenceError")
 
 
+@pytest.fixture(scope="module")
+def layers(tmp_path_factory):
+    """The results of distributed_worker.layers on 2 ranks (one mpiexec run): layer norm, residual connections,
+    dropout; batch norm refused."""
+    out = tmp_path_factory.mktemp("mpi") / "layers.pkl"
+    proc, _ = mpirun([sys.executable, "-m", "mpi4py", WORKER, "layers", str(out)])
+    assert proc.returncode == 0, proc.stderr
+    with open(out, "rb") as f:
+        return pickle.load(f)
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", list(distributed_worker.LAYER_CONFIGS))
+def test_layer_norm_residual_and_dropout_train_as_in_one_process(layers, name):
+    # dropout: each rank draws the masks of its rows by their indices in the whole data set, so a global batch gets
+    # the masks of one process (a different mask moves the parameters by 1e-2 and more)
+    net, kwargs, X, y, fit_kwargs = distributed_worker.make_layers(name)
+    assert any(net.dropouts) and "batch" not in net.norms
+    history = fastbp.Trainer(net, progress=False, **kwargs).fit(X, y, epochs=distributed_worker.EPOCHS, **fit_kwargs)
+    rtol = DIST_RTOL if net.dtype == np.float64 else DIST_RTOL_FLOAT32
+    assert layers[f"{name}/same_on_all_ranks"]
+    assert rel_err(layers[f"{name}/params"], net.params) <= rtol
+    assert layers[f"{name}/history"].keys() == set(history) - {"epoch_time"}
+    for key, values in layers[f"{name}/history"].items():
+        assert rel_err(values, history[key]) <= rtol, key
+
+
+@needs_mpi
+def test_train_step_with_dropout_equals_one_process(layers):
+    X, y, _ = distributed_worker.checks_data()
+    single = fastbp.Trainer(distributed_worker.layers_step_net(), fastbp.SGD(0.1, momentum=0.9), progress=False)
+    losses = [single.train_step(X[:16], y[:16]), single.train_step(X[16:31], y[16:31])]
+    losses.append(single.train_step(X[31:48], y[31:48]))  # the ranks' shards 31:38 and 38:48
+    assert rel_err(layers["train_step/losses"], losses) <= DIST_RTOL
+    assert rel_err(layers["train_step/params"], single.net.params) <= DIST_RTOL
+
+
+@needs_mpi
+@pytest.mark.parametrize("key", ["batch_norm", "batch_norm_one_layer"])
+def test_batch_norm_is_refused_on_every_rank_saying_why_and_what_to_do(layers, key):
+    message = _raised_on_every_rank(layers[key])
+    assert message.startswith("fastbp.distributed does not support batch norm")
+    assert "summed over the ranks" in message  # why: the batch statistics span the ranks' rows
+    assert "norm='layer'" in message and "fastbp.Trainer" in message  # what to do
+
+
+@needs_mpi
+@pytest.mark.parametrize("name", ["norm", "residual", "dropout"])
+def test_layer_options_that_differ_between_ranks_are_named_on_every_rank(layers, name):
+    message = _raised_on_every_rank(layers[f"disagree/{name}s"])
+    assert message.startswith(f"the ranks disagree on fit's arguments: {name} is "), message
+
+
+@needs_mpi
+def test_the_dropout_seed_of_rank_0_is_broadcast(layers):
+    seeds = layers["seed_none/dropout_seeds"]
+    assert len(seeds) == 2 and seeds[0] == seeds[1]
+
+
 def test_cli_distributed_without_mpi4py_is_a_one_line_error():
     code = (
         "import sys; sys.modules['mpi4py'] = None; from fastbp import cli; "

@@ -16,6 +16,7 @@ from conftest import (
     FD_STEP,
     GRAPH_RTOL,
     HAND_RTOL,
+    NORM_MIN_WIDTH,
     rel_err,
 )
 from hypothesis import given, settings
@@ -24,6 +25,7 @@ from hypothesis import strategies as st
 import fastbp
 from fastbp import graph as g
 from fastbp import reference
+from fastbp.kernels.layout import GAMMA_OFFSET
 
 
 def sigma(z):
@@ -182,6 +184,9 @@ UNARY = {
     "sigmoid": (g.sigmoid, np_sigmoid, away_from_zero),
     "tanh": (g.tanh, np.tanh, away_from_zero),
     "relu": (g.relu, lambda a: np.maximum(a, 0.0), away_from_zero),  # away from the kink at 0
+    "leaky_relu": (g.leaky_relu, lambda a: np.where(a > 0, a, 0.01 * a), away_from_zero),
+    "leaky_relu_slope": (lambda a: g.leaky_relu(a, 0.3), lambda a: np.where(a > 0, a, 0.3 * a), away_from_zero),
+    "sqrt": (g.sqrt, np.sqrt, positive),
     "negate": (lambda a: -a, np.negative, away_from_zero),
     "sum": (g.sum, np.sum, away_from_zero),
     "sum_axis0": (lambda a: g.sum(a, axis=0), lambda a: np.sum(a, axis=0), away_from_zero),
@@ -463,35 +468,74 @@ def test_softmax_cross_entropy_label_dtype_errors_state_the_rule(rng):
     )
 
 
-@pytest.mark.parametrize("fn", [g.exp, g.log, g.sigmoid, g.tanh, g.relu, g.sum, g.mean, g.matmul])
+@pytest.mark.parametrize("fn", [g.exp, g.log, g.sigmoid, g.tanh, g.relu, g.leaky_relu, g.sqrt, g.sum, g.mean, g.matmul])
 def test_functions_document_shapes_and_dtypes(fn):
     doc = fn.__doc__
     assert "float64" in doc and "shape" in doc and "Node" in doc, doc
 
 
 # ------------------------------------------------------------------------------------------ MLPs as graphs
-def graph_value_and_grad(net, X, Y):
-    """fastbp's loss (mean per-sample loss + l2/2 sum W^2) written with graph operations; returns (loss, flat grad)."""
+#: The normalizations' epsilon, PyTorch's default for BatchNorm1d and LayerNorm (written here, not taken from fastbp).
+NORM_EPS = 1e-5
+
+
+def normalize(Z, axis):
+    """(Z - mean) / sqrt(var + eps) over ``axis`` (0: each column over the batch, batch norm in training; 1: each
+    row over the features, layer norm), with the biased variance, from elementary graph operations."""
+    centred = Z - g.mean(Z, axis=axis, keepdims=True)
+    var = g.mean(centred * centred, axis=axis, keepdims=True)
+    return centred / g.sqrt(var + NORM_EPS)
+
+
+def graph_value_and_grad(net, X, Y, masks=None):
+    """fastbp's loss (mean per-sample loss + l2/2 sum W^2) written with graph operations; returns (loss, flat grad).
+
+    The hidden layers' options are written with graph operations too: ``N = gamma * normalize(Z) + beta`` (batch
+    norm with the batch's statistics, as in training, or layer norm), ``H = f(N)``, dropout as the constant factors
+    ``masks[l]`` ((n, fan_out): 0, or 1 / (1 - p) for a kept unit; None or a None entry: no dropout), and ``A = A_prev
+    + H`` with a residual connection. The flat gradient is laid out like ``params`` (gamma and beta included)."""
     n = X.shape[0]
+    L = net.n_layers
     Ws = [g.Variable(W) for W in net.coefs]
     bs = [g.Variable(b) for b in net.intercepts]
-    activation = {"relu": g.relu, "tanh": g.tanh, "sigmoid": g.sigmoid, "identity": lambda Z: Z}
+    normed = [l for l in range(L - 1) if net.norms[l] is not None]
+    gammas = {l: g.Variable(net.norm_scales[l]) for l in normed}
+    betas = {l: g.Variable(net.norm_shifts[l]) for l in normed}
+    activation = {
+        "relu": g.relu,
+        "leaky_relu": g.leaky_relu,
+        "tanh": g.tanh,
+        "sigmoid": g.sigmoid,
+        "identity": lambda Z: Z,
+    }
     A = X
     for l, (W, b) in enumerate(zip(Ws, bs, strict=True)):
         Z = A @ W + b
-        A = activation[net.activations[l]](Z) if l < net.n_layers - 1 else Z
+        if l == L - 1:
+            break
+        if net.norms[l] is not None:
+            Z = gammas[l] * normalize(Z, 0 if net.norms[l] == "batch" else 1) + betas[l]
+        H = activation[net.activations[l]](Z)
+        if masks is not None and masks[l] is not None:
+            H = H * masks[l]
+        A = A + H if net.residuals[l] else H
     if net.loss == "cross_entropy":  # softmax output: labels (ints) or one-hot rows (floats)
         loss = g.softmax_cross_entropy(Z, Y)
     elif net.loss == "binary_cross_entropy":  # sigmoid output, sum over outputs, mean over samples
-        P = g.sigmoid(Z)
-        loss = g.sum(-(Y * g.log(P) + (1.0 - Y) * g.log(1.0 - P))) / n
+        # -y log p - (1 - y) log(1 - p) = max(z, 0) - y z + log(1 + exp(-|z|)), |z| = relu(z) + relu(-z): without
+        # the log(0) of a saturated sigmoid (deep residual networks reach large logits)
+        magnitude = g.relu(Z) + g.relu(-Z)
+        loss = g.sum(g.relu(Z) - Y * Z + g.log(1.0 + g.exp(-magnitude))) / n
     else:  # identity output, squared error 1/2 ||a - y||^2 per sample
         loss = 0.5 * g.sum((Z - Y) ** 2) / n
     for W in Ws:
         loss = loss + 0.5 * net.l2 * g.sum(W * W)
     grads = np.empty(net.n_params)
     dWs, dbs = net.unflatten(grads)
-    for dst, value in zip(dWs + dbs, g.grad(loss, Ws + bs), strict=True):
+    dgammas = [grads[net.layout[l, GAMMA_OFFSET] :][: net.layer_sizes[l + 1]] for l in normed]
+    dbetas = [grads[net.layout[l, GAMMA_OFFSET] + net.layer_sizes[l + 1] :][: net.layer_sizes[l + 1]] for l in normed]
+    wrt = Ws + bs + [gammas[l] for l in normed] + [betas[l] for l in normed]
+    for dst, value in zip(dWs + dbs + dgammas + dbetas, g.grad(loss, wrt), strict=True):
         dst[...] = value
     return float(loss), grads
 
@@ -527,6 +571,70 @@ def test_graph_mlp_equals_fused_kernels_and_reference(widths, n_in, n_out, n, da
         Y = rng.random((n, n_out))
     else:
         Y = rng.standard_normal((n, n_out))
+    value, grads = graph_value_and_grad(net, X, Y)
+    fused_value, fused = net.value_and_grad(X, Y)
+    ref_value, ref = reference.value_and_grad(net, X, Y)
+    assert rel_err(grads, fused) <= GRAPH_RTOL
+    assert rel_err(grads, ref) <= GRAPH_RTOL
+    assert value == pytest.approx(fused_value, rel=GRAPH_RTOL)
+    assert value == pytest.approx(ref_value, rel=GRAPH_RTOL)
+
+
+def np_normalize(Z, axis):
+    return (Z - Z.mean(axis=axis, keepdims=True)) / np.sqrt(Z.var(axis=axis, keepdims=True) + NORM_EPS)
+
+
+@pytest.mark.parametrize("axis", [0, 1])
+@pytest.mark.parametrize("shape", [(2, 3), (5, 4), (7, 1)])
+def test_normalization_from_graph_operations_matches_finite_differences(axis, shape, rng):
+    # batch norm (axis 0) and layer norm (axis 1) with an affine map, composed of mean, subtract, multiply, sqrt and
+    # divide; one feature (layer norm of width 1: x_hat = 0) and two rows (batch norm: x_hat = +-1) included
+    def build(Z, gamma, beta):
+        return gamma * normalize(Z, axis) + beta
+
+    def numpy_build(Z, gamma, beta):
+        return gamma * np_normalize(Z, axis) + beta
+
+    Z, gamma, beta = rng.standard_normal(shape), away_from_zero(rng, shape[1]), rng.standard_normal(shape[1])
+    check_against_fd(build, Z, gamma, beta, rng=rng, numpy=numpy_build)
+
+
+@settings(max_examples=30, deadline=None)
+@given(
+    width=st.integers(NORM_MIN_WIDTH, 6),
+    depth=st.integers(1, 3),
+    n=st.integers(2, 7),
+    data=st.data(),
+    pair=st.sampled_from(OUTPUTS),
+    seed=st.integers(0, 2**16),
+)
+def test_graph_mlp_with_layer_options_equals_fused_kernels_and_reference(width, depth, n, data, pair, seed):
+    # batch norm, layer norm and residual connections written with graph operations (training mode, no dropout; tests/
+    # test_layers.py has many more, and dropout)
+    output, loss_name = pair
+    n_out = 3 if output == "softmax" else 2
+    norm = [data.draw(st.sampled_from([None, "batch", "layer"])) for _ in range(depth)]
+    residual = [data.draw(st.booleans()) for _ in range(depth)]
+    activations = [data.draw(st.sampled_from(["relu", "leaky_relu", "tanh", "sigmoid", "identity"])) for _ in norm]
+    net = fastbp.MLP(
+        [width] * (depth + 1) + [n_out],
+        activations,
+        output,
+        loss_name,
+        l2=0.1,
+        dtype="float64",
+        seed=seed,
+        norm=norm,
+        residual=residual,
+    )
+    rng = np.random.default_rng(seed)
+    for v in [*net.intercepts, *(s for s in net.norm_shifts if s is not None)]:
+        v[...] = 0.5 * rng.standard_normal(v.shape)
+    for gamma in net.norm_scales:
+        if gamma is not None:
+            gamma[...] = 1.0 + 0.5 * rng.standard_normal(gamma.shape)
+    X = rng.standard_normal((n, width))
+    Y = rng.integers(0, n_out, n) if output == "softmax" else rng.random((n, n_out))
     value, grads = graph_value_and_grad(net, X, Y)
     fused_value, fused = net.value_and_grad(X, Y)
     ref_value, ref = reference.value_and_grad(net, X, Y)

@@ -39,13 +39,18 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
     rng = np.random.default_rng(0)
     bf16 = _onednn.info()["reason"] is None
     for dtype in ("float32", "float64"):
-        for sizes in ([3, 2], [3, 5, 2], [7, 1, 9, 4], [2, 13, 11, 7, 5, 3], [10, 64, 3]):
+        for sizes in ([3, 2], [3, 5, 2], [7, 1, 9, 4], [2, 13, 11, 7, 5, 3], [10, 64, 3], [6, 8, 8, 8, 3]):
             for output in ("softmax", "sigmoid", "tanh"):
                 # float32 networks alternate the matmul precisions: both run the one float32 specialization
                 precision = "bfloat16" if bf16 and dtype == "float32" and len(sizes) % 2 else "float32"
-                net = fastbp.MLP(sizes, ["tanh", "relu", "sigmoid", "leaky_relu"][: len(sizes) - 2], output,
-                                 l2=0.1, dtype=dtype, trainable=[True] * (len(sizes) - 2) + [False],
-                                 matmul_precision=precision)
+                # and a mix of layer options (normalization, residual connections, dropout) on the deeper ones
+                hidden = len(sizes) - 2
+                norm = [[None, "batch", "layer"][k % 3] for k in range(hidden)] if hidden > 1 else None
+                residual = [sizes[k] == sizes[k + 1] for k in range(hidden)]
+                net = fastbp.MLP(sizes, ["tanh", "relu", "sigmoid", "leaky_relu"][: hidden], output,
+                                 l2=0.1, dtype=dtype, trainable=[True] * hidden + [False],
+                                 matmul_precision=precision, norm=norm, residual=residual,
+                                 dropout=0.2 if hidden > 2 else 0.0)
                 X = rng.standard_normal((20, sizes[0]))
                 Y = rng.integers(0, sizes[-1], 20) if output == "softmax" else rng.random((20, sizes[-1]))
                 net.value_and_grad(X, Y)
@@ -68,6 +73,8 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                     import torch
                     import fastbp.torch
                 except ImportError:
+                    continue
+                if net._has_options:  # the bridge refuses layer options
                     continue
                 model = fastbp.torch.MLP.from_fastbp(net)
                 for x_grad in (False, True):

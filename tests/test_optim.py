@@ -107,6 +107,43 @@ def test_optimizer_matches_numpy_textbook_update(name, kwargs, extra, trainable,
             np.testing.assert_array_equal(net.coefs[l], frozen_before[l])  # bit for bit
 
 
+def _arrays(net, flat):
+    """Per layer, the views of W, b, and gamma and beta of a normalized layer into ``flat`` (laid out like
+    ``params``), from the columns of ``net.layout``: (views, whether each is a weight matrix)."""
+    views, is_weight = [], []
+    for fan_in, fan_out, w, b, _, _, norm, _, _, gamma, _, _ in net.layout:
+        views += [flat[w : w + fan_in * fan_out], flat[b : b + fan_out]]
+        if norm:
+            views += [flat[gamma : gamma + fan_out], flat[gamma + fan_out : gamma + 2 * fan_out]]
+        is_weight += [True] + [False] * (3 if norm else 1)
+    return views, is_weight
+
+
+@pytest.mark.parametrize(("name", "kwargs", "extra"), [CASES[2], CASES[4], CASES[5], CASES[6]])
+def test_gamma_and_beta_are_updated_like_biases_and_clipped_with_the_rest(name, kwargs, extra, rng):
+    # gamma and beta of batch and layer norm: updated by every optimizer, never decayed, and counted in the norm
+    # that clip_norm limits (fastbp.reference has no layer options: the shadow takes the compiled gradient)
+    options = {"norm": ["batch", "layer"], "residual": [False, True]}
+    net = fastbp.MLP([5, 8, 8, 3], "tanh", dtype="float64", seed=1, **options)
+    shadow = fastbp.MLP([5, 8, 8, 3], "tanh", dtype="float64", seed=1, **options)
+    trainer = fastbp.Trainer(net, optim.OPTIMIZERS[name](**kwargs), seed=0, progress=False)
+    textbook = NumpyOptimizer("sgd" if name == "sgd" else "adam", **kwargs, **extra)
+    for _ in range(4):
+        X, y = make_batch(net, 7, rng)
+        trainer.train_step(X, y)
+        _, g = shadow.value_and_grad(X, y)
+        params, is_weight = _arrays(shadow, shadow.params)
+        textbook.step(params, _arrays(shadow, g)[0], is_weight, [True] * len(params))
+    # all but the bias under the batch norm, whose gradient is 0 up to rounding: the two runs' roundings differ, and
+    # Adam's step divides them by their own size (the bias moves by about lr * 1e-17 / eps)
+    under_batch_norm = np.zeros(net.n_params, dtype=bool)
+    under_batch_norm[int(net.layout[0, 3]) : int(net.layout[0, 3]) + 8] = True
+    assert rel_err(net.params[~under_batch_norm], shadow.params[~under_batch_norm]) <= 1e-12
+    assert np.abs(net.intercepts[0] - shadow.intercepts[0]).max() <= 1e-9
+    for gamma, beta in zip(net.norm_scales[:2], net.norm_shifts[:2], strict=True):
+        assert np.abs(gamma - 1.0).min() > 0 and np.abs(beta).min() > 0  # moved from their initial values
+
+
 SCHEDULES = [optim.Constant(), optim.StepDecay(3, 0.5), optim.InverseScaling(0.25), optim.Cosine(10, 1e-3)]
 
 

@@ -460,6 +460,27 @@ def test_fastbp_conversions():
         assert rel_err(model.to_sequential()(torch.from_numpy(X)), P) < TORCH_RTOL["float64"]
 
 
+@pytest.mark.parametrize(
+    ("options", "named"),
+    [
+        ({"norm": "batch"}, "norm=['batch', 'batch']"),
+        ({"norm": [None, "layer"]}, "norm=[None, 'layer']"),
+        ({"residual": [False, True]}, "residual=[False, True]"),
+        ({"dropout": [0.0, 0.3], "residual": True}, "residual=[True, True], dropout=[0.0, 0.3]"),
+    ],
+)
+def test_from_fastbp_refuses_layer_options_and_names_them(options, named):
+    # the bridge computes plain dense layers: a network with normalization, residual connections or dropout is
+    # refused, with the options it has and what to do instead (the same network from torch.nn modules)
+    net = fastbp.MLP([6, 6, 6, 3], dtype="float64", **options)
+    with pytest.raises(ValueError) as info:
+        fbt.MLP.from_fastbp(net)
+    message = str(info.value)
+    assert message.startswith("fastbp.torch.MLP computes plain dense layers, but this network has layer options")
+    assert f"({named})" in message and "torch.nn modules" in message and "Linear.weight is W.T" in message
+    fbt.MLP.from_fastbp(fastbp.MLP([6, 6, 6, 3], dtype="float64", dropout=0.0, residual=False, norm=None))
+
+
 def test_inference_without_graph():
     model = fbt.MLP([4, 5, 3], seed=0)
     X = torch.randn(2, 4)

@@ -145,6 +145,41 @@ def test_early_stopping_restores_the_best_parameters(rng):
     np.testing.assert_array_equal(net.params, seen[best][1])
 
 
+def test_early_stopping_restores_the_running_statistics_of_the_best_epoch(rng):
+    net = fastbp.MLP([6, 16, 16, 3], seed=1, dtype="float64", norm="batch", residual=[False, True])
+    X, y = make_batch(net, 60, rng)
+    X_val, y_val = make_batch(net, 30, rng)
+    seen = []
+
+    def remember(trainer, epoch, logs):
+        seen.append((logs["val_loss"], trainer.net.params.copy(), trainer.net.buffers.copy()))
+
+    trainer = fastbp.Trainer(
+        net, fastbp.Adam(0.05), batch_size=8, progress=False, callbacks=[remember], early_stopping=True, patience=3
+    )
+    trainer.fit(X, y, epochs=200, validation_data=(X_val, y_val))
+    best = min(range(len(seen)), key=lambda k: seen[k][0])
+    assert best < len(seen) - 1
+    np.testing.assert_array_equal(net.params, seen[best][1])
+    np.testing.assert_array_equal(net.buffers, seen[best][2])
+    assert not np.array_equal(net.buffers, seen[-1][2])
+
+
+@pytest.mark.parametrize("lr", [1e30, 1e300])
+def test_a_diverged_step_leaves_the_running_statistics_finite_and_as_before_it(rng, lr):
+    # lr 1e30: the loss diverges; 1e300: the gradient overflows first (no update is made)
+    net = fastbp.MLP([4, 8, 8, 3], dtype="float64", norm="batch")
+    X, y = make_batch(net, 16, rng)
+    trainer = fastbp.Trainer(net, fastbp.SGD(lr=lr), progress=False)
+    snapshots = []
+    with pytest.raises(fastbp.DivergenceError):
+        for _ in range(50):
+            snapshots.append(net.buffers.copy())
+            trainer.train_step(X, y)
+    assert np.isfinite(net.buffers).all()
+    np.testing.assert_array_equal(net.buffers, snapshots[-1])  # the call that diverged changed nothing
+
+
 def test_callback_can_stop_and_validation_split_is_held_out(rng):
     net = fastbp.MLP([6, 5, 3])
     X, y = make_batch(net, 100, rng)
@@ -193,9 +228,11 @@ EPOCH_ALLOCATIONS = textwrap.dedent(
     X, y = fastbp.data.load_digits()
     precisions = ["float32"] + (["bfloat16"] if _onednn.info()["reason"] is None else [])
     counts = []
+    options = ({}, {"norm": "batch", "residual": [False, True], "dropout": 0.1},
+               {"norm": ["layer", "batch"], "residual": [False, True], "dropout": [0.0, 0.3]})
     for precision in precisions:
-        for opt in (fastbp.SGD(0.01, momentum=0.9), fastbp.Adam(), fastbp.SGD(0.1)):
-            net = fastbp.MLP([64, 32, 10], matmul_precision=precision)
+        for opt, option in zip((fastbp.SGD(0.01, momentum=0.9), fastbp.Adam(), fastbp.SGD(0.1)), options):
+            net = fastbp.MLP([64, 32, 32, 10], matmul_precision=precision, **option)
             trainer = fastbp.Trainer(net, opt, batch_size=50, progress=False)
             trainer.fit(X, y, epochs=1)  # warm-up
             before = rtsys.get_allocation_stats()
@@ -203,6 +240,7 @@ EPOCH_ALLOCATIONS = textwrap.dedent(
             trainer.train_step(X[:50], y[:50])
             net.value_and_grad(X[:50], y[:50], out=trainer._grads)
             net.predict(X[:50])
+            trainer.evaluate(X[:50], y[:50])
             counts.append(rtsys.get_allocation_stats().alloc - before.alloc)
     print(sum(counts), len(counts))
     """
@@ -210,7 +248,8 @@ EPOCH_ALLOCATIONS = textwrap.dedent(
 
 
 def test_a_full_epoch_makes_no_runtime_allocation():
-    # ... nor a train_step, value_and_grad or predict, in every matmul precision available here
+    # ... nor a train_step, value_and_grad or predict, in every matmul precision available here, with and without
+    # layer options (batch and layer norm, residual connections, dropout)
     env = {**os.environ, "NUMBA_NRT_STATS": "1"}
     proc = subprocess.run(
         [sys.executable, "-c", EPOCH_ALLOCATIONS], env=env, capture_output=True, text=True, timeout=600

@@ -12,9 +12,25 @@ import numpy as np
 
 from .._config import kernel, leaf
 from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
-from .forward import _layer_input, _to_bf16_rows
+from .forward import _layer_input, _layer_options, _to_bf16_rows
 from .gemm import _bf16, _matmul
-from .layout import ACTIVATION, FAN_IN, FAN_OUT, TRAINABLE, _layer_view, _rows_view, _twin_view
+from .layers import _layer_backward
+from .layout import (
+    ACTIVATION,
+    B_OFFSET,
+    DROPOUT,
+    FAN_IN,
+    FAN_OUT,
+    NORM,
+    PARAM_END,
+    RESIDUAL,
+    TRAINABLE,
+    _aux_views,
+    _layer_view,
+    _plain,
+    _rows_view,
+    _twin_view,
+)
 from .loss import _l2_penalty
 
 
@@ -113,7 +129,25 @@ def _wants(needs, layout, k):
 
 @kernel
 def _backward(
-    gemm, params, params16, grads, layout, needs, X, X16, acts, acts16, cur, cur16, other, other16, l2, accumulate, dX
+    gemm,
+    params,
+    params16,
+    grads,
+    layout,
+    needs,
+    X,
+    X16,
+    acts,
+    acts16,
+    cur,
+    cur16,
+    other,
+    other16,
+    third,
+    opts,
+    l2,
+    accumulate,
+    dX,
 ):
     """The backward pass from the output layer's delta: per layer from the top, the L2 term and BP4
     ``dW[l] = A[l-1].T @ delta[l] (+ l2 W[l])``, then BP2 and BP3 ``delta[l-1] = (delta[l] @ W[l].T) * f'(A[l-1])``,
@@ -124,13 +158,15 @@ def _backward(
     db[l-1] = delta.sum(0)``; ``dX = delta @ W[0].T`` (reference.value_and_grad is the oracle).
 
     gemm: the GEMMs (gemm.py). params, grads: (n_params,); grads is the output, laid out like params, each wanted
-    gradient written (added to when ``accumulate``), the others zeroed (unchanged when accumulating). layout: (L, 6)
+    gradient written (added to when ``accumulate``), the others zeroed (unchanged when accumulating). layout: (L, 12)
     int64. needs: (2 L + 1,) int64 flags, dX, dW0, db0, dW1, ... (see :func:`_wants`), or (0,) for the trainable
     layers. X: (n, n_in); acts: the hidden activations of the forward pass of X (workspace). cur: 1-D buffer holding
     the output layer's delta (n, n_out) on entry, with its bias gradient (BP3) already in grads; other: 1-D buffer of
     at least n * max(fan_in); both overwritten (the ping-pong pair). In bfloat16 precision, params16, X16, acts16,
     cur16, other16 are the bfloat16 twins of params, X, acts, cur and other (the output delta's twin is made here);
-    otherwise they are empty (X16: 0 rows). l2: float, coefficient of the L2 term (0: none). accumulate: int 0/1. dX:
+    otherwise they are empty (X16: 0 rows). third: a third 1-D buffer like other, for the gradients through residual
+    connections; opts: as for the forward pass (forward.py), which left the auxiliary workspace the options of the
+    layers need (layers.py). l2: float, coefficient of the L2 term (0: none). accumulate: int 0/1. dX:
     (n, n_in), output when wanted. Returns the sum of squared weights of every layer (float64) when l2 > 0, else 0.
     Not thread-safe for a shared workspace or grads.
     """
@@ -145,11 +181,12 @@ def _backward(
         lowest = 0
     if not accumulate:  # gradients that are not wanted are zero
         for l in range(L):
-            dW, db = _layer_view(grads, layout, l)
+            dW, _ = _layer_view(grads, layout, l)
             if not _wants(needs, layout, 1 + 2 * l):
                 dW[:] = 0.0
-            if not _wants(needs, layout, 2 + 2 * l):
-                db[:] = 0.0
+            if not _wants(needs, layout, 2 + 2 * l):  # b, and gamma and beta of a normalized layer
+                grads[layout[l, B_OFFSET] : layout[l, PARAM_END]] = 0.0
+    buffers, aux, sums, run, ids = opts
     _to_bf16_rows(_rows_view(cur, n, layout[L - 1, FAN_OUT]), _rows_view(cur16, n16, layout[L - 1, FAN_OUT]))
 
     squares = 0.0
@@ -169,21 +206,45 @@ def _backward(
             # After the L2 term dW already holds its part of the gradient: accumulate onto it.
             _weight_grad(gemm, A_prev, A_prev16, delta, delta16, 1.0 if (accumulate or l2 > 0.0) else 0.0, dW)
         if l > lowest:
-            _, db_prev = _layer_view(grads, layout, l - 1)
-            _hidden_delta(
-                gemm,
-                delta,
-                delta16,
-                W,
-                _twin_view(params16, layout, l),
-                A_prev,
-                layout[l - 1, ACTIVATION],
-                _rows_view(other, n, layout[l, FAN_IN]),
-                _rows_view(other16, n16, layout[l, FAN_IN]),
-                db_prev,
-                _wants(needs, layout, 2 * l),
-                accumulate,
-            )
+            k, m = l - 1, layout[l, FAN_IN]  # the layer below, and its width
+            _, db_prev = _layer_view(grads, layout, k)
+            G, G16 = _rows_view(other, n, m), _rows_view(other16, n16, m)
+            W16 = _twin_view(params16, layout, l)
+            with_db = _wants(needs, layout, 2 * l)
+            if _plain(layout, k) and not layout[l, RESIDUAL]:
+                _hidden_delta(
+                    gemm, delta, delta16, W, W16, A_prev, layout[k, ACTIVATION], G, G16, db_prev, with_db, accumulate
+                )
+            else:
+                _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, G)
+                # third: dC/dA of the layer above through its residual connection (read), then this layer's (written)
+                skip = _rows_view(third, n if layout[l, RESIDUAL] else 0, m)
+                dA = _rows_view(third, n if layout[k, RESIDUAL] else 0, m)
+                H, XH, _, inv = _aux_views(aux, layout, k, n)
+                gamma, _, _ = _layer_options(params, buffers, layout, k)
+                dgamma, dbeta, _ = _layer_options(grads, buffers, layout, k)
+                _layer_backward(
+                    G,
+                    skip,
+                    dA,
+                    layout[k, ACTIVATION],
+                    H if H.shape[0] > 0 else A_prev,
+                    layout[k, NORM],
+                    gamma,
+                    XH,
+                    inv,
+                    dgamma,
+                    dbeta,
+                    db_prev,
+                    with_db,
+                    accumulate,
+                    sums,
+                    layout[k, DROPOUT],
+                    run,
+                    ids,
+                    k,
+                    G16,
+                )
             cur, other = other, cur
             cur16, other16 = other16, cur16
     if _wants(needs, layout, 0):
@@ -199,4 +260,9 @@ def _backward(
             0.0,
             dX,
         )
+        if layout[0, RESIDUAL]:  # the input feeds the first layer's residual connection too
+            dA = _rows_view(third, n, layout[0, FAN_OUT])
+            for i in range(n):
+                for j in range(dX.shape[1]):
+                    dX[i, j] += dA[i, j]
     return squares

@@ -46,16 +46,17 @@ def _array2d(address, rows, cols, marker):
 
 @leaf
 def _network_arrays(network, marker):
-    """(params (n_params,), params16, layout (n_layers, 6) int64, gemm) from (p_params, n_params, p_layout,
-    n_layers, blas, bf16, p_params16): gemm = (blas, bf16), the addresses of the GEMMs the passes call (bf16: 0 in
-    the dtype's own precision; kernels/gemm.py); params16: the (n_params,) uint16 bfloat16 twin of the weights in
-    bfloat16 precision, else empty."""
-    p_params, n_params, p_layout, n_layers, blas, bf16, p_params16 = network
+    """(params (n_params,), params16, layout (n_layers, 12) int64, gemm, buffers) from (p_params, n_params, p_layout,
+    n_layers, blas, bf16, p_params16, p_buffers, n_buffers): gemm = (blas, bf16), the addresses of the GEMMs the passes
+    call (bf16: 0 in the dtype's own precision; kernels/gemm.py); params16: the (n_params,) uint16 bfloat16 twin of the
+    weights in bfloat16 precision, else empty; buffers: (n_buffers,), the running statistics of batch norm."""
+    p_params, n_params, p_layout, n_layers, blas, bf16, p_params16, p_buffers, n_buffers = network
     return (
         _array1d(p_params, n_params, marker),
         _array1d(p_params16, n_params if bf16 else 0, np.uint16(0)),
         _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
         (blas, bf16),
+        _array1d(p_buffers, n_buffers, marker),
     )
 
 
@@ -71,13 +72,38 @@ def _batch_arrays(batch, marker):
 
 @leaf
 def _workspace_arrays(workspace, marker):
-    """((acts, delta_a, delta_b), (x16, acts16, delta_a16, delta_b16)) 1-D workspace buffers from (p_acts, n_acts,
-    p_delta_a, p_delta_b, n_delta, p_x16, n_x16, p_acts16, p_delta_a16, p_delta_b16): the activations, the two delta
-    buffers, and in bfloat16 precision (n_x16 > 0) their uint16 bfloat16 twins and the input's (empty otherwise)."""
-    p_acts, n_acts, p_da, p_db, n_delta, p_x16, n_x16, p_acts16, p_da16, p_db16 = workspace
+    """((acts, delta_a, delta_b, delta_c, aux, sums), (x16, acts16, delta_a16, delta_b16)) 1-D workspace buffers from
+    (p_acts, n_acts, p_delta_a, p_delta_b, p_delta_c, n_delta, p_aux, n_aux, p_sums, n_sums, p_x16, n_x16, p_acts16,
+    p_delta_a16, p_delta_b16): the activations, the three delta buffers, the auxiliary workspace of the layers'
+    options, float64 scratch, and in bfloat16 precision (n_x16 > 0) the uint16 bfloat16 twins of the activations,
+    of the first two delta buffers and of the input (empty otherwise)."""
+    (
+        p_acts,
+        n_acts,
+        p_da,
+        p_db,
+        p_dc,
+        n_delta,
+        p_aux,
+        n_aux,
+        p_sums,
+        n_sums,
+        p_x16,
+        n_x16,
+        p_acts16,
+        p_da16,
+        p_db16,
+    ) = workspace
     twin = n_x16 > 0
     u16 = np.uint16(0)
-    work = (_array1d(p_acts, n_acts, marker), _array1d(p_da, n_delta, marker), _array1d(p_db, n_delta, marker))
+    work = (
+        _array1d(p_acts, n_acts, marker),
+        _array1d(p_da, n_delta, marker),
+        _array1d(p_db, n_delta, marker),
+        _array1d(p_dc, n_delta, marker),
+        _array1d(p_aux, n_aux, marker),
+        _array1d(p_sums, n_sums, np.float64(0)),
+    )
     work16 = (
         _array1d(p_x16, n_x16, u16),
         _array1d(p_acts16, n_acts if twin else 0, u16),

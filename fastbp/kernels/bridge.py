@@ -16,6 +16,9 @@ from .drivers import _input_twin
 from .forward import _forward_into
 from .layout import ACTIVATION, FAN_IN, FAN_OUT, _copy, _layer_view, _rows_view
 
+# The bridge's networks have no layer options (fastbp.torch refuses them): the run flags of plain training.
+_TRAINING = (np.int64(1), np.int64(0), np.int64(0), np.int64(0), np.int64(0))
+
 
 @leaf
 def _softmax_vjp(G, A, delta):
@@ -36,11 +39,12 @@ def _bridge_forward_entry(marker, network, p_X, n, workspace, p_out):
     X)``). network: as in boundary.py; X: (n, n_in) at p_X; workspace: as in boundary.py (acts of at least
     n * sum(fan_out of the hidden layers) elements); out: (n, n_out) at p_out, output. marker: a scalar of the
     network's dtype. Not thread-safe for a shared workspace."""
-    params, params16, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     work, work16 = _workspace_arrays(workspace, marker)
     X = _array2d(p_X, n, layout[0, FAN_IN], marker)
     out = _array2d(p_out, n, layout[layout.shape[0] - 1, FAN_OUT], marker)
-    _forward_into(gemm, params, params16, layout, X, _input_twin(X, work16), work[0], work16[1], out)
+    opts = (buffers, work[4], work[5], _TRAINING, layout[0, :0])
+    _forward_into(gemm, params, params16, layout, X, _input_twin(X, work16), work[0], work16[1], opts, out)
 
 
 @kernel
@@ -62,13 +66,13 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
     n * max(fan_out) elements each. The 1/n of a mean loss is already in G. Not thread-safe for a shared
     workspace.
     """
-    params, params16, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     L = layout.shape[0]
     needs = _array1d(p_needs, 2 * L + 1, np.int64(0))
     n_in = layout[0, FAN_IN]
     n_out = layout[L - 1, FAN_OUT]
     work, work16 = _workspace_arrays(workspace, marker)
-    acts, cur, other = work
+    acts, cur, other, third, aux, sums = work
     _, acts16, cur16, other16 = work16
     grads = _array1d(p_grads, params.shape[0], marker)
     G = _array2d(p_G, n, n_out, marker)
@@ -103,6 +107,8 @@ def _bridge_backward_entry(marker, network, p_needs, n, p_G, p_X, p_out, workspa
         cur16,
         other,
         other16,
+        third,
+        (buffers, aux, sums, _TRAINING, layout[0, :0]),
         0.0,
         np.int64(0),
         dX,

@@ -10,6 +10,8 @@ delta buffers, and ``work16 = (x16, acts16, delta_a16, delta_b16)``, their bfloa
 are empty in the dtype's own precision (see gemm.py).
 """
 
+import numpy as np
+
 from .._config import kernel, leaf
 from .backward import _backward, _wants
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
@@ -40,14 +42,16 @@ def _refresh_twin(params, params16, layout):
 
 
 @kernel
-def _predict(gemm, params, params16, layout, X, work, work16, out):
+def _predict(gemm, params, params16, layout, X, work, work16, buffers, run, out):
     """``out[...] = network(X)`` in chunks of as many rows as the workspace holds.
 
     NumPy: ``out[...] = reference.predict(net, X)``. gemm: the GEMMs (gemm.py); params16: the weights' bfloat16
     twin (refreshed by the caller) or empty; X: (n, n_in); out: (n, n_out), output; work, work16: the workspace
-    (see the module docstring), overwritten. Not thread-safe for a shared workspace.
+    (see the module docstring), overwritten; buffers: the running statistics; run: the run flags (layers.py; in
+    evaluation for a prediction). Not thread-safe for a shared workspace.
     """
-    acts, _, _ = work
+    acts, _, _, _, aux, sums = work
+    opts = (buffers, aux, sums, run, layout[0, :0])
     n = X.shape[0]
     width = 0
     for l in range(layout.shape[0]):
@@ -66,13 +70,31 @@ def _predict(gemm, params, params16, layout, X, work, work16, out):
             _input_twin(Xc, work16),
             acts,
             work16[1],
+            opts,
             _matrix_at(out, start * n_out, stop - start, n_out),
         )
 
 
 @leaf
 def _value_and_grad(
-    gemm, params, params16, grads, layout, loss_code, X, Y, labels, sw, l2, scale, accumulate, work, work16
+    gemm,
+    params,
+    params16,
+    grads,
+    layout,
+    loss_code,
+    X,
+    Y,
+    labels,
+    sw,
+    l2,
+    scale,
+    accumulate,
+    work,
+    work16,
+    buffers,
+    run,
+    ids,
 ):
     """Loss and gradient of ``scale * (mean loss over the batch + l2 / 2 * sum of squared weights)``; the mean is
     weighted by the sample weights ``sw`` when given (``sum_i sw_i loss_i / sum_i sw_i``).
@@ -85,13 +107,15 @@ def _value_and_grad(
     (the returned loss is ``scale * loss``).
 
     gemm: the GEMMs (gemm.py). params, grads: (n_params,), grads is the output (added to when ``accumulate``);
-    params16: the weights' bfloat16 twin (current) or empty. layout: (L, 6) int64. loss_code: see
+    params16: the weights' bfloat16 twin (current) or empty. layout: (L, 12) int64. loss_code: see
     :mod:`fastbp.kernels.loss`. X: (n, n_in); Y: (n, n_out) targets or (0, n_out) when ``labels`` (n,) int64 are
     given, else labels is (0,). sw: (n,) sample weights (positive sum) or (0,). l2, scale: float. accumulate: int
-    0/1. work, work16: the workspace (module docstring), for at least n rows. Returns the loss (float64). Not
-    thread-safe for a shared workspace or grads.
+    0/1. work, work16: the workspace (module docstring), for at least n rows. buffers: the running statistics (updated
+    when run says so); run: the run flags (layers.py); ids: (n,) int64 row ids of the batch for the dropout hash, or
+    (0,). Returns the loss (float64). Not thread-safe for a shared workspace or grads.
     """
-    acts, delta_a, delta_b = work
+    acts, delta_a, delta_b, delta_c, aux, sums = work
+    opts = (buffers, aux, sums, run, ids)
     _, acts16, delta_a16, delta_b16 = work16
     n = X.shape[0]
     L = layout.shape[0]
@@ -104,7 +128,7 @@ def _value_and_grad(
     trainable = layout[0, :0]  # no explicit needs: the trainable layers' gradients
     X16 = _input_twin(X, work16)
 
-    Z, b = _forward_to_logits(gemm, params, params16, layout, X, X16, acts, acts16)
+    Z, b = _forward_to_logits(gemm, params, params16, layout, X, X16, acts, acts16, opts)
     _, db = _layer_view(grads, layout, L - 1)
     delta = _rows_view(delta_a, n, layout[L - 1, FAN_OUT])
     # BP1 (+ BP3 of the output layer)
@@ -137,6 +161,8 @@ def _value_and_grad(
         delta_a16,
         delta_b,
         delta_b16,
+        delta_c,
+        opts,
         l2 * scale,
         accumulate,
         _rows_view(delta_b, 0, layout[0, FAN_IN]),
@@ -149,25 +175,45 @@ def _value_and_grad(
 
 
 @kernel
-def _value_and_grad_entry(marker, network, loss_code, batch, workspace, p_grads, l2, scale, accumulate):
-    """:func:`_value_and_grad` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, params16, layout, gemm = _network_arrays(network, marker)
+def _value_and_grad_entry(
+    marker, network, run, p_ids, n_ids, loss_code, batch, workspace, p_grads, l2, scale, accumulate
+):
+    """:func:`_value_and_grad` on the buffers at the given addresses (NumPy: as there); run: the run flags
+    (layers.py); ids: (n_ids,) int64 row ids at p_ids (0 ids: rows by position). Not thread-safe."""
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
     work, work16 = _workspace_arrays(workspace, marker)
     grads = _array1d(p_grads, params.shape[0], marker)
     _refresh_twin(params, params16, layout)
     return _value_and_grad(
-        gemm, params, params16, grads, layout, loss_code, X, Y, labels, sw, l2, scale, accumulate, work, work16
+        gemm,
+        params,
+        params16,
+        grads,
+        layout,
+        loss_code,
+        X,
+        Y,
+        labels,
+        sw,
+        l2,
+        scale,
+        accumulate,
+        work,
+        work16,
+        buffers,
+        run,
+        _array1d(p_ids, n_ids, np.int64(0)),
     )
 
 
 @kernel
-def _predict_entry(marker, network, p_X, n, workspace, p_out):
+def _predict_entry(marker, network, run, p_X, n, workspace, p_out):
     """:func:`_predict` on the buffers at the given addresses: X (n, n_in) at p_X, out (n, n_out) at p_out (NumPy:
     as there). Not thread-safe."""
-    params, params16, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     work, work16 = _workspace_arrays(workspace, marker)
     X = _array2d(p_X, n, layout[0, FAN_IN], marker)
     out = _array2d(p_out, n, layout[layout.shape[0] - 1, FAN_OUT], marker)
     _refresh_twin(params, params16, layout)
-    _predict(gemm, params, params16, layout, X, work, work16, out)
+    _predict(gemm, params, params16, layout, X, work, work16, buffers, run, out)

@@ -7,7 +7,8 @@ Divergence: the parameters are updated "ping-pong" between ``params`` and ``spar
 writes the other, so it costs no extra memory traffic), which keeps the parameters of the previous step at hand.
 When a loss diverges (step.py), the parameters it was computed from are dropped and the previous ones are restored;
 when a gradient is not finite, no update is made. Either way ``params`` ends with the parameters of the last step
-whose loss was finite. After a normal return ``params`` holds the current parameters and ``spare`` the previous
+whose loss was finite; the running statistics of batch norm go back to their values before the step that diverged.
+After a normal return ``params`` holds the current parameters and ``spare`` the previous
 step's (after a divergence, ``spare`` holds no useful values).
 """
 
@@ -88,27 +89,16 @@ def _train_epoch(
     grads,
     layout,
     loss_code,
-    X,
-    Y,
-    labels,
-    sw,
+    data,
     perm,
     batch_size,
     l2,
-    kind,
-    hyper,
-    schedule_code,
-    schedule,
-    lr,
-    clip_norm,
-    t0,
-    state,
+    optimizer,
     work,
     work16,
-    Xb,
-    Yb,
-    lb,
-    swb,
+    buffers,
+    run,
+    batch_buffers,
     sq_norms,
     max_loss,
 ):
@@ -119,29 +109,57 @@ def _train_epoch(
     status: a status of step.py, OK or why training stopped there (see the module docstring for which parameters
     are kept).
 
-    gemm: the GEMMs (gemm.py); params16: the weights' bfloat16 twin, kept in step with the parameters by each update, or
-    empty. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 6); X: (n,
-    n_in); Y: (n, n_out) or (0, n_out) with labels (n,) int64; sw: (n,) sample weights or (0,) (each batch's loss is
-    then the weighted mean); perm: (k,) int64 row indices, the epoch's order (a permutation of the rows, or any
-    subset); batch_size: int >= 1; l2: float; kind, hyper, schedule_code, schedule, lr: optimizer (see
-    :mod:`.optimizers`); clip_norm: float, 0 for none; t0: steps done before this epoch; state: (rows, n_params), in
-    place; work, work16: workspace for batch_size rows (drivers.py); Xb, Yb, lb, swb: batch buffers; sq_norms: (L,)
-    float64, output, summed squared per-layer gradient norms of the steps; max_loss: float, a larger batch loss
-    counts as divergence.
-    Not thread-safe.
+    gemm: the GEMMs (gemm.py); params16: the weights' bfloat16 twin, kept in step with the parameters by each
+    update, or empty. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 12); data = (X,
+    Y, labels, sw): X (n, n_in); Y (n, n_out), or (0, n_out) with labels (n,) int64; sw (n,) sample weights or (0,)
+    (each batch's loss is then the weighted mean); perm: (k,) int64 row indices, the epoch's order (a permutation of
+    the rows, or any subset); batch_size: int >= 1; l2: float; optimizer = (kind, hyper, schedule_code, schedule, lr,
+    clip_norm, t0, state): the optimizer (see :mod:`.optimizers`; clip_norm 0 for none; t0 the steps done before this
+    epoch; state (rows, n_params), in place); work, work16: workspace for batch_size rows (drivers.py); buffers: the
+    running statistics, followed by as many values of scratch (there they are kept before each step, and put back
+    when the step diverges); run: the run flags (layers.py), whose step is set to each step's number (the rows' ids are
+    their indices in X, from perm); batch_buffers = (Xb, Yb, lb, swb); sq_norms: (L,) float64, output, summed
+    squared per-layer gradient norms of the steps; max_loss: float, a larger batch loss counts as divergence. Not
+    thread-safe.
     """
+    X, Y, labels, sw = data
+    kind, hyper, schedule_code, schedule, lr, clip_norm, t0, state = optimizer
+    Xb, Yb, lb, swb = batch_buffers
     n = perm.shape[0]
     loss_sum = 0.0
     status = OK
     steps = 0
     cur, nxt = params, spare
     cur_is_params = True
+    half = buffers.shape[0] // 2
+    live, saved = buffers[:half], buffers[half:]
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         Xv, Yv, lv, swv = _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb)
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
+        run_t = (run[0], run[1], run[2], run[3], t0 + steps)
+        ids = perm[start:stop]
+        if run[1] != 0:  # the running statistics before the step, to put back if it diverges
+            _copy(live, saved)
         loss = _value_and_grad(
-            gemm, cur, params16, grads, layout, loss_code, Xv, Yv, lv, swv, l2, 1.0, np.int64(0), work, work16
+            gemm,
+            cur,
+            params16,
+            grads,
+            layout,
+            loss_code,
+            Xv,
+            Yv,
+            lv,
+            swv,
+            l2,
+            1.0,
+            np.int64(0),
+            work,
+            work16,
+            buffers,
+            run_t,
+            ids,
         )
         status = _step(
             loss,
@@ -162,6 +180,8 @@ def _train_epoch(
             sq_norms,
         )
         if status != OK:
+            if run[1] != 0:
+                _copy(saved, live)
             if status != NONFINITE_GRADIENT:  # cur gave a diverged loss: back to the previous step's parameters
                 cur, nxt = nxt, cur
                 cur_is_params = not cur_is_params
@@ -176,7 +196,7 @@ def _train_epoch(
 
 
 @leaf
-def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16):
+def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16, buffers, run):
     """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks; both
     weighted by the sample weights sw (n,) when given (sw (0,): unit weights).
 
@@ -185,7 +205,8 @@ def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work,
     otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; work, work16: workspace, overwritten, whose
     size sets the chunk. Returns (float64, float64). Not thread-safe for a shared workspace.
     """
-    acts, delta, _ = work
+    acts, delta, _, _, aux, sums = work
+    ids = layout[0, :0]
     n = X.shape[0]
     L = layout.shape[0]
     width = 0
@@ -203,7 +224,9 @@ def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work,
         stop = min(n, start + chunk)
         m = stop - start
         Xc = X[start:stop]
-        P, b = _forward_to_logits(gemm, params, params16, layout, Xc, _input_twin(Xc, work16), acts, work16[1])
+        P, b = _forward_to_logits(
+            gemm, params, params16, layout, Xc, _input_twin(Xc, work16), acts, work16[1], (buffers, aux, sums, run, ids)
+        )
         Yv = Y[start:stop] if Y.shape[0] > 0 else Y
         lv = labels[start:stop] if labels.shape[0] > 0 else labels
         swv = sw[start:stop] if sw.shape[0] > 0 else sw
@@ -235,6 +258,7 @@ def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work,
 def _train_epoch_entry(
     marker,
     network,
+    run,
     loss_code,
     batch,
     workspace,
@@ -263,11 +287,16 @@ def _train_epoch_entry(
     max_loss,
 ):
     """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, params16, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
     work, work16 = _workspace_arrays(workspace, marker)
     n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
+    swb = _array1d(p_swb, batch_size if sw.shape[0] > 0 else 0, marker)
     _refresh_twin(params, params16, layout)
+    hyper = _array1d(p_hyper, n_hyper, np.float64(0))
+    schedule = _array1d(p_schedule, n_schedule, np.float64(0))
+    state = _array2d(p_state, n_state, n_params, marker)
+    Xb, Yb = _array1d(p_Xb, batch_size * n_in, marker), _array1d(p_Yb, batch_size * n_out, marker)
     return _train_epoch(
         gemm,
         params,
@@ -276,37 +305,26 @@ def _train_epoch_entry(
         _array1d(p_grads, n_params, marker),
         layout,
         loss_code,
-        X,
-        Y,
-        labels,
-        sw,
+        (X, Y, labels, sw),
         _array1d(p_perm, n_perm, np.int64(0)),
         batch_size,
         l2,
-        kind,
-        _array1d(p_hyper, n_hyper, np.float64(0)),
-        schedule_code,
-        _array1d(p_schedule, n_schedule, np.float64(0)),
-        lr,
-        clip_norm,
-        t0,
-        _array2d(p_state, n_state, n_params, marker),
+        (kind, hyper, schedule_code, schedule, lr, clip_norm, t0, state),
         work,
         work16,
-        _array1d(p_Xb, batch_size * n_in, marker),
-        _array1d(p_Yb, batch_size * n_out, marker),
-        _array1d(p_lb, batch_size, np.int64(0)),
-        _array1d(p_swb, batch_size if sw.shape[0] > 0 else 0, marker),
+        buffers,
+        run,
+        (Xb, Yb, _array1d(p_lb, batch_size, np.int64(0)), swb),
         _array1d(p_sq_norms, layout.shape[0], np.float64(0)),
         max_loss,
     )
 
 
 @kernel
-def _evaluate_entry(marker, network, loss_code, batch, workspace):
+def _evaluate_entry(marker, network, run, loss_code, batch, workspace):
     """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, params16, layout, gemm = _network_arrays(network, marker)
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
     X, Y, labels, sw = _batch_arrays(batch, marker)
     work, work16 = _workspace_arrays(workspace, marker)
     _refresh_twin(params, params16, layout)
-    return _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16)
+    return _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16, buffers, run)

@@ -24,7 +24,23 @@ from .activations import (
     _row_sum,
 )
 from .gemm import _bf16, _matmul
-from .layout import ACTIVATION, _activation_view, _layer_view, _twin_view
+from .layers import _layer_forward
+from .layout import (
+    ACTIVATION,
+    BATCH_NORM,
+    DROPOUT,
+    FAN_OUT,
+    GAMMA_OFFSET,
+    NO_NORM,
+    NORM,
+    RESIDUAL,
+    STATS_OFFSET,
+    _activation_view,
+    _aux_views,
+    _layer_view,
+    _plain,
+    _twin_view,
+)
 
 
 @leaf
@@ -116,43 +132,82 @@ def _to_bf16_rows(X, X16):
             X16[i, j] = _bf16(X[i, j])
 
 
+@leaf
+def _layer_options(params, buffers, layout, l):
+    """(gamma, beta, running statistics) of layer l: (fan_out,) views into params and a (2 fan_out,) view into
+    buffers (mean, then variance), empty for a layer without normalization (statistics: without batch norm)."""
+    m = layout[l, FAN_OUT]
+    g = layout[l, GAMMA_OFFSET]
+    normed = layout[l, NORM] != NO_NORM
+    gamma = params[g : g + m] if normed else params[:0]
+    beta = params[g + m : g + 2 * m] if normed else params[:0]
+    s = layout[l, STATS_OFFSET]
+    stats = buffers[s : s + 2 * m] if layout[l, NORM] == BATCH_NORM else buffers[:0]
+    return gamma, beta, stats
+
+
 @kernel
-def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16):
-    """Forward pass of every hidden layer, ``A[l] = f(A[l-1] @ W[l] + b[l])`` for l < L - 1, into the workspace.
+def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts):
+    """Forward pass of every hidden layer, ``A[l] = f(A[l-1] @ W[l] + b[l])`` for l < L - 1, into the workspace;
+    with a layer's options (normalization, dropout, residual connection: layers.py) when it has any.
 
     NumPy: ``A = X; for W, b, f in hidden layers: A = f(A @ W + b)``. gemm: the GEMMs; params: (n_params,);
-    layout: (L, 6) int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements,
+    layout: (L, 12) int64; X: (n, n_in) C-contiguous; acts: 1-D workspace of at least n * sum(fan_out) elements,
     output (layer l's A at :func:`~fastbp.kernels.layout._activation_view`). In bfloat16 precision, params16 and
     acts16 are the twins of params and acts, and X16 (n, n_in) uint16 is written with X's twin first; otherwise
-    params16 and acts16 are empty and X16 has 0 rows. Not thread-safe for a shared workspace.
+    params16 and acts16 are empty and X16 has 0 rows. opts = (buffers, aux, sums, run, ids): the running statistics
+    (updated in training), the auxiliary workspace (output), float64 scratch, the run flags (training, update
+    statistics, dropout, seed, step) and the batch's row ids (layers.py). Not thread-safe for a shared workspace.
     """
+    buffers, aux, sums, run, ids = opts
     n = X.shape[0]
     n16 = X16.shape[0]
     _to_bf16_rows(X, X16)
     for l in range(layout.shape[0] - 1):
         W, b = _layer_view(params, layout, l)
-        _dense_forward(
-            gemm,
-            _layer_input(layout, l, X, acts),
-            _layer_input(layout, l, X16, acts16),
-            W,
-            _twin_view(params16, layout, l),
+        A_prev = _layer_input(layout, l, X, acts)
+        A_prev16 = _layer_input(layout, l, X16, acts16)
+        A = _activation_view(acts, layout, l, n)
+        A16 = _activation_view(acts16, layout, l, n16)
+        W16 = _twin_view(params16, layout, l)
+        if _plain(layout, l):
+            _dense_forward(gemm, A_prev, A_prev16, W, W16, b, layout[l, ACTIVATION], A, A16)
+            continue
+        _matmul(gemm, 0, 0, A_prev, A_prev16, W, W16, 0.0, A)
+        gamma, beta, stats = _layer_options(params, buffers, layout, l)
+        H, XH, mean, inv = _aux_views(aux, layout, l, n)
+        _layer_forward(
+            A,
             b,
             layout[l, ACTIVATION],
-            _activation_view(acts, layout, l, n),
-            _activation_view(acts16, layout, l, n16),
+            A16,
+            A_prev,
+            layout[l, NORM],
+            gamma,
+            beta,
+            stats,
+            H,
+            XH,
+            mean,
+            inv,
+            sums,
+            layout[l, DROPOUT],
+            layout[l, RESIDUAL],
+            run,
+            ids,
+            l,
         )
 
 
 @leaf
-def _forward_into(gemm, params, params16, layout, X, X16, acts, acts16, out):
+def _forward_into(gemm, params, params16, layout, X, X16, acts, acts16, opts, out):
     """The whole forward pass: hidden activations into ``acts``, the network output into ``out`` (n, n_out).
 
     NumPy: ``out[...] = reference.predict(net, X)``. Arguments as for :func:`_forward_hidden`; out: C-contiguous,
     output. Not thread-safe for a shared workspace.
     """
     L = layout.shape[0]
-    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16)
+    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts)
     W, b = _layer_view(params, layout, L - 1)
     no_twin = _activation_view(acts16, layout, L - 1, 0)
     _dense_forward(
@@ -169,11 +224,11 @@ def _forward_into(gemm, params, params16, layout, X, X16, acts, acts16, out):
 
 
 @leaf
-def _forward_to_logits(gemm, params, params16, layout, X, X16, acts, acts16):
+def _forward_to_logits(gemm, params, params16, layout, X, X16, acts, acts16, opts):
     """The forward pass up to the output layer's GEMM: returns (Z, b) with ``Z = A[L-1] @ W[L]`` (n, n_out) in the
     workspace, without the bias, for an output epilogue fused with the loss."""
     L = layout.shape[0]
-    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16)
+    _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts)
     W, b = _layer_view(params, layout, L - 1)
     Z = _activation_view(acts, layout, L - 1, X.shape[0])
     _matmul(

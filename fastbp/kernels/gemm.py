@@ -213,7 +213,7 @@ def _matmul(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
     raise NotImplementedError("_matmul() is for compiled code")
 
 
-@overload(_matmul, inline="always")
+@overload(_matmul)
 def _matmul_impl(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
     """The GEMM of every pass: ``gemm = (blas, bf16)`` addresses. With ``bf16 == 0`` (the network's dtype
     precision), ``C = op(A) @ op(B) + beta * C`` by the BLAS at ``blas`` (:func:`_gemm`); otherwise (bfloat16

@@ -1,8 +1,9 @@
 """Fused optimizer updates over the flat buffers, learning-rate schedules, and gradient norms.
 
-One loop per layer runs over that layer's weights and then its bias (they are adjacent in ``params``), reading the
-current parameters, the gradient and the optimizer state, and writing the new parameters to ``p_next`` (the
-other buffer of the ping-pong pair, see epoch.py) and the new state in place. Frozen layers are skipped.
+One loop per layer runs over that layer's weights and then its bias, gamma and beta (adjacent in ``params``; gamma
+and beta only for a normalized layer, never decayed, like the bias), reading the current parameters, the gradient
+and the optimizer state, and writing the new parameters to ``p_next`` (the other buffer of the ping-pong pair, see
+epoch.py) and the new state in place. Frozen layers are skipped.
 ``state`` has one row per state vector (velocity; Adam's m and v), each laid out like ``params``.
 
 Updates (g = clip * grad, plus ``weight_decay * p`` on weights when the decay is coupled, as an L2 term):
@@ -21,7 +22,7 @@ import numpy as np
 
 from .._config import kernel, leaf, like
 from .gemm import _bf16
-from .layout import B_OFFSET, FAN_OUT, TRAINABLE, W_OFFSET
+from .layout import B_OFFSET, PARAM_END, TRAINABLE, W_OFFSET
 
 SGD, ADAM = 0, 1
 # hyper-parameter vector (float64) of each kind
@@ -120,7 +121,7 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_nex
     NumPy (SGD): ``p_next[...] = p_cur - lr * clip * grads`` on trainable ranges; see the module docstring for
     momentum, Nesterov, Adam and AdamW. kind: SGD or ADAM; hyper: float64 vector (see the index constants);
     lr: float; t: int, 1-based step number (Adam's bias correction); clip: float factor on the gradient;
-    layout: (L, 6) int64; p_cur, grads, p_next: (n_params,), p_next is the output and a different buffer from
+    layout: (L, 12) int64; p_cur, grads, p_next: (n_params,), p_next is the output and a different buffer from
     p_cur; state: (rows, n_params), updated in place. p_next16: (n_params,) uint16, the bfloat16 twin of the
     weights, written with p_next's weights in the same pass, or empty. Frozen layers' p_next is not written (nor
     their twin). When ``with_norms``,
@@ -139,8 +140,8 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_nex
             continue
         sq = 0.0
         w, b = layout[l, W_OFFSET], layout[l, B_OFFSET]
-        end = b + layout[l, FAN_OUT]  # W then b: [w, b) are the weights, [b, end) the bias
-        for start, stop, decay_on in ((w, b, 1.0), (b, end, 0.0)):  # weights are decayed, biases not
+        end = layout[l, PARAM_END]  # [w, b) are the weights, [b, end) the bias, then gamma and beta if normalized
+        for start, stop, decay_on in ((w, b, 1.0), (b, end, 0.0)):  # weights are decayed, the rest not
             p, g, q = p_cur[start:stop], grads[start:stop], p_next[start:stop]
             twin = decay_on == 1.0 and p_next16.shape[0] > 0  # the weights have a bfloat16 twin, biases none
             q16 = p_next16[start:stop] if twin else p_next16[:0]
@@ -170,7 +171,8 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_nex
 
 @kernel
 def _grad_norms(layout, grads, sq_norms):
-    """Squared L2 norm of each trainable layer's gradient (W and b), added into ``sq_norms``; returns the total.
+    """Squared L2 norm of each trainable layer's gradient (W, b, gamma, beta), added into ``sq_norms``; returns the
+    total.
 
     NumPy: ``sq = [(grads[w:end] ** 2).sum() for each layer]; sq_norms += sq; return sum(sq)`` (frozen layers
     count 0). grads: (n_params,); sq_norms: (L,) float64, output (accumulated). Thread-safe for distinct outputs.
@@ -180,7 +182,7 @@ def _grad_norms(layout, grads, sq_norms):
         if not layout[l, TRAINABLE]:
             continue
         start = layout[l, W_OFFSET]
-        stop = layout[l, B_OFFSET] + layout[l, FAN_OUT]
+        stop = layout[l, PARAM_END]  # W, b, and gamma and beta of a normalized layer
         g = grads[start:stop]
         sq = 0.0
         for i in range(g.shape[0]):

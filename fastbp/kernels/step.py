@@ -48,7 +48,7 @@ def _step(
 
     loss, max_loss: float. kind, hyper, schedule_code, schedule, lr: the optimizer (see optimizers.py); clip_norm:
     float, 0 for no clipping; t: int, the number of steps done before this one (0-based, for the schedule; Adam's
-    bias correction counts t + 1). layout: (L, 6) int64. cur, grads: (n_params,), read; nxt: (n_params,), output:
+    bias correction counts t + 1). layout: (L, 12) int64. cur, grads: (n_params,), read; nxt: (n_params,), output:
     the new parameters when OK, a copy of ``cur`` for NONFINITE_GRADIENT, not written when the loss diverged (it
     still holds the previous step's parameters: the fallback). twin: (n_params,) uint16, the bfloat16 twin of the
     weights, written with nxt's when OK, or empty. state: (rows, n_params), updated in place.
@@ -99,7 +99,7 @@ def _step_entry(
     that of the parameters ``cur`` (boundary.py), nxt and grads (n_params,) at p_next and p_grads, the optimizer's
     hyper-parameters (n_hyper,) and schedule (n_schedule,) float64, its state (n_state, n_params), sq_norms (L,)
     float64. Returns the status (NumPy: as there). Not thread-safe."""
-    cur, twin, layout, _ = _network_arrays(network, marker)
+    cur, twin, layout, _, _ = _network_arrays(network, marker)
     n_params = cur.shape[0]
     return _step(
         loss,

@@ -1,0 +1,312 @@
+"""The options of a hidden layer, fused into its forward and backward epilogues: normalization, dropout and a
+residual connection.
+
+A hidden layer computes ``Z = A_prev @ W + b`` (its GEMM), then ``N = gamma x_hat + beta`` with ``x_hat`` the
+normalized ``Z`` (or ``N = Z`` without normalization), ``H = f(N)``, dropout ``D = H * keep / (1 - p)``, and its
+output ``A = A_prev + D`` with a residual connection (equal widths), else ``A = D``.
+
+- Batch normalization (PyTorch's ``BatchNorm1d``): in training, each column's batch mean and biased variance,
+  ``x_hat = (Z - mean) / sqrt(var + EPS)``, and the running statistics updated with ``MOMENTUM`` (the variance
+  unbiased, n / (n - 1)); in evaluation, the running statistics instead.
+- Layer normalization (``torch.nn.LayerNorm`` over the features): each row's mean and biased variance.
+- Dropout (inverted, training only): unit (i, j) of layer l is kept when a counter-based hash of (seed, step, l,
+  row id, j) is at least the layer's threshold; the mask is computed again in the backward pass, never stored, and
+  is the same for any thread count and any split of the batch (the row id is the row's index in the data set).
+
+The forward epilogue takes two passes over Z (the batch statistics, then normalize, affine, activation, dropout and
+residual add in one pass; layer norm's row statistics are taken row by row). The backward epilogue goes from the
+gradient of the layer's output ``dA`` (the GEMM ``delta_above @ W_above.T``, plus the gradient of the layer above
+through its own residual connection) to ``delta = dC/dZ``, with the gradients of gamma, beta and b in the same passes:
+two passes for batch norm (the column sums of dN and dN x_hat, then delta), one otherwise.
+
+What the backward pass needs is kept in an auxiliary workspace (layout.py ``_aux_views``): H when it differs from A,
+x_hat and the inverse standard deviations of a normalized layer.
+"""
+
+import math
+
+import numpy as np
+
+from .._config import kernel, leaf, like
+from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _activate, _derivative
+from .gemm import _bf16
+from .layout import BATCH_NORM, LAYER_NORM, NO_NORM
+
+EPS = 1e-5  # PyTorch's default for BatchNorm1d and LayerNorm
+MOMENTUM = 0.1  # PyTorch's default for BatchNorm1d's running statistics
+
+# The hash of a dropout unit: SplitMix64's finalizer (Steele, Lea and Flood), applied to the key made of the seed, the
+# step, the layer and the row (once per row) and then to the unit.
+_GOLDEN = np.uint64(0x9E3779B97F4A7C15)
+_MIX1 = np.uint64(0xBF58476D1CE4E5B9)
+_MIX2 = np.uint64(0x94D049BB133111EB)
+
+
+@leaf
+def _mix(z):
+    """SplitMix64's finalizer: a bijective avalanche of a uint64."""
+    z = (z ^ (z >> np.uint64(30))) * _MIX1
+    z = (z ^ (z >> np.uint64(27))) * _MIX2
+    return z ^ (z >> np.uint64(31))
+
+
+@leaf
+def _row_key(seed, step, layer, row):
+    """The dropout key of one row of one layer at one step (uint64); see :func:`_keep`."""
+    z = _mix(np.uint64(seed) * _GOLDEN + np.uint64(step))
+    z = _mix(z + np.uint64(layer) * _GOLDEN)
+    return _mix(z + np.uint64(row) * _GOLDEN)
+
+
+@leaf
+def _keep(key, unit, threshold):
+    """Whether the unit ``unit`` of the row with key ``key`` is kept: the top 32 bits of its hash >= threshold."""
+    return (_mix(key + np.uint64(unit) * _GOLDEN) >> np.uint64(32)) >= np.uint64(threshold)
+
+
+@leaf
+def _row_id(ids, i):
+    """The row id of row i of the batch: ``ids[i]`` (its index in the data set), or i without ids."""
+    return ids[i] if ids.shape[0] > 0 else i
+
+
+@leaf
+def _forward_pass(code, args):
+    """The element pass of :func:`_layer_forward` for one activation code (a constant after inlining; ``args``: the
+    other arguments, as that kernel takes them): row by row, each step one loop over the row whose conditions are
+    tested outside it, so that every loop vectorises."""
+    Z, b, Z16, A_prev, norm, gamma, beta, mean, inv, H, XH, threshold, residual, run, ids, l = args
+    n, m = Z.shape
+    training, dropout = run[0] != 0, run[2] != 0 and threshold > 0
+    scale = like(4294967296.0 / (4294967296.0 - threshold), Z)
+    zero = like(0.0, Z)
+    keep_h, twin, keep_x = H.shape[0] > 0, Z16.shape[0] > 0, training and norm != NO_NORM
+    for i in range(n):
+        if norm == BATCH_NORM:
+            for j in range(m):
+                Z[i, j] = (Z[i, j] + b[j] - mean[j]) * inv[j]
+        elif norm == LAYER_NORM:
+            row_mean, row_inv = mean[i], inv[i]
+            for j in range(m):
+                Z[i, j] = (Z[i, j] + b[j] - row_mean) * row_inv
+        if norm != NO_NORM:
+            if keep_x:
+                for j in range(m):
+                    XH[i, j] = Z[i, j]
+            for j in range(m):
+                Z[i, j] = gamma[j] * Z[i, j] + beta[j]
+        else:
+            for j in range(m):
+                Z[i, j] += b[j]
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j], code)
+        if keep_h:
+            for j in range(m):
+                H[i, j] = Z[i, j]
+        if dropout:
+            key = _row_key(run[3], run[4], l, _row_id(ids, i))
+            for j in range(m):
+                Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
+        if residual:
+            for j in range(m):
+                Z[i, j] += A_prev[i, j]
+        if twin:
+            for j in range(m):
+                Z16[i, j] = _bf16(Z[i, j])
+
+
+@kernel
+def _layer_forward(
+    Z, b, code, Z16, A_prev, norm, gamma, beta, stats, H, XH, mean, inv, sums, threshold, residual, run, ids, l
+):
+    """The forward epilogue of hidden layer l with its options: ``A = A_prev + dropout(f(N(Z + b)))`` (see the
+    module docstring), in place of Z.
+
+    NumPy (batch norm, training): ``z = Z + b; x_hat = (z - z.mean(0)) / sqrt(z.var(0) + EPS); h = f(gamma x_hat +
+    beta); A = A_prev + h * keep / (1 - p)``. Z: (n, m), holds ``A_prev @ W`` on entry and A on exit; b, gamma, beta:
+    (m,); code: activation code; Z16: A's bfloat16 twin, output, or (0, m). A_prev: (n, m), read when ``residual``.
+    norm: NO_NORM, BATCH_NORM or LAYER_NORM; stats: (2 m,) running mean then variance of a batch-norm layer (read in
+    evaluation, updated in training when ``run[1]``), or empty. H, XH: (n, m) outputs, H = f(N) when kept (else 0 rows)
+    and x_hat in training (else 0 rows); mean, inv: the means and inverse standard deviations, outputs: (m,) for batch
+    norm, (n,) for layer norm, else empty. sums: float64 scratch of at least 2 m. threshold: dropout threshold (0:
+    none); run: (training, update statistics, dropout on, seed, step); ids: (n,) row ids for the dropout hash, or
+    (0,). l: the layer's index. Thread-safe for distinct outputs.
+    """
+    n, m = Z.shape
+    if norm == BATCH_NORM:
+        if run[0] != 0:
+            # column sums shifted by the first row: one pass, without the cancellation of sum(z^2) - n mean^2
+            s1, s2 = sums[:m], sums[m : 2 * m]
+            for j in range(m):
+                s1[j] = 0.0
+                s2[j] = 0.0
+            for i in range(n):
+                for j in range(m):
+                    d = np.float64(Z[i, j]) - Z[0, j]
+                    s1[j] += d
+                    s2[j] += d * d
+            for j in range(m):
+                shift = s1[j] / n
+                var = max(s2[j] / n - shift * shift, 0.0)
+                mu = np.float64(Z[0, j]) + b[j] + shift
+                mean[j] = mu
+                inv[j] = 1.0 / math.sqrt(var + EPS)
+                if run[1] != 0:
+                    stats[j] = (1.0 - MOMENTUM) * stats[j] + MOMENTUM * mu
+                    stats[m + j] = (1.0 - MOMENTUM) * stats[m + j] + MOMENTUM * var * n / (n - 1)
+        else:
+            for j in range(m):
+                mean[j] = stats[j]
+                inv[j] = 1.0 / math.sqrt(stats[m + j] + EPS)
+    elif norm == LAYER_NORM:
+        for i in range(n):
+            total = 0.0
+            for j in range(m):
+                total += np.float64(Z[i, j]) + b[j]
+            mu = total / m
+            sq = 0.0
+            for j in range(m):
+                d = (np.float64(Z[i, j]) + b[j]) - mu
+                sq += d * d
+            mean[i] = mu
+            inv[i] = 1.0 / math.sqrt(sq / m + EPS)
+    # Branch on the code once, outside the loops: each call inlines the pass for one constant code.
+    args = (Z, b, Z16, A_prev, norm, gamma, beta, mean, inv, H, XH, threshold, residual, run, ids, l)
+    if code == RELU:
+        _forward_pass(RELU, args)
+    elif code == TANH:
+        _forward_pass(TANH, args)
+    elif code == SIGMOID:
+        _forward_pass(SIGMOID, args)
+    elif code == LEAKY_RELU:
+        _forward_pass(LEAKY_RELU, args)
+    else:
+        _forward_pass(IDENTITY, args)
+
+
+@leaf
+def _backward_pass(code, args):
+    """The passes of :func:`_layer_backward` for one activation code (a constant after inlining; ``args``: the other
+    arguments, as that kernel takes them): row by row, each step one loop over the row whose conditions are tested
+    outside it, so that every loop vectorises. The first pass leaves dN in G (and, for batch norm, its column sums);
+    a second pass makes delta from them for batch norm."""
+    G, skip, dA, H, norm, gamma, XH, inv, dgamma, dbeta, db, with_grads, sums, threshold, run, ids, l, D16 = args
+    n, m = G.shape
+    dropout = run[2] != 0 and threshold > 0
+    scale = like(4294967296.0 / (4294967296.0 - threshold), G)
+    zero = like(0.0, G)
+    with_skip, store_da, twin = skip.shape[0] > 0, dA.shape[0] > 0, D16.shape[0] > 0
+    nf, mf = like(n, G), like(m, G)
+    s1, s2 = sums[:m], sums[m : 2 * m]
+    if norm == BATCH_NORM:
+        for j in range(m):
+            s1[j] = 0.0
+            s2[j] = 0.0
+    for i in range(n):
+        if with_skip:  # the gradient through the residual connection of the layer above
+            for j in range(m):
+                G[i, j] += skip[i, j]
+        if store_da:  # dC/dA, which this layer's own residual connection passes down
+            for j in range(m):
+                dA[i, j] = G[i, j]
+        if dropout:
+            key = _row_key(run[3], run[4], l, _row_id(ids, i))
+            for j in range(m):
+                G[i, j] = G[i, j] * scale if _keep(key, j, threshold) else zero
+        for j in range(m):
+            G[i, j] *= _derivative(H[i, j], code)
+        if norm == BATCH_NORM:
+            for j in range(m):
+                s1[j] += G[i, j]
+                s2[j] += G[i, j] * XH[i, j]
+        elif norm == LAYER_NORM:  # the row's sums of dN gamma and dN gamma x_hat, then its delta
+            r1 = 0.0
+            r2 = 0.0
+            for j in range(m):
+                t = G[i, j] * gamma[j]
+                r1 += t
+                r2 += t * XH[i, j]
+            if with_grads:
+                for j in range(m):
+                    dgamma[j] += G[i, j] * XH[i, j]
+                    dbeta[j] += G[i, j]
+            c = like(inv[i] / m, G)
+            r1_, r2_ = like(r1, G), like(r2, G)
+            for j in range(m):
+                G[i, j] = c * (mf * gamma[j] * G[i, j] - r1_ - XH[i, j] * r2_)
+        if norm != BATCH_NORM:
+            if with_grads:
+                for j in range(m):
+                    db[j] += G[i, j]
+            if twin:
+                for j in range(m):
+                    D16[i, j] = _bf16(G[i, j])
+    if norm != BATCH_NORM:
+        return
+    if with_grads:
+        for j in range(m):
+            dgamma[j] += s2[j]
+            dbeta[j] += s1[j]
+    for i in range(n):  # delta = gamma inv_std / n (n dN - sum dN - x_hat sum dN x_hat)
+        for j in range(m):
+            G[i, j] = gamma[j] * inv[j] / nf * (nf * G[i, j] - like(s1[j], G) - XH[i, j] * like(s2[j], G))
+        if with_grads:
+            for j in range(m):
+                db[j] += G[i, j]
+        if twin:
+            for j in range(m):
+                D16[i, j] = _bf16(G[i, j])
+
+
+@kernel
+def _layer_backward(
+    G,
+    skip,
+    dA,
+    code,
+    H,
+    norm,
+    gamma,
+    XH,
+    inv,
+    dgamma,
+    dbeta,
+    db,
+    with_grads,
+    accumulate,
+    sums,
+    threshold,
+    run,
+    ids,
+    l,
+    D16,
+):
+    """The backward epilogue of hidden layer l with its options: from ``dC/dA`` to ``delta = dC/dZ``, in place of G,
+    with the gradients of gamma, beta and b.
+
+    NumPy (batch norm): ``g = G + skip; dn = g * keep / (1 - p) * fprime(H); dgamma = (dn * x_hat).sum(0); dbeta =
+    dn.sum(0); delta = gamma * inv_std / n * (n dn - dbeta - x_hat dgamma); db = delta.sum(0)``; layer norm takes the
+    sums of ``dn * gamma`` over each row instead. G: (n, m), ``delta_above @ W_above.T`` on entry, delta on exit. skip:
+    (n, m) the gradient of the layer above's output through its residual connection, added to G, or (0, m); dA: (n,
+    m) output, ``dC/dA`` of this layer (for the BP2 below, when this layer has a residual connection), or (0, m); it
+    may be the same buffer as skip. code: activation code; H: (n, m), the activation output f(N) (the layer's output
+    when it keeps none apart). norm, gamma, XH (x_hat), inv: as the forward epilogue left them. dgamma, dbeta, db:
+    (m,) outputs when ``with_grads`` (added to when ``accumulate``). sums: float64 scratch of at least 2 m. threshold,
+    run, ids, l: the dropout of the forward pass (the same mask). D16: delta's bfloat16 twin, output, or (0, m).
+    Thread-safe for distinct outputs.
+    """
+    if with_grads and not accumulate:
+        db[:] = 0.0
+        dgamma[:] = 0.0
+        dbeta[:] = 0.0
+    args = (G, skip, dA, H, norm, gamma, XH, inv, dgamma, dbeta, db, with_grads, sums, threshold, run, ids, l, D16)
+    if code == RELU:
+        _backward_pass(RELU, args)
+    elif code == TANH:
+        _backward_pass(TANH, args)
+    elif code == SIGMOID:
+        _backward_pass(SIGMOID, args)
+    elif code == LEAKY_RELU:
+        _backward_pass(LEAKY_RELU, args)
+    else:
+        _backward_pass(IDENTITY, args)
