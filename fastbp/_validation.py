@@ -169,3 +169,51 @@ def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zer
     if not allow_zero_sum and not sw.sum(dtype=np.float64) > 0:
         raise ValueError(f"{name} must have a positive sum (all weights are zero)")
     return sw
+
+
+def _array_object_layout():
+    """Where NumPy's array object keeps what the checked entry points read (fastbp/kernels/checked.py), as
+    ``(ndarray type, offset of the type, of the data pointer, of ndim, of the dimensions pointer, of the dtype, of
+    the flags, the C-contiguous flag, the writeable flag, the int64 dtype)``: object addresses and byte offsets
+    into the object. The offsets are those of NumPy's ``PyArrayObject_fields`` after CPython's object header, and
+    each is verified on probe arrays against what NumPy itself reports; None when any differs (another Python or
+    NumPy build), and then every call takes the checks in Python."""
+    import ctypes
+
+    word = ctypes.sizeof(ctypes.c_void_p)
+    head = object.__basicsize__  # the object header; its last field is the type
+    offsets = {"type": head - word, "data": head, "ndim": head + word, "dims": head + 2 * word}
+    offsets.update(descr=head + 5 * word, flags=head + 6 * word)
+    c_contiguous, writeable = 0x0001, 0x0400  # NPY_ARRAY_C_CONTIGUOUS, NPY_ARRAY_WRITEABLE
+
+    def read(obj, field, ctype=ctypes.c_int64):
+        return ctype.from_address(id(obj) + offsets[field]).value
+
+    def dims(a):
+        return tuple(ctypes.c_int64.from_address(read(a, "dims") + word * k).value for k in range(a.ndim))
+
+    base = np.arange(24, dtype=np.float32).reshape(4, 6)
+    frozen = np.arange(5, dtype=np.int64)
+    frozen.flags.writeable = False
+    probes = (base, base[:, ::2], base[1:3], frozen, np.zeros((2, 3, 0)))
+    try:
+        for a in probes:
+            flags = read(a, "flags", ctypes.c_int32)
+            if (
+                read(a, "type") != id(np.ndarray)
+                or read(a, "data") != a.ctypes.data
+                or read(a, "ndim", ctypes.c_int32) != a.ndim
+                or dims(a) != a.shape
+                or read(a, "descr") != id(a.dtype)
+                or bool(flags & c_contiguous) != a.flags.c_contiguous
+                or bool(flags & writeable) != a.flags.writeable
+            ):
+                return None
+    except (ValueError, TypeError, OSError):
+        return None
+    layout = (id(np.ndarray), *(offsets[k] for k in ("type", "data", "ndim", "dims", "descr", "flags")))
+    return (*layout, c_contiguous, writeable, id(np.dtype(np.int64)))
+
+
+#: The array object's layout for the checked entry points, or None (see :func:`_array_object_layout`).
+ARRAY_OBJECT = _array_object_layout()

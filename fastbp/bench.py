@@ -1,4 +1,4 @@
-"""The benchmark report: fastbp against the NumPy reference and every installed peer, in one run.
+"""The benchmark report: fastbp against a lean NumPy step and every installed peer, in one run.
 
 One training step = forward + backward + plain SGD update on one mini-batch: ReLU hidden layers, softmax +
 cross-entropy (docs/benchmarks.md). Every contender trains on the same STEPS_PER_CALL mini-batches in turn (new data
@@ -9,15 +9,17 @@ GFLOP/s, the percent of the machine's single-GEMM peak measured in the same run,
 time to fastbp's, computed within each round and then the median taken (absolute times drift on a shared
 machine, same-round ratios much less).
 
-Contenders: ``fastbp`` (the compiled epoch loop, per step), ``numpy`` (the reference: ``value_and_grad`` then
-``params -= lr * grads``), ``torch`` (eager: ``nn.Sequential`` of ``Linear``/``ReLU``, ``CrossEntropyLoss``,
-``optim.SGD``), ``jax`` (the whole step under ``jax.jit``). Missing peers are skipped with a printed note.
+Contenders: ``fastbp`` (the compiled epoch loop, per step), ``numpy`` (the lean NumPy step a user would write:
+vectorised, no input checks, :func:`numpy_train_step`), ``reference`` (``fastbp.reference.value_and_grad``, which
+checks its inputs, then ``params -= lr * grads``; at S and M only, where its checks show), ``torch`` (eager:
+``nn.Sequential`` of ``Linear``/``ReLU``, ``CrossEntropyLoss``, ``optim.SGD``), ``jax`` (the whole step under
+``jax.jit``). Missing peers are skipped with a printed note.
 scikit-learn's ``MLPClassifier`` is compared on whole ``fit`` calls (digits, same hyper-parameters).
 
 The deep shape ``D`` (:data:`DEEP`) has layer options (batch norm, residual connections, dropout): there the peers
 build the same model (PyTorch from ``Linear``/``BatchNorm1d``/``ReLU``/``Dropout`` with the skip connection, JAX the
 same functions under ``jax.jit``, dropout from each framework's own generator), and ``plain`` is fastbp's network of
-the same widths without the options, to show what they cost. The NumPy reference has no step at D.
+the same widths without the options, to show what they cost. The NumPy peers have no step at D.
 """
 
 import itertools
@@ -28,7 +30,7 @@ import time
 
 import numpy as np
 
-from . import reference
+from . import _files, reference
 from .network import MLP
 from .optim import SGD
 from .trainer import Trainer
@@ -172,8 +174,92 @@ def fastbp_step(sizes, batch, dtype, trainable=None, matmul_precision="float32",
     return (lambda: trainer._run(Xc, Y2d, labels, perm, batch, schedule)), STEPS_PER_CALL
 
 
+# ---------------------------------------------------------------------------------------------- the lean NumPy peer
+# What a user writes in NumPy for this network (ReLU hidden layers, softmax + cross-entropy): vectorised, the
+# parameters as a list of (W, b) arrays, no input checks. The peer of every per-call entry point.
+
+
+def numpy_layers(sizes, dtype):
+    """The network's initial parameters, the same values as ``MLP(sizes, dtype=dtype, seed=0)``'s, as a list of
+    ``(W (fan_in, fan_out), b (fan_out,))`` arrays of ``dtype`` per layer (copies)."""
+    net = MLP(sizes, dtype=dtype, seed=0)
+    return [(W.copy(), b.copy()) for W, b in zip(net.coefs, net.intercepts, strict=True)]
+
+
+def numpy_forward(layers, X):
+    """Lean NumPy forward pass: the (n, n_out) softmax outputs for X (n, n_in) of the layers' dtype."""
+    A = X
+    for W, b in layers[:-1]:
+        A = np.maximum(A @ W + b, 0)
+    W, b = layers[-1]
+    Z = A @ W + b
+    Z -= Z.max(axis=1, keepdims=True)
+    np.exp(Z, out=Z)
+    Z /= Z.sum(axis=1, keepdims=True)
+    return Z
+
+
+def numpy_value_and_grad(layers, X, y):
+    """Lean NumPy forward and backward pass: ``(loss, [(dW, db) per layer])``, the mean cross-entropy of X (n, n_in)
+    against the int labels y (n,) and its gradient, arrays of the layers' dtype."""
+    acts = [X]
+    for W, b in layers[:-1]:
+        acts.append(np.maximum(acts[-1] @ W + b, 0))
+    W, b = layers[-1]
+    Z = acts[-1] @ W + b
+    Z -= Z.max(axis=1, keepdims=True)
+    E = np.exp(Z)
+    S = E.sum(axis=1, keepdims=True)
+    n = X.shape[0]
+    rows = np.arange(n)
+    loss = float(np.mean(np.log(S[:, 0]) - Z[rows, y]))
+    delta = E / S
+    delta[rows, y] -= 1
+    delta /= n
+    grads = []
+    for l in range(len(layers) - 1, -1, -1):
+        grads.append((acts[l].T @ delta, delta.sum(axis=0)))
+        if l:
+            delta = (delta @ layers[l][0].T) * (acts[l] > 0)
+    return loss, grads[::-1]
+
+
+def numpy_train_step(layers, X, y, lr=LR):
+    """Lean NumPy training step: :func:`numpy_value_and_grad`, then SGD on the layers in place; returns the loss."""
+    loss, grads = numpy_value_and_grad(layers, X, y)
+    for (W, b), (dW, db) in zip(layers, grads, strict=True):
+        W -= lr * dW
+        b -= lr * db
+    return loss
+
+
+def numpy_epoch(layers, X, y, batch, rng, lr=LR):
+    """Lean NumPy epoch over X (n, n_in) and int labels y (n,): the rows shuffled by ``rng`` (a NumPy Generator), each
+    batch of ``batch`` rows gathered by fancy indexing, one :func:`numpy_train_step` per batch; returns the mean loss
+    over the samples."""
+    perm = rng.permutation(X.shape[0])
+    loss = 0.0
+    for start in range(0, len(perm), batch):
+        idx = perm[start : start + batch]
+        loss += numpy_train_step(layers, X[idx], y[idx], lr) * len(idx)
+    return loss / len(perm)
+
+
 def numpy_step(sizes, batch, dtype):
-    """The NumPy reference: value_and_grad, then an SGD update of the flat parameters."""
+    """The lean NumPy step (:func:`numpy_train_step`) over the STEPS_PER_CALL batches."""
+    batches = _batches(*_data(sizes, batch, dtype), batch)
+    layers = numpy_layers(sizes, dtype)
+
+    def steps():
+        for X, y in batches:
+            numpy_train_step(layers, X, y)
+
+    return steps, len(batches)
+
+
+def reference_step(sizes, batch, dtype):
+    """The NumPy reference, which checks its inputs: ``reference.value_and_grad``, then an SGD update of the flat
+    parameters."""
     batches = _batches(*_data(sizes, batch, dtype), batch)
     net = MLP(sizes, dtype=dtype, seed=0)
 
@@ -320,6 +406,7 @@ def plain_step(sizes, batch, dtype, options=None):
 CONTENDERS = {
     "fastbp": fastbp_step,
     "numpy": numpy_step,
+    "reference": reference_step,
     "torch": torch_step,
     "jax": jax_step,
     "torch_bf16": torch_bf16_step,
@@ -327,6 +414,9 @@ CONTENDERS = {
 }
 #: The contenders of a shape with layer options (:data:`LAYER_OPTIONS`).
 DEEP_CONTENDERS = ("fastbp", "plain", "torch", "jax")
+#: The shapes where the NumPy reference's step is timed too: there its input checks show beside the lean step; at the
+#: GEMM-bound shapes the two take the same time.
+REFERENCE_SHAPES = ("S", "M")
 #: Contenders that run in bfloat16 matmul precision (the others, in a bfloat16 cell, run in float32).
 BF16_CONTENDERS = ("torch_bf16",)
 
@@ -365,6 +455,8 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
     steps = {}
     for name in contenders:
         if (name in BF16_CONTENDERS and not bf16) or (options and name not in DEEP_CONTENDERS):
+            continue
+        if name == "reference" and shape not in REFERENCE_SHAPES:
             continue
         if name == "fastbp":
             precision = "bfloat16" if bf16 else "float32"
@@ -514,7 +606,7 @@ def bf16_gemm_peak(size=2048, repeats=3):
 
 def run(cells, rounds=5, min_time=0.2, with_sklearn=True, report=print):
     """Measure every (shape, dtype) cell; returns the full results dict (also what --json writes)."""
-    contenders = ["fastbp", "numpy", *available_peers(report=report)]
+    contenders = ["fastbp", "numpy", "reference", *available_peers(report=report)]
     if "torch" in contenders:
         contenders.append("torch_bf16")
     if any(shape in LAYER_OPTIONS for shape, _ in cells):
@@ -559,7 +651,9 @@ def format_cell(cell):
 
 def table(results):
     """Markdown table of the results (what README.md and docs/benchmarks.md carry)."""
-    peers = [p for p in (*STEP_PEERS, "torch_bf16", "plain") if any(p in c["peers"] for c in results["cells"])]
+    peers = [
+        p for p in (*STEP_PEERS, "reference", "torch_bf16", "plain") if any(p in c["peers"] for c in results["cells"])
+    ]
     head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
     head += [f"{PEER_NAMES[p]} us/step" for p in peers] + [f"{PEER_NAMES[p]} / fastbp" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -633,7 +727,14 @@ XL_BF16_PEAK_PERCENT = 70.0
 
 #: The peers of docs/benchmarks.md: "the fastest peer" is the fastest of these, so all must have been measured.
 STEP_PEERS = ("numpy", "torch", "jax")
-PEER_NAMES = {"numpy": "numpy", "torch": "torch", "jax": "jax", "torch_bf16": "torch bf16", "plain": "plain"}
+PEER_NAMES = {
+    "numpy": "numpy",
+    "reference": "numpy reference",
+    "torch": "torch",
+    "jax": "jax",
+    "torch_bf16": "torch bf16",
+    "plain": "plain",
+}
 #: The deep shape's targets: the ratios against torch eager and JAX doing the same model, and the cost of the layer
 #: options, as the ratio of the plain network's time to fastbp's (0.8333: the options cost at most 20% more).
 DEEP_TARGETS = {"D": {"torch": 2.0, "jax": 1.25, "plain": 1 / 1.2}}
@@ -682,8 +783,8 @@ def _step_targets(cells, dtype, wanted_by_shape, percent_of_peak):
 
 
 def targets(results):
-    """Each target of docs/benchmarks.md that a run of the matrix measures, plus "never slower than the NumPy
-    reference", checked against ``results`` (as returned by :func:`run`): a list of ``(target, measured, met)``,
+    """Each target of docs/benchmarks.md that a run of the matrix measures, plus "never slower than the lean NumPy
+    step", checked against ``results`` (as returned by :func:`run`): a list of ``(target, measured, met)``,
     where met is True, False, or None when what the target needs was not measured (a cell not run, a peer not
     installed, no scikit-learn fit); ``measured`` then says what is missing. No target is left out."""
     rows = []
@@ -710,9 +811,9 @@ def targets(results):
             else:
                 ratio = cell["peers"][peer]["ratio"]
                 rows.append((target, f"{ratio:.2f}x", ratio >= minimum))
-    numpy_cells = [c for c in results["cells"] if not c.get("options")]  # the reference has no step with options
+    numpy_cells = [c for c in results["cells"] if not c.get("options")]  # numpy has no step with layer options
     with_numpy = [c for c in numpy_cells if "numpy" in c["peers"]]
-    target = "never slower than the NumPy reference (every cell)"
+    target = "never slower than the lean NumPy step (every cell)"
     if with_numpy:
         slowest = min(with_numpy, key=lambda c: c["peers"]["numpy"]["ratio"])
         ratio = slowest["peers"]["numpy"]["ratio"]
@@ -765,12 +866,13 @@ def plot(results, path):
     ax.set_title(f"training step, {results['date']}")
     ax.legend()
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return _files.save_figure(fig, path, dpi=100)  # atomically, as every file fastbp writes
+    finally:
+        plt.close(fig)
 
 
 def save_json(results, path):
-    with open(path, "w") as f:
+    with _files.atomic_write(path, "w", what="--json") as f:
         json.dump(results, f, indent=1)
     return path

@@ -13,28 +13,36 @@ arrays and the optimizer's configuration as JSON text. The entries:
 - ``params`` (the flat parameter buffer) and ``buffers`` (version 2: the running statistics of the batch-norm
   layers, ``MLP.buffers``, empty without batch norm), both of the network's dtype;
 - with an optimizer: ``optimizer`` (JSON: name and configuration), ``optimizer_t`` and ``optimizer_state``;
-- ``extra_<name>`` for each entry of ``extras``;
+- ``extra_<name>`` for each entry of ``extras``. ``fastbp train`` stores ``x_mean`` and ``x_scale`` (its input
+  standardisation), ``classes`` (the original label of each output unit, numbers or strings, as scikit-learn's
+  ``classes_``), ``label_column`` (the CSV label column it read, a name or an index), ``data_source`` ("digits" or
+  the data file) and ``test_rows`` (the row indices of its held-out split); ``fastbp predict`` uses them, and
+  checkpoints without them load and predict as before;
 - ``sha256``: a SHA-256 digest of every other entry (names, dtypes, shapes and bytes), so a truncated, edited or
   otherwise damaged file is rejected on load.
 
 Version 1 (fastbp before the layer options) has the same entries without the options, ``dropout_seed`` and
-``buffers``; such files still load, as networks without options. Files of a later version are refused. Files are
-written atomically: to a temporary file in the same directory, flushed to disk, then renamed over the target, so
-a crash never leaves a partial checkpoint under the target name.
+``buffers``; such files still load, as networks without options. Files of a later version are refused.
+
+Files are written atomically and durably by :func:`fastbp._files.atomic_write`: to a locked temporary file
+``.fastbp-<name>-<random>.tmp`` in the same directory, fsynced, renamed over the target, and the directory fsynced;
+a crash never leaves a partial checkpoint under the target name, and the temporary file of a killed save is removed
+by the next save or load of the same path.
 """
 
 import hashlib
 import json
 import os
-import tempfile
-import zipfile
 
 import numpy as np
+
+from . import _files
 
 FORMAT = "fastbp-checkpoint"
 VERSION = 2
 #: The format versions :func:`load` reads (version 1: no layer options, no running statistics).
 READABLE_VERSIONS = (1, 2)
+WHAT = "a fastbp checkpoint (written by fastbp train or MLP.save)"
 
 
 class CheckpointError(ValueError):
@@ -100,38 +108,19 @@ def save(net, path, optimizer=None, extras=None):
             raise TypeError(f"extras[{name!r}] must be a numeric or string array, got dtype {value.dtype}")
         arrays[f"extra_{name}"] = value
     arrays["sha256"] = np.array(_digest(arrays))
-    directory = os.path.dirname(os.path.abspath(path))
-    if not os.path.isdir(directory):
-        raise FileNotFoundError(f"cannot save {path}: directory {directory} does not exist")
-    if os.path.isdir(path):
-        raise IsADirectoryError(f"cannot save to {path}: it is a directory")
-    fd, tmp = tempfile.mkstemp(prefix=".fastbp-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            np.savez(f, **arrays)
-            f.flush()
-            os.fsync(f.fileno())
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; give the file the mode a plain open() would
-        os.replace(tmp, path)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
+    with _files.atomic_write(path, "wb", what="checkpoint") as f:
+        np.savez(f, **arrays)
     return path
 
 
 def _read(path):
     try:
-        with np.load(path, allow_pickle=False) as data:
-            arrays = {name: data[name] for name in data.files}
-    except FileNotFoundError:
-        raise
-    except (zipfile.BadZipFile, OSError, EOFError, ValueError, KeyError, TypeError, AttributeError) as err:
-        raise CheckpointError(f"{path} is not a readable fastbp checkpoint ({type(err).__name__}: {err})") from err
-    if not isinstance(arrays, dict) or str(arrays.get("format", "")) != FORMAT:
-        raise CheckpointError(f"{path} is not a fastbp checkpoint")
+        arrays = _files.read_npz(path, WHAT)
+    except ValueError as err:
+        raise CheckpointError(str(err)) from err
+    fmt = arrays.get("format")
+    if fmt is None or fmt.shape != () or fmt.dtype.kind != "U" or str(fmt) != FORMAT:
+        raise CheckpointError(f"{path} is an .npz archive of arrays {_names(arrays)}; expected {WHAT}")
     version = arrays.get("version")
     if version is None or version.shape != () or version.dtype.kind not in "iu":
         raise CheckpointError(f"{path} has no valid checkpoint format version ({version!r})")
@@ -145,6 +134,12 @@ def _read(path):
     if stored != _digest(arrays):
         raise CheckpointError(f"{path} is damaged or was modified: its SHA-256 digest does not match its content")
     return arrays
+
+
+def _names(arrays, limit=8):
+    names = sorted(arrays)
+    shown = ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+    return f"[{shown}]" if names else "(none)"
 
 
 def _version():
@@ -185,6 +180,11 @@ def load(path, return_optimizer=False, matmul_precision=None):
     from .network import MLP
 
     path = os.fspath(path)
+    if matmul_precision is not None:  # the caller's argument, checked before the file (whose errors are the file's)
+        from .network import _PRECISIONS, _check_name
+
+        _check_name(matmul_precision, "matmul_precision", _PRECISIONS)
+    _files.remove_stale_temp_files(path)  # of saves of this path that were killed
     a = _read(path)
     try:
         net = MLP(
@@ -203,7 +203,9 @@ def load(path, return_optimizer=False, matmul_precision=None):
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes an invalid network: {err}") from err
-    params = a["params"]
+    params = a.get("params")
+    if params is None:
+        raise CheckpointError(f"{path} has no entry params (the network's parameters)")
     if params.dtype != net.dtype or params.shape != (net.n_params,):
         raise CheckpointError(
             f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "
@@ -228,22 +230,25 @@ def load(path, return_optimizer=False, matmul_precision=None):
         return net
     if "optimizer" not in a:
         return net, None
-    spec = json.loads(str(a["optimizer"]))
-    config = dict(spec["config"])
-    schedule = config.pop("schedule")
-    name = schedule.pop("name")
-    schedules = {
-        "Schedule": optim.Constant,
-        "StepDecay": optim.StepDecay,
-        "InverseScaling": optim.InverseScaling,
-        "Cosine": optim.Cosine,
-    }
-    opt = optim.OPTIMIZERS[spec["name"]](**config, schedule=schedules[name](**schedule))
-    state = a["optimizer_state"]
+    try:
+        spec = json.loads(str(a["optimizer"]))
+        config = dict(spec["config"])
+        schedule = dict(config.pop("schedule"))
+        name = schedule.pop("name")
+        schedules = {
+            "Schedule": optim.Constant,
+            "StepDecay": optim.StepDecay,
+            "InverseScaling": optim.InverseScaling,
+            "Cosine": optim.Cosine,
+        }
+        opt = optim.OPTIMIZERS[spec["name"]](**config, schedule=schedules[name](**schedule))
+        state, t = a["optimizer_state"], int(a["optimizer_t"])
+    except (KeyError, TypeError, ValueError, AttributeError) as err:  # json.JSONDecodeError is a ValueError
+        raise CheckpointError(f"{path} describes an invalid optimizer: {type(err).__name__}: {err}") from err
     if state.shape != (opt.n_state, net.n_params) or state.dtype != net.dtype:
         raise CheckpointError(
             f"{path}: optimizer state has shape {state.shape}, expected ({opt.n_state}, {net.n_params})"
         )
     opt.state = state.copy()
-    opt.t = int(a["optimizer_t"])
+    opt.t = t
     return net, opt

@@ -1,18 +1,50 @@
 """The ``fastbp`` command line: ``train``, ``predict``, ``bench``, ``info``, ``gradcheck``, ``diagnose``.
 
-Exit codes: 0 success, 1 failure (a clear message on stderr), 2 usage error (argparse's, or a combination of
-options that cannot work with the data, such as ``--residual`` when no hidden layer keeps its width: one line).
+Exit codes: 0 success, 1 failure, 2 usage error: an option's value argparse refuses, an option that does not apply
+(``--labels`` with a CSV, ``--momentum`` with Adam, ...), or a combination of options that cannot work with the data
+(``--residual`` when no hidden layer keeps its width). Every error is one line on stderr, ``fastbp COMMAND: error:
+...``, naming the input and what to do, with the values it echoes shortened; warnings are one line each, ``fastbp
+COMMAND: warning: ...``; no traceback.
 """
 
 import argparse
+import functools
 import json
+import math
 import os
+import re
+import reprlib
 import sys
 import time
+import warnings
 
 import numpy as np
 
 OPTIMIZER_CHOICES = ("sgd", "momentum", "nesterov", "adam", "adamw")
+#: The longest error or warning line the command line prints (the middle of a longer one is cut).
+MAX_LINE = 600
+_REPR = reprlib.Repr()
+_REPR.maxstring = _REPR.maxother = 60
+
+
+def _short(value):
+    """repr(value), cut in the middle when long: what an error message echoes of a value the user gave."""
+    return _REPR.repr(value)
+
+
+def _path(path, limit=120):
+    """A file name as an error message echoes it: as given, its middle cut when long."""
+    return _one_line(path, limit)
+
+
+def _one_line(text, limit=MAX_LINE):
+    """``text`` on one line (runs of white space, newlines included, made one space), cut in the middle to about
+    ``limit`` characters."""
+    text = " ".join(str(text).split())
+    if len(text) <= limit:
+        return text
+    head, tail = max(limit - 60, 20), 40
+    return f"{text[:head]} ...[{len(text) - head - tail} characters cut]... {text[-tail:]}"
 
 
 def _layers(text):
@@ -20,19 +52,30 @@ def _layers(text):
         sizes = [int(s) for s in text.split(",")]
     except ValueError:
         raise argparse.ArgumentTypeError(
-            f"expected comma-separated hidden layer sizes like 128,64, got {text!r}"
+            f"expected comma-separated hidden layer sizes like 128,64, got {_short(text)}"
         ) from None
     if any(s < 1 for s in sizes):
-        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {text!r}")
+        raise argparse.ArgumentTypeError(f"layer sizes must be positive, got {_short(text)}")
     return sizes
 
 
 class UsageError(ValueError):
-    """A combination of options that cannot work, found once the data is known (exit code 2, one line on stderr)."""
+    """An option that does not apply, or a combination of options that cannot work, found after argparse (exit code
+    2, one line on stderr)."""
 
+    exit_code = 2
     # Every rank of `fastbp train --distributed` finds it alike (same options, same data): rank 0 reports it once,
     # no rank is aborted (fastbp.distributed.run_cli).
     agreed_across_ranks = True
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors: ``fastbp train: error: argument --epochs: ... (see fastbp train --help)``,
+    the values it echoes shortened; exit code 2."""
+
+    def error(self, message):
+        message = re.sub(r"'([^']{60,})'", lambda m: _short(m.group(1)), message)
+        self.exit(2, f"{self.prog}: error: {_one_line(message)} (see {self.prog} --help)\n")
 
 
 def _int_at_least(minimum):
@@ -42,7 +85,7 @@ def _int_at_least(minimum):
         try:
             value = int(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected an integer, got {_short(text)}") from None
         if value < minimum:
             raise argparse.ArgumentTypeError(f"must be >= {minimum}, got {value}")
         return value
@@ -57,15 +100,23 @@ def _bounded_float(low, high, low_open=False, high_open=True):
         try:
             value = float(text)
         except ValueError:
-            raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+            raise argparse.ArgumentTypeError(f"expected a number, got {_short(text)}") from None
         ok = np.isfinite(value) and (value > low if low_open else value >= low)
         ok = ok and (value < high if high_open else value <= high)
         if not ok:
             left, right = "(" if low_open else "[", ")" if high_open else "]"
-            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {text}")
+            raise argparse.ArgumentTypeError(f"must be in {left}{low:g}, {high:g}{right}, got {_short(text)}")
         return value
 
     return parse
+
+
+def _column(text):
+    """argparse type of --label-column: a column name or index, kept as text (fastbp.data.resolve_column tries it as
+    a name of the header first, then as an index)."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError("expected a column name or index, got an empty value")
+    return text
 
 
 _positive_int = _int_at_least(1)
@@ -75,7 +126,7 @@ _fraction = _bounded_float(0.0, 1.0, low_open=True)
 
 
 def build_parser():
-    parser = argparse.ArgumentParser(prog="fastbp", description="Fast CPU backpropagation for dense networks.")
+    parser = _Parser(prog="fastbp", description="Fast CPU backpropagation for dense networks.")
     parser.add_argument("--version", action="version", version=f"%(prog)s {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
 
@@ -87,10 +138,17 @@ def build_parser():
     )
     train.add_argument(
         "--data",
-        help="data file: .npz (arrays X, y), .csv (label in the last column), or IDX "
-        "images (with --labels); default: the embedded digits",
+        help="data file: .npz (arrays X, y), .csv (the label in the last column, or the one --label-column names; a "
+        "header line detected), or IDX images (with --labels); default: the embedded digits",
     )
     train.add_argument("--labels", help="IDX labels file, with IDX images in --data")
+    train.add_argument(
+        "--label-column",
+        type=_column,
+        metavar="COL",
+        help="the label column of a --data CSV: its name in the header line, or its index from 0 (negative from the "
+        "end; default -1, the last). Labels may be any numbers or strings: each distinct value is a class",
+    )
     train.add_argument("--layers", type=_layers, default=[128], help="hidden layer sizes, e.g. 256,128 (default 128)")
     train.add_argument(
         "--activation", default="relu", choices=("relu", "leaky_relu", "tanh", "sigmoid", "logistic", "identity")
@@ -118,7 +176,7 @@ def build_parser():
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZER_CHOICES)
     train.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
     train.add_argument(
-        "--momentum", type=_bounded_float(0.0, 1.0), default=0.9, help="for momentum/nesterov (default 0.9)"
+        "--momentum", type=_bounded_float(0.0, 1.0), help="for --optimizer momentum or nesterov (default 0.9)"
     )
     train.add_argument(
         "--l2", type=_bounded_float(0.0, np.inf), default=0.0, help="L2 penalty l2/2 sum W^2 (default 0)"
@@ -165,10 +223,20 @@ def build_parser():
         "as fastbp train did.",
     )
     predict.add_argument("model", help="checkpoint written by fastbp train")
-    predict.add_argument("--data", help="data file as for train (default: the embedded digits)")
+    predict.add_argument(
+        "--data",
+        help="data file as for train (default: the held-out rows of the embedded digits that fastbp train recorded, "
+        "for a checkpoint trained on them)",
+    )
     predict.add_argument("--labels", help="IDX labels file, with IDX images in --data")
     predict.add_argument(
-        "--no-labels", action="store_true", help="the data file has no labels (a CSV: every column is a feature)"
+        "--label-column",
+        type=_column,
+        metavar="COL",
+        help="the label column of a --data CSV, name or index (default: the one fastbp train read)",
+    )
+    predict.add_argument(
+        "--no-labels", action="store_true", help="the --data CSV has no label column: every column is a feature"
     )
     predict.add_argument("--output", "-o", help="write predictions to this .npy file instead of printing them")
 
@@ -208,6 +276,7 @@ def build_parser():
     )
     _add_gradcheck_parser(sub)
     _add_diagnose_parser(sub)
+    parser.commands = sub.choices  # name -> the command's parser
     return parser
 
 
@@ -226,7 +295,12 @@ def _add_gradcheck_parser(sub):
     check.add_argument("--layers", type=_layers, default=[16, 16], help="hidden layer sizes (default 16,16)")
     check.add_argument("--outputs", type=_positive_int, default=4, help="output size (default 4)")
     check.add_argument("--activation", default="tanh", choices=("tanh", "sigmoid", "relu", "leaky_relu", "identity"))
-    check.add_argument("--output", default="softmax", choices=("softmax", "sigmoid", "identity"))
+    check.add_argument(
+        "--output",
+        default="softmax",
+        choices=("softmax", "sigmoid", "identity", "exp"),
+        help="output activation with its canonical loss (exp: Poisson, on random counts; default softmax)",
+    )
     check.add_argument("--l2", type=_bounded_float(0.0, np.inf), default=0.01, help="L2 penalty (default 0.01)")
     check.add_argument("--samples", type=_positive_int, default=8, help="batch size (default 8)")
     check.add_argument(
@@ -246,8 +320,8 @@ def _add_gradcheck_parser(sub):
     check.add_argument(
         "--threshold-float32",
         type=_positive_float,
-        default=1e-4,
-        help="largest accepted relative error of a float32 network's gradient against float64 (default 1e-4)",
+        help="largest accepted relative error of a float32 network's gradient against float64 (--dtype float32; "
+        "default 1e-4)",
     )
     check.add_argument(
         "--max-coords", type=_positive_int, default=256, help="coordinates checked per layer, W and b (default 256)"
@@ -285,12 +359,24 @@ def _add_diagnose_parser(sub):
     diag.add_argument("--json", help="write the numbers to this JSON file")
 
 
-def _check_output_dirs(*options):
-    """Raise ValueError for an output path (option, path or None; 'none' skips) whose directory does not exist:
-    checked before the work, not after it."""
+def _wanted(path):
+    """An output option's value asks for a file (not None, not 'none')."""
+    return bool(path) and path.lower() != "none"
+
+
+def _check_outputs(*options):
+    """Raise OSError naming the option for an output path (pairs of option and path; None and 'none' skip) that
+    cannot be written (a missing or unwritable directory, a directory in its place), and RuntimeError for a --plot
+    without matplotlib: before the work, not after."""
+    from . import _files
+
     for option, path in options:
-        if path and path.lower() != "none" and not os.path.isdir(os.path.dirname(os.path.abspath(path))):
-            raise ValueError(f"{option} {path}: the directory does not exist")
+        if _wanted(path):
+            _files.check_writable(path, what=option)
+            if option == "--plot":  # matplotlib (the plot extra) is there: said now, not after the work
+                from .plot import pyplot
+
+                pyplot()
 
 
 def _version():
@@ -299,14 +385,211 @@ def _version():
     return __version__
 
 
-def _load_data(path, labels, require_y=True, no_labels=False):
+def _data_kind(path, labels):
+    """What ``--data`` names, from its extension: "digits" (no --data), "npz", "csv", "idx" (with --labels) or
+    "unknown"."""
+    if path is None:
+        return "digits"
+    lower = path.lower()
+    if lower.endswith(".npz"):
+        return "npz"
+    if lower.endswith((".csv", ".txt")):
+        return "csv"
+    return "idx" if labels else "unknown"
+
+
+_KIND_NAMES = {
+    "digits": "the embedded digits (no --data)",
+    "npz": "an .npz file (its labels are its array y)",
+    "idx": "IDX images (their labels are the --labels file)",
+    "unknown": "a file of unknown format",
+}
+
+
+def _check_usage(args):
+    """UsageError for an option that does not apply given the others (argparse checks each value alone)."""
+    command = args.command
+    if command in ("train", "predict"):
+        kind = _data_kind(args.data, args.labels)
+        if args.labels and args.data is None:
+            raise UsageError("--labels (an IDX labels file) needs --data (the IDX images)")
+        if args.labels and kind in ("npz", "csv"):
+            raise UsageError(
+                f"--labels applies to IDX images, but --data {_path(args.data)} is a {kind.upper()} file, which holds "
+                f"its labels itself{'; name its label column with --label-column' if kind == 'csv' else ''}"
+            )
+        if args.label_column is not None and kind != "csv":
+            raise UsageError(f"--label-column applies to a CSV --data file, not to {_KIND_NAMES[kind]}")
+    if command == "train":
+        if args.momentum is not None and args.optimizer not in ("momentum", "nesterov"):
+            raise UsageError(
+                f"--momentum applies to --optimizer momentum and nesterov, not {args.optimizer}: drop it, or choose "
+                "one of those"
+            )
+        if args.matmul_precision == "bfloat16" and args.dtype != "float32":
+            raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
+    elif command == "predict":
+        kind = _data_kind(args.data, args.labels)
+        if args.no_labels and kind != "csv":
+            raise UsageError(
+                f"--no-labels applies to a CSV --data file (every column then a feature), not to {_KIND_NAMES[kind]}"
+            )
+        if args.no_labels and args.label_column is not None:
+            raise UsageError("--no-labels says the CSV has no label column and --label-column names one: give one")
+    elif command == "bench":
+        _check_bench_usage(args)
+    elif command == "gradcheck" and args.threshold_float32 is not None and args.dtype != "float32":
+        raise UsageError("--threshold-float32 applies to --dtype float32 (the float32 gradient's own check)")
+
+
+def _check_bench_usage(args):
+    from . import bench
+
+    if args.shapes is not None:
+        known = [*bench.SHAPES, *bench.DEEP]
+        unknown = [s for s in args.shapes.split(",") if s not in known]
+        if unknown:
+            raise UsageError(f"--shapes: unknown shape {_short(unknown[0])}; expected some of {','.join(known)}")
+    if args.dtypes is not None:
+        if args.shapes is None:
+            raise UsageError("--dtypes applies with --shapes (the default matrix has its own dtypes)")
+        unknown = [d for d in args.dtypes.split(",") if d not in ("float32", "float64", "bfloat16")]
+        if unknown:
+            raise UsageError(f"--dtypes: unknown dtype {_short(unknown[0])}; expected some of float32,float64,bfloat16")
+    if args.profile:
+        for option, value in (("--json", args.json), ("--plot", args.plot), ("--no-sklearn", args.no_sklearn)):
+            if value:
+                raise UsageError(f"{option} does not apply to --profile, which prints its breakdown only")
+
+
+def _input_error(path, err, labels=None):
+    """The error ``err`` of reading ``--data path`` (and ``--labels labels``), naming the option and the file, as
+    the exception to raise: a FileNotFoundError that says to check the path, else a ValueError."""
+    option, name = "--data", path
+    if labels is not None and getattr(err, "filename", None) == labels:
+        option, name = "--labels", labels
+    if isinstance(err, FileNotFoundError):
+        return FileNotFoundError(f"{option} {_path(name)}: no such file; check the path")
+    if isinstance(err, OSError) and err.strerror:
+        text = f"{name}: {err.strerror[:1].lower()}{err.strerror[1:]}"
+    else:
+        text = str(err)
+    return ValueError(f"{option} {text if text.startswith(name) else f'{name}: {text}'}")
+
+
+def _load_data(path, labels, label_column=None, require_y=True, no_labels=False):
+    """(X, y) of --data (the embedded digits without it); errors name the option and the file."""
     from . import data
 
     if path is None:
         return data.load_digits()
-    if no_labels and path.lower().endswith((".csv", ".txt")):
-        return data.load_csv(path, label_column=None)
-    return data.load_file(path, labels, require_y=require_y and not no_labels)
+    try:
+        if no_labels:
+            return data.load_csv(path, label_column=None)
+        column = -1 if label_column is None else label_column
+        return data.load_file(path, labels, require_y=require_y, label_column=column)
+    except (OSError, ValueError) as err:
+        raise _input_error(path, err, labels) from None
+
+
+def _features(X, where):
+    """X as a 2-D float64 array of finite numbers; ValueError naming ``where`` otherwise."""
+    X = np.asarray(X)
+    if X.dtype.kind not in "biuf":
+        raise ValueError(f"{where}: the features must be numbers, got an array of dtype {X.dtype}")
+    if X.ndim != 2 or X.shape[0] == 0 or X.shape[1] == 0:
+        raise ValueError(f"{where}: the features must be a non-empty 2-D array (rows x columns), got shape {X.shape}")
+    X = X.astype(np.float64)
+    bad = np.argwhere(~np.isfinite(X))
+    if bad.size:
+        row, col = bad[0]
+        raise ValueError(
+            f"{where}: the features hold NaN or infinite values ({len(bad)} in all, the first at row {row + 1}, "
+            f"feature column {col + 1}); fill or drop them"
+        )
+    return X
+
+
+def _label_source(args, names=None, index=None):
+    """Where ``fastbp train``'s labels come from, for messages, and what to do when they are wrong."""
+    if args.data is None:
+        return "the digits' labels", ""
+    kind = _data_kind(args.data, args.labels)
+    if kind == "csv":
+        name = f", {_short(names[index])}" if names else ""
+        return (
+            f"the label column of --data {_path(args.data)} (column {index}{name})",
+            "; if the label is another column, name it with --label-column",
+        )
+    if kind == "npz":
+        return f"array 'y' of --data {_path(args.data)}", "; y must hold one class label per row"
+    return f"--labels {_path(args.labels)}", ""
+
+
+def _training_data(args):
+    """fastbp train's data: (X float64, y, where, hint): where and hint tell where the labels come from and what to
+    do when they are wrong; errors name the option."""
+    from . import data
+
+    names = index = None
+    if _data_kind(args.data, args.labels) == "csv":
+        column = -1 if args.label_column is None else args.label_column
+        try:
+            X, y, names, index = data.load_csv(args.data, label_column=column, return_names=True)
+        except (OSError, ValueError) as err:
+            raise _input_error(args.data, err) from None
+    else:
+        X, y = _load_data(args.data, args.labels)
+    where, hint = _label_source(args, names, index)
+    X = _features(X, "--data " + _path(args.data) if args.data else "the digits")
+    if y is None or np.ndim(y) == 0 or len(y) != X.shape[0]:
+        raise ValueError(f"{where}: expected one label per row of the {X.shape[0]} rows")
+    return X, y, where, hint
+
+
+def _classes(y, where, hint):
+    """(classes, y as indices into classes), as scikit-learn's classifiers make ``classes_``: every distinct value
+    a class, in sorted order. ValueError for labels that are not classes; a warning for a label column that looks
+    like a feature (many distinct values, some on fewer than 3 rows)."""
+    y = np.asarray(y)
+    if y.ndim != 1:
+        raise ValueError(f"{where}: expected one class label per row, got an array of shape {y.shape}{hint}")
+    if y.dtype.kind == "S":
+        y = y.astype(str)
+    if y.dtype.kind not in "biufU":
+        raise ValueError(f"{where}: expected class labels (numbers or strings), got an array of dtype {y.dtype}{hint}")
+    if y.dtype.kind == "f":
+        if not np.isfinite(y).all():
+            raise ValueError(f"{where} holds missing or infinite labels (NaN or inf); fill or drop those rows")
+        fractional = y[y != np.round(y)]
+        if fractional.size:
+            raise ValueError(
+                f"{where} holds non-integer numbers (e.g. {fractional[0]:g}), a target for regression, not class "
+                f"labels: fastbp train trains classifiers{hint}"
+            )
+    classes, indices = np.unique(y, return_inverse=True)
+    if classes.size < 2:
+        raise ValueError(
+            f"{where} holds a single class ({_short(classes[0].item())}): a classifier needs 2 or more{hint}"
+        )
+    counts = np.bincount(indices.reshape(-1))
+    rare = int((counts < 3).sum())
+    if classes.size > 10 and (rare or classes.size > y.size // 2):
+        warnings.warn(
+            f"{where} has {classes.size} distinct values{f', {rare} of them on fewer than 3 rows' if rare else ''}: "
+            f"it looks like a feature, not a class label{hint}",
+            UserWarning,
+            stacklevel=2,
+        )
+    return classes, indices.astype(np.int64).reshape(-1)
+
+
+def _describe_classes(classes, limit=6):
+    """' (1000, 2000)' when the classes are not simply 0 to k-1, else ''."""
+    if classes.dtype.kind in "iu" and np.array_equal(classes, np.arange(classes.size)):
+        return ""
+    shown = ", ".join(_short(c) for c in classes[:limit].tolist())
+    return f" ({shown}{', ...' if classes.size > limit else ''})"
 
 
 def _residuals(sizes):
@@ -346,7 +629,7 @@ def _make_optimizer(args):
     if args.optimizer in ("adam", "adamw"):
         cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
         return cls(lr=args.lr or 1e-3, schedule=schedule, clip_norm=args.clip_norm)
-    momentum = 0.0 if args.optimizer == "sgd" else args.momentum
+    momentum = 0.0 if args.optimizer == "sgd" else (0.9 if args.momentum is None else args.momentum)
     return optim.SGD(
         lr=args.lr or 0.05,
         momentum=momentum,
@@ -372,22 +655,21 @@ def _train(args, trainer_cls=None):
     start = time.perf_counter()
     import fastbp
 
+    from . import _files, data
+
     if args.threads:
         fastbp.set_num_threads(args.threads)
-    _check_output_dirs(("--output", args.output), ("--plot", args.plot), ("--json", args.json))
-    X, y = _load_data(args.data, args.labels)
-    if y.ndim != 1 or y.dtype.kind not in "iu":
-        raise ValueError(
-            "fastbp train expects integer class labels (one per row); got labels of dtype "
-            f"{y.dtype} and shape {y.shape}"
-        )
-    X_train, X_test, y_train, y_test, scaler = fastbp.data.prepare(
-        X, y, test_size=args.test_size, seed=args.seed, return_scaler=True
-    )
-    classes = np.unique(y)
-    if classes.min() < 0:
-        raise ValueError("class labels must be >= 0")
-    n_classes = int(classes.max()) + 1
+    _check_outputs(("--output", args.output), ("--plot", args.plot), ("--json", args.json))
+    X, labels, where, hint = _training_data(args)
+    classes, y = _classes(labels, where, hint)
+    n = X.shape[0]
+    if not 1 <= math.ceil(args.test_size * n) < n:
+        raise UsageError(f"--test-size {args.test_size:g} of {n} rows leaves no training or no test rows")
+    train_rows, test_rows = data.split_indices(n, args.test_size, args.seed, data.stratification(y))
+    scaler = data.Standardizer(X[train_rows])  # as fastbp.data.prepare: the training part's statistics
+    X_train, X_test = scaler.transform(X[train_rows]), scaler.transform(X[test_rows])
+    y_train, y_test = y[train_rows], y[test_rows]
+    n_classes = classes.size
     sizes = [X.shape[1], *args.layers, n_classes]
     net = fastbp.MLP(
         sizes,
@@ -405,7 +687,7 @@ def _train(args, trainer_cls=None):
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )
     print(
-        f"data: {X.shape[0]} samples, {X.shape[1]} features, {n_classes} classes "
+        f"data: {n} samples, {X.shape[1]} features, {n_classes} classes{_describe_classes(classes)} "
         f"({'digits' if args.data is None else args.data}); train {len(y_train)}, test {len(y_test)}"
     )
     print(
@@ -427,61 +709,139 @@ def _train(args, trainer_cls=None):
         f"time: fit {fit_time:.2f} s ({steps} steps, {1e6 * sum(history['epoch_time']) / steps:.0f} us per "
         f"step incl. first-epoch compilation if any); total {time.perf_counter() - start:.2f} s"
     )
-    if args.output and args.output.lower() != "none":
-        trainer.save(args.output, extras={"x_mean": scaler.mean_, "x_scale": scaler.scale_})
+    if _wanted(args.output):
+        # what fastbp predict needs: the standardisation, the original labels, where the data came from and which
+        # rows were held out (predict without --data scores those of the digits)
+        extras = {"x_mean": scaler.mean_, "x_scale": scaler.scale_, "classes": classes, "test_rows": test_rows}
+        extras["data_source"] = np.array("digits" if args.data is None else args.data)
+        if _data_kind(args.data, args.labels) == "csv":
+            extras["label_column"] = np.array(-1 if args.label_column is None else args.label_column)
+        trainer.save(args.output, extras=extras)
         print(f"checkpoint: {args.output}")
-    if args.plot:
+    if _wanted(args.plot):
         from .plot import training_curves
 
-        training_curves(history, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {training_curves(history, args.plot)}")
     if args.json:
-        with open(args.json, "w") as f:
-            options = {"norm": list(net.norms[:-1]), "residual": list(net.residuals[:-1])}
-            options["dropout"] = list(net.dropouts[:-1])
-            report = {"history": history, "test": result, "layers": sizes, **options, "fit_time": fit_time}
+        options = {"norm": list(net.norms[:-1]), "residual": list(net.residuals[:-1])}
+        options["dropout"] = list(net.dropouts[:-1])
+        report = {"history": history, "test": result, "layers": sizes, **options, "fit_time": fit_time}
+        report["classes"] = classes.tolist()
+        with _files.atomic_write(args.json, "w", what="--json") as f:
             json.dump(report, f, indent=1)
     return 0
 
 
-def cmd_predict(args):
+def _load_model(path):
     import fastbp
 
-    net = fastbp.load(args.model)
-    X, y = _load_data(args.data, args.labels, require_y=False, no_labels=args.no_labels)
-    X = np.asarray(X, dtype=np.float64)
-    if X.ndim != 2 or X.shape[1] != net.n_in:
+    try:
+        return fastbp.load(path)
+    except FileNotFoundError:
+        raise FileNotFoundError(
+            f"{path}: no such file; give a checkpoint written by fastbp train (its --output)"
+        ) from None
+
+
+def _model_classes(net, model):
+    """The original labels of a softmax network's output units (the checkpoint's ``classes``), or 0 to n_out - 1
+    for a checkpoint without them; None for other outputs."""
+    if net.output != "softmax":
+        return None
+    classes = net.extras.get("classes")
+    if classes is None:
+        return np.arange(net.n_out)
+    if classes.ndim != 1 or classes.size != net.n_out:
         raise ValueError(
-            f"the data has {X.shape[-1]} feature columns but the model takes {net.n_in}"
-            + (" (a CSV without a label column needs --no-labels)" if X.ndim == 2 else "")
+            f"{model}: its classes entry has shape {classes.shape}, but the network has {net.n_out} output units"
         )
+    return classes
+
+
+def _predict_rows(args, net):
+    """fastbp predict's rows: (X, y or None, a description of the rows, the data's kind)."""
+    from . import data
+
+    extras = net.extras
+    if args.data is not None:
+        kind = _data_kind(args.data, args.labels)
+        column = args.label_column
+        if column is None and kind == "csv" and "label_column" in extras:  # the column fastbp train read
+            stored = extras["label_column"]
+            column = str(stored) if stored.dtype.kind == "U" else int(stored)
+        X, y = _load_data(args.data, args.labels, column, require_y=False, no_labels=args.no_labels)
+        return X, y, f"the {len(X)} rows of {args.data}", kind
+    X, y = data.load_digits()
+    source = extras.get("data_source")
+    if source is not None and str(source) != "digits":
+        raise UsageError(
+            f"{args.model} was trained on {_path(str(source))}, not on the embedded digits: give the rows to predict "
+            "with --data"
+        )
+    if net.n_in != X.shape[1]:
+        raise UsageError(
+            f"{args.model} takes {net.n_in} features, the embedded digits (predicted without --data) have "
+            f"{X.shape[1]}: give the rows to predict with --data"
+        )
+    rows = extras.get("test_rows")
+    if rows is None:
+        every = f"all {len(X)} rows of the embedded digits, training rows included"
+        return X, y, f"{every} ({args.model} records no held-out split: not a test accuracy)", "digits"
+    if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows.size and not 0 <= rows.min() <= rows.max() < len(X)):
+        raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
+    held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
+    return X[rows], y[rows], held_out, "digits"
+
+
+def cmd_predict(args):
+    from . import _files
+
+    _check_outputs(("--output", args.output))
+    net = _load_model(args.model)
+    classes = _model_classes(net, args.model)
+    X, y, rows, kind = _predict_rows(args, net)
+    where = f"--data {_path(args.data)}" if args.data else "the digits"
+    X = _features(X, where)
+    if X.shape[1] != net.n_in:
+        hint = ""
+        if kind == "csv" and not args.no_labels and X.shape[1] + 1 == net.n_in:
+            hint = "; if the file has no label column, add --no-labels"
+        elif kind == "csv" and args.no_labels and X.shape[1] == net.n_in + 1:
+            hint = "; the file has one column more than the model takes: drop --no-labels to read its label column"
+        columns = f"{X.shape[1]} feature column{'s' if X.shape[1] != 1 else ''}"
+        besides = " besides its label column" if y is not None else ""
+        raise ValueError(f"{where} has {columns}{besides}, but {args.model} takes {net.n_in}{hint}")
     if "x_mean" in net.extras:  # the standardisation fastbp train fitted on its training split
-        X = (X - net.extras["x_mean"]) / net.extras["x_scale"]
+        mean, scale = net.extras["x_mean"], net.extras.get("x_scale")
+        if scale is None or mean.shape != (net.n_in,) or scale.shape != (net.n_in,):
+            raise ValueError(f"{args.model}: its x_mean and x_scale entries do not fit its {net.n_in} inputs")
+        X = (X - mean) / scale
     outputs = net.predict(X)
-    predictions = outputs.argmax(axis=1) if net.output == "softmax" else outputs
+    predictions = classes[outputs.argmax(axis=1)] if classes is not None else outputs
     if args.output:
-        np.save(args.output, predictions)
-        print(f"predictions: {args.output} ({len(predictions)} rows)")
+        path = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
+        with _files.atomic_write(path, "wb", what="--output") as f:
+            np.save(f, predictions)
+        print(f"predictions: {path} ({rows})")
+    elif predictions.ndim == 1:
+        sys.stdout.write("".join(f"{label}\n" for label in predictions.tolist()))
     else:
-        np.savetxt(sys.stdout, predictions, fmt="%d" if predictions.ndim == 1 else "%.6g")
-    if net.output == "softmax" and y is not None and y.ndim == 1 and y.dtype.kind in "iu":
-        print(f"accuracy {np.mean(predictions == y):.4f} on {len(y)} labelled samples", file=sys.stderr)
+        np.savetxt(sys.stdout, predictions, fmt="%.6g")
+    if classes is not None and y is not None and np.ndim(y) == 1 and len(y) == len(predictions):
+        y = np.asarray(y)
+        numeric = predictions.dtype.kind in "biuf" and y.dtype.kind in "biuf"
+        same = predictions == y if numeric else predictions.astype(str) == y.astype(str)
+        print(f"accuracy {np.mean(same):.4f} on {rows}", file=sys.stderr)
     return 0
 
 
 def cmd_bench(args):
     from . import bench
 
-    if args.shapes:
+    _check_outputs(("--json", args.json), ("--plot", args.plot))  # before the run, not after it
+    if args.shapes:  # names checked by _check_bench_usage
         shapes = args.shapes.split(",")
-        known = [*bench.SHAPES, *bench.DEEP]
-        unknown = [s for s in shapes if s not in known]
-        if unknown:
-            raise ValueError(f"unknown shape {unknown[0]!r}; expected some of {known}")
         dtypes = (args.dtypes or "float32").split(",")
-        unknown = [d for d in dtypes if d not in ("float32", "float64", "bfloat16")]
-        if unknown:
-            raise ValueError(f"unknown dtype {unknown[0]!r}; expected some of float32, float64, bfloat16")
         if "bfloat16" in dtypes:
             from . import _onednn
 
@@ -511,8 +871,7 @@ def cmd_bench(args):
         bench.save_json(results, args.json)
         print(f"json: {args.json}")
     if args.plot:
-        bench.plot(results, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {bench.plot(results, args.plot)}")
     return 0
 
 
@@ -565,6 +924,7 @@ def cmd_info(args):
 def cmd_gradcheck(args):
     import fastbp
 
+    threshold_float32 = 1e-4 if args.threshold_float32 is None else args.threshold_float32
     sizes = [args.inputs, *args.layers, args.outputs]
     net = fastbp.MLP(sizes, args.activation, args.output, l2=args.l2, dtype=args.dtype, seed=args.seed)
     rng = np.random.default_rng(args.seed)
@@ -573,6 +933,8 @@ def cmd_gradcheck(args):
         Y = rng.integers(0, args.outputs, args.samples)
     elif args.output == "sigmoid":
         Y = rng.random((args.samples, args.outputs))
+    elif args.output == "exp":
+        Y = rng.poisson(1.0, (args.samples, args.outputs)).astype(np.float64)
     else:
         Y = rng.standard_normal((args.samples, args.outputs))
     print(
@@ -594,7 +956,7 @@ def cmd_gradcheck(args):
         threshold=args.threshold,
         max_coords=args.max_coords,
         seed=args.seed,
-        threshold_float32=args.threshold_float32,
+        threshold_float32=threshold_float32,
     )
     print(result)
     problems = []
@@ -605,7 +967,7 @@ def cmd_gradcheck(args):
         problems.append(f"the worst relative error {result.worst:.3g} exceeds {args.threshold:g}")
     if not result.passed_float32:
         problems.append(
-            f"the float32 gradient's worst relative error {result.worst_float32:.3g} exceeds {args.threshold_float32:g}"
+            f"the float32 gradient's worst relative error {result.worst_float32:.3g} exceeds {threshold_float32:g}"
         )
     if problems:
         print(f"fastbp gradcheck: {'; '.join(problems)}", file=sys.stderr)
@@ -616,7 +978,7 @@ def cmd_gradcheck(args):
 def cmd_diagnose(args):
     from . import diagnose
 
-    _check_output_dirs(("--plot", args.plot), ("--json", args.json))
+    _check_outputs(("--plot", args.plot), ("--json", args.json))
     result = diagnose.run(
         depth=args.depth,
         width=args.width,
@@ -630,10 +992,11 @@ def cmd_diagnose(args):
     )
     print(diagnose.report(result))
     if args.plot and args.plot.lower() != "none":
-        diagnose.plot(result, args.plot)
-        print(f"plot: {args.plot}")
+        print(f"plot: {diagnose.plot(result, args.plot)}")
     if args.json:
-        with open(args.json, "w") as f:
+        from . import _files
+
+        with _files.atomic_write(args.json, "w", what="--json") as f:
             json.dump(result, f, indent=1)
         print(f"json: {args.json}")
     return 0
@@ -656,11 +1019,34 @@ def _threading_layer():
         return f"unavailable ({err})"
 
 
+def _show_warning(command, message, category, filename, lineno, file=None, line=None):
+    """warnings.showwarning of the command line: one line, ``fastbp COMMAND: warning: ...``."""
+    print(f"fastbp {command}: warning: {_one_line(message)}", file=sys.stderr)
+
+
+def _error_text(err):
+    """One line for an exception that ends a command (exit code 1)."""
+    if isinstance(err, OSError) and err.filename is not None and err.strerror:
+        hints = {FileNotFoundError: "; check the path", IsADirectoryError: "; give a file"}
+        hint = hints.get(type(err), "")
+        return _one_line(f"{err.filename}: {err.strerror[:1].lower()}{err.strerror[1:]}{hint}")
+    if isinstance(err, MemoryError):
+        return _one_line(f"out of memory ({err or 'MemoryError'}); try smaller --layers or --batch-size")
+    if isinstance(err, (ValueError, TypeError, OSError, RuntimeError, EOFError)):
+        return _one_line(str(err) or type(err).__name__)
+    return _one_line(f"unexpected {type(err).__name__}: {err} (a bug of fastbp: please report it)")
+
+
 def main(argv=None):
+    """Run the command line on ``argv`` (default: sys.argv[1:]); returns the exit code: 0 success, 1 failure,
+    2 usage error, each failure one line on stderr."""
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if getattr(args, "labels", None) and not getattr(args, "data", None):
-        parser.error("--labels (an IDX labels file) needs --data (the IDX images)")
+    try:
+        args, unknown = parser.parse_known_args(argv)
+        if unknown:  # told by the command's parser (argparse's own check tells them as the top level's)
+            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    except SystemExit as done:  # --help, --version, or a usage error argparse printed (one line: _Parser.error)
+        return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
     handlers = {
         "train": cmd_train,
         "predict": cmd_predict,
@@ -669,17 +1055,21 @@ def main(argv=None):
         "gradcheck": cmd_gradcheck,
         "diagnose": cmd_diagnose,
     }
-    try:
-        return handlers[args.command](args)
-    except KeyboardInterrupt:
-        print("fastbp: interrupted", file=sys.stderr)
-        return 1
-    except UsageError as err:
-        print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
-        return 2
-    except (ValueError, TypeError, OSError, RuntimeError, EOFError) as err:
-        print(f"fastbp {args.command}: error: {err}", file=sys.stderr)
-        return 1
+    command = args.command
+    with warnings.catch_warnings():
+        warnings.showwarning = functools.partial(_show_warning, command)
+        try:
+            _check_usage(args)
+            return handlers[command](args)
+        except KeyboardInterrupt:
+            print(f"fastbp {command}: interrupted", file=sys.stderr)
+            return 1
+        except UsageError as err:
+            print(f"fastbp {command}: error: {_one_line(err)} (see fastbp {command} --help)", file=sys.stderr)
+            return 2
+        except Exception as err:
+            print(f"fastbp {command}: error: {_error_text(err)}", file=sys.stderr)
+            return 1
 
 
 if __name__ == "__main__":

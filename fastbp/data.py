@@ -9,12 +9,17 @@ ships, without importing scikit-learn, and the split and standardisation of :fun
 lines of NumPy (the same rules as scikit-learn's ``train_test_split`` sizes and ``StandardScaler``).
 """
 
+import csv
 import gzip
 import importlib.util
 import math
+import operator
 import os
+import warnings
 
 import numpy as np
+
+from . import _files
 
 __all__ = ["load_csv", "load_digits", "load_file", "load_idx", "load_npz", "one_hot", "prepare"]
 
@@ -37,41 +42,155 @@ def load_digits():
 
 
 def load_npz(path, x_key="X", y_key="y", require_y=True):
-    """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``); y is None when the
-    file has none and ``require_y`` is False."""
-    with np.load(os.fspath(path), allow_pickle=False) as data:
-        missing = [k for k in (x_key, y_key) if k not in data.files and (require_y or k == x_key)]
-        if missing:
-            raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(data.files)}")
-        return data[x_key], (data[y_key] if y_key in data.files else None)
+    """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``: an object array is
+    refused, never unpickled); y is None when the file has none and ``require_y`` is False."""
+    arrays = _files.read_npz(path, f"a data file with arrays {x_key!r} and {y_key!r}")
+    missing = [k for k in (x_key, y_key) if k not in arrays and (require_y or k == x_key)]
+    if missing:
+        raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(arrays)}")
+    return arrays[x_key], arrays.get(y_key)
 
 
-def load_csv(path, label_column=-1, delimiter=",", skip_header=None):
-    """A numeric CSV file: features and the label column (default: the last).
+class _Sniffer(csv.Sniffer):
+    """csv.Sniffer's header test with the delimiter given, not guessed."""
 
-    skip_header: number of header lines; None detects one non-numeric first line. Returns X (n, d) float64 and
-    y (n,), int64 when every label is integral, else float64; with ``label_column=None`` every column is a
-    feature and y is None.
+    def __init__(self, delimiter):
+        super().__init__()
+        self._dialect = type("Dialect", (csv.excel,), {"delimiter": delimiter})
+
+    def sniff(self, sample, delimiters=None):
+        return self._dialect
+
+
+def _is_number(field):
+    try:
+        float(field)
+    except ValueError:
+        return False
+    return True
+
+
+def _head(path, count):
+    """The first lines of a text file that hold something (not blank, not a ``#`` comment after the first line;
+    a byte-order mark dropped): up to ``count`` pairs (line number from 0, text)."""
+    found = []
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f):
+            if line.strip() and not (found and line.lstrip().startswith("#")):
+                found.append((number, line))
+                if len(found) == count:
+                    break
+    return found
+
+
+def resolve_column(column, names, n_columns, path):
+    """The index in [0, n_columns) of ``column``: a header name (``names``, None without a header), or an integer
+    (or a string of one) counted from 0, negative from the end. ValueError naming the choices otherwise."""
+    if names is not None and isinstance(column, str) and column.strip() in names:
+        return names.index(column.strip())
+    try:
+        index = int(column) if isinstance(column, str) else operator.index(column)
+    except (TypeError, ValueError):
+        where = f"its header names {_shown(names)}" if names is not None else "it has no header line"
+        raise ValueError(
+            f"{path} has no column {_short(column)}: {where}; give a column name or an index from 0 to {n_columns - 1}"
+        ) from None
+    if not -n_columns <= index < n_columns:
+        raise ValueError(f"{path} has {n_columns} columns: column index {index} is not in [{-n_columns}, {n_columns})")
+    return index % n_columns
+
+
+def _shown(names, limit=6):
+    names = [_short(n) for n in names]
+    return ", ".join(names[:limit]) + (f", ... ({len(names)} in all)" if len(names) > limit else "")
+
+
+def _clip(text, limit):
+    """``text`` cut in the middle to at most about ``limit`` characters."""
+    return text if len(text) <= limit else f"{text[: limit - 30]}...[{len(text)} characters]...{text[-10:]}"
+
+
+def _short(value, limit=40):
+    return _clip(repr(value), limit)
+
+
+def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_names=False):
+    """A CSV file of numeric features and a label column.
+
+    label_column: an index (default -1, the last column; negative counts from the end), a column name when the file
+    has a header line, or None (every column is a feature, y is None). skip_header: number of header lines; None
+    detects one: a first line that is not all numbers, judged by ``csv.Sniffer.has_header`` against the lines below
+    it (a leading ``#`` of the header, as ``np.savetxt`` writes it, is not part of the first name). Returns X (n, d)
+    float64 and y (n,): int64 when every label is an integer, float64 for other numbers, and strings (a NumPy unicode
+    array) when a label is not a number; with ``return_names``, also the header's column names (None without a
+    header) and the label column's index. Raises ValueError naming the file and the problem (no data rows, a
+    non-numeric feature, rows of different lengths, an empty label).
     """
     path = os.fspath(path)
+    head = _head(path, 21)
+    if not head:
+        raise ValueError(
+            f"{path} has no data rows (it is empty or blank); expected rows of numbers separated by commas"
+        )
+    first_text = head[0][1].strip()
+    if first_text.startswith("#"):
+        first_text = first_text.lstrip("#").strip()
+    first = next(csv.reader([first_text], delimiter=delimiter))
     if skip_header is None:
-        with open(path, encoding="utf-8-sig") as f:  # utf-8-sig: a byte-order mark is not part of the header
-            first = f.readline()
-        try:
-            [float(field) for field in first.strip().split(delimiter)]
-            skip_header = 0
-        except ValueError:
-            skip_header = 1
-    table = np.loadtxt(path, delimiter=delimiter, skiprows=skip_header, ndmin=2, dtype=np.float64, encoding="utf-8-sig")
-    if label_column is None:
-        return table, None
-    if table.shape[1] < 2:
-        raise ValueError(f"{path} needs at least one feature column and a label column, got {table.shape[1]}")
-    y = table[:, label_column]
-    X = np.delete(table, label_column % table.shape[1], axis=1)
-    if np.array_equal(y, np.round(y)):
-        y = y.astype(np.int64)
+        header = not all(_is_number(field) for field in first)
+        if header and len(head) > 1:
+            sample = "\n".join([first_text] + [line.strip() for _, line in head[1:]])
+            header = _Sniffer(delimiter).has_header(sample)
+        skip_header = head[0][0] + 1 if header else 0
+    names = [name.strip() for name in first] if skip_header and head[0][0] < skip_header else None
+    data_lines = [line for number, line in head if number >= skip_header and not line.lstrip().startswith("#")]
+    if not data_lines:
+        raise ValueError(f"{path} has a header line but no data rows")
+    n_columns = len(next(csv.reader([data_lines[0].strip()], delimiter=delimiter)))
+    label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
+    if label is not None and n_columns < 2:
+        raise ValueError(f"{path} needs at least one feature column and a label column, got {n_columns} column")
+    options = {"delimiter": delimiter, "skiprows": skip_header, "ndmin": 2, "encoding": "utf-8-sig"}
+    X = _loadtxt(path, usecols=[c for c in range(n_columns) if c != label], dtype=np.float64, **options)
+    y = None if label is None else _labels(_loadtxt(path, usecols=[label], dtype=str, **options)[:, 0], path)
+    if return_names:
+        return X, y, names, label
     return X, y
+
+
+def _loadtxt(path, **options):
+    """np.loadtxt with its errors told as ValueErrors naming the file (and without NumPy's advice); its warnings
+    (about blank lines) are not passed on, and no data rows is an error."""
+    try:
+        with warnings.catch_warnings(record=True):
+            warnings.simplefilter("always")
+            table = np.loadtxt(path, **options)
+    except ValueError as err:
+        text = " ".join(str(err).split("; use `usecols`")[0].split())  # usecols: NumPy's advice, not fastbp's
+        if "could not convert string" in text:
+            text += " (every column but the label must be a number)"
+        elif "invalid column index" in text or "number of columns changed" in text:
+            text += " (every row must have as many columns as the first)"
+        raise ValueError(f"{path}: {_clip(text, 300)}") from None
+    if table.shape[0] == 0:
+        raise ValueError(f"{path} has no data rows")
+    return table
+
+
+def _labels(fields, path):
+    """A label column read as strings: int64 when every label is an integer, float64 for other numbers, else the
+    stripped strings. An empty label is an error."""
+    fields = np.char.strip(fields)
+    empty = np.flatnonzero(fields == "")
+    if empty.size:
+        raise ValueError(f"{path}: data row {empty[0] + 1} has an empty label ({empty.size} rows in all)")
+    try:
+        y = fields.astype(np.float64)
+    except ValueError:
+        return fields
+    if np.isfinite(y).all() and np.array_equal(y, np.round(y)) and np.abs(y).max(initial=0) < 2**53:
+        return y.astype(np.int64)
+    return y
 
 
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
@@ -110,16 +229,22 @@ def load_idx(images_path, labels_path):
     return images.reshape(images.shape[0], -1).astype(np.float64), labels.astype(np.int64).reshape(-1)
 
 
-def load_file(path, labels_path=None, require_y=True):
-    """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` (label last),
-    IDX (``labels_path`` needed)."""
+def load_file(path, labels_path=None, require_y=True, label_column=-1):
+    """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` or ``.txt`` (the
+    label in ``label_column``, see :func:`load_csv`), IDX images (``labels_path`` needed)."""
     path = os.fspath(path)
-    if path.lower().endswith(".npz"):
+    lower = path.lower()
+    if lower.endswith(".npz"):
         return load_npz(path, require_y=require_y)
-    if path.lower().endswith((".csv", ".txt")):
-        return load_csv(path)
+    if lower.endswith((".csv", ".txt")):
+        return load_csv(path, label_column=label_column)
     if labels_path is not None:
         return load_idx(path, labels_path)
+    if lower.endswith(".npy"):
+        raise ValueError(
+            f"{path} is a single .npy array: fastbp reads X and y from one .npz (np.savez(path, X=X, y=y)), a .csv "
+            "or IDX images with a labels file"
+        )
     raise ValueError(f"cannot tell the format of {path}: use .npz, .csv, or IDX images with a labels file")
 
 
@@ -177,6 +302,15 @@ def split_indices(n, test_size=0.2, seed=0, labels=None):
     return np.setdiff1d(np.arange(n), test, assume_unique=True), test
 
 
+def stratification(y):
+    """The labels :func:`prepare` stratifies its split by: ``y`` when it holds integer class labels (1-D), each
+    class on at least 2 rows; else None (a random split)."""
+    y = np.asarray(y)
+    if y.ndim == 1 and y.size and y.dtype.kind in "iu" and np.unique(y, return_counts=True)[1].min() >= 2:
+        return y
+    return None
+
+
 def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
     """Split (stratified when y holds class labels, each with at least 2 rows) and standardise with the training
     set's statistics (see :func:`split_indices` and :class:`Standardizer`).
@@ -185,10 +319,7 @@ def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
     :class:`Standardizer` (None when not standardising) when ``return_scaler``.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
-    stratify = None
-    if y.ndim == 1 and y.dtype.kind in "iu" and np.unique(y, return_counts=True)[1].min() >= 2:
-        stratify = y
-    train, test = split_indices(X.shape[0], test_size, seed, stratify)
+    train, test = split_indices(X.shape[0], test_size, seed, stratification(y))
     X_train, X_test, y_train, y_test = X[train], X[test], y[train], y[test]
     scaler = None
     if standardize:

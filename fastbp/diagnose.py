@@ -30,7 +30,7 @@ gradients stay level. He initialisation (fastbp's default for relu) levels delta
 
 import numpy as np
 
-from . import data
+from . import _files, data
 from .network import MLP
 from .optim import SGD
 from .reference import deltas
@@ -343,6 +343,7 @@ def plot(result, path):
         ax.legend(fontsize=7)
         ax.set_ylabel("norm")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return _files.save_figure(fig, path, dpi=100)  # atomically, as every file fastbp writes
+    finally:
+        plt.close(fig)

@@ -859,8 +859,8 @@ def run_cli(train, args):
     except (Exception, KeyboardInterrupt) as err:
         if _is_agreed(err):  # raised on every rank: nobody waits, no abort needed; rank 0 tells
             if rank == 0:
-                print(f"fastbp train: error: {err}", file=sys.stderr)
-            return 1
+                print(f"fastbp train: error: {' '.join(str(err).split())}", file=sys.stderr)
+            return getattr(err, "exit_code", 1)  # 2 for the command line's usage errors
         if isinstance(err, (ValueError, TypeError, OSError, EOFError)):
             text = f"fastbp train: error (rank {rank} of {comm.Get_size()}): {err}; aborting every rank\n"
         else:

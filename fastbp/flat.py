@@ -3,6 +3,8 @@
 import numpy as np
 
 from . import _validation as v
+from .kernels import checked as _checked
+from .kernels.checked import _objective_checked_entry
 
 
 class FlatObjective:
@@ -36,9 +38,23 @@ class FlatObjective:
         self._grad = np.empty(net.n_params, dtype=net.dtype)
         self._grad64 = np.empty(net.n_params, dtype=np.float64)
         self.n_calls = 0
+        # The batch as the checked entry point takes it (kernels/checked.py), for these arrays: see _checked_batch.
+        self._data = (self.X, self.Y2d, self.labels, self.sw)
+        self._batch = np.array(net._entry_batch(*self._data), dtype=np.int64)
+        self._p_batch = self._batch.ctypes.data
+        self._p_grad = 0 if net.dtype == np.float64 else self._grad.ctypes.data  # 0: into the returned array
 
     def __call__(self, theta):
         net = self.net
+        if net._fast and self._checked_batch():  # one compiled call, which checks theta (kernels/checked.py)
+            grad = np.empty(net.n_params)
+            with net._lock:
+                status, loss = _objective_checked_entry(
+                    net._marker, net._p_table, self._p_batch, id(theta), id(grad), self._p_grad, net.l2
+                )
+            if status == _checked.OK:
+                self.n_calls += 1
+                return loss, grad
         theta = np.asarray(theta)
         if theta.shape != (net.n_params,):
             raise ValueError(f"theta must have shape ({net.n_params},) like net.params, got {theta.shape}")
@@ -48,6 +64,11 @@ class FlatObjective:
         self._grad64[:] = self._grad
         self.n_calls += 1
         return loss, self._grad64.copy()  # scipy keeps references to returned gradients
+
+    def _checked_batch(self):
+        """Whether the batch table still describes the data attributes (they are public: one may be replaced)."""
+        data = self._data
+        return self.X is data[0] and self.Y2d is data[1] and self.labels is data[2] and self.sw is data[3]
 
 
 def value_and_grad_flat(net, theta, X, Y, sample_weight=None):

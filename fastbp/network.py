@@ -8,8 +8,10 @@ import numpy as np
 from . import _onednn, _tuning
 from . import _validation as v
 from .kernels import activations as _act
+from .kernels import checked as _checked
 from .kernels import layout as _lay
 from .kernels import loss as _loss
+from .kernels.checked import _predict_checked_entry, _value_and_grad_checked_entry
 from .kernels.drivers import _predict_entry, _value_and_grad_entry
 from .kernels.gemm import BLAS_GEMM
 
@@ -17,7 +19,7 @@ from .kernels.gemm import BLAS_GEMM
 #: naming layer_sizes rather than a MemoryError or an integer overflow deep inside NumPy.
 MAX_PARAMS = 2**34
 
-_CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy"}
+_CANONICAL_LOSS = {"softmax": "cross_entropy", "sigmoid": "binary_cross_entropy", "exp": "poisson"}
 
 
 #: matmul_precision names -> precision (torch's "highest" and "medium", JAX's "bfloat16" and "float32").
@@ -53,6 +55,9 @@ def workspace_entry(work, twins):
         address(delta_b16),
     )
 
+
+_INF = float("inf")
+_NDARRAY = np.ndarray
 
 _NORMS = {"batch": _lay.BATCH_NORM, "layer": _lay.LAYER_NORM}
 _NORM_NAMES = {_lay.NO_NORM: None, _lay.BATCH_NORM: "batch", _lay.LAYER_NORM: "layer"}
@@ -126,12 +131,15 @@ def _resolve_output_and_loss(output, loss, n_out):
         raise ValueError(f"loss 'cross_entropy' needs output 'softmax' or 'sigmoid', got output {output!r}")
     if code == _loss.BINARY_CROSS_ENTROPY and output != "sigmoid":
         raise ValueError(f"loss 'binary_cross_entropy' needs output 'sigmoid', got output {output!r}")
+    if code == _loss.POISSON and output != "exp":
+        raise ValueError(f"loss 'poisson' needs output 'exp', got output {output!r}")
     if output == "softmax" and n_out < 2:
         raise ValueError("output 'softmax' needs at least 2 output units; use output='sigmoid' for one")
     names = {
         _loss.CROSS_ENTROPY: "cross_entropy",
         _loss.BINARY_CROSS_ENTROPY: "binary_cross_entropy",
         _loss.SQUARED_ERROR: "squared_error",
+        _loss.POISSON: "poisson",
     }
     return output, names[code], code
 
@@ -150,11 +158,13 @@ class MLP:
         Hidden activation, one name for all hidden layers or one per hidden layer: "identity", "sigmoid"
         (alias "logistic"), "tanh", "relu", "leaky_relu" (slope 0.01).
     output : str, default "softmax"
-        Output activation: "softmax", "sigmoid", "identity", or any hidden activation.
+        Output activation: "softmax", "sigmoid", "identity", "exp", or any hidden activation.
     loss : str or None, default None
         "cross_entropy" (softmax; with a sigmoid output it is the binary cross-entropy), "binary_cross_entropy"
-        (sigmoid), or "squared_error" (``1/2 ||a - y||^2`` per sample, any output). None picks the canonical
-        loss of the output: cross-entropy for softmax and sigmoid, squared error otherwise.
+        (sigmoid), "squared_error" (``1/2 ||a - y||^2`` per sample, any output), or "poisson" (exp: the half
+        Poisson deviance ``sum_j y log(y / a) - y + a`` per sample, scikit-learn's ``loss="poisson"``, for targets
+        y >= 0). None picks the canonical loss of the output: cross-entropy for softmax and sigmoid, Poisson for
+        exp, squared error otherwise.
     l2 : float, default 0.0
         Penalty ``l2 / 2 * sum(W**2)`` over the weights (not the biases), added to the mean loss.
     dtype : "float32" or "float64", default "float32"
@@ -317,6 +327,7 @@ class MLP:
         self._entry_network = self._entry_params(self._params)
         # value_and_grad: batch statistics, no dropout, running statistics untouched; predict: evaluation
         self._run_training, self._run_evaluation = self._run(True), self._run(False)
+        self._table, self._p_table, self._fast = self._checked_table()
 
     @property
     def layout(self):
@@ -469,6 +480,26 @@ class MLP:
         network = (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
         return (*network, *self._gemm, p16, p_buffers, store.size)
 
+    def _checked_table(self):
+        """(table, its address, whether the checked entry points can be used): the network's table of the checked
+        entry points (kernels/checked.py), with everything but the workspace, which ``_reserve`` writes. They cannot
+        be used when the array object's layout is unknown (``_validation.ARRAY_OBJECT``) or the dropout seed does not
+        fit in an int64."""
+        table = np.zeros(_checked.TABLE_SIZE, dtype=np.int64)
+        seed = self._run_training[3]
+        fast = v.ARRAY_OBJECT is not None and 0 <= seed < 2**63
+        if fast:
+            table[_checked.NETWORK : _checked.NETWORK + len(self._entry_network)] = self._entry_network
+            table[_checked.CHUNK_ROWS] = _tuning.CHUNK_ROWS
+            table[_checked.N_IN], table[_checked.N_OUT], table[_checked.LOSS] = self.n_in, self.n_out, self._loss_code
+            table[_checked.LABELS] = self.output == "softmax"
+            table[_checked.TWO_ROWS] = _lay_name_batch in self.norms
+            table[_checked.DROPOUT] = any(self.dropouts)
+            table[_checked.SEED] = seed
+            table[_checked.DESCR], table[_checked.FLOAT64] = id(self.dtype), id(np.dtype(np.float64))
+            table[_checked.OBJECT : _checked.OBJECT + len(v.ARRAY_OBJECT)] = v.ARRAY_OBJECT
+        return table, table.ctypes.data, fast
+
     def _run(self, training, update_stats=False, dropout=False, step=0):
         """The run flags of the compiled passes (kernels/layers.py): (training, update the running statistics,
         dropout, seed, step)."""
@@ -503,6 +534,10 @@ class MLP:
         self._capacity = n
         work = (self._acts, self._delta_a, self._delta_b, self._delta_c, self._aux, self._sums)
         self._entry_workspace = workspace_entry(work, self._twins)
+        if self._fast:
+            self._table[_checked.WORKSPACE : _checked.WORKSPACE + len(self._entry_workspace)] = self._entry_workspace
+            self._table[_checked.CAPACITY] = n
+            self._table[_checked.CHUNK_ROWS] = _tuning.CHUNK_ROWS
 
     def _reserve_chunks(self, n):
         """Make the workspace hold a chunk of a pass over n rows that runs in chunks (predict, evaluate): all n rows,
@@ -573,6 +608,26 @@ class MLP:
         grads : ndarray (n_params,)
             Same layout as ``params``; ``out`` when given.
         """
+        # The common case in one compiled call, which checks the arrays (kernels/checked.py); anything else (a
+        # conversion, a copy, an error to raise) takes the checks below.
+        accumulate_flag = 0 if accumulate is False else (1 if accumulate is True else -1)
+        if self._fast and accumulate_flag >= 0 and type(scale) is float and 0.0 <= scale < _INF:
+            if out is None and not accumulate_flag:
+                out = np.empty(self.n_params, dtype=self.dtype)
+            with self._lock:
+                status, loss = _value_and_grad_checked_entry(
+                    self._marker,
+                    self._p_table,
+                    id(X),
+                    id(Y),
+                    id(out),
+                    0 if sample_weight is None else id(sample_weight),
+                    self.l2,
+                    scale,
+                    accumulate_flag,
+                )
+            if status == _checked.OK:
+                return loss, out
         X, Y2d, labels = self.check_batch(X, Y)
         self._check_batch_norm_rows(X.shape[0])
         sw = v.check_sample_weight(sample_weight, X.shape[0], self.dtype)
@@ -614,6 +669,12 @@ class MLP:
 
         Large X is processed in chunks of the workspace size (at least ``fastbp._tuning.CHUNK_ROWS`` rows), so memory
         stays bounded."""
+        if self._fast and type(X) is _NDARRAY and X.ndim == 2:  # one compiled call, which checks X (kernels/checked.py)
+            out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+            with self._lock:
+                status = _predict_checked_entry(self._marker, self._p_table, id(X), id(out))
+            if status == _checked.OK:
+                return out
         X = v.check_X(X, self.n_in, self.dtype)
         out = np.empty((X.shape[0], self.n_out), dtype=self.dtype)
         with self._lock:

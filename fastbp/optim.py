@@ -16,6 +16,30 @@ import numpy as np
 from . import _validation as v
 from .kernels import optimizers as _k
 
+#: How many times a hyper-parameter of any optimizer or schedule was set: ``Trainer.train_step`` keeps the vectors of
+#: hyper-parameters it passes to compiled code until this changes.
+CHANGES = [0]
+
+
+class _HyperParameter:
+    """An attribute that the compiled update or schedule reads. It lives in the instance's dict under its own name,
+    as a plain attribute would (``vars`` and ``repr`` are unchanged); setting it counts in :data:`CHANGES`."""
+
+    def __set_name__(self, owner, name):
+        self.name = name
+
+    def __get__(self, obj, owner=None):
+        if obj is None:
+            return self
+        try:
+            return obj.__dict__[self.name]
+        except KeyError:
+            raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
+
+    def __set__(self, obj, value):
+        obj.__dict__[self.name] = value
+        CHANGES[0] += 1
+
 
 class Schedule:
     """Learning rate as a function of the step t = 0, 1, 2, ...: constant unless a subclass says otherwise."""
@@ -42,6 +66,8 @@ class StepDecay(Schedule):
     """``lr * gamma ** (t // step_size)``: multiply the rate by gamma every step_size steps."""
 
     code = _k.STEP
+    step_size = _HyperParameter()
+    gamma = _HyperParameter()
 
     def __init__(self, step_size, gamma=0.1):
         self.step_size = v.check_int(step_size, "step_size", minimum=1)
@@ -58,6 +84,7 @@ class InverseScaling(Schedule):
     """``lr / (t + 1) ** power_t``, scikit-learn's 'invscaling' counted in steps."""
 
     code = _k.INVSCALING
+    power_t = _HyperParameter()
 
     def __init__(self, power_t=0.5):
         self.power_t = v.check_float(power_t, "power_t", minimum=0.0)
@@ -75,6 +102,8 @@ class Cosine(Schedule):
     a single fit anneals from lr to lr_min; give total_steps explicitly to anneal across several fit calls."""
 
     code = _k.COSINE
+    total_steps = _HyperParameter()
+    lr_min = _HyperParameter()
 
     def __init__(self, total_steps=None, lr_min=0.0):
         self.total_steps = None if total_steps is None else v.check_int(total_steps, "total_steps", minimum=1)
@@ -115,6 +144,7 @@ class Optimizer:
     kind = None
     n_state = 0
     name = "optimizer"
+    schedule = _HyperParameter()
 
     def __init__(self, lr, schedule, clip_norm):
         self.lr = v.check_float(lr, "lr", minimum=0.0, strict=True)
@@ -166,6 +196,9 @@ class SGD(Optimizer):
 
     kind = _k.SGD
     name = "sgd"
+    momentum = _HyperParameter()
+    nesterov = _HyperParameter()
+    weight_decay = _HyperParameter()
 
     def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None, clip_norm=None):
         super().__init__(lr, schedule, clip_norm)
@@ -209,6 +242,11 @@ class Adam(Optimizer):
     n_state = 2
     name = "adam"
     _decoupled = False
+    beta1 = _HyperParameter()
+    beta2 = _HyperParameter()
+    eps = _HyperParameter()
+    eps_hat = _HyperParameter()
+    weight_decay = _HyperParameter()
 
     def __init__(
         self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None, clip_norm=None, eps_hat=False

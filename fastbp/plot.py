@@ -1,5 +1,7 @@
 """Plots of training (extra ``plot``: matplotlib)."""
 
+from ._files import save_figure
+
 
 def pyplot():
     """matplotlib.pyplot with the non-interactive Agg backend, or a clear error naming the extra to install."""
@@ -16,7 +18,8 @@ def pyplot():
 def training_curves(history, path):
     """Write loss curves (training, and validation when present) and validation accuracy to a PNG.
 
-    history: a Trainer history (dict of per-epoch lists). path: output file. Returns the path.
+    history: a Trainer history (dict of per-epoch lists). path: output file, written atomically (``.png`` appended
+    when it has no extension, as matplotlib does). Returns the path written.
     """
     plt = pyplot()
     epochs = range(1, len(history["loss"]) + 1)
@@ -38,6 +41,7 @@ def training_curves(history, path):
         ax.set_ylabel("validation accuracy")
         ax.grid(True, alpha=0.3)
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
-    return path
+    try:
+        return save_figure(fig, path, dpi=100)  # atomically, as every file fastbp writes
+    finally:
+        plt.close(fig)

@@ -28,7 +28,7 @@ connection)``: ``dN = G (.) keep / (1 - p) (.) f'(H)``; ``dC/dgamma = sum(dN (.)
 over the batch; with ``dXH = dN (.) gamma``, ``delta[l] = (dXH - mean(dXH) - x_hat (.) mean(dXH (.) x_hat)) /
 sqrt(var + EPS)``, the means over the normalized axis (the batch for batch norm, the features for layer norm;
 ``delta[l] = dN`` without normalization). The statistics and these means are summed in float64, as the kernels sum
-them; everything else is computed in the network's dtype.
+them, and so is the Poisson loss; everything else is computed in the network's dtype.
 
 ``value_and_grad`` and ``deltas`` compute in training mode (batch statistics) without dropout unless a
 ``dropout_step`` is given, and never change the running statistics, as ``net.value_and_grad``;
@@ -37,6 +37,7 @@ them; everything else is computed in the network's dtype.
 """
 
 import numpy as np
+from scipy.special import xlogy
 
 from .kernels.activations import LEAKY_SLOPE
 from .kernels.layout import DROPOUT
@@ -68,6 +69,7 @@ ACTIVATIONS = {
     "relu": lambda Z: np.maximum(Z, 0),
     "leaky_relu": lambda Z: np.where(Z > 0, Z, LEAKY_SLOPE * Z),
     "softmax": _softmax,
+    "exp": np.exp,
 }
 
 #: f'(z) written through the output a = f(z), as in the compiled kernels.
@@ -77,6 +79,7 @@ DERIVATIVES = {
     "tanh": lambda A: 1 - A**2,
     "relu": lambda A: (A > 0).astype(A.dtype),
     "leaky_relu": lambda A: np.where(A > 0, 1, LEAKY_SLOPE).astype(A.dtype),
+    "exp": lambda A: A,
 }
 
 
@@ -211,7 +214,7 @@ def _forward(net, X, training, dropout_step=None, row_ids=None):
     return A, Z, cache
 
 
-def _hidden_delta(net, l, layer, G, grads):
+def _delta_through_hidden(net, l, layer, G, grads):
     """BP2 through hidden layer l's options: ``delta[l] = dC/dZ[l]`` from ``G = dC/dA[l]`` (n, fan_out), and the
     gradients of its gamma and beta written into ``grads`` (a flat buffer laid out like params, or None)."""
     if layer["keep"] is not None:  # dropout: the gradient flows through the kept units only, scaled as they were
@@ -240,7 +243,7 @@ def _backward(net, A, cache, delta, lowest, grads=None):
     for l in range(L - 1, lowest - 1, -1):
         trainable = grads is not None and net.trainable[l]
         if l < L - 1:  # a hidden layer: delta[l] from dC/dA[l]
-            delta = _hidden_delta(net, l, cache[l], grad_A, grads if trainable else None)
+            delta = _delta_through_hidden(net, l, cache[l], grad_A, grads if trainable else None)
             out.append(delta)
         if trainable:
             dbs[l][...] = delta.sum(axis=0)  # BP3
@@ -279,6 +282,10 @@ def _loss_and_output_delta(net, Z, A, Y):
         return (Y * (lse - Z)).sum(axis=1), A * Y.sum(axis=1, keepdims=True) - Y  # = A - Y when rows of Y sum to 1
     if net.loss == "binary_cross_entropy":  # sigmoid: -y log a - (1 - y) log(1 - a), in terms of z
         return (np.maximum(Z, 0) - Y * Z + np.log1p(np.exp(-np.abs(Z)))).sum(axis=1), A - Y
+    if net.loss == "poisson":  # exp: half Poisson deviance y log(y / a) - y + a, in terms of z = log a
+        # in float64, as the kernel sums it: a - y z and y log y - y cancel where the fit is good
+        Z64, Y64 = Z.astype(np.float64), Y.astype(np.float64)
+        return (np.exp(Z64) - Y64 * Z64 + (xlogy(Y64, Y64) - Y64)).sum(axis=1), A - Y
     grad_A = A - Y  # squared error 1/2 ||a - y||^2: dC/dA = a - y
     loss = 0.5 * (grad_A**2).sum(axis=1)
     if net.output == "softmax":  # Jacobian of softmax: dC/dz_j = a_j (g_j - sum_k g_k a_k)

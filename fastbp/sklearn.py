@@ -6,12 +6,15 @@ validation, input checks, label handling, fitted attributes, warm start, ``parti
 are scikit-learn's own. What changes is the numerical core:
 
 - ``sgd`` and ``adam`` run fastbp's compiled epoch loop (gather, forward, backward, update without returning to
-  Python; one or two calls per epoch);
+  Python; one or two calls per epoch); ``_optimizer`` offers scikit-learn's optimizer attributes over fastbp's
+  optimizer (:class:`SGDOptimizer`, :class:`AdamOptimizer`); a diverging fit goes on as scikit-learn's does
+  (``_fit_stochastic``);
 - ``lbfgs`` runs ``scipy.optimize.minimize(method="L-BFGS-B")`` on :class:`fastbp.flat.FlatObjective`;
 - ``predict``/``predict_proba`` run the compiled forward pass.
 
 The objective is scikit-learn's exactly: the mean loss over the mini-batch (log-loss for softmax,
-binary log-loss for logistic outputs, half squared error for regression; weighted means with
+binary log-loss for logistic outputs, half squared error for regression, the half Poisson deviance of an exp output
+for ``loss="poisson"``; weighted means with
 ``sample_weight``) plus ``alpha / (2 * batch weight) * sum(W**2)``, the batch weight being the batch size or the
 sum of its sample weights; the last, smaller batch of an epoch gets its own penalty scale as in scikit-learn.
 Initialisation (scikit-learn's, from ``random_state``), shuffling, early stopping, the ``tol`` /
@@ -20,18 +23,14 @@ hyper-parameters give the same models up to rounding (see the tests).
 
 Differences, all documented in docs/guide/sklearn.md:
 
-- Stochastic solvers: SGD momentum is kept PyTorch-style (``b = mu b + g``, ``p -= lr b``); with a constant
-  learning rate this is the same sequence of parameters as scikit-learn's ``v = mu v - lr g``, ``p += v``; when
-  ``invscaling`` or ``adaptive`` change the rate, the velocity is rescaled with it. Adam runs with ``eps_hat``,
-  scikit-learn's placement of ``epsilon``.
-- ``MLPRegressor(loss="poisson")`` is not implemented (no exponential output in the kernels): it raises
-  ``ValueError``.
+- Without momentum, ``_optimizer.velocities`` holds zeros (scikit-learn's holds the last update, unused then).
 - Sparse input is converted to a dense array (the kernels are dense).
 - A mini-batch whose sample weights are all zero is skipped (scikit-learn raises ZeroDivisionError).
 - Log-loss: scikit-learn clips probabilities to ``[eps, 1 - eps]`` (eps of the dtype) before the logarithm;
   fastbp computes the loss from the logits without clipping. The gradients are the same; the reported loss
   differs only for confidently wrong predictions (p < 1.2e-7 in float32, < 2.2e-16 in float64), where fastbp
-  reports the true, larger loss.
+  reports the true, larger loss. The Poisson deviance is computed from the logit: where ``exp`` of it underflows to
+  0 for a positive target, scikit-learn reports an infinite loss, fastbp the true, finite one.
 - lbfgs with several regression outputs: scikit-learn's reported loss divides the squared error by the number
   of outputs while its gradient does not; fastbp minimises the objective its gradient belongs to (the sum over
   outputs) and reports ``loss_`` in scikit-learn's convention.
@@ -62,11 +61,208 @@ _OUTPUT = {
     "softmax": ("softmax", "cross_entropy"),
     "logistic": ("sigmoid", "binary_cross_entropy"),
     "identity": ("identity", "squared_error"),
+    "exp": ("exp", "poisson"),
 }
 
 
 def _dense(X):
     return X.toarray() if scipy.sparse.issparse(X) else X
+
+
+class _Optimizer:
+    """What scikit-learn's stochastic optimizers (``sklearn.neural_network._stochastic_optimizers``) offer, over
+    fastbp's optimizer, which does the work: the estimator's ``_optimizer``.
+
+    Every attribute reads (and, where scikit-learn's can be assigned, writes) fastbp's optimizer, so it is always in
+    step with the compiled training: ``learning_rate`` is fastbp's rate, the velocities and moments are views into
+    fastbp's state. ``fastbp_optimizer`` is that optimizer. ``update_params`` takes one step in NumPy with
+    scikit-learn's formulas, in their order of operations (the estimators use it after a diverged step, where the
+    NaN and inf of scikit-learn's arithmetic are the behaviour to reproduce).
+    """
+
+    def __init__(self, fastbp_optimizer, net, learning_rate_init):
+        self.fastbp_optimizer = fastbp_optimizer
+        self.learning_rate_init = learning_rate_init
+        self._net = net
+
+    @property
+    def params(self):
+        """The parameters in scikit-learn's order: ``coefs_`` (fan_in, fan_out) then ``intercepts_`` (fan_out,),
+        views into the network's flat buffer, of its dtype."""
+        return list(self._net.coefs) + list(self._net.intercepts)
+
+    def _state_views(self, row):
+        """Row ``row`` of fastbp's state as a list of views shaped like :attr:`params` (scikit-learn's order)."""
+        net = self._net
+        state = self.fastbp_optimizer.init_state(net.n_params, net.dtype)  # kept when it fits
+        Ws, bs = net.unflatten(state[row])
+        return Ws + bs
+
+    def _assign(self, row, values):
+        for view, value in zip(self._state_views(row), values, strict=True):
+            view[...] = value
+
+    def iteration_ends(self, time_step):
+        """Called after each epoch with the number of samples seen, ``t_`` (int): nothing to do here."""
+
+    def trigger_stopping(self, msg, verbose):
+        """The epochs stopped improving: returns True (stop), printing ``msg`` when ``verbose``."""
+        if verbose:
+            print(msg + " Stopping.")
+        return True
+
+    def _compiled_epoch_done(self):
+        """After an epoch of fastbp's compiled steps (overridden where NumPy-only state must follow them)."""
+
+
+class SGDOptimizer(_Optimizer):
+    """scikit-learn's ``SGDOptimizer`` attributes over a :class:`fastbp.optim.SGD`: ``learning_rate_init``,
+    ``learning_rate`` (float, the current rate: fastbp's ``lr``, which ``iteration_ends`` sets for 'invscaling'
+    and ``trigger_stopping`` divides by 5 for 'adaptive'), ``lr_schedule``, ``momentum``, ``nesterov``,
+    ``power_t``, ``velocities`` and ``params``.
+
+    fastbp stores the velocity as scikit-learn does, ``v <- momentum v - lr g``, so with momentum ``velocities``
+    are views into fastbp's state. Without momentum the velocity plays no part in a step; ``velocities`` then holds
+    zeros, or scikit-learn's last update after a step of :meth:`update_params`.
+    """
+
+    def __init__(self, fastbp_optimizer, net, learning_rate_init, lr_schedule, momentum, nesterov, power_t):
+        super().__init__(fastbp_optimizer, net, learning_rate_init)
+        self.lr_schedule = lr_schedule
+        self.momentum = momentum
+        self.nesterov = nesterov
+        self.power_t = power_t
+        self._velocities = None  # without momentum: scikit-learn's last update, once update_params ran
+
+    @property
+    def learning_rate(self):
+        """The current learning rate (float): fastbp's ``lr``."""
+        return self.fastbp_optimizer.lr
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self.fastbp_optimizer.lr = float(value)
+
+    @property
+    def velocities(self):
+        """One array per parameter, shaped and typed like :attr:`params`: ``v`` of ``v <- momentum v - lr g``."""
+        if self.fastbp_optimizer.momentum > 0.0:
+            return self._state_views(0)
+        if self._velocities is None:
+            self._velocities = [np.zeros_like(p) for p in self.params]
+        return self._velocities
+
+    @velocities.setter
+    def velocities(self, values):
+        if self.fastbp_optimizer.momentum > 0.0:
+            self._assign(0, values)
+        else:
+            self._velocities = [np.array(a, dtype=p.dtype) for a, p in zip(values, self.params, strict=True)]
+
+    def _compiled_epoch_done(self):
+        # fastbp's steps keep no velocity without momentum; its last update was finite, and momentum 0 times a
+        # finite velocity is 0, as it is times zeros
+        self._velocities = None
+
+    def iteration_ends(self, time_step):
+        """After each epoch, ``time_step`` (int) the samples seen: 'invscaling' sets the rate to
+        ``learning_rate_init / (time_step + 1) ** power_t``."""
+        if self.lr_schedule == "invscaling":
+            self.learning_rate = float(self.learning_rate_init) / (time_step + 1) ** self.power_t
+
+    def trigger_stopping(self, msg, verbose):
+        """The epochs stopped improving: returns whether to stop. 'adaptive' divides the rate by 5 instead and goes
+        on, until the rate is at most 1e-6; the other schedules stop. Prints ``msg`` and the decision when
+        ``verbose``."""
+        if self.lr_schedule != "adaptive":
+            return super().trigger_stopping(msg, verbose)
+        if self.learning_rate <= 1e-6:
+            if verbose:
+                print(msg + " Learning rate too small. Stopping.")
+            return True
+        self.learning_rate /= 5.0
+        if verbose:
+            print(msg + f" Setting learning rate to {self.learning_rate:f}")
+        return False
+
+    def update_params(self, params, grads):
+        """One step in NumPy: ``v <- momentum v - lr g``, then ``p += momentum v - lr g`` (Nesterov) or ``p += v``.
+        params, grads: lists of arrays shaped like :attr:`params` (params updated in place)."""
+        lr, mu = self.learning_rate, self.momentum
+        for p, g, vel in zip(params, grads, self.velocities, strict=True):
+            vel[...] = mu * vel - lr * g
+            p += mu * vel - lr * g if self.nesterov else vel
+
+
+class AdamOptimizer(_Optimizer):
+    """scikit-learn's ``AdamOptimizer`` attributes over a :class:`fastbp.optim.Adam` (``eps_hat``, scikit-learn's
+    placement of epsilon): ``learning_rate_init``, ``beta_1``, ``beta_2``, ``epsilon``, ``t`` (int, the steps
+    taken: fastbp's ``t``), ``learning_rate`` (float, the bias-corrected rate of the last step,
+    ``learning_rate_init sqrt(1 - beta_2^t) / (1 - beta_1^t)``, or ``learning_rate_init`` before the first),
+    ``ms`` and ``vs`` (the moments: views into fastbp's state) and ``params``.
+    """
+
+    def __init__(self, fastbp_optimizer, net, learning_rate_init, beta_1, beta_2, epsilon):
+        super().__init__(fastbp_optimizer, net, learning_rate_init)
+        self.beta_1 = beta_1
+        self.beta_2 = beta_2
+        self.epsilon = epsilon
+        self._assigned_rate = None  # (t, rate): a rate assigned by the user, until the next step
+
+    @property
+    def t(self):
+        """The number of steps taken (int): fastbp's ``t``."""
+        return self.fastbp_optimizer.t
+
+    @t.setter
+    def t(self, value):
+        self.fastbp_optimizer.t = int(value)
+
+    @property
+    def learning_rate(self):
+        """The rate of the last step (float; scikit-learn sets it at every step)."""
+        t = self.t
+        if self._assigned_rate is not None and self._assigned_rate[0] == t:
+            return self._assigned_rate[1]
+        if t == 0:
+            return float(self.learning_rate_init)
+        return self.learning_rate_init * np.sqrt(1 - self.beta_2**t) / (1 - self.beta_1**t)
+
+    @learning_rate.setter
+    def learning_rate(self, value):
+        self._assigned_rate = (self.t, value)
+
+    @property
+    def ms(self):
+        """The first moments, one array per parameter shaped and typed like :attr:`params`."""
+        return self._state_views(0)
+
+    @ms.setter
+    def ms(self, values):
+        self._assign(0, values)
+
+    @property
+    def vs(self):
+        """The second moments, one array per parameter shaped and typed like :attr:`params`."""
+        return self._state_views(1)
+
+    @vs.setter
+    def vs(self, values):
+        self._assign(1, values)
+
+    def update_params(self, params, grads):
+        """One step in NumPy: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``p += -lr_t m / (sqrt(v) +
+        eps)`` with lr_t the bias-corrected rate of step t. params, grads: lists of arrays shaped like
+        :attr:`params` (params updated in place)."""
+        self.t += 1
+        ms, vs = self.ms, self.vs
+        b1, b2 = self.beta_1, self.beta_2
+        for m, s, g in zip(ms, vs, grads, strict=True):
+            m[...] = b1 * m + (1 - b1) * g
+            s[...] = b2 * s + (1 - b2) * (g**2)
+        rate = self.learning_rate
+        for p, m, s in zip(params, ms, vs, strict=True):
+            p += -rate * m / (np.sqrt(s) + self.epsilon)
 
 
 class _FastbpMixin:
@@ -84,8 +280,7 @@ class _FastbpMixin:
         """
         if self.out_activation_ not in _OUTPUT:
             raise ValueError(
-                f"fastbp implements the outputs {sorted(_OUTPUT)}; out_activation_={self.out_activation_!r} "
-                "(loss='poisson') is not supported"
+                f"fastbp implements the outputs {sorted(_OUTPUT)}; out_activation_={self.out_activation_!r} is not one"
             )
         dtype = self.coefs_[0].dtype  # scikit-learn initialises in X's dtype and keeps it on warm starts
         sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
@@ -135,38 +330,44 @@ class _FastbpMixin:
         return net.predict(X).astype(np.result_type(X.dtype, net.dtype), copy=False)
 
     # ------------------------------------------------------------------ stochastic solvers
-    def _new_optimizer(self):
+    def _new_optimizer(self, net):
+        """scikit-learn's optimizer attributes (:class:`SGDOptimizer`, :class:`AdamOptimizer`) over a new fastbp
+        optimizer with the estimator's hyper-parameters."""
         if self.solver == "sgd":
             nesterov = self.nesterovs_momentum and self.momentum > 0  # scikit-learn allows it without momentum
-            return SGD(lr=self.learning_rate_init, momentum=self.momentum, nesterov=nesterov)
-        return Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_hat=True)
-
-    def _trigger_stopping(self, msg):
-        """scikit-learn's rule once ``n_iter_no_change`` epochs did not improve: stop, or (sgd with
-        ``learning_rate='adaptive'``) divide the rate by 5 until it falls below 1e-6."""
-        opt = self._optimizer
-        if self.solver != "sgd" or self.learning_rate != "adaptive":
-            if self.verbose:
-                print(msg + " Stopping.")
-            return True
-        if opt.lr <= 1e-6:
-            if self.verbose:
-                print(msg + " Learning rate too small. Stopping.")
-            return True
-        opt.lr /= 5.0
-        if self.verbose:
-            print(msg + f" Setting learning rate to {opt.lr:f}")
-        return False
+            opt = SGD(lr=self.learning_rate_init, momentum=self.momentum, nesterov=nesterov)
+            return SGDOptimizer(
+                opt,
+                net,
+                self.learning_rate_init,
+                self.learning_rate,
+                self.momentum,
+                self.nesterovs_momentum,
+                self.power_t,
+            )
+        opt = Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_hat=True)
+        return AdamOptimizer(opt, net, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
 
     def _fit_stochastic(
         self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units, incremental
     ):
+        """scikit-learn's stochastic training, each epoch one or a few calls of fastbp's compiled epoch loop.
+
+        Divergence is scikit-learn's: its steps go on through inf and NaN (the loss curve and the validation scores
+        record them, the stopping rule reads them), and only ``_fit`` complains, afterwards, when the final
+        parameters are not finite (with early stopping they are the best epoch's, so nothing is raised). fastbp's
+        compiled steps stop at a non-finite loss or gradient instead, so the parameters and optimizer state are
+        kept at the start of each epoch: when a step diverges, the epoch starts again from them, and it and the rest
+        of this fit run scikit-learn's own NumPy steps (``_backprop``, then ``_optimizer.update_params``).
+        """
         net = self._fastbp_network(for_fit=True)
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         if not incremental or not hasattr(self, "_optimizer"):
-            self._optimizer = self._new_optimizer()
-        opt = self._optimizer
+            self._optimizer = self._new_optimizer(net)
+        self._optimizer._net = net
+        opt = self._optimizer.fastbp_optimizer
+        opt.init_state(net.n_params, net.dtype)
 
         if self.early_stopping and incremental:
             raise ValueError("partial_fit does not support early_stopping=True")
@@ -199,18 +400,18 @@ class _FastbpMixin:
                 )
             batch_size = int(np.clip(self.batch_size, 1, n))
 
+        data = (X_train, y_train, sw_train)
         Xc, Y2d, labels = net.check_batch(X_train, self._targets(y_train), names=("X", "y"))
         sw = v.check_sample_weight(sw_train, n, net.dtype) if sw_train is not None else None
         trainer = getattr(self, "_fastbp_trainer", None)
         if trainer is None or trainer.net is not net or trainer.optimizer is not opt:
             trainer = Trainer(net, opt, batch_size=batch_size, seed=None, progress=False, divergence_factor=None)
             self._fastbp_trainer = trainer
-        schedule = trainer._schedule(None)  # the optimizer's constant schedule; the rate is set per epoch here
-        # Per-batch calls when the loss of each batch must be seen (regression with several outputs, whose
-        # reported loss scikit-learn divides by the outputs but not its penalty) or when the penalty scale differs
-        # per batch (sample weights); otherwise one call for the full batches and one for the last.
-        multi_output_regression = self.out_activation_ == "identity" and self.n_outputs_ > 1
-        per_batch = sw is not None or multi_output_regression
+        compiled = (trainer, Xc, Y2d, labels, sw)
+        # the parameters and optimizer state at the start of the epoch, to start it again in NumPy after a
+        # diverged step
+        saved_params, saved_state = np.empty_like(net.params), np.empty_like(opt.state)
+        diverged = False
         sample_idx = np.arange(n, dtype=np.int64)
 
         try:
@@ -220,27 +421,22 @@ class _FastbpMixin:
                     order = np.arange(n)
                     self._random_state.shuffle(order)
                     sample_idx = sample_idx[order]
-                accumulated_loss = 0.0
-                for start, stop, size in self._calls(n, batch_size, per_batch):
-                    perm = sample_idx[start:stop]
-                    weight_sum = float(sw[perm].sum(dtype=np.float64)) if sw is not None else size
-                    if sw is not None and not weight_sum > 0:
-                        continue  # scikit-learn's step would divide by a zero weight sum; skip the empty batch
-                    net.l2 = self.alpha / weight_sum
-                    if multi_output_regression:  # the penalty of this step, from the parameters before it
-                        penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
-                    status, loss_sum, _ = trainer._run(
-                        Xc, Y2d, labels, perm, size, schedule, sw=_NO_WEIGHTS if sw is None else sw
+                if not diverged:
+                    np.copyto(saved_params, net.params)
+                    np.copyto(saved_state, opt.state)
+                    saved_t = opt.t
+                    accumulated_loss = self._compiled_epoch(compiled, sample_idx, batch_size)
+                    if accumulated_loss is None:
+                        net.params[:] = saved_params
+                        opt.state[...] = saved_state
+                        opt.t = saved_t
+                        diverged = True
+                    else:
+                        self._optimizer._compiled_epoch_done()
+                if diverged:
+                    accumulated_loss = self._numpy_epoch(
+                        data, sample_idx, batch_size, activations, deltas, coef_grads, intercept_grads
                     )
-                    if status != 0:
-                        raise ValueError(
-                            "Solver produced non-finite parameter weights. The input data may contain large values "
-                            "and need to be preprocessed."
-                        )
-                    if multi_output_regression:
-                        batch_loss = loss_sum / (stop - start)
-                        loss_sum = ((batch_loss - penalty) / self.n_outputs_ + penalty) * (stop - start)
-                    accumulated_loss += loss_sum
 
                 self.n_iter_ += 1
                 self.loss_ = accumulated_loss / n
@@ -249,13 +445,12 @@ class _FastbpMixin:
                 if self.verbose:
                     print(f"Iteration {self.n_iter_}, loss = {self.loss_:.8f}")
                 self._update_no_improvement_count(early_stopping, X_val, y_val, sw_val)
-                if self.solver == "sgd" and self.learning_rate == "invscaling":
-                    opt.lr = float(self.learning_rate_init) / (self.t_ + 1) ** self.power_t
+                self._optimizer.iteration_ends(self.t_)
                 if self._no_improvement_count > self.n_iter_no_change:
                     what = "Validation score" if early_stopping else "Training loss"
                     msg = f"{what} did not improve more than tol={self.tol:f} for {self.n_iter_no_change} "
                     msg += "consecutive epochs."
-                    if self._trigger_stopping(msg):
+                    if self._optimizer.trigger_stopping(msg, self.verbose):
                         break
                     self._no_improvement_count = 0
                 if incremental:
@@ -274,6 +469,59 @@ class _FastbpMixin:
             for a, b in zip(net.coefs + net.intercepts, self._best_coefs + self._best_intercepts, strict=True):
                 a[...] = b
             self._bind(net)
+
+    def _compiled_epoch(self, compiled, sample_idx, batch_size):
+        """One epoch over the running order ``sample_idx`` (n,) int64 in fastbp's compiled loop: returns the
+        summed loss (float, scikit-learn's batch loss times batch size, summed), or None when a step diverged
+        (the parameters and optimizer state are then undefined)."""
+        trainer, Xc, Y2d, labels, sw = compiled
+        net = trainer.net
+        schedule = trainer._schedule(None)  # the optimizer's constant schedule; the rate is set per epoch here
+        # Per-batch calls when the loss of each batch must be seen (regression with several outputs, whose
+        # reported loss scikit-learn divides by the outputs but not its penalty) or when the penalty scale differs
+        # per batch (sample weights); otherwise one call for the full batches and one for the last.
+        multi_output_regression = self.out_activation_ == "identity" and self.n_outputs_ > 1
+        per_batch = sw is not None or multi_output_regression
+        accumulated_loss = 0.0
+        for start, stop, size in self._calls(sample_idx.shape[0], batch_size, per_batch):
+            perm = sample_idx[start:stop]
+            weight_sum = float(sw[perm].sum(dtype=np.float64)) if sw is not None else size
+            if sw is not None and not weight_sum > 0:
+                continue  # scikit-learn's step would divide by a zero weight sum; skip the empty batch
+            net.l2 = self.alpha / weight_sum
+            if multi_output_regression:  # the penalty of this step, from the parameters before it
+                penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
+            status, loss_sum, _ = trainer._run(
+                Xc, Y2d, labels, perm, size, schedule, sw=_NO_WEIGHTS if sw is None else sw
+            )
+            if status != 0:
+                return None
+            if multi_output_regression:
+                batch_loss = loss_sum / (stop - start)
+                loss_sum = ((batch_loss - penalty) / self.n_outputs_ + penalty) * (stop - start)
+            accumulated_loss += loss_sum
+        return accumulated_loss
+
+    def _numpy_epoch(self, data, sample_idx, batch_size, activations, deltas, coef_grads, intercept_grads):
+        """One epoch of scikit-learn's own steps in NumPy (its ``_backprop``, then :meth:`SGDOptimizer.update_params`
+        or :meth:`AdamOptimizer.update_params`), over the running order ``sample_idx`` (n,): after a divergence, where
+        its NaN and inf are the behaviour. data: (X (n, n_features), y (n, n_outputs), sample weights (n,) or None)
+        as scikit-learn's ``_fit_stochastic`` takes them; the lists are its work arrays. Returns the summed loss."""
+        X, y, sw = data
+        params = self.coefs_ + self.intercepts_  # views into the network's buffer
+        accumulated_loss = 0.0
+        for start in range(0, sample_idx.shape[0], batch_size):
+            rows = sample_idx[start : start + batch_size]
+            sw_batch = None if sw is None else sw[rows]
+            if sw_batch is not None and not sw_batch.sum() > 0:
+                continue  # as the compiled epoch: skip a batch without weight
+            activations[0] = X[rows]
+            batch_loss, coef_grads, intercept_grads = self._backprop(
+                X[rows], y[rows], sw_batch, activations, deltas, coef_grads, intercept_grads
+            )
+            accumulated_loss += batch_loss * rows.shape[0]
+            self._optimizer.update_params(params, coef_grads + intercept_grads)
+        return accumulated_loss
 
     @staticmethod
     def _calls(n, batch_size, per_batch):
@@ -339,7 +587,9 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
 
 class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
     """scikit-learn's :class:`sklearn.neural_network.MLPRegressor` (same parameters, defaults, attributes and
-    methods), trained and evaluated by fastbp's compiled kernels; ``loss="poisson"`` is not supported.
+    methods), trained and evaluated by fastbp's compiled kernels; ``loss="poisson"`` trains an exp output on the
+    half Poisson deviance.
 
-    X: (n_samples, n_features) float32 or float64; y: (n_samples,) or (n_samples, n_outputs) float targets.
+    X: (n_samples, n_features) float32 or float64; y: (n_samples,) or (n_samples, n_outputs) float targets
+    (counts or rates, >= 0, for ``loss="poisson"``).
     """

@@ -59,6 +59,15 @@ _NO_TWIN = np.zeros(0, dtype=np.uint16)
 _TORCH_DTYPES = {np.dtype(np.float32): torch.float32, np.dtype(np.float64): torch.float64}
 _NUMPY_DTYPES = {t: d for d, t in _TORCH_DTYPES.items()}
 
+
+class _Exp(torch.nn.Module):
+    """``torch.exp`` as a module (torch has none), for an "exp" output in :meth:`MLP.to_sequential`."""
+
+    def forward(self, x):
+        """Elementwise exp of x (any shape), in x's dtype."""
+        return torch.exp(x)
+
+
 #: torch modules equal to each activation, for :meth:`MLP.to_sequential`.
 _TORCH_ACTIVATIONS = {
     _act.IDENTITY: torch.nn.Identity,
@@ -67,6 +76,7 @@ _TORCH_ACTIVATIONS = {
     _act.RELU: torch.nn.ReLU,
     _act.LEAKY_RELU: lambda: torch.nn.LeakyReLU(_act.LEAKY_SLOPE),
     _act.SOFTMAX: lambda: torch.nn.Softmax(dim=-1),
+    _act.EXP: _Exp,
 }
 
 
@@ -420,8 +430,8 @@ class MLP(torch.nn.Module):
     activation : str or sequence of str, default "relu"
         Hidden activation(s): "identity", "sigmoid" ("logistic"), "tanh", "relu", "leaky_relu" (slope 0.01).
     output : str, default "identity"
-        Output activation: "identity" (logits, for ``CrossEntropyLoss`` or ``MSELoss``), "softmax", or any
-        hidden activation.
+        Output activation: "identity" (logits, for ``CrossEntropyLoss`` or ``MSELoss``), "softmax", "exp" (e.g.
+        for ``PoissonNLLLoss(log_input=False)``), or any hidden activation.
     dtype : torch.float32 or torch.float64 (or "float32" / "float64"), default torch.float32
     seed : int or None, default 0
         fastbp's initialisation (He normal before relu-type units, Glorot uniform otherwise; zero biases), the

@@ -3,14 +3,17 @@
 import contextlib
 import math
 import time
+import warnings
 
 import numpy as np
 from tqdm.auto import tqdm
 
-from . import _tuning, reference
+from . import _tuning, optim, reference
 from . import _validation as v
+from .kernels import checked as _checked
 from .kernels import epoch as _epoch
 from .kernels import step as _kstep
+from .kernels.checked import _evaluate_checked_entry, _train_step_checked_entry
 from .optim import Adam, Cosine, Optimizer
 
 
@@ -19,6 +22,11 @@ class DivergenceError(RuntimeError):
 
 
 _NO_WEIGHTS = np.zeros(0)  # unit sample weights (an empty array: the kernels' fast path)
+
+# The methods train_step and evaluate go through: the checked entry points (kernels/checked.py) take their place only
+# when a subclass overrides none of them.
+_STEP_METHODS = ("_guard", "_prepare_step", "_before_step", "_train_step", "_run_epoch", "_run", "_begin_run")
+_EVALUATE_METHODS = ("_evaluate", "_sums", "_metrics")
 
 
 def _address(a):
@@ -71,6 +79,8 @@ class Trainer:
     net : MLP
     optimizer : Optimizer, default Adam()
     batch_size : int, default 32
+        Rows per step. ``fit`` on fewer training rows than this trains on all of them as one batch per epoch, with a
+        UserWarning that says so (scikit-learn's MLP estimators clip it the same way).
     seed : int or None, default 0
         Seeds the shuffling of every epoch (and the validation split): equal seeds give equal runs.
     progress : bool, default True
@@ -142,6 +152,12 @@ class Trainer:
         self._sq_norms = np.zeros(net.n_layers)
         self._addresses = ((), (), ())  # (buffers, their ids, their addresses): see _buffer_addresses
         self.optimizer.init_state(net.n_params, dtype)
+        # The table of the checked train_step (kernels/checked.py) and what it was filled for (see _fill_table).
+        self._table = np.zeros(_checked.TRAINER_TABLE_SIZE, dtype=np.int64)
+        self._p_table, self._table_key = self._table.ctypes.data, None
+        own = type(self)
+        self._checked_step = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _STEP_METHODS)
+        self._checked_evaluate = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _EVALUATE_METHODS)
 
     # ------------------------------------------------------------------ buffers
     def _gradient_buffer(self):
@@ -156,7 +172,9 @@ class Trainer:
             self._Yb = np.empty(rows * net.n_out, dtype=net.dtype)
             self._lb = np.empty(rows, dtype=np.int64)
             self._swb = np.empty(rows, dtype=net.dtype)
+            self._perm = np.arange(rows, dtype=np.int64)
             self._rows = rows
+            self._table_key = None  # the checked train_step's table names the old buffers
 
     def _run(self, X, Y2d, labels, perm, batch_size, schedule, max_loss=math.inf, sw=_NO_WEIGHTS):
         """One call of the compiled epoch loop over rows ``perm`` of (X, Y2d/labels, sample weights sw or empty).
@@ -334,7 +352,69 @@ class Trainer:
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None (the batch loss is then
         the weighted mean). Same checks and divergence handling as ``fit``.
         """
+        # The common case in one compiled call, which checks the arrays (kernels/checked.py); anything else (the
+        # first step, a conversion, an error to raise, buffers to grow) takes the Python path.
+        if self._checked_step:
+            opt, net = self.optimizer, self.net
+            status = _checked.CHECK
+            with net._lock:  # the table names buffers that another call may replace
+                key = self._table_key
+                if (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0]) or (
+                    self._fill_table()
+                ):
+                    status, loss_sum, steps, m = _train_step_checked_entry(
+                        net._marker,
+                        net._p_table,
+                        self._p_table,
+                        id(X_batch),
+                        id(Y_batch),
+                        0 if sample_weight is None else id(sample_weight),
+                        net.l2,
+                        opt.kind,
+                        self._schedule_code,
+                        opt.lr,
+                        opt.clip_norm,
+                        opt.t,
+                        net.dropout_seed,
+                        self._step_max_loss,
+                    )
+            if status != _checked.CHECK:
+                opt.t += steps
+                if status != _kstep.OK:
+                    where = f"at step {opt.t + 1}"
+                    self._raise_divergence(status, where, loss_sum, steps, m, self._step_max_loss)
+                return loss_sum / m
         return self._train_step(X_batch, Y_batch, sample_weight)
+
+    def _fill_table(self):
+        """Fill the table of the checked train_step (kernels/checked.py) for the current optimizer, its state and
+        hyper-parameters, and the trainer's buffers, under the network's lock; returns whether train_step can take it
+        now: not before the first step (which sets the divergence limit and the buffers), nor while the optimizer's
+        state does not fit the network (the Python path allocates it), nor with a Cosine schedule without total_steps
+        (train_step refuses it). The key it records keeps the state it names alive."""
+        opt, net = self.optimizer, self.net
+        state, schedule = opt.state, opt.schedule
+        if (
+            self._step_max_loss is None
+            or self._rows == 0
+            or state is None
+            or state.shape != (opt.n_state, net.n_params)
+            or state.dtype != net.dtype
+            or (isinstance(schedule, Cosine) and schedule.total_steps is None)
+        ):
+            return False
+        self._hyper, self._schedule_params, self._schedule_code = opt.hyper(), schedule.params(), schedule.code
+        buffers = (self._spare, self._grads, state, self._hyper, self._schedule_params)
+        buffers += (self._Xb, self._Yb, self._lb, self._swb, self._sq_norms, self._perm)
+        a = [_address(b) for b in buffers]
+        t = self._table
+        t[_checked.SPARE], t[_checked.GRADS], t[_checked.STATE], t[_checked.STATE_ROWS] = a[0], a[1], a[2], len(state)
+        t[_checked.HYPER], t[_checked.N_HYPER] = a[3], self._hyper.size
+        t[_checked.SCHEDULE], t[_checked.N_SCHEDULE] = a[4], self._schedule_params.size
+        t[_checked.XB], t[_checked.YB], t[_checked.LB], t[_checked.SWB] = a[5:9]
+        t[_checked.SQ_NORMS], t[_checked.PERM], t[_checked.ROWS] = a[9], a[10], self._rows
+        self._table_key = (opt, state, optim.CHANGES[0])
+        return True
 
     def _train_step(self, X_batch, Y_batch, sample_weight, **options):
         with self._guard():
@@ -365,6 +445,15 @@ class Trainer:
         X: (n, n_in); y: (n, n_out) or (n,) labels; sample_weight: (n,) or None (weighted mean loss and accuracy).
         Returns ``{"loss": float, "accuracy": float or None}``.
         """
+        if self._checked_evaluate:  # one compiled call, which checks the arrays (kernels/checked.py)
+            net = self.net
+            with net._lock:
+                status, loss_sum, correct = _evaluate_checked_entry(
+                    net._marker, net._p_table, id(X), id(y), 0 if sample_weight is None else id(sample_weight)
+                )
+            if status == _checked.OK:
+                total = X.shape[0] if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
+                return self._metrics((loss_sum, correct, total))
         X, Y2d, labels = self.net.check_batch(X, y)
         return self._evaluate(X, Y2d, labels, v.check_sample_weight(sample_weight, X.shape[0], self.net.dtype))
 
@@ -417,7 +506,8 @@ class Trainer:
             )
             self._before_fit()
             n = train.n
-            schedule = self._schedule(opt.t + epochs * math.ceil(n / self.batch_size))
+            batch_size = self._fit_batch_size(n)
+            schedule = self._schedule(opt.t + epochs * math.ceil(n / batch_size))
             np.copyto(self._spare, net.params)
             max_loss = self._max_loss(train)
             history = self.history = {}  # a new history per fit call, as Keras returns
@@ -428,9 +518,9 @@ class Trainer:
             for epoch in bar:
                 start = time.perf_counter()
                 perm = self._rng.permutation(n).astype(np.int64)
-                status, loss_sum, steps, extra = self._run_epoch(train, perm, self.batch_size, schedule, max_loss)
+                status, loss_sum, steps, extra = self._run_epoch(train, perm, batch_size, schedule, max_loss)
                 if status != _kstep.OK:
-                    diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * self.batch_size))
+                    diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * batch_size))
                     break
                 logs = {
                     "loss": loss_sum / n,
@@ -467,6 +557,19 @@ class Trainer:
             net.params[:] = best_params
             net.buffers[:] = best_buffers  # the running statistics of that epoch too
         return history
+
+    def _fit_batch_size(self, n):
+        """The batch size of a fit over ``n`` training rows: ``batch_size``, or n with a warning when it is larger
+        (scikit-learn's estimators clip it the same way, with a warning)."""
+        if self.batch_size <= n:
+            return self.batch_size
+        warnings.warn(
+            f"batch_size={self.batch_size} is larger than the {n} training rows: each epoch is one batch of all {n} "
+            "rows (clipped, as scikit-learn's MLP estimators do)",
+            UserWarning,
+            stacklevel=4,
+        )
+        return n
 
     def _split(self, X, Y2d, labels, sw, fraction):
         from sklearn.model_selection import train_test_split

@@ -20,6 +20,12 @@ SOFTMAX_LOSS_RTOL_FLOAT32 = 1e-6
 #: reduction shows as thousands of ulps.
 EXP_MAX_ULPS = 2.0
 
+#: The squared-error loss of an output a = f(z) computed by two paths: a differs by a few ulps (f's rounding, up to
+#: EXP_MAX_ULPS for exp and sigmoid, plus the summation order of z), and 1/2 (a - y)^2 magnifies that where a is close
+#: to y, by up to OUTPUT_ULPS ulp(a) |a - y| per element: loss values are compared with that much absolute slack on
+#: top of RTOL (0 in effect for the losses computed from the logits, whose pairs need none).
+OUTPUT_ULPS = 4.0
+
 #: Reference vs central finite differences in float64 (step FD_STEP): truncation error O(h^2) ~ 1e-12 and
 #: rounding error O(eps / h) ~ 1e-10 relative, so 1e-6 leaves ample room while any wrong derivative term
 #: (an error of order 1) fails by many orders of magnitude.
@@ -71,6 +77,8 @@ PAIRS = (
     ("relu", "squared_error"),
     ("leaky_relu", "squared_error"),
     ("softmax", "squared_error"),
+    ("exp", "poisson"),
+    ("exp", "squared_error"),
 )
 
 DTYPES = ("float32", "float64")
@@ -194,16 +202,37 @@ def rel_err(a, b):
 
 def make_batch(net, n, rng, labels=True):
     """A random batch (X, Y) that suits the network's output: class labels (or one-hot) for softmax,
-    values in (0, 1) for sigmoid, standard normal otherwise."""
+    values in (0, 1) for sigmoid, Poisson counts (zeros included) for exp, standard normal otherwise."""
     X = rng.standard_normal((n, net.n_in))
     if net.output == "softmax":
         y = rng.integers(0, net.n_out, n)
         return X, (y if labels else np.eye(net.n_out)[y])
     if net.output == "sigmoid":
         return X, rng.random((n, net.n_out))
+    if net.output == "exp":
+        return X, rng.poisson(1.5, (n, net.n_out)).astype(np.float64)
     return X, rng.standard_normal((n, net.n_out))
 
 
 @pytest.fixture
 def rng():
     return np.random.default_rng(12345)
+
+
+#: The failure battery (tests/test_failures.py): each saver is killed after a delay drawn uniformly from [0, this]
+#: seconds; a save of its 1.2 MB network takes 3 to 16 ms (median 4 ms), so the kills land at every stage of a save
+#: (the first one included) and after a few saves, not always between two saves.
+KILL_DELAY_MAX = 0.06
+#: ... of its 30 kills at least this many must land inside a write (a temporary file left): measured 19 of 30; fewer
+#: than 3 would mean the test no longer exercises an interrupted save.
+KILLS_MIDWRITE_MIN = 3
+
+#: The soak (4000 rounds of train_step, value_and_grad and predict after 2500 rounds of warm-up): Python allocations
+#: still held at the end, over those at the start (tracemalloc). Measured 0 to a few hundred bytes once the
+#: interpreter's free lists are full (they are, after the warm-up: 166 KB of blocks held in them); a leak of one small
+#: object per call is 4000 x 3 x 50 bytes = 600 KB and more.
+SOAK_TRACED_GROWTH_MAX = 256 * 1024
+#: ... and the growth of the resident set (psutil), which also sees NumPy buffers and the compiled code's memory:
+#: measured 0 to 200 KB of page-level noise; a leaked batch buffer (32 rows x 64 float32 = 8 KB) per call is
+#: 96 MB.
+SOAK_RSS_GROWTH_MAX = 8 * 1024 * 1024

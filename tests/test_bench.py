@@ -30,7 +30,7 @@ def test_targets_compare_each_cell_with_its_peers_and_the_fastest_one():
     assert met["L: >= 1x the fastest peer"] == ("0.98x (jax)", False)
     assert met["XL: >= 1x the fastest peer"][1]
     assert met["XL: >= 90% of the sgemm peak"] == ("89.6%", False)
-    assert met["never slower than the NumPy reference (every cell)"] == ("0.90x at its lowest (M float64)", False)
+    assert met["never slower than the lean NumPy step (every cell)"] == ("0.90x at its lowest (M float64)", False)
     assert met["scikit-learn fit float32: >= 8x, accuracy within 1 point"] == ("8.5x, 0.50 points apart", True)
     assert met["scikit-learn fit float64: >= 8x, accuracy within 1 point"] == ("9.0x, 2.00 points apart", False)
     assert len(met) == 20  # and the 7 bfloat16 targets and the 3 of D, not measured here
@@ -52,7 +52,7 @@ def test_targets_not_measured_are_shown_never_dropped_or_passed():
     assert met["M: >= 1.05x the fastest peer"] == ("1.50x (numpy); torch, jax not measured", None)
     assert met["L: >= 1x the fastest peer"] == ("not measured (no L float32 cell)", None)
     assert met["XL: >= 90% of the sgemm peak"][1] is None
-    assert met["never slower than the NumPy reference (every cell)"][1] is True
+    assert met["never slower than the lean NumPy step (every cell)"][1] is True
     assert met["scikit-learn fit float64: >= 8x, accuracy within 1 point"] == ("not measured", None)
     table = bench.targets_table(results)
     assert "| S: >= 3x numpy | 4.00x | yes |" in table
@@ -89,8 +89,8 @@ def test_the_deep_shape_is_checked_against_its_peers_and_the_plain_network():
     assert met["D: >= 1.25x jax (the same model)"] == ("1.10x", False)
     # plain / fastbp = 0.86: the options cost 1 / 0.86 - 1 = 16%
     assert met["D: the layer options cost <= 20% over the plain network"] == ("+16%", True)
-    # the reference has no step with layer options: D without numpy leaves the numpy target measured
-    assert met["never slower than the NumPy reference (every cell)"] == ("1.90x at its lowest (M float32)", True)
+    # numpy has no step with layer options: D without numpy leaves the numpy target measured
+    assert met["never slower than the lean NumPy step (every cell)"] == ("1.90x at its lowest (M float32)", True)
     deep["peers"]["plain"]["ratio"] = 0.8
     met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
     assert met["D: the layer options cost <= 20% over the plain network"] == ("+25%", False)

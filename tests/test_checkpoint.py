@@ -1,18 +1,13 @@
 """Checkpoints: exact round trip (layer options and running statistics too), version-1 files, rejection of damaged
-files and unknown versions, atomic writes."""
+files and unknown versions (kills during saves, byte flips and stale temporary files: tests/test_failures.py)."""
 
 import hashlib
 import json
 import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 
 import numpy as np
 import pytest
-from conftest import make_batch
+from conftest import PAIRS, make_batch
 
 import fastbp
 from fastbp.checkpoint import CheckpointError
@@ -98,7 +93,7 @@ def test_tampered_bytes_and_changed_shapes_are_rejected(tmp_path):
         fastbp.load(tmp_path / "reshaped.npz")
     # not a checkpoint at all
     np.savez(tmp_path / "other.npz", X=np.zeros(3))
-    with pytest.raises(CheckpointError, match="not a fastbp checkpoint"):
+    with pytest.raises(CheckpointError, match=r"archive of arrays \[X\]; expected a fastbp checkpoint"):
         fastbp.load(tmp_path / "other.npz")
     with pytest.raises(FileNotFoundError):
         fastbp.load(tmp_path / "missing.npz")
@@ -262,40 +257,6 @@ def test_unknown_versions_and_inconsistent_options_are_refused(tmp_path):
             fastbp.load(_rewrite(path, tmp_path / "bad.npz", **changes))
 
 
-SAVER = textwrap.dedent(
-    """
-    import sys
-    import fastbp
-    net = fastbp.MLP([300, 500, 300, 10], seed=0)
-    path = sys.argv[1]
-    k = 0
-    while True:
-        net.params[:] = k
-        net.save(path)
-        if k == 0:
-            print("saved", flush=True)
-        k += 1
-    """
-)
-
-
-def test_killing_the_process_during_a_save_never_leaves_a_corrupt_file(tmp_path):
-    path = tmp_path / "model.npz"
-    rng = np.random.default_rng(0)
-    for attempt in range(6):
-        proc = subprocess.Popen([sys.executable, "-c", SAVER, str(path)], stdout=subprocess.PIPE, text=True)
-        try:
-            assert proc.stdout.readline().strip() == "saved"
-            time.sleep(rng.uniform(0.0, 0.5))  # each save takes ~10 ms: the kill lands mid-write most times
-        finally:
-            proc.send_signal(signal.SIGKILL)
-            proc.wait(timeout=30)
-        net = fastbp.load(path)  # always a complete checkpoint: all parameters equal one k
-        assert np.unique(net.params).size == 1, attempt
-    leftovers = [name for name in os.listdir(tmp_path) if name != "model.npz"]
-    assert all(name.startswith(".fastbp-") for name in leftovers)  # only temporary files, never the target
-
-
 def test_save_rejects_object_extras_and_missing_directories(tmp_path):
     net = fastbp.MLP([3, 2])
     with pytest.raises(TypeError, match=r"extras\['cfg'\]"):
@@ -311,3 +272,13 @@ def _umask():
     mask = os.umask(0)
     os.umask(mask)
     return mask
+
+
+@pytest.mark.parametrize(("output", "loss"), PAIRS)
+def test_every_output_and_loss_round_trip(tmp_path, rng, output, loss):
+    net = fastbp.MLP([4, 6, 3], "tanh", output, loss, dtype="float64", seed=1)
+    net.save(tmp_path / "m.npz")
+    loaded = fastbp.load(tmp_path / "m.npz")
+    assert (loaded.output, loaded.loss) == (net.output, net.loss) == (output, loss)
+    X, Y = make_batch(net, 7, rng)
+    assert loaded.value_and_grad(X, Y)[0] == net.value_and_grad(X, Y)[0]

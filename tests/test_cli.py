@@ -16,6 +16,12 @@ def run(*args, cwd=None, timeout=600, env=None):
     )
 
 
+def is_usage_error(proc):
+    """Exit code 2 and one line on stderr that points to the command's --help."""
+    lines = proc.stderr.splitlines()
+    return proc.returncode == 2 and len(lines) == 1 and re.search(r"error: .* \(see fastbp( \w+)? --help\)$", lines[0])
+
+
 def test_train_with_defaults_reaches_96_percent_and_writes_a_checkpoint(tmp_path):
     proc = run("--version")
     assert proc.returncode == 0 and proc.stdout.startswith("fastbp ")
@@ -26,13 +32,14 @@ def test_train_with_defaults_reaches_96_percent_and_writes_a_checkpoint(tmp_path
     assert (tmp_path / "fastbp-model.npz").exists()
     assert (tmp_path / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
 
-    # predict with the checkpoint: same standardisation, accuracy on the whole digits set
+    # predict with the checkpoint and no --data: the held-out rows train recorded, with the same standardisation,
+    # so the same accuracy as train's test accuracy
     proc = run("predict", "fastbp-model.npz", "--output", "pred.npy", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     predictions = np.load(tmp_path / "pred.npy")
-    assert predictions.shape == (1797,)
-    overall = float(re.search(r"accuracy (\d\.\d+)", proc.stderr).group(1))
-    assert overall >= 0.96
+    assert predictions.shape == (360,)
+    held_out = re.fullmatch(r"accuracy (\d\.\d+) on the 360 held-out rows of the embedded digits \(.*\)\n", proc.stderr)
+    assert float(held_out.group(1)) == accuracy
 
 
 def test_train_on_a_csv_file_with_options(tmp_path, rng):
@@ -97,8 +104,7 @@ def test_info_reports_blas_and_threads():
 )
 def test_usage_errors_exit_2(args):
     proc = run(*args)
-    assert proc.returncode == 2
-    assert "usage:" in proc.stderr
+    assert is_usage_error(proc), proc.stderr
 
 
 def test_failures_exit_1_with_a_message(tmp_path):
@@ -107,13 +113,13 @@ def test_failures_exit_1_with_a_message(tmp_path):
     assert "fastbp train: error:" in proc.stderr and "missing.npz" in proc.stderr
     (tmp_path / "bad.npz").write_bytes(b"not a zip")
     proc = run("predict", str(tmp_path / "bad.npz"))
-    assert proc.returncode == 1 and "not a readable fastbp checkpoint" in proc.stderr
+    assert proc.returncode == 1 and "expected a fastbp checkpoint" in proc.stderr
     proc = run("train", "--lr", "1e6", "--optimizer", "sgd", "--epochs", "3", "--output", "none")
     assert proc.returncode == 1 and "diverged" in proc.stderr
 
 
-def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys):
-    # A user without the plot extra gets exit code 1 and the package to install, not a traceback.
+def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys, tmp_path):
+    # A user without the plot extra gets exit code 1 and the package to install, not a traceback, before training.
     import builtins
 
     from fastbp import cli
@@ -126,8 +132,13 @@ def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys):
         return real_import(name, *args, **kwargs)
 
     monkeypatch.setattr(builtins, "__import__", no_matplotlib)
-    assert cli.main(["train", "--epochs", "1", "--no-progress", "--output", "none", "--plot", "c.png"]) == 1
-    assert "pip install 'fastbp[plot]'" in capsys.readouterr().err
+    monkeypatch.chdir(tmp_path)
+    assert cli.main(["train", "--epochs", "1", "--no-progress", "--output", "m.npz", "--plot", "c.png"]) == 1
+    out, err = capsys.readouterr()
+    assert err.splitlines() == [
+        "fastbp train: error: plots need matplotlib: pip install 'fastbp[plot]' (or pip install matplotlib)"
+    ]
+    assert out == "" and not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
 @pytest.mark.parametrize(
@@ -144,8 +155,7 @@ def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys):
 )
 def test_invalid_option_values_are_usage_errors(args):
     proc = run(*args)
-    assert proc.returncode == 2, proc.stderr
-    assert "usage:" in proc.stderr
+    assert is_usage_error(proc), proc.stderr
 
 
 def test_predict_on_unlabelled_data_and_a_missing_output_directory(tmp_path, rng):
@@ -167,7 +177,9 @@ def test_predict_on_unlabelled_data_and_a_missing_output_directory(tmp_path, rng
     )  # last feature taken as labels: too few columns
     assert proc.returncode == 1 and "--no-labels" in proc.stderr
     proc = run("train", "--epochs", "1", "-o", "missing/m.npz", cwd=tmp_path)
-    assert proc.returncode == 1 and "directory does not exist" in proc.stderr
+    assert proc.returncode == 1 and re.search(
+        r"--output missing/m\.npz: directory .*missing does not exist", proc.stderr
+    )
 
 
 @pytest.mark.parametrize("coretype", ["Haswell", None])
@@ -233,11 +245,12 @@ def test_train_a_deep_residual_batch_norm_network_with_dropout(tmp_path):
     assert net.norms == ("batch", "batch", "batch", None) and net.residuals == (False, True, True, False)
     assert net.dropouts == (0.1, 0.1, 0.1, 0.0)
     assert all(not np.array_equal(m, np.zeros(32)) for m in net.running_means)  # trained running statistics
-    # fastbp predict: evaluation mode (the running statistics), the training standardisation
+    # fastbp predict: evaluation mode (the running statistics), the training standardisation, the held-out rows
     proc = run("predict", "deep.npz", "--output", "pred.npy", cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
-    assert float(re.search(r"accuracy (\d\.\d+)", proc.stderr).group(1)) >= 0.95
+    assert float(re.search(r"accuracy (\d\.\d+) on the 360 held-out rows", proc.stderr).group(1)) >= 0.93
     X, _ = fastbp.data.load_digits()
+    X = X[net.extras["test_rows"]]
     expected = net.predict((X - net.extras["x_mean"]) / net.extras["x_scale"]).argmax(axis=1)
     np.testing.assert_array_equal(np.load(tmp_path / "pred.npy"), expected)
 
@@ -254,7 +267,7 @@ def test_residual_goes_on_the_hidden_layers_that_keep_their_width():
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["--residual"], r"layer 1 maps 64 to 128 units; repeat a width, e\.g\. --layers 128,128$"),
+        (["--residual"], r"layer 1 maps 64 to 128 units; repeat a width, e\.g\. --layers 128,128 \(see fastbp train"),
         (["--residual", "--layers", "128,64"], r"layer 1 maps 64 to 128 units, layer 2 maps 128 to 64 units;"),
     ],
 )
@@ -272,5 +285,110 @@ def test_residual_without_a_layer_that_keeps_its_width_is_a_one_line_usage_error
 )
 def test_invalid_layer_options_are_usage_errors(args):
     proc = run("train", *args)
-    assert proc.returncode == 2, proc.stderr
-    assert "usage:" in proc.stderr and ("--dropout" in proc.stderr or "--norm" in proc.stderr)
+    assert is_usage_error(proc), proc.stderr
+    assert "--dropout" in proc.stderr or "--norm" in proc.stderr
+
+
+# ------------------------------------------------------------------------------------------ labels and classes
+def _cli(monkeypatch, capfd, tmp_path, *argv):
+    """fastbp.cli.main in ``tmp_path``: (exit code, stdout, stderr lines)."""
+    from fastbp import cli
+
+    monkeypatch.chdir(tmp_path)
+    code = cli.main(list(argv))
+    out, err = capfd.readouterr()
+    return code, out, err.splitlines()
+
+
+def test_a_csv_with_the_label_first_trains_on_the_right_target_with_label_column(tmp_path, monkeypatch, capfd):
+    import fastbp
+
+    X, y = fastbp.data.load_digits()
+    header = ",".join(["digit", *(f"pixel{i}" for i in range(64))])
+    np.savetxt(tmp_path / "first.csv", np.column_stack([y, X]), delimiter=",", fmt="%d", header=header, comments="")
+    fit = ["--epochs", "4", "--no-progress"]
+    # without --label-column the last pixel is taken as the label: trained, but said loudly
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "first.csv", *fit, "-o", "none")
+    assert code == 0 and "17 classes" in out
+    assert err == [
+        "fastbp train: warning: the label column of --data first.csv (column 64, 'pixel63') has 17 distinct values, "
+        "2 of them on fewer than 3 rows: it looks like a feature, not a class label; if the label is another column, "
+        "name it with --label-column"
+    ]
+    # by index and by name: the digit, 10 classes, the same network
+    for column in ("0", "digit"):
+        code, out, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "first.csv", "--label-column", column,
+                              *fit, "-o", f"m{column}.npz")  # fmt: skip
+        assert code == 0 and err == [] and "64 features, 10 classes (first.csv)" in out
+        assert float(re.search(r"test accuracy (\d\.\d+)", out).group(1)) >= 0.9
+    np.testing.assert_array_equal(fastbp.load(tmp_path / "m0.npz").params, fastbp.load(tmp_path / "mdigit.npz").params)
+    # predict reads the label column the checkpoint records
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "mdigit.npz", "--data", "first.csv")
+    assert code == 0 and len(out.split()) == 1797
+    assert float(re.fullmatch(r"accuracy (\d\.\d+) on the 1797 rows of first\.csv", err[0]).group(1)) >= 0.9
+
+
+def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, monkeypatch, capfd):
+    import fastbp
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((200, 4))
+    y = np.where(X[:, 0] + X[:, 1] > 0, 2000, 1000)
+    np.savez(tmp_path / "d.npz", X=X, y=y)
+    code, out, _ = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "d.npz", "--epochs", "20", "-o", "m.npz")
+    assert code == 0 and "2 classes (1000, 2000)" in out and "model: 4-128-2 relu" in out
+    net = fastbp.load(tmp_path / "m.npz")
+    assert net.n_out == 2 and net.extras["classes"].tolist() == [1000, 2000]
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "m.npz", "--data", "d.npz")
+    printed = np.array(out.split(), dtype=np.int64)
+    assert code == 0 and set(printed) == {1000, 2000} and np.mean(printed == y) >= 0.9
+    assert float(re.fullmatch(r"accuracy (\d\.\d+) on the 200 rows of d\.npz", err[0]).group(1)) >= 0.9
+
+
+def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch, capfd):
+    import fastbp
+
+    X, y = fastbp.data.load_digits()
+    names = np.array(["zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine"])
+    with open(tmp_path / "named.csv", "w") as f:  # no header: the string labels must not be taken for one
+        for row, label in zip(X.astype(int), names[y], strict=True):
+            f.write(",".join(map(str, row)) + f",{label}\n")
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "named.csv", "--epochs", "4", "-o", "m.npz")
+    assert code == 0 and err == [] and "1797 samples, 64 features, 10 classes ('eight', 'five'," in out
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "m.npz", "--data", "named.csv", "-o", "p.npy")
+    predicted = np.load(tmp_path / "p.npy")  # the original labels, as strings (no pickle needed)
+    assert code == 0 and predicted.dtype.kind == "U" and set(predicted) == set(names)
+    assert np.mean(predicted == names[y]) >= 0.9
+    assert float(re.fullmatch(r"accuracy (\d\.\d+) on the 1797 rows of named\.csv", err[0]).group(1)) >= 0.9
+
+
+def test_predict_without_data_says_which_rows_it_scores(tmp_path, monkeypatch, capfd):
+    import fastbp
+
+    # a checkpoint saved from Python records no split: every digit is scored, and the line says so
+    X, y = fastbp.data.load_digits()
+    net = fastbp.MLP([64, 16, 10], seed=0)
+    fastbp.Trainer(net, progress=False).fit(X / 16, y, epochs=2)
+    net.save(tmp_path / "python.npz")
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "python.npz")
+    assert code == 0 and len(out.split()) == 1797
+    assert re.fullmatch(
+        r"accuracy \d\.\d+ on all 1797 rows of the embedded digits, training rows included \(python\.npz records no "
+        r"held-out split: not a test accuracy\)",
+        err[0],
+    )
+
+
+def test_predict_on_files_that_are_not_checkpoints_says_what_they_are(tmp_path, monkeypatch, capfd):
+    np.save(tmp_path / "weights.npy", np.zeros(3))
+    np.savez(tmp_path / "data.npz", X=np.zeros((2, 3)), y=np.zeros(2))
+    (tmp_path / "model.npz").write_bytes(b"\x80\x04\x95" + bytes(20))  # a pickle
+    expected = {
+        "weights.npy": "weights.npy is a NumPy .npy file (a single array); expected a fastbp checkpoint",
+        "data.npz": "data.npz is an .npz archive of arrays [X, y]; expected a fastbp checkpoint",
+        "model.npz": "model.npz is a Python pickle (fastbp never loads pickles: loading one can run any code)",
+    }
+    for name, message in expected.items():
+        code, _, err = _cli(monkeypatch, capfd, tmp_path, "predict", name)
+        assert code == 1 and len(err) == 1 and message in err[0], err
+        assert "allow_pickle" not in err[0] and "context manager" not in err[0]

@@ -2,6 +2,7 @@
 
 import gzip
 import struct
+import warnings
 
 import numpy as np
 import pytest
@@ -157,3 +158,62 @@ def test_idx_labels_must_be_one_dimensional_and_truncated_gzip_is_an_error(tmp_p
     (tmp_path / "lab.gz").write_bytes(payload[:-6])
     with pytest.raises(ValueError, match="truncated"):
         data.load_idx(tmp_path / "img", tmp_path / "lab.gz")
+
+
+def test_load_csv_label_column_by_name_or_index_and_labels_of_any_kind(tmp_path):
+    path = tmp_path / "d.csv"
+    path.write_text("kind,a,b\ncat,1.5,2\ndog,3,4.5\n\ncat,5,6\n")  # a blank line is skipped
+    X, y, names, index = data.load_csv(path, label_column="kind", return_names=True)
+    assert names == ["kind", "a", "b"] and index == 0
+    np.testing.assert_array_equal(X, [[1.5, 2], [3, 4.5], [5, 6]])
+    assert y.tolist() == ["cat", "dog", "cat"] and y.dtype.kind == "U"
+    X0, y0 = data.load_csv(path, label_column=0)
+    np.testing.assert_array_equal(X0, X)
+    assert y0.tolist() == y.tolist()
+    for column, message in [("size", r"has no column 'size': its header names 'kind', 'a', 'b'"), (3, r"index 3")]:
+        with pytest.raises(ValueError, match=message):
+            data.load_csv(path, label_column=column)
+    with pytest.raises(ValueError, match=r"could not convert string 'cat'.*every column but the label"):
+        data.load_csv(path)  # column b as the label leaves the strings among the features
+
+
+def test_load_csv_detects_headers_against_string_labels_and_numpy_comment_headers(tmp_path):
+    (tmp_path / "plain.csv").write_text("0.5,1.25,zero\n0.75,2.5,one\n0.1,0.2,two\n")
+    X, y, names, _ = data.load_csv(tmp_path / "plain.csv", return_names=True)
+    assert names is None and X.shape == (3, 2) and y.tolist() == ["zero", "one", "two"]
+    np.savetxt(tmp_path / "saved.csv", np.array([[1.5, 2.0, 1.0], [3.0, 4.5, 0.0]]), delimiter=",", header="a,b,y")
+    X, y, names, _ = data.load_csv(tmp_path / "saved.csv", label_column="y", return_names=True)
+    assert names == ["a", "b", "y"] and y.tolist() == [1, 0] and y.dtype == np.int64
+
+
+@pytest.mark.parametrize(
+    ("text", "message"),
+    [
+        ("", "has no data rows"),
+        ("\n \n", "has no data rows"),
+        ("a,b,label\n", "a header line but no data rows"),
+        ("1,2,0\n3,4\n", "every row must have as many columns"),
+        ("1,2,cat\n3,4,\n", "data row 2 has an empty label"),
+        ("1\n2\n", "needs at least one feature column and a label column"),
+    ],
+)
+def test_load_csv_errors_name_the_file_and_the_problem(tmp_path, text, message):
+    path = tmp_path / "bad.csv"
+    path.write_text(text)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no NumPy warning gets through: errors only
+        with pytest.raises(ValueError, match=message) as info:
+            data.load_csv(path)
+    assert str(info.value).startswith(str(path))
+
+
+def test_load_npz_refuses_object_arrays_and_files_that_are_not_npz(tmp_path):
+    obj = np.empty(2, dtype=object)
+    np.savez(tmp_path / "obj.npz", X=obj, y=np.zeros(2))
+    with pytest.raises(ValueError, match=r"entry 'X' is an object array, which only pickle could read"):
+        data.load_npz(tmp_path / "obj.npz")
+    np.save(tmp_path / "x.npy", np.zeros(3))
+    with pytest.raises(ValueError, match=r"x\.npy is a NumPy \.npy file"):
+        data.load_npz(tmp_path / "x.npy")
+    with pytest.raises(ValueError, match=r"x\.npy is a single \.npy array"):
+        data.load_file(tmp_path / "x.npy")

@@ -209,3 +209,11 @@ def test_cli_default_network_passes_and_an_unresolved_gradient_fails():
     assert proc.returncode == 1
     assert "unresolved" in proc.stderr and "FAIL" in proc.stdout
     assert run_cli("gradcheck", *deep, "--eps", "1e-3").returncode == 0
+
+
+def test_cli_checks_the_exp_output_with_the_poisson_loss():
+    proc = run_cli("gradcheck", "--output", "exp", "--dtype", "float64")
+    assert proc.returncode == 0, proc.stderr
+    assert "exp + poisson" in proc.stdout
+    worst = float(re.search(r"worst relative error (\S+) ", proc.stdout).group(1))
+    assert worst <= GRADCHECK_THRESHOLD

@@ -21,6 +21,7 @@ from conftest import (
 )
 from hypothesis import given, settings
 from hypothesis import strategies as st
+from scipy.special import xlogy
 
 import fastbp
 from fastbp import graph as g
@@ -526,6 +527,8 @@ def graph_value_and_grad(net, X, Y, masks=None):
         # the log(0) of a saturated sigmoid (deep residual networks reach large logits)
         magnitude = g.relu(Z) + g.relu(-Z)
         loss = g.sum(g.relu(Z) - Y * Z + g.log(1.0 + g.exp(-magnitude))) / n
+    elif net.loss == "poisson":  # exp output, half Poisson deviance y log(y / a) - y + a with a = exp(z)
+        loss = g.sum(g.exp(Z) - Y * Z + (xlogy(Y, Y) - Y)) / n
     else:  # identity output, squared error 1/2 ||a - y||^2 per sample
         loss = 0.5 * g.sum((Z - Y) ** 2) / n
     for W in Ws:
@@ -540,7 +543,12 @@ def graph_value_and_grad(net, X, Y, masks=None):
     return float(loss), grads
 
 
-OUTPUTS = (("softmax", "cross_entropy"), ("sigmoid", "binary_cross_entropy"), ("identity", "squared_error"))
+OUTPUTS = (
+    ("softmax", "cross_entropy"),
+    ("sigmoid", "binary_cross_entropy"),
+    ("identity", "squared_error"),
+    ("exp", "poisson"),
+)
 
 
 @settings(max_examples=40, deadline=None)
@@ -569,6 +577,8 @@ def test_graph_mlp_equals_fused_kernels_and_reference(widths, n_in, n_out, n, da
             Y = np.eye(n_out)[Y]
     elif output == "sigmoid":
         Y = rng.random((n, n_out))
+    elif output == "exp":
+        Y = rng.poisson(1.5, (n, n_out)).astype(np.float64)  # counts, zeros included
     else:
         Y = rng.standard_normal((n, n_out))
     value, grads = graph_value_and_grad(net, X, Y)

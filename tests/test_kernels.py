@@ -15,9 +15,9 @@ from conftest import EXP_MAX_ULPS, make_batch
 
 import fastbp
 from fastbp import _config
-from fastbp.kernels import backward, bridge, drivers, epoch, forward, loss, optimizers, step
+from fastbp.kernels import backward, bridge, checked, drivers, epoch, forward, loss, optimizers, step
 
-KERNEL_MODULES = (forward, loss, backward, drivers, bridge, epoch, optimizers, step)
+KERNEL_MODULES = (forward, loss, backward, drivers, bridge, epoch, optimizers, step, checked)
 
 
 def _dispatchers():
@@ -32,7 +32,7 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
     import json
     import numpy as np
     import fastbp
-    from fastbp.kernels import backward, bridge, drivers, epoch, forward, loss, optimizers, step
+    from fastbp.kernels import backward, bridge, checked, drivers, epoch, forward, loss, optimizers, step
 
     from fastbp import _onednn
 
@@ -53,13 +53,21 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                                  dropout=0.2 if hidden > 2 else 0.0)
                 X = rng.standard_normal((20, sizes[0]))
                 Y = rng.integers(0, sizes[-1], 20) if output == "softmax" else rng.random((20, sizes[-1]))
-                net.value_and_grad(X, Y)
-                net.predict(X)
-                fastbp.FlatObjective(net, X, Y)(net.params.astype(float))
+                # the arrays as given (float64) and in the network's dtype: the Python path and the checked entry
+                # points (kernels/checked.py) both call the entry points of the work, in one specialization
+                Xd, Yd = X.astype(dtype), (Y if output == "softmax" else Y.astype(dtype))
+                for data in ((X, Y), (Xd, Yd)):
+                    net.value_and_grad(*data)
+                    net.predict(data[0])
+                    objective = fastbp.FlatObjective(net, *data)
+                    objective(net.params.astype(float))
+                    objective(net.params.astype(float))
                 for opt in (fastbp.SGD(0.1, momentum=0.5), fastbp.Adam()):
                     trainer = fastbp.Trainer(net, opt, batch_size=8, progress=False)
                     trainer.fit(X, Y, epochs=1, validation_data=(X, Y))
                     trainer.train_step(X, Y)
+                    trainer.train_step(Xd, Yd)
+                    trainer.evaluate(Xd, Yd)
                     # the step of a loop driven from Python, called as fastbp.distributed calls it
                     hyper, schedule = opt.hyper(), trainer._schedule(None).params()
                     state, sq = opt.state, np.zeros(net.n_layers)
@@ -89,7 +97,7 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
         return {entry.__name__: [calls(entry.inspect_llvm(sig)) for sig in entry.signatures] for entry in entries}
 
     signatures = {}
-    for module in (backward, bridge, drivers, epoch, forward, loss, optimizers, step):
+    for module in (backward, bridge, checked, drivers, epoch, forward, loss, optimizers, step):
         for name, obj in vars(module).items():
             if hasattr(obj, "targetoptions") and obj.py_func.__module__ == module.__name__:
                 signatures[module.__name__ + "." + name] = [[str(a) for a in sig] for sig in obj.signatures]
@@ -196,6 +204,25 @@ ALLOCATIONS_SCRIPT = textwrap.dedent(
                 net.value_and_grad(X, Y, out=g, accumulate=k % 2)
             after = rtsys.get_allocation_stats()
             results[dtype + output] = after.alloc - before.alloc
+            # the checked entry points (kernels/checked.py): the arrays in the network's dtype, every public call
+            Xd, Yd = X.astype(dtype), (Y if output == "softmax" else Y.astype(dtype))
+            trainer = fastbp.Trainer(net, fastbp.Adam(), batch_size=32, progress=False)
+            objective, theta = fastbp.FlatObjective(net, Xd, Yd), net.params.astype(float)
+
+            def calls():
+                net.value_and_grad(Xd, Yd, out=g)
+                net.value_and_grad(Xd, Yd, out=g, accumulate=True, scale=0.5, sample_weight=Xd[:, 0] ** 2)
+                net.predict(Xd)
+                trainer.train_step(Xd, Yd)
+                trainer.evaluate(Xd, Yd)
+                objective(theta)
+
+            calls()
+            calls()  # warm-up: the first train_step and objective call take the Python path
+            before = rtsys.get_allocation_stats()
+            for k in range(20):
+                calls()
+            results[dtype + output + " checked"] = rtsys.get_allocation_stats().alloc - before.alloc
     allocates(1)
     before = rtsys.get_allocation_stats()
     allocates(10)

@@ -218,13 +218,13 @@ def test_finite_differences_catch_a_wrong_normalization_gradient(monkeypatch):
     # the check above must be able to fail: drop the last term of the normalization's backward pass and it does
     net = build([3, 4, 2], "tanh", "batch", False)
     X, Y = batch(net, 5, np.random.default_rng(0))
-    hidden_delta = reference._hidden_delta
+    hidden_delta = reference._delta_through_hidden
 
     def constant_statistics(net, l, layer, G, grads):  # the mean and variance taken as constants: a common slip
         hidden_delta(net, l, layer, G, grads)  # gamma's and beta's gradients
         return G * reference.DERIVATIVES[net.activations[l]](layer["H"]) * net.norm_scales[l] * layer["inv"]
 
-    monkeypatch.setattr(reference, "_hidden_delta", constant_statistics)
+    monkeypatch.setattr(reference, "_delta_through_hidden", constant_statistics)
     _, grads = reference.value_and_grad(net, X, Y)
     assert rel_err(grads, finite_differences(net, X, Y)) > LAYERS_MUST_DIFFER
 

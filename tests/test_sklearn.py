@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 from conftest import FD_RTOL, FD_STEP, SKLEARN_RTOL, rel_err
 from sklearn import neural_network as skl
-from sklearn.datasets import load_digits, make_multilabel_classification, make_regression
+from sklearn.datasets import load_digits, load_iris, make_multilabel_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
@@ -121,6 +121,33 @@ def test_regressor_is_scikit_learns_model(solver, n_targets):
     _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
 
 
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("n_targets", [1, 3])
+@pytest.mark.parametrize("weighted", [False, True])
+def test_poisson_regressor_is_scikit_learns_model(solver, n_targets, weighted):
+    """loss="poisson": an exp output and scikit-learn's half Poisson deviance (its constant terms included in the
+    reported loss), summed over the outputs."""
+    rng = np.random.default_rng(2)
+    X = rng.standard_normal((230, 5))
+    y = rng.poisson(np.exp(X @ (0.4 * rng.standard_normal((5, n_targets))) + 0.5)).astype(float)  # zeros included
+    y = y[:, 0] if n_targets == 1 else y
+    sw = rng.integers(0, 4, X.shape[0]).astype(float) if weighted else None
+    params = dict(
+        loss="poisson",
+        hidden_layer_sizes=(10, 5),
+        solver=solver,
+        max_iter=7,
+        random_state=0,
+        alpha=0.05,
+        batch_size=50,
+        learning_rate_init=0.01,
+    )
+    ours, theirs = _fit_both(MLPRegressor, skl.MLPRegressor, X, y, sample_weight=sw, **params)
+    assert ours.out_activation_ == theirs.out_activation_ == "exp"
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+    assert (ours.predict(X) > 0).all()  # exp outputs
+
+
 @pytest.mark.parametrize(
     ("cls", "theirs_cls", "params"),
     [
@@ -186,8 +213,6 @@ def test_bad_input_raises_as_scikit_learn_does(digits):
         clf.predict(X[:, :5])
     with pytest.raises(ValueError, match="hidden_layer_sizes must be > 0"):
         MLPClassifier(hidden_layer_sizes=(0,)).fit(X, y)
-    with pytest.raises(ValueError, match="poisson"):
-        MLPRegressor(loss="poisson", max_iter=2).fit(X, np.abs(y))
     with pytest.raises(ValueError, match="sample_weight"):
         MLPClassifier().fit(X, y, sample_weight=np.ones(3))
 
@@ -266,3 +291,108 @@ def test_verbose_prints_scikit_learns_progress_lines(digits, capsys):
             warnings.simplefilter("ignore", ConvergenceWarning)
             MLPClassifier(hidden_layer_sizes=(4,), solver=solver, max_iter=2, verbose=True).fit(X[:50], y[:50])
         assert "Iteration 1, loss = " in capsys.readouterr().out
+
+
+def _assert_same_curve(ours, theirs, rtol):
+    """Equal to rtol where scikit-learn's values are finite, and the same non-finite values (NaN, or inf of the same
+    sign) at the same epochs."""
+    a, b = np.asarray(ours, dtype=np.float64), np.asarray(theirs, dtype=np.float64)
+    assert a.shape == b.shape
+    finite = np.isfinite(b)
+    np.testing.assert_array_equal(np.isfinite(a), finite)
+    np.testing.assert_array_equal(a[~finite], b[~finite])  # NaN equals NaN here
+    np.testing.assert_allclose(a[finite], b[finite], rtol=rtol)  # elementwise: a norm of 1e200 values overflows
+
+
+@pytest.mark.parametrize("early_stopping", [True, False])
+@pytest.mark.parametrize("estimator", ["regressor", "classifier"])
+def test_diverging_fit_is_scikit_learns(estimator, early_stopping, digits, monkeypatch):
+    """scikit-learn's steps go on through inf and NaN, which its loss curve, validation scores and stopping rule
+    see; with early stopping the fit returns the best epoch's parameters, without it ``_fit`` raises ValueError after
+    the last epoch. fastbp's compiled steps stop at a diverged step, and the epoch starts again in scikit-learn's
+    NumPy arithmetic, so the whole run is scikit-learn's."""
+    if estimator == "regressor":  # scikit-learn's own test_mlp_diverging_loss, shorter
+        X, y = load_iris(return_X_y=True)
+        cls, theirs_cls = MLPRegressor, skl.MLPRegressor
+        params = dict(hidden_layer_sizes=(30,), activation="identity", learning_rate_init=1.0, momentum=0.9)
+    else:
+        X, y = digits
+        cls, theirs_cls = MLPClassifier, skl.MLPClassifier
+        params = dict(hidden_layer_sizes=(16,), learning_rate_init=50.0, batch_size=64)
+    params.update(solver="sgd", max_iter=12, early_stopping=early_stopping, n_iter_no_change=10, random_state=3)
+    numpy_epochs = []
+    numpy_epoch = cls._numpy_epoch
+    monkeypatch.setattr(cls, "_numpy_epoch", lambda *args: numpy_epochs.append(1) or numpy_epoch(*args))
+    models = []
+    for model in (cls(**params), theirs_cls(**params)):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", RuntimeWarning)  # overflow in scikit-learn's NumPy steps
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            if early_stopping:
+                model.fit(X, y)
+            else:
+                with pytest.raises(ValueError, match="Solver produced non-finite parameter weights"):
+                    model.fit(X, y)
+        models.append(model)
+    ours, theirs = models
+    assert ours.n_iter_ == theirs.n_iter_ == 12
+    assert np.isnan(theirs.loss_curve_[-1])  # the fit diverged
+    assert 1 <= len(numpy_epochs) <= 12 - np.isfinite(theirs.loss_curve_).sum() + 1  # compiled until it diverged
+    if estimator == "regressor":
+        _assert_same_curve(ours.loss_curve_, theirs.loss_curve_, SKLEARN_RTOL["float64"])
+    else:  # the reported log-loss of huge logits is unclipped in fastbp (a documented difference): where it diverged
+        np.testing.assert_array_equal(np.isfinite(ours.loss_curve_), np.isfinite(theirs.loss_curve_))
+    if early_stopping:
+        if estimator == "regressor":  # R^2 of non-finite predictions (a classifier's accuracy of its labels is not)
+            assert str(ours.validation_scores_[-1]) == "nan" and isinstance(ours.validation_scores_[-1], float)
+        _assert_same_curve(ours.validation_scores_, theirs.validation_scores_, SKLEARN_RTOL["float64"])
+        assert ours.best_validation_score_ == pytest.approx(theirs.best_validation_score_, rel=SKLEARN_RTOL["float64"])
+        for a, b in zip(ours.coefs_ + ours.intercepts_, theirs.coefs_ + theirs.intercepts_, strict=True):
+            assert rel_err(a, b) <= SKLEARN_RTOL["float64"]
+        assert rel_err(ours.predict(X), theirs.predict(X)) <= SKLEARN_RTOL["float64"]
+
+
+def _assert_same_optimizer(ours, theirs, rtol):
+    """Every attribute of scikit-learn's optimizer, with its value: scalars exactly, arrays to rtol."""
+    assert vars(theirs)
+    for name, value in vars(theirs).items():
+        mine = getattr(ours, name)
+        if isinstance(value, list):
+            if name == "velocities" and theirs.momentum == 0:
+                continue  # scikit-learn's last update, which no step reads without momentum; fastbp keeps zeros
+            assert len(mine) == len(value), name
+            for a, b in zip(mine, value, strict=True):
+                assert a.dtype == b.dtype and a.shape == b.shape, name
+                assert rel_err(a, b) <= rtol, name
+        else:
+            assert mine == value, name
+
+
+@pytest.mark.parametrize(
+    "params",
+    [
+        dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.3),  # Nesterov momentum 0.9
+        dict(
+            solver="sgd", learning_rate="adaptive", momentum=0.5, nesterovs_momentum=False, n_iter_no_change=1, tol=0.5
+        ),
+        dict(solver="sgd", learning_rate_init=0.05, momentum=0.0),
+        dict(solver="adam", learning_rate_init=0.01),
+    ],
+    ids=lambda p: "-".join(f"{k}={v}" for k, v in p.items()),
+)
+def test_optimizer_attributes_are_scikit_learns(params, digits):
+    """``_optimizer`` has every attribute of scikit-learn's, in step with training: after fit, partial_fit (the same
+    optimizer goes on) and a warm start (a new one)."""
+    X, y = digits
+    params = {"hidden_layer_sizes": (12,), "batch_size": 64, "max_iter": 6, "random_state": 0, **params}
+    ours, theirs = MLPClassifier(**params), skl.MLPClassifier(**params)
+    for step in ("fit", "partial_fit", "warm start"):
+        for model in (ours, theirs):
+            with warnings.catch_warnings():
+                warnings.simplefilter("ignore", ConvergenceWarning)
+                if step == "partial_fit":
+                    model.partial_fit(X, y)
+                else:
+                    model.set_params(warm_start=step == "warm start").fit(X, y)
+        _assert_same_optimizer(ours._optimizer, theirs._optimizer, SKLEARN_RTOL["float64"])
+    assert ours._optimizer.params[0] is not None and ours._optimizer.fastbp_optimizer.lr > 0

@@ -13,7 +13,7 @@ torch = pytest.importorskip("torch")
 import fastbp  # noqa: E402
 import fastbp.torch as fbt  # noqa: E402
 
-OUTPUTS = ("identity", "softmax", "sigmoid", "tanh", "relu", "leaky_relu")
+OUTPUTS = ("identity", "softmax", "sigmoid", "tanh", "relu", "leaky_relu", "exp")
 SIZES = [6, 9, 7, 5]
 TORCH_DTYPES = {"float32": torch.float32, "float64": torch.float64}
 
@@ -25,6 +25,7 @@ TORCH_ACTIVATION = {
     "relu": torch.nn.ReLU,
     "leaky_relu": lambda: torch.nn.LeakyReLU(0.01),
     "softmax": lambda: torch.nn.Softmax(dim=1),
+    "exp": lambda: type("Exp", (torch.nn.Module,), {"forward": lambda self, x: torch.exp(x)})(),
 }
 
 
@@ -445,16 +446,18 @@ def test_copies_are_independent():
         assert torch.count_nonzero(model.flat_params) > 0
 
 
-def test_fastbp_conversions():
+@pytest.mark.parametrize("output", ["softmax", "exp"])
+def test_fastbp_conversions(output):
     """from_fastbp / to_fastbp / to_sequential keep the function computed."""
-    net = fastbp.MLP([6, 10, 4], activation="leaky_relu", output="softmax", dtype="float64", seed=2)
+    net = fastbp.MLP([6, 10, 4], activation="leaky_relu", output=output, dtype="float64", seed=2)
     X = np.random.default_rng(0).standard_normal((5, 6))
     model = fbt.MLP.from_fastbp(net)
-    assert model.dtype == torch.float64 and model.output == "softmax"
+    assert model.dtype == torch.float64 and model.output == output
     with torch.no_grad():
         P = model(torch.from_numpy(X)).numpy()
     assert rel_err(P, net.predict(X)) < RTOL["float64"]
     back = model.to_fastbp()
+    assert (back.output, back.loss) == (net.output, net.loss)
     np.testing.assert_array_equal(back.params, net.params)
     with torch.no_grad():
         assert rel_err(model.to_sequential()(torch.from_numpy(X)), P) < TORCH_RTOL["float64"]

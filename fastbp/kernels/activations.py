@@ -2,8 +2,8 @@
 
 Every derivative is written in terms of the activation OUTPUT ``A = f(Z)``, so the pre-activation ``Z`` never
 has to be stored (docs/design.md): sigmoid' = A (1 - A), tanh' = 1 - A^2, relu' = [A > 0], leaky_relu' = 1 or slope,
-identity' = 1. Softmax is only an output activation; its Jacobian is not elementwise and is handled in
-:mod:`fastbp.kernels.loss`.
+identity' = 1, exp' = A. Softmax and exp are output activations only; softmax's Jacobian is not elementwise and is
+handled in :mod:`fastbp.kernels.loss`.
 
 The helpers are inlined into their callers; callers branch on the code once, outside their loops, and pass
 the code as a constant, so each loop body is specialised to one activation and vectorises.
@@ -19,9 +19,9 @@ from numba.extending import intrinsic, overload
 from .._config import leaf, like
 from .layout import _pointer_at
 
-IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX = 0, 1, 2, 3, 4, 5
+IDENTITY, SIGMOID, TANH, RELU, LEAKY_RELU, SOFTMAX, EXP = 0, 1, 2, 3, 4, 5, 6
 
-#: Public names (and aliases) -> code. Softmax is valid for the output layer only.
+#: Public names (and aliases) -> code. Softmax and exp are valid for the output layer only.
 ACTIVATIONS = {
     "identity": IDENTITY,
     "linear": IDENTITY,
@@ -31,6 +31,7 @@ ACTIVATIONS = {
     "relu": RELU,
     "leaky_relu": LEAKY_RELU,
     "softmax": SOFTMAX,
+    "exp": EXP,
 }
 NAMES = {
     IDENTITY: "identity",
@@ -39,6 +40,7 @@ NAMES = {
     RELU: "relu",
     LEAKY_RELU: "leaky_relu",
     SOFTMAX: "softmax",
+    EXP: "exp",
 }
 HIDDEN = ("identity", "linear", "sigmoid", "logistic", "tanh", "relu", "leaky_relu")
 
@@ -70,6 +72,8 @@ def _activate(z, code):
         return like(0.0, z) if z <= 0 else z
     if code == LEAKY_RELU:
         return like(LEAKY_SLOPE, z) * z if z <= 0 else z
+    if code == EXP:  # libm's exp (the vectorised one covers z <= 0 only); output layers are narrow
+        return math.exp(z)
     return z
 
 
@@ -85,6 +89,8 @@ def _derivative(a, code):
         return one if a > 0 else like(0.0, a)
     if code == LEAKY_RELU:
         return one if a > 0 else like(LEAKY_SLOPE, a)
+    if code == EXP:
+        return a
     return one
 
 

@@ -11,7 +11,7 @@ BP4 is a GEMM ``A_prev.T @ delta`` whose beta lets gradients of several micro-ba
 import numpy as np
 
 from .._config import kernel, leaf
-from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
+from .activations import EXP, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
 from .forward import _layer_input, _layer_options, _to_bf16_rows
 from .gemm import _bf16, _matmul
 from .layers import _layer_backward
@@ -61,6 +61,8 @@ def _derivative_code(delta_prev, A_prev, code, db_prev, with_db, D16, twin):
         _derivative_bias_grad(delta_prev, A_prev, SIGMOID, db_prev, with_db, D16, twin)
     elif code == LEAKY_RELU:
         _derivative_bias_grad(delta_prev, A_prev, LEAKY_RELU, db_prev, with_db, D16, twin)
+    elif code == EXP:  # an output activation: the PyTorch bridge's BP1 from torch's upstream gradient
+        _derivative_bias_grad(delta_prev, A_prev, EXP, db_prev, with_db, D16, twin)
     else:
         _derivative_bias_grad(delta_prev, A_prev, IDENTITY, db_prev, with_db, D16, twin)
 

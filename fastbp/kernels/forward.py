@@ -12,6 +12,7 @@ dtype's own precision every twin is an empty (0-row) view and is never touched.
 
 from .._config import kernel, leaf, like
 from .activations import (
+    EXP,
     IDENTITY,
     LEAKY_RELU,
     RELU,
@@ -96,6 +97,8 @@ def _bias_activation(Z, b, code, Z16):
     """
     if code == SOFTMAX:
         _bias_softmax(Z, b)
+    elif code == EXP:  # an output activation only: never a twin
+        _bias_activation_elementwise(Z, b, EXP, Z16, False)
     elif Z16.shape[0] > 0:
         _bias_activation_code(Z, b, code, Z16, True)
     else:

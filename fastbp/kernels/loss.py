@@ -10,6 +10,11 @@ Losses (per sample; the batch loss is the mean, plus ``l2 / 2 * sum(W**2)`` over
 - squared error ``1/2 ||a - y||^2`` with any output activation f: the general BP1 form
   ``delta = (A - Y) (.) f'(A)``; for softmax, whose Jacobian is not diagonal,
   ``delta_j = p_j (g_j - sum_k g_k p_k)`` with ``g = P - Y``. Identity output gives ``delta = A - Y``.
+- exp + Poisson: the half Poisson deviance ``sum_j y log(y / a) - y + a`` with ``a = exp(z)`` (scikit-learn's
+  ``loss="poisson"``, constant terms included, so a perfect fit has loss 0; ``y log y = 0`` at y = 0), computed as
+  ``exp(z) - y z + (y log y - y)`` in float64 from the logit z, which stays finite while ``a`` underflows;
+  canonical pair, ``delta = A - Y``. Targets are counts or rates, y >= 0 (a negative y makes the loss NaN, as
+  scikit-learn's).
 
 With sample weights ``sw`` (n,), row i's loss and delta are multiplied by ``sw[i]`` and the batch loss is the
 weighted mean ``sum_i sw_i loss_i / sum_i sw_i``; an empty ``sw`` means unit weights.
@@ -25,6 +30,7 @@ import numpy as np
 
 from .._config import kernel, leaf, like
 from .activations import (
+    EXP,
     IDENTITY,
     SIGMOID,
     SOFTMAX,
@@ -35,7 +41,7 @@ from .activations import (
     _row_sum,
 )
 
-CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR = 0, 1, 2
+CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR, POISSON = 0, 1, 2, 3
 
 LOSSES = {
     "cross_entropy": CROSS_ENTROPY,
@@ -43,6 +49,7 @@ LOSSES = {
     "binary_cross_entropy": BINARY_CROSS_ENTROPY,
     "squared_error": SQUARED_ERROR,
     "mse": SQUARED_ERROR,
+    "poisson": POISSON,
 }
 
 
@@ -164,6 +171,32 @@ def _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db):
 
 
 @leaf
+def _exp_poisson_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db):
+    """Exp output with the half Poisson deviance: Z <- A = exp(Z + b), delta <- weight * (A - Y), returns the
+    summed loss ``sum_ij sw_i (exp(z) - y z + y log y - y)``, in float64 (the terms cancel near a good fit)."""
+    n, m = Z.shape
+    loss = 0.0
+    for i in range(n):
+        w_i = _row_weight(sw, i)
+        w_row = weight * w_i
+        for j in range(m):
+            z = Z[i, j] + b[j]
+            y = _target(Y, labels, i, j)
+            a = _activate(z, EXP)
+            Z[i, j] = a
+            y64, z64 = np.float64(y), np.float64(z)
+            # 0 log 0 = 0; y z is kept at y = 0, so that an infinite or NaN logit makes the loss NaN. exp(z) in
+            # float64 too: near a good fit the terms cancel, and a's float32 rounding would be the loss's error
+            ylogy = y64 * math.log(y64) if y64 != 0.0 else 0.0
+            loss += w_i * (math.exp(z64) - y64 * z64 + (ylogy - y64))
+            d = w_row * (a - y)
+            delta[i, j] = d
+            if with_db:
+                db[j] += d
+    return loss
+
+
+@leaf
 def _squared_error_loss_delta(Z, b, Y, labels, sw, code, weight, delta, db, with_db):
     """Elementwise output f with squared error (BP1): Z <- A, delta <- weight (A - Y) f'(A), returns loss."""
     n, m = Z.shape
@@ -193,10 +226,10 @@ def _output_delta(Z, b, Y, labels, sw, code, loss_code, weight, delta, db, with_
     Z: (n, m), holds ``A_prev @ W`` on entry and the output activation A on exit. b: (m,). Y: (n, m) targets,
     or (0, m) when ``labels`` (n,) int64 class indices are given (then ``labels`` is empty otherwise). sw: (n,)
     sample weights of Z's dtype, or (0,) for unit weights. code: output activation code; loss_code:
-    CROSS_ENTROPY, BINARY_CROSS_ENTROPY or SQUARED_ERROR (validated pairs only). weight: float, scale / n
-    (scale / sum(sw) with weights). delta: (n, m), output. db: (m,), output when ``with_db`` (added to when
-    ``accumulate``). Returns the loss summed over the n samples (float64; sample-weighted, not multiplied by
-    ``weight``). Thread-safe for distinct outputs.
+    CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR or POISSON (validated pairs only; POISSON with EXP).
+    weight: float, scale / n (scale / sum(sw) with weights). delta: (n, m), output. db: (m,), output when
+    ``with_db`` (added to when ``accumulate``). Returns the loss summed over the n samples (float64;
+    sample-weighted, not multiplied by ``weight``). Thread-safe for distinct outputs.
     """
     if with_db and not accumulate:
         db[:] = 0.0
@@ -204,6 +237,8 @@ def _output_delta(Z, b, Y, labels, sw, code, loss_code, weight, delta, db, with_
         loss = _softmax_loss_delta(Z, b, Y, labels, sw, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
     elif loss_code == BINARY_CROSS_ENTROPY:
         loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db)
+    elif loss_code == POISSON:
+        loss = _exp_poisson_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db)
     elif code == IDENTITY:
         loss = _squared_error_loss_delta(Z, b, Y, labels, sw, IDENTITY, weight, delta, db, with_db)
     else:
