@@ -456,8 +456,8 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
     for name in contenders:
         if (name in BF16_CONTENDERS and not bf16) or (options and name not in DEEP_CONTENDERS):
             continue
-        if name == "reference" and shape not in REFERENCE_SHAPES:
-            continue
+        if (name == "reference" and shape not in REFERENCE_SHAPES) or (name == "plain" and not options):
+            continue  # plain without layer options is fastbp's own network
         if name == "fastbp":
             precision = "bfloat16" if bf16 else "float32"
             steps[name] = fastbp_step(sizes, batch, data, matmul_precision=precision, options=options)
@@ -651,9 +651,7 @@ def format_cell(cell):
 
 def table(results):
     """Markdown table of the results (what README.md and docs/benchmarks.md carry)."""
-    peers = [
-        p for p in (*STEP_PEERS, "reference", "torch_bf16", "plain") if any(p in c["peers"] for c in results["cells"])
-    ]
+    peers = [p for p in PEER_ORDER[1:] if any(p in c["peers"] for c in results["cells"])]
     head = ["shape", "dtype", "fastbp us/step (min-max)", "GFLOP/s", "% GEMM peak"]
     head += [f"{PEER_NAMES[p]} us/step" for p in peers] + [f"{PEER_NAMES[p]} / fastbp" for p in peers]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
@@ -727,6 +725,8 @@ XL_BF16_PEAK_PERCENT = 70.0
 
 #: The peers of docs/benchmarks.md: "the fastest peer" is the fastest of these, so all must have been measured.
 STEP_PEERS = ("numpy", "torch", "jax")
+#: The order of the contenders in the table and the chart.
+PEER_ORDER = ("fastbp", *STEP_PEERS, "reference", "torch_bf16", "plain")
 PEER_NAMES = {
     "numpy": "numpy",
     "reference": "numpy reference",
@@ -851,7 +851,7 @@ def plot(results, path):
 
     plt = pyplot()
     cells = results["cells"]
-    names = sorted({n for c in cells for n in c["peers"]}, key=["fastbp", *STEP_PEERS, "torch_bf16", "plain"].index)
+    names = sorted({n for c in cells for n in c["peers"]}, key=PEER_ORDER.index)
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(cells)), 4))
     width = 0.8 / len(names)
     for k, name in enumerate(names):

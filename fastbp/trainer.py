@@ -514,10 +514,11 @@ class Trainer:
             probe = self._probe_batch(train) if self.record_deltas else None
             monitor = "val_loss" if val is not None else "loss"
             best, best_params, wait, diverged = math.inf, None, 0, None
-            bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None if self.progress else True, leave=False)
-            for epoch in bar:
+            # no bar at all without progress: making a disabled one costs as much as a small epoch's steps
+            bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None, leave=False) if self.progress else None
+            for epoch in range(epochs) if bar is None else bar:
                 start = time.perf_counter()
-                perm = self._rng.permutation(n).astype(np.int64)
+                perm = self._rng.permutation(n).astype(np.int64, copy=False)
                 status, loss_sum, steps, extra = self._run_epoch(train, perm, batch_size, schedule, max_loss)
                 if status != _kstep.OK:
                     diverged = (status, f"in epoch {epoch + 1}", loss_sum, steps, min(n, steps * batch_size))
@@ -538,7 +539,10 @@ class Trainer:
                 logs.update(extra)
                 for key, value in logs.items():
                     history.setdefault(key, []).append(value)
-                bar.set_postfix({k: f"{x:.4g}" for k, x in logs.items() if k in ("loss", "val_loss", "val_accuracy")})
+                if bar is not None:
+                    bar.set_postfix(
+                        {k: f"{x:.4g}" for k, x in logs.items() if k in ("loss", "val_loss", "val_accuracy")}
+                    )
                 stop = any([bool(cb(self, epoch, logs)) for cb in self.callbacks])  # every callback sees every epoch
                 if self.early_stopping:
                     if logs[monitor] < best - self.min_delta:
@@ -550,7 +554,8 @@ class Trainer:
                         stop = stop or wait >= self.patience
                 if self._end_epoch(stop):
                     break
-            bar.close()
+            if bar is not None:
+                bar.close()
         if diverged is not None:
             self._raise_divergence(*diverged, max_loss)
         if best_params is not None:
