@@ -379,19 +379,20 @@ def jax_step(sizes, batch, dtype, options=None):
         logp = jax.nn.log_softmax(A @ W + b)
         return -jnp.mean(jnp.take_along_axis(logp, y[:, None], axis=1)), new_stats
 
+    base = jax.random.key(0)
+
     @jax.jit
-    def update(params, stats, X, y, key):
+    def update(params, stats, X, y, step):
+        key = jax.random.fold_in(base, step)  # in the jitted step: no eager op per step (dead code without dropout)
         grads, new_stats = jax.grad(loss, has_aux=True)(params, stats, X, y, key)
         return jax.tree_util.tree_map(lambda p, g: p - LR * g, params, grads), new_stats
 
     batches = [(jnp.asarray(X), jnp.asarray(y)) for X, y in _batches(*_data(sizes, batch, dtype), batch)]
     state = {"params": params, "stats": stats, "step": 0}
-    base = jax.random.key(0)
 
     def steps():
         for jX, jy in batches:
-            key = jax.random.fold_in(base, state["step"])
-            state["params"], state["stats"] = update(state["params"], state["stats"], jX, jy, key)
+            state["params"], state["stats"] = update(state["params"], state["stats"], jX, jy, state["step"])
             state["step"] += 1
         jax.block_until_ready(state["params"])
 
