@@ -79,15 +79,15 @@ DTYPES = ("float32", "float64")
 
 
 def like(x, arr):
-    """``x`` converted to the dtype of ``arr``, an array or a float scalar (compiled code only). Float64 scalars
-    mixed into float32 loops would promote every operation to float64; converting the scalars once before a loop
-    keeps it in float32."""
+    """``x`` converted to the dtype of ``arr``, an array, a float scalar or a tuple of floats (an entry point's
+    marker, kernels/boundary.py), in compiled code only. Float64 scalars mixed into float32 loops would promote every
+    operation to float64; converting the scalars once before a loop keeps it in float32."""
     raise NotImplementedError("like() is for compiled code")
 
 
 @overload(like, inline="always")
 def _like(x, arr):
-    scalar = as_dtype(arr.dtype if isinstance(arr, types.Array) else arr).type
+    scalar = as_dtype(arr.dtype if isinstance(arr, (types.Array, types.UniTuple)) else arr).type
     return lambda x, arr: scalar(x)
 
 

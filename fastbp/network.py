@@ -320,7 +320,9 @@ class MLP:
 
         self.extras = {}  # arrays kept with the checkpoint (e.g. input standardisation)
         self._lock = threading.Lock()
-        self._marker = self.dtype.type(0)  # selects the compiled specialization of the entry points
+        # selects the compiled specialization of the entry points: the plain tier, or the full tier for layer options
+        # and bfloat16 precision, whose code a plain network never compiles (kernels/boundary.py)
+        self._marker = (self.dtype.type(0),) if (self._has_options or bf16) else self.dtype.type(0)
         self._capacity = 0
         self._acts = self._delta_a = self._delta_b = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).

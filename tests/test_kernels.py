@@ -1,4 +1,4 @@
-"""Properties of the compiled kernels as a whole: one specialization per dtype, no allocation per call,
+"""Properties of the compiled kernels as a whole: one specialization per dtype and tier, no allocation per call,
 fastmath flags from one place."""
 
 import inspect
@@ -35,13 +35,24 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
     from fastbp.kernels import backward, bridge, checked, drivers, epoch, forward, loss, optimizers, step
 
     from fastbp import _onednn
+    from fastbp.kernels import layers
 
     rng = np.random.default_rng(0)
     bf16 = _onednn.info()["reason"] is None
+    # plain networks first: what they compile (kernels/boundary.py, the plain tier)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    for dtype in ("float32", "float64"):
+        net = fastbp.MLP([4, 6, 6, 3], dtype=dtype, seed=0)
+        fastbp.Trainer(net, fastbp.Adam(), batch_size=8, progress=False).fit(X, y, epochs=1, validation_data=(X, y))
+        net.value_and_grad(X, y)
+        net.predict(X)
+    kernels = {"_layer_forward": layers._layer_forward, "_layer_backward": layers._layer_backward,
+               "_backward": backward._backward}
+    plain_first = {name: len(kernel.signatures) for name, kernel in kernels.items()}
     for dtype in ("float32", "float64"):
         for sizes in ([3, 2], [3, 5, 2], [7, 1, 9, 4], [2, 13, 11, 7, 5, 3], [10, 64, 3], [6, 8, 8, 8, 3]):
             for output in ("softmax", "sigmoid", "tanh"):
-                # float32 networks alternate the matmul precisions: both run the one float32 specialization
+                # float32 networks alternate the matmul precisions (bfloat16 runs the full tier, kernels/boundary.py)
                 precision = "bfloat16" if bf16 and dtype == "float32" and len(sizes) % 2 else "float32"
                 # and a mix of layer options (normalization, residual connections, dropout) on the deeper ones
                 hidden = len(sizes) - 2
@@ -109,7 +120,7 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                                                             bridge._bridge_forward_entry]),
         "_step": callers(step._step, [epoch._train_epoch_entry, step._step_entry]),
     }
-    print(json.dumps({"signatures": signatures, "calls": calls}))
+    print(json.dumps({"signatures": signatures, "calls": calls, "plain_first": plain_first}))
     """
 )
 
@@ -127,30 +138,55 @@ def compilations(tmp_path_factory):
     return json.loads(proc.stdout)
 
 
+def _specialization(sig):
+    """(dtype, tier) of a compiled signature: a float32 specialization has float32 arrays somewhere (float64 scalars
+    such as lr and l2 occur in both); the full tier's take the marker as a 1-tuple, or gemm as (blas, bf16)
+    (kernels/boundary.py)."""
+    joined = " ".join(sig)
+    dtype = "float32" if "float32" in joined else "float64"
+    full = any(t in joined for t in ("UniTuple(float32 x 1)", "UniTuple(float64 x 1)", "UniTuple(int64 x 2)"))
+    return dtype, "full" if full else "plain"
+
+
 def test_changing_depth_width_and_data_compiles_nothing_new(compilations):
-    # Each kernel must end with at most one specialization per dtype.
+    # Each kernel must end with at most one specialization per dtype and tier (plain networks, and networks with
+    # layer options or bfloat16 precision), whatever the depth, widths, options and data.
     signatures = compilations["signatures"]
-    assert len(signatures["fastbp.kernels.drivers._value_and_grad_entry"]) == 2
-    assert len(signatures["fastbp.kernels.epoch._train_epoch_entry"]) == 2
+    for entry in ("drivers._value_and_grad_entry", "epoch._train_epoch_entry", "backward._backward"):
+        kinds = sorted(_specialization(sig) for sig in signatures[f"fastbp.kernels.{entry}"])
+        assert kinds == [(d, t) for d in ("float32", "float64") for t in ("full", "plain")], (entry, kinds)
     for name, sigs in signatures.items():
-        # a float32 specialization has float32 arrays somewhere; float64 scalars (lr, l2) occur in both
-        dtypes = ["float32" if "float32" in " ".join(sig) else "float64" for sig in sigs]
-        assert len(dtypes) == len(set(dtypes)) <= 2, f"{name} has several specializations of one dtype: {sigs}"
+        kinds = [_specialization(sig) for sig in sigs]
+        assert len(kinds) == len(set(kinds)), f"{name} has several specializations of one dtype and tier: {sigs}"
+
+
+def test_a_plain_network_compiles_no_code_of_the_layer_options(compilations):
+    # The plain tier (kernels/boundary.py): a network without layer options in its dtype's precision selects the
+    # specializations that never type the options' kernels, and any option selects the full tier.
+    plain = fastbp.MLP([4, 6, 3], seed=0)
+    assert np.isscalar(plain._marker) and plain._marker.dtype == plain.dtype
+    for options in ({"norm": "batch"}, {"residual": [False, True]}, {"dropout": 0.1}):
+        net = fastbp.MLP([4, 6, 6, 3], seed=0, **options)
+        assert isinstance(net._marker, tuple) and net._marker[0].dtype == net.dtype, options
+    # and in the fresh process, plain networks of both dtypes trained, evaluated and differentiated before any other
+    # compiled nothing of the options, while their passes were compiled
+    assert compilations["plain_first"] == {"_layer_forward": 0, "_layer_backward": 0, "_backward": 2}
 
 
 def test_one_backward_pass_one_forward_pass_and_one_step_serve_every_entry_point(compilations):
     # The trainer's epoch loop, value_and_grad (and FlatObjective, through it), and the PyTorch bridge run the SAME
-    # compiled backward pass: one specialization per dtype, called from the machine code of each entry point. The
-    # same for the forward pass over the hidden layers, and for the optimizer step of the epoch loop and of the
-    # loop driven from Python (fastbp.distributed; tests/test_distributed.py counts its calls).
+    # compiled backward pass: one specialization per dtype and tier, called from the machine code of each entry
+    # point. The same for the forward pass over the hidden layers, and for the optimizer step of the epoch loop and
+    # of the loop driven from Python (fastbp.distributed; tests/test_distributed.py counts its calls).
     signatures, calls = compilations["signatures"], compilations["calls"]
-    for callee in ("backward._backward", "forward._forward_hidden", "step._step"):
-        assert len(signatures[f"fastbp.kernels.{callee}"]) == 2, callee  # float32 and float64
+    for callee in ("backward._backward", "forward._forward_hidden"):
+        assert len(signatures[f"fastbp.kernels.{callee}"]) == 4, callee  # float32 and float64, each tier
+    assert len(signatures["fastbp.kernels.step._step"]) == 2  # the step has no tiers: float32 and float64
     for callee, entries in calls.items():
         for entry, per_signature in entries.items():
             if entry.startswith("_bridge") and not per_signature:
                 pytest.importorskip("torch")  # not compiled: torch is not installed
-            assert per_signature == [True, True], (callee, entry)
+            assert per_signature and all(per_signature), (callee, entry)
 
 
 def test_the_layer_kernels_of_the_backward_pass_are_called_from_it_only():

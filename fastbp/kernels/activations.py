@@ -5,8 +5,10 @@ has to be stored (docs/design.md): sigmoid' = A (1 - A), tanh' = 1 - A^2, relu' 
 identity' = 1, exp' = A. Softmax and exp are output activations only; softmax's Jacobian is not elementwise and is
 handled in :mod:`fastbp.kernels.loss`.
 
-The helpers are inlined into their callers; callers branch on the code once, outside their loops, and pass
-the code as a constant, so each loop body is specialised to one activation and vectorises.
+The helpers are inlined into their callers. The row helpers (:func:`_activate_row`, :func:`_derivative_row`)
+branch on the code once per row, outside the loop over the row, and pass the code as a constant, so each loop body
+is specialised to one activation and vectorises, while the passes that call them are compiled once, not once per
+code (their compile time, not their run time, would grow with the number of codes).
 """
 
 import math
@@ -92,6 +94,53 @@ def _derivative(a, code):
     if code == EXP:
         return a
     return one
+
+
+@leaf
+def _activate_row(Z, b, i, code):
+    """Z[i, j] <- f(Z[i, j] + b[j]) over row i, for an elementwise activation code (not softmax): one loop per code,
+    chosen once for the row."""
+    m = Z.shape[1]
+    if code == RELU:
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j] + b[j], RELU)
+    elif code == TANH:
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j] + b[j], TANH)
+    elif code == SIGMOID:
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j] + b[j], SIGMOID)
+    elif code == LEAKY_RELU:
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j] + b[j], LEAKY_RELU)
+    elif code == EXP:
+        for j in range(m):
+            Z[i, j] = _activate(Z[i, j] + b[j], EXP)
+    else:
+        for j in range(m):
+            Z[i, j] += b[j]
+
+
+@leaf
+def _derivative_row(G, A, i, code):
+    """G[i, j] <- G[i, j] * f'(z) over row i, with f' taken from the activation output A[i, j] (elementwise code):
+    one loop per code, chosen once for the row."""
+    m = G.shape[1]
+    if code == RELU:
+        for j in range(m):
+            G[i, j] *= _derivative(A[i, j], RELU)
+    elif code == TANH:
+        for j in range(m):
+            G[i, j] *= _derivative(A[i, j], TANH)
+    elif code == SIGMOID:
+        for j in range(m):
+            G[i, j] *= _derivative(A[i, j], SIGMOID)
+    elif code == LEAKY_RELU:
+        for j in range(m):
+            G[i, j] *= _derivative(A[i, j], LEAKY_RELU)
+    elif code == EXP:
+        for j in range(m):
+            G[i, j] *= A[i, j]
 
 
 @intrinsic

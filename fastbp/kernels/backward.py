@@ -9,9 +9,10 @@ BP4 is a GEMM ``A_prev.T @ delta`` whose beta lets gradients of several micro-ba
 """
 
 import numpy as np
+from numba.extending import overload
 
 from .._config import kernel, leaf
-from .activations import EXP, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _derivative
+from .activations import _derivative_row
 from .forward import _layer_input, _layer_options, _to_bf16_rows
 from .gemm import _bf16, _matmul
 from .layers import _layer_backward
@@ -35,47 +36,19 @@ from .loss import _l2_penalty
 
 
 @leaf
-def _derivative_bias_grad(delta_prev, A_prev, code, db_prev, with_db, D16, twin):
-    """delta_prev *= f'(A_prev); db_prev += column sums of the result (when with_db); D16 <- its bfloat16 twin (when
-    twin). Code and twin are constants."""
-    n, m = delta_prev.shape
-    for i in range(n):
-        for j in range(m):
-            d = delta_prev[i, j] * _derivative(A_prev[i, j], code)
-            delta_prev[i, j] = d
-            if with_db:
-                db_prev[j] += d
-            if twin:
-                D16[i, j] = _bf16(d)
-
-
-@leaf
-def _derivative_code(delta_prev, A_prev, code, db_prev, with_db, D16, twin):
-    """:func:`_derivative_bias_grad` with the branch on the code taken once: each call inlines a loop specialised
-    to one constant activation code."""
-    if code == RELU:
-        _derivative_bias_grad(delta_prev, A_prev, RELU, db_prev, with_db, D16, twin)
-    elif code == TANH:
-        _derivative_bias_grad(delta_prev, A_prev, TANH, db_prev, with_db, D16, twin)
-    elif code == SIGMOID:
-        _derivative_bias_grad(delta_prev, A_prev, SIGMOID, db_prev, with_db, D16, twin)
-    elif code == LEAKY_RELU:
-        _derivative_bias_grad(delta_prev, A_prev, LEAKY_RELU, db_prev, with_db, D16, twin)
-    elif code == EXP:  # an output activation: the PyTorch bridge's BP1 from torch's upstream gradient
-        _derivative_bias_grad(delta_prev, A_prev, EXP, db_prev, with_db, D16, twin)
-    else:
-        _derivative_bias_grad(delta_prev, A_prev, IDENTITY, db_prev, with_db, D16, twin)
-
-
-@leaf
 def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16):
     """:func:`_activation_derivative`, inlined into its callers (the layer's BP2 saves a call)."""
     if with_db and not accumulate:
         db_prev[:] = 0.0
-    if delta_prev16.shape[0] > 0:
-        _derivative_code(delta_prev, A_prev, code, db_prev, with_db, delta_prev16, True)
-    else:
-        _derivative_code(delta_prev, A_prev, code, db_prev, with_db, delta_prev16, False)
+    twin = delta_prev16.shape[0] > 0
+    for i in range(delta_prev.shape[0]):  # each row's passes while it is in L1
+        _derivative_row(delta_prev, A_prev, i, code)
+        if with_db:
+            for j in range(delta_prev.shape[1]):
+                db_prev[j] += delta_prev[i, j]
+        if twin:
+            for j in range(delta_prev.shape[1]):
+                delta_prev16[i, j] = _bf16(delta_prev[i, j])
 
 
 @kernel
@@ -188,7 +161,6 @@ def _backward(
                 dW[:] = 0.0
             if not _wants(needs, layout, 2 + 2 * l):  # b, and gamma and beta of a normalized layer
                 grads[layout[l, B_OFFSET] : layout[l, PARAM_END]] = 0.0
-    buffers, aux, sums, run, ids = opts
     _to_bf16_rows(_rows_view(cur, n, layout[L - 1, FAN_OUT]), _rows_view(cur16, n16, layout[L - 1, FAN_OUT]))
 
     squares = 0.0
@@ -218,34 +190,22 @@ def _backward(
                     gemm, delta, delta16, W, W16, A_prev, layout[k, ACTIVATION], G, G16, db_prev, with_db, accumulate
                 )
             else:
-                _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, G)
-                # third: dC/dA of the layer above through its residual connection (read), then this layer's (written)
-                skip = _rows_view(third, n if layout[l, RESIDUAL] else 0, m)
-                dA = _rows_view(third, n if layout[k, RESIDUAL] else 0, m)
-                H, XH, _, inv = _aux_views(aux, layout, k, n)
-                gamma, _, _ = _layer_options(params, buffers, layout, k)
-                dgamma, dbeta, _ = _layer_options(grads, buffers, layout, k)
-                _layer_backward(
+                _options_backward(
+                    gemm,
+                    params,
+                    grads,
+                    layout,
+                    l,
+                    delta,
+                    delta16,
+                    W16,
+                    A_prev,
                     G,
-                    skip,
-                    dA,
-                    layout[k, ACTIVATION],
-                    H if H.shape[0] > 0 else A_prev,
-                    layout[k, NORM],
-                    gamma,
-                    XH,
-                    inv,
-                    dgamma,
-                    dbeta,
-                    db_prev,
+                    G16,
+                    third,
+                    opts,
                     with_db,
                     accumulate,
-                    sums,
-                    layout[k, DROPOUT],
-                    run,
-                    ids,
-                    k,
-                    G16,
                 )
             cur, other = other, cur
             cur16, other16 = other16, cur16
@@ -268,3 +228,64 @@ def _backward(
                 for j in range(dX.shape[1]):
                     dX[i, j] += dA[i, j]
     return squares
+
+
+def _options_backward(
+    gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
+):
+    """BP2 and BP3 into hidden layer k = l - 1 when it has options, or when layer l has a residual connection: the
+    GEMM ``G = delta @ W[l].T``, then :func:`~fastbp.kernels.layers._layer_backward` (compiled code only; see the
+    overload). Arguments as for :func:`_backward`; delta, delta16: layer l's delta and its twin; G, G16: layer k's
+    delta and its twin, outputs; with_db: whether k's bias gradient is wanted."""
+    raise NotImplementedError("_options_backward() is for compiled code")
+
+
+@overload(_options_backward, inline="always")
+def _options_backward_impl(
+    gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
+):
+    if len(gemm) == 1:  # the plain tier (boundary.py): its networks have no options, nor any of their code
+
+        def plain(
+            gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
+        ):
+            pass
+
+        return plain
+
+    def full(gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate):
+        buffers, aux, sums, run, ids = opts
+        n, m, k = G.shape[0], G.shape[1], l - 1
+        W, _ = _layer_view(params, layout, l)
+        _, db_prev = _layer_view(grads, layout, k)
+        _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, G)
+        # third: dC/dA of the layer above through its residual connection (read), then this layer's (written)
+        skip = _rows_view(third, n if layout[l, RESIDUAL] else 0, m)
+        dA = _rows_view(third, n if layout[k, RESIDUAL] else 0, m)
+        H, XH, _, inv = _aux_views(aux, layout, k, n)
+        gamma, _, _ = _layer_options(params, buffers, layout, k)
+        dgamma, dbeta, _ = _layer_options(grads, buffers, layout, k)
+        _layer_backward(
+            G,
+            skip,
+            dA,
+            layout[k, ACTIVATION],
+            H if H.shape[0] > 0 else A_prev,
+            layout[k, NORM],
+            gamma,
+            XH,
+            inv,
+            dgamma,
+            dbeta,
+            db_prev,
+            with_db,
+            accumulate,
+            sums,
+            layout[k, DROPOUT],
+            run,
+            ids,
+            k,
+            G16,
+        )
+
+    return full

@@ -10,16 +10,12 @@ twin of each hidden activation ``A16`` in the same pass, and the input's twin is
 dtype's own precision every twin is an empty (0-row) view and is never touched.
 """
 
+from numba.extending import overload
+
 from .._config import kernel, leaf, like
 from .activations import (
-    EXP,
-    IDENTITY,
-    LEAKY_RELU,
-    RELU,
-    SIGMOID,
     SOFTMAX,
-    TANH,
-    _activate,
+    _activate_row,
     _bias_shift_row,
     _exp_block,
     _row_sum,
@@ -42,35 +38,6 @@ from .layout import (
     _plain,
     _twin_view,
 )
-
-
-@leaf
-def _bias_activation_elementwise(Z, b, code, Z16, twin):
-    """Z[i, j] <- f(Z[i, j] + b[j]) for an elementwise activation code, and Z16[i, j] <- its bfloat16 when ``twin``
-    (code and twin are constants after inlining)."""
-    n, m = Z.shape
-    for i in range(n):
-        for j in range(m):
-            a = _activate(Z[i, j] + b[j], code)
-            Z[i, j] = a
-            if twin:
-                Z16[i, j] = _bf16(a)
-
-
-@leaf
-def _bias_activation_code(Z, b, code, Z16, twin):
-    """:func:`_bias_activation_elementwise` with the branch on the code taken once, outside the loops: each call
-    inlines a loop specialised to one constant code."""
-    if code == RELU:
-        _bias_activation_elementwise(Z, b, RELU, Z16, twin)
-    elif code == TANH:
-        _bias_activation_elementwise(Z, b, TANH, Z16, twin)
-    elif code == SIGMOID:
-        _bias_activation_elementwise(Z, b, SIGMOID, Z16, twin)
-    elif code == LEAKY_RELU:
-        _bias_activation_elementwise(Z, b, LEAKY_RELU, Z16, twin)
-    else:
-        _bias_activation_elementwise(Z, b, IDENTITY, Z16, twin)
 
 
 @leaf
@@ -97,12 +64,13 @@ def _bias_activation(Z, b, code, Z16):
     """
     if code == SOFTMAX:
         _bias_softmax(Z, b)
-    elif code == EXP:  # an output activation only: never a twin
-        _bias_activation_elementwise(Z, b, EXP, Z16, False)
-    elif Z16.shape[0] > 0:
-        _bias_activation_code(Z, b, code, Z16, True)
-    else:
-        _bias_activation_code(Z, b, code, Z16, False)
+        return
+    twin = Z16.shape[0] > 0
+    for i in range(Z.shape[0]):
+        _activate_row(Z, b, i, code)
+        if twin:  # the row is still in L1
+            for j in range(Z.shape[1]):
+                Z16[i, j] = _bf16(Z[i, j])
 
 
 @kernel
@@ -162,7 +130,6 @@ def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts):
     (updated in training), the auxiliary workspace (output), float64 scratch, the run flags (training, update
     statistics, dropout, seed, step) and the batch's row ids (layers.py). Not thread-safe for a shared workspace.
     """
-    buffers, aux, sums, run, ids = opts
     n = X.shape[0]
     n16 = X16.shape[0]
     _to_bf16_rows(X, X16)
@@ -175,10 +142,32 @@ def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts):
         W16 = _twin_view(params16, layout, l)
         if _plain(layout, l):
             _dense_forward(gemm, A_prev, A_prev16, W, W16, b, layout[l, ACTIVATION], A, A16)
-            continue
-        _matmul(gemm, 0, 0, A_prev, A_prev16, W, W16, 0.0, A)
+        else:
+            _options_forward(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts)
+
+
+def _options_forward(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
+    """The forward pass of hidden layer l with its options: its GEMM into A, then :func:`~fastbp.kernels.layers.
+    _layer_forward` (compiled code only; see the overload). Arguments as for :func:`_forward_hidden`; A_prev,
+    A_prev16: the layer's input and its twin; A, A16: its output and its twin."""
+    raise NotImplementedError("_options_forward() is for compiled code")
+
+
+@overload(_options_forward, inline="always")
+def _options_forward_impl(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
+    if len(gemm) == 1:  # the plain tier (boundary.py): its networks have no options, nor any of their code
+
+        def plain(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
+            pass
+
+        return plain
+
+    def full(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
+        buffers, aux, sums, run, ids = opts
+        W, b = _layer_view(params, layout, l)
+        _matmul(gemm, 0, 0, A_prev, A_prev16, W, _twin_view(params16, layout, l), 0.0, A)
         gamma, beta, stats = _layer_options(params, buffers, layout, l)
-        H, XH, mean, inv = _aux_views(aux, layout, l, n)
+        H, XH, mean, inv = _aux_views(aux, layout, l, A.shape[0])
         _layer_forward(
             A,
             b,
@@ -200,6 +189,8 @@ def _forward_hidden(gemm, params, params16, layout, X, X16, acts, acts16, opts):
             ids,
             l,
         )
+
+    return full
 
 
 @leaf

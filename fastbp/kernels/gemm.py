@@ -215,12 +215,12 @@ def _matmul(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
 
 @overload(_matmul)
 def _matmul_impl(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
-    """The GEMM of every pass: ``gemm = (blas, bf16)`` addresses. With ``bf16 == 0`` (the network's dtype
-    precision), ``C = op(A) @ op(B) + beta * C`` by the BLAS at ``blas`` (:func:`_gemm`); otherwise (bfloat16
-    matmul precision, float32 networks only) by the bfloat16 GEMM at ``bf16`` on the bfloat16 twins A16 and B16 of
-    A and B (uint16 arrays of the same shapes), accumulated in float32. A float64 specialization has no bfloat16
-    branch."""
-    if C.dtype != types.float32:
+    """The GEMM of every pass: ``gemm = (blas, bf16)`` addresses in the full tier (boundary.py), ``(blas,)`` in the
+    plain tier. With ``bf16 == 0`` (the network's dtype precision), ``C = op(A) @ op(B) + beta * C`` by the BLAS at
+    ``blas`` (:func:`_gemm`); otherwise (bfloat16 matmul precision, float32 networks only) by the bfloat16 GEMM at
+    ``bf16`` on the bfloat16 twins A16 and B16 of A and B (uint16 arrays of the same shapes), accumulated in float32.
+    The plain tier and float64 specializations have no bfloat16 branch."""
+    if C.dtype != types.float32 or len(gemm) == 1:
 
         def dtype_precision(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
             _gemm(gemm[0], trans_a, trans_b, 1.0, A, B, beta, C)

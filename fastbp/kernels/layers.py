@@ -28,7 +28,7 @@ import math
 import numpy as np
 
 from .._config import kernel, leaf, like
-from .activations import IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _activate, _derivative
+from .activations import _activate_row, _derivative_row
 from .gemm import _bf16
 from .layout import BATCH_NORM, LAYER_NORM, NO_NORM
 
@@ -68,51 +68,6 @@ def _keep(key, unit, threshold):
 def _row_id(ids, i):
     """The row id of row i of the batch: ``ids[i]`` (its index in the data set), or i without ids."""
     return ids[i] if ids.shape[0] > 0 else i
-
-
-@leaf
-def _forward_pass(code, args):
-    """The element pass of :func:`_layer_forward` for one activation code (a constant after inlining; ``args``: the
-    other arguments, as that kernel takes them): row by row, each step one loop over the row whose conditions are
-    tested outside it, so that every loop vectorises."""
-    Z, b, Z16, A_prev, norm, gamma, beta, mean, inv, H, XH, threshold, residual, run, ids, l = args
-    n, m = Z.shape
-    training, dropout = run[0] != 0, run[2] != 0 and threshold > 0
-    scale = like(4294967296.0 / (4294967296.0 - threshold), Z)
-    zero = like(0.0, Z)
-    keep_h, twin, keep_x = H.shape[0] > 0, Z16.shape[0] > 0, training and norm != NO_NORM
-    for i in range(n):
-        if norm == BATCH_NORM:
-            for j in range(m):
-                Z[i, j] = (Z[i, j] + b[j] - mean[j]) * inv[j]
-        elif norm == LAYER_NORM:
-            row_mean, row_inv = mean[i], inv[i]
-            for j in range(m):
-                Z[i, j] = (Z[i, j] + b[j] - row_mean) * row_inv
-        if norm != NO_NORM:
-            if keep_x:
-                for j in range(m):
-                    XH[i, j] = Z[i, j]
-            for j in range(m):
-                Z[i, j] = gamma[j] * Z[i, j] + beta[j]
-        else:
-            for j in range(m):
-                Z[i, j] += b[j]
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j], code)
-        if keep_h:
-            for j in range(m):
-                H[i, j] = Z[i, j]
-        if dropout:
-            key = _row_key(run[3], run[4], l, _row_id(ids, i))
-            for j in range(m):
-                Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
-        if residual:
-            for j in range(m):
-                Z[i, j] += A_prev[i, j]
-        if twin:
-            for j in range(m):
-                Z16[i, j] = _bf16(Z[i, j])
 
 
 @kernel
@@ -170,92 +125,41 @@ def _layer_forward(
                 sq += d * d
             mean[i] = mu
             inv[i] = 1.0 / math.sqrt(sq / m + EPS)
-    # Branch on the code once, outside the loops: each call inlines the pass for one constant code.
-    args = (Z, b, Z16, A_prev, norm, gamma, beta, mean, inv, H, XH, threshold, residual, run, ids, l)
-    if code == RELU:
-        _forward_pass(RELU, args)
-    elif code == TANH:
-        _forward_pass(TANH, args)
-    elif code == SIGMOID:
-        _forward_pass(SIGMOID, args)
-    elif code == LEAKY_RELU:
-        _forward_pass(LEAKY_RELU, args)
-    else:
-        _forward_pass(IDENTITY, args)
-
-
-@leaf
-def _backward_pass(code, args):
-    """The passes of :func:`_layer_backward` for one activation code (a constant after inlining; ``args``: the other
-    arguments, as that kernel takes them): row by row, each step one loop over the row whose conditions are tested
-    outside it, so that every loop vectorises. The first pass leaves dN in G (and, for batch norm, its column sums);
-    a second pass makes delta from them for batch norm."""
-    G, skip, dA, H, norm, gamma, XH, inv, dgamma, dbeta, db, with_grads, sums, threshold, run, ids, l, D16 = args
-    n, m = G.shape
-    dropout = run[2] != 0 and threshold > 0
-    scale = like(4294967296.0 / (4294967296.0 - threshold), G)
-    zero = like(0.0, G)
-    with_skip, store_da, twin = skip.shape[0] > 0, dA.shape[0] > 0, D16.shape[0] > 0
-    nf, mf = like(n, G), like(m, G)
-    s1, s2 = sums[:m], sums[m : 2 * m]
-    if norm == BATCH_NORM:
-        for j in range(m):
-            s1[j] = 0.0
-            s2[j] = 0.0
+    # the element pass, row by row: each step one loop over the row, its conditions tested outside it
+    training, dropout = run[0] != 0, run[2] != 0 and threshold > 0
+    scale = like(4294967296.0 / (4294967296.0 - threshold), Z)
+    zero = like(0.0, Z)
+    keep_h, twin, keep_x = H.shape[0] > 0, Z16.shape[0] > 0, training and norm != NO_NORM
     for i in range(n):
-        if with_skip:  # the gradient through the residual connection of the layer above
+        if norm == BATCH_NORM:
             for j in range(m):
-                G[i, j] += skip[i, j]
-        if store_da:  # dC/dA, which this layer's own residual connection passes down
+                Z[i, j] = (Z[i, j] + b[j] - mean[j]) * inv[j]
+        elif norm == LAYER_NORM:
+            row_mean, row_inv = mean[i], inv[i]
             for j in range(m):
-                dA[i, j] = G[i, j]
+                Z[i, j] = (Z[i, j] + b[j] - row_mean) * row_inv
+        if norm != NO_NORM:
+            if keep_x:
+                for j in range(m):
+                    XH[i, j] = Z[i, j]
+            for j in range(m):
+                Z[i, j] *= gamma[j]
+            _activate_row(Z, beta, i, code)
+        else:
+            _activate_row(Z, b, i, code)
+        if keep_h:
+            for j in range(m):
+                H[i, j] = Z[i, j]
         if dropout:
             key = _row_key(run[3], run[4], l, _row_id(ids, i))
             for j in range(m):
-                G[i, j] = G[i, j] * scale if _keep(key, j, threshold) else zero
-        for j in range(m):
-            G[i, j] *= _derivative(H[i, j], code)
-        if norm == BATCH_NORM:
+                Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
+        if residual:
             for j in range(m):
-                s1[j] += G[i, j]
-                s2[j] += G[i, j] * XH[i, j]
-        elif norm == LAYER_NORM:  # the row's sums of dN gamma and dN gamma x_hat, then its delta
-            r1 = 0.0
-            r2 = 0.0
-            for j in range(m):
-                t = G[i, j] * gamma[j]
-                r1 += t
-                r2 += t * XH[i, j]
-            if with_grads:
-                for j in range(m):
-                    dgamma[j] += G[i, j] * XH[i, j]
-                    dbeta[j] += G[i, j]
-            c = like(inv[i] / m, G)
-            r1_, r2_ = like(r1, G), like(r2, G)
-            for j in range(m):
-                G[i, j] = c * (mf * gamma[j] * G[i, j] - r1_ - XH[i, j] * r2_)
-        if norm != BATCH_NORM:
-            if with_grads:
-                for j in range(m):
-                    db[j] += G[i, j]
-            if twin:
-                for j in range(m):
-                    D16[i, j] = _bf16(G[i, j])
-    if norm != BATCH_NORM:
-        return
-    if with_grads:
-        for j in range(m):
-            dgamma[j] += s2[j]
-            dbeta[j] += s1[j]
-    for i in range(n):  # delta = gamma inv_std / n (n dN - sum dN - x_hat sum dN x_hat)
-        for j in range(m):
-            G[i, j] = gamma[j] * inv[j] / nf * (nf * G[i, j] - like(s1[j], G) - XH[i, j] * like(s2[j], G))
-        if with_grads:
-            for j in range(m):
-                db[j] += G[i, j]
+                Z[i, j] += A_prev[i, j]
         if twin:
             for j in range(m):
-                D16[i, j] = _bf16(G[i, j])
+                Z16[i, j] = _bf16(Z[i, j])
 
 
 @kernel
@@ -299,14 +203,67 @@ def _layer_backward(
         db[:] = 0.0
         dgamma[:] = 0.0
         dbeta[:] = 0.0
-    args = (G, skip, dA, H, norm, gamma, XH, inv, dgamma, dbeta, db, with_grads, sums, threshold, run, ids, l, D16)
-    if code == RELU:
-        _backward_pass(RELU, args)
-    elif code == TANH:
-        _backward_pass(TANH, args)
-    elif code == SIGMOID:
-        _backward_pass(SIGMOID, args)
-    elif code == LEAKY_RELU:
-        _backward_pass(LEAKY_RELU, args)
-    else:
-        _backward_pass(IDENTITY, args)
+    n, m = G.shape
+    dropout = run[2] != 0 and threshold > 0
+    scale = like(4294967296.0 / (4294967296.0 - threshold), G)
+    zero = like(0.0, G)
+    with_skip, store_da, twin = skip.shape[0] > 0, dA.shape[0] > 0, D16.shape[0] > 0
+    nf, mf = like(n, G), like(m, G)
+    s1, s2 = sums[:m], sums[m : 2 * m]
+    if norm == BATCH_NORM:
+        for j in range(m):
+            s1[j] = 0.0
+            s2[j] = 0.0
+    for i in range(n):
+        if with_skip:  # the gradient through the residual connection of the layer above
+            for j in range(m):
+                G[i, j] += skip[i, j]
+        if store_da:  # dC/dA, which this layer's own residual connection passes down
+            for j in range(m):
+                dA[i, j] = G[i, j]
+        if dropout:
+            key = _row_key(run[3], run[4], l, _row_id(ids, i))
+            for j in range(m):
+                G[i, j] = G[i, j] * scale if _keep(key, j, threshold) else zero
+        _derivative_row(G, H, i, code)
+        if norm == BATCH_NORM:
+            for j in range(m):
+                s1[j] += G[i, j]
+                s2[j] += G[i, j] * XH[i, j]
+        elif norm == LAYER_NORM:  # the row's sums of dN gamma and dN gamma x_hat, then its delta
+            r1 = 0.0
+            r2 = 0.0
+            for j in range(m):
+                t = G[i, j] * gamma[j]
+                r1 += t
+                r2 += t * XH[i, j]
+            if with_grads:
+                for j in range(m):
+                    dgamma[j] += G[i, j] * XH[i, j]
+                    dbeta[j] += G[i, j]
+            c = like(inv[i] / m, G)
+            r1_, r2_ = like(r1, G), like(r2, G)
+            for j in range(m):
+                G[i, j] = c * (mf * gamma[j] * G[i, j] - r1_ - XH[i, j] * r2_)
+        if norm != BATCH_NORM:
+            if with_grads:
+                for j in range(m):
+                    db[j] += G[i, j]
+            if twin:
+                for j in range(m):
+                    D16[i, j] = _bf16(G[i, j])
+    if norm != BATCH_NORM:
+        return
+    if with_grads:
+        for j in range(m):
+            dgamma[j] += s2[j]
+            dbeta[j] += s1[j]
+    for i in range(n):  # delta = gamma inv_std / n (n dN - sum dN - x_hat sum dN x_hat)
+        for j in range(m):
+            G[i, j] = gamma[j] * inv[j] / nf * (nf * G[i, j] - like(s1[j], G) - XH[i, j] * like(s2[j], G))
+        if with_grads:
+            for j in range(m):
+                db[j] += G[i, j]
+        if twin:
+            for j in range(m):
+                D16[i, j] = _bf16(G[i, j])

@@ -31,6 +31,10 @@ ADAM_BETA1, ADAM_BETA2, ADAM_EPS, ADAM_WEIGHT_DECAY, ADAM_DECOUPLED, ADAM_EPS_HA
 
 CONSTANT, STEP, INVSCALING, COSINE = 0, 1, 2, 3
 
+# Weights updated per piece before the piece's bfloat16 twin is written: 16 kB of float32, in L1 between the passes
+# (one copy of each update loop, not one with the twin and one without).
+TWIN_PIECE = 4096
+
 
 @kernel
 def _learning_rate(code, lr, schedule, t):
@@ -52,10 +56,10 @@ def _learning_rate(code, lr, schedule, t):
 
 
 @leaf
-def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay, q16, twin):
+def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay):
     """SGD / momentum / Nesterov on one contiguous range; returns the squared norm of ``grads`` on it (fused here
-    so that the gradient is read once when there is no clipping); when ``twin`` (a constant), q16 <- the bfloat16 of
-    p_next in the same pass (all arguments are equal-length 1-D views; looping over range(len) rather than
+    so that the gradient is read once when there is no clipping) (all arguments are equal-length 1-D views; looping
+    over range(len) rather than
     range(start, stop) lets LLVM vectorise: 8x faster). The test of ``mu`` is taken once, outside the loops: left
     inside, the loop vectorises only when LLVM unswitches it, which it stops doing in a larger function."""
     lr_, clip_, mu_, decay_ = like(lr, p_cur), like(clip, p_cur), like(mu, p_cur), like(decay, p_cur)
@@ -65,10 +69,7 @@ def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay, q1
             p = p_cur[i]
             raw = grads[i]
             sq += np.float64(raw) * raw  # in float64: a float32 square overflows long before the gradient does
-            q = p - lr_ * (clip_ * raw + decay_ * p)
-            p_next[i] = q
-            if twin:
-                q16[i] = _bf16(q)
+            p_next[i] = p - lr_ * (clip_ * raw + decay_ * p)
         return sq
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
@@ -77,10 +78,7 @@ def _sgd_range(p_cur, grads, velocity, p_next, lr, clip, mu, nesterov, decay, q1
         g = clip_ * raw + decay_ * p
         v = mu_ * velocity[i] - lr_ * g
         velocity[i] = v
-        q = p + (mu_ * v - lr_ * g if nesterov else v)
-        p_next[i] = q
-        if twin:
-            q16[i] = _bf16(q)
+        p_next[i] = p + (mu_ * v - lr_ * g if nesterov else v)
     return sq
 
 
@@ -101,17 +99,13 @@ def _adam_moments(grads, m, v, clip, b1, b2, p, decay):
 
 
 @leaf
-def _adam_step(p_cur, m, v, p_next, lr_c1, inv_sqrt_c2, eps, decay, q16, twin):
+def _adam_step(p_cur, m, v, p_next, lr_c1, inv_sqrt_c2, eps, decay):
     """p_next = p - lr_c1 m / (sqrt(v) inv_sqrt_c2 + eps) - decay p, which equals
-    p - lr (m / c1) / (sqrt(v / c2) + eps) - decay p with lr_c1 = lr / c1 and inv_sqrt_c2 = 1 / sqrt(c2); when
-    ``twin`` (a constant), q16 <- the bfloat16 of p_next in the same pass."""
+    p - lr (m / c1) / (sqrt(v / c2) + eps) - decay p with lr_c1 = lr / c1 and inv_sqrt_c2 = 1 / sqrt(c2)."""
     a, s, e, d = like(lr_c1, p_cur), like(inv_sqrt_c2, p_cur), like(eps, p_cur), like(decay, p_cur)
     for i in range(p_cur.shape[0]):
         p = p_cur[i]
-        q = p - a * m[i] / (math.sqrt(v[i]) * s + e) - d * p
-        p_next[i] = q
-        if twin:
-            q16[i] = _bf16(q)
+        p_next[i] = p - a * m[i] / (math.sqrt(v[i]) * s + e) - d * p
 
 
 @kernel
@@ -142,27 +136,27 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_nex
         w, b = layout[l, W_OFFSET], layout[l, B_OFFSET]
         end = layout[l, PARAM_END]  # [w, b) are the weights, [b, end) the bias, then gamma and beta if normalized
         for start, stop, decay_on in ((w, b, 1.0), (b, end, 0.0)):  # weights are decayed, the rest not
-            p, g, q = p_cur[start:stop], grads[start:stop], p_next[start:stop]
             twin = decay_on == 1.0 and p_next16.shape[0] > 0  # the weights have a bfloat16 twin, biases none
-            q16 = p_next16[start:stop] if twin else p_next16[:0]
-            if kind == ADAM:
-                m, v = state[0, start:stop], state[1, start:stop]
-                decay = decay_on * hyper[ADAM_WEIGHT_DECAY]
-                decoupled = hyper[ADAM_DECOUPLED] != 0.0  # AdamW: decay outside the adaptive step
-                sq += _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
-                a, s, e, d = lr / c1, 1.0 / math.sqrt(c2), eps, lr * decay if decoupled else 0.0
-                if twin:
-                    _adam_step(p, m, v, q, a, s, e, d, q16, True)
+            # with a twin, the range in pieces, each piece's twin written while the piece is in L1
+            piece = TWIN_PIECE if twin else max(stop - start, 1)
+            for lo in range(start, stop, piece):
+                hi = min(lo + piece, stop)
+                p, g, q = p_cur[lo:hi], grads[lo:hi], p_next[lo:hi]
+                if kind == ADAM:
+                    m, v = state[0, lo:hi], state[1, lo:hi]
+                    decay = decay_on * hyper[ADAM_WEIGHT_DECAY]
+                    decoupled = hyper[ADAM_DECOUPLED] != 0.0  # AdamW: decay outside the adaptive step
+                    sq += _adam_moments(g, m, v, clip, b1, b2, p, 0.0 if decoupled else decay)
+                    _adam_step(p, m, v, q, lr / c1, 1.0 / math.sqrt(c2), eps, lr * decay if decoupled else 0.0)
                 else:
-                    _adam_step(p, m, v, q, a, s, e, d, q16, False)
-            else:
-                mu = hyper[SGD_MOMENTUM]
-                velocity = state[0, start:stop] if mu != 0.0 else g  # no state row without momentum (unused)
-                nesterov, decay = hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
+                    mu = hyper[SGD_MOMENTUM]
+                    velocity = state[0, lo:hi] if mu != 0.0 else g  # no state row without momentum (unused)
+                    nesterov, decay = hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
+                    sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay)
                 if twin:
-                    sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay, q16, True)
-                else:
-                    sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay, q16, False)
+                    q16 = p_next16[lo:hi]
+                    for i in range(q.shape[0]):
+                        q16[i] = _bf16(q[i])
         total += sq
         if with_norms:
             sq_norms[l] += sq
