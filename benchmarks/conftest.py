@@ -6,7 +6,7 @@ Groups are named ``kernel|shape-dtype`` so that contenders of one cell are compa
 import numpy as np
 import pytest
 
-from fastbp.bench import MATRIX, SHAPES
+from fastbp.bench import MATRIX, shape_of
 
 
 def cells():
@@ -14,7 +14,8 @@ def cells():
 
 
 def batch_data(shape, dtype, steps=1):
-    sizes, batch = SHAPES[shape]
+    """(sizes, batch, X, y) of a shape of the matrix (its layer options, if any, are the caller's to apply)."""
+    sizes, batch, _ = shape_of(shape)
     rng = np.random.default_rng(0)
     X = rng.standard_normal((batch * steps, sizes[0])).astype(dtype)
     y = rng.integers(0, sizes[-1], batch * steps)
