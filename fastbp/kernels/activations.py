@@ -97,50 +97,51 @@ def _derivative(a, code):
 
 
 @leaf
+def _activate_loop(Z, b, i, code):
+    """Z[i, j] <- f(Z[i, j] + b[j]) over row i, for a code that is a constant after inlining."""
+    for j in range(Z.shape[1]):
+        Z[i, j] = _activate(Z[i, j] + b[j], code)
+
+
+@leaf
 def _activate_row(Z, b, i, code):
     """Z[i, j] <- f(Z[i, j] + b[j]) over row i, for an elementwise activation code (not softmax): one loop per code,
     chosen once for the row."""
-    m = Z.shape[1]
     if code == RELU:
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], RELU)
+        _activate_loop(Z, b, i, RELU)
     elif code == TANH:
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], TANH)
+        _activate_loop(Z, b, i, TANH)
     elif code == SIGMOID:
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], SIGMOID)
+        _activate_loop(Z, b, i, SIGMOID)
     elif code == LEAKY_RELU:
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], LEAKY_RELU)
+        _activate_loop(Z, b, i, LEAKY_RELU)
     elif code == EXP:
-        for j in range(m):
-            Z[i, j] = _activate(Z[i, j] + b[j], EXP)
+        _activate_loop(Z, b, i, EXP)
     else:
-        for j in range(m):
-            Z[i, j] += b[j]
+        _activate_loop(Z, b, i, IDENTITY)
+
+
+@leaf
+def _derivative_loop(G, A, i, code):
+    """G[i, j] <- G[i, j] * f'(A[i, j]) over row i, for a code that is a constant after inlining."""
+    for j in range(G.shape[1]):
+        G[i, j] *= _derivative(A[i, j], code)
 
 
 @leaf
 def _derivative_row(G, A, i, code):
     """G[i, j] <- G[i, j] * f'(z) over row i, with f' taken from the activation output A[i, j] (elementwise code):
-    one loop per code, chosen once for the row."""
-    m = G.shape[1]
+    one loop per code, chosen once for the row (none for the identity, whose derivative is 1)."""
     if code == RELU:
-        for j in range(m):
-            G[i, j] *= _derivative(A[i, j], RELU)
+        _derivative_loop(G, A, i, RELU)
     elif code == TANH:
-        for j in range(m):
-            G[i, j] *= _derivative(A[i, j], TANH)
+        _derivative_loop(G, A, i, TANH)
     elif code == SIGMOID:
-        for j in range(m):
-            G[i, j] *= _derivative(A[i, j], SIGMOID)
+        _derivative_loop(G, A, i, SIGMOID)
     elif code == LEAKY_RELU:
-        for j in range(m):
-            G[i, j] *= _derivative(A[i, j], LEAKY_RELU)
+        _derivative_loop(G, A, i, LEAKY_RELU)
     elif code == EXP:
-        for j in range(m):
-            G[i, j] *= A[i, j]
+        _derivative_loop(G, A, i, EXP)
 
 
 @intrinsic

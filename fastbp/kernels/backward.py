@@ -14,7 +14,7 @@ from numba.extending import overload
 from .._config import kernel, leaf
 from .activations import _derivative_row
 from .forward import _layer_input, _layer_options, _to_bf16_rows
-from .gemm import _bf16, _matmul
+from .gemm import _bf16_row, _matmul
 from .layers import _layer_backward
 from .layout import (
     ACTIVATION,
@@ -47,8 +47,7 @@ def _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate,
             for j in range(delta_prev.shape[1]):
                 db_prev[j] += delta_prev[i, j]
         if twin:
-            for j in range(delta_prev.shape[1]):
-                delta_prev16[i, j] = _bf16(delta_prev[i, j])
+            _bf16_row(delta_prev, delta_prev16, i)
 
 
 @kernel

@@ -9,7 +9,7 @@ that of a live, validated, C-contiguous buffer of the stated size and dtype for 
 The ``marker`` argument of every entry point selects its compiled specialization: a scalar of the network's dtype
 (the plain tier: plain dense layers in the dtype's own precision), or a 1-tuple of one (the full tier: layers with
 normalization, residual connections or dropout, and bfloat16 matmul precision). The tier reaches the passes as the
-type of ``gemm`` (:func:`_network_arrays`), and the code of layer options and of the bfloat16 GEMM is typed, and so
+type of ``gemm`` (:func:`_gemms`), and the code of layer options and of the bfloat16 GEMM is typed, and so
 compiled, only into full-tier specializations: a plain network's first run compiles none of it.
 """
 
@@ -52,42 +52,33 @@ def _array2d(address, rows, cols, marker):
 # side holds them (``MLP._entry_network``, ``MLP._entry_workspace``, ``MLP._entry_batch``).
 
 
+def _gemms(blas, bf16, marker):
+    """The ``gemm`` tuple of the passes (kernels/gemm.py): ``(blas,)`` for a scalar marker (the plain tier),
+    ``(blas, bf16)`` for a 1-tuple (the full tier) (compiled code only; see the overload)."""
+    raise NotImplementedError("_gemms() is for compiled code")
+
+
+@overload(_gemms, inline="always")
+def _gemms_impl(blas, bf16, marker):
+    if isinstance(marker, types.UniTuple):
+        return lambda blas, bf16, marker: (blas, bf16)
+    return lambda blas, bf16, marker: (blas,)
+
+
+@leaf
 def _network_arrays(network, marker):
     """(params (n_params,), params16, layout (n_layers, 12) int64, gemm, buffers) from (p_params, n_params, p_layout,
     n_layers, blas, bf16, p_params16, p_buffers, n_buffers): gemm, the addresses of the GEMMs the passes call
-    (kernels/gemm.py): ``(blas,)`` in the plain tier (a scalar marker), ``(blas, bf16)`` in the full tier (bf16: 0 in
-    the dtype's own precision); params16: the (n_params,) uint16 bfloat16 twin of the weights in bfloat16 precision,
-    else empty; buffers: (n_buffers,), the running statistics of batch norm (compiled code only; see the overload)."""
-    raise NotImplementedError("_network_arrays() is for compiled code")
-
-
-@overload(_network_arrays, inline="always")
-def _network_arrays_impl(network, marker):
-    if isinstance(marker, types.UniTuple):
-
-        def full(network, marker):
-            p_params, n_params, p_layout, n_layers, blas, bf16, p_params16, p_buffers, n_buffers = network
-            return (
-                _array1d(p_params, n_params, marker),
-                _array1d(p_params16, n_params if bf16 else 0, np.uint16(0)),
-                _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
-                (blas, bf16),
-                _array1d(p_buffers, n_buffers, marker),
-            )
-
-        return full
-
-    def plain(network, marker):
-        p_params, n_params, p_layout, n_layers, blas, _, _, p_buffers, n_buffers = network
-        return (
-            _array1d(p_params, n_params, marker),
-            _array1d(p_params, 0, np.uint16(0)),
-            _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
-            (blas,),
-            _array1d(p_buffers, n_buffers, marker),
-        )
-
-    return plain
+    (:func:`_gemms`; bf16: 0 in the dtype's own precision); params16: the (n_params,) uint16 bfloat16 twin of the
+    weights in bfloat16 precision, else empty; buffers: (n_buffers,), the running statistics of batch norm."""
+    p_params, n_params, p_layout, n_layers, blas, bf16, p_params16, p_buffers, n_buffers = network
+    return (
+        _array1d(p_params, n_params, marker),
+        _array1d(p_params16, n_params if bf16 else 0, np.uint16(0)),
+        _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
+        _gemms(blas, bf16, marker),
+        _array1d(p_buffers, n_buffers, marker),
+    )
 
 
 @leaf

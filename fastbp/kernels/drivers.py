@@ -16,7 +16,7 @@ from .._config import kernel, leaf
 from .backward import _backward, _wants
 from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _workspace_arrays
 from .forward import _forward_into, _forward_to_logits
-from .gemm import _bf16
+from .gemm import _to_bf16
 from .layout import ACTIVATION, B_OFFSET, FAN_IN, FAN_OUT, W_OFFSET, _layer_view, _matrix_at, _rows_view
 from .loss import _output_delta
 
@@ -36,9 +36,7 @@ def _refresh_twin(params, params16, layout):
         return
     for l in range(layout.shape[0]):
         w, b = layout[l, W_OFFSET], layout[l, B_OFFSET]
-        W, W16 = params[w:b], params16[w:b]
-        for k in range(W.shape[0]):  # over range(len), not range(w, b): LLVM vectorises only this one
-            W16[k] = _bf16(W[k])
+        _to_bf16(params[w:b], params16[w:b])
 
 
 @kernel

@@ -20,7 +20,7 @@ from .activations import (
     _exp_block,
     _row_sum,
 )
-from .gemm import _bf16, _matmul
+from .gemm import _bf16_row, _matmul
 from .layers import _layer_forward
 from .layout import (
     ACTIVATION,
@@ -68,9 +68,8 @@ def _bias_activation(Z, b, code, Z16):
     twin = Z16.shape[0] > 0
     for i in range(Z.shape[0]):
         _activate_row(Z, b, i, code)
-        if twin:  # the row is still in L1
-            for j in range(Z.shape[1]):
-                Z16[i, j] = _bf16(Z[i, j])
+        if twin:
+            _bf16_row(Z, Z16, i)
 
 
 @kernel
@@ -99,8 +98,7 @@ def _layer_input(layout, l, X, acts):
 def _to_bf16_rows(X, X16):
     """X16[...] = bfloat16(X) for (n, m) arrays (X16 uint16)."""
     for i in range(X16.shape[0]):
-        for j in range(X16.shape[1]):
-            X16[i, j] = _bf16(X[i, j])
+        _bf16_row(X, X16, i)
 
 
 @leaf

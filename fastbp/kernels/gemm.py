@@ -266,3 +266,19 @@ def _bf16(x):
         return np.uint16(0x7FC0)
     u = _bits32(np.float32(x))
     return np.uint16((u + np.uint32(0x7FFF) + ((u >> np.uint32(16)) & np.uint32(1))) >> np.uint32(16))
+
+
+@leaf
+def _bf16_row(X, X16, i):
+    """X16[i, :] <- the bfloat16 of X[i, :] (X: float32 (n, m); X16: uint16, the same shape), the twin of a row
+    written while the row is in L1."""
+    for j in range(X.shape[1]):
+        X16[i, j] = _bf16(X[i, j])
+
+
+@leaf
+def _to_bf16(x, x16):
+    """x16[...] <- the bfloat16 of x (1-D, one length). Callers pass views of the range, and the loop runs over
+    range(len): over range(start, stop) LLVM does not vectorise it."""
+    for k in range(x.shape[0]):
+        x16[k] = _bf16(x[k])

@@ -29,7 +29,7 @@ import numpy as np
 
 from .._config import kernel, leaf, like
 from .activations import _activate_row, _derivative_row
-from .gemm import _bf16
+from .gemm import _bf16_row
 from .layout import BATCH_NORM, LAYER_NORM, NO_NORM
 
 EPS = 1e-5  # PyTorch's default for BatchNorm1d and LayerNorm
@@ -68,6 +68,17 @@ def _keep(key, unit, threshold):
 def _row_id(ids, i):
     """The row id of row i of the batch: ``ids[i]`` (its index in the data set), or i without ids."""
     return ids[i] if ids.shape[0] > 0 else i
+
+
+@leaf
+def _dropout_row(Z, i, run, ids, l, threshold, scale):
+    """Inverted dropout on row i of layer l, in place: ``Z[i] = Z[i] * keep / (1 - p)`` with the mask of
+    :func:`_keep` for this step and row (run, ids: as the epilogues take them; scale: 1 / (1 - p) in Z's dtype). The
+    forward pass applies it to the activation output, the backward pass to its gradient: the same mask."""
+    key = _row_key(run[3], run[4], l, _row_id(ids, i))
+    zero = like(0.0, Z)
+    for j in range(Z.shape[1]):
+        Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
 
 
 @kernel
@@ -128,7 +139,6 @@ def _layer_forward(
     # the element pass, row by row: each step one loop over the row, its conditions tested outside it
     training, dropout = run[0] != 0, run[2] != 0 and threshold > 0
     scale = like(4294967296.0 / (4294967296.0 - threshold), Z)
-    zero = like(0.0, Z)
     keep_h, twin, keep_x = H.shape[0] > 0, Z16.shape[0] > 0, training and norm != NO_NORM
     for i in range(n):
         if norm == BATCH_NORM:
@@ -151,15 +161,12 @@ def _layer_forward(
             for j in range(m):
                 H[i, j] = Z[i, j]
         if dropout:
-            key = _row_key(run[3], run[4], l, _row_id(ids, i))
-            for j in range(m):
-                Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
+            _dropout_row(Z, i, run, ids, l, threshold, scale)
         if residual:
             for j in range(m):
                 Z[i, j] += A_prev[i, j]
         if twin:
-            for j in range(m):
-                Z16[i, j] = _bf16(Z[i, j])
+            _bf16_row(Z, Z16, i)
 
 
 @kernel
@@ -206,7 +213,6 @@ def _layer_backward(
     n, m = G.shape
     dropout = run[2] != 0 and threshold > 0
     scale = like(4294967296.0 / (4294967296.0 - threshold), G)
-    zero = like(0.0, G)
     with_skip, store_da, twin = skip.shape[0] > 0, dA.shape[0] > 0, D16.shape[0] > 0
     nf, mf = like(n, G), like(m, G)
     s1, s2 = sums[:m], sums[m : 2 * m]
@@ -222,9 +228,7 @@ def _layer_backward(
             for j in range(m):
                 dA[i, j] = G[i, j]
         if dropout:
-            key = _row_key(run[3], run[4], l, _row_id(ids, i))
-            for j in range(m):
-                G[i, j] = G[i, j] * scale if _keep(key, j, threshold) else zero
+            _dropout_row(G, i, run, ids, l, threshold, scale)
         _derivative_row(G, H, i, code)
         if norm == BATCH_NORM:
             for j in range(m):
@@ -250,8 +254,7 @@ def _layer_backward(
                 for j in range(m):
                     db[j] += G[i, j]
             if twin:
-                for j in range(m):
-                    D16[i, j] = _bf16(G[i, j])
+                _bf16_row(G, D16, i)
     if norm != BATCH_NORM:
         return
     if with_grads:
@@ -265,5 +268,4 @@ def _layer_backward(
             for j in range(m):
                 db[j] += G[i, j]
         if twin:
-            for j in range(m):
-                D16[i, j] = _bf16(G[i, j])
+            _bf16_row(G, D16, i)

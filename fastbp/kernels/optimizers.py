@@ -21,7 +21,7 @@ import math
 import numpy as np
 
 from .._config import kernel, leaf, like
-from .gemm import _bf16
+from .gemm import _to_bf16
 from .layout import B_OFFSET, PARAM_END, TRAINABLE, W_OFFSET
 
 SGD, ADAM = 0, 1
@@ -154,9 +154,7 @@ def _update(kind, hyper, lr, t, clip, layout, p_cur, grads, state, p_next, p_nex
                     nesterov, decay = hyper[SGD_NESTEROV] != 0.0, decay_on * hyper[SGD_WEIGHT_DECAY]
                     sq += _sgd_range(p, g, velocity, q, lr, clip, mu, nesterov, decay)
                 if twin:
-                    q16 = p_next16[lo:hi]
-                    for i in range(q.shape[0]):
-                        q16[i] = _bf16(q[i])
+                    _to_bf16(q, p_next16[lo:hi])
         total += sq
         if with_norms:
             sq_norms[l] += sq
