@@ -19,3 +19,7 @@ PROBE_ROWS = 256
 #: the calling thread and torch's BLAS on torch's threads: the minimum of 3 is stable against one disturbed pass,
 #: and 6 passes are a small part of the first training step.
 CALIBRATION_ROUNDS = 3
+
+#: Elements per block when an input is tested for NaN and infinity (``np.isfinite`` block by block): its boolean
+#: temporary stays at 1 MB whatever the data size, and the Python loop costs a few microseconds per million values.
+FINITE_BLOCK = 1 << 20

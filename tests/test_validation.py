@@ -202,3 +202,20 @@ def test_networks_can_be_copied_and_pickled(rng):
         np.testing.assert_array_equal(other.value_and_grad(X, y)[1], net.value_and_grad(X, y)[1])
         other.params[:] = 0.0  # a copy owns its buffers
         assert net.params.any()
+
+
+@pytest.mark.parametrize("shape", [(7,), (7, 3), (7, 2, 2)])
+@pytest.mark.parametrize("bad", [np.nan, np.inf, -np.inf])
+@pytest.mark.parametrize("row", [0, 3, 6])
+def test_all_finite_tests_every_block(monkeypatch, shape, bad, row):
+    """The finite test runs block by block over the first axis: a bad value in the first, a middle or the last
+    row is found with blocks of one row, of several and of the whole array, also in a strided view."""
+    from fastbp import _tuning, _validation
+
+    a = np.arange(np.prod(shape), dtype=np.float32).reshape(shape)
+    a.reshape(shape[0], -1)[row, -1] = bad
+    for block in (1, 4, 10**6):
+        monkeypatch.setattr(_tuning, "FINITE_BLOCK", block)
+        assert _validation.all_finite(a) is False
+        assert _validation.all_finite(np.delete(a, row, axis=0)) is True
+        assert _validation.all_finite(a[::2]) is (row % 2 == 1)
