@@ -460,6 +460,12 @@ def _check_bench_usage(args):
         for option, value in (("--json", args.json), ("--plot", args.plot), ("--no-sklearn", args.no_sklearn)):
             if value:
                 raise UsageError(f"{option} does not apply to --profile, which prints its breakdown only")
+        deep = [s for s in (args.shapes or "").split(",") if s in bench.DEEP]
+        if deep:
+            raise UsageError(
+                f"--profile covers the shapes of 2 or 3 layers ({','.join(bench.SHAPES)}), not {deep[0]}; "
+                f"time {deep[0]} with fastbp bench --shapes {deep[0]}"
+            )
 
 
 def _input_error(path, err, labels=None):

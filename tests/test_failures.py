@@ -652,6 +652,7 @@ BAD_COMMANDS = [
     (["bench", "--shapes", "S", "--dtypes", "int8"], 2, r"--dtypes: unknown dtype 'int8'"),
     (["bench", "--dtypes", "float64"], 2, r"--dtypes applies with --shapes"),
     (["bench", "--profile", "--json", "b.json"], 2, r"--json does not apply to --profile"),
+    (["bench", "--profile", "--shapes", "S,D"], 2, r"--profile covers the shapes of 2 or 3 layers \(S,M,L,XL\), not D"),
     (["bench", "--rounds", "0"], 2, r"--rounds: must be >= 1"),
     (["bench", "--json", "nodir/b.json"], 1, r"cannot write --json nodir/b\.json"),
     (["gradcheck", "--layers", "0"], 2, r"--layers: layer sizes must be positive"),
