@@ -349,6 +349,46 @@ def test_finiteness_check_survives_the_fastmath_flags():
     assert check(np.array([2.0, 1.0])) == (True, True, True)
 
 
+@pytest.mark.parametrize(("dtype", "bits"), [(np.float32, np.int32), (np.float64, np.int64)])
+def test_order_keys_order_like_the_floats_and_give_the_row_maximum(dtype, bits):
+    # The softmax's row maximum is an integer maximum over order keys (kernels/activations.py _order_key): the keys
+    # must order as the floats do, over every kind of float, and map back to the same bits.
+    import numba
+
+    from fastbp.kernels.activations import _bias_shift_row, _key_float, _order_key
+
+    @numba.njit(fastmath=set(_config.FASTMATH), error_model="numpy")
+    def keys(a):
+        k = np.empty(a.shape[0], a.view(bits).dtype)
+        back = np.empty_like(a)
+        for i in range(a.shape[0]):
+            k[i] = _order_key(a[i])
+            back[i] = _key_float(k[i])
+        return k, back
+
+    info = np.finfo(dtype)
+    tiny = info.smallest_subnormal
+    floats = np.array(
+        [-np.inf, info.min, -1.5, -info.tiny, -tiny, -0.0, 0.0, tiny, info.tiny, 1.0, 2.5, info.max, np.inf], dtype
+    )
+    k, back = keys(floats)
+    assert (np.diff(k.astype(np.int64)) > 0).all()
+    np.testing.assert_array_equal(back.view(bits), floats.view(bits))
+    rng = np.random.default_rng(0)
+    a = (rng.standard_normal(5000) * 10.0 ** rng.integers(-30, 30, 5000)).astype(dtype)
+    k, _ = keys(a)
+    np.testing.assert_array_equal(np.argsort(k, kind="stable"), np.argsort(a, kind="stable"))
+
+    @numba.njit(fastmath=set(_config.FASTMATH), error_model="numpy")
+    def shift(Z, b):
+        return _bias_shift_row(Z, b, 0)
+
+    for row in (a[:1000], floats[1:-1], np.array([-1.0, -np.inf], dtype), np.array([np.nan, 1.0, 2.0], dtype)):
+        Z, b = row.reshape(1, -1).copy(), np.zeros(row.size, dtype)
+        z_max, _ = shift(Z, b)
+        assert np.array_equal(z_max, row.max(), equal_nan=True), (z_max, row.max())  # a NaN logit: a NaN maximum
+
+
 @pytest.mark.parametrize(("dtype", "lowest"), [(np.float32, -87.3), (np.float64, -708.0)])
 def test_vectorised_exp_is_within_two_ulps_of_exp_and_keeps_its_edge_cases(dtype, lowest):
     # The softmax's exp is a polynomial written out (no vector libm here): compare it with exp in long double over a

@@ -173,6 +173,59 @@ def _float_from_bits(typingctx, bits):
     return floats[bits](bits), codegen
 
 
+@intrinsic
+def _bits_of_float(typingctx, x):
+    """The IEEE bits of a float as a signed integer: float32 -> int32, float64 -> int64 (a bit cast)."""
+    ints = {types.float32: types.int32, types.float64: types.int64}
+    if x not in ints:
+        return None
+
+    def codegen(context, builder, signature, args):
+        return builder.bitcast(args[0], context.get_value_type(signature.return_type))
+
+    return ints[x](x), codegen
+
+
+def _flip(u):
+    """u with its 31 (int32) or 63 (int64) low bits flipped when u is negative (compiled code only; see the
+    overload)."""
+    raise NotImplementedError("_flip() is for compiled code")
+
+
+@overload(_flip, inline="always")
+def _flip_impl(u):
+    if u == types.int32:
+        shift32, mask32 = np.int32(31), np.int32(0x7FFFFFFF)
+
+        def flip32(u):
+            return np.int32(u ^ ((u >> shift32) & mask32))  # Numba widens int32 operations to int64
+
+        return flip32
+    if u == types.int64:
+        shift64, mask64 = np.int64(63), np.int64(0x7FFFFFFFFFFFFFFF)
+
+        def flip64(u):
+            return u ^ ((u >> shift64) & mask64)
+
+        return flip64
+    return None
+
+
+@leaf
+def _order_key(z):
+    """A signed integer that orders like the float z: its bits with the magnitude bits of a negative z flipped (-0
+    just below +0, a NaN above +inf or below -inf by its sign). A row's maximum taken over these keys is an integer
+    maximum, which LLVM vectorises; a float maximum it vectorises only without NaNs, which the fastmath flags do not
+    assume (measured 6x faster on rows of 1000). :func:`_key_float` is its inverse."""
+    return _flip(_bits_of_float(z))
+
+
+@leaf
+def _key_float(key):
+    """The float whose :func:`_order_key` is ``key`` (int32 -> float32, int64 -> float64)."""
+    return _float_from_bits(_flip(key))
+
+
 def _exp_nonpositive(x):
     """exp(x) for a float x <= 0 (compiled code only; see the overload)."""
     raise NotImplementedError("_exp_nonpositive() is for compiled code")
@@ -256,13 +309,14 @@ def _bias_shift_row(Z, b, i):
     1, ``lse = max + log(sum)`` and ``softmax = exp(Z[i]) / sum``. The logits' sum is finite exactly when every
     logit is (a -inf logit gives a zero exp and would otherwise go unnoticed)."""
     m = Z.shape[1]
-    z_max = Z[i, 0] + b[0]
+    k_max = _order_key(Z[i, 0] + b[0])
     z_sum = 0.0
     for j in range(m):
         z = Z[i, j] + b[j]
         Z[i, j] = z
-        z_max = max(z_max, z)
+        k_max = max(k_max, _order_key(z))
         z_sum += z
+    z_max = _key_float(k_max)
     for j in range(m):
         Z[i, j] -= z_max
     return z_max, z_sum
