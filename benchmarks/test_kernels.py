@@ -10,9 +10,9 @@ from numba import njit
 
 import fastbp
 from fastbp.kernels.activations import RELU
-from fastbp.kernels.backward import _hidden_delta, _weight_grad
+from fastbp.kernels.backward import _activation_derivative, _weight_grad
 from fastbp.kernels.forward import _dense_forward
-from fastbp.kernels.gemm import BLAS_GEMM
+from fastbp.kernels.gemm import BLAS_GEMM, _matmul
 from fastbp.kernels.layout import _unowned
 from fastbp.kernels.loss import CROSS_ENTROPY, _output_delta
 from fastbp.kernels.optimizers import ADAM, SGD, _update
@@ -46,10 +46,9 @@ def _hidden_loop(k, gemm, delta, W, A_prev, delta_prev, db_prev):
     delta, W, A_prev = _unowned(delta), _unowned(W), _unowned(A_prev)
     delta_prev, db_prev = _unowned(delta_prev), _unowned(db_prev)
     delta16, W16, delta_prev16 = _no_twin(delta), _no_twin(W), _no_twin(delta_prev)
-    for _ in range(k):
-        _hidden_delta(
-            gemm, delta, delta16, W, W16, A_prev, RELU, delta_prev, delta_prev16, db_prev, np.int64(1), np.int64(0)
-        )
+    for _ in range(k):  # BP2 and BP3: the GEMM, then its epilogue
+        _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, delta_prev)
+        _activation_derivative(delta_prev, A_prev, RELU, db_prev, np.int64(1), np.int64(0), delta_prev16)
 
 
 @njit

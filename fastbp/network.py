@@ -13,7 +13,7 @@ from .kernels import layout as _lay
 from .kernels import loss as _loss
 from .kernels.checked import _predict_checked_entry, _value_and_grad_checked_entry
 from .kernels.drivers import _predict_entry, _value_and_grad_entry
-from .kernels.gemm import BLAS_GEMM
+from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH
 
 #: Largest network accepted (2^34 parameters: 64 GiB in float32), so that absurd sizes fail with a ValueError
 #: naming layer_sizes rather than a MemoryError or an integer overflow deep inside NumPy.
@@ -480,7 +480,8 @@ class MLP:
         store = self._stats_store
         p_buffers = store.ctypes.data if store.size else 0
         network = (flat.ctypes.data, self.n_params, self._layout.ctypes.data, self.n_layers)
-        return (*network, *self._gemm, p16, p_buffers, store.size)
+        blas, bf16 = self._gemm
+        return (*network, blas, BLAS_GEMM_BATCH[self.dtype], bf16, p16, p_buffers, store.size)
 
     def _checked_table(self):
         """(table, its address, whether the checked entry points can be used): the network's table of the checked

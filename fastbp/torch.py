@@ -48,7 +48,7 @@ from ._validation import check_dtype, check_int
 from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
-from .kernels.gemm import BLAS_GEMM
+from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH
 from .network import MLP as _FastMLP
 from .network import workspace_entry
 
@@ -294,7 +294,7 @@ class _Engine:
         for _ in range(_tuning.CALIBRATION_ROUNDS):
             for choice, gemm in ((True, torch_gemm), (False, BLAS_GEMM[self.dtype])):
                 start = time.perf_counter()
-                self._run((*network, gemm, 0, 0, 0, 0), X, workspace, out)
+                self._run(self._network(network, gemm), X, workspace, out)
                 best[choice] = min(best[choice], time.perf_counter() - start)
         return best[True] < best[False]
 
@@ -318,12 +318,18 @@ class _Engine:
         network, gathered = self.parameters(params)
         limited = _limit_blas(self.blas_threads)
         try:
-            # the GEMM, and no bfloat16 GEMM nor twin (the bridge computes in the dtype's own precision), no buffers
-            network = (*network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)), 0, 0, 0, 0)
+            network = self._network(network, self.gemm(X.shape[0], calibrate_on=(network, X, workspace, out)))
             self._run(network, X, workspace, out)
         finally:
             _restore_blas(limited)
         return network, gathered
+
+    def _network(self, params, gemm):
+        """The network as the passes take it (kernels/boundary.py): the parameters ``params``, the GEMM at ``gemm``
+        with the batch GEMM of fastbp's BLAS when ``gemm`` is that BLAS's (none with torch's), and no bfloat16 GEMM,
+        twin or buffers (the bridge computes in the dtype's own precision, without layer options)."""
+        batch = BLAS_GEMM_BATCH[self.dtype] if gemm == BLAS_GEMM[self.dtype] else 0
+        return (*params, gemm, batch, 0, 0, 0, 0)
 
     def _run(self, network, X, workspace, out):
         _bridge_forward_entry(self.marker, network, X.data_ptr(), X.shape[0], workspace.entry, out.data_ptr())

@@ -45,3 +45,40 @@ def test_gemm_writes_views_of_a_flat_buffer_in_place(rng):
     _gemm(BLAS_GEMM[C.dtype], 0, 0, 1.0, A, B, 0.0, C)
     np.testing.assert_allclose(buf[5:11].reshape(2, 3), A @ B, rtol=RTOL["float64"])
     assert not buf[:5].any() and not buf[11:].any()
+
+
+def test_the_batch_gemm_of_scipys_openblas_is_found():
+    # SciPy's wheels ship an OpenBLAS whose symbols carry the scipy_ prefix; with it, the backward pass pairs its
+    # products. Another BLAS (a conda SciPy on MKL, say) has none, and the pairs are then two calls.
+    from threadpoolctl import threadpool_info
+
+    from fastbp.kernels.gemm import BLAS_GEMM_BATCH
+
+    scipy_openblas = [i for i in threadpool_info() if "scipy_openblas" in i["filepath"] and "64_" not in i["filepath"]]
+    if not scipy_openblas:
+        pytest.skip("SciPy does not use the OpenBLAS of its wheels here: no batch GEMM to find")
+    assert all(BLAS_GEMM_BATCH.values())
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+@pytest.mark.parametrize(("n", "fan_in", "fan_out"), [(32, 64, 10), (100, 100, 100), (100, 100, 101), (7, 600, 300)])
+@pytest.mark.parametrize("beta", [0.0, 1.0])
+@pytest.mark.parametrize("batch", [True, False])
+def test_gemm_pair_computes_both_products(dtype, n, fan_in, fan_out, beta, batch, rng):
+    # The backward pass's pair: dW (+)= A.T @ D and G = D @ W.T, below and above the size that goes to the batch
+    # GEMM (PAIR_MIN_MNK = 100^3 multiply-adds), with the batch GEMM and without one (two calls).
+    import numba
+
+    from fastbp.kernels.gemm import BLAS_GEMM_BATCH, PAIR_MIN_MNK, _gemm_pair
+
+    @numba.njit
+    def pair(gemm, batch_gemm, A, D, dW, W, G, beta):
+        _gemm_pair(gemm, batch_gemm, (1, 0, A, D, beta, dW), (0, 1, D, W, 0.0, G))
+
+    A, D = rng.standard_normal((n, fan_in)).astype(dtype), rng.standard_normal((n, fan_out)).astype(dtype)
+    W, dW = rng.standard_normal((fan_in, fan_out)).astype(dtype), rng.standard_normal((fan_in, fan_out)).astype(dtype)
+    expected_dW, expected_G = A.T @ D + beta * dW, D @ W.T
+    G = np.full((n, fan_in), np.nan, dtype)  # beta 0: not read
+    pair(BLAS_GEMM[np.dtype(dtype)], BLAS_GEMM_BATCH[np.dtype(dtype)] if batch else 0, A, D, dW, W, G, beta)
+    assert rel_err(dW, expected_dW) <= RTOL[dtype] and rel_err(G, expected_G) <= RTOL[dtype]
+    assert (n * fan_in * fan_out > PAIR_MIN_MNK) == ((n, fan_in, fan_out) in [(100, 100, 101), (7, 600, 300)])

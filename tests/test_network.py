@@ -68,6 +68,24 @@ def test_value_and_grad_matches_reference_hypothesis(sizes, n, data, pair, dtype
 
 
 @pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("options", [{}, {"norm": "batch", "residual": [False, True]}], ids=["plain", "options"])
+@pytest.mark.parametrize("l2", [0.0, 1e-3])
+def test_value_and_grad_of_layers_whose_products_are_paired(dtype, options, l2, rng):
+    # 64 rows x 150 x 150 units is more than PAIR_MIN_MNK multiply-adds: layer 1's weight gradient and the GEMM of
+    # the error below it run as one call of the batch GEMM (with the L2 term already in dW: beta 1).
+    from fastbp.kernels.gemm import PAIR_MIN_MNK
+
+    n, sizes = 64, [40, 150, 150, 6]
+    assert n * sizes[1] * sizes[2] > PAIR_MIN_MNK
+    net = fastbp.MLP(sizes, l2=l2, dtype=dtype, seed=0, **options)
+    X, y = make_batch(net, n, rng)
+    value, grads = net.value_and_grad(X, y)
+    ref_value, ref_grads = reference.value_and_grad(net, X, y)
+    assert rel_err(grads, ref_grads) <= RTOL[dtype]
+    assert value == pytest.approx(ref_value, rel=RTOL[dtype])
+
+
+@pytest.mark.parametrize("dtype", DTYPES)
 def test_labels_and_one_hot_give_the_same_gradient(dtype, rng):
     net = fastbp.MLP([6, 8, 4], dtype=dtype)
     X, y = make_batch(net, 10, rng)

@@ -14,7 +14,7 @@ from numba.extending import overload
 from .._config import kernel, leaf
 from .activations import _derivative_row
 from .forward import _layer_input, _layer_options, _to_bf16_rows
-from .gemm import _bf16_row, _matmul
+from .gemm import _bf16_row, _matmul, _matmul_pair
 from .layers import _layer_backward
 from .layout import (
     ACTIVATION,
@@ -60,21 +60,6 @@ def _activation_derivative(delta_prev, A_prev, code, db_prev, with_db, accumulat
     delta_prev16: (n, m) uint16, output, the bfloat16 twin of the result, or (0, m) for none. Thread-safe for
     distinct outputs.
     """
-    _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16)
-
-
-@kernel
-def _hidden_delta(gemm, delta, delta16, W, W16, A_prev, code, delta_prev, delta_prev16, db_prev, with_db, accumulate):
-    """BP2 and BP3 for the layer below: ``delta_prev = (delta @ W.T) * f'(A_prev)``, ``db_prev (+)= sum(delta_prev)``.
-
-    NumPy: ``delta_prev[...] = (delta @ W.T) * fprime(A_prev); db_prev[...] = (db_prev if accumulate else 0)
-    + delta_prev.sum(0)``. gemm: the GEMMs (gemm.py :func:`~fastbp.kernels.gemm._matmul`); delta: (n, fan_out); W:
-    (fan_in, fan_out); A_prev: (n, fan_in), activation output of the layer below, with code ``code``; delta_prev:
-    (n, fan_in), output; db_prev: (fan_in,), output when ``with_db``. delta16, W16: bfloat16 twins of delta and W
-    (read in bfloat16 precision); delta_prev16: the twin of delta_prev, output (0 rows: none). Thread-safe for
-    distinct outputs.
-    """
-    _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, delta_prev)
     _derivative_epilogue(delta_prev, A_prev, code, db_prev, with_db, accumulate, delta_prev16)
 
 
@@ -175,39 +160,28 @@ def _backward(
         A_prev16 = _layer_input(layout, l, X16, acts16)
         delta = _rows_view(cur, n, layout[l, FAN_OUT])
         delta16 = _rows_view(cur16, n16, layout[l, FAN_OUT])
-        if want_dW:
-            # After the L2 term dW already holds its part of the gradient: accumulate onto it.
-            _weight_grad(gemm, A_prev, A_prev16, delta, delta16, 1.0 if (accumulate or l2 > 0.0) else 0.0, dW)
-        if l > lowest:
-            k, m = l - 1, layout[l, FAN_IN]  # the layer below, and its width
-            _, db_prev = _layer_view(grads, layout, k)
-            G, G16 = _rows_view(other, n, m), _rows_view(other16, n16, m)
-            W16 = _twin_view(params16, layout, l)
-            with_db = _wants(needs, layout, 2 * l)
-            if _plain(layout, k) and not layout[l, RESIDUAL]:
-                _hidden_delta(
-                    gemm, delta, delta16, W, W16, A_prev, layout[k, ACTIVATION], G, G16, db_prev, with_db, accumulate
-                )
-            else:
-                _options_backward(
-                    gemm,
-                    params,
-                    grads,
-                    layout,
-                    l,
-                    delta,
-                    delta16,
-                    W16,
-                    A_prev,
-                    G,
-                    G16,
-                    third,
-                    opts,
-                    with_db,
-                    accumulate,
-                )
-            cur, other = other, cur
-            cur16, other16 = other16, cur16
+        beta = 1.0 if (accumulate or l2 > 0.0) else 0.0  # after the L2 term dW already holds its part: add onto it
+        if l == lowest:
+            if want_dW:
+                _weight_grad(gemm, A_prev, A_prev16, delta, delta16, beta, dW)
+            continue
+        k, m = l - 1, layout[l, FAN_IN]  # the layer below, and its width
+        G, G16 = _rows_view(other, n, m), _rows_view(other16, n16, m)
+        W16 = _twin_view(params16, layout, l)
+        if want_dW:  # BP4 of this layer and BP2's GEMM into the layer below are independent: both in one call
+            _matmul_pair(
+                gemm, (1, 0, A_prev, A_prev16, delta, delta16, beta, dW), (0, 1, delta, delta16, W, W16, 0.0, G)
+            )
+        else:
+            _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, G)
+        _, db_prev = _layer_view(grads, layout, k)
+        with_db = _wants(needs, layout, 2 * l)
+        if _plain(layout, k) and not layout[l, RESIDUAL]:
+            _activation_derivative(G, A_prev, layout[k, ACTIVATION], db_prev, with_db, accumulate, G16)
+        else:
+            _options_backward(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate)
+        cur, other = other, cur
+        cur16, other16 = other16, cur16
     if _wants(needs, layout, 0):
         W, _ = _layer_view(params, layout, 0)
         _matmul(
@@ -229,35 +203,27 @@ def _backward(
     return squares
 
 
-def _options_backward(
-    gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
-):
-    """BP2 and BP3 into hidden layer k = l - 1 when it has options, or when layer l has a residual connection: the
-    GEMM ``G = delta @ W[l].T``, then :func:`~fastbp.kernels.layers._layer_backward` (compiled code only; see the
-    overload). Arguments as for :func:`_backward`; delta, delta16: layer l's delta and its twin; G, G16: layer k's
-    delta and its twin, outputs; with_db: whether k's bias gradient is wanted."""
+def _options_backward(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
+    """BP2's epilogue and BP3 into hidden layer k = l - 1 when it has options, or when layer l has a residual
+    connection: :func:`~fastbp.kernels.layers._layer_backward` on ``G = delta @ W[l].T`` (compiled code only; see the
+    overload). Arguments as for :func:`_backward`; G, G16: layer k's delta (holding the GEMM's product on entry) and
+    its twin, outputs; with_db: whether k's bias gradient is wanted."""
     raise NotImplementedError("_options_backward() is for compiled code")
 
 
 @overload(_options_backward, inline="always")
-def _options_backward_impl(
-    gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
-):
-    if len(gemm) == 1:  # the plain tier (boundary.py): its networks have no options, nor any of their code
+def _options_backward_impl(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
+    if len(gemm) == 2:  # the plain tier (boundary.py): its networks have no options, nor any of their code
 
-        def plain(
-            gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate
-        ):
+        def plain(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
             pass
 
         return plain
 
-    def full(gemm, params, grads, layout, l, delta, delta16, W16, A_prev, G, G16, third, opts, with_db, accumulate):
+    def full(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
         buffers, aux, sums, run, ids = opts
         n, m, k = G.shape[0], G.shape[1], l - 1
-        W, _ = _layer_view(params, layout, l)
         _, db_prev = _layer_view(grads, layout, k)
-        _matmul(gemm, 0, 1, delta, delta16, W, W16, 0.0, G)
         # third: dC/dA of the layer above through its residual connection (read), then this layer's (written)
         skip = _rows_view(third, n if layout[l, RESIDUAL] else 0, m)
         dA = _rows_view(third, n if layout[k, RESIDUAL] else 0, m)

@@ -52,31 +52,32 @@ def _array2d(address, rows, cols, marker):
 # side holds them (``MLP._entry_network``, ``MLP._entry_workspace``, ``MLP._entry_batch``).
 
 
-def _gemms(blas, bf16, marker):
-    """The ``gemm`` tuple of the passes (kernels/gemm.py): ``(blas,)`` for a scalar marker (the plain tier),
-    ``(blas, bf16)`` for a 1-tuple (the full tier) (compiled code only; see the overload)."""
+def _gemms(blas, batch, bf16, marker):
+    """The ``gemm`` tuple of the passes (kernels/gemm.py): ``(blas, batch)`` for a scalar marker (the plain tier),
+    ``(blas, batch, bf16)`` for a 1-tuple (the full tier) (compiled code only; see the overload)."""
     raise NotImplementedError("_gemms() is for compiled code")
 
 
 @overload(_gemms, inline="always")
-def _gemms_impl(blas, bf16, marker):
+def _gemms_impl(blas, batch, bf16, marker):
     if isinstance(marker, types.UniTuple):
-        return lambda blas, bf16, marker: (blas, bf16)
-    return lambda blas, bf16, marker: (blas,)
+        return lambda blas, batch, bf16, marker: (blas, batch, bf16)
+    return lambda blas, batch, bf16, marker: (blas, batch)
 
 
 @leaf
 def _network_arrays(network, marker):
     """(params (n_params,), params16, layout (n_layers, 12) int64, gemm, buffers) from (p_params, n_params, p_layout,
-    n_layers, blas, bf16, p_params16, p_buffers, n_buffers): gemm, the addresses of the GEMMs the passes call
-    (:func:`_gemms`; bf16: 0 in the dtype's own precision); params16: the (n_params,) uint16 bfloat16 twin of the
-    weights in bfloat16 precision, else empty; buffers: (n_buffers,), the running statistics of batch norm."""
-    p_params, n_params, p_layout, n_layers, blas, bf16, p_params16, p_buffers, n_buffers = network
+    n_layers, blas, batch, bf16, p_params16, p_buffers, n_buffers): gemm, the addresses of the GEMMs the passes call
+    (:func:`_gemms`; batch: 0 without a batch GEMM, bf16: 0 in the dtype's own precision); params16: the (n_params,)
+    uint16 bfloat16 twin of the weights in bfloat16 precision, else empty; buffers: (n_buffers,), the running
+    statistics of batch norm."""
+    p_params, n_params, p_layout, n_layers, blas, batch, bf16, p_params16, p_buffers, n_buffers = network
     return (
         _array1d(p_params, n_params, marker),
         _array1d(p_params16, n_params if bf16 else 0, np.uint16(0)),
         _array2d(p_layout, n_layers, N_COLUMNS, np.int64(0)),
-        _gemms(blas, bf16, marker),
+        _gemms(blas, batch, bf16, marker),
         _array1d(p_buffers, n_buffers, marker),
     )
 

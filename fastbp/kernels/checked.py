@@ -34,19 +34,19 @@ CHECK = -1
 OK = 0
 
 # The network's table (``MLP._table``), int64:
-NETWORK = 0  # 9 values: the network as boundary.py's _network_arrays takes it
-WORKSPACE = 9  # 15 values: the workspace as boundary.py's _workspace_arrays takes it
-CAPACITY = 24  # rows the workspace holds
-CHUNK_ROWS = 25  # rows the workspace must hold for a pass in chunks of a larger batch (fastbp/_tuning.py)
-N_IN, N_OUT, LOSS = 26, 27, 28  # input and output widths, loss code
-LABELS = 29  # 1 when the targets may be 1-D integer class labels (a softmax output)
-TWO_ROWS = 30  # 1 when a batch in training needs at least 2 rows (batch norm)
-DROPOUT = 31  # 1 when a hidden layer has dropout
-SEED = 32  # the dropout seed of the run flags of value_and_grad, predict and evaluate (MLP._run_training)
-DESCR = 33  # address of the network dtype's descriptor (np.dtype object)
-FLOAT64 = 34  # address of float64's descriptor
-OBJECT = 35  # 10 values: fastbp._validation.ARRAY_OBJECT
-TABLE_SIZE = 45
+NETWORK = 0  # 10 values: the network as boundary.py's _network_arrays takes it
+WORKSPACE = 10  # 15 values: the workspace as boundary.py's _workspace_arrays takes it
+CAPACITY = 25  # rows the workspace holds
+CHUNK_ROWS = 26  # rows the workspace must hold for a pass in chunks of a larger batch (fastbp/_tuning.py)
+N_IN, N_OUT, LOSS = 27, 28, 29  # input and output widths, loss code
+LABELS = 30  # 1 when the targets may be 1-D integer class labels (a softmax output)
+TWO_ROWS = 31  # 1 when a batch in training needs at least 2 rows (batch norm)
+DROPOUT = 32  # 1 when a hidden layer has dropout
+SEED = 33  # the dropout seed of the run flags of value_and_grad, predict and evaluate (MLP._run_training)
+DESCR = 34  # address of the network dtype's descriptor (np.dtype object)
+FLOAT64 = 35  # address of float64's descriptor
+OBJECT = 36  # 10 values: fastbp._validation.ARRAY_OBJECT
+TABLE_SIZE = 46
 
 # The offsets inside the OBJECT block.
 _NDARRAY, _TYPE, _DATA, _NDIM, _DIMS, _DESCR, _FLAGS, _C_CONTIGUOUS, _WRITEABLE, _INT64 = range(10)
@@ -165,7 +165,7 @@ def _checked_batch(t, x, y, sw, marker, training):
 def _table_parts(p_table):
     """(table, network tuple, workspace tuple) of the network's table at ``p_table``."""
     t = _array1d(p_table, TABLE_SIZE, np.int64(0))
-    network = (t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8])
+    network = (t[0], t[1], t[2], t[3], t[4], t[5], t[6], t[7], t[8], t[9])
     w = WORKSPACE
     workspace = (
         t[w],
