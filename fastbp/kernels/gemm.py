@@ -256,8 +256,8 @@ def _gemm_pair(gemm, batch, first, second):
     k1 = A1.shape[0] if ta1 else A1.shape[1]
     k2 = A2.shape[0] if ta2 else A2.shape[1]
     if batch == 0 or min(m1 * n1 * k1, m2 * n2 * k2) <= PAIR_MIN_MNK:
-        _gemm(gemm, ta1, tb1, 1.0, A1, B1, beta1, C1)
-        _gemm(gemm, ta2, tb2, 1.0, A2, B2, beta2, C2)
+        for ta, tb, A, B, beta, C in (first, second):  # one inlined copy of _gemm for both
+            _gemm(gemm, ta, tb, 1.0, A, B, beta, C)
         return
     _xgemm_pair(
         batch,
