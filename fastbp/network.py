@@ -528,7 +528,7 @@ class MLP:
         options = self._has_options
         self._delta_c = np.empty(self._delta_a.size if options else 0, dtype=self.dtype)
         self._aux = np.empty(sum(_aux_size(row, n) for row in self._layout[:-1]), dtype=self.dtype)
-        self._sums = np.empty(2 * int(widths.max()) if options else 0, dtype=np.float64)
+        self._sums = np.empty(3 * int(widths.max()) if options else 0, dtype=np.float64)  # 2 m sums, m // 2 hashes
         twin = bool(self._gemm[1])  # bfloat16 twins of the input, the activations and the deltas
         self._twins = tuple(
             np.empty(size if twin else 0, dtype=np.uint16)

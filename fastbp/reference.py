@@ -125,11 +125,12 @@ def dropout_mask(net, layer, step, rows, seed=None):
     """The dropout mask of hidden layer ``layer`` at training step ``step``, bit for bit as the compiled kernels
     draw it.
 
-    Unit j of the row with id r is kept when the top 32 bits of the hash ``mix(key + j * G)`` are at least the layer's
-    threshold ``round(p * 2^32)`` (``net.layout[layer, DROPOUT]``), where ``key = mix(mix(mix(seed * G + step) +
-    layer * G) + r * G)``, ``mix`` is SplitMix64's finalizer and ``G = 0x9E3779B97F4A7C15``, all in uint64
-    arithmetic modulo 2^64. The kernels compute the same mask in the forward and the backward pass, for any thread
-    count and any split of a batch, since it depends on the row's id (its index in the data set) only.
+    Unit j of the row with id r is kept when half j % 2 (0: the low 32 bits, 1: the high 32 bits) of the hash
+    ``mix(key + (j // 2) * G)`` is at least the layer's threshold ``round(p * 2^32)`` (``net.layout[layer,
+    DROPOUT]``), where ``key = mix(mix(mix(seed * G + step) + layer * G) + r * G)``, ``mix`` is SplitMix64's finalizer
+    and ``G = 0x9E3779B97F4A7C15``, all in uint64 arithmetic modulo 2^64. The kernels compute the same mask in the
+    forward and the backward pass, for any thread count and any split of a batch, since it depends on the row's id
+    (its index in the data set) only.
 
     layer: int, a hidden layer (0 <= layer < n_layers - 1). step: int >= 0, the optimizer's step count before the
     step (``optimizer.t``: 0 for the first ``train_step``). rows: (n,) integer row ids (``train_step``: 0..m-1;
@@ -146,7 +147,8 @@ def dropout_mask(net, layer, step, rows, seed=None):
         key = _splitmix64(np.array([seed], dtype=np.uint64) * _GOLDEN + np.array([step], dtype=np.uint64))
         key = _splitmix64(key + np.array([layer], dtype=np.uint64) * _GOLDEN)
         key = _splitmix64(key + rows.astype(np.uint64) * _GOLDEN)  # (n,): one key per row
-        bits = _splitmix64(key[:, None] + units[None, :] * _GOLDEN) >> np.uint64(32)
+        hashes = _splitmix64(key[:, None] + (units[None, :] >> np.uint64(1)) * _GOLDEN)
+        bits = (hashes >> (np.uint64(32) * (units & np.uint64(1)))) & np.uint64(0xFFFFFFFF)
     return bits >= threshold
 
 

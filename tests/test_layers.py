@@ -22,6 +22,7 @@ from conftest import (
     LAYERS_MUST_DIFFER,
     LAYERS_RTOL,
     NORM_MIN_WIDTH,
+    PAIRED_UNITS_ATOL,
     REASSEMBLY_RTOL,
     rel_err,
 )
@@ -360,6 +361,9 @@ def test_dropout_mask_depends_on_seed_step_layer_row_and_unit_only():
     for other in others:  # independent draws: about half the units differ
         low, high = INDEPENDENT_MASKS_DISAGREE
         assert low < (other != mask).mean() < high
+    # units 2h and 2h + 1 read the two halves of one hash: they are kept together as often as independent units
+    many = reference.dropout_mask(net, 1, 2, np.arange(8192))
+    assert abs((many[:, 0::2] & many[:, 1::2]).mean() - 0.25) <= PAIRED_UNITS_ATOL
     assert reference.dropout_mask(fastbp.MLP([3, 64, 2], seed=5), 0, 2, rows).all()  # no dropout: every unit
     with pytest.raises(ValueError, match="hidden layer"):
         reference.dropout_mask(net, 2, 0, rows)  # the output layer has none

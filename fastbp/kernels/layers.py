@@ -9,9 +9,10 @@ output ``A = A_prev + D`` with a residual connection (equal widths), else ``A = 
   ``x_hat = (Z - mean) / sqrt(var + EPS)``, and the running statistics updated with ``MOMENTUM`` (the variance
   unbiased, n / (n - 1)); in evaluation, the running statistics instead.
 - Layer normalization (``torch.nn.LayerNorm`` over the features): each row's mean and biased variance.
-- Dropout (inverted, training only): unit (i, j) of layer l is kept when a counter-based hash of (seed, step, l,
-  row id, j) is at least the layer's threshold; the mask is computed again in the backward pass, never stored, and
-  is the same for any thread count and any split of the batch (the row id is the row's index in the data set).
+- Dropout (inverted, training only): unit (i, j) of layer l is kept when 32 bits of a counter-based hash of (seed,
+  step, l, row id, j // 2) are at least the layer's threshold; the mask is computed again in the backward pass, never
+  stored, and is the same for any thread count and any split of the batch (the row id is the row's index in the data
+  set).
 
 The forward epilogue takes two passes over Z (the batch statistics, then normalize, affine, activation, dropout and
 residual add in one pass; layer norm's row statistics are taken row by row). The backward epilogue goes from the
@@ -35,8 +36,8 @@ from .layout import BATCH_NORM, LAYER_NORM, NO_NORM
 EPS = 1e-5  # PyTorch's default for BatchNorm1d and LayerNorm
 MOMENTUM = 0.1  # PyTorch's default for BatchNorm1d's running statistics
 
-# The hash of a dropout unit: SplitMix64's finalizer (Steele, Lea and Flood), applied to the key made of the seed, the
-# step, the layer and the row (once per row) and then to the unit.
+# The hash of dropout: SplitMix64's finalizer (Steele, Lea and Flood), applied to the key made of the seed, the step,
+# the layer and the row (once per row) and then to each pair of units.
 _GOLDEN = np.uint64(0x9E3779B97F4A7C15)
 _MIX1 = np.uint64(0xBF58476D1CE4E5B9)
 _MIX2 = np.uint64(0x94D049BB133111EB)
@@ -52,16 +53,10 @@ def _mix(z):
 
 @leaf
 def _row_key(seed, step, layer, row):
-    """The dropout key of one row of one layer at one step (uint64); see :func:`_keep`."""
+    """The dropout key of one row of one layer at one step (uint64); see :func:`_dropout_row`."""
     z = _mix(np.uint64(seed) * _GOLDEN + np.uint64(step))
     z = _mix(z + np.uint64(layer) * _GOLDEN)
     return _mix(z + np.uint64(row) * _GOLDEN)
-
-
-@leaf
-def _keep(key, unit, threshold):
-    """Whether the unit ``unit`` of the row with key ``key`` is kept: the top 32 bits of its hash >= threshold."""
-    return (_mix(key + np.uint64(unit) * _GOLDEN) >> np.uint64(32)) >= np.uint64(threshold)
 
 
 @leaf
@@ -71,14 +66,26 @@ def _row_id(ids, i):
 
 
 @leaf
-def _dropout_row(Z, i, run, ids, l, threshold, scale):
-    """Inverted dropout on row i of layer l, in place: ``Z[i] = Z[i] * keep / (1 - p)`` with the mask of
-    :func:`_keep` for this step and row (run, ids: as the epilogues take them; scale: 1 / (1 - p) in Z's dtype). The
-    forward pass applies it to the activation output, the backward pass to its gradient: the same mask."""
+def _dropout_row(Z, i, run, ids, l, threshold, scale, scratch):
+    """Inverted dropout on row i of layer l, in place: ``Z[i] = Z[i] * keep / (1 - p)`` (run, ids: as the epilogues
+    take them; scale: 1 / (1 - p) in Z's dtype). The forward pass applies it to the activation output, the backward
+    pass to its gradient: the same mask.
+
+    Unit j is kept when the 32-bit word j of the row's hashes is at least ``threshold``: hash h = ``mix(key + h *
+    G)`` of the row's key (:func:`_row_key`) gives the words 2 h (its low half) and 2 h + 1 (its high half), one
+    hash per two units (its 64-bit multiplies are the cost of dropout). The words are the hashes' memory read as
+    uint32, which is that order on the little-endian machines Numba runs on. scratch: float64 scratch of at least
+    (m + 1) // 2 elements, overwritten."""
+    m = Z.shape[1]
     key = _row_key(run[3], run[4], l, _row_id(ids, i))
+    hashes = scratch[: (m + 1) // 2].view(np.uint64)
+    for h in range(hashes.shape[0]):
+        hashes[h] = _mix(key + np.uint64(h) * _GOLDEN)
+    words = hashes.view(np.uint32)
+    cut = np.uint32(threshold)
     zero = like(0.0, Z)
-    for j in range(Z.shape[1]):
-        Z[i, j] = Z[i, j] * scale if _keep(key, j, threshold) else zero
+    for j in range(m):
+        Z[i, j] = Z[i, j] * scale if words[j] >= cut else zero
 
 
 @kernel
@@ -94,7 +101,7 @@ def _layer_forward(
     norm: NO_NORM, BATCH_NORM or LAYER_NORM; stats: (2 m,) running mean then variance of a batch-norm layer (read in
     evaluation, updated in training when ``run[1]``), or empty. H, XH: (n, m) outputs, H = f(N) when kept (else 0 rows)
     and x_hat in training (else 0 rows); mean, inv: the means and inverse standard deviations, outputs: (m,) for batch
-    norm, (n,) for layer norm, else empty. sums: float64 scratch of at least 2 m. threshold: dropout threshold (0:
+    norm, (n,) for layer norm, else empty. sums: float64 scratch of at least 3 m. threshold: dropout threshold (0:
     none); run: (training, update statistics, dropout on, seed, step); ids: (n,) row ids for the dropout hash, or
     (0,). l: the layer's index. Thread-safe for distinct outputs.
     """
@@ -139,6 +146,7 @@ def _layer_forward(
     # the element pass, row by row: each step one loop over the row, its conditions tested outside it
     training, dropout = run[0] != 0, run[2] != 0 and threshold > 0
     scale = like(4294967296.0 / (4294967296.0 - threshold), Z)
+    scratch = sums[2 * m :]  # the dropout hashes of a row
     keep_h, twin, keep_x = H.shape[0] > 0, Z16.shape[0] > 0, training and norm != NO_NORM
     for i in range(n):
         if norm == BATCH_NORM:
@@ -161,7 +169,7 @@ def _layer_forward(
             for j in range(m):
                 H[i, j] = Z[i, j]
         if dropout:
-            _dropout_row(Z, i, run, ids, l, threshold, scale)
+            _dropout_row(Z, i, run, ids, l, threshold, scale, scratch)
         if residual:
             for j in range(m):
                 Z[i, j] += A_prev[i, j]
@@ -202,7 +210,7 @@ def _layer_backward(
     m) output, ``dC/dA`` of this layer (for the BP2 below, when this layer has a residual connection), or (0, m); it
     may be the same buffer as skip. code: activation code; H: (n, m), the activation output f(N) (the layer's output
     when it keeps none apart). norm, gamma, XH (x_hat), inv: as the forward epilogue left them. dgamma, dbeta, db:
-    (m,) outputs when ``with_grads`` (added to when ``accumulate``). sums: float64 scratch of at least 2 m. threshold,
+    (m,) outputs when ``with_grads`` (added to when ``accumulate``). sums: float64 scratch of at least 3 m. threshold,
     run, ids, l: the dropout of the forward pass (the same mask). D16: delta's bfloat16 twin, output, or (0, m).
     Thread-safe for distinct outputs.
     """
@@ -213,6 +221,7 @@ def _layer_backward(
     n, m = G.shape
     dropout = run[2] != 0 and threshold > 0
     scale = like(4294967296.0 / (4294967296.0 - threshold), G)
+    scratch = sums[2 * m :]  # the dropout hashes of a row (the first 2 m hold batch norm's column sums)
     with_skip, store_da, twin = skip.shape[0] > 0, dA.shape[0] > 0, D16.shape[0] > 0
     nf, mf = like(n, G), like(m, G)
     s1, s2 = sums[:m], sums[m : 2 * m]
@@ -228,7 +237,7 @@ def _layer_backward(
             for j in range(m):
                 dA[i, j] = G[i, j]
         if dropout:
-            _dropout_row(G, i, run, ids, l, threshold, scale)
+            _dropout_row(G, i, run, ids, l, threshold, scale, scratch)
         _derivative_row(G, H, i, code)
         if norm == BATCH_NORM:
             for j in range(m):
