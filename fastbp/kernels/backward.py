@@ -14,7 +14,7 @@ from numba.extending import overload
 from .._config import kernel, leaf
 from .activations import _derivative_row
 from .forward import _layer_input, _layer_options, _to_bf16_rows
-from .gemm import _bf16_row, _matmul, _matmul_pair
+from .gemm import _bf16_row, _matmul, _matmul_pair, _plain_tier
 from .layers import _layer_backward
 from .layout import (
     ACTIVATION,
@@ -213,7 +213,7 @@ def _options_backward(gemm, params, grads, layout, l, A_prev, G, G16, third, opt
 
 @overload(_options_backward, inline="always")
 def _options_backward_impl(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
-    if len(gemm) == 2:  # the plain tier (boundary.py): its networks have no options, nor any of their code
+    if _plain_tier(gemm):  # the plain tier (boundary.py): its networks have no options, nor any of their code
 
         def plain(gemm, params, grads, layout, l, A_prev, G, G16, third, opts, with_db, accumulate):
             pass

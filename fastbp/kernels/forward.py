@@ -20,7 +20,7 @@ from .activations import (
     _exp_block,
     _row_sum,
 )
-from .gemm import _bf16_row, _matmul
+from .gemm import _bf16_row, _matmul, _plain_tier
 from .layers import _layer_forward
 from .layout import (
     ACTIVATION,
@@ -153,7 +153,7 @@ def _options_forward(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16
 
 @overload(_options_forward, inline="always")
 def _options_forward_impl(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
-    if len(gemm) == 2:  # the plain tier (boundary.py): its networks have no options, nor any of their code
+    if _plain_tier(gemm):  # the plain tier (boundary.py): its networks have no options, nor any of their code
 
         def plain(gemm, params, params16, layout, l, A_prev, A_prev16, A, A16, opts):
             pass

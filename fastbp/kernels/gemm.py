@@ -334,6 +334,13 @@ def _xgemm_bf16(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb,
     return sig, codegen
 
 
+def _plain_tier(gemm):
+    """Whether the Numba type of a ``gemm`` tuple is the plain tier's ``(blas, batch)`` rather than the full tier's
+    ``(blas, batch, bf16)`` (boundary.py): the test of the overloads that leave the full tier's code (bfloat16, the
+    layer options) out of the plain tier's specializations."""
+    return len(gemm) == 2
+
+
 def _matmul(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
     """``C = op(A) @ op(B) + beta * C`` in the network's matmul precision (compiled code only; see the overload)."""
     raise NotImplementedError("_matmul() is for compiled code")
@@ -346,7 +353,7 @@ def _matmul_impl(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
     by the BLAS at ``blas`` (:func:`_gemm`); otherwise (bfloat16 matmul precision, float32 networks only) by the
     bfloat16 GEMM at ``bf16`` on the bfloat16 twins A16 and B16 of A and B (uint16 arrays of the same shapes),
     accumulated in float32. The plain tier and float64 specializations have no bfloat16 branch."""
-    if C.dtype != types.float32 or len(gemm) == 2:
+    if C.dtype != types.float32 or _plain_tier(gemm):
 
         def dtype_precision(gemm, trans_a, trans_b, A, A16, B, B16, beta, C):
             _gemm(gemm[0], trans_a, trans_b, 1.0, A, B, beta, C)
@@ -381,11 +388,12 @@ def _matmul_pair(gemm, first, second):
 def _matmul_pair_impl(gemm, first, second):
     """In the dtype's own precision, both at once by the batch GEMM at ``gemm[1]`` (:func:`_gemm_pair`); in bfloat16
     precision, one after the other by :func:`_matmul` (oneDNN's bfloat16 GEMM has no batch)."""
+    bf16 = not _plain_tier(gemm) and first[7].dtype == types.float32  # as in _matmul: else no bfloat16 branch
 
     def pair(gemm, first, second):
         ta1, tb1, A1, A1_16, B1, B1_16, beta1, C1 = first
         ta2, tb2, A2, A2_16, B2, B2_16, beta2, C2 = second
-        if len(gemm) == 3 and gemm[2] != 0:
+        if bf16 and gemm[-1] != 0:
             _matmul(gemm, ta1, tb1, A1, A1_16, B1, B1_16, beta1, C1)
             _matmul(gemm, ta2, tb2, A2, A2_16, B2, B2_16, beta2, C2)
         else:
