@@ -38,11 +38,26 @@ class FlatObjective:
         self._grad = np.empty(net.n_params, dtype=net.dtype)
         self._grad64 = np.empty(net.n_params, dtype=np.float64)
         self.n_calls = 0
+        self._new_addresses()
+
+    def _new_addresses(self):
         # The batch as the checked entry point takes it (kernels/checked.py), for these arrays: see _checked_batch.
         self._data = (self.X, self.Y2d, self.labels, self.sw)
-        self._batch = np.array(net._entry_batch(*self._data), dtype=np.int64)
+        self._batch = np.array(self.net._entry_batch(*self._data), dtype=np.int64)
         self._p_batch = self._batch.ctypes.data
-        self._p_grad = 0 if net.dtype == np.float64 else self._grad.ctypes.data  # 0: into the returned array
+        self._p_grad = 0 if self.net.dtype == np.float64 else self._grad.ctypes.data  # 0: into the returned array
+
+    def __getstate__(self):
+        # The addresses name this object's arrays: a copy (copy.deepcopy, pickle) that kept them would read the
+        # original's data and write its gradient buffer, or freed memory. The copy takes its own.
+        state = self.__dict__.copy()
+        for name in ("_data", "_batch", "_p_batch", "_p_grad"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._new_addresses()
 
     def __call__(self, theta):
         net = self.net

@@ -145,21 +145,40 @@ class Trainer:
         self._rng = np.random.default_rng(self.seed)
         self.history = {}
         self._step_max_loss = None
-        self._rows = 0
         dtype = net.dtype
         self._spare = net.params.copy()
         self._grads = self._gradient_buffer()
         self._sq_norms = np.zeros(net.n_layers)
-        self._addresses = ((), (), ())  # (buffers, their ids, their addresses): see _buffer_addresses
         self.optimizer.init_state(net.n_params, dtype)
-        # The table of the checked train_step (kernels/checked.py) and what it was filled for (see _fill_table).
-        self._table = np.zeros(_checked.TRAINER_TABLE_SIZE, dtype=np.int64)
-        self._p_table, self._table_key = self._table.ctypes.data, None
+        self._new_addresses()
         own = type(self)
         self._checked_step = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _STEP_METHODS)
         self._checked_evaluate = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _EVALUATE_METHODS)
 
     # ------------------------------------------------------------------ buffers
+    def _new_addresses(self):
+        """No mini-batch buffers yet, no cached buffer addresses, and an empty table for the checked train_step
+        (kernels/checked.py), filled by the first step that can take it (see _fill_table)."""
+        self._rows = 0
+        self._Xb = self._Yb = self._swb = np.empty(0, dtype=self.net.dtype)
+        self._lb = self._perm = np.empty(0, dtype=np.int64)
+        self._addresses = ((), (), ())  # (buffers, their ids, their addresses): see _buffer_addresses
+        self._table = np.zeros(_checked.TRAINER_TABLE_SIZE, dtype=np.int64)
+        self._p_table, self._table_key = self._table.ctypes.data, None
+
+    def __getstate__(self):
+        # The table and the cached addresses name this object's buffers: a copy (copy.deepcopy, pickle, joblib) that
+        # kept them would read and write the original's memory, or freed memory. The mini-batch buffers hold copies
+        # of training rows, which a saved trainer must not carry. The copy makes its own on its first step.
+        state = self.__dict__.copy()
+        for name in ("_Xb", "_Yb", "_lb", "_swb", "_perm", "_addresses", "_table", "_p_table", "_table_key"):
+            del state[name]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._new_addresses()
+
     def _gradient_buffer(self):
         """The flat gradient buffer the steps write (called once, by the constructor)."""
         return np.zeros(self.net.n_params, dtype=self.net.dtype)

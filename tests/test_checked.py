@@ -84,6 +84,27 @@ def test_flat_objective_takes_the_checked_call(dtype, rng, monkeypatch):
     assert objective.n_calls == 3
 
 
+def test_a_copy_of_a_flat_objective_reads_its_own_data(rng):
+    # The checked call takes the batch and the float32 gradient buffer by address: a copy (deep copy, pickle) that
+    # kept the original's addresses read the original's data and wrote its buffer, or freed memory.
+    import pickle
+
+    net = fastbp.MLP([6, 9, 4], seed=0)
+    X, y = _batch("softmax", 4, "float32", rng)
+    original = fastbp.FlatObjective(net, X, y)
+    theta = net.params.astype(np.float64)
+    original(theta)
+    for copied in (copy.deepcopy(original), pickle.loads(pickle.dumps(original))):
+        copied(theta)  # sizes the copied network's workspace (the Python path)
+        copied.X[...] = 0.0  # its own data, now different from the original's
+        grad_before = original._grad.copy()
+        loss, g = copied(theta)
+        np.testing.assert_array_equal(original._grad, grad_before)
+        ref_loss, ref_g = copy.deepcopy(net).value_and_grad(np.zeros_like(X), y)
+        assert loss == ref_loss
+        np.testing.assert_array_equal(g, ref_g.astype(np.float64))
+
+
 def test_the_common_calls_take_no_python_checks(rng, monkeypatch):
     net = fastbp.MLP([6, 9, 4], seed=0)
     X, y = _batch("softmax", 4, "float32", rng)

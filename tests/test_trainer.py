@@ -394,3 +394,26 @@ def test_a_deep_copy_of_a_trainer_trains_in_its_own_buffers(rng):
         np.testing.assert_array_equal(old, now)
     first.fit(X, y, epochs=1)  # the same epoch (the shuffling generator was copied too): the same parameters
     np.testing.assert_array_equal(first.net.params, second.net.params)
+
+
+def test_a_copy_of_a_trainer_takes_steps_in_its_own_buffers_and_carries_no_training_rows(rng):
+    # train_step's compiled path reads a table of buffer addresses: a copy (deep copy, pickle) that kept the
+    # original's table read the original's buffers, or another process's memory after unpickling.
+    import copy
+    import pickle
+
+    net = fastbp.MLP([4, 5, 3], seed=0)
+    X = rng.standard_normal((16, 4)).astype(np.float32)  # the network's dtype: what the compiled path takes
+    y = rng.integers(0, 3, 16)
+    first = fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=8, progress=False)
+    first.train_step(X[:8], y[:8])
+    first.train_step(X[8:], y[8:])  # the compiled path, with its table filled
+    blob = pickle.dumps(first)
+    assert X[:8].tobytes() not in blob and X[8:].tobytes() not in blob
+    for second in (copy.deepcopy(first), pickle.loads(blob)):
+        before = [a.copy() for a in (first._grads, first._spare, first.net.params, first._Xb)]
+        loss = second.train_step(X[:8], y[:8])
+        for old, now in zip(before, (first._grads, first._spare, first.net.params, first._Xb), strict=True):
+            np.testing.assert_array_equal(old, now)
+        expected = copy.deepcopy(first)._train_step(X[:8], y[:8], None)  # the Python path, from the same state
+        assert loss == expected
