@@ -21,19 +21,7 @@ Initialisation (scikit-learn's, from ``random_state``), shuffling, early stoppin
 ``n_iter_no_change`` rule and the learning-rate schedules follow scikit-learn's code, so the same
 hyper-parameters give the same models up to rounding (see the tests).
 
-Differences, all documented in docs/guide/sklearn.md:
-
-- Without momentum, ``_optimizer.velocities`` holds zeros (scikit-learn's holds the last update, unused then).
-- Sparse input is converted to a dense array (the kernels are dense).
-- A mini-batch whose sample weights are all zero is skipped (scikit-learn raises ZeroDivisionError).
-- Log-loss: scikit-learn clips probabilities to ``[eps, 1 - eps]`` (eps of the dtype) before the logarithm;
-  fastbp computes the loss from the logits without clipping. The gradients are the same; the reported loss
-  differs only for confidently wrong predictions (p < 1.2e-7 in float32, < 2.2e-16 in float64), where fastbp
-  reports the true, larger loss. The Poisson deviance is computed from the logit: where ``exp`` of it underflows to
-  0 for a positive target, scikit-learn reports an infinite loss, fastbp the true, finite one.
-- lbfgs with several regression outputs: scikit-learn's reported loss divides the squared error by the number
-  of outputs while its gradient does not; fastbp minimises the objective its gradient belongs to (the sum over
-  outputs) and reports ``loss_`` in scikit-learn's convention.
+The differences from scikit-learn's estimators are listed in docs/guide/sklearn.md ("Differences").
 """
 
 import warnings
@@ -46,6 +34,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import validate_data
 
 from . import _validation as v
@@ -304,6 +293,19 @@ class _FastbpMixin:
                     a[...] = b
         return net
 
+    def _network_for_fit(self, layer_units):
+        """:meth:`_fastbp_network` for a fit of the layers ``layer_units`` (n_features, hidden sizes, n_outputs),
+        which a warm start or ``partial_fit`` continues from ``coefs_``: refused when those are of other layers
+        (scikit-learn fails there on mismatched shapes, in its NumPy steps)."""
+        fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
+        if list(layer_units) != fitted:
+            raise ValueError(
+                f"hidden_layer_sizes={self.hidden_layer_sizes!r} does not match the hidden layers of the fitted "
+                f"coefs_ {tuple(fitted[1:-1])}: a warm start or partial_fit continues from coefs_. Set "
+                "warm_start=False (or fit instead of partial_fit) to train a new network."
+            )
+        return self._fastbp_network(for_fit=True)
+
     def _is_bound(self, net):
         """Whether ``coefs_``/``intercepts_`` are the network's own views (as after a fastbp fit)."""
         pairs = zip(net.coefs + net.intercepts, self.coefs_ + self.intercepts_, strict=False)
@@ -360,7 +362,7 @@ class _FastbpMixin:
         kept at the start of each epoch: when a step diverges, the epoch starts again from them, and it and the rest
         of this fit run scikit-learn's own NumPy steps (``_backprop``, then ``_optimizer.update_params``).
         """
-        net = self._fastbp_network(for_fit=True)
+        net = self._network_for_fit(layer_units)
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         if not incremental or not hasattr(self, "_optimizer"):
@@ -439,7 +441,7 @@ class _FastbpMixin:
                     )
 
                 self.n_iter_ += 1
-                self.loss_ = accumulated_loss / n
+                self.loss_ = np.float64(accumulated_loss / n)  # scikit-learn's type (its sums are NumPy's)
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
@@ -537,7 +539,7 @@ class _FastbpMixin:
 
     # ------------------------------------------------------------------ L-BFGS
     def _fit_lbfgs(self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units):
-        net = self._fastbp_network(for_fit=True)
+        net = self._network_for_fit(layer_units)
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         objective = FlatObjective(net, X, self._targets(y), sample_weight)
@@ -551,26 +553,25 @@ class _FastbpMixin:
                 iterations[0] += 1
                 print(f"Iteration {iterations[0]}, loss = {intermediate_result.fun:.8f}")
 
+        def loss_and_grad(theta):
+            # scikit-learn's objective computes through NaN and inf: L-BFGS-B then stops (ABNORMAL) and the fit
+            # ends with a ConvergenceWarning. FlatObjective refuses a non-finite theta, as its users expect.
+            if not np.isfinite(theta).all():
+                return np.nan, np.full_like(theta, np.nan)
+            return objective(theta)
+
         result = scipy.optimize.minimize(
-            objective,
+            loss_and_grad,
             net.params.astype(np.float64),
             method="L-BFGS-B",
             jac=True,
             callback=callback,
             options={"maxfun": self.max_fun, "maxiter": self.max_iter, "gtol": self.tol},
         )
-        self.n_iter_ = min(result.nit, self.max_iter)
-        if result.status != 0:
-            warnings.warn(
-                f"lbfgs failed to converge after {self.n_iter_} iteration(s) (status={result.status}):\n"
-                f"{result.message}\n\nIncrease the number of iterations to improve the convergence "
-                f"(max_iter={self.max_iter}).\nYou might also want to scale the data as shown in:\n"
-                "    https://scikit-learn.org/stable/modules/preprocessing.html",
-                ConvergenceWarning,
-                stacklevel=3,
-            )
+        # scikit-learn's own check: its iteration count and its warning, word for word
+        self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         net.params[:] = result.x
-        self.loss_ = float(result.fun)
+        self.loss_ = np.float64(result.fun)
         if self.out_activation_ == "identity" and self.n_outputs_ > 1:  # scikit-learn's reporting convention
             penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
             self.loss_ = (self.loss_ - penalty) / self.n_outputs_ + penalty

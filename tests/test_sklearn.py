@@ -199,6 +199,76 @@ def test_pickle_and_assigned_coefficients_predict_like_scikit_learn(digits):
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=SKLEARN_RTOL["float64"])
 
 
+def test_a_pickled_model_carries_no_training_rows(digits):
+    import pickle
+
+    X, y = digits
+    model = MLPClassifier(hidden_layer_sizes=(8,), max_iter=2, batch_size=len(X), random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, y)
+    blob = pickle.dumps(model)
+    assert not any(row.tobytes() in blob for row in X[:50])  # the compiled epoch's mini-batch buffers held them
+    np.testing.assert_array_equal(pickle.loads(blob).predict_proba(X), model.predict_proba(X))
+
+
+def test_lbfgs_convergence_warnings_and_non_finite_steps_are_scikit_learns(digits):
+    """A stop at max_iter, at max_fun, and L-BFGS-B stopping ABNORMAL on data so large that the loss is not finite
+    (scikit-learn's objective computes through NaN; FlatObjective refuses a non-finite theta): the same
+    ConvergenceWarning text, iteration count and loss as scikit-learn's."""
+    X, y = digits
+    X_reg, y_reg = make_regression(n_samples=60, n_features=5, random_state=0)
+    cases = [
+        (MLPClassifier, skl.MLPClassifier, X[:100], y[:100], dict(max_iter=3)),
+        (MLPClassifier, skl.MLPClassifier, X[:100], y[:100], dict(max_iter=50, max_fun=5)),
+        (MLPClassifier, skl.MLPClassifier, X[:100] * 1e200, y[:100], dict(max_iter=5)),
+        (MLPRegressor, skl.MLPRegressor, X_reg, y_reg * 1e160, dict(max_iter=5)),
+    ]
+    for ours_cls, theirs_cls, X_, y_, params in cases:
+        fitted = []
+        for cls in (theirs_cls, ours_cls):
+            model = cls(hidden_layer_sizes=(5,), solver="lbfgs", random_state=0, **params)
+            with warnings.catch_warnings(record=True) as caught:
+                warnings.simplefilter("always")
+                model.fit(X_, y_)
+            texts = [str(w.message) for w in caught if issubclass(w.category, ConvergenceWarning)]
+            fitted.append((model, texts))
+        (theirs, their_texts), (ours, our_texts) = fitted
+        assert our_texts == their_texts and len(their_texts) == 1
+        assert ours.n_iter_ == theirs.n_iter_
+        assert type(ours.loss_) is type(theirs.loss_)
+        if np.isfinite(theirs.loss_):
+            assert ours.loss_ == pytest.approx(theirs.loss_, rel=SKLEARN_RTOL["float64"])
+        else:
+            assert np.isnan(ours.loss_) and np.isnan(theirs.loss_)
+
+
+def test_a_warm_start_with_other_hidden_layers_is_refused(digits):
+    # scikit-learn continues from coefs_ and fails on the mismatched shapes; fastbp trained the old layers
+    X, y = digits
+    for solver in ("adam", "lbfgs"):
+        model = MLPClassifier(hidden_layer_sizes=(5,), solver=solver, max_iter=2, warm_start=True, random_state=0)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model.fit(X, y)
+        model.set_params(hidden_layer_sizes=(5, 5))
+        with pytest.raises(ValueError, match=r"hidden_layer_sizes=\(5, 5\) does not match .* \(5,\)"):
+            model.fit(X, y)
+        assert [c.shape for c in model.coefs_] == [(64, 5), (5, 10)]
+    model = MLPClassifier(hidden_layer_sizes=(5,), random_state=0).partial_fit(X, y, classes=np.unique(y))
+    model.set_params(hidden_layer_sizes=(7,))
+    with pytest.raises(ValueError, match="partial_fit continues from coefs_"):
+        model.partial_fit(X, y)
+
+
+def test_losses_are_scikit_learns_type(digits):
+    X, y = digits
+    ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, hidden_layer_sizes=(5,), max_iter=2)
+    for name in ("loss_", "best_loss_"):
+        assert type(getattr(ours, name)) is type(getattr(theirs, name))
+    assert {type(v) for v in ours.loss_curve_} == {type(v) for v in theirs.loss_curve_}
+
+
 def test_bad_input_raises_as_scikit_learn_does(digits):
     X, y = digits
     with pytest.raises(NotFittedError):
