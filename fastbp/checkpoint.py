@@ -224,7 +224,7 @@ def load(path, return_optimizer=False, matmul_precision=None):
         if seed.shape != () or seed.dtype.kind not in "iu" or int(seed) < 0:
             raise CheckpointError(f"{path}: dropout_seed must be a non-negative integer, got {seed.dtype} {seed!r}")
         net.buffers[:] = buffers
-        net.dropout_seed = int(seed)
+        net.dropout_seed = int(seed) % 2**63  # as the constructor reduces it: the int64 the compiled code takes
     net.extras = {name[len("extra_") :]: value for name, value in a.items() if name.startswith("extra_")}
     if not return_optimizer:
         return net

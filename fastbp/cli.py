@@ -689,6 +689,12 @@ def _train(args, trainer_cls=None):
         residual=_residuals(sizes) if args.residual else False,
         dropout=args.dropout,
     )
+    m, batch = len(y_train), args.batch_size
+    if "batch" in net.norms and (batch == 1 or m % batch == 1 or m == 1):
+        raise UsageError(
+            f"--norm batch needs mini-batches of at least 2 rows (a batch variance), but {m} training rows in batches "
+            f"of {batch} leave a batch of 1 row: choose another --batch-size"
+        )
     trainer = (trainer_cls or fastbp.Trainer)(
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )

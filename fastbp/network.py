@@ -170,7 +170,8 @@ class MLP:
     dtype : "float32" or "float64", default "float32"
     seed : int or None, default 0
         Seed of the initialisation (He normal before relu/leaky_relu, Glorot uniform otherwise; zero biases).
-        Equal seeds give bit-identical parameters; None draws fresh entropy.
+        Equal seeds give bit-identical parameters; None draws fresh entropy. Any non-negative int (a
+        ``SeedSequence``'s 128-bit entropy, say); the dropout masks take it modulo 2**63.
     trainable : sequence of bool or None
         Per layer; a frozen layer's parameters get no gradient (its weight GEMM is skipped).
     matmul_precision : "float32" or "bfloat16", default "float32"
@@ -250,7 +251,7 @@ class MLP:
             raise ValueError(f"activation has {len(hidden)} names for {n_layers - 1} hidden layers")
         hidden = [_act.NAMES[_act.ACTIVATIONS[_check_name(a, "activation", _act.HIDDEN)]] for a in hidden]
         self.output, self.loss, self._loss_code = _resolve_output_and_loss(output, loss, sizes[-1])
-        self.l2 = v.check_float(l2, "l2", minimum=0.0)
+        self.l2 = l2
         self.dtype = v.check_dtype(dtype)
         precision = _PRECISIONS[_check_name(matmul_precision, "matmul_precision", _PRECISIONS)]
         bf16 = 0
@@ -276,8 +277,9 @@ class MLP:
         self.norms = tuple(_NORM_NAMES[k] for k in norms)
         self.residuals = tuple(residuals)
         self.dropouts = tuple(rates)
-        # the seed of the dropout masks: the initialisation's, or fresh entropy as it draws
-        self.dropout_seed = seed if seed is not None else int(np.random.SeedSequence().entropy % 2**63)
+        # the seed of the dropout masks: the initialisation's, or fresh entropy as it draws, in the int64 range the
+        # compiled code takes (NumPy's generators take any size of seed, such as a SeedSequence's 128-bit entropy)
+        self.dropout_seed = (seed if seed is not None else int(np.random.SeedSequence().entropy)) % 2**63
         codes = [_act.ACTIVATIONS[a] for a in hidden] + [_act.ACTIVATIONS[self.output]]
         layout = np.zeros((n_layers, _lay.N_COLUMNS), dtype=np.int64)
         offset = stats = 0
@@ -378,6 +380,15 @@ class MLP:
     @property
     def n_in(self):
         return self.layer_sizes[0]
+
+    @property
+    def l2(self):
+        """The L2 penalty's coefficient: the loss adds ``l2 / 2 * sum(W**2)`` over the weights (float >= 0)."""
+        return self._l2
+
+    @l2.setter
+    def l2(self, value):
+        self._l2 = v.check_float(value, "l2", minimum=0.0)  # a float: an int would compile new specializations
 
     @property
     def n_out(self):
@@ -508,11 +519,13 @@ class MLP:
         dropout, seed, step)."""
         return (int(training), int(update_stats), int(dropout and any(self.dropouts)), self.dropout_seed, int(step))
 
-    def _check_batch_norm_rows(self, n, name="X"):
-        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d."""
+    def _check_batch_norm_rows(self, n, name="X", hint=""):
+        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d; hint: what to do
+        about it, appended to the message."""
         if n < 2 and _lay_name_batch in self.norms:
             raise ValueError(
                 f"{name} has {n} row, but batch norm in training needs batches of at least 2 rows (a batch variance)"
+                + hint
             )
 
     # ------------------------------------------------------------------ workspace

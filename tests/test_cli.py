@@ -392,3 +392,14 @@ def test_predict_on_files_that_are_not_checkpoints_says_what_they_are(tmp_path, 
         code, _, err = _cli(monkeypatch, capfd, tmp_path, "predict", name)
         assert code == 1 and len(err) == 1 and message in err[0], err
         assert "allow_pickle" not in err[0] and "context manager" not in err[0]
+
+
+def test_batch_norm_with_a_batch_of_one_row_is_a_usage_error(capsys):
+    from fastbp import cli
+
+    # the digits' 1437 training rows in batches of 4 leave a last batch of 1 row, where batch norm has no variance
+    args = ["train", "--norm", "batch", "--batch-size", "4", "--epochs", "1", "--no-progress", "--output", "none"]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "1437 training rows in batches of 4 leave a batch of 1 row: choose another --batch-size" in err
+    assert err.rstrip().endswith("(see fastbp train --help)")

@@ -264,3 +264,18 @@ def test_bad_sample_weights_are_refused(bad, rng):
     net = fastbp.MLP([2, 3, 2], seed=0)
     with pytest.raises(ValueError, match="sample_weight"):
         net.value_and_grad(rng.standard_normal((3, 2)), [0, 1, 1], sample_weight=bad)
+
+
+def test_seeds_beyond_int64_work_everywhere(rng, tmp_path):
+    # NumPy's generators take any non-negative seed (a SeedSequence's entropy has 128 bits); the compiled code
+    # takes the dropout seed as an int64, where 2**63 and more failed to type or overflowed
+    X = rng.standard_normal((8, 5)).astype(np.float32)
+    y = rng.integers(0, 3, 8)
+    for seed in (2**63, 2**64, 2**127 + 3):
+        net = fastbp.MLP([5, 6, 3], seed=seed, dropout=0.1)
+        np.testing.assert_array_equal(net.params, fastbp.MLP([5, 6, 3], seed=seed).params)
+        assert net.dropout_seed == seed % 2**63
+        fastbp.Trainer(net, batch_size=8, progress=False).train_step(X, y)
+        assert np.isfinite(net.predict(X)).all()
+        net.save(tmp_path / "net.npz")
+        assert fastbp.load(tmp_path / "net.npz").dropout_seed == net.dropout_seed

@@ -396,6 +396,13 @@ def test_a_deep_copy_of_a_trainer_trains_in_its_own_buffers(rng):
     np.testing.assert_array_equal(first.net.params, second.net.params)
 
 
+def test_a_last_mini_batch_of_one_row_under_batch_norm_says_what_to_change(rng):
+    net = fastbp.MLP([4, 5, 3], norm="batch", seed=0)
+    trainer = fastbp.Trainer(net, batch_size=32, progress=False)
+    with pytest.raises(ValueError, match=r"\(33 rows in batches of 32\): choose a batch_size that leaves no batch"):
+        trainer.fit(rng.standard_normal((33, 4)), rng.integers(0, 3, 33), epochs=1)
+
+
 def test_a_copy_of_a_trainer_takes_steps_in_its_own_buffers_and_carries_no_training_rows(rng):
     # train_step's compiled path reads a table of buffer addresses: a copy (deep copy, pickle) that kept the
     # original's table read the original's buffers, or another process's memory after unpickling.
