@@ -23,7 +23,12 @@ CHANGES = [0]
 
 class _HyperParameter:
     """An attribute that the compiled update or schedule reads. It lives in the instance's dict under its own name,
-    as a plain attribute would (``vars`` and ``repr`` are unchanged); setting it counts in :data:`CHANGES`."""
+    as a plain attribute would (``vars`` and ``repr`` are unchanged); setting it checks the value as the
+    constructor does (``check(value, name)`` returns it in the type the compiled code takes: a new type would
+    compile a new specialization) and counts in :data:`CHANGES`."""
+
+    def __init__(self, check):
+        self.check = check
 
     def __set_name__(self, owner, name):
         self.name = name
@@ -37,8 +42,36 @@ class _HyperParameter:
             raise AttributeError(f"{type(obj).__name__!r} object has no attribute {self.name!r}") from None
 
     def __set__(self, obj, value):
-        obj.__dict__[self.name] = value
+        obj.__dict__[self.name] = self.check(value, self.name)
         CHANGES[0] += 1
+
+
+def _positive(value, name):
+    return v.check_float(value, name, minimum=0.0, strict=True)
+
+
+def _nonnegative(value, name):
+    return v.check_float(value, name, minimum=0.0)
+
+
+def _fraction(value, name):
+    """A float in [0, 1): a momentum or a decay rate of Adam's moments."""
+    value = v.check_float(value, name, minimum=0.0)
+    if value >= 1.0:
+        raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _steps(value, name):
+    return v.check_int(value, name, minimum=1)
+
+
+def _clip_norm(value, name):
+    return 0.0 if value is None else _positive(value, name)  # 0: no clipping
+
+
+def _steps_or_none(value, name):
+    return None if value is None else _steps(value, name)
 
 
 class Schedule:
@@ -66,12 +99,12 @@ class StepDecay(Schedule):
     """``lr * gamma ** (t // step_size)``: multiply the rate by gamma every step_size steps."""
 
     code = _k.STEP
-    step_size = _HyperParameter()
-    gamma = _HyperParameter()
+    step_size = _HyperParameter(_steps)
+    gamma = _HyperParameter(_positive)
 
     def __init__(self, step_size, gamma=0.1):
-        self.step_size = v.check_int(step_size, "step_size", minimum=1)
-        self.gamma = v.check_float(gamma, "gamma", minimum=0.0, strict=True)
+        self.step_size = step_size
+        self.gamma = gamma
 
     def params(self):
         return np.array([self.step_size, self.gamma], dtype=np.float64)
@@ -84,10 +117,10 @@ class InverseScaling(Schedule):
     """``lr / (t + 1) ** power_t``, scikit-learn's 'invscaling' counted in steps."""
 
     code = _k.INVSCALING
-    power_t = _HyperParameter()
+    power_t = _HyperParameter(_nonnegative)
 
     def __init__(self, power_t=0.5):
-        self.power_t = v.check_float(power_t, "power_t", minimum=0.0)
+        self.power_t = power_t
 
     def params(self):
         return np.array([self.power_t, 0.0])
@@ -102,12 +135,12 @@ class Cosine(Schedule):
     a single fit anneals from lr to lr_min; give total_steps explicitly to anneal across several fit calls."""
 
     code = _k.COSINE
-    total_steps = _HyperParameter()
-    lr_min = _HyperParameter()
+    total_steps = _HyperParameter(_steps_or_none)
+    lr_min = _HyperParameter(_nonnegative)
 
     def __init__(self, total_steps=None, lr_min=0.0):
-        self.total_steps = None if total_steps is None else v.check_int(total_steps, "total_steps", minimum=1)
-        self.lr_min = v.check_float(lr_min, "lr_min", minimum=0.0)
+        self.total_steps = total_steps
+        self.lr_min = lr_min
 
     def params(self):
         if self.total_steps is None:
@@ -144,12 +177,14 @@ class Optimizer:
     kind = None
     n_state = 0
     name = "optimizer"
-    schedule = _HyperParameter()
+    schedule = _HyperParameter(lambda value, name: _check_schedule(value))
+    lr = _HyperParameter(_positive)
+    clip_norm = _HyperParameter(_clip_norm)
 
     def __init__(self, lr, schedule, clip_norm):
-        self.lr = v.check_float(lr, "lr", minimum=0.0, strict=True)
-        self.schedule = _check_schedule(schedule)
-        self.clip_norm = 0.0 if clip_norm is None else v.check_float(clip_norm, "clip_norm", minimum=0.0, strict=True)
+        self.lr = lr
+        self.schedule = schedule
+        self.clip_norm = clip_norm
         self.t = 0
         self.state = None
 
@@ -196,19 +231,17 @@ class SGD(Optimizer):
 
     kind = _k.SGD
     name = "sgd"
-    momentum = _HyperParameter()
-    nesterov = _HyperParameter()
-    weight_decay = _HyperParameter()
+    momentum = _HyperParameter(_fraction)
+    nesterov = _HyperParameter(lambda value, name: bool(value))
+    weight_decay = _HyperParameter(_nonnegative)
 
     def __init__(self, lr=0.1, momentum=0.0, nesterov=False, weight_decay=0.0, schedule=None, clip_norm=None):
         super().__init__(lr, schedule, clip_norm)
-        self.momentum = v.check_float(momentum, "momentum", minimum=0.0)
-        if self.momentum >= 1.0:
-            raise ValueError(f"momentum must be < 1, got {self.momentum}")
+        self.momentum = momentum
         if nesterov and self.momentum == 0.0:
             raise ValueError("nesterov=True needs momentum > 0")
-        self.nesterov = bool(nesterov)
-        self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
+        self.nesterov = nesterov
+        self.weight_decay = weight_decay
 
     @property
     def n_state(self):
@@ -242,24 +275,21 @@ class Adam(Optimizer):
     n_state = 2
     name = "adam"
     _decoupled = False
-    beta1 = _HyperParameter()
-    beta2 = _HyperParameter()
-    eps = _HyperParameter()
-    eps_hat = _HyperParameter()
-    weight_decay = _HyperParameter()
+    beta1 = _HyperParameter(_fraction)
+    beta2 = _HyperParameter(_fraction)
+    eps = _HyperParameter(_positive)
+    eps_hat = _HyperParameter(v.check_bool)
+    weight_decay = _HyperParameter(_nonnegative)
 
     def __init__(
         self, lr=1e-3, beta1=0.9, beta2=0.999, eps=1e-8, weight_decay=0.0, schedule=None, clip_norm=None, eps_hat=False
     ):
         super().__init__(lr, schedule, clip_norm)
-        self.eps_hat = v.check_bool(eps_hat, "eps_hat")
-        for name, value in (("beta1", beta1), ("beta2", beta2)):
-            value = v.check_float(value, name, minimum=0.0)
-            if value >= 1.0:
-                raise ValueError(f"{name} must be in [0, 1), got {value}")
-            setattr(self, name, value)
-        self.eps = v.check_float(eps, "eps", minimum=0.0, strict=True)
-        self.weight_decay = v.check_float(weight_decay, "weight_decay", minimum=0.0)
+        self.eps_hat = eps_hat
+        self.beta1 = beta1
+        self.beta2 = beta2
+        self.eps = eps
+        self.weight_decay = weight_decay
 
     def hyper(self):
         return np.array(

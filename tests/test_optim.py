@@ -205,3 +205,43 @@ BAD = [
 def test_bad_optimizer_arguments(make, error, match):
     with pytest.raises(error, match=match):
         make()
+
+
+BAD_SETTINGS = [
+    (fastbp.SGD, "lr", 0, ValueError),
+    (fastbp.SGD, "lr", "x", TypeError),
+    (fastbp.SGD, "momentum", 1.0, ValueError),
+    (fastbp.Adam, "beta1", 1.0, ValueError),
+    (fastbp.Adam, "beta2", -0.1, ValueError),
+    (fastbp.Adam, "eps", 0.0, ValueError),
+    (fastbp.AdamW, "weight_decay", -1, ValueError),
+    (fastbp.Adam, "clip_norm", 0, ValueError),
+    (fastbp.SGD, "schedule", "warmup", ValueError),
+    (lambda: optim.StepDecay(5), "step_size", 0, ValueError),
+    (lambda: optim.StepDecay(5), "gamma", math.inf, ValueError),
+    (optim.Cosine, "total_steps", 2.5, TypeError),
+]
+
+
+@pytest.mark.parametrize(("make", "name", "value", "error"), BAD_SETTINGS)
+def test_bad_values_set_after_construction_raise_as_the_constructor(make, name, value, error):
+    holder = make()
+    before = getattr(holder, name)
+    with pytest.raises(error, match=name):
+        setattr(holder, name, value)
+    assert getattr(holder, name) is before
+
+
+def test_hyper_parameters_set_after_construction_take_the_compiled_type(rng):
+    # an int or a NumPy scalar as a float: a new argument type would compile new specializations of the step
+    opt = fastbp.SGD(0.1, momentum=0.5, clip_norm=2.0)
+    opt.lr, opt.momentum, opt.clip_norm = 1, np.float32(0.25), None
+    assert (type(opt.lr), type(opt.momentum), opt.clip_norm) == (float, float, 0.0)
+    net = fastbp.MLP([3, 4, 2], seed=0)
+    net.l2 = 1
+    assert type(net.l2) is float
+    with pytest.raises(ValueError, match="l2"):
+        net.l2 = -1.0
+    with pytest.raises(TypeError, match="lr"):
+        opt.lr = "x"
+    assert net.l2 == 1.0 and opt.lr == 1.0
