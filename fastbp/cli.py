@@ -662,6 +662,7 @@ def _train(args, trainer_cls=None):
     import fastbp
 
     from . import _files, data
+    from .network import _SingleRowBatch
 
     if args.threads:
         fastbp.set_num_threads(args.threads)
@@ -689,12 +690,6 @@ def _train(args, trainer_cls=None):
         residual=_residuals(sizes) if args.residual else False,
         dropout=args.dropout,
     )
-    m, batch = len(y_train), args.batch_size
-    if "batch" in net.norms and (batch == 1 or m % batch == 1 or m == 1):
-        raise UsageError(
-            f"--norm batch needs mini-batches of at least 2 rows (a batch variance), but {m} training rows in batches "
-            f"of {batch} leave a batch of 1 row: choose another --batch-size"
-        )
     trainer = (trainer_cls or fastbp.Trainer)(
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )
@@ -708,9 +703,18 @@ def _train(args, trainer_cls=None):
         f"optimizer {trainer.optimizer!r}; {args.epochs} epochs of batch {args.batch_size}"
     )
     fit_start = time.perf_counter()
-    history = trainer.fit(
-        X_train, y_train, epochs=args.epochs, validation_split=args.val_split if args.val_split else 0.0
-    )
+    try:
+        history = trainer.fit(
+            X_train, y_train, epochs=args.epochs, validation_split=args.val_split if args.val_split else 0.0
+        )
+    except _SingleRowBatch as err:  # the trainer's rows (after --val-split) in batches of --batch-size
+        if err.split is None:
+            raise
+        rows, size = err.split
+        raise UsageError(
+            f"--norm batch needs mini-batches of at least 2 rows (a batch variance), but {rows} training rows in "
+            f"batches of {size} leave a batch of 1 row: choose another --batch-size"
+        ) from None
     fit_time = time.perf_counter() - fit_start
     result = trainer.evaluate(X_test, y_test)
     print(

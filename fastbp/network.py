@@ -110,6 +110,16 @@ def _aux_size(row, n):
     return size
 
 
+class _SingleRowBatch(ValueError):
+    """A batch-norm network given a training batch of fewer than 2 rows. ``split``: (rows, batch size) when that
+    batch is the last mini-batch of an epoch over ``rows`` rows, else None (the caller may say which option to
+    change: the command line names --batch-size)."""
+
+    def __init__(self, message, split=None):
+        super().__init__(message)
+        self.split = split
+
+
 def _check_name(value, name, choices):
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {sorted(choices)}; got {type(value).__name__} {value!r}")
@@ -519,14 +529,19 @@ class MLP:
         dropout, seed, step)."""
         return (int(training), int(update_stats), int(dropout and any(self.dropouts)), self.dropout_seed, int(step))
 
-    def _check_batch_norm_rows(self, n, name="X", hint=""):
-        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d; hint: what to do
-        about it, appended to the message."""
-        if n < 2 and _lay_name_batch in self.norms:
-            raise ValueError(
-                f"{name} has {n} row, but batch norm in training needs batches of at least 2 rows (a batch variance)"
-                + hint
-            )
+    def _check_batch_norm_rows(self, n, name="X", batch_size=None):
+        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d: n rows as one
+        batch, or, with ``batch_size``, in mini-batches of that size, whose smallest (the last) counts."""
+        if _lay_name_batch not in self.norms:
+            return
+        smallest = n if batch_size is None else 1 if n % batch_size == 1 else min(batch_size, n)
+        if smallest < 2:
+            message = f"{name} has {smallest} row, but batch norm in training needs batches of at least 2 rows (a "
+            message += "batch variance)"
+            if batch_size is None:
+                raise _SingleRowBatch(message)
+            message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
+            raise _SingleRowBatch(message, (n, batch_size))
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):

@@ -201,11 +201,7 @@ class Trainer:
         net, opt = self.net, self.optimizer
         hyper, schedule_params = opt.hyper(), schedule.params()
         n = perm.shape[0]
-        net._check_batch_norm_rows(
-            min(batch_size, n) if n % batch_size != 1 else 1,
-            "a mini-batch",
-            f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row",
-        )
+        net._check_batch_norm_rows(n, "a mini-batch", batch_size)
         # Everything that may replace a buffer whose address the kernel gets happens under the network's lock,
         # so no other call on this network can be running in those buffers.
         with net._lock:

@@ -403,3 +403,12 @@ def test_batch_norm_with_a_batch_of_one_row_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert "1437 training rows in batches of 4 leave a batch of 1 row: choose another --batch-size" in err
     assert err.rstrip().endswith("(see fastbp train --help)")
+
+
+def test_batch_norm_rows_are_counted_after_the_validation_split(capsys):
+    from fastbp import cli
+
+    # 1437 training rows in batches of 359 would leave 1 row; --val-split 0.1 leaves 1293 = 3 x 359 + 216 to train on
+    args = ["train", "--norm", "batch", "--batch-size", "359", "--val-split", "0.1", "--epochs", "1"]
+    assert cli.main([*args, "--no-progress", "--output", "none"]) == 0
+    assert "test accuracy" in capsys.readouterr().out
