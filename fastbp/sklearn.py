@@ -555,10 +555,14 @@ class _FastbpMixin:
 
         def loss_and_grad(theta):
             # scikit-learn's objective computes through NaN and inf: L-BFGS-B then stops (ABNORMAL) and the fit
-            # ends with a ConvergenceWarning. FlatObjective refuses a non-finite theta, as its users expect.
-            if not np.isfinite(theta).all():
+            # ends with a ConvergenceWarning. FlatObjective refuses a non-finite theta (its check, each call), as
+            # its users expect; only that refusal becomes a NaN here.
+            try:
+                return objective(theta)
+            except ValueError:
+                if np.isfinite(theta).all():
+                    raise
                 return np.nan, np.full_like(theta, np.nan)
-            return objective(theta)
 
         result = scipy.optimize.minimize(
             loss_and_grad,
