@@ -343,7 +343,10 @@ def _add_diagnose_parser(sub):
     diag.add_argument("--depth", type=_positive_int, default=10, help="hidden layers (default 10)")
     diag.add_argument("--width", type=_positive_int, default=64, help="units per hidden layer (default 64)")
     diag.add_argument(
-        "--samples", type=_positive_int, default=256, help="training rows for the norms at initialisation (default 256)"
+        "--samples",
+        type=_int_at_least(2),
+        default=256,
+        help="training rows for the norms at initialisation (default 256; at least 2: batch norm's batch variance)",
     )
     diag.add_argument("--epochs", type=_positive_int, default=10, help="SGD epochs per network (default 10)")
     diag.add_argument("--lr", type=_positive_float, default=0.1, help="SGD learning rate (default 0.1)")
@@ -993,19 +996,27 @@ def cmd_gradcheck(args):
 
 def cmd_diagnose(args):
     from . import diagnose
+    from .network import _SingleRowBatch
 
     _check_outputs(("--plot", args.plot), ("--json", args.json))
-    result = diagnose.run(
-        depth=args.depth,
-        width=args.width,
-        samples=args.samples,
-        epochs=args.epochs,
-        lr=args.lr,
-        batch_size=args.batch_size,
-        gain=args.gain,
-        clip_norm=args.clip_norm,
-        seed=args.seed,
-    )
+    try:
+        result = diagnose.run(
+            depth=args.depth,
+            width=args.width,
+            samples=args.samples,
+            epochs=args.epochs,
+            lr=args.lr,
+            batch_size=args.batch_size,
+            gain=args.gain,
+            clip_norm=args.clip_norm,
+            seed=args.seed,
+        )
+    except _SingleRowBatch as err:  # the batch-norm remedy's training rows in batches of --batch-size
+        rows, size = err.split
+        raise UsageError(
+            f"the batch-norm network needs mini-batches of at least 2 rows (a batch variance), but its {rows} training "
+            f"rows in batches of {size} leave a batch of 1 row: choose another --batch-size"
+        ) from None
     print(diagnose.report(result))
     if args.plot and args.plot.lower() != "none":
         print(f"plot: {diagnose.plot(result, args.plot)}")

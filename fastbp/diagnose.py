@@ -95,6 +95,9 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
     grad[0]``: how many times smaller the first layer's weight gradient is than the last layer's),
     ``loss_per_epoch`` (training loss of each epoch of ``SGD(lr)``), ``grad_norm`` and ``delta_norm`` (the
     trainer's per-layer history, last epoch) and ``val_accuracy`` (on the held-out 20%, after training).
+    Every training run also holds ``diverged`` and ``message``: a run whose loss diverges (a large ``lr``) stops
+    there, keeps the epochs it completed (``grad_norm``, ``delta_norm`` and ``val_accuracy`` are NaN when it
+    completed none) and the experiment goes on with the next network.
     ``result["exploding"]`` holds ``gain``, the norms at that initialisation, and two runs (``clip_norm`` None
     and ``clip_norm``), each with ``diverged`` (bool), ``message`` (the DivergenceError text, or ""),
     ``loss_per_epoch`` (completed epochs) and ``finite`` (the parameters at the end).
@@ -111,6 +114,8 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
         raise ValueError(f"samples must be at least 2 (batch norm needs a batch variance), got {samples}")
     X_train, X_test, y_train, y_test = _digits(seed)
     n_in, n_out = X_train.shape[1], int(y_train.max()) + 1
+    # the batch-norm remedy's mini-batches, checked before the minutes of the other networks
+    MLP([n_in, width, n_out], norm="batch")._check_batch_norm_rows(X_train.shape[0], "the training set", batch_size)
     Xb, yb = X_train[:samples], y_train[:samples]
     config = dict(depth=depth, width=width, samples=int(Xb.shape[0]), epochs=epochs, lr=lr, batch_size=batch_size)
     config.update(gain=gain, clip_norm=clip_norm, seed=seed, n_train=int(X_train.shape[0]), n_test=int(X_test.shape[0]))
@@ -128,24 +133,20 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
         net = network(activation)
         entry = layer_norms(net, Xb, yb)
         entry["ratio"] = entry["grad"][-1] / entry["grad"][0] if entry["grad"][0] > 0 else float("inf")
-        history = trainer(net).fit(X_train, y_train, epochs=epochs, validation_data=(X_test, y_test))
-        entry["loss_per_epoch"] = history["loss"]
-        entry["grad_norm"] = history["grad_norm"][-1]
-        entry["delta_norm"] = history["delta_norm"][-1]
-        entry["val_accuracy"] = history["val_accuracy"][-1]
+        history = _fit(entry, trainer(net), X_train, y_train, epochs, (X_test, y_test))
+        entry["loss_per_epoch"] = history.get("loss", [])
+        entry["grad_norm"] = _last(history, "grad_norm", depth + 1)
+        entry["delta_norm"] = _last(history, "delta_norm", depth + 1)
+        # a diverged run keeps its last finite step's parameters: their accuracy
+        entry["val_accuracy"] = _accuracy(net, X_test, y_test) if entry["diverged"] else history["val_accuracy"][-1]
         result["vanishing"][activation] = entry
 
     explode = layer_norms(network("relu", gain), Xb, yb)
     explode.update(gain=gain, runs=[])
     for clip in (None, clip_norm):
         net = network("relu", gain)
-        t = trainer(net, clip)
-        run_ = {"clip_norm": clip, "diverged": False, "message": ""}
-        try:
-            t.fit(X_train, y_train, epochs=epochs)
-        except DivergenceError as err:
-            run_.update(diverged=True, message=str(err))
-        run_["loss_per_epoch"] = t.history.get("loss", [])
+        run_ = {"clip_norm": clip}
+        run_["loss_per_epoch"] = _fit(run_, trainer(net, clip), X_train, y_train, epochs).get("loss", [])
         run_["finite"] = bool(np.isfinite(net.params).all())
         explode["runs"].append(run_)
     result["exploding"] = explode
@@ -168,13 +169,43 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
         del entry["delta"]
         entry["ratio"] = entry["grad"][-1] / entry["grad"][0] if entry["grad"][0] > 0 else float("inf")
         t = Trainer(net, SGD(lr), batch_size=batch_size, seed=seed, progress=False)
-        history = t.fit(X_train, y_train, epochs=epochs, validation_data=(X_test, y_test))
-        entry["loss_per_epoch"] = history["loss"]
-        entry["grad_norm"] = history["grad_norm"][-1]
-        entry["accuracy_per_epoch"] = history["val_accuracy"]
-        entry["test_accuracy"] = float(np.mean(net.predict(X_test).argmax(axis=1) == y_test))
+        history = _fit(entry, t, X_train, y_train, epochs, (X_test, y_test))
+        entry["loss_per_epoch"] = history.get("loss", [])
+        entry["grad_norm"] = _last(history, "grad_norm", depth + 1)
+        entry["accuracy_per_epoch"] = history.get("val_accuracy", [])
+        entry["test_accuracy"] = _accuracy(net, X_test, y_test)
         result["remedies"][name] = entry
     return result
+
+
+def _fit(entry, trainer, X, y, epochs, validation_data=None):
+    """``trainer.fit``, with the outcome in ``entry`` (``diverged``, ``message``: the DivergenceError's text or "");
+    returns the history of the epochs completed."""
+    entry.update(diverged=False, message="")
+    try:
+        trainer.fit(X, y, epochs=epochs, validation_data=validation_data)
+    except DivergenceError as err:
+        entry.update(diverged=True, message=str(err))
+    return trainer.history
+
+
+def _last(history, key, size):
+    """The last epoch's value of a per-layer history key; ``size`` NaNs when no epoch completed."""
+    values = history.get(key, [])
+    return values[-1] if values else [float("nan")] * size
+
+
+def _accuracy(net, X, y):
+    """The share of rows whose largest output is their label (``predict``: evaluation mode)."""
+    return float(np.mean(net.predict(X).argmax(axis=1) == y))
+
+
+def _outcome(entry):
+    """How a training run ended, for the report: its final loss, or where it diverged."""
+    losses = entry["loss_per_epoch"]
+    if entry["diverged"]:
+        return f"DIVERGED ({entry['message'].split('. ')[0]}; the network kept its last finite step)"
+    return f"loss {losses[-1]:.4f}"
 
 
 def _row(label, values, fmt="{:>10.2e}", width=12):
@@ -212,7 +243,7 @@ def report(result):
         v = van[a]
         lines.append(
             f"{a:<8} ||dW[last]|| / ||dW[first]|| = {v['ratio']:<9.3g} ({_verdict(v['ratio'])}); after "
-            f"{c['epochs']} epochs of SGD(lr={c['lr']:g}): loss {v['loss_per_epoch'][-1]:.4f}, test accuracy "
+            f"{c['epochs']} epochs of SGD(lr={c['lr']:g}): {_outcome(v)}, test accuracy "
             f"{v['val_accuracy']:.3f}"
         )
     e = result["exploding"]
@@ -272,10 +303,15 @@ def _remedies_report(c, rem):
         for r in REMEDIES
     ]
     lines.append(_row("last / first", init, f"{{:>{w}.3g}}", 14) + "   " + "".join(f"{v:>{w}.3g}" for v in last))
-    losses = "".join(f"{rem[r]['loss_per_epoch'][-1]:>{w}.4f}" for r in REMEDIES)
+    losses = "".join(
+        f"{'DIVERGED':>{w}}" if rem[r]["diverged"] else f"{rem[r]['loss_per_epoch'][-1]:>{w}.4f}" for r in REMEDIES
+    )
     accuracies = "".join(f"{rem[r]['test_accuracy']:>{w}.3f}" for r in REMEDIES)
     lines.append(f"{'training loss':<14}{blank}   {losses}")
     lines.append(f"{'test accuracy':<14}{blank}   {accuracies}")
+    for r in REMEDIES:
+        if rem[r]["diverged"]:
+            lines.append(f"{REMEDY_NAMES[r]}: {_outcome(rem[r])}")
     return lines
 
 
@@ -324,10 +360,10 @@ def plot(result, path):
             f"remedies, {activation}: ||(dW, db, gamma, beta)||\nlast of {c['epochs']} epochs of SGD(lr={c['lr']:g})"
         )
         ax = axes[1, 2]
-        epochs = np.arange(1, c["epochs"] + 1)
         for r in REMEDIES:
-            label = f"{REMEDY_NAMES[r]}: {rem[r]['test_accuracy']:.3f}"
-            ax.plot(epochs, rem[r]["accuracy_per_epoch"], "o-", color=remedy_colors[r], label=label)
+            label = f"{REMEDY_NAMES[r]}: {rem[r]['test_accuracy']:.3f}" + (" (diverged)" if rem[r]["diverged"] else "")
+            accuracy = rem[r]["accuracy_per_epoch"]  # the epochs completed
+            ax.plot(np.arange(1, len(accuracy) + 1), accuracy, "o-", color=remedy_colors[r], label=label)
         ax.axhline(1 / c["n_out"], color="gray", linestyle=":", label=f"chance 1/{c['n_out']}")
         ax.set_ylim(0, 1)
         ax.set_xlabel("epoch")

@@ -180,3 +180,22 @@ def test_diagnose_remedies_on_a_narrower_network_and_their_checks():
     assert diagnose.layer_norms(net, *make_batch(net, 6, np.random.default_rng(0)))["delta"] is None
     with pytest.raises(ValueError, match="samples must be at least 2"):
         diagnose.run(samples=1)
+
+
+def test_diagnose_goes_on_past_a_diverging_network_and_reports_it(tmp_path):
+    from fastbp import diagnose
+
+    # lr=100 makes the relu network of part 1 diverge in its first epoch (the sigmoid and tanh ones stay finite)
+    result = diagnose.run(depth=3, samples=32, epochs=2, lr=100.0)
+    relu = result["vanishing"]["relu"]
+    assert relu["diverged"] and relu["message"].startswith("training diverged in epoch 1")
+    assert relu["loss_per_epoch"] == [] and all(np.isnan(relu["grad_norm"]))
+    assert 0.0 <= relu["val_accuracy"] <= 1.0  # of the parameters of the last finite step
+    assert not result["vanishing"]["sigmoid"]["diverged"] and len(result["vanishing"]["sigmoid"]["loss_per_epoch"]) == 2
+    assert result["exploding"]["runs"][0]["diverged"]
+    report = diagnose.report(result)
+    assert re.search(
+        r"^relu .*: DIVERGED \(training diverged in epoch 1: .*last finite step\), test accuracy", report, re.M
+    )
+    pytest.importorskip("matplotlib")
+    assert diagnose.plot(result, tmp_path / "d.png") == str(tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size

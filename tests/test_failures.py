@@ -658,6 +658,12 @@ BAD_COMMANDS = [
     (["gradcheck", "--layers", "0"], 2, r"--layers: layer sizes must be positive"),
     (["gradcheck", "--dtype", "float64", "--threshold-float32", "1e-3"], 2, r"--threshold-float32 applies to"),
     (["diagnose", "--depth", "0"], 2, r"--depth: must be >= 1"),
+    (["diagnose", "--samples", "1"], 2, r"--samples: must be >= 2, got 1"),
+    (
+        ["diagnose", "--batch-size", "4"],
+        2,
+        r"1437 training rows in batches of 4 leave a batch of 1 row: .*--batch-size",
+    ),
     (["diagnose", "--plot", "nodir/d.png"], 1, r"cannot write --plot nodir/d\.png"),
     (["info", "--verbose"], 2, r"unrecognized arguments: --verbose"),
     (["fly"], 2, r"invalid choice: 'fly'"),
