@@ -486,23 +486,34 @@ def _input_error(path, err, labels=None):
     return ValueError(f"{option} {text if text.startswith(name) else f'{name}: {text}'}")
 
 
-def _load_data(path, labels, label_column=None, require_y=True, no_labels=False):
-    """(X, y) of --data (the embedded digits without it); errors name the option and the file."""
+def _load_data(path, labels, require_y=True):
+    """(X, y) of --data (the embedded digits without it), not a CSV file (:func:`_load_csv`); errors name the option
+    and the file."""
     from . import data
 
     if path is None:
         return data.load_digits()
     try:
-        if no_labels:
-            return data.load_csv(path, label_column=None)
-        column = -1 if label_column is None else label_column
-        return data.load_file(path, labels, require_y=require_y, label_column=column)
+        return data.load_file(path, labels, require_y=require_y)
     except (OSError, ValueError) as err:
         raise _input_error(path, err, labels) from None
 
 
-def _features(X, where):
-    """X as a 2-D float64 array of finite numbers; ValueError naming ``where`` otherwise."""
+def _load_csv(path, label_column):
+    """(X, y, the header's names or None, the label's column or None, ``_features``'s position) of a CSV --data file
+    whose labels are ``label_column`` (None: none); errors name the option and the file."""
+    from . import data
+
+    try:
+        X, y, names, label = data.load_csv(path, label_column=label_column, return_names=True)
+    except (OSError, ValueError) as err:
+        raise _input_error(path, err) from None
+    return X, y, names, label, _csv_position(path, label)
+
+
+def _features(X, where, position=None):
+    """X as a 2-D float64 array of finite numbers; ValueError naming ``where`` otherwise, and the first bad value's
+    place: ``position(row, column)``, or its index in X."""
     X = np.asarray(X)
     if X.dtype.kind not in "biuf":
         raise ValueError(f"{where}: the features must be numbers, got an array of dtype {X.dtype}")
@@ -511,12 +522,25 @@ def _features(X, where):
     X = X.astype(np.float64)
     bad = np.argwhere(~np.isfinite(X))
     if bad.size:
-        row, col = bad[0]
+        row, col = (int(i) for i in bad[0])
+        place = f"X[{row}, {col}]" if position is None else position(row, col)
         raise ValueError(
-            f"{where}: the features hold NaN or infinite values ({len(bad)} in all, the first at row {row + 1}, "
-            f"feature column {col + 1}); fill or drop them"
+            f"{where}: the features hold NaN or infinite values ({len(bad)} in all, the first at {place}); fill or "
+            "drop them"
         )
     return X
+
+
+def _csv_position(path, label):
+    """``_features``'s ``position`` for the features of a CSV file whose label is column ``label`` (None: none): the
+    line (from 1) and the index of the file's column (from 0, as --label-column counts)."""
+    from . import data
+
+    def position(row, column):
+        column += label is not None and column >= label
+        return f"line {data._csv_line(path, row)}, column index {column}"
+
+    return position
 
 
 def _label_source(args, names=None, index=None):
@@ -538,19 +562,13 @@ def _label_source(args, names=None, index=None):
 def _training_data(args):
     """fastbp train's data: (X float64, y, where, hint): where and hint tell where the labels come from and what to
     do when they are wrong; errors name the option."""
-    from . import data
-
-    names = index = None
+    names = index = position = None
     if _data_kind(args.data, args.labels) == "csv":
-        column = -1 if args.label_column is None else args.label_column
-        try:
-            X, y, names, index = data.load_csv(args.data, label_column=column, return_names=True)
-        except (OSError, ValueError) as err:
-            raise _input_error(args.data, err) from None
+        X, y, names, index, position = _load_csv(args.data, -1 if args.label_column is None else args.label_column)
     else:
         X, y = _load_data(args.data, args.labels)
     where, hint = _label_source(args, names, index)
-    X = _features(X, "--data " + _path(args.data) if args.data else "the digits")
+    X = _features(X, "--data " + _path(args.data) if args.data else "the digits", position)
     if y is None or np.ndim(y) == 0 or len(y) != X.shape[0]:
         raise ValueError(f"{where}: expected one label per row of the {X.shape[0]} rows")
     return X, y, where, hint
@@ -778,7 +796,8 @@ def _model_classes(net, model):
 
 
 def _predict_rows(args, net):
-    """fastbp predict's rows: (X, y or None, a description of the rows, the data's kind)."""
+    """fastbp predict's rows: (X, y or None, a description of the rows, the data's kind, ``_features``'s
+    position)."""
     from . import data
 
     extras = net.extras
@@ -788,8 +807,11 @@ def _predict_rows(args, net):
         if column is None and kind == "csv" and "label_column" in extras:  # the column fastbp train read
             stored = extras["label_column"]
             column = str(stored) if stored.dtype.kind == "U" else int(stored)
-        X, y = _load_data(args.data, args.labels, column, require_y=False, no_labels=args.no_labels)
-        return X, y, f"the {len(X)} rows of {args.data}", kind
+        if kind == "csv":
+            X, y, _, _, position = _load_csv(args.data, None if args.no_labels else -1 if column is None else column)
+        else:
+            (X, y), position = _load_data(args.data, args.labels, require_y=False), None
+        return X, y, f"the {len(X)} rows of {args.data}", kind, position
     X, y = data.load_digits()
     source = extras.get("data_source")
     if source is not None and str(source) != "digits":
@@ -805,11 +827,11 @@ def _predict_rows(args, net):
     rows = extras.get("test_rows")
     if rows is None:
         every = f"all {len(X)} rows of the embedded digits, training rows included"
-        return X, y, f"{every} ({args.model} records no held-out split: not a test accuracy)", "digits"
+        return X, y, f"{every} ({args.model} records no held-out split: not a test accuracy)", "digits", None
     if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows.size and not 0 <= rows.min() <= rows.max() < len(X)):
         raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
     held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
-    return X[rows], y[rows], held_out, "digits"
+    return X[rows], y[rows], held_out, "digits", None
 
 
 def cmd_predict(args):
@@ -818,9 +840,9 @@ def cmd_predict(args):
     _check_outputs(("--output", args.output))
     net = _load_model(args.model)
     classes = _model_classes(net, args.model)
-    X, y, rows, kind = _predict_rows(args, net)
+    X, y, rows, kind, position = _predict_rows(args, net)
     where = f"--data {_path(args.data)}" if args.data else "the digits"
-    X = _features(X, where)
+    X = _features(X, where, position)
     if X.shape[1] != net.n_in:
         hint = ""
         if kind == "csv" and not args.no_labels and X.shape[1] + 1 == net.n_in:

@@ -12,10 +12,12 @@ lines of NumPy (the same rules as scikit-learn's ``train_test_split`` sizes and 
 import csv
 import gzip
 import importlib.util
+import itertools
 import math
 import operator
 import os
 import warnings
+from functools import partial
 
 import numpy as np
 
@@ -127,6 +129,26 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     non-numeric feature, rows of different lengths, an empty label).
     """
     path = os.fspath(path)
+    skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
+    label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
+    if label is not None and n_columns < 2:
+        raise ValueError(f"{path} needs at least one feature column and a label column, got {n_columns} column")
+    options = {"delimiter": delimiter, "skiprows": skip_header, "ndmin": 2, "encoding": "utf-8-sig"}
+    features = [c for c in range(n_columns) if c != label]
+    lines = partial(_csv_lines, path, skip_header, delimiter)
+    X = _loadtxt(path, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
+    if label is not None:
+        y = _labels(_loadtxt(path, lines, n_columns, [], usecols=[label], dtype=str, **options)[:, 0], path, lines)
+    else:
+        y = None
+    if return_names:
+        return X, y, names, label
+    return X, y
+
+
+def _csv_format(path, delimiter, skip_header):
+    """(header lines to skip, the header's column names or None, columns) of a CSV file, as :func:`load_csv` takes
+    them (``skip_header`` None: detected)."""
     head = _head(path, 21)
     if not head:
         raise ValueError(
@@ -147,43 +169,69 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     if not data_lines:
         raise ValueError(f"{path} has a header line but no data rows")
     n_columns = len(next(csv.reader([data_lines[0].strip()], delimiter=delimiter)))
-    label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
-    if label is not None and n_columns < 2:
-        raise ValueError(f"{path} needs at least one feature column and a label column, got {n_columns} column")
-    options = {"delimiter": delimiter, "skiprows": skip_header, "ndmin": 2, "encoding": "utf-8-sig"}
-    X = _loadtxt(path, usecols=[c for c in range(n_columns) if c != label], dtype=np.float64, **options)
-    y = None if label is None else _labels(_loadtxt(path, usecols=[label], dtype=str, **options)[:, 0], path)
-    if return_names:
-        return X, y, names, label
-    return X, y
+    return skip_header, names, n_columns
 
 
-def _loadtxt(path, **options):
-    """np.loadtxt with its errors told as ValueErrors naming the file (and without NumPy's advice); its warnings
-    (about blank lines) are not passed on, and no data rows is an error."""
+def _csv_lines(path, skip_header, delimiter):
+    """The data rows of a CSV file as np.loadtxt reads them (after ``skip_header`` lines, blank lines and ``#``
+    comments left out): pairs (line number from 1, the list of its fields)."""
+    with open(path, encoding="utf-8-sig") as f:
+        for number, line in enumerate(f, 1):
+            text = line.split("#", 1)[0]
+            if number > skip_header and text.strip():
+                yield number, text.rstrip("\r\n").split(delimiter)
+
+
+def _csv_line(path, row, delimiter=","):
+    """The line number (from 1, as an editor counts) of data row ``row`` (from 0) of a CSV file read by
+    :func:`load_csv`, for messages."""
+    skip_header = _csv_format(os.fspath(path), delimiter, None)[0]
+    return next(itertools.islice(_csv_lines(path, skip_header, delimiter), row, None))[0]
+
+
+def _loadtxt(path, lines, n_columns, numbers, **options):
+    """np.loadtxt with its errors told as ValueErrors naming the file and the line (``lines()``: the data rows, of
+    ``n_columns`` fields, the columns ``numbers`` numbers); its warnings (about blank lines) are not passed on, and no
+    data rows is an error."""
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
             table = np.loadtxt(path, **options)
     except ValueError as err:
-        text = " ".join(str(err).split("; use `usecols`")[0].split())  # usecols: NumPy's advice, not fastbp's
-        if "could not convert string" in text:
-            text += " (every column but the label must be a number)"
-        elif "invalid column index" in text or "number of columns changed" in text:
-            text += " (every row must have as many columns as the first)"
-        raise ValueError(f"{path}: {_clip(text, 300)}") from None
+        raise ValueError(f"{path}: {_csv_problem(lines(), n_columns, numbers) or _clip(str(err), 300)}") from None
     if table.shape[0] == 0:
         raise ValueError(f"{path} has no data rows")
     return table
 
 
-def _labels(fields, path):
+def _csv_problem(lines, n_columns, numbers):
+    """What np.loadtxt could not read: the first data line that does not have ``n_columns`` fields or a number in
+    each column of ``numbers``, told with its line number (from 1) and the column's index (from 0, as
+    ``label_column``); None when every line reads."""
+    for number, fields in lines:
+        if len(fields) != n_columns:
+            return (
+                f"line {number} has {len(fields)} column{'s' if len(fields) != 1 else ''}, the first data line "
+                f"{n_columns} (every row must have as many columns as the first)"
+            )
+        for column in numbers:
+            if not _is_number(fields[column]):
+                return (
+                    f"line {number}, column index {column}: {_short(fields[column].strip())} is not a number (every "
+                    "column but the label must be a number)"
+                )
+    return None
+
+
+def _labels(fields, path, lines):
     """A label column read as strings: int64 when every label is an integer, float64 for other numbers, else the
-    stripped strings. An empty label is an error."""
+    stripped strings. An empty label is an error (``lines()``: the data rows, to tell its line)."""
     fields = np.char.strip(fields)
     empty = np.flatnonzero(fields == "")
     if empty.size:
-        raise ValueError(f"{path}: data row {empty[0] + 1} has an empty label ({empty.size} rows in all)")
+        number = next(itertools.islice(lines(), int(empty[0]), None))[0]
+        more = f" ({empty.size} empty labels in all)" if empty.size > 1 else ""
+        raise ValueError(f"{path}: line {number} has an empty label{more}")
     try:
         y = fields.astype(np.float64)
     except ValueError:

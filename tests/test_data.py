@@ -173,7 +173,7 @@ def test_load_csv_label_column_by_name_or_index_and_labels_of_any_kind(tmp_path)
     for column, message in [("size", r"has no column 'size': its header names 'kind', 'a', 'b'"), (3, r"index 3")]:
         with pytest.raises(ValueError, match=message):
             data.load_csv(path, label_column=column)
-    with pytest.raises(ValueError, match=r"could not convert string 'cat'.*every column but the label"):
+    with pytest.raises(ValueError, match=r"line 2, column index 0: 'cat' is not a number.*every column but the label"):
         data.load_csv(path)  # column b as the label leaves the strings among the features
 
 
@@ -192,8 +192,12 @@ def test_load_csv_detects_headers_against_string_labels_and_numpy_comment_header
         ("", "has no data rows"),
         ("\n \n", "has no data rows"),
         ("a,b,label\n", "a header line but no data rows"),
-        ("1,2,0\n3,4\n", "every row must have as many columns"),
-        ("1,2,cat\n3,4,\n", "data row 2 has an empty label"),
+        ("1,2,0\n3,4\n", r"line 2 has 2 columns, the first data line 3 \(every row must have as many columns"),
+        ("1,2,cat\n3,4,\n", r"line 2 has an empty label$"),
+        # line numbers as an editor shows them: the header, blank lines and comments count
+        ("a,b,label\n1,2,0\n\n# note\n3,x,1\n", r"line 5, column index 1: 'x' is not a number"),
+        ("a,b,label\n\n1,2,0\n3,4\n", r"line 4 has 2 columns, the first data line 3"),
+        ("a,b,label\n1,2,\n\n3,4, \n", r"line 2 has an empty label \(2 empty labels in all\)$"),
         ("1\n2\n", "needs at least one feature column and a label column"),
     ],
 )

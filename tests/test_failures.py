@@ -580,7 +580,9 @@ def bad_inputs(tmp_path_factory):
     np.savetxt(d / "float_labels.csv", X, delimiter=",")
     bad = X.copy()
     bad[3, 1] = np.nan
-    np.savetxt(d / "nan_feature.csv", np.column_stack([bad, y]), delimiter=",")
+    # a header and a blank line: the message's line (6) is not the data row (3, from 0)
+    np.savetxt(d / "nan_feature.csv", np.column_stack([bad, y]), delimiter=",", header="a,b,c,label\n", comments="")
+    np.savez(d / "nan_feature.npz", X=bad, y=y)
     np.savetxt(d / "features_only.csv", X, delimiter=",")
     np.save(d / "array.npy", X)
     (d / "pickle.npz").write_bytes(pickle.dumps({"X": X}))
@@ -607,11 +609,29 @@ BAD_COMMANDS = [
     (["train", "--data", "missing.csv"], 1, r"--data missing\.csv: no such file; check the path"),
     (["train", "--data", "empty.csv"], 1, r"--data empty\.csv has no data rows"),
     (["train", "--data", "header_only.csv"], 1, r"--data header_only\.csv has a header line but no data rows"),
-    (["train", "--data", "ragged.csv"], 1, r"--data ragged\.csv: .*row 2.*as many columns"),
-    (["train", "--data", "text_feature.csv"], 1, r"--data text_feature\.csv: could not convert string 'x'.*label"),
+    (
+        ["train", "--data", "ragged.csv"],
+        1,
+        r"--data ragged\.csv: line 2 has 2 columns, the first data line 3 .*as many",
+    ),
+    (
+        ["train", "--data", "text_feature.csv"],
+        1,
+        r"text_feature\.csv: line 2, column index 1: 'x' is not a number.*label",
+    ),
     (["train", "--data", "one_class.csv"], 1, r"one_class\.csv .* holds a single class \(0\).*--label-column"),
     (["train", "--data", "float_labels.csv"], 1, r"float_labels\.csv .*non-integer numbers.*--label-column"),
-    (["train", "--data", "nan_feature.csv"], 1, r"--data nan_feature\.csv: the features hold NaN.*row 4, feature"),
+    (
+        ["train", "--data", "nan_feature.csv"],
+        1,
+        r"--data nan_feature\.csv: the features hold NaN.*at line 6, column index 1\)",
+    ),
+    (
+        ["train", "--data", "nan_feature.npz"],
+        1,
+        r"--data nan_feature\.npz: the features hold NaN.*the first at X\[3, 1\]\)",
+    ),
+    (["predict", "csv_model.npz", "--data", "nan_feature.csv"], 1, r"hold NaN.*at line 6, column index 1\)"),
     (["train", "--data", "array.npy"], 1, r"--data array\.npy is a single \.npy array"),
     (["train", "--data", "pickle.npz"], 1, r"--data pickle\.npz is a Python pickle \(fastbp never loads pickles"),
     (["train", "--data", "text.npz"], 1, r"--data text\.npz is a text file; expected a data file"),
