@@ -142,8 +142,13 @@ def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
                 raise ValueError(
                     f"{name} holds class labels in [{arr.min():g}, {arr.max():g}], expected labels in [0, {n_out - 1}]"
                 )
+        # the range of the given integers (a uint64 label of 2**63 or more would wrap in int64), then the cast
+        if arr.dtype.kind in "iu" and arr.size and (arr.min() < 0 or arr.max() >= n_out):
+            raise ValueError(
+                f"{name} holds class labels in [{arr.min()}, {arr.max()}], expected labels in [0, {n_out - 1}]"
+            )
         labels = np.ascontiguousarray(arr, dtype=np.int64)
-        if labels.size and (labels.min() < 0 or labels.max() >= n_out):
+        if labels.size and (labels.min() < 0 or labels.max() >= n_out):  # bool labels: True as 1
             raise ValueError(
                 f"{name} holds class labels in [{labels.min()}, {labels.max()}], expected labels in [0, {n_out - 1}]"
             )

@@ -57,6 +57,12 @@ def _bad_batches(net, X, y):
         ((X, y[:5]), ValueError, "Y has 5 labels for 6 samples"),
         ((X, y + 3), ValueError, r"labels in \[0, 2\]"),
         ((X, y - 1), ValueError, r"labels in \[0, 2\]"),
+        # uint64 labels of 2**63 and more: told as given, not as the negative int64 they would wrap to
+        (
+            (X, y.astype(np.uint64) + np.uint64(2**63)),
+            ValueError,
+            r"labels in \[92233720368547758\d\d, 92233720368547758\d\d\]",
+        ),
         ((X, y + 0.5), ValueError, "integer class labels"),
         ((X, np.eye(3)[y][:, :2]), ValueError, r"Y must have shape \(6, 3\)"),
         ((X, np.eye(3)[y][:, :, None]), ValueError, "Y must be"),
@@ -65,7 +71,7 @@ def _bad_batches(net, X, y):
     ]
 
 
-@pytest.mark.parametrize("case", range(15))
+@pytest.mark.parametrize("case", range(16))
 def test_bad_batches_raise_and_change_nothing(case, rng):
     net = fastbp.MLP([4, 5, 3], l2=0.1)
     X, y = make_batch(net, 6, rng)
