@@ -69,7 +69,7 @@ def remove_stale_temp_files(path):
 def _temp_files(path, remove):
     if fcntl is None:
         return []
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     directory, pattern = _directory(path), _temp_pattern(path)
     try:
         names = [name for name in os.listdir(directory) if pattern.fullmatch(name)]
@@ -145,7 +145,7 @@ def _fsync_directory(directory):
 def check_writable(path, what="output"):
     """Raise OSError (naming ``what`` and ``path``) when ``path`` cannot be written: a missing or unwritable
     directory, or a directory in its place. Checked before long work, so that it fails before it, not after."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     directory = _directory(path)
     if not os.path.isdir(directory):
         raise FileNotFoundError(f"cannot write {what} {path}: directory {directory} does not exist; create it first")
@@ -163,7 +163,7 @@ def atomic_write(path, mode="wb", encoding=None, what="file"):
     are removed first."""
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     check_writable(path, what)
     remove_stale_temp_files(path)
     fd, tmp = _create_locked_temp(path)
@@ -184,7 +184,7 @@ def atomic_write(path, mode="wb", encoding=None, what="file"):
 def save_figure(fig, path, **kwargs):
     """``fig.savefig`` through :func:`atomic_write`; the format from the extension (PNG when there is none, as
     matplotlib does, which then appends ``.png``). Returns the path written."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     ext = os.path.splitext(path)[1][1:].lower()
     if not ext:
         path, ext = path + ".png", "png"
@@ -246,7 +246,7 @@ def read_npz(path, what):
     instead and that ``what`` (e.g. "a fastbp checkpoint") was expected: another kind of file, a truncated or damaged
     archive, or an entry that is not a plain array (an object array, which only pickle could read: it is refused,
     never unpickled)."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     found = kind(path)
     if found != "zip":
         raise ValueError(f"{path} is {DESCRIPTIONS[found]}; expected {what}, an .npz archive")

@@ -74,7 +74,7 @@ def save(net, path, optimizer=None, extras=None):
     path: str or os.PathLike; ``.npz`` is not appended. extras: optional dict of name -> array stored alongside
     (for example input standardisation); on load they are in ``net.extras``. Returns the path written.
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION),
@@ -179,7 +179,7 @@ def load(path, return_optimizer=False, matmul_precision=None):
     from . import optim
     from .network import MLP
 
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     if matmul_precision is not None:  # the caller's argument, checked before the file (whose errors are the file's)
         from .network import _PRECISIONS, _check_name
 

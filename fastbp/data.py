@@ -128,7 +128,7 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     header) and the label column's index. Raises ValueError naming the file and the problem (no data rows, a
     non-numeric feature, rows of different lengths, an empty label).
     """
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
     label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
     if label is not None and n_columns < 2:
@@ -185,7 +185,7 @@ def _csv_lines(path, skip_header, delimiter):
 def _csv_line(path, row, delimiter=","):
     """The line number (from 1, as an editor counts) of data row ``row`` (from 0) of a CSV file read by
     :func:`load_csv`, for messages."""
-    skip_header = _csv_format(os.fspath(path), delimiter, None)[0]
+    skip_header = _csv_format(os.fsdecode(path), delimiter, None)[0]
     return next(itertools.islice(_csv_lines(path, skip_header, delimiter), row, None))[0]
 
 
@@ -245,7 +245,7 @@ _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f
 
 
 def _read_idx(path):
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     opener = gzip.open if path.endswith(".gz") else open
     try:
         with opener(path, "rb") as f:
@@ -280,7 +280,7 @@ def load_idx(images_path, labels_path):
 def load_file(path, labels_path=None, require_y=True, label_column=-1):
     """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` or ``.txt`` (the
     label in ``label_column``, see :func:`load_csv`), IDX images (``labels_path`` needed)."""
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     lower = path.lower()
     if lower.endswith(".npz"):
         return load_npz(path, require_y=require_y)

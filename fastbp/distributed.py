@@ -295,7 +295,7 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
     size = v.check_int(size, "size", minimum=1)
     if rank >= size:
         raise ValueError(f"rank must be < size, got rank {rank} and size {size}")
-    path = os.fspath(path)
+    path = os.fsdecode(path)
     lower = path.lower()
     if lower.endswith(".npz"):
         X_map = _npz_member(path, x_key)
@@ -307,7 +307,7 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
             y_part = None if y_map is None else np.array(y_map[start:stop])
             return np.array(X_map[start:stop]), y_part
     elif labels_path is not None:
-        images, labels = _idx_map(path), _idx_map(os.fspath(labels_path))
+        images, labels = _idx_map(path), _idx_map(os.fsdecode(labels_path))
         if images is not None and labels is not None:
             if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
                 raise ValueError(f"{labels_path} must hold one label per image of {path}")

@@ -59,6 +59,19 @@ def test_load_without_optimizer(tmp_path):
     assert isinstance(fastbp.load(tmp_path / "m.npz"), fastbp.MLP)
 
 
+def test_paths_may_be_bytes_as_for_open_and_numpy(tmp_path):
+    net = fastbp.MLP([3, 2], seed=0)
+    trainer = fastbp.Trainer(net, fastbp.Adam(), progress=False)
+    for save, path in ((net.save, tmp_path / "m.npz"), (trainer.save, tmp_path / "t.npz")):
+        save(os.fsencode(path))
+        loaded, _ = fastbp.load(os.fsencode(path), return_optimizer=True)
+        np.testing.assert_array_equal(loaded.params, net.params)
+    np.savez(tmp_path / "d.npz", X=np.ones((2, 3)), y=[0, 1])
+    (tmp_path / "d.csv").write_text("1,2,0\n3,4,1\n")
+    assert fastbp.data.load_file(os.fsencode(tmp_path / "d.npz"))[1].tolist() == [0, 1]
+    assert fastbp.data.load_file(os.fsencode(tmp_path / "d.csv"))[1].tolist() == [0, 1]
+
+
 def test_truncated_at_any_byte_fails_with_a_clear_error(tmp_path):
     net = fastbp.MLP([3, 4, 2])
     path = tmp_path / "m.npz"
