@@ -431,6 +431,11 @@ def _check_usage(args):
             )
         if args.matmul_precision == "bfloat16" and args.dtype != "float32":
             raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
+        if args.distributed and args.norm == "batch":
+            raise UsageError(
+                "--norm batch does not apply to --distributed: batch statistics would have to be summed over the "
+                "ranks inside the forward pass; use --norm layer (per-row statistics), or train without --distributed"
+            )
     elif command == "predict":
         kind = _data_kind(args.data, args.labels)
         if args.no_labels and kind != "csv":

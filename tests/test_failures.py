@@ -677,6 +677,7 @@ BAD_COMMANDS = [
     (["bench", "--json", "nodir/b.json"], 1, r"cannot write --json nodir/b\.json"),
     (["gradcheck", "--layers", "0"], 2, r"--layers: layer sizes must be positive"),
     (["gradcheck", "--dtype", "float64", "--threshold-float32", "1e-3"], 2, r"--threshold-float32 applies to"),
+    (["train", "--distributed", "--norm", "batch"], 2, r"--norm batch does not apply to --distributed: .*--norm layer"),
     (["diagnose", "--depth", "0"], 2, r"--depth: must be >= 1"),
     (["diagnose", "--samples", "1"], 2, r"--samples: must be >= 2, got 1"),
     (
