@@ -135,19 +135,23 @@ def _resolve_output_and_loss(output, loss, n_out):
         loss = _CANONICAL_LOSS.get(output, "squared_error")
     loss = _check_name(loss, "loss", _loss.LOSSES)
     code = _loss.LOSSES[loss]
-    if code == _loss.CROSS_ENTROPY and output == "sigmoid":
-        code = _loss.BINARY_CROSS_ENTROPY  # cross-entropy of independent sigmoid outputs
-    if code == _loss.CROSS_ENTROPY and output != "softmax":
-        raise ValueError(f"loss 'cross_entropy' needs output 'softmax' or 'sigmoid', got output {output!r}")
-    if code == _loss.BINARY_CROSS_ENTROPY and output != "sigmoid":
-        raise ValueError(f"loss 'binary_cross_entropy' needs output 'sigmoid', got output {output!r}")
+    clipped, base = code & _loss.CLIPPED, code & ~_loss.CLIPPED
+    if base == _loss.CROSS_ENTROPY and output == "sigmoid":
+        base = _loss.BINARY_CROSS_ENTROPY  # cross-entropy of independent sigmoid outputs
+    if base == _loss.CROSS_ENTROPY and output != "softmax":
+        raise ValueError(f"loss {loss!r} needs output 'softmax' or 'sigmoid', got output {output!r}")
+    if base == _loss.BINARY_CROSS_ENTROPY and output != "sigmoid":
+        raise ValueError(f"loss {loss!r} needs output 'sigmoid', got output {output!r}")
+    code = base | clipped
     if code == _loss.POISSON and output != "exp":
         raise ValueError(f"loss 'poisson' needs output 'exp', got output {output!r}")
     if output == "softmax" and n_out < 2:
         raise ValueError("output 'softmax' needs at least 2 output units; use output='sigmoid' for one")
     names = {
         _loss.CROSS_ENTROPY: "cross_entropy",
+        _loss.CROSS_ENTROPY | _loss.CLIPPED: "log_loss",
         _loss.BINARY_CROSS_ENTROPY: "binary_cross_entropy",
+        _loss.BINARY_CROSS_ENTROPY | _loss.CLIPPED: "binary_log_loss",
         _loss.SQUARED_ERROR: "squared_error",
         _loss.POISSON: "poisson",
     }
@@ -173,8 +177,11 @@ class MLP:
         "cross_entropy" (softmax; with a sigmoid output it is the binary cross-entropy), "binary_cross_entropy"
         (sigmoid), "squared_error" (``1/2 ||a - y||^2`` per sample, any output), or "poisson" (exp: the half
         Poisson deviance ``sum_j y log(y / a) - y + a`` per sample, scikit-learn's ``loss="poisson"``, for targets
-        y >= 0). None picks the canonical loss of the output: cross-entropy for softmax and sigmoid, Poisson for
-        exp, squared error otherwise.
+        y >= 0). "log_loss" (softmax; sigmoid: "binary_log_loss") is the cross-entropy whose value is computed as
+        scikit-learn's log-loss, from the probabilities clipped to ``[eps, 1 - eps]`` (eps: the dtype's machine
+        epsilon), so a confidently wrong row adds at most ``-log(eps)``; its gradient is the cross-entropy's, as
+        scikit-learn's (``fastbp.sklearn`` trains with it). None picks the canonical loss of the output:
+        cross-entropy for softmax and sigmoid, Poisson for exp, squared error otherwise.
     l2 : float, default 0.0
         Penalty ``l2 / 2 * sum(W**2)`` over the weights (not the biases), added to the mean loss.
     dtype : "float32" or "float64", default "float32"

@@ -278,6 +278,14 @@ def predict(net, X):
 
 def _loss_and_output_delta(net, Z, A, Y):
     """Per-sample losses (n,), and BP1 ``delta[L] = dC/dZ[L]`` for the summed loss."""
+    if net.loss in ("log_loss", "binary_log_loss"):  # scikit-learn's: the log of the clipped probabilities
+        eps = np.finfo(A.dtype).eps
+        C = np.clip(A, eps, 1 - eps)
+        if net.loss == "log_loss":
+            loss = -xlogy(Y, C).sum(axis=1)
+            return np.where(np.isfinite(Z).all(axis=1), loss, np.nan), A * Y.sum(axis=1, keepdims=True) - Y
+        loss = -(xlogy(Y, C) + xlogy(1 - Y, 1 - C)).sum(axis=1)
+        return np.where(np.isfinite(Z).all(axis=1), loss, np.nan), A - Y
     if net.loss == "cross_entropy":  # softmax: -sum y log p, with log p = z - logsumexp(z)
         z_max = Z.max(axis=1, keepdims=True)
         lse = z_max + np.log(np.exp(Z - z_max).sum(axis=1, keepdims=True))

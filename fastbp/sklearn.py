@@ -47,8 +47,8 @@ __all__ = ["MLPClassifier", "MLPRegressor"]
 
 _HIDDEN = {"identity": "identity", "logistic": "sigmoid", "tanh": "tanh", "relu": "relu"}
 _OUTPUT = {
-    "softmax": ("softmax", "cross_entropy"),
-    "logistic": ("sigmoid", "binary_cross_entropy"),
+    "softmax": ("softmax", "log_loss"),
+    "logistic": ("sigmoid", "binary_log_loss"),
     "identity": ("identity", "squared_error"),
     "exp": ("exp", "poisson"),
 }
@@ -280,6 +280,7 @@ class _FastbpMixin:
             or list(net.layer_sizes) != sizes
             or net.dtype != dtype
             or net.output != output
+            or net.loss != loss
             or net.activations != (_HIDDEN[self.activation],) * (len(sizes) - 2)
             or (for_fit and not self._is_bound(net))
         ):

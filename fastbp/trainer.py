@@ -511,7 +511,7 @@ class Trainer:
         loss_sum, correct, total = sums
         net = self.net
         penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
-        classifies = net.output == "softmax" or net.loss == "binary_cross_entropy"
+        classifies = net.output == "softmax" or net.loss in ("binary_cross_entropy", "binary_log_loss")
         return {"loss": float(loss_sum / total + penalty), "accuracy": float(correct / total) if classifies else None}
 
     def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None):

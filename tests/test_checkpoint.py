@@ -287,7 +287,7 @@ def _umask():
     return mask
 
 
-@pytest.mark.parametrize(("output", "loss"), PAIRS)
+@pytest.mark.parametrize(("output", "loss"), [*PAIRS, ("softmax", "log_loss"), ("sigmoid", "binary_log_loss")])
 def test_every_output_and_loss_round_trip(tmp_path, rng, output, loss):
     net = fastbp.MLP([4, 6, 3], "tanh", output, loss, dtype="float64", seed=1)
     net.save(tmp_path / "m.npz")

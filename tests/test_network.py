@@ -178,6 +178,46 @@ def test_extreme_logits_stay_finite():
         np.testing.assert_allclose(grads, ref_grads, rtol=1e-12)
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize("output", ["softmax", "sigmoid"])
+def test_log_loss_is_scikit_learns_clipped_value_with_the_cross_entropy_gradient(output, dtype, rng):
+    from sklearn.neural_network._base import binary_log_loss, log_loss
+
+    # W = I and b = 0: the logits are X, so scikit-learn's functions get the same probabilities. Rows confidently
+    # right, confidently wrong (clipped at eps) and in between, unweighted and weighted.
+    n_out = 3
+    loss = "log_loss" if output == "softmax" else "binary_log_loss"
+    nets = [fastbp.MLP([n_out, n_out], output=output, loss=name, dtype=dtype) for name in (loss, None)]
+    for net in nets:
+        net.coefs[0][...] = np.eye(n_out)
+        net.intercepts[0][...] = 0.0
+    X = np.array([[60.0, 0, 0], [0, 60, 0], [0, 0, 3], [-40, 10, 1], [2, 1, 0]], dtype=dtype)
+    if output == "softmax":
+        labels = np.array([0, 2, 2, 0, 1])
+        Y, targets = np.eye(n_out)[labels], [labels, np.eye(n_out, dtype=dtype)[labels]]
+        P = np.exp(X - X.max(axis=1, keepdims=True))
+        P /= P.sum(axis=1, keepdims=True)
+        expected = log_loss
+    else:
+        Y = np.array([[1, 0, 1], [0, 0, 1], [1, 1, 0], [1, 0, 0], [0, 1, 1]], dtype=dtype)
+        targets, P, expected = [Y], 1 / (1 + np.exp(-X)), binary_log_loss
+    assert P.dtype == np.dtype(dtype)
+    weights = rng.uniform(0.5, 2.0, X.shape[0]).astype(dtype)
+    for sw in (None, weights):
+        want = expected(Y, P, sample_weight=sw)
+        for y in targets:
+            value, grads = nets[0].value_and_grad(X, y, sample_weight=sw)
+            unclipped, ce_grads = nets[1].value_and_grad(X, y, sample_weight=sw)
+            assert value == pytest.approx(want, rel=RTOL[dtype])
+            assert unclipped > value + 1.0  # the confidently wrong rows: -log(p) beyond -log(eps)
+            np.testing.assert_array_equal(grads, ce_grads)  # the gradient is the cross-entropy's
+            ref_value, ref_grads = reference.value_and_grad(nets[0], X, y, sample_weight=sw)
+            assert ref_value == pytest.approx(want, rel=RTOL[dtype])
+            assert rel_err(grads, ref_grads) <= RTOL[dtype]
+    nets[0].coefs[0][0, 1] = np.inf  # infinite logits: the loss is not finite, as the unclipped losses' (divergence)
+    assert not np.isfinite(nets[0].value_and_grad(X, targets[0])[0])
+
+
 @pytest.mark.parametrize("loss", ["cross_entropy", "squared_error"])
 @pytest.mark.parametrize("labels", [True, False])
 def test_an_overflowed_logit_of_another_class_gives_a_non_finite_loss(loss, labels):

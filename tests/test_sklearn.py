@@ -7,7 +7,7 @@ import pytest
 import scipy.optimize
 from conftest import FD_RTOL, FD_STEP, SKLEARN_RTOL, rel_err
 from sklearn import neural_network as skl
-from sklearn.datasets import load_digits, load_iris, make_multilabel_classification, make_regression
+from sklearn.datasets import load_digits, load_iris, load_wine, make_multilabel_classification, make_regression
 from sklearn.exceptions import ConvergenceWarning, NotFittedError
 from sklearn.preprocessing import StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
@@ -96,7 +96,7 @@ def test_classifier_is_scikit_learns_model(params, digits):
 @pytest.mark.parametrize("activation", ["identity", "logistic", "tanh", "relu"])
 def test_binary_multilabel_and_float32_are_scikit_learns_model(activation, dtype):
     X, Y = make_multilabel_classification(n_samples=150, n_features=7, n_classes=3, random_state=0)
-    # standardised: no probability saturates below float32's eps, where scikit-learn's clipped log-loss differs
+    # standardised, as scikit-learn advises (unscaled data: test_unscaled_data_gives_scikit_learns_model)
     X = StandardScaler().fit_transform(X).astype(dtype)
     params = dict(hidden_layer_sizes=(9,), activation=activation, max_iter=6, random_state=0, alpha=1e-3)
     for y in (Y, Y[:, 0]):  # multi-label (3 logistic outputs), then binary (one logistic output)
@@ -104,6 +104,18 @@ def test_binary_multilabel_and_float32_are_scikit_learns_model(activation, dtype
         _assert_same_model(ours, theirs, X, SKLEARN_RTOL[dtype])
         np.testing.assert_array_equal(ours.classes_, theirs.classes_)
         assert ours.coefs_[0].dtype == np.dtype(dtype)  # float32 input keeps float32
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "sgd", "adam"])
+def test_unscaled_data_gives_scikit_learns_model(solver):
+    """The wine data as it comes (features up to 1680): confidently wrong rows, whose loss scikit-learn takes from
+    the probabilities clipped at eps; its lbfgs line search and its loss curve read that loss."""
+    X, y = load_wine(return_X_y=True)
+    params = dict(hidden_layer_sizes=(16,), solver=solver, max_iter=30, random_state=0)
+    ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, **params)
+    if solver != "lbfgs":  # the clipping is reached: a row's loss is at most -log(eps) = 36.04
+        assert max(theirs.loss_curve_) > 10
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
 
 
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])

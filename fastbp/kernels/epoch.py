@@ -20,7 +20,7 @@ from .boundary import _array1d, _array2d, _batch_arrays, _network_arrays, _works
 from .drivers import _input_twin, _refresh_twin, _value_and_grad
 from .forward import _forward_to_logits
 from .layout import ACTIVATION, FAN_OUT, _copy, _rows_view
-from .loss import BINARY_CROSS_ENTROPY, _output_delta
+from .loss import BINARY_CROSS_ENTROPY, CLIPPED, _output_delta
 from .step import NONFINITE_GRADIENT, OK, _step
 
 
@@ -242,7 +242,7 @@ def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work,
                 truth = lv[i] if lv.shape[0] > 0 else np.argmax(Yv[i])
                 if best == truth:
                     correct += w_i
-            elif loss_code == BINARY_CROSS_ENTROPY:
+            elif loss_code & ~CLIPPED == BINARY_CROSS_ENTROPY:
                 ok = True
                 for j in range(n_out):
                     ok = ok and ((P[i, j] > 0.5) == (Yv[i, j] > 0.5))

@@ -16,6 +16,12 @@ Losses (per sample; the batch loss is the mean, plus ``l2 / 2 * sum(W**2)`` over
   canonical pair, ``delta = A - Y``. Targets are counts or rates, y >= 0 (a negative y makes the loss NaN, as
   scikit-learn's).
 
+- ``log_loss`` and ``binary_log_loss`` (scikit-learn's names): the two cross-entropies above as scikit-learn
+  computes their value, ``-sum_j y_j log(clip(p_j, eps, 1 - eps))`` and ``-sum_j y log(c) + (1 - y) log(1 - c)``
+  with ``c = clip(a, eps, 1 - eps)``, eps the dtype's machine epsilon: a confidently wrong row adds at most
+  ``-log(eps)`` (36.0 in float64) to the loss. The gradient (delta) is the cross-entropy's, unclipped, as
+  scikit-learn's. The loss code is the cross-entropy's with the :data:`CLIPPED` bit.
+
 With sample weights ``sw`` (n,), row i's loss and delta are multiplied by ``sw[i]`` and the batch loss is the
 weighted mean ``sum_i sw_i loss_i / sum_i sw_i``; an empty ``sw`` means unit weights.
 
@@ -27,6 +33,8 @@ further scaling.
 import math
 
 import numpy as np
+from numba.extending import overload
+from numba.np.numpy_support import as_dtype
 
 from .._config import kernel, leaf, like
 from .activations import (
@@ -42,15 +50,38 @@ from .activations import (
 )
 
 CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR, POISSON = 0, 1, 2, 3
+#: The bit of a loss code that clips the probabilities in the loss value, as scikit-learn's log-loss does.
+CLIPPED = 8
 
 LOSSES = {
     "cross_entropy": CROSS_ENTROPY,
-    "log_loss": CROSS_ENTROPY,
+    "log_loss": CROSS_ENTROPY | CLIPPED,
     "binary_cross_entropy": BINARY_CROSS_ENTROPY,
+    "binary_log_loss": BINARY_CROSS_ENTROPY | CLIPPED,
     "squared_error": SQUARED_ERROR,
     "mse": SQUARED_ERROR,
     "poisson": POISSON,
 }
+
+
+def _eps(arr):
+    """The machine epsilon of ``arr``'s dtype, in compiled code only."""
+    raise NotImplementedError("_eps() is for compiled code")
+
+
+@overload(_eps, inline="always")
+def _eps_impl(arr):
+    eps = float(np.finfo(as_dtype(arr.dtype)).eps)
+    return lambda arr: eps
+
+
+@leaf
+def _clip(p, eps):
+    """``np.clip(p, eps, 1 - eps)`` in p's dtype, as scikit-learn's log-loss clips a probability (NaN stays NaN)."""
+    high = like(1.0, p) - like(eps, p)
+    if p < eps:
+        return like(eps, p)
+    return high if p > high else p
 
 
 @leaf
@@ -81,8 +112,9 @@ def _target_sum(Y, labels, i):
 
 
 @leaf
-def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, with_db):
-    """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss.
+def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, clipped, weight, delta, db, with_db):
+    """Softmax output: Z <- P, delta <- weight * dC/dZ, db += column sums of delta; returns the summed loss
+    (with ``clipped``, the cross-entropy's value from the clipped probabilities, as scikit-learn's log_loss).
 
     Three passes, so that the exponentials run in one vectorised loop over the whole block (:func:`_exp_block`):
     per row, the logits shifted by their maximum (:func:`_bias_shift_row`); the exps; per row, the sum, P, delta.
@@ -105,10 +137,11 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
                 y_dot_z += np.float64(Y[i, j]) * (Z[i, j] + b[j])
         z_max, z_sum = _bias_shift_row(Z, b, i)
         row = 0.0 * z_sum
-        if cross_entropy:
+        if cross_entropy and not clipped:
             row += z_max * _target_sum(Y, labels, i) - y_dot_z
         loss += _row_weight(sw, i) * row
     _exp_block(Z)
+    eps = _eps(Z)
     for i in range(n):
         w_i = _row_weight(sw, i)
         w_row = weight * w_i
@@ -117,12 +150,20 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
         if cross_entropy:
             # targets that are not a distribution (soft, multi-hot, zero rows): dC/dz = p sum(y) - y
             y_sum = _target_sum(Y, labels, i)
-            loss += w_i * math.log(total) * y_sum
+            if not clipped:
+                loss += w_i * math.log(total) * y_sum
             scale = like(w_row * y_sum, Z)
             for j in range(m):
                 p = Z[i, j] * inv
                 Z[i, j] = p
                 delta[i, j] = scale * p
+            if clipped:  # -sum_j y_j log(clip(p_j)), y_j = 0 terms left out (scikit-learn's xlogy)
+                if labels.shape[0] > 0:
+                    loss -= w_i * math.log(np.float64(_clip(Z[i, labels[i]], eps)))
+                else:
+                    for j in range(m):
+                        if Y[i, j] != 0.0:
+                            loss -= w_i * np.float64(Y[i, j]) * math.log(np.float64(_clip(Z[i, j], eps)))
             # - w y, outside the loop above so that it has no branch
             if labels.shape[0] > 0:
                 delta[i, labels[i]] -= w_row
@@ -150,10 +191,12 @@ def _softmax_loss_delta(Z, b, Y, labels, sw, cross_entropy, weight, delta, db, w
 
 
 @leaf
-def _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db):
-    """Sigmoid output with binary cross-entropy: Z <- A, delta <- weight * (A - Y), returns the summed loss."""
+def _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, clipped, weight, delta, db, with_db):
+    """Sigmoid output with binary cross-entropy: Z <- A, delta <- weight * (A - Y), returns the summed loss (with
+    ``clipped``, from the clipped probabilities, as scikit-learn's binary log-loss)."""
     n, m = Z.shape
     loss = 0.0
+    eps = _eps(Z)
     for i in range(n):
         w_i = _row_weight(sw, i)
         w_row = weight * w_i
@@ -162,7 +205,14 @@ def _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db):
             y = _target(Y, labels, i, j)
             a = _activate(z, SIGMOID)
             Z[i, j] = a
-            loss += w_i * (max(z, 0.0) - y * z + math.log1p(math.exp(-abs(z))))
+            if clipped:
+                # 1 - clip(a) in the dtype, as scikit-learn; 0 * z: an infinite or NaN logit makes the loss NaN
+                c = _clip(a, eps)
+                y64 = np.float64(y)
+                term = y64 * math.log(np.float64(c)) + (1.0 - y64) * math.log(np.float64(like(1.0, a) - c))
+                loss += w_i * (0.0 * z - term)
+            else:
+                loss += w_i * (max(z, 0.0) - y * z + math.log1p(math.exp(-abs(z))))
             d = w_row * (a - y)
             delta[i, j] = d
             if with_db:
@@ -226,17 +276,20 @@ def _output_delta(Z, b, Y, labels, sw, code, loss_code, weight, delta, db, with_
     Z: (n, m), holds ``A_prev @ W`` on entry and the output activation A on exit. b: (m,). Y: (n, m) targets,
     or (0, m) when ``labels`` (n,) int64 class indices are given (then ``labels`` is empty otherwise). sw: (n,)
     sample weights of Z's dtype, or (0,) for unit weights. code: output activation code; loss_code:
-    CROSS_ENTROPY, BINARY_CROSS_ENTROPY, SQUARED_ERROR or POISSON (validated pairs only; POISSON with EXP).
+    CROSS_ENTROPY, BINARY_CROSS_ENTROPY (either with the CLIPPED bit), SQUARED_ERROR or POISSON (validated pairs
+    only; POISSON with EXP).
     weight: float, scale / n (scale / sum(sw) with weights). delta: (n, m), output. db: (m,), output when
     ``with_db`` (added to when ``accumulate``). Returns the loss summed over the n samples (float64;
     sample-weighted, not multiplied by ``weight``). Thread-safe for distinct outputs.
     """
     if with_db and not accumulate:
         db[:] = 0.0
+    clipped = (loss_code & CLIPPED) != 0
+    base = loss_code & ~CLIPPED
     if code == SOFTMAX:
-        loss = _softmax_loss_delta(Z, b, Y, labels, sw, loss_code == CROSS_ENTROPY, weight, delta, db, with_db)
-    elif loss_code == BINARY_CROSS_ENTROPY:
-        loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db)
+        loss = _softmax_loss_delta(Z, b, Y, labels, sw, base == CROSS_ENTROPY, clipped, weight, delta, db, with_db)
+    elif base == BINARY_CROSS_ENTROPY:
+        loss = _sigmoid_bce_loss_delta(Z, b, Y, labels, sw, clipped, weight, delta, db, with_db)
     elif loss_code == POISSON:
         loss = _exp_poisson_loss_delta(Z, b, Y, labels, sw, weight, delta, db, with_db)
     elif code == IDENTITY:
