@@ -307,7 +307,8 @@ def test_every_callback_sees_every_epoch_and_history_is_per_fit(rng):
     trainer = fastbp.Trainer(
         net, progress=False, callbacks=[lambda t, e, logs: e == 1, lambda t, e, logs: seen.append(e)]
     )
-    first = trainer.fit(X, y, epochs=5, validation_split=0.25)
+    with pytest.warns(UserWarning, match="batch_size=32 is larger than the 30 training rows"):
+        first = trainer.fit(X, y, epochs=5, validation_split=0.25)
     assert seen == [0, 1]
     second = trainer.fit(X, y, epochs=3)
     assert first is not second and len(first["loss"]) == 2 and "val_loss" in first
@@ -371,7 +372,8 @@ def test_sample_weights_in_training_equal_repeated_rows(optimizer, rng):
     ev_w, ev_r = weighted.evaluate(X, y, sample_weight=w), repeated.evaluate(X[idx], y[idx])
     assert ev_w["loss"] == pytest.approx(ev_r["loss"], rel=1e-12)
     assert ev_w["accuracy"] == pytest.approx(ev_r["accuracy"], rel=1e-12)
-    history = weighted.fit(X, y, epochs=2, sample_weight=w)
+    with pytest.warns(UserWarning, match="larger than the 10 training rows"):
+        history = weighted.fit(X, y, epochs=2, sample_weight=w)
     assert len(history["loss"]) == 2
     with pytest.raises(ValueError, match="sample_weight"):
         weighted.fit(X, y, sample_weight=-np.ones(10))
