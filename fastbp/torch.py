@@ -31,7 +31,9 @@ or the GEMMs go to the BLAS that torch itself links (MKL in the x86 wheels; it r
 whichever was timed faster for the batch size (``_Engine.calibrate``); see "BLAS threads" below.
 
 Not supported: double backward (``create_graph=True``; a clear RuntimeError), devices other than the CPU, dtypes
-other than float32 and float64, ``torch.func`` transforms (vmap, grad; ``torch.func.functional_call`` works).
+other than float32 and float64, ``torch.func`` transforms (vmap, grad, jacrev: a clear RuntimeError;
+``torch.func.functional_call`` works). ``torch.compile`` of a model that contains the module compiles the torch code
+around it; the module itself runs as one opaque call (a graph break).
 """
 
 import ctypes
@@ -231,13 +233,13 @@ class _Engine:
         self.torch_dtype = _TORCH_DTYPES[self.dtype]
         self.marker = self.dtype.type(0)  # selects the compiled entries' specialization
         self.pool = []  # a new list: workspaces of the old dtype still leased go back to the old one
-        self.ptrs = None  # data pointers of the parameters the entry below was made for
+        self.key = None  # the parameters the entry below was made for: see _param_key
         self.flat_entry = None  # (p_params, n_params, p_layout, n_layers) when the parameters are one flat buffer
 
     def __getstate__(self):
         # Workspaces and addresses would be pickled detached from the parameters: rebuild them.
         state = dict(self.__dict__)
-        state.update(pool=[], ptrs=None, flat_entry=None, wants={}, choices={})
+        state.update(pool=[], key=None, flat_entry=None, wants={}, choices={})
         return state
 
     def unflatten(self, flat):
@@ -252,8 +254,8 @@ class _Engine:
         """Point the passes at the parameter tensors ``params`` (W0, b0, W1, ...; CPU, the engine's dtype): their
         flat entry when they are contiguous views at their places in one buffer (as :class:`MLP` keeps them), else
         none (each forward pass then gathers them)."""
+        self.key = _param_key(params)
         ptrs = [p.data_ptr() for p in params]
-        self.ptrs = ptrs
         base, size = ptrs[0], self.dtype.itemsize
         flat = all(p.is_contiguous() for p in params) and all(
             ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True)
@@ -425,6 +427,19 @@ class _DenseStack(torch.autograd.Function):
 _apply_dense_stack = super(torch.autograd.Function, _DenseStack).apply
 
 
+@torch.compiler.disable
+def _eager_forward(module, X):
+    """``module(X)`` outside of torch.compile's tracing, which cannot follow the compiled passes."""
+    return module.forward(X)
+
+
+def _param_key(params):
+    """What the compiled passes' view of the parameters depends on: each one's address, shape and strides (a
+    reshape or a transpose of the same memory, ``p.data = p.data.T`` or a ``functional_call`` with ``W.T``, keeps the
+    address). The forward pass checks the parameters again whenever it changes."""
+    return [(p.data_ptr(), p.shape, p.stride()) for p in params]
+
+
 # ---------------------------------------------------------------------------------------------------------- module
 class MLP(torch.nn.Module):
     """A dense MLP as a ``torch.nn.Module``, computed by fastbp's compiled kernels (CPU, float32 or float64).
@@ -582,7 +597,11 @@ class MLP(torch.nn.Module):
         names = list(self._parameters)
         expected = [f"{kind}{l}" for l in range(engine.n_layers) for kind in ("W", "b")]
         if names != expected or any(p is None for p in params):
-            raise RuntimeError(f"the parameters of fastbp.torch.MLP must be {expected}, found {names}")
+            raise RuntimeError(
+                f"the parameters of fastbp.torch.MLP must be {expected}, found {names}: its compiled passes take "
+                "exactly its own weights and biases (no parametrization, pruning or added parameter); use the "
+                "equivalent torch.nn.Sequential from model.to_sequential() for those"
+            )
         dtypes = {p.dtype for p in params}
         if len(dtypes) != 1 or next(iter(dtypes)) not in _NUMPY_DTYPES:
             raise TypeError(
@@ -595,8 +614,8 @@ class MLP(torch.nn.Module):
                 raise ValueError(f"a parameter of fastbp.torch.MLP has shape {tuple(p.shape)}, expected {shape}")
 
     def _use_params(self, params):
-        """Point the kernels at the current parameter tensors (checked), refreshed whenever a parameter's storage
-        changes (the forward pass compares data pointers). Parameters are not modified, so
+        """Point the kernels at the current parameter tensors (checked), refreshed whenever a parameter's storage,
+        shape or strides change (the forward pass compares :func:`_param_key`). Parameters are not modified, so
         ``torch.func.functional_call`` works: parameters that are not one flat buffer are gathered by each forward
         pass."""
         self._check_params(params)
@@ -646,7 +665,7 @@ class MLP(torch.nn.Module):
         if all(p is not None and p.device.type == "cpu" and p.dtype in _NUMPY_DTYPES for p in params):
             self._repack()
         else:
-            self._engine.ptrs = None
+            self._engine.key = None
 
     def _load_from_state_dict(self, *args, **kwargs):
         # load_state_dict copies into the parameters in place, or with assign=True replaces them: gather them again.
@@ -656,12 +675,21 @@ class MLP(torch.nn.Module):
     # ------------------------------------------------------------------ compute
     def forward(self, X):
         """Network output for X: (*, n_in) tensor -> (*, n_out) tensor of the module's dtype."""
+        if torch.compiler.is_compiling():  # torch.compile: the compiled passes run as one opaque call (a graph break)
+            return _eager_forward(self, X)
+        if torch._C._are_functorch_transforms_active():
+            raise RuntimeError(
+                "fastbp.torch.MLP does not support torch.func transforms (vmap, grad, jacrev, ...; functional_call "
+                "works): use the equivalent torch.nn.Sequential from model.to_sequential()"
+            )
         engine = self._engine
         params = tuple(self._parameters.values())
-        if [p.data_ptr() for p in params] != engine.ptrs:
+        if _param_key(params) != engine.key:
             self._use_params(params)
         if not isinstance(X, torch.Tensor):
             raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
+        if X.layout != torch.strided:  # sparse input: dense, as the compiled passes read it (differentiably)
+            X = X.to_dense()
         if X.dtype != engine.torch_dtype:
             if X.is_complex():
                 raise TypeError(f"X must be real, got {X.dtype}")

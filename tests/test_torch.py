@@ -368,6 +368,47 @@ def test_double_backward_is_refused():
         torch.autograd.grad(loss, X, create_graph=True)
 
 
+@pytest.mark.parametrize(
+    "transform",
+    [
+        lambda m, X: torch.func.vmap(m)(X.unsqueeze(0).expand(2, -1, -1)),
+        lambda m, X: torch.func.grad(lambda x: m(x).sum())(X),
+        lambda m, X: torch.func.jacrev(m)(X[0]),
+    ],
+    ids=["vmap", "grad", "jacrev"],
+)
+def test_torch_func_transforms_are_refused_clearly(transform):
+    # not PyTorch's internal assert (the bridge calls the autograd Function's C++ apply, which skips torch's check)
+    model = fbt.MLP([3, 4, 2], activation="tanh", seed=0)
+    with pytest.raises(RuntimeError, match=r"does not support torch\.func transforms .*to_sequential"):
+        transform(model, batch(5, 3, torch.float32, requires_grad=False))
+
+
+def test_torch_compile_of_a_model_around_the_module_runs_its_passes_eagerly():
+    # compiled before any eager call (tracing into the Numba call failed) and as part of a larger model
+    module = fbt.MLP([5, 6, 3], activation="tanh", seed=0)
+    model = torch.nn.Sequential(torch.nn.Linear(5, 5), module, torch.nn.Tanh())
+    X = batch(4, 5, torch.float32)
+    compiled = torch.compile(model, backend="eager")
+    Y = compiled(X)
+    Y.sum().backward()
+    dX, dW = X.grad.clone(), module.W0.grad.clone()
+    X.grad = None
+    module.zero_grad()
+    expected = model(X)
+    expected.sum().backward()
+    assert torch.equal(Y, expected) and torch.equal(dX, X.grad) and torch.equal(dW, module.W0.grad)
+
+
+def test_sparse_input_is_made_dense_and_parametrizations_are_refused_clearly():
+    model = fbt.MLP([4, 5, 3], seed=0)
+    X = torch.randn(6, 4)
+    assert torch.equal(model(X.to_sparse()), model(X))
+    torch.nn.utils.parametrizations.weight_norm(model, "W0")
+    with pytest.raises(RuntimeError, match=r"no parametrization, pruning or added parameter.*to_sequential"):
+        model(X)
+
+
 def test_parameters_modified_before_backward_are_detected():
     """An in-place change of a parameter between forward and backward raises, as in torch."""
     model = fbt.MLP([3, 4, 2], activation="relu", seed=0)
@@ -554,6 +595,29 @@ def test_functional_call_uses_the_given_tensors():
     assert all(p.grad is None for p in model.parameters())
     assert torch.equal(model.flat_params, before)
     assert rel_err(model(X).detach(), sequential(model, "relu", "identity")(X).detach()) < TORCH_RTOL["float64"]
+
+
+def test_a_reshaped_or_transposed_parameter_at_the_same_address_is_seen():
+    """A transpose or a reshape of a parameter's own memory keeps its address: the passes must still use its values
+    as laid out (functional_call with W.T), or refuse its shape (p.data = p.data.reshape(...))."""
+    model = fbt.MLP([4, 6, 6, 2], activation="tanh", dtype=torch.float64, seed=1)
+    X = batch(3, 4, torch.float64, requires_grad=False)
+    params = {name: p.detach() for name, p in model.named_parameters()}
+    for W in (model.W1.detach().T, model.W1.detach().T.clone()):  # the same values: a view, then a copy
+        given = {**params, "W1": W.requires_grad_(True)}
+        Y = torch.func.functional_call(model, given, (X,))
+        expected = sequential(model, "tanh", "identity")
+        with torch.no_grad():
+            linears(expected)[1].weight.copy_(W.T)
+        assert rel_err(Y.detach(), expected(X).detach()) < TORCH_RTOL["float64"]
+        Y.sum().backward()
+        expected(X).sum().backward()
+        assert rel_err(W.grad, linears(expected)[1].weight.grad.T) < TORCH_RTOL["float64"]
+    model(X)
+    with torch.no_grad():
+        model.W0.data = model.W0.data.reshape(6, 4)
+    with pytest.raises(ValueError, match=r"has shape \(6, 4\), expected \(4, 6\)"):
+        model(X)
 
 
 @pytest.mark.parametrize(
