@@ -121,8 +121,10 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
 
     label_column: an index (default -1, the last column; negative counts from the end), a column name when the file
     has a header line, or None (every column is a feature, y is None). skip_header: number of header lines; None
-    detects one: a first line that is not all numbers, judged by ``csv.Sniffer.has_header`` against the lines below
-    it (a leading ``#`` of the header, as ``np.savetxt`` writes it, is not part of the first name). Returns X (n, d)
+    detects one: a first line with a word above a column of numbers (numeric names such as pandas writes count), else
+    judged by ``csv.Sniffer.has_header`` against the lines below it (a leading ``#`` of the header, as ``np.savetxt``
+    writes it, is not part of the first name). Fields may be double-quoted; a later line that starts with ``#`` is a
+    comment, a ``#`` inside a field is data. Returns X (n, d)
     float64 and y (n,): int64 when every label is an integer, float64 for other numbers, and strings (a NumPy unicode
     array) when a label is not a number; with ``return_names``, also the header's column names (None without a
     header) and the label column's index. Raises ValueError naming the file and the problem (no data rows, a
@@ -133,12 +135,14 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
     if label is not None and n_columns < 2:
         raise ValueError(f"{path} needs at least one feature column and a label column, got {n_columns} column")
-    options = {"delimiter": delimiter, "skiprows": skip_header, "ndmin": 2, "encoding": "utf-8-sig"}
+    options = {"delimiter": delimiter, "ndmin": 2, "comments": None, "quotechar": '"'}
     features = [c for c in range(n_columns) if c != label]
     lines = partial(_csv_lines, path, skip_header, delimiter)
-    X = _loadtxt(path, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
+    text = partial(_data_lines, path, skip_header)
+    X = _loadtxt(path, text, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
     if label is not None:
-        y = _labels(_loadtxt(path, lines, n_columns, [], usecols=[label], dtype=str, **options)[:, 0], path, lines)
+        fields = _loadtxt(path, text, lines, n_columns, [], usecols=[label], dtype=str, **options)[:, 0]
+        y = _labels(fields, path, lines)
     else:
         y = None
     if return_names:
@@ -159,8 +163,9 @@ def _csv_format(path, delimiter, skip_header):
         first_text = first_text.lstrip("#").strip()
     first = next(csv.reader([first_text], delimiter=delimiter))
     if skip_header is None:
-        header = not all(_is_number(field) for field in first)
-        if header and len(head) > 1:
+        rows = [next(csv.reader([line.strip()], delimiter=delimiter)) for _, line in head[1:]]
+        header = _names_columns(first, rows)
+        if header is None:
             sample = "\n".join([first_text] + [line.strip() for _, line in head[1:]])
             header = _Sniffer(delimiter).has_header(sample)
         skip_header = head[0][0] + 1 if header else 0
@@ -172,14 +177,36 @@ def _csv_format(path, delimiter, skip_header):
     return skip_header, names, n_columns
 
 
-def _csv_lines(path, skip_header, delimiter):
-    """The data rows of a CSV file as np.loadtxt reads them (after ``skip_header`` lines, blank lines and ``#``
-    comments left out): pairs (line number from 1, the list of its fields)."""
+def _names_columns(first, rows):
+    """Whether the first line ``first`` (its fields) is a header, judged against the next lines ``rows``: True when
+    a field that is not a number sits above a column of numbers (a feature's name, even among numeric names such as
+    pandas writes, ``0,1,...,label``), False when every field is a number, None when undecided (its words sit above
+    words only: a string label column)."""
+    words = [j for j, field in enumerate(first) if not _is_number(field)]
+    if not words:
+        return False
+    for j in words:
+        column = [row[j] for row in rows if j < len(row)]
+        if not column or all(_is_number(value) for value in column):
+            return True
+    return None
+
+
+def _data_lines(path, skip_header):
+    """The data rows of a CSV file: pairs (line number from 1, its text), after ``skip_header`` lines, with blank
+    lines and lines that start with ``#`` (comments, as np.savetxt writes a header) left out; a ``#`` inside a field
+    is data, as for Python's csv module and pandas."""
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f, 1):
-            text = line.split("#", 1)[0]
-            if number > skip_header and text.strip():
-                yield number, text.rstrip("\r\n").split(delimiter)
+            if number > skip_header and line.strip() and not line.lstrip().startswith("#"):
+                yield number, line
+
+
+def _csv_lines(path, skip_header, delimiter):
+    """The data rows of a CSV file (:func:`_data_lines`) as pairs (line number from 1, the list of its fields,
+    double quotes removed as np.loadtxt's ``quotechar`` does)."""
+    for number, line in _data_lines(path, skip_header):
+        yield number, next(csv.reader([line], delimiter=delimiter))
 
 
 def _csv_line(path, row, delimiter=","):
@@ -189,14 +216,14 @@ def _csv_line(path, row, delimiter=","):
     return next(itertools.islice(_csv_lines(path, skip_header, delimiter), row, None))[0]
 
 
-def _loadtxt(path, lines, n_columns, numbers, **options):
-    """np.loadtxt with its errors told as ValueErrors naming the file and the line (``lines()``: the data rows, of
-    ``n_columns`` fields, the columns ``numbers`` numbers); its warnings (about blank lines) are not passed on, and no
-    data rows is an error."""
+def _loadtxt(path, text, lines, n_columns, numbers, **options):
+    """np.loadtxt of the data rows ``text()`` (:func:`_data_lines`) with its errors told as ValueErrors naming the
+    file and the line (``lines()``: the rows' fields, ``n_columns`` of them, the columns ``numbers`` numbers); its
+    warnings are not passed on, and no data rows is an error."""
     try:
         with warnings.catch_warnings(record=True):
             warnings.simplefilter("always")
-            table = np.loadtxt(path, **options)
+            table = np.loadtxt((line for _, line in text()), **options)
     except ValueError as err:
         raise ValueError(f"{path}: {_csv_problem(lines(), n_columns, numbers) or _clip(str(err), 300)}") from None
     if table.shape[0] == 0:

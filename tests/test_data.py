@@ -186,6 +186,21 @@ def test_load_csv_detects_headers_against_string_labels_and_numpy_comment_header
     assert names == ["a", "b", "y"] and y.tolist() == [1, 0] and y.dtype == np.int64
 
 
+def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tmp_path):
+    # pandas' to_csv of an unnamed DataFrame: numeric column names, then the label's
+    (tmp_path / "pandas.csv").write_text("0,1,label\n0.5,2,3\n1.5,4,5\n2.5,6,7\n")
+    X, y, names, label = data.load_csv(tmp_path / "pandas.csv", return_names=True)
+    assert names == ["0", "1", "label"] and label == 2 and X.shape == (3, 2) and y.tolist() == [3, 5, 7]
+    # double-quoted fields lose their quotes; '#' inside a field is data, a line that starts with '#' a comment
+    (tmp_path / "quoted.csv").write_text('a,b,kind\n# a comment\n1,"2","neg"\n3,4,"C#"\n')
+    X, y = data.load_csv(tmp_path / "quoted.csv")
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
+    assert y.tolist() == ["neg", "C#"]
+    # no header: the first line's words sit above words (a string label column) and its numbers above numbers
+    (tmp_path / "plain.csv").write_text("0.5,cat\n1.5,dog\n")
+    assert data.load_csv(tmp_path / "plain.csv", return_names=True)[2] is None
+
+
 @pytest.mark.parametrize(
     ("text", "message"),
     [
