@@ -689,6 +689,7 @@ def _train(args, trainer_cls=None):
 
     from . import _files, data
     from .network import _SingleRowBatch
+    from .trainer import _ValidationSplitError
 
     if args.threads:
         fastbp.set_num_threads(args.threads)
@@ -733,6 +734,8 @@ def _train(args, trainer_cls=None):
         history = trainer.fit(
             X_train, y_train, epochs=args.epochs, validation_split=args.val_split if args.val_split else 0.0
         )
+    except _ValidationSplitError as err:
+        raise UsageError(str(err).replace("validation_split=", "--val-split ", 1)) from None
     except _SingleRowBatch as err:  # the trainer's rows (after --val-split) in batches of --batch-size
         if err.split is None:
             raise

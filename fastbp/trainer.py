@@ -71,6 +71,10 @@ class _Data:
         return X, Y2d, labels, sw
 
 
+class _ValidationSplitError(ValueError):
+    """``validation_split`` leaves a part too small (the command line names its --val-split)."""
+
+
 class Trainer:
     """Mini-batch training of an :class:`~fastbp.MLP` with an optimizer, one compiled call per epoch.
 
@@ -606,8 +610,18 @@ class Trainer:
     def _split(self, X, Y2d, labels, sw, fraction):
         from sklearn.model_selection import train_test_split
 
-        idx = np.arange(X.shape[0])
+        n = X.shape[0]
+        idx = np.arange(n)
         stratify = labels if labels.size and np.unique(labels, return_counts=True)[1].min() >= 2 else None
+        # scikit-learn's part sizes, checked here to tell the problem in this argument's words
+        n_held, n_train = math.ceil(fraction * n), math.floor((1.0 - fraction) * n)
+        least = 1 if stratify is None else int(np.unique(stratify).size)
+        if min(n_held, n_train) < least:
+            need = "at least 1 row" if stratify is None else f"at least {least} rows, one per class (stratified)"
+            raise _ValidationSplitError(
+                f"validation_split={fraction:g} of {n} rows holds out {n_held} and trains on {n_train}: each part "
+                f"needs {need}"
+            )
         train, held = train_test_split(idx, test_size=fraction, random_state=self.seed, stratify=stratify)
         train, held = np.sort(train), np.sort(held)
         sw_train, sw_held = (sw[train], sw[held]) if sw.size else (sw, sw)

@@ -678,6 +678,11 @@ BAD_COMMANDS = [
     (["gradcheck", "--layers", "0"], 2, r"--layers: layer sizes must be positive"),
     (["gradcheck", "--dtype", "float64", "--threshold-float32", "1e-3"], 2, r"--threshold-float32 applies to"),
     (["train", "--distributed", "--norm", "batch"], 2, r"--norm batch does not apply to --distributed: .*--norm layer"),
+    (
+        ["train", "--val-split", "0.0001"],
+        2,
+        r"--val-split 0.0001 of 1437 rows holds out 1 and trains on 1436: .* 10 rows",
+    ),
     (["diagnose", "--depth", "0"], 2, r"--depth: must be >= 1"),
     (["diagnose", "--samples", "1"], 2, r"--samples: must be >= 2, got 1"),
     (

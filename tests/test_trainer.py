@@ -199,6 +199,15 @@ def test_fit_rejects_bad_arguments(rng):
         trainer.fit(X, y, validation_split=1.0)
     with pytest.raises(ValueError, match="not both"):
         trainer.fit(X, y, validation_data=(X, y), validation_split=0.2)
+    # scikit-learn's stratified split needs a row of each of the 2 classes in each part; told in fastbp's words
+    stratified = np.tile([0, 1], 5)
+    for fraction, held, kept in ((0.01, 1, 9), (0.95, 10, 0)):
+        with pytest.raises(
+            ValueError,
+            match=rf"validation_split={fraction} of 10 rows holds out {held} and trains on "
+            rf"{kept}: each part needs at least 2 rows, one per class \(stratified\)",
+        ):
+            trainer.fit(X, stratified, validation_split=fraction)
     with pytest.raises(TypeError, match="validation_data"):
         trainer.fit(X, y, validation_data=X)
     with pytest.raises(ValueError, match="batch_size"):
