@@ -767,13 +767,14 @@ def _train(args, trainer_cls=None):
         from .plot import training_curves
 
         print(f"plot: {training_curves(history, args.plot)}")
-    if args.json:
+    if _wanted(args.json):
         options = {"norm": list(net.norms[:-1]), "residual": list(net.residuals[:-1])}
         options["dropout"] = list(net.dropouts[:-1])
         report = {"history": history, "test": result, "layers": sizes, **options, "fit_time": fit_time}
         report["classes"] = classes.tolist()
         with _files.atomic_write(args.json, "w", what="--json") as f:
             json.dump(report, f, indent=1)
+        print(f"json: {args.json}")
     return 0
 
 
@@ -867,7 +868,7 @@ def cmd_predict(args):
         X = (X - mean) / scale
     outputs = net.predict(X)
     predictions = classes[outputs.argmax(axis=1)] if classes is not None else outputs
-    if args.output:
+    if _wanted(args.output):
         path = args.output if args.output.endswith(".npy") else args.output + ".npy"  # as np.save names it
         with _files.atomic_write(path, "wb", what="--output") as f:
             np.save(f, predictions)
@@ -916,10 +917,10 @@ def cmd_bench(args):
     print(bench.table(results))
     print()
     print(bench.targets_table(results))
-    if args.json:
+    if _wanted(args.json):
         bench.save_json(results, args.json)
         print(f"json: {args.json}")
-    if args.plot:
+    if _wanted(args.plot):
         print(f"plot: {bench.plot(results, args.plot)}")
     return 0
 
@@ -1048,9 +1049,9 @@ def cmd_diagnose(args):
             f"rows in batches of {size} leave a batch of 1 row: choose another --batch-size"
         ) from None
     print(diagnose.report(result))
-    if args.plot and args.plot.lower() != "none":
+    if _wanted(args.plot):
         print(f"plot: {diagnose.plot(result, args.plot)}")
-    if args.json:
+    if _wanted(args.json):
         from . import _files
 
         with _files.atomic_write(args.json, "w", what="--json") as f:

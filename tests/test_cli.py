@@ -362,6 +362,34 @@ def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch,
     assert float(re.fullmatch(r"accuracy (\d\.\d+) on the 1797 rows of named\.csv", err[0]).group(1)) >= 0.9
 
 
+def test_none_writes_no_file_for_any_output_option(tmp_path, monkeypatch, capfd):
+    model = ["train", "--epochs", "1", "--no-progress", "--layers", "8", "-o", "model.npz"]
+    assert _cli(monkeypatch, capfd, tmp_path, *model)[0] == 0
+    commands = [
+        ["train", "--epochs", "1", "--no-progress", "--layers", "8", "-o", "none", "--json", "none", "--plot", "none"],
+        ["predict", "model.npz", "-o", "none"],
+        [
+            "diagnose",
+            "--epochs",
+            "1",
+            "--depth",
+            "1",
+            "--width",
+            "8",
+            "--samples",
+            "8",
+            "--plot",
+            "none",
+            "--json",
+            "None",
+        ],
+    ]
+    for argv in commands:
+        code, out, _ = _cli(monkeypatch, capfd, tmp_path, *argv)
+        assert code == 0 and "json:" not in out and "plot:" not in out, argv
+        assert sorted(p.name for p in tmp_path.iterdir()) == ["model.npz"], argv  # no none, none.npy or None
+
+
 def test_predict_without_data_says_which_rows_it_scores(tmp_path, monkeypatch, capfd):
     import fastbp
 
