@@ -294,7 +294,9 @@ def _add_gradcheck_parser(sub):
     check.add_argument("--inputs", type=_positive_int, default=10, help="input size (default 10)")
     check.add_argument("--layers", type=_layers, default=[16, 16], help="hidden layer sizes (default 16,16)")
     check.add_argument("--outputs", type=_positive_int, default=4, help="output size (default 4)")
-    check.add_argument("--activation", default="tanh", choices=("tanh", "sigmoid", "relu", "leaky_relu", "identity"))
+    check.add_argument(
+        "--activation", default="tanh", choices=("tanh", "sigmoid", "logistic", "relu", "leaky_relu", "identity")
+    )
     check.add_argument(
         "--output",
         default="softmax",
@@ -446,8 +448,11 @@ def _check_usage(args):
             raise UsageError("--no-labels says the CSV has no label column and --label-column names one: give one")
     elif command == "bench":
         _check_bench_usage(args)
-    elif command == "gradcheck" and args.threshold_float32 is not None and args.dtype != "float32":
-        raise UsageError("--threshold-float32 applies to --dtype float32 (the float32 gradient's own check)")
+    elif command == "gradcheck":
+        if args.threshold_float32 is not None and args.dtype != "float32":
+            raise UsageError("--threshold-float32 applies to --dtype float32 (the float32 gradient's own check)")
+        if args.output == "softmax" and args.outputs < 2:
+            raise UsageError("--output softmax needs --outputs 2 or more; for one output, use --output sigmoid")
 
 
 def _check_bench_usage(args):
@@ -1121,6 +1126,9 @@ def main(argv=None):
             return handlers[command](args)
         except KeyboardInterrupt:
             print(f"fastbp {command}: interrupted", file=sys.stderr)
+            return 1
+        except BrokenPipeError:  # the reader of standard output left (| head): end quietly, as Unix tools do
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
             return 1
         except UsageError as err:
             print(f"fastbp {command}: error: {_one_line(err)} (see fastbp {command} --help)", file=sys.stderr)

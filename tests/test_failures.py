@@ -684,6 +684,11 @@ BAD_COMMANDS = [
         r"--val-split 0.0001 of 1437 rows holds out 1 and trains on 1436: .* 10 rows",
     ),
     (["diagnose", "--depth", "0"], 2, r"--depth: must be >= 1"),
+    (
+        ["gradcheck", "--outputs", "1"],
+        2,
+        r"--output softmax needs --outputs 2 or more; for one output, use --output sigm",
+    ),
     (["diagnose", "--samples", "1"], 2, r"--samples: must be >= 2, got 1"),
     (
         ["diagnose", "--batch-size", "4"],
@@ -715,6 +720,21 @@ def test_every_command_fails_on_bad_input_with_one_line_and_exit_code_1_or_2(
     for noise in ("Traceback", "allow_pickle", "Warning", "usecols", "TypeError"):
         assert noise not in err
     assert sorted(os.listdir(bad_inputs)) == before  # nothing written, no temporary file left
+
+
+def test_a_reader_that_leaves_the_pipe_ends_the_command_quietly(tmp_path):
+    # fastbp predict ... | head -1: the rest of the output has no reader; no error line, as Unix tools
+    fastbp.MLP([64, 16, 10], output="identity", seed=0).save(tmp_path / "m.npz")  # 1797 rows of 10 numbers
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastbp.cli", "predict", "m.npz"],
+        cwd=tmp_path,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+    )
+    assert proc.stdout.readline()
+    proc.stdout.close()
+    _, err = proc.communicate(timeout=300)
+    assert err.decode() == "" and proc.returncode == 1
 
 
 @pytest.mark.parametrize(
