@@ -266,7 +266,7 @@ def build_parser():
         "--profile",
         action="store_true",
         help="instead of the comparison, show where fastbp's step goes: each GEMM alone, all of them in sequence, "
-        "and the work around them, against the whole step (default shapes S,M,L,XL)",
+        "and the work around them, against the whole step (default shapes S,M,L,XL; with --quick S,M)",
     )
 
     sub.add_parser(
@@ -902,8 +902,9 @@ def cmd_bench(args):
 
             _onednn.bf16_gemm()  # raises, saying why, where bfloat16 is not available
         cells = [(s, d) for s in shapes for d in dtypes]
-    elif args.profile:
-        cells = [(s, "float32") for s in bench.SHAPES]
+    elif args.profile:  # the shapes of 2 or 3 layers; --quick: those of its matrix
+        shapes = {s for s, _ in bench.QUICK} if args.quick else bench.SHAPES
+        cells = [(s, "float32") for s in bench.SHAPES if s in shapes]
     else:
         cells = bench.matrix(quick=args.quick)
     rounds = args.rounds or (3 if args.quick else 5)

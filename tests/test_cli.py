@@ -223,6 +223,16 @@ def test_bench_profile_breaks_the_step_into_every_gemm_and_the_work_around_them(
     assert float(rows["GEMMs each alone, summed"]) == pytest.approx(sum(float(rows[g]) for g in gemms), rel=0.05)
 
 
+@pytest.mark.parametrize(("quick", "shapes"), [([], ["S", "M", "L", "XL"]), (["--quick"], ["S", "M"])])
+def test_bench_profile_covers_the_shapes_of_quick_or_of_the_full_run(monkeypatch, quick, shapes):
+    from fastbp import cli
+
+    profiled = []
+    monkeypatch.setattr(cli, "_bench_profile", lambda cells, rounds, min_time: profiled.extend(cells) or 0)
+    assert cli.main(["bench", "--profile", *quick]) == 0
+    assert profiled == [(s, "float32") for s in shapes]
+
+
 def test_train_a_deep_residual_batch_norm_network_with_dropout(tmp_path):
     # 64-32-32-32-10: hidden layer 1 changes the width, so --residual puts a connection on hidden layers 2 and 3
     # (seeds 0 to 2: test accuracy 0.96 to 0.975, 0.988 on the whole digits set)
