@@ -509,13 +509,20 @@ def _load_data(path, labels, require_y=True):
         raise _input_error(path, err, labels) from None
 
 
-def _load_csv(path, label_column):
+def _load_csv(path, label_column, given=True, n_in=None):
     """(X, y, the header's names or None, the label's column or None, ``_features``'s position) of a CSV --data file
-    whose labels are ``label_column`` (None: none); errors name the option and the file."""
+    whose labels are ``label_column`` (None: none; ``given``: by --label-column, else by the model, which takes
+    ``n_in`` features); errors name the option and the file, a column the file does not have is a usage error."""
     from . import data
 
     try:
         X, y, names, label = data.load_csv(path, label_column=label_column, return_names=True)
+    except data._ColumnError as err:
+        if given:
+            raise UsageError(f"--label-column {_short(label_column)}: {err}") from None
+        columns = data._csv_format(os.fsdecode(path), ",", None)[2]
+        hint = "; if the file has no label column, add --no-labels" if columns == n_in else ""
+        raise UsageError(f"--data {err} (the label column the model was trained with){hint}") from None
     except (OSError, ValueError) as err:
         raise _input_error(path, err) from None
     return X, y, names, label, _csv_position(path, label)
@@ -822,7 +829,8 @@ def _predict_rows(args, net):
             stored = extras["label_column"]
             column = str(stored) if stored.dtype.kind == "U" else int(stored)
         if kind == "csv":
-            X, y, _, _, position = _load_csv(args.data, None if args.no_labels else -1 if column is None else column)
+            label = None if args.no_labels else -1 if column is None else column
+            X, y, _, _, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
         else:
             (X, y), position = _load_data(args.data, args.labels, require_y=False), None
         return X, y, f"the {len(X)} rows of {args.data}", kind, position

@@ -94,12 +94,18 @@ def resolve_column(column, names, n_columns, path):
         index = int(column) if isinstance(column, str) else operator.index(column)
     except (TypeError, ValueError):
         where = f"its header names {_shown(names)}" if names is not None else "it has no header line"
-        raise ValueError(
+        raise _ColumnError(
             f"{path} has no column {_short(column)}: {where}; give a column name or an index from 0 to {n_columns - 1}"
         ) from None
     if not -n_columns <= index < n_columns:
-        raise ValueError(f"{path} has {n_columns} columns: column index {index} is not in [{-n_columns}, {n_columns})")
+        raise _ColumnError(
+            f"{path} has {n_columns} columns: column index {index} is not in [{-n_columns}, {n_columns})"
+        )
     return index % n_columns
+
+
+class _ColumnError(ValueError):
+    """A label column that the file does not have (the command line names its --label-column)."""
 
 
 def _shown(names, limit=6):

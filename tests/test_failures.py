@@ -593,6 +593,8 @@ def bad_inputs(tmp_path_factory):
         with contextlib.redirect_stdout(open(os.devnull, "w")):
             assert cli.main(["train", "--epochs", "1", "--layers", "8", "--no-progress", "-o", "model.npz"]) == 0
             assert cli.main(["train", "--data", "d.csv", "--epochs", "1", "--no-progress", "-o", "csv_model.npz"]) == 0
+            named = ["--data", "d.csv", "--label-column", "label", "--epochs", "1", "--no-progress", "-o", "named.npz"]
+            assert cli.main(["train", *named]) == 0
     finally:
         os.chdir(cwd)
     raw = (d / "model.npz").read_bytes()
@@ -640,8 +642,17 @@ BAD_COMMANDS = [
     (["train", "--labels", "d.idx"], 2, r"--labels .* needs --data"),
     (["train", "--data", "d.npz", "--label-column", "0"], 2, r"--label-column applies to a CSV --data file, not"),
     (["train", "--label-column", "0"], 2, r"--label-column applies to a CSV --data file, not to the embedded"),
-    (["train", "--data", "d.csv", "--label-column", "nosuch"], 1, r"d\.csv has no column 'nosuch': its header"),
-    (["train", "--data", "d.csv", "--label-column", "7"], 1, r"d\.csv has 4 columns: column index 7"),
+    (["train", "--data", "d.csv", "--label-column", "nosuch"], 2, r"--label-column 'nosuch': d\.csv has no column 'no"),
+    (
+        ["train", "--data", "d.csv", "--label-column", "7"],
+        2,
+        r"--label-column '7': d\.csv has 4 columns: column index 7",
+    ),
+    (
+        ["predict", "named.npz", "--data", "features_only.csv"],
+        2,
+        r"--data features_only\.csv has no column 'label'.*the model was trained with\); .* add --no-labels",
+    ),
     (["train", "--momentum", "0.5"], 2, r"--momentum applies to --optimizer momentum and nesterov, not adam"),
     (["train", "--dtype", "float64", "--matmul-precision", "bfloat16"], 2, r"--matmul-precision bfloat16 needs"),
     (["train", "--data", "d.csv", "--test-size", "0.99"], 2, r"--test-size 0\.99 of 40 rows leaves no training"),
