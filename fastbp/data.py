@@ -277,6 +277,16 @@ def _labels(fields, path, lines):
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+def _is_idx(path):
+    """Whether the file starts as an IDX file does (optionally gzipped): two zero bytes, then a type code."""
+    try:
+        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
+            magic = f.read(3)
+    except (OSError, EOFError):
+        return False
+    return len(magic) == 3 and magic[0] == 0 and magic[1] == 0 and magic[2] in _IDX_TYPES
+
+
 def _read_idx(path):
     path = os.fsdecode(path)
     opener = gzip.open if path.endswith(".gz") else open
@@ -304,7 +314,9 @@ def load_idx(images_path, labels_path):
     images = _read_idx(images_path)
     labels = _read_idx(labels_path)
     if labels.ndim != 1:
-        raise ValueError(f"{labels_path} must hold one label per image (1-D), got shape {labels.shape}")
+        err = ValueError(f"{labels_path} must hold one label per image (1-D), got shape {labels.shape}")
+        err.filename = labels_path  # the labels file's fault, for the messages that name the file's option
+        raise err
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
     return images.reshape(images.shape[0], -1).astype(np.float64), labels.astype(np.int64).reshape(-1)
@@ -312,7 +324,8 @@ def load_idx(images_path, labels_path):
 
 def load_file(path, labels_path=None, require_y=True, label_column=-1):
     """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` or ``.txt`` (the
-    label in ``label_column``, see :func:`load_csv`), IDX images (``labels_path`` needed)."""
+    label in ``label_column``, see :func:`load_csv`), IDX images (with ``labels_path``, or alone, y None, unless
+    ``require_y``)."""
     path = os.fsdecode(path)
     lower = path.lower()
     if lower.endswith(".npz"):
@@ -321,6 +334,9 @@ def load_file(path, labels_path=None, require_y=True, label_column=-1):
         return load_csv(path, label_column=label_column)
     if labels_path is not None:
         return load_idx(path, labels_path)
+    if not require_y and _is_idx(path):  # IDX images alone: rows to predict
+        images = _read_idx(path)
+        return images.reshape(images.shape[0], -1).astype(np.float64), None
     if lower.endswith(".npy"):
         raise ValueError(
             f"{path} is a single .npy array: fastbp reads X and y from one .npz (np.savez(path, X=X, y=y)), a .csv "

@@ -115,6 +115,14 @@ def test_load_idx_float_and_errors(tmp_path):
         data.load_idx(tmp_path / "f.idx", tmp_path / "l3.idx")
     with pytest.raises(ValueError, match="cannot tell the format"):
         data.load_file(tmp_path / "f.idx")
+    X, y = data.load_file(tmp_path / "f.idx", require_y=False)  # images alone: rows to predict
+    np.testing.assert_array_equal(X, values)
+    assert y is None
+    with pytest.raises(ValueError, match="cannot tell the format"):
+        data.load_file(tmp_path / "bad.idx", require_y=False)
+    with pytest.raises(ValueError, match=r"f\.idx must hold one label per image") as swapped:
+        data.load_idx(tmp_path / "l.idx", tmp_path / "f.idx")
+    assert swapped.value.filename == tmp_path / "f.idx"  # the labels file's fault (the command line's --labels)
 
 
 def test_prepare_splits_stratified_and_standardizes():
