@@ -357,6 +357,10 @@ def one_hot(y, n_classes=None):
     return np.eye(n_classes)[y]
 
 
+#: Columns whose largest magnitude exceeds this are standardised from ``X / max|X|`` (their squares would overflow).
+_HUGE = 1e150
+
+
 class Standardizer:
     """Per-column standardisation with a training set's statistics, as scikit-learn's ``StandardScaler``:
     ``mean_`` and ``scale_`` (the standard deviation; 1 for a constant column), ``transform``,
@@ -364,12 +368,17 @@ class Standardizer:
 
     def __init__(self, X):
         X = np.asarray(X, dtype=np.float64)
-        self.mean_ = X.mean(axis=0)
-        std = X.std(axis=0)
+        m = np.abs(X).max(axis=0, initial=0.0)
+        if (m > _HUGE).any():  # huge finite values: the statistics of X / m, times m (sums or squares would overflow)
+            m = np.where(m > _HUGE, m, 1.0)
+            self.mean_, std = (X / m).mean(axis=0) * m, (X / m).std(axis=0) * m
+        else:
+            self.mean_, std = X.mean(axis=0), X.std(axis=0)
         self.scale_ = np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(self.mean_)), 1.0, std)
 
     def transform(self, X):
-        return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
+        with np.errstate(over="ignore"):  # a value beyond the range of the standardised data is inf, then refused
+            return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
     def inverse_transform(self, X):
         return np.asarray(X, dtype=np.float64) * self.scale_ + self.mean_

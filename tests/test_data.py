@@ -125,6 +125,19 @@ def test_load_idx_float_and_errors(tmp_path):
     assert swapped.value.filename == tmp_path / "f.idx"  # the labels file's fault (the command line's --labels)
 
 
+def test_standardizer_takes_huge_finite_columns_without_overflow(rng):
+    X = rng.standard_normal((50, 3))
+    X[:, 1] *= 1e200  # its squares overflow
+    X[:, 2] = X[:, 2] * 1e306 + 1.5e307  # its sum overflows
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow warning, no inf or NaN
+        Z = data.Standardizer(X).transform(X)
+    np.testing.assert_allclose(Z.mean(axis=0), 0.0, atol=1e-12)
+    np.testing.assert_allclose(Z.std(axis=0), 1.0, rtol=1e-12)
+    plain = data.Standardizer(X[:, :1])  # ordinary columns: exactly NumPy's mean and standard deviation
+    assert plain.mean_[0] == X[:, 0].mean() and plain.scale_[0] == X[:, 0].std()
+
+
 def test_prepare_splits_stratified_and_standardizes():
     X, y = data.load_digits()
     X_train, X_test, y_train, y_test, scaler = data.prepare(X, y, test_size=0.25, seed=1, return_scaler=True)
