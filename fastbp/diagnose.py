@@ -283,10 +283,13 @@ def _remedies_report(c, rem):
     names = [REMEDY_NAMES[r] for r in REMEDIES]
     w = 12  # column width
     blank = " " * w * len(REMEDIES)
+    if c["residual_layers"]:
+        residual = f"on hidden layers {_layer_ranges(c['residual_layers'])} (those that keep their width)"
+    else:
+        residual = "where a hidden layer keeps its width (none here: the residual network is the plain one)"
     lines = [
         f"remedies for the {c['remedy_activation']} network above, which does not learn: the same network and initial "
-        "weights with batch norm on every hidden layer, and with residual connections on hidden layers "
-        f"{_layer_ranges(c['residual_layers'])} (those that keep their width);",
+        f"weights with batch norm on every hidden layer, and with residual connections {residual};",
         f"each trained by SGD(lr={c['lr']:g}), batch {c['batch_size']}, {c['epochs']} epochs, seed {c['seed']}; test "
         f"accuracy on the {c['n_test']} held-out rows in evaluation mode (batch norm's running statistics), chance "
         f"1/{c['n_out']}",

@@ -180,6 +180,10 @@ def test_diagnose_remedies_on_a_narrower_network_and_their_checks():
     assert diagnose.layer_norms(net, *make_batch(net, 6, np.random.default_rng(0)))["delta"] is None
     with pytest.raises(ValueError, match="samples must be at least 2"):
         diagnose.run(samples=1)
+    one = diagnose.run(depth=1, width=8, samples=8, epochs=1)  # 64 inputs to 8 units: no layer keeps its width
+    assert one["config"]["residual_layers"] == [] and "(none here: the residual network is the plain one)" in (
+        diagnose.report(one)
+    )
 
 
 def test_diagnose_goes_on_past_a_diverging_network_and_reports_it(tmp_path):
