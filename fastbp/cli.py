@@ -711,7 +711,14 @@ def _train(args, trainer_cls=None):
     n = X.shape[0]
     if not 1 <= math.ceil(args.test_size * n) < n:
         raise UsageError(f"--test-size {args.test_size:g} of {n} rows leaves no training or no test rows")
-    train_rows, test_rows = data.split_indices(n, args.test_size, args.seed, data.stratification(y))
+    strata = data.stratification(y)
+    n_test = math.ceil(args.test_size * n)
+    if strata is not None and min(n_test, n - n_test) < len(classes):  # as scikit-learn's stratified split refuses
+        raise UsageError(
+            f"--test-size {args.test_size:g} of {n} rows tests on {n_test} and trains on {n - n_test}: each part needs "
+            f"at least {len(classes)} rows, one per class (stratified)"
+        )
+    train_rows, test_rows = data.split_indices(n, args.test_size, args.seed, strata)
     scaler = data.Standardizer(X[train_rows])  # as fastbp.data.prepare: the training part's statistics
     X_train, X_test = scaler.transform(X[train_rows]), scaler.transform(X[test_rows])
     y_train, y_test = y[train_rows], y[test_rows]

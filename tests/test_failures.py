@@ -689,6 +689,7 @@ BAD_COMMANDS = [
     (["gradcheck", "--layers", "0"], 2, r"--layers: layer sizes must be positive"),
     (["gradcheck", "--dtype", "float64", "--threshold-float32", "1e-3"], 2, r"--threshold-float32 applies to"),
     (["train", "--distributed", "--norm", "batch"], 2, r"--norm batch does not apply to --distributed: .*--norm layer"),
+    (["train", "--test-size", "0.999"], 2, r"--test-size 0.999 of 1797 rows tests on 1796 and trains on 1: .* 10 rows"),
     (
         ["train", "--val-split", "0.0001"],
         2,
