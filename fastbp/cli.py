@@ -741,7 +741,9 @@ def _train(args, trainer_cls=None):
     )
     print(
         f"data: {n} samples, {X.shape[1]} features, {n_classes} classes{_describe_classes(classes)} "
-        f"({'digits' if args.data is None else args.data}); train {len(y_train)}, test {len(y_test)}"
+        f"({'digits' if args.data is None else args.data}); train {len(y_train)}"
+        f"{f' (--val-split {args.val_split:g} holds out a validation part of it)' if args.val_split else ''}, test "
+        f"{len(y_test)}"
     )
     print(
         f"model: {'-'.join(map(str, sizes))} {args.activation}{_describe_options(net)}, softmax, {args.dtype}"
@@ -765,8 +767,12 @@ def _train(args, trainer_cls=None):
         ) from None
     fit_time = time.perf_counter() - fit_start
     result = trainer.evaluate(X_test, y_test)
+    validation = ""
+    if "val_loss" in history:  # --val-split: the last epoch's
+        validation = f"validation loss {history['val_loss'][-1]:.4f}, accuracy {history['val_accuracy'][-1]:.4f}; "
     print(
-        f"train loss {history['loss'][-1]:.4f}; test loss {result['loss']:.4f}; test accuracy {result['accuracy']:.4f}"
+        f"train loss {history['loss'][-1]:.4f}; {validation}test loss {result['loss']:.4f}; test accuracy "
+        f"{result['accuracy']:.4f}"
     )
     steps = trainer.optimizer.t
     print(

@@ -372,6 +372,15 @@ def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch,
     assert float(re.fullmatch(r"accuracy (\d\.\d+) on the 1797 rows of named\.csv", err[0]).group(1)) >= 0.9
 
 
+def test_the_summary_of_a_run_with_a_validation_split_gives_its_last_validation_scores(tmp_path, monkeypatch, capfd):
+    argv = ["train", "--val-split", "0.1", "--epochs", "2", "--layers", "8", "--no-progress", "-o", "none"]
+    code, out, _ = _cli(monkeypatch, capfd, tmp_path, *argv, "--json", "h.json")
+    history = json.loads((tmp_path / "h.json").read_text())["history"]
+    assert code == 0 and "train 1437 (--val-split 0.1 holds out a validation part of it), test 360" in out
+    shown = re.search(r"validation loss (\d\.\d+), accuracy (\d\.\d+); test loss", out).groups()
+    assert shown == (f"{history['val_loss'][-1]:.4f}", f"{history['val_accuracy'][-1]:.4f}")
+
+
 def test_none_writes_no_file_for_any_output_option(tmp_path, monkeypatch, capfd):
     model = ["train", "--epochs", "1", "--no-progress", "--layers", "8", "-o", "model.npz"]
     assert _cli(monkeypatch, capfd, tmp_path, *model)[0] == 0
