@@ -179,6 +179,12 @@ def build_parser():
         "--momentum", type=_bounded_float(0.0, 1.0), help="for --optimizer momentum or nesterov (default 0.9)"
     )
     train.add_argument(
+        "--weight-decay",
+        type=_bounded_float(0.0, np.inf),
+        help="the optimizer's weight decay on the weights: decoupled for adamw (default 0.01), weight_decay * W added "
+        "to the gradient for the others (default 0)",
+    )
+    train.add_argument(
         "--l2", type=_bounded_float(0.0, np.inf), default=0.0, help="L2 penalty l2/2 sum W^2 (default 0)"
     )
     train.add_argument("--clip-norm", type=_positive_float, help="clip gradients to this global L2 norm")
@@ -670,9 +676,10 @@ def _make_optimizer(args):
     from . import optim
 
     schedule = {"constant": None, "cosine": optim.Cosine(), "invscaling": optim.InverseScaling()}[args.schedule]
+    decay = {} if args.weight_decay is None else {"weight_decay": args.weight_decay}  # else each optimizer's default
     if args.optimizer in ("adam", "adamw"):
         cls = optim.Adam if args.optimizer == "adam" else optim.AdamW
-        return cls(lr=args.lr or 1e-3, schedule=schedule, clip_norm=args.clip_norm)
+        return cls(lr=args.lr or 1e-3, schedule=schedule, clip_norm=args.clip_norm, **decay)
     momentum = 0.0 if args.optimizer == "sgd" else (0.9 if args.momentum is None else args.momentum)
     return optim.SGD(
         lr=args.lr or 0.05,
@@ -680,6 +687,7 @@ def _make_optimizer(args):
         nesterov=args.optimizer == "nesterov",
         schedule=schedule,
         clip_norm=args.clip_norm,
+        **decay,
     )
 
 

@@ -381,6 +381,17 @@ def test_the_summary_of_a_run_with_a_validation_split_gives_its_last_validation_
     assert shown == (f"{history['val_loss'][-1]:.4f}", f"{history['val_accuracy'][-1]:.4f}")
 
 
+@pytest.mark.parametrize(
+    ("optimizer", "given", "shown"),
+    [("adamw", [], 0.01), ("adamw", ["0.05"], 0.05), ("nesterov", ["0.001"], 0.001), ("sgd", [], 0.0)],
+)
+def test_weight_decay_sets_the_optimizers(tmp_path, monkeypatch, capfd, optimizer, given, shown):
+    decay = ["--weight-decay", *given] if given else []
+    argv = ["train", "--optimizer", optimizer, *decay, "--epochs", "1", "--layers", "8", "--no-progress", "-o", "none"]
+    code, out, _ = _cli(monkeypatch, capfd, tmp_path, *argv)
+    assert code == 0 and f"weight_decay={shown}," in out
+
+
 def test_none_writes_no_file_for_any_output_option(tmp_path, monkeypatch, capfd):
     model = ["train", "--epochs", "1", "--no-progress", "--layers", "8", "-o", "model.npz"]
     assert _cli(monkeypatch, capfd, tmp_path, *model)[0] == 0
