@@ -25,7 +25,6 @@ exception) or wrap your own collective code in :func:`abort_on_error`.
 
 import contextlib
 import functools
-import math
 import os
 import struct
 import sys
@@ -765,9 +764,12 @@ class Trainer(_Trainer):
                 state.shape[0],
                 sq_norms.ctypes.data,
             )
+            rows_done = 0
             for start in range(0, n, batch_size):
                 stop = min(n, start + batch_size)
                 m = stop - start
+                if batch_weights is not None and not batch_weights[start // batch_size] > 0:
+                    continue  # no weight in the whole batch: no step, as the single-process loop (every rank agrees)
                 rows = part.rows(perm[start:stop])
                 k = rows.shape[0]
                 # This rank's share of the batch: rows k of m, or with sample weights its share of their sum.
@@ -776,7 +778,7 @@ class Trainer(_Trainer):
                 else:
                     total = batch_weights[start // batch_size]
                     local = float(sw[rows].sum(dtype=np.float64)) if k else 0.0
-                    scale = local / total if total > 0 else math.nan  # all zero: NaN, as the single-process loop
+                    scale = local / total
                     k = k if local > 0 else 0  # rows of weight 0 contribute nothing
                 if k:
                     np.take(X, rows, axis=0, out=Xb[:k], mode="clip")  # rows are valid: clip avoids a buffered copy
@@ -801,8 +803,6 @@ class Trainer(_Trainer):
                     )
                 else:  # no rows (or no weight) of this batch here: contribute nothing
                     buffer[:] = 0.0
-                    if math.isnan(scale):
-                        buffer[-1] = math.nan
                 tick = time.perf_counter()
                 comm.Allreduce(MPI.IN_PLACE, buffer, op=MPI.SUM)
                 comm_time += time.perf_counter() - tick
@@ -826,7 +826,10 @@ class Trainer(_Trainer):
                     break
                 cur, nxt = nxt, cur
                 loss_sum += float(buffer[-1]) * m
+                rows_done += m
                 steps += 1
+            if status == _kstep.OK and 0 < rows_done < n:  # batches skipped: as the single-process loop
+                loss_sum *= n / rows_done
             if cur is not params:
                 previous = params.copy()
                 params[:] = spare

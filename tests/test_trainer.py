@@ -388,6 +388,28 @@ def test_sample_weights_in_training_equal_repeated_rows(optimizer, rng):
         weighted.fit(X, y, sample_weight=-np.ones(10))
 
 
+def test_a_mini_batch_of_zero_weights_is_skipped(rng):
+    """Rows masked by weight 0 can fill a whole mini-batch: its weighted mean is 0/0, so fit takes no step there (as
+    fastbp.sklearn and scikit-learn), and equals train_step over the other batches of the same shuffled order."""
+    X, y = rng.standard_normal((24, 4)), rng.integers(0, 3, 24)
+    w = np.zeros(24)
+    w[rng.choice(24, 5, replace=False)] = rng.uniform(0.5, 2.0, 5)
+    fitted = fastbp.Trainer(fastbp.MLP([4, 5, 3], dtype="float64", seed=0), fastbp.SGD(0.1), batch_size=3, seed=7)
+    fitted.progress = False
+    history = fitted.fit(X, y, epochs=1, sample_weight=w)
+    stepped = fastbp.Trainer(fastbp.MLP([4, 5, 3], dtype="float64", seed=0), fastbp.SGD(0.1), progress=False)
+    perm = np.random.default_rng(7).permutation(24)  # the trainer's order of its first epoch
+    losses, rows = [], 0
+    for start in range(0, 24, 3):
+        idx = perm[start : start + 3]
+        if w[idx].sum() > 0:
+            losses.append(stepped.train_step(X[idx], y[idx], sample_weight=w[idx]) * 3)
+            rows += 3
+    assert 0 < len(losses) < 8 and stepped.optimizer.t == fitted.optimizer.t == len(losses)  # some skipped
+    np.testing.assert_allclose(fitted.net.params, stepped.net.params, rtol=1e-12)
+    assert history["loss"][0] == pytest.approx(sum(losses) / rows, rel=1e-12)  # the mean over the steps' rows
+
+
 def test_a_deep_copy_of_a_trainer_trains_in_its_own_buffers(rng):
     # The trainer caches its buffers' addresses; a deep copy must not inherit them (it trained in the original's
     # buffers, and could write into freed memory once the original was gone).

@@ -105,7 +105,9 @@ def _train_epoch(
     """One epoch of mini-batch training; returns ``(status, summed loss, steps done)``.
 
     NumPy: ``for each batch idx of perm: loss, g = value_and_grad(X[idx], Y[idx]); params = step(params, g)``.
-    The summed loss is sum of batch loss x batch size over the steps done (divide by their samples for the mean).
+    The summed loss is sum of batch loss x batch size over the steps done (divide by their samples for the mean). A
+    batch whose sample weights are all zero is skipped (no step); the summed loss of a completed epoch is then scaled
+    to the k rows of perm (divide by k for the mean over the rows of the steps done).
     status: a status of step.py, OK or why training stopped there (see the module docstring for which parameters
     are kept).
 
@@ -133,9 +135,16 @@ def _train_epoch(
     cur_is_params = True
     half = buffers.shape[0] // 2
     live, saved = buffers[:half], buffers[half:]
+    rows_done = 0
     for start in range(0, n, batch_size):
         stop = min(n, start + batch_size)
         Xv, Yv, lv, swv = _gather_batch(X, Y, labels, sw, perm, start, stop, Xb, Yb, lb, swb)
+        if swv.shape[0] > 0:
+            weight = 0.0
+            for i in range(swv.shape[0]):
+                weight += swv[i]
+            if weight == 0.0:  # a weighted mean of no weight: no step (fastbp.sklearn and scikit-learn skip it too)
+                continue
         # np.int64(0), not 0: a literal would be typed Literal[int](0) and compile a second specialization
         run_t = (run[0], run[1], run[2], run[3], t0 + steps)
         ids = perm[start:stop]
@@ -189,9 +198,12 @@ def _train_epoch(
         cur, nxt = nxt, cur
         cur_is_params = not cur_is_params
         loss_sum += loss * (stop - start)
+        rows_done += stop - start
         steps += 1
     if not cur_is_params:
         _swap(params, spare)
+    if status == OK and 0 < rows_done < n:  # batches skipped: the mean over the rows of the steps done, times n
+        loss_sum *= n / rows_done
     return status, loss_sum, steps
 
 
