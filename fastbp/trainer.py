@@ -108,8 +108,9 @@ class Trainer:
     Attributes
     ----------
     history : dict of lists, new for each ``fit`` call
-        ``loss`` (training objective, mean over the epoch's steps), ``val_loss`` and ``val_accuracy`` (when
-        validating; argmax accuracy for softmax, subset (exact-match) accuracy for multi-label sigmoid outputs),
+        ``loss`` (training objective, mean over the epoch's rows: each step's batch loss weighted by its rows),
+        ``val_loss`` and ``val_accuracy`` (when validating; argmax accuracy for softmax, subset (exact-match)
+        accuracy for multi-label sigmoid outputs),
         ``grad_norm`` (per-layer root-mean-square over the epoch's steps of the gradient's L2 norm), ``delta_norm``
         (per layer, with ``record_deltas``), ``lr``
         (rate of the epoch's last step), ``epoch_time`` (s).
