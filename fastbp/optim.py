@@ -75,7 +75,9 @@ def _steps_or_none(value, name):
 
 
 class Schedule:
-    """Learning rate as a function of the step t = 0, 1, 2, ...: constant unless a subclass says otherwise."""
+    """Learning rate as a function of the step t = 0, 1, 2, ...: constant. The other schedules are its subclasses
+    :class:`StepDecay`, :class:`InverseScaling` and :class:`Cosine`, which the compiled loop computes by their code;
+    an optimizer refuses other subclasses (their ``__call__`` would not be applied)."""
 
     code = _k.CONSTANT
 
@@ -168,6 +170,12 @@ def _check_schedule(schedule):
         return SCHEDULES[schedule]()
     if not isinstance(schedule, Schedule):
         raise TypeError(f"schedule must be a name or a fastbp.optim.Schedule, got {type(schedule).__name__}")
+    if type(schedule) not in SCHEDULES.values():  # the compiled loop runs these by their code, not a subclass's call
+        raise TypeError(
+            f"schedule {type(schedule).__name__} is not one of fastbp's schedules ({', '.join(sorted(SCHEDULES))}): "
+            "the compiled training loop computes the rate of those only and would not call its __call__; set "
+            "optimizer.lr from a callback of Trainer (once per epoch) for another rule"
+        )
     return schedule
 
 

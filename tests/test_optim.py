@@ -162,6 +162,20 @@ def test_compiled_schedule_matches_its_formula(schedule):
         assert schedule(lr, t) == pytest.approx(expected(t), rel=1e-15)
 
 
+def test_a_schedule_the_compiled_loop_cannot_run_is_refused():
+    # a subclass's __call__ would be reported (history["lr"]) but not applied by the compiled loop
+    class Halve(fastbp.optim.Schedule):
+        def __call__(self, lr, t):
+            return lr * 0.5**t
+
+    with pytest.raises(TypeError, match=r"schedule Halve is not one of fastbp's schedules .*callback"):
+        fastbp.SGD(0.1, schedule=Halve())
+    opt = fastbp.Adam(schedule="cosine")
+    with pytest.raises(TypeError, match="schedule Halve"):
+        opt.schedule = Halve()
+    assert type(opt.schedule) is fastbp.optim.Cosine
+
+
 def test_schedule_drives_the_steps(rng):
     # SGD with a step schedule equals the textbook SGD whose lr follows the same formula
     net = fastbp.MLP([4, 5, 2], dtype="float64")
