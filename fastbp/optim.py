@@ -201,12 +201,15 @@ class Optimizer:
         raise NotImplementedError
 
     def init_state(self, n_params, dtype):
-        """Allocate zeroed state for a network of n_params parameters (kept when it already fits)."""
+        """Allocate zeroed state for a network of n_params parameters (kept when it already fits). The step count
+        starts again at 0 for another network (or dtype); a change of the state's rows alone (momentum switched on or
+        off) keeps it, and with it the schedule's progress."""
         dtype = np.dtype(dtype)
         state = self.state
         if state is None or state.shape != (self.n_state, n_params) or state.dtype != dtype:
+            if state is None or state.shape[1:] != (n_params,) or state.dtype != dtype:
+                self.t = 0
             self.state = np.zeros((self.n_state, n_params), dtype=dtype)
-            self.t = 0
         return self.state
 
     def reset(self):

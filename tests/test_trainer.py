@@ -361,6 +361,9 @@ def test_changing_momentum_after_creation_resizes_the_state(rng):
     opt.momentum = 0.9  # the state grows a velocity row at the next step
     trainer.train_step(X, y)
     assert opt.state.shape == (1, net.n_params) and np.abs(opt.state).max() > 0
+    assert opt.t == 2  # the step count (and a schedule's progress) goes on
+    fastbp.Trainer(fastbp.MLP([4, 6, 3], dtype="float64"), opt, progress=False).train_step(X, y)
+    assert opt.t == 1  # another network: its steps are counted anew
 
 
 @pytest.mark.parametrize("optimizer", [lambda: fastbp.SGD(lr=0.1, momentum=0.9), lambda: fastbp.Adam(lr=0.01)])
