@@ -159,7 +159,8 @@ def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
         expected = f"({n}, {n_out}) targets" + (f" or ({n},) class labels" if allow_labels else "")
         raise ValueError(f"{name} must be {expected}, got shape {arr.shape}")
     if arr.shape != (n, n_out):
-        raise ValueError(f"{name} must have shape ({n}, {n_out}) to match X and the network, got {arr.shape}")
+        hint = f"; class labels are 1-D: give {name}.ravel()" if allow_labels and arr.shape == (n, 1) else ""
+        raise ValueError(f"{name} must have shape ({n}, {n_out}) to match X and the network, got {arr.shape}{hint}")
     Y2d = np.ascontiguousarray(arr, dtype=dtype)
     check_finite(Y2d, name)
     return Y2d, _NO_LABELS

@@ -65,13 +65,14 @@ def _bad_batches(net, X, y):
         ),
         ((X, y + 0.5), ValueError, "integer class labels"),
         ((X, np.eye(3)[y][:, :2]), ValueError, r"Y must have shape \(6, 3\)"),
+        ((X, y[:, None]), ValueError, r"got \(6, 1\); class labels are 1-D: give Y\.ravel\(\)"),
         ((X, np.eye(3)[y][:, :, None]), ValueError, "Y must be"),
         ((X, np.where(np.eye(3)[y] > 0, np.nan, 0)), ValueError, "Y contains NaN"),
         ((X, y.astype(str)), TypeError, "Y must hold"),
     ]
 
 
-@pytest.mark.parametrize("case", range(16))
+@pytest.mark.parametrize("case", range(17))
 def test_bad_batches_raise_and_change_nothing(case, rng):
     net = fastbp.MLP([4, 5, 3], l2=0.1)
     X, y = make_batch(net, 6, rng)
