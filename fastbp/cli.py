@@ -431,6 +431,11 @@ def _check_usage(args):
             )
         if args.label_column is not None and kind != "csv":
             raise UsageError(f"--label-column applies to a CSV --data file, not to {_KIND_NAMES[kind]}")
+        if command == "train" and kind == "unknown":
+            from .data import _is_idx
+
+            if _is_idx(args.data):  # IDX images whose --labels were forgotten
+                raise UsageError(f"--data {_path(args.data)} holds IDX images: give their labels file with --labels")
     if command == "train":
         if args.momentum is not None and args.optimizer not in ("momentum", "nesterov"):
             raise UsageError(

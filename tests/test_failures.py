@@ -587,6 +587,7 @@ def bad_inputs(tmp_path_factory):
     np.save(d / "array.npy", X)
     (d / "pickle.npz").write_bytes(pickle.dumps({"X": X}))
     (d / "text.npz").write_text("hello\n")
+    (d / "images.idx").write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(6))  # IDX: 2 x 3 uint8
     cwd = os.getcwd()
     try:
         os.chdir(d)
@@ -637,6 +638,11 @@ BAD_COMMANDS = [
     (["train", "--data", "array.npy"], 1, r"--data array\.npy is a single \.npy array"),
     (["train", "--data", "pickle.npz"], 1, r"--data pickle\.npz is a Python pickle \(fastbp never loads pickles"),
     (["train", "--data", "text.npz"], 1, r"--data text\.npz is a text file; expected a data file"),
+    (
+        ["train", "--data", "images.idx"],
+        2,
+        r"--data images\.idx holds IDX images: give their labels file with --labels",
+    ),
     (["train", "--data", "d.csv", "--labels", "d.idx"], 2, r"--labels applies to IDX images, but --data d\.csv"),
     (["train", "--data", "d.npz", "--labels", "d.idx"], 2, r"--labels applies to IDX images, but --data d\.npz"),
     (["train", "--labels", "d.idx"], 2, r"--labels .* needs --data"),
