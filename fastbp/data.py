@@ -134,7 +134,7 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     float64 and y (n,): int64 when every label is an integer, float64 for other numbers, and strings (a NumPy unicode
     array) when a label is not a number; with ``return_names``, also the header's column names (None without a
     header) and the label column's index. Raises ValueError naming the file and the problem (no data rows, a
-    non-numeric feature, rows of different lengths, an empty label).
+    non-numeric feature, a row longer or shorter than the first, an empty label).
     """
     path = os.fsdecode(path)
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
@@ -145,6 +145,10 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     features = [c for c in range(n_columns) if c != label]
     lines = partial(_csv_lines, path, skip_header, delimiter)
     text = partial(_data_lines, path, skip_header)
+    # every row as long as the first: np.loadtxt with usecols would ignore a longer row's extra fields
+    for number, line in text():
+        if line.count(delimiter) != n_columns - 1 and ('"' not in line or len(_fields(line, delimiter)) != n_columns):
+            raise ValueError(f"{path}: {_csv_problem([(number, _fields(line, delimiter))], n_columns, [])}")
     X = _loadtxt(path, text, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
     if label is not None:
         fields = _loadtxt(path, text, lines, n_columns, [], usecols=[label], dtype=str, **options)[:, 0]
@@ -208,11 +212,15 @@ def _data_lines(path, skip_header):
                 yield number, line
 
 
+def _fields(line, delimiter):
+    """The fields of a CSV line, double quotes removed as np.loadtxt's ``quotechar`` does."""
+    return next(csv.reader([line], delimiter=delimiter))
+
+
 def _csv_lines(path, skip_header, delimiter):
-    """The data rows of a CSV file (:func:`_data_lines`) as pairs (line number from 1, the list of its fields,
-    double quotes removed as np.loadtxt's ``quotechar`` does)."""
+    """The data rows of a CSV file (:func:`_data_lines`) as pairs (line number from 1, the list of its fields)."""
     for number, line in _data_lines(path, skip_header):
-        yield number, next(csv.reader([line], delimiter=delimiter))
+        yield number, _fields(line, delimiter)
 
 
 def _csv_line(path, row, delimiter=","):

@@ -213,10 +213,10 @@ def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tm
     X, y, names, label = data.load_csv(tmp_path / "pandas.csv", return_names=True)
     assert names == ["0", "1", "label"] and label == 2 and X.shape == (3, 2) and y.tolist() == [3, 5, 7]
     # double-quoted fields lose their quotes; '#' inside a field is data, a line that starts with '#' a comment
-    (tmp_path / "quoted.csv").write_text('a,b,kind\n# a comment\n1,"2","neg"\n3,4,"C#"\n')
+    (tmp_path / "quoted.csv").write_text('a,b,kind\n# a comment\n1,"2","neg"\n3,4,"C#"\n5,6,"x,y"\n')
     X, y = data.load_csv(tmp_path / "quoted.csv")
-    np.testing.assert_array_equal(X, [[1, 2], [3, 4]])
-    assert y.tolist() == ["neg", "C#"]
+    np.testing.assert_array_equal(X, [[1, 2], [3, 4], [5, 6]])
+    assert y.tolist() == ["neg", "C#", "x,y"]  # a quoted comma is part of the field
     # no header: the first line's words sit above words (a string label column) and its numbers above numbers
     (tmp_path / "plain.csv").write_text("0.5,cat\n1.5,dog\n")
     assert data.load_csv(tmp_path / "plain.csv", return_names=True)[2] is None
@@ -233,6 +233,7 @@ def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tm
         # line numbers as an editor shows them: the header, blank lines and comments count
         ("a,b,label\n1,2,0\n\n# note\n3,x,1\n", r"line 5, column index 1: 'x' is not a number"),
         ("a,b,label\n\n1,2,0\n3,4\n", r"line 4 has 2 columns, the first data line 3"),
+        ("a,b,label\n1,2,0\n3,4,5,6\n", r"line 3 has 4 columns, the first data line 3"),  # not its first 3 fields
         ("a,b,label\n1,2,\n\n3,4, \n", r"line 2 has an empty label \(2 empty labels in all\)$"),
         ("1\n2\n", "needs at least one feature column and a label column"),
     ],
