@@ -163,7 +163,7 @@ def _options(a):
 
 
 def load(path, return_optimizer=False, matmul_precision=None):
-    """Read a checkpoint written by :func:`save` / ``MLP.save``.
+    """Read a checkpoint written by ``MLP.save`` or ``Trainer.save`` (:func:`save`).
 
     Returns the :class:`~fastbp.MLP`, or ``(net, optimizer)`` with ``return_optimizer=True`` (optimizer is None
     when the file has none). ``matmul_precision``: the network's matrix-product precision, by default the one it

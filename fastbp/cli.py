@@ -253,7 +253,11 @@ def build_parser():
         "fastbp and every installed peer, interleaved in one run, on the shapes of docs/benchmarks.md; and whole fits "
         "against scikit-learn's MLPClassifier.",
     )
-    bench.add_argument("--quick", action="store_true", help="S and M in float32, fewer rounds (under 2 minutes)")
+    bench.add_argument(
+        "--quick",
+        action="store_true",
+        help="S and M in float32 (and M in bfloat16 where available), fewer rounds (under 2 minutes)",
+    )
     bench.add_argument(
         "--shapes",
         help="comma-separated among S,M,L,XL,D (D: 784-256x4-10 with batch norm, residual connections and dropout "

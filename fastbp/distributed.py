@@ -433,13 +433,14 @@ class Trainer(_Trainer):
     def _guard(self):
         return abort_on_error(self.comm)
 
-    def _fingerprint(self, sharded, sets, **call):
-        """Everything the ranks must agree on, as {name: value}: what decides the collectives that run and the
-        result (network, optimizer, this trainer's settings), the call's arguments ``call``, and per data set of
-        ``sets`` ((prefix, _Data or None, sample weights given)) its kind of targets and, when every rank passes
-        the whole set, its rows and checksums of a sample of them."""
+    def _fingerprint(self, collective, sharded, sets, **call):
+        """Everything the ranks must agree on, as {name: value}: the collective method called (first), what decides
+        the collectives that run and the result (network, optimizer, this trainer's settings), the call's arguments
+        ``call``, and per data set of ``sets`` ((prefix, _Data or None, sample weights given)) its kind of targets
+        and, when every rank passes the whole set, its rows and checksums of a sample of them."""
         net = self.net
         fingerprint = {
+            "collective": collective,
             "layer_sizes": tuple(net.layer_sizes),
             "activations": tuple(net.activations),
             "output": net.output,
@@ -483,6 +484,14 @@ class Trainer(_Trainer):
         for rank, (_, other) in enumerate(payloads):
             if other != first:
                 field = next(k for k in {**first, **other} if first.get(k) != other.get(k))
+                if field == "collective":
+                    raise _everywhere(
+                        RuntimeError(
+                            f"the ranks called different collective methods of fastbp.distributed.Trainer at once: "
+                            f"{first[field]} on rank 0 but {other[field]} on rank {rank}; every rank must call each of "
+                            "them in the same order, for example save on every rank, not on rank 0 only"
+                        )
+                    )
                 raise _everywhere(
                     ValueError(
                         f"the ranks disagree on {what}: {field} is {first.get(field)!r} on rank 0 but "
@@ -492,7 +501,7 @@ class Trainer(_Trainer):
                 )
         return [p[0] for p in payloads]
 
-    def _agreed_parts(self, what, sharded, check):
+    def _agreed_parts(self, collective, sharded, check):
         """Run ``check()`` on every rank: it returns ``(sets, call)``, sets a list of (prefix, _Data or None,
         sample weights given), call the fingerprint entries of the call's other arguments. Its errors are
         raised on every rank, and the ranks must agree on the fingerprint; returns the _Parts (or None) of the
@@ -502,10 +511,10 @@ class Trainer(_Trainer):
             sharded = v.check_bool(sharded, "sharded")
             sets, call = check(sharded)
             counts = [None if data is None else self._counts(data) for _, data, _ in sets]
-            fingerprint = self._fingerprint(sharded, sets, **call)
+            fingerprint = self._fingerprint(collective, sharded, sets, **call)
         except Exception as err:
             error = err
-        counts = self._agree_on(error, counts, fingerprint, what)
+        counts = self._agree_on(error, counts, fingerprint, f"{collective}'s arguments")
         parts = []
         for i, (_, data, weighted) in enumerate(sets):
             parts.append(None if data is None else self._part(data, sharded, [c[i] for c in counts], weighted))
@@ -529,6 +538,7 @@ class Trainer(_Trainer):
         every rank) after changing the parameters or the optimizer on some ranks only between ``train_step`` calls,
         for example after loading a checkpoint on rank 0. Collective."""
         with self._guard():
+            self._agree_on(None, None, self._fingerprint("sync", False, []), "sync's network and optimizer")
             self._sync()
 
     def _any(self, flag):
@@ -592,7 +602,7 @@ class Trainer(_Trainer):
             sets = [("", train, weighted), ("validation ", val, weighted and validation_data is None)]
             return sets, {"epochs": epochs_}
 
-        (train, val), call = self._agreed_parts("fit's arguments", sharded, check)
+        (train, val), call = self._agreed_parts("fit", sharded, check)
         if train.n == 0:
             raise _everywhere(ValueError("the training data is empty on every rank"))
         return call["epochs"], train, val
@@ -603,7 +613,7 @@ class Trainer(_Trainer):
             self._schedule(None)  # a Cosine schedule without total_steps: the same error on every rank
             return [("", data, sample_weight is not None)], {}
 
-        (part,), _ = self._agreed_parts("train_step's arguments", sharded, check)
+        (part,), _ = self._agreed_parts("train_step", sharded, check)
         if part.n == 0:
             raise _everywhere(ValueError("the batch is empty on every rank"))
         return part
@@ -657,7 +667,7 @@ class Trainer(_Trainer):
             return [("", self._check_data(X, y, sample_weight, ("X", "y"), sharded), sample_weight is not None)], {}
 
         with self._guard():
-            (part,), _ = self._agreed_parts("evaluate's arguments", sharded, check)
+            (part,), _ = self._agreed_parts("evaluate", sharded, check)
             if part.n == 0:
                 raise _everywhere(ValueError("the data is empty on every rank"))
             return self._evaluate(*part.local())
@@ -698,6 +708,8 @@ class Trainer(_Trainer):
         on every rank. Calling it on rank 0 only (``if rank == 0: trainer.save(...)``) puts the ranks' collective
         calls out of step: the next collective call fails (the job is aborted) or hangs. Returns the path."""
         with self._guard():
+            # rank 0 writes its network and optimizer: they must be every rank's
+            self._agree_on(None, None, self._fingerprint("save", False, []), "save's network and optimizer")
             error = None
             if self.rank == 0:
                 try:

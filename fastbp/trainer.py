@@ -18,7 +18,8 @@ from .optim import Adam, Cosine, Optimizer
 
 
 class DivergenceError(RuntimeError):
-    """Training produced a non-finite loss or gradient; the network keeps its last finite parameters."""
+    """Training diverged: a non-finite loss or gradient, or a batch loss above ``divergence_factor`` times the initial
+    loss; the network keeps its last finite parameters."""
 
 
 _NO_WEIGHTS = np.zeros(0)  # unit sample weights (an empty array: the kernels' fast path)
@@ -525,7 +526,8 @@ class Trainer:
         X: (n, n_in); y: (n, n_out) targets or (n,) class labels. validation_data: (X_val, y_val), evaluated after
         every epoch; or validation_split: fraction of (X, y) held out (stratified for class labels, seeded).
         sample_weight: (n,) non-negative weights, or None; each batch's loss is then the weighted mean.
-        Raises DivergenceError when the loss or gradient stops being finite (parameters of the last finite step
+        Raises DivergenceError when the loss or gradient stops being finite, or a batch loss exceeds
+        ``divergence_factor`` times the initial loss (parameters of the last finite step
         are kept).
         """
         return self._fit(X, y, epochs, validation_data, validation_split, sample_weight)

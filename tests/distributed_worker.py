@@ -310,6 +310,13 @@ def checks(out):
     # save: collective, rank 0 writes, loadable; a failure to write is raised on every rank
     results["save/path"] = t.save(os.path.join(os.path.dirname(out), "model.npz"))
     results["save/error"] = comm.allgather(error_of(t.save, os.path.join(out + ".missing", "m.npz")))
+    # save and sync with another network on rank 1: refused on every rank, naming what differs (save wrote rank 0's
+    # network, sync failed in its broadcast on one rank)
+    other = distributed.Trainer(
+        fastbp.MLP([5, 8 if rank else 7, 3], dtype="float64"), progress=False, threads=None, batch_size=16
+    )
+    results["save/disagree"] = comm.allgather(error_of(other.save, os.path.join(os.path.dirname(out), "o.npz")))
+    results["sync/disagree"] = comm.allgather(error_of(other.sync))
 
     # train_step: replicated, weighted and sharded batches; rank 0's parameters broadcast on the first call only
     t = trainer(seed=2, optimizer=fastbp.SGD(0.1, momentum=0.9))

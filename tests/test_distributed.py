@@ -262,6 +262,13 @@ def test_save_is_collective_loadable_and_its_failure_raised_on_every_rank(checks
 
 
 @needs_mpi
+@pytest.mark.parametrize("method", ["save", "sync"])
+def test_save_and_sync_refuse_ranks_with_other_networks(checks, method):
+    message = _raised_on_every_rank(checks[f"{method}/disagree"])
+    assert message.startswith(f"the ranks disagree on {method}'s network and optimizer: layer_sizes is "), message
+
+
+@needs_mpi
 def test_train_step_equals_one_process_and_broadcasts_on_its_first_call_only(checks):
     X, y, w = distributed_worker.checks_data()
     single = fastbp.Trainer(distributed_worker.checks_net(2), fastbp.SGD(0.1, momentum=0.9), progress=False)
