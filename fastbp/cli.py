@@ -720,6 +720,8 @@ def _train(args, trainer_cls=None):
     from .network import _SingleRowBatch
     from .trainer import _ValidationSplitError
 
+    if trainer_cls is not None:  # fastbp train --distributed: checked on every rank, told by rank 0 (run_cli)
+        _check_usage(args)
     if args.threads:
         fastbp.set_num_threads(args.threads)
     _check_outputs(("--output", args.output), ("--plot", args.plot), ("--json", args.json))
@@ -1161,7 +1163,8 @@ def main(argv=None):
     with warnings.catch_warnings():
         warnings.showwarning = functools.partial(_show_warning, command)
         try:
-            _check_usage(args)
+            if not (command == "train" and args.distributed):  # under MPI: in the ranks' run, told once (run_cli)
+                _check_usage(args)
             return handlers[command](args)
         except KeyboardInterrupt:
             print(f"fastbp {command}: interrupted", file=sys.stderr)

@@ -30,6 +30,7 @@ import struct
 import sys
 import time
 import traceback
+import warnings
 import zipfile
 import zlib
 
@@ -857,7 +858,8 @@ def run_cli(train, args):
     Sets this rank's threads (``--threads``, else :func:`threads_per_rank`), keeps standard output, plots and
     JSON to rank 0, and turns a failure on one rank into an abort of the job (the error printed by the rank that
     failed). Errors that every rank raises together (divergence, argument checks agreed over the ranks, ranks
-    that disagree) end every rank normally with exit code 1, printed once, by rank 0. An error that several
+    that disagree, the command line's usage errors) end every rank normally with exit code 1 (2 for a usage error),
+    printed once, by rank 0; so do warnings. An error that several
     ranks raise on their own (for example an unwritable --output, checked on every rank before training) is
     printed by each of them before the job is aborted.
     """
@@ -870,12 +872,15 @@ def run_cli(train, args):
         if rank != 0:  # the progress bar shows on rank 0 only (Trainer)
             args.plot = args.json = None
             sys.stdout = open(os.devnull, "w")  # lives as long as the process
+            warnings.simplefilter("ignore")  # every rank reads the same data and options: rank 0 tells the warnings
         return train(args, trainer_cls=functools.partial(Trainer, comm=comm, threads=None))
     except (Exception, KeyboardInterrupt) as err:
         if _is_agreed(err):  # raised on every rank: nobody waits, no abort needed; rank 0 tells
+            code = getattr(err, "exit_code", 1)  # 2 for the command line's usage errors
             if rank == 0:
-                print(f"fastbp train: error: {' '.join(str(err).split())}", file=sys.stderr)
-            return getattr(err, "exit_code", 1)  # 2 for the command line's usage errors
+                usage = " (see fastbp train --help)" if code == 2 else ""
+                print(f"fastbp train: error: {' '.join(str(err).split())}{usage}", file=sys.stderr)
+            return code
         if isinstance(err, (ValueError, TypeError, OSError, EOFError)):
             text = f"fastbp train: error (rank {rank} of {comm.Get_size()}): {err}; aborting every rank\n"
         else:

@@ -165,6 +165,23 @@ def test_bad_data_on_one_rank_is_raised_on_every_rank():
 
 
 @needs_mpi
+def test_cli_usage_errors_and_warnings_are_told_once_by_rank_0(tmp_path):
+    script = os.path.join(os.path.dirname(distributed.mpiexec_path()), "fastbp")
+    launcher = [script] if os.path.isfile(script) else [sys.executable, "-m", "fastbp.cli"]
+    proc, _ = mpirun([*launcher, "train", "--distributed", "--norm", "batch"], cwd=tmp_path)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr.splitlines() == [
+        "fastbp train: error: --norm batch does not apply to --distributed: batch statistics would have to be summed "
+        "over the ranks inside the forward pass; use --norm layer (per-row statistics), or train without "
+        "--distributed (see fastbp train --help)"
+    ]
+    options = ["--batch-size", "5000", "--epochs", "1", "--layers", "8", "-o", "none", "--no-progress"]
+    proc, _ = mpirun([*launcher, "train", "--distributed", *options], cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stderr.count("fastbp train: warning: batch_size=5000 is larger than") == 1, proc.stderr
+
+
+@needs_mpi
 def test_cli_distributed_equals_the_single_process_cli(tmp_path, capsys):
     rng = np.random.default_rng(0)
     X = rng.standard_normal((230, 6))
