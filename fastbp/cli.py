@@ -681,6 +681,15 @@ def _describe_options(net):
     return "".join(f", {part}" for part in parts)
 
 
+def _batch_size_error(who, rows, size):
+    """The usage error of a --batch-size that leaves batch norm a mini-batch of one row (``rows`` in batches of
+    ``size``); ``who``: what has batch norm."""
+    return UsageError(
+        f"{who} needs mini-batches of at least 2 rows (a batch variance), but {rows} training rows in batches of "
+        f"{size} leave a batch of 1 row: choose another --batch-size"
+    )
+
+
 def _make_optimizer(args):
     from . import optim
 
@@ -728,10 +737,10 @@ def _train(args, trainer_cls=None):
     X, labels, where, hint = _training_data(args)
     classes, y = _classes(labels, where, hint)
     n = X.shape[0]
-    if not 1 <= math.ceil(args.test_size * n) < n:
+    n_test = math.ceil(args.test_size * n)
+    if not 1 <= n_test < n:
         raise UsageError(f"--test-size {args.test_size:g} of {n} rows leaves no training or no test rows")
     strata = data.stratification(y)
-    n_test = math.ceil(args.test_size * n)
     if strata is not None and min(n_test, n - n_test) < len(classes):  # as scikit-learn's stratified split refuses
         raise UsageError(
             f"--test-size {args.test_size:g} of {n} rows tests on {n_test} and trains on {n - n_test}: each part needs "
@@ -779,11 +788,7 @@ def _train(args, trainer_cls=None):
     except _SingleRowBatch as err:  # the trainer's rows (after --val-split) in batches of --batch-size
         if err.split is None:
             raise
-        rows, size = err.split
-        raise UsageError(
-            f"--norm batch needs mini-batches of at least 2 rows (a batch variance), but {rows} training rows in "
-            f"batches of {size} leave a batch of 1 row: choose another --batch-size"
-        ) from None
+        raise _batch_size_error("--norm batch", *err.split) from None
     fit_time = time.perf_counter() - fit_start
     result = trainer.evaluate(X_test, y_test)
     validation = ""
@@ -1089,11 +1094,7 @@ def cmd_diagnose(args):
             seed=args.seed,
         )
     except _SingleRowBatch as err:  # the batch-norm remedy's training rows in batches of --batch-size
-        rows, size = err.split
-        raise UsageError(
-            f"the batch-norm network needs mini-batches of at least 2 rows (a batch variance), but its {rows} training "
-            f"rows in batches of {size} leave a batch of 1 row: choose another --batch-size"
-        ) from None
+        raise _batch_size_error("the batch-norm network", *err.split) from None
     print(diagnose.report(result))
     if _wanted(args.plot):
         print(f"plot: {diagnose.plot(result, args.plot)}")

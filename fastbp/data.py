@@ -285,25 +285,33 @@ def _labels(fields, path, lines):
 _IDX_TYPES = {0x08: np.uint8, 0x09: np.int8, 0x0B: ">i2", 0x0C: ">i4", 0x0D: ">f4", 0x0E: ">f8"}
 
 
+def _idx_open(path):
+    """The file at ``path`` for reading bytes, through gzip when its name ends in .gz."""
+    return (gzip.open if path.endswith(".gz") else open)(path, "rb")
+
+
+def _idx_magic(raw):
+    """Whether the bytes ``raw`` start as an IDX file does: two zero bytes, then a type code."""
+    return len(raw) >= 3 and raw[0] == 0 and raw[1] == 0 and raw[2] in _IDX_TYPES
+
+
 def _is_idx(path):
-    """Whether the file starts as an IDX file does (optionally gzipped): two zero bytes, then a type code."""
+    """Whether the file starts as an IDX file does (optionally gzipped)."""
     try:
-        with (gzip.open if path.endswith(".gz") else open)(path, "rb") as f:
-            magic = f.read(3)
+        with _idx_open(path) as f:
+            return _idx_magic(f.read(3))
     except (OSError, EOFError):
         return False
-    return len(magic) == 3 and magic[0] == 0 and magic[1] == 0 and magic[2] in _IDX_TYPES
 
 
 def _read_idx(path):
     path = os.fsdecode(path)
-    opener = gzip.open if path.endswith(".gz") else open
     try:
-        with opener(path, "rb") as f:
+        with _idx_open(path) as f:
             raw = f.read()
     except (EOFError, gzip.BadGzipFile) as err:
         raise ValueError(f"{path} is truncated or not gzip data ({err})") from err
-    if len(raw) < 4 or raw[0] != 0 or raw[1] != 0 or raw[2] not in _IDX_TYPES:
+    if len(raw) < 4 or not _idx_magic(raw):
         raise ValueError(f"{path} is not an IDX file (bad magic number)")
     ndim = raw[3]
     header = 4 + 4 * ndim

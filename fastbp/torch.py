@@ -255,7 +255,7 @@ class _Engine:
         flat entry when they are contiguous views at their places in one buffer (as :class:`MLP` keeps them), else
         none (each forward pass then gathers them)."""
         self.key = _param_key(params)
-        ptrs = [p.data_ptr() for p in params]
+        ptrs = [ptr for ptr, _, _ in self.key]
         base, size = ptrs[0], self.dtype.itemsize
         flat = all(p.is_contiguous() for p in params) and all(
             ptr == base + size * start for ptr, start in zip(ptrs, self.starts, strict=True)
