@@ -4,7 +4,6 @@ import numpy as np
 
 from . import _validation as v
 from .kernels import checked as _checked
-from .kernels.checked import _objective_checked_entry
 
 
 class FlatObjective:
@@ -66,7 +65,7 @@ class FlatObjective:
             lock = net._lock
             lock.acquire()  # not ``with``: see MLP.value_and_grad
             try:
-                status, loss = _objective_checked_entry(
+                status, loss = net._entries.objective(
                     net._marker, net._p_table, self._p_batch, id(theta), id(grad), self._p_grad, net.l2
                 )
             finally:

@@ -11,7 +11,6 @@ from .kernels import activations as _act
 from .kernels import checked as _checked
 from .kernels import layout as _lay
 from .kernels import loss as _loss
-from .kernels.checked import _predict_checked_entry, _value_and_grad_checked_entry
 from .kernels.drivers import _predict_entry, _value_and_grad_entry
 from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH
 
@@ -289,6 +288,7 @@ class MLP:
             raise ValueError(f"trainable has {len(trainable)} flags for {n_layers} layers")
 
         self.layer_sizes = sizes
+        self._n_out = sizes[-1]  # predict reads it per call
         self.activations = tuple(hidden)
         self.seed = seed
         self.norms = tuple(_NORM_NAMES[k] for k in norms)
@@ -342,6 +342,7 @@ class MLP:
         # selects the compiled specialization of the entry points: the plain tier, or the full tier for layer options
         # and bfloat16 precision, whose code a plain network never compiles (kernels/boundary.py)
         self._marker = (self.dtype.type(0),) if (self._has_options or bf16) else self.dtype.type(0)
+        self._entries = _checked.entries(self._marker)  # the checked entry points, called without type dispatch
         self._capacity = 0
         self._acts = self._delta_a = self._delta_b = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
@@ -655,7 +656,7 @@ class MLP:
             lock = self._lock
             lock.acquire()  # not ``with``: the fast paths measured 0.3 us faster per call at S this way
             try:
-                status, loss = _value_and_grad_checked_entry(
+                status, loss = self._entries.value_and_grad(
                     self._marker,
                     self._p_table,
                     id(X),
@@ -712,11 +713,11 @@ class MLP:
         Large X is processed in chunks of the workspace size (at least ``fastbp._tuning.CHUNK_ROWS`` rows), so memory
         stays bounded."""
         if self._fast and type(X) is _NDARRAY and X.ndim == 2:  # one compiled call, which checks X (kernels/checked.py)
-            out = np.empty((X.shape[0], self.layer_sizes[-1]), dtype=self.dtype)
+            out = np.empty((X.shape[0], self._n_out), self.dtype)
             lock = self._lock
             lock.acquire()  # not ``with``: see value_and_grad
             try:
-                status = _predict_checked_entry(self._marker, self._p_table, id(X), id(out))
+                status = self._entries.predict(self._marker, self._p_table, id(X), id(out))
             finally:
                 lock.release()
             if status == _checked.OK:

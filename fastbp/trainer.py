@@ -13,7 +13,6 @@ from . import _validation as v
 from .kernels import checked as _checked
 from .kernels import epoch as _epoch
 from .kernels import step as _kstep
-from .kernels.checked import _evaluate_checked_entry, _train_step_checked_entry
 from .optim import Adam, Cosine, Optimizer
 
 
@@ -389,7 +388,7 @@ class Trainer:
                 if (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0]) or (
                     self._fill_table()
                 ):
-                    status, loss_sum, steps, m = _train_step_checked_entry(
+                    status, loss_sum, steps, m = net._entries.train_step(
                         net._marker,
                         net._p_table,
                         self._p_table,
@@ -479,7 +478,7 @@ class Trainer:
             lock = net._lock
             lock.acquire()  # not ``with``: see MLP.value_and_grad
             try:
-                status, loss_sum, correct = _evaluate_checked_entry(
+                status, loss_sum, correct = net._entries.evaluate(
                     net._marker, net._p_table, id(X), id(y), 0 if sample_weight is None else id(sample_weight)
                 )
             finally:

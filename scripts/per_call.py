@@ -4,12 +4,14 @@ For each entry point (``net.value_and_grad(X, y, out=g)``, ``trainer.train_step(
 ``trainer.evaluate(X, y)``, ``FlatObjective(theta)``) three times are measured, interleaved in rounds (medians):
 
 - ``call``: the public call, as a user makes it;
-- ``dispatch``: the compiled entry points that one call ran, called again directly from Python with the arguments
-  recorded during that call (what is left when the Python around them is gone: Numba's dispatch of the arguments);
+- ``dispatch``: the compiled entry points that one call ran, called again directly from Python as the Python layer
+  called them, with the arguments recorded during that call (what is left when the Python around them is gone: the
+  unboxing of the arguments, and Numba's dispatch where the dispatcher is called);
 - ``work``: the same entry points called in a loop from compiled code (the compiled work alone).
 
 ``overhead = call - work``. The arguments are recorded by wrapping every compiled ``*_entry`` function the Python
-layer calls, so the script runs unchanged on any version of the boundary. Usage: ``python scripts/per_call.py
+layer calls (and the compiled functions of ``fastbp.kernels.checked.Entries``, where they exist), so the script runs
+on the versions before and after that change. Usage: ``python scripts/per_call.py
 [--shapes S,M,L] [--dtype float32] [--rounds 5]``; run it with ``OPENBLAS_CORETYPE`` unset, like the benchmarks.
 """
 
@@ -27,17 +29,22 @@ _MODULES = ("fastbp.network", "fastbp.trainer", "fastbp.flat", "fastbp.kernels.e
 
 
 class Recorder:
-    """Records the compiled entry points one call runs, as (entry, args), by wrapping every ``*_entry`` function of
-    :data:`_MODULES` for the duration of that call only (the timed calls run unwrapped)."""
+    """Records the compiled entry points one call runs, by wrapping every ``*_entry`` function of :data:`_MODULES`
+    and the compiled functions of the checked entry points for the duration of that call only (the timed calls run
+    unwrapped)."""
 
     def __init__(self):
         self.modules = [sys.modules.get(name) or __import__(name, fromlist=["_"]) for name in _MODULES]
 
     def record(self, fn):
-        """The (entry, args) of the compiled calls of one call of fn."""
+        """The (entry, function, args, alive) of the compiled calls of one call of fn: the dispatcher, the function
+        the Python layer called (the dispatcher, or its compiled function), the arguments and what keeps them
+        alive."""
         calls, saved = [], []
 
-        def wrap(entry):
+        def wrap(entry, function=None):
+            function = entry if function is None else function
+
             def wrapper(*args):
                 # the callers' locals too: buffers made for this call (a permutation, the optimizer's arrays) must
                 # outlive it, since the recorded arguments hold their addresses
@@ -45,8 +52,8 @@ class Recorder:
                 while frame is not None:
                     alive.append(dict(frame.f_locals))
                     frame = frame.f_back
-                calls.append((entry, args, alive))
-                return entry(*args)
+                calls.append((entry, function, args, alive))
+                return function(*args)
 
             return wrapper
 
@@ -55,11 +62,20 @@ class Recorder:
                 if attr.endswith("_entry") and isinstance(value, numba.core.registry.CPUDispatcher):
                     saved.append((module, attr, value))
                     setattr(module, attr, wrap(value))
+        # the checked entry points, which the Python layer calls through their compiled functions (checked.Entries)
+        checked = sys.modules["fastbp.kernels.checked"]
+        for entries in getattr(checked, "_ENTRIES", {}).values():
+            for attr, (dispatcher, _) in checked._ARGUMENTS.items():
+                saved.append((entries, attr, entries.__dict__.get(attr)))
+                setattr(entries, attr, wrap(dispatcher, getattr(entries, attr)))
         try:
             fn()
         finally:
-            for module, attr, value in saved:
-                setattr(module, attr, value)
+            for owner, attr, value in saved:
+                if value is None:
+                    delattr(owner, attr)
+                else:
+                    setattr(owner, attr, value)
         return calls
 
 
@@ -81,7 +97,7 @@ def _repeat(entry):
 
 def _work(calls, k=64):
     """The recorded entry calls, each run k times in a compiled loop: one call's compiled work, times k."""
-    loops = [(_repeat(entry), args) for entry, args, _ in calls]
+    loops = [(_repeat(entry), args) for entry, _, args, _ in calls]
 
     def run():
         for repeat, args in loops:
@@ -92,8 +108,8 @@ def _work(calls, k=64):
 
 def _dispatch(calls):
     def run():
-        for entry, args, _ in calls:
-            entry(*args)
+        for _, function, args, _ in calls:
+            function(*args)
 
     return run
 

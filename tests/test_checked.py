@@ -126,6 +126,66 @@ def test_the_common_calls_take_no_python_checks(rng, monkeypatch):
         net.predict(X.astype(np.float64))
 
 
+def test_the_python_layer_passes_each_entry_point_its_declared_types(rng, monkeypatch):
+    # The entry points are called through their compiled functions (kernels/checked.py, Entries), which convert an
+    # argument of another type silently (a float to an int64) instead of compiling for it: every argument of every
+    # call must have the declared type.
+    import numba
+
+    from fastbp.kernels import checked
+
+    seen = set()
+
+    class Checking:
+        def __init__(self, entries):
+            self.entries = entries
+
+        def __getattr__(self, name):
+            function = getattr(self.entries, name)
+            declared = (self.entries._marker_type, *checked._ARGUMENTS[name][1])
+
+            def call(*args):
+                assert tuple(numba.typeof(a) for a in args) == declared, name
+                seen.add(name)
+                return function(*args)
+
+            return call
+
+    for dtype, options in (("float32", {}), ("float64", dict(norm="layer", dropout=0.1))):
+        net = fastbp.MLP([6, 9, 4], dtype=dtype, seed=0, **options)
+        monkeypatch.setattr(net, "_entries", Checking(net._entries))
+        X, y = _batch("softmax", 4, dtype, rng)
+        trainer = Trainer(net, fastbp.SGD(0.1, momentum=0.9, clip_norm=1.0), progress=False)
+        for _ in range(3):  # the first step takes the Python path
+            trainer.train_step(X, y, sample_weight=np.ones(12, dtype))
+        trainer.evaluate(X, y)
+        net.value_and_grad(X, y, out=np.empty_like(net.params), scale=0.5)
+        net.predict(X)
+        objective = fastbp.FlatObjective(net, X, y)
+        objective(net.params.astype(np.float64))
+        objective(net.params.astype(np.float64))
+    assert seen == set(checked._ARGUMENTS)
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_finite_test_of_the_entry_points_finds_every_non_finite_value(dtype):
+    # _all_finite sums x * 0 with the kernels' fastmath flags: were x * 0 folded to 0, nothing would be found
+    from numba import njit
+
+    from fastbp._config import FASTMATH
+    from fastbp.kernels.checked import _all_finite
+
+    all_finite = njit(fastmath=set(FASTMATH), error_model="numpy")(lambda a: _all_finite(a))
+    big = np.finfo(dtype).max
+    for n in (0, 1, 15, 16, 17, 33, 2049):  # around the vector widths and their remainders
+        assert all_finite(np.full(n, big, dtype)) and all_finite(np.full(n, -big, dtype))  # no overflow
+        for bad in (np.nan, np.inf, -np.inf):
+            for i in {0, n // 2, n - 1} if n else ():
+                a = np.ones(n, dtype)
+                a[i] = bad
+                assert not all_finite(a), (n, bad, i)
+
+
 def _error(call):
     with pytest.raises((ValueError, TypeError)) as info:
         call()
