@@ -684,9 +684,10 @@ def _describe_options(net):
 def _batch_size_error(who, rows, size):
     """The usage error of a --batch-size that leaves batch norm a mini-batch of one row (``rows`` in batches of
     ``size``); ``who``: what has batch norm."""
+    leave = "batches" if size == 1 else "a batch"
     return UsageError(
         f"{who} needs mini-batches of at least 2 rows (a batch variance), but {rows} training rows in batches of "
-        f"{size} leave a batch of 1 row: choose another --batch-size"
+        f"{size} leave {leave} of 1 row: choose another --batch-size"
     )
 
 

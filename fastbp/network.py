@@ -305,7 +305,9 @@ class MLP:
             k = norms[l] if l < n_layers - 1 else _lay.NO_NORM
             gamma = offset + fan_in * fan_out + fan_out
             end = gamma + (2 * fan_out if k else 0)
-            threshold = round(rates[l] * 2**32) if l < n_layers - 1 else 0
+            # at most 2^32 - 1: a rate within 2^-33 of 1 would round to 2^32, which the kernels' uint32 cut and
+            # their scale 2^32 / (2^32 - threshold) cannot hold (it keeps 1 unit in 2^32 instead)
+            threshold = min(round(rates[l] * 2**32), 2**32 - 1) if l < n_layers - 1 else 0
             residual_l = int(residuals[l]) if l < n_layers - 1 else 0
             layout[l, : _lay.NORM] = (fan_in, fan_out, offset, offset + fan_in * fan_out, codes[l], trainable[l])
             layout[l, _lay.NORM :] = (k, residual_l, threshold, gamma if k else 0, stats, end)
@@ -546,7 +548,7 @@ class MLP:
         if smallest < 2:
             message = f"{name} has {smallest} row, but batch norm in training needs batches of at least 2 rows (a "
             message += "batch variance)"
-            if batch_size is None:
+            if batch_size is None or n < 2:  # no batch size helps one row
                 raise _SingleRowBatch(message)
             message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
             raise _SingleRowBatch(message, (n, batch_size))
@@ -635,7 +637,8 @@ class MLP:
             Add the gradient into ``out`` instead of overwriting it (micro-batches).
         scale : float, default 1.0
             Weight of this batch: loss and gradient are those of ``scale * L(batch)``. With micro-batches of sizes
-            n_i, ``scale = n_i / sum(n_i)`` makes the accumulated gradient that of the concatenated batch.
+            n_i, ``scale = n_i / sum(n_i)`` makes the accumulated gradient that of the concatenated batch (not with
+            batch norm, which normalizes each micro-batch with its own statistics).
         sample_weight : array (n,), optional
             Non-negative weights with a positive sum: the batch mean becomes the weighted mean
             ``sum_i w_i loss_i / sum_i w_i`` (the L2 term is unchanged).

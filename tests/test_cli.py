@@ -461,6 +461,9 @@ def test_batch_norm_with_a_batch_of_one_row_is_a_usage_error(capsys):
     err = capsys.readouterr().err
     assert "1437 training rows in batches of 4 leave a batch of 1 row: choose another --batch-size" in err
     assert err.rstrip().endswith("(see fastbp train --help)")
+    args[args.index("4")] = "1"  # every batch has one row
+    assert cli.main(args) == 2
+    assert "1437 training rows in batches of 1 leave batches of 1 row" in capsys.readouterr().err
 
 
 def test_batch_norm_rows_are_counted_after_the_validation_split(capsys):

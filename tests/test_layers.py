@@ -459,3 +459,19 @@ def test_frozen_layers_and_sample_weights_with_layer_options(dtype):
         for l in (0, 2):
             start, stop = net.layer_range(l)
             assert not grads[start:stop].any()
+
+
+@pytest.mark.parametrize("p", [1 - 2**-34, 0.9999999999])
+def test_a_dropout_rate_next_to_one_keeps_one_unit_in_two_to_the_32(p):
+    # round(p * 2^32) is 2^32 for these rates: the threshold is capped at 2^32 - 1, so that the kernels' 32-bit cut
+    # and their scale 2^32 / (2^32 - threshold) stay finite, and the reference computes the same network
+    net = build([4, 6, 3], "tanh", [None], False, [p], dtype="float64", seed=2)
+    assert net.layout[0, DROPOUT] == 2**32 - 1
+    X, Y = batch(net, 5, np.random.default_rng(3))
+    value, grads = reference.value_and_grad(net, X, Y, dropout_step=0)
+    assert np.isfinite(value) and np.all(np.isfinite(grads))
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.1), progress=False)
+    before = net.params.copy()
+    loss = trainer.train_step(X, Y)
+    assert loss == pytest.approx(value, rel=LAYERS_RTOL["float64"])
+    assert rel_err(before - net.params, 0.1 * grads) <= LAYERS_RTOL["float64"]

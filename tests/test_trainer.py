@@ -439,6 +439,17 @@ def test_a_last_mini_batch_of_one_row_under_batch_norm_says_what_to_change(rng):
         trainer.fit(rng.standard_normal((33, 4)), rng.integers(0, 3, 33), epochs=1)
 
 
+def test_one_row_under_batch_norm_gives_no_batch_size_advice(rng):
+    # one row is one batch of one row whatever the batch size: the message must not send the user to batch_size
+    net = fastbp.MLP([4, 5, 3], norm="batch", seed=0)
+    trainer = fastbp.Trainer(net, batch_size=1, progress=False)
+    X, y = rng.standard_normal((1, 4)), np.array([1])
+    for call in (lambda: trainer.train_step(X, y), lambda: trainer.fit(X, y, epochs=1)):
+        with pytest.raises(ValueError, match="has 1 row, but batch norm in training needs batches of at least 2") as e:
+            call()
+        assert "batch_size" not in str(e.value) and "1 rows" not in str(e.value)
+
+
 def test_a_copy_of_a_trainer_takes_steps_in_its_own_buffers_and_carries_no_training_rows(rng):
     # train_step's compiled path reads a table of buffer addresses: a copy (deep copy, pickle) that kept the
     # original's table read the original's buffers, or another process's memory after unpickling.
