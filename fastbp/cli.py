@@ -176,7 +176,9 @@ def build_parser():
     train.add_argument("--optimizer", default="adam", choices=OPTIMIZER_CHOICES)
     train.add_argument("--lr", type=_positive_float, help="learning rate (default 1e-3 for adam/adamw, 0.05 for sgd)")
     train.add_argument(
-        "--momentum", type=_bounded_float(0.0, 1.0), help="for --optimizer momentum or nesterov (default 0.9)"
+        "--momentum",
+        type=_bounded_float(0.0, 1.0, high_open=False),
+        help="for --optimizer momentum or nesterov, in [0, 1] (default 0.9)",
     )
     train.add_argument(
         "--weight-decay",

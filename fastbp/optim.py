@@ -55,10 +55,18 @@ def _nonnegative(value, name):
 
 
 def _fraction(value, name):
-    """A float in [0, 1): a momentum or a decay rate of Adam's moments."""
+    """A float in [0, 1): a decay rate of Adam's moments (1 would divide by zero in the bias correction)."""
     value = v.check_float(value, name, minimum=0.0)
     if value >= 1.0:
         raise ValueError(f"{name} must be in [0, 1), got {value}")
+    return value
+
+
+def _momentum(value, name):
+    """A float in [0, 1], as scikit-learn's MLP estimators take it (1: the velocity is never damped)."""
+    value = v.check_float(value, name, minimum=0.0)
+    if value > 1.0:
+        raise ValueError(f"{name} must be in [0, 1], got {value}")
     return value
 
 
@@ -242,7 +250,7 @@ class SGD(Optimizer):
 
     kind = _k.SGD
     name = "sgd"
-    momentum = _HyperParameter(_fraction)
+    momentum = _HyperParameter(_momentum)
     nesterov = _HyperParameter(lambda value, name: bool(value))
     weight_decay = _HyperParameter(_nonnegative)
 

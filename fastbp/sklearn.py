@@ -34,6 +34,7 @@ from sklearn.exceptions import ConvergenceWarning
 from sklearn.model_selection import train_test_split
 from sklearn.neural_network import MLPClassifier as _SkMLPClassifier
 from sklearn.neural_network import MLPRegressor as _SkMLPRegressor
+from sklearn.neural_network._base import LOSS_FUNCTIONS
 from sklearn.utils.optimize import _check_optimize_result
 from sklearn.utils.validation import validate_data
 
@@ -299,11 +300,18 @@ class _FastbpMixin:
         which a warm start or ``partial_fit`` continues from ``coefs_``: refused when those are of other layers
         (scikit-learn fails there on mismatched shapes, in its NumPy steps)."""
         fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
-        if list(layer_units) != fitted:
+        layer_units = list(layer_units)
+        if layer_units != fitted:
+            if layer_units[1:-1] != fitted[1:-1]:
+                what = f"hidden_layer_sizes={self.hidden_layer_sizes!r} does not match the hidden layers of the fitted "
+                what += f"coefs_ {tuple(fitted[1:-1])}"
+            elif layer_units[-1] != fitted[-1]:
+                what = f"y has {layer_units[-1]} outputs, but the fitted coefs_ give {fitted[-1]}"
+            else:
+                what = f"X has {layer_units[0]} features, but the fitted coefs_ take {fitted[0]}"
             raise ValueError(
-                f"hidden_layer_sizes={self.hidden_layer_sizes!r} does not match the hidden layers of the fitted "
-                f"coefs_ {tuple(fitted[1:-1])}: a warm start or partial_fit continues from coefs_. Set "
-                "warm_start=False (or fit instead of partial_fit) to train a new network."
+                f"{what}: a warm start or partial_fit continues from coefs_. Set warm_start=False (or fit instead of "
+                "partial_fit) to train a new network."
             )
         return self._fastbp_network(for_fit=True)
 
@@ -324,7 +332,11 @@ class _FastbpMixin:
         return y
 
     def _forward_pass_fast(self, X, check_input=True):
-        """Network outputs for X (n, n_features): probabilities (classifier) or values (regressor)."""
+        """Network outputs for X (n, n_features): probabilities (classifier) or values (regressor). An
+        ``out_activation_`` that fastbp has no output for (one set to a hidden activation, to read a hidden layer's
+        activations from truncated ``coefs_``) takes scikit-learn's own NumPy pass."""
+        if self.out_activation_ not in _OUTPUT:
+            return super()._forward_pass_fast(X, check_input)
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)
         X = _dense(X)
@@ -351,6 +363,15 @@ class _FastbpMixin:
         opt = Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_hat=True)
         return AdamOptimizer(opt, net, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
 
+    def _loss_type(self, y, dtype):
+        """The NumPy scalar type of scikit-learn's loss values for the targets y (n, n_outputs) as its fit holds
+        them and parameters of ``dtype``: its loss function's result type (np.float64 for a classifier's log-loss,
+        whose binarized targets are integers; the data's type for a regressor), promoted with the dtype by the L2
+        term."""
+        name = "binary_log_loss" if self.loss == "log_loss" and self.out_activation_ == "logistic" else self.loss
+        probe = LOSS_FUNCTIONS[name](y[:1], np.full((1, y.shape[1]), 0.5, dtype))
+        return np.result_type(probe, dtype).type
+
     def _fit_stochastic(
         self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units, incremental
     ):
@@ -366,6 +387,7 @@ class _FastbpMixin:
         net = self._network_for_fit(layer_units)
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
+        loss_type = self._loss_type(y, net.dtype)
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer(net)
         self._optimizer._net = net
@@ -442,7 +464,7 @@ class _FastbpMixin:
                     )
 
                 self.n_iter_ += 1
-                self.loss_ = np.float64(accumulated_loss / n)  # scikit-learn's type (its sums are NumPy's)
+                self.loss_ = loss_type(accumulated_loss / n)
                 self.t_ += n
                 self.loss_curve_.append(self.loss_)
                 if self.verbose:
@@ -576,7 +598,7 @@ class _FastbpMixin:
         # scikit-learn's own check: its iteration count and its warning, word for word
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         net.params[:] = result.x
-        self.loss_ = np.float64(result.fun)
+        self.loss_ = self._loss_type(y, net.dtype)(result.fun)
         if self.out_activation_ == "identity" and self.n_outputs_ > 1:  # scikit-learn's reporting convention
             penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
             self.loss_ = (self.loss_ - penalty) / self.n_outputs_ + penalty

@@ -203,7 +203,7 @@ def test_clipping_limits_the_step_to_lr_times_clip_norm(rng):
 BAD = [
     (lambda: fastbp.SGD(lr=0), ValueError, "lr"),
     (lambda: fastbp.SGD(lr=-1), ValueError, "lr"),
-    (lambda: fastbp.SGD(momentum=1.0), ValueError, "momentum"),
+    (lambda: fastbp.SGD(momentum=1.01), ValueError, "momentum"),
     (lambda: fastbp.SGD(nesterov=True), ValueError, "nesterov"),
     (lambda: fastbp.Adam(beta1=1.0), ValueError, "beta1"),
     (lambda: fastbp.Adam(eps=0.0), ValueError, "eps"),
@@ -224,7 +224,7 @@ def test_bad_optimizer_arguments(make, error, match):
 BAD_SETTINGS = [
     (fastbp.SGD, "lr", 0, ValueError),
     (fastbp.SGD, "lr", "x", TypeError),
-    (fastbp.SGD, "momentum", 1.0, ValueError),
+    (fastbp.SGD, "momentum", 1.01, ValueError),
     (fastbp.Adam, "beta1", 1.0, ValueError),
     (fastbp.Adam, "beta2", -0.1, ValueError),
     (fastbp.Adam, "eps", 0.0, ValueError),

@@ -76,6 +76,7 @@ SOLVERS = [
     dict(solver="sgd", learning_rate_init=0.05),  # Nesterov momentum 0.9
     dict(solver="sgd", learning_rate_init=0.05, nesterovs_momentum=False, alpha=0.1),
     dict(solver="sgd", learning_rate="invscaling", learning_rate_init=0.3, momentum=0.0),
+    dict(solver="sgd", learning_rate_init=0.001, momentum=1.0),  # scikit-learn's momentum is in [0, 1]
     dict(solver="sgd", learning_rate="adaptive", momentum=0.0, n_iter_no_change=1, tol=0.5),
     dict(solver="adam", early_stopping=True, validation_fraction=0.2, n_iter_no_change=2),
     dict(solver="lbfgs", alpha=0.01),
@@ -273,12 +274,48 @@ def test_a_warm_start_with_other_hidden_layers_is_refused(digits):
         model.partial_fit(X, y)
 
 
-def test_losses_are_scikit_learns_type(digits):
+@pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_losses_are_scikit_learns_type(solver, dtype, digits):
+    # np.float64 for a classifier's log-loss (its binarized targets are integers), the data's type for a regressor
     X, y = digits
-    ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, hidden_layer_sizes=(5,), max_iter=2)
-    for name in ("loss_", "best_loss_"):
-        assert type(getattr(ours, name)) is type(getattr(theirs, name))
-    assert {type(v) for v in ours.loss_curve_} == {type(v) for v in theirs.loss_curve_}
+    X = X.astype(dtype)
+    params = dict(hidden_layer_sizes=(5,), max_iter=2, solver=solver)
+    for ours_cls, theirs_cls, target in ((MLPClassifier, skl.MLPClassifier, y), (MLPRegressor, skl.MLPRegressor, X)):
+        for loss in [{"loss": "squared_error"}, {"loss": "poisson"}] if ours_cls is MLPRegressor else [{}]:
+            targets = np.abs(target[:, :3]) if loss else target
+            ours, theirs = _fit_both(ours_cls, theirs_cls, X, targets, **params, **loss)
+            for name in ("loss_", "best_loss_"):
+                assert type(getattr(ours, name, None)) is type(getattr(theirs, name, None)), (loss, name)
+            assert {type(v) for v in getattr(ours, "loss_curve_", [])} == {
+                type(v) for v in getattr(theirs, "loss_curve_", [])
+            }
+
+
+def test_a_hidden_layer_is_read_as_with_scikit_learn(digits):
+    # the known recipe: keep the first layer's coefs_, and make its activation the output
+    X, y = digits
+    models = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, hidden_layer_sizes=(8, 4), max_iter=3, random_state=0)
+    hidden = []
+    for model in models:
+        model.coefs_, model.intercepts_ = model.coefs_[:1], model.intercepts_[:1]
+        model.n_layers_, model.out_activation_ = 2, model.activation
+        hidden.append(model._forward_pass_fast(X[:20]))
+    assert hidden[0].shape == (20, 8)
+    assert rel_err(*hidden) <= SKLEARN_RTOL["float64"]
+
+
+def test_a_warm_start_with_other_outputs_says_so(digits):
+    X, y = digits
+    Y = np.stack([y, -y], axis=1).astype(float)
+    for continued in ("warm_start", "partial_fit"):
+        model = MLPRegressor(hidden_layer_sizes=(6,), max_iter=2, warm_start=True, random_state=0)
+        fit = model.partial_fit if continued == "partial_fit" else model.fit
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            fit(X, Y[:, 0])
+        with pytest.raises(ValueError, match=r"y has 2 outputs, but the fitted coefs_ give 1: a warm start"):
+            fit(X, Y)
 
 
 def test_bad_input_raises_as_scikit_learn_does(digits):
