@@ -31,7 +31,7 @@ gradients stay level. He initialisation (fastbp's default for relu) levels delta
 import numpy as np
 
 from . import _files, data
-from .network import MLP
+from .network import MLP, _check_two_rows
 from .optim import SGD
 from .reference import deltas
 from .trainer import DivergenceError, Trainer
@@ -115,7 +115,7 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
     X_train, X_test, y_train, y_test = _digits(seed)
     n_in, n_out = X_train.shape[1], int(y_train.max()) + 1
     # the batch-norm remedy's mini-batches, checked before the minutes of the other networks
-    MLP([n_in, width, n_out], norm="batch")._check_batch_norm_rows(X_train.shape[0], "the training set", batch_size)
+    _check_two_rows(X_train.shape[0], "the training set", batch_size)
     Xb, yb = X_train[:samples], y_train[:samples]
     config = dict(depth=depth, width=width, samples=int(Xb.shape[0]), epochs=epochs, lr=lr, batch_size=batch_size)
     config.update(gain=gain, clip_norm=clip_norm, seed=seed, n_train=int(X_train.shape[0]), n_test=int(X_test.shape[0]))

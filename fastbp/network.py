@@ -119,6 +119,20 @@ class _SingleRowBatch(ValueError):
         self.split = split
 
 
+def _check_two_rows(n, name="X", batch_size=None):
+    """Raise :class:`_SingleRowBatch` unless batch norm in training gets at least two rows (a variance), as
+    PyTorch's BatchNorm1d: n rows as one batch, or, with ``batch_size``, in mini-batches of that size, whose
+    smallest (the last) counts."""
+    smallest = n if batch_size is None else 1 if n % batch_size == 1 else min(batch_size, n)
+    if smallest < 2:
+        message = f"{name} has {smallest} row, but batch norm in training needs batches of at least 2 rows (a batch "
+        message += "variance)"
+        if batch_size is None or n < 2:  # no batch size helps one row
+            raise _SingleRowBatch(message)
+        message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
+        raise _SingleRowBatch(message, (n, batch_size))
+
+
 def _check_name(value, name, choices):
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {sorted(choices)}; got {type(value).__name__} {value!r}")
@@ -540,18 +554,10 @@ class MLP:
         return (int(training), int(update_stats), int(dropout and any(self.dropouts)), self.dropout_seed, int(step))
 
     def _check_batch_norm_rows(self, n, name="X", batch_size=None):
-        """Batch norm in training needs at least two rows (a variance), as PyTorch's BatchNorm1d: n rows as one
-        batch, or, with ``batch_size``, in mini-batches of that size, whose smallest (the last) counts."""
-        if _lay_name_batch not in self.norms:
-            return
-        smallest = n if batch_size is None else 1 if n % batch_size == 1 else min(batch_size, n)
-        if smallest < 2:
-            message = f"{name} has {smallest} row, but batch norm in training needs batches of at least 2 rows (a "
-            message += "batch variance)"
-            if batch_size is None or n < 2:  # no batch size helps one row
-                raise _SingleRowBatch(message)
-            message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
-            raise _SingleRowBatch(message, (n, batch_size))
+        """Batch norm in training needs at least two rows (a variance): :func:`_check_two_rows`, for a network with
+        batch norm."""
+        if _lay_name_batch in self.norms:
+            _check_two_rows(n, name, batch_size)
 
     # ------------------------------------------------------------------ workspace
     def _reserve(self, n):
