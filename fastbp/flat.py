@@ -27,22 +27,31 @@ class FlatObjective:
     Calling it with ``theta`` (n_params,) returns ``(loss: float, grad: (n_params,) float64)``: the loss is the
     network's objective (mean loss + ``net.l2 / 2 * sum(W**2)``). The gradient is computed in the network's dtype
     (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.
+    The passes are those of :meth:`MLP.value_and_grad` (training mode, no dropout; batch norm's running statistics
+    are not updated: see :func:`fastbp.reference.batch_statistics`). The data attributes ``X``, ``Y2d``,
+    ``labels`` and ``sw`` are read-only.
     """
 
     def __init__(self, net, X, Y, sample_weight=None):
         self.net = net
-        self.X, self.Y2d, self.labels = net.check_batch(X, Y)
-        net._check_batch_norm_rows(self.X.shape[0])
-        self.sw = v.check_sample_weight(sample_weight, self.X.shape[0], net.dtype)
+        self._X, self._Y2d, self._labels = net.check_batch(X, Y)
+        net._check_batch_norm_rows(self._X.shape[0])
+        self._sw = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype)
         self._grad = np.empty(net.n_params, dtype=net.dtype)
         self._grad64 = np.empty(net.n_params, dtype=np.float64)
         self.n_calls = 0
         self._new_addresses()
 
+    # The validated data, read-only: the compiled call reads them at the addresses taken once (_new_addresses), so
+    # another array in their place would be read as the old one's shape and dtype. Other data: a new objective.
+    X = property(lambda self: self._X, doc="The inputs, (n, n_in) C-contiguous of the network's dtype.")
+    Y2d = property(lambda self: self._Y2d, doc="The (n, n_out) targets of the network's dtype, or (0, n_out).")
+    labels = property(lambda self: self._labels, doc="The (n,) int64 class labels (a softmax output), or (0,).")
+    sw = property(lambda self: self._sw, doc="The (n,) sample weights of the network's dtype, or (0,) for none.")
+
     def _new_addresses(self):
-        # The batch as the checked entry point takes it (kernels/checked.py), for these arrays: see _checked_batch.
-        self._data = (self.X, self.Y2d, self.labels, self.sw)
-        self._batch = np.array(self.net._entry_batch(*self._data), dtype=np.int64)
+        # The batch as the checked entry point takes it (kernels/checked.py).
+        self._batch = np.array(self.net._entry_batch(self._X, self._Y2d, self._labels, self._sw), dtype=np.int64)
         self._p_batch = self._batch.ctypes.data
         self._p_grad = 0 if self.net.dtype == np.float64 else self._grad.ctypes.data  # 0: into the returned array
 
@@ -50,7 +59,7 @@ class FlatObjective:
         # The addresses name this object's arrays: a copy (copy.deepcopy, pickle) that kept them would read the
         # original's data and write its gradient buffer, or freed memory. The copy takes its own.
         state = self.__dict__.copy()
-        for name in ("_data", "_batch", "_p_batch", "_p_grad"):
+        for name in ("_batch", "_p_batch", "_p_grad"):
             del state[name]
         return state
 
@@ -60,7 +69,7 @@ class FlatObjective:
 
     def __call__(self, theta):
         net = self.net
-        if net._fast and self._checked_batch():  # one compiled call, which checks theta (kernels/checked.py)
+        if net._fast:  # one compiled call, which checks theta (kernels/checked.py)
             grad = np.empty(net.n_params)
             lock = net._lock
             lock.acquire()  # not ``with``: see MLP.value_and_grad
@@ -73,20 +82,14 @@ class FlatObjective:
             if status == _checked.OK:
                 self.n_calls += 1
                 return loss, grad
-        theta = np.asarray(theta)
+        theta = v.as_array(theta, "theta")
         if theta.shape != (net.n_params,):
             raise ValueError(f"theta must have shape ({net.n_params},) like net.params, got {theta.shape}")
-        v.check_finite(theta, "theta")
-        net.params[:] = theta
-        loss = net._value_and_grad_checked(self.X, self.Y2d, self.labels, self.sw, self._grad)
+        net.params[:] = v.as_float_array(theta, "theta", net.dtype, 1)  # real, finite, within the dtype's range
+        loss = net._value_and_grad_checked(self._X, self._Y2d, self._labels, self._sw, self._grad)
         self._grad64[:] = self._grad
         self.n_calls += 1
         return loss, self._grad64.copy()  # scipy keeps references to returned gradients
-
-    def _checked_batch(self):
-        """Whether the batch table still describes the data attributes (they are public: one may be replaced)."""
-        data = self._data
-        return self.X is data[0] and self.Y2d is data[1] and self.labels is data[2] and self.sw is data[3]
 
 
 def value_and_grad_flat(net, theta, X, Y, sample_weight=None):

@@ -352,27 +352,39 @@ def deltas(net, X, Y, dropout_step=None, row_ids=None):
     return _backward(net, A, cache, delta / n, 0)
 
 
+def batch_statistics(net, X, dropout_step=None, row_ids=None):
+    """The statistics each batch-norm layer computes over the whole of X in training: per hidden layer, (mean,
+    unbiased variance) as two (fan_out,) float64 arrays (``batch_var n / (n - 1)``, what PyTorch's BatchNorm1d puts
+    in its running variance), or None for a layer without batch norm. ``net`` is not changed.
+
+    After optimising a batch-norm network on a fixed data set (:class:`fastbp.FlatObjective`, whose passes, as
+    ``value_and_grad``'s, never touch the running statistics that ``predict`` uses), they are the running statistics
+    to set. X: (n, n_in), n >= 2; dropout_step, row_ids: as for :func:`value_and_grad`.
+    """
+    X = np.asarray(X, dtype=net.dtype)
+    n = X.shape[0]
+    _, _, cache = _forward(net, X, True, dropout_step, row_ids)
+    return [(layer["mean"], layer["var"] * n / (n - 1)) if layer["norm"] == "batch" else None for layer in cache]
+
+
 def updated_running_stats(net, X, dropout_step=None, row_ids=None):
     """The running statistics of the batch-norm layers after one training step on X, as the compiled training step
     (``Trainer.train_step``, ``fit``) updates them in its forward pass: ``mean <- (1 - MOMENTUM) mean + MOMENTUM
-    batch_mean`` and ``var <- (1 - MOMENTUM) var + MOMENTUM batch_var n / (n - 1)`` (the unbiased batch variance),
-    PyTorch's BatchNorm1d with momentum 0.1. ``net`` is not changed.
+    batch_mean`` and ``var <- (1 - MOMENTUM) var + MOMENTUM batch_var n / (n - 1)`` (the unbiased batch variance,
+    :func:`batch_statistics`), PyTorch's BatchNorm1d with momentum 0.1. ``net`` is not changed.
 
     X: (n, n_in), n >= 2; dropout_step, row_ids: the dropout of that step, as for :func:`value_and_grad` (the
     statistics of a layer depend on the dropout of the layers below). Returns (means, vars): lists with one entry per
     hidden layer, a (fan_out,) array of the network's dtype for a batch-norm layer, None for the others.
     """
-    X = np.asarray(X, dtype=net.dtype)
-    n = X.shape[0]
-    _, _, cache = _forward(net, X, True, dropout_step, row_ids)
     means, variances = [], []
-    for l, layer in enumerate(cache):
-        if layer["norm"] != "batch":
+    for l, stats in enumerate(batch_statistics(net, X, dropout_step, row_ids)):
+        if stats is None:
             means.append(None)
             variances.append(None)
             continue
-        mean = (1 - MOMENTUM) * net.running_means[l].astype(np.float64) + MOMENTUM * layer["mean"]
-        var = (1 - MOMENTUM) * net.running_vars[l].astype(np.float64) + MOMENTUM * layer["var"] * n / (n - 1)
+        mean = (1 - MOMENTUM) * net.running_means[l].astype(np.float64) + MOMENTUM * stats[0]
+        var = (1 - MOMENTUM) * net.running_vars[l].astype(np.float64) + MOMENTUM * stats[1]
         means.append(mean.astype(net.dtype))
         variances.append(var.astype(net.dtype))
     return means, variances

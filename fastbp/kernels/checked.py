@@ -314,12 +314,12 @@ def _train_step_checked_entry(
 @kernel
 def _objective_checked_entry(marker, p_table, p_batch, theta, grad64, p_grads, l2):
     """``FlatObjective(theta)``: returns (status, loss); with OK, the parameters are set to the float64 vector at
-    ``theta`` (C-contiguous (n_params,), finite, and within the dtype's range: a cast that would overflow is left to
-    NumPy, which warns) and the loss and gradient of the batch in the table at ``p_batch`` (10 values, validated when
-    the objective was made) computed into the dtype's (n_params,) buffer at ``p_grads``, then written as float64 to
-    the new (n_params,) array at ``grad64`` (NumPy: ``params[:] = theta; loss, g = reference.value_and_grad(net, X,
-    Y); grad64[:] = g``; p_grads 0: into grad64 directly, for a float64 network); with CHECK nothing is written. Not
-    thread-safe (the network's workspace and parameters)."""
+    ``theta`` (C-contiguous (n_params,), finite, and within the dtype's range: a value the cast would make infinite
+    is left to the Python checks, which refuse it) and the loss and gradient of the batch in the table at
+    ``p_batch`` (10 values, validated when the objective was made) computed into the dtype's (n_params,) buffer at
+    ``p_grads``, then written as float64 to the new (n_params,) array at ``grad64`` (NumPy: ``params[:] = theta;
+    loss, g = reference.value_and_grad(net, X, Y); grad64[:] = g``; p_grads 0: into grad64 directly, for a float64
+    network); with CHECK nothing is written. Not thread-safe (the network's workspace and parameters)."""
     t, network, workspace = _table_parts(p_table)
     s = _array1d(p_batch, 10, np.int64(0))
     batch = (s[0], s[1], s[2], s[3], s[4], s[5], s[6], s[7], s[8], s[9])
@@ -333,7 +333,7 @@ def _objective_checked_entry(marker, p_table, p_batch, theta, grad64, p_grads, l
     overflow = False
     for i in range(n_params):  # an OR of compares, which vectorises (a running max would not)
         overflow |= math.isinf(like(values[i], marker))
-    if overflow:  # a finite value that the cast to the dtype makes infinite: NumPy's cast warns about it
+    if overflow:  # a finite value that the cast to the dtype makes infinite: the Python checks refuse it
         return CHECK, 0.0
     params = _array1d(network[0], n_params, marker)
     for i in range(n_params):
