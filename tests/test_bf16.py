@@ -229,3 +229,19 @@ def test_fastbp_info_reports_bfloat16_and_set_num_threads_reaches_onednn(tmp_pat
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == "[1]"
+
+
+@needs_bf16
+def test_gradcheck_compares_a_bfloat16_gradient_with_its_emulation(rng):
+    # against float64 a correct bfloat16 gradient is 5e-3 off; against the emulated products it is not
+    net = fastbp.MLP([12, 16, 16, 4], "tanh", matmul_precision="bfloat16", l2=0.01, seed=0)
+    X, y = make_batch(net, 32, rng)
+    result = fastbp.gradcheck(net, X, y)
+    assert result.passed and result.threshold_float32 == 1e-3
+    assert "bfloat16 gradient vs its NumPy emulation" in str(result)
+
+    def off_by_one_percent(n, X_, Y_):  # wrong in the network's own gradient only
+        return n.value_and_grad(X_, Y_)[1] * (1.01 if n.dtype == np.float32 else 1.0)
+
+    wrong = fastbp.gradcheck(net, X, y, grad_fn=off_by_one_percent)
+    assert wrong.passed_float64 and not wrong.passed_float32
