@@ -19,6 +19,8 @@ Without ``fcntl`` (Windows) the temporary files are not locked and stale ones ar
 
 import contextlib
 import errno
+import json
+import math
 import os
 import re
 import secrets
@@ -179,6 +181,26 @@ def atomic_write(path, mode="wb", encoding=None, what="file"):
             os.unlink(tmp)
         raise
     _fsync_directory(_directory(path))
+
+
+def _strict_json(value):
+    """``value`` (dicts, lists, tuples, scalars) with each non-finite float replaced by None: strict JSON has no NaN
+    or Infinity (Python's json module would write them, and other readers refuse the file)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def save_json(data, path, what="--json"):
+    """Write ``data`` to ``path`` as strict JSON (NaN and infinities as null), through :func:`atomic_write`.
+    Returns the path."""
+    with atomic_write(path, "w", what=what) as f:
+        json.dump(_strict_json(data), f, indent=1, allow_nan=False)
+    return path
 
 
 def save_figure(fig, path, **kwargs):

@@ -23,7 +23,6 @@ the same widths without the options, to show what they cost. The NumPy peers hav
 """
 
 import itertools
-import json
 import platform
 import statistics
 import time
@@ -874,6 +873,4 @@ def plot(results, path):
 
 
 def save_json(results, path):
-    with _files.atomic_write(path, "w", what="--json") as f:
-        json.dump(results, f, indent=1)
-    return path
+    return _files.save_json(results, path)

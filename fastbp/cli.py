@@ -9,7 +9,6 @@ COMMAND: warning: ...``; no traceback.
 
 import argparse
 import functools
-import json
 import math
 import os
 import re
@@ -390,10 +389,19 @@ def _check_outputs(*options):
     for option, path in options:
         if _wanted(path):
             _files.check_writable(path, what=option)
-            if option == "--plot":  # matplotlib (the plot extra) is there: said now, not after the work
+            if option == "--plot":  # matplotlib (the plot extra) is there and writes this format: said now
                 from .plot import pyplot
 
                 pyplot()
+                from matplotlib.backend_bases import FigureCanvasBase
+
+                formats = FigureCanvasBase.get_supported_filetypes()
+                ext = os.path.splitext(os.fsdecode(path))[1][1:].lower() or "png"  # as _files.save_figure
+                if ext not in formats:
+                    raise UsageError(
+                        f"--plot {path}: matplotlib cannot write .{ext} files; give a name ending in one of "
+                        + ", ".join(f".{f}" for f in sorted(formats))
+                    )
 
 
 def _version():
@@ -450,6 +458,12 @@ def _check_usage(args):
             )
         if args.matmul_precision == "bfloat16" and args.dtype != "float32":
             raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
+        if args.matmul_precision == "bfloat16":
+            from . import _onednn
+
+            reason = _onednn.info()["reason"]
+            if reason is not None:
+                raise UsageError(f"--matmul-precision bfloat16 is not available here: {reason}; use float32")
         if args.distributed and args.norm == "batch":
             raise UsageError(
                 "--norm batch does not apply to --distributed: batch statistics would have to be summed over the "
@@ -824,8 +838,7 @@ def _train(args, trainer_cls=None):
         options["dropout"] = list(net.dropouts[:-1])
         report = {"history": history, "test": result, "layers": sizes, **options, "fit_time": fit_time}
         report["classes"] = classes.tolist()
-        with _files.atomic_write(args.json, "w", what="--json") as f:
-            json.dump(report, f, indent=1)
+        _files.save_json(report, args.json)
         print(f"json: {args.json}")
     return 0
 
@@ -833,12 +846,25 @@ def _train(args, trainer_cls=None):
 def _load_model(path):
     import fastbp
 
+    from . import _onednn
+
     try:
         return fastbp.load(path)
     except FileNotFoundError:
         raise FileNotFoundError(
             f"{path}: no such file; give a checkpoint written by fastbp train (its --output)"
         ) from None
+    except RuntimeError:
+        reason = _onednn.info()["reason"]
+        if reason is None:  # not the bfloat16 precision's absence
+            raise
+    # a network trained in bfloat16 matmul precision, which this machine lacks: its float32 products are as good
+    net = fastbp.load(path, matmul_precision="float32")
+    warnings.warn(
+        f"{path} was trained in bfloat16 matmul precision, not available here ({reason}): predicting in float32",
+        stacklevel=2,
+    )
+    return net
 
 
 def _model_classes(net, model):
@@ -1104,8 +1130,7 @@ def cmd_diagnose(args):
     if _wanted(args.json):
         from . import _files
 
-        with _files.atomic_write(args.json, "w", what="--json") as f:
-            json.dump(result, f, indent=1)
+        _files.save_json(result, args.json)
         print(f"json: {args.json}")
     return 0
 

@@ -31,6 +31,7 @@ gradients stay level. He initialisation (fastbp's default for relu) levels delta
 import numpy as np
 
 from . import _files, data
+from . import _validation as v
 from .network import MLP, _check_two_rows
 from .optim import SGD
 from .reference import deltas
@@ -87,7 +88,8 @@ def _digits(seed):
 
 
 def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=2.0, clip_norm=1.0, seed=0):
-    """Run both experiments; returns a dict (plain Python values, JSON-serialisable).
+    """Run both experiments; returns a dict (plain Python values; NaN where a run diverged, which ``fastbp diagnose
+    --json`` writes as null).
 
     The data are scikit-learn's digits, split 80/20 and standardised by :func:`fastbp.data.prepare` with ``seed``.
     ``result["vanishing"][activation]`` holds ``grad``, ``delta``, ``loss`` and ``total`` (see
@@ -110,12 +112,16 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
     held-out 20%, in evaluation mode: batch norm's running statistics). ``result["config"]`` echoes the arguments
     and the data sizes.
     """
+    # the arguments that reach no check of their own before minutes of work (the others: MLP, SGD, Trainer)
+    samples = v.check_int(samples, "samples")
     if samples < 2:  # the batch-norm network's gradient at initialisation needs a batch variance
         raise ValueError(f"samples must be at least 2 (batch norm needs a batch variance), got {samples}")
+    batch_size = v.check_int(batch_size, "batch_size", minimum=1)
+    seed = v.check_int(seed, "seed", minimum=0)
     X_train, X_test, y_train, y_test = _digits(seed)
     n_in, n_out = X_train.shape[1], int(y_train.max()) + 1
     # the batch-norm remedy's mini-batches, checked before the minutes of the other networks
-    _check_two_rows(X_train.shape[0], "the training set", batch_size)
+    _check_two_rows(X_train.shape[0], "a mini-batch of the training set", batch_size)
     Xb, yb = X_train[:samples], y_train[:samples]
     config = dict(depth=depth, width=width, samples=int(Xb.shape[0]), epochs=epochs, lr=lr, batch_size=batch_size)
     config.update(gain=gain, clip_norm=clip_norm, seed=seed, n_train=int(X_train.shape[0]), n_test=int(X_test.shape[0]))

@@ -709,7 +709,9 @@ Row = namedtuple("Row", "name definition children value grad")
 def _brief(a):
     a = np.asarray(a)
     if a.size <= 4:
-        return np.array2string(a, precision=8, separator=", ") if a.ndim else f"{float(a):.10g}"
+        if a.ndim == 0:
+            return f"{float(a):.10g}"
+        return " ".join(np.array2string(a, precision=8, separator=", ").split())  # one line: a 2x2 would wrap a cell
     return f"{a.shape} array, |.|={np.linalg.norm(a):.6g}"
 
 

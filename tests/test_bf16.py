@@ -245,3 +245,25 @@ def test_gradcheck_compares_a_bfloat16_gradient_with_its_emulation(rng):
 
     wrong = fastbp.gradcheck(net, X, y, grad_fn=off_by_one_percent)
     assert wrong.passed_float64 and not wrong.passed_float32
+
+
+@needs_bf16
+def test_without_bfloat16_the_command_line_says_so_and_predicts_in_float32(tmp_path, monkeypatch, capsys):
+    from fastbp import cli
+
+    monkeypatch.chdir(tmp_path)
+    train = ["train", "--epochs", "1", "--no-progress", "--matmul-precision", "bfloat16", "--output", "m.npz"]
+    assert cli.main(train) == 0
+    capsys.readouterr()
+    monkeypatch.setattr(_onednn, "_library_path", lambda: None)  # as on a machine without the bf16 extra
+    _onednn.info.cache_clear()
+    try:
+        assert cli.main(train) == 2
+        assert "--matmul-precision bfloat16 is not available here: oneDNN is not installed" in capsys.readouterr().err
+        assert cli.main(["predict", "m.npz", "--output", "p.txt"]) == 0
+        err = capsys.readouterr().err
+        assert "m.npz was trained in bfloat16 matmul precision, not available here" in err
+        assert "predicting in float32" in err and "accuracy" in err
+    finally:
+        monkeypatch.undo()
+        _onednn.info.cache_clear()

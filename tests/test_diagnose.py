@@ -201,5 +201,27 @@ def test_diagnose_goes_on_past_a_diverging_network_and_reports_it(tmp_path):
     assert re.search(
         r"^relu .*: DIVERGED \(training diverged in epoch 1: .*last finite step\), test accuracy", report, re.M
     )
+    # --json writes strict JSON: the NaN of the diverged run as null (json.loads would take NaN; other readers not)
+    from fastbp import _files
+
+    written = json.loads(open(_files.save_json(result, tmp_path / "d.json")).read(), parse_constant=pytest.fail)
+    assert written["vanishing"]["relu"]["grad_norm"] == [None] * len(relu["grad_norm"])
     pytest.importorskip("matplotlib")
     assert diagnose.plot(result, tmp_path / "d.png") == str(tmp_path / "d.png") and (tmp_path / "d.png").stat().st_size
+
+
+@pytest.mark.parametrize(
+    ("arguments", "error", "message"),
+    [
+        (dict(batch_size=0), ValueError, "batch_size must be >= 1"),
+        (dict(batch_size=2.0), TypeError, "batch_size must be an integer"),
+        (dict(seed=-1), ValueError, "seed must be >= 0"),
+        (dict(samples=1), ValueError, "samples must be at least 2"),
+        (dict(batch_size=2), ValueError, r"a mini-batch of the training set has 1 row.*\(1437 rows in batches of 2\)"),
+    ],
+)
+def test_diagnose_arguments_are_checked_before_the_work(arguments, error, message):
+    from fastbp import diagnose
+
+    with pytest.raises(error, match=message):
+        diagnose.run(**arguments)

@@ -652,3 +652,12 @@ def test_graph_mlp_with_layer_options_equals_fused_kernels_and_reference(width, 
     assert rel_err(grads, ref) <= GRAPH_RTOL
     assert value == pytest.approx(fused_value, rel=GRAPH_RTOL)
     assert value == pytest.approx(ref_value, rel=GRAPH_RTOL)
+
+
+def test_a_gradient_table_keeps_each_node_on_one_line():
+    # small arrays are printed whole: a 2 x 2 value spans lines in NumPy's format, which broke the table's rows
+    W, x = g.Variable(np.array([[1.0, -2.0], [0.5, 3.0]]), "W"), g.Variable(np.array([[0.25, -1.0]]), "x")
+    f = g.sum(g.matmul(x, W) ** 2)
+    lines = str(g.gradient_table(f)).splitlines()
+    assert len(lines) == len(g.gradient_table(f)) + 2  # header, rule, one line per node
+    assert any("[[ 1. , -2. ], [ 0.5, 3. ]]" in line for line in lines)
