@@ -341,11 +341,10 @@ def jax_step(sizes, batch, dtype, options=None):
     """The whole step under ``jax.jit``. ``options``: batch norm (batch statistics, running statistics returned with
     the parameters, momentum 0.1), residual connections and dropout (``jax.random`` keyed by the step), as fastbp's
     layer options."""
-    if dtype == "float64":
-        import jax
-
-        jax.config.update("jax_enable_x64", True)
     import jax
+
+    # set for every cell, so that a float64 cell before leaves no 64-bit labels or random numbers to the next ones
+    jax.config.update("jax_enable_x64", dtype == "float64")
     import jax.numpy as jnp
 
     options = options or {}
@@ -398,9 +397,10 @@ def jax_step(sizes, batch, dtype, options=None):
     return steps, len(batches)
 
 
-def plain_step(sizes, batch, dtype, options=None):
-    """fastbp's network of the same widths without its layer options (what the options cost)."""
-    return fastbp_step(sizes, batch, dtype)
+def plain_step(sizes, batch, dtype, options=None, matmul_precision="float32"):
+    """fastbp's network of the same widths and matmul precision without its layer options (what the options
+    cost)."""
+    return fastbp_step(sizes, batch, dtype, matmul_precision=matmul_precision)
 
 
 CONTENDERS = {
@@ -430,6 +430,9 @@ def available_peers(names=("torch", "jax"), report=print):
         except ImportError:
             hint = "pip install torch==2.13.0" if name == "torch" else "pip install jax"
             report(f"note: {name} is not installed; its column is skipped ({hint})")
+        except Exception as err:  # installed but broken (a missing library, mismatched versions)
+            why = f"{type(err).__name__}: {err}"
+            report(f"note: {name} is installed but fails to import ({why}); its column is skipped")
         else:
             found.append(name)
     return found
@@ -458,9 +461,9 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
             continue
         if (name == "reference" and shape not in REFERENCE_SHAPES) or (name == "plain" and not options):
             continue  # plain without layer options is fastbp's own network
-        if name == "fastbp":
+        if name in ("fastbp", "plain"):  # fastbp's precision, and plain as fastbp without the options
             precision = "bfloat16" if bf16 else "float32"
-            steps[name] = fastbp_step(sizes, batch, data, matmul_precision=precision, options=options)
+            steps[name] = CONTENDERS[name](sizes, batch, data, matmul_precision=precision, options=options)
         elif options:
             steps[name] = CONTENDERS[name](sizes, batch, data, options=options)
         else:
@@ -485,6 +488,7 @@ def measure_cell(shape, dtype, contenders, rounds, min_time):
             "max_s": float(ts.max()),
             "gflops": flops / float(np.median(ts)) / 1e9,
             "ratio": same_round_ratio(times, name, "fastbp"),  # peer time / fastbp time, same round
+            "times_s": [float(t) for t in ts],  # per round, in the order of the rounds (the ratios' inputs)
         }
     return result
 
@@ -684,7 +688,7 @@ def table(results):
         lines.append("")
         lines.append(
             "| MLPClassifier fit, fastbp.sklearn vs scikit-learn (digits, 64-128-10, Adam, batch 32) | "
-            "fastbp s/epoch | sklearn s/epoch | sklearn / fastbp | fastbp accuracy | sklearn accuracy |"
+            "fastbp time per epoch | sklearn time per epoch | sklearn / fastbp | fastbp accuracy | sklearn accuracy |"
         )
         lines.append("|---|---|---|---|---|---|")
         for s in results["sklearn"]:

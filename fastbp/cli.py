@@ -501,6 +501,8 @@ def _check_bench_usage(args):
         if unknown:
             raise UsageError(f"--dtypes: unknown dtype {_short(unknown[0])}; expected some of float32,float64,bfloat16")
     if args.profile:
+        if args.dtypes is not None and args.dtypes != "float32":
+            raise UsageError("--profile times float32 steps only: drop --dtypes, or give --dtypes float32")
         for option, value in (("--json", args.json), ("--plot", args.plot), ("--no-sklearn", args.no_sklearn)):
             if value:
                 raise UsageError(f"{option} does not apply to --profile, which prints its breakdown only")

@@ -94,3 +94,34 @@ def test_the_deep_shape_is_checked_against_its_peers_and_the_plain_network():
     deep["peers"]["plain"]["ratio"] = 0.8
     met = {target: (measured, ok) for target, measured, ok in bench.targets(results)}
     assert met["D: the layer options cost <= 20% over the plain network"] == ("+25%", False)
+
+
+def test_a_deep_bfloat16_cell_times_plain_in_bfloat16_and_keeps_each_rounds_time(monkeypatch):
+    # plain is fastbp without the layer options: in the same matmul precision, or the column mixes both costs
+    built = {}
+
+    def recorder(name):
+        def step(sizes, batch, dtype, matmul_precision="float32", options=None):
+            built[name] = (matmul_precision, options)
+            return name
+
+        return step
+
+    for name in ("fastbp", "plain"):
+        monkeypatch.setitem(bench.CONTENDERS, name, recorder(name))
+    monkeypatch.setattr(bench, "interleaved", lambda steps, rounds, min_time: {n: [3.0, 1.0, 2.0] for n in steps})
+    monkeypatch.setattr(bench, "gradient_check", lambda *args: 0.0)
+    result = bench.measure_cell("D", "bfloat16", ["fastbp", "plain"], 3, 0.0)
+    assert built["fastbp"] == ("bfloat16", bench.shape_of("D")[2]) and built["plain"][0] == "bfloat16"
+    assert result["peers"]["plain"]["times_s"] == [3.0, 1.0, 2.0]  # --json keeps the inputs of the ratios
+
+
+def test_a_peer_that_is_installed_but_broken_is_skipped_with_a_note(tmp_path, monkeypatch):
+    (tmp_path / "brokenpeer.py").write_text("raise OSError('libbroken.so: cannot open shared object file')\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    notes = []
+    assert bench.available_peers(("brokenpeer",), report=notes.append) == []
+    assert notes == [
+        "note: brokenpeer is installed but fails to import (OSError: libbroken.so: cannot open shared object file); "
+        "its column is skipped"
+    ]

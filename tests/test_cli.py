@@ -158,6 +158,7 @@ def test_a_plot_format_matplotlib_cannot_write_is_a_usage_error_before_the_work(
     [
         ["train", "--val-split", "1.5"],
         ["train", "--momentum", "1.5"],
+        ["bench", "--profile", "--shapes", "S", "--dtypes", "bfloat16"],
         ["train", "--l2", "-1"],
         ["train", "--l2", "nan"],
         ["train", "--lr", "inf"],
