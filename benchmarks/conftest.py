@@ -9,8 +9,14 @@ import pytest
 from fastbp.bench import MATRIX, shape_of
 
 
-def cells():
-    return [pytest.param(shape, dtype, id=f"{shape}-{dtype}") for shape, dtype in MATRIX]
+def cells(plain_only=False):
+    """The (shape, dtype) cells of the matrix; ``plain_only``: without the shapes with layer options (D), whose
+    plain layers are M's (a kernel timed there would repeat M under D's name)."""
+    return [
+        pytest.param(shape, dtype, id=f"{shape}-{dtype}")
+        for shape, dtype in MATRIX
+        if not (plain_only and shape_of(shape)[2])
+    ]
 
 
 def batch_data(shape, dtype, steps=1):
