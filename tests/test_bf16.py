@@ -267,3 +267,24 @@ def test_without_bfloat16_the_command_line_says_so_and_predicts_in_float32(tmp_p
     finally:
         monkeypatch.undo()
         _onednn.info.cache_clear()
+
+
+def test_without_bfloat16_fastbp_bench_says_so(monkeypatch, capsys):
+    from fastbp import bench, cli
+
+    monkeypatch.setattr(_onednn, "_library_path", lambda: None)  # as on a machine without the bf16 extra
+    _onednn.info.cache_clear()
+    try:
+        assert cli.main(["bench", "--shapes", "S", "--dtypes", "bfloat16"]) == 2
+        assert "--dtypes bfloat16 is not available here: oneDNN is not installed" in capsys.readouterr().err
+
+        def stop(*args, **kwargs):  # the note comes before the measurements, which are not wanted here
+            raise KeyboardInterrupt
+
+        monkeypatch.setattr(bench, "run", stop)
+        cli.main(["bench", "--quick"])
+        out = capsys.readouterr().out
+        assert "note: the bfloat16 cells are skipped: bfloat16 matmul precision is not available here (oneDNN" in out
+    finally:
+        monkeypatch.undo()
+        _onednn.info.cache_clear()
