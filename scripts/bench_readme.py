@@ -14,6 +14,7 @@ import pathlib
 import re
 
 from fastbp import bench
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -42,8 +43,8 @@ def write_section(path, body):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=5)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=_positive_int, default=5)
     parser.add_argument("--min-time", type=float, default=0.2)
     parser.add_argument(
         "--from-json", help="rewrite the bench sections and the chart from this saved run instead of measuring"

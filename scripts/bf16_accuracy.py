@@ -78,7 +78,7 @@ def gradient_errors(seeds=3):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--skip-gradients", action="store_true")
     args = parser.parse_args()
     accuracies()

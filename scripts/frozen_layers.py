@@ -9,14 +9,18 @@ import argparse
 import numpy as np
 
 from fastbp import bench
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="S,M")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=_positive_int, default=7)
     args = parser.parse_args()
+    unknown = [s for s in args.shapes.split(",") if s not in bench.SHAPES]
+    if unknown:  # D is timed by fastbp bench: its layer options are not this script's
+        parser.error(f"--shapes: {unknown[0]} is not one of {','.join(bench.SHAPES)}")
     for shape in args.shapes.split(","):
         sizes, batch = bench.SHAPES[shape]
         layers = len(sizes) - 1

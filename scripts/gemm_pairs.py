@@ -17,6 +17,7 @@ import numpy as np
 from numba import njit
 
 from fastbp import bench
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 from fastbp.kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH, PAIR_MIN_MNK, _gemm_pair
 from fastbp.kernels.layout import _unowned
 
@@ -40,9 +41,9 @@ def layer_pairs():
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", default="float32")
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=_positive_int, default=7)
     args = parser.parse_args()
     print(f"{bench.machine()}; medians of {args.rounds} interleaved rounds, us per pair")
     print("| dtype | shape | pair (rows, fan_in, fan_out) | two calls | batch GEMM | ratio |")

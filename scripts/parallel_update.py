@@ -15,6 +15,7 @@ import numpy as np
 from numba import njit, prange
 
 from fastbp import bench
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 from fastbp.kernels.optimizers import _sgd_range
 
 
@@ -35,10 +36,10 @@ def parallel(p, g, q):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--params", type=int, default=25_175_040, help="default: the XL network's count")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=_positive_int, default=5)
     args = parser.parse_args()
     rng = np.random.default_rng(0)
     p, g = (rng.standard_normal(args.params).astype(args.dtype) for _ in range(2))

@@ -23,6 +23,7 @@ import numpy as np
 
 import fastbp
 from fastbp import bench
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 
 #: Modules whose compiled ``*_entry`` functions the Python layer calls (looked up there at call time).
 _MODULES = ("fastbp.network", "fastbp.trainer", "fastbp.flat", "fastbp.kernels.epoch", "fastbp.kernels.drivers")
@@ -134,10 +135,10 @@ def contenders(shape, dtype):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="S")
     parser.add_argument("--dtype", default="float32")
-    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--rounds", type=_positive_int, default=5)
     parser.add_argument("--min-time", type=float, default=0.2)
     args = parser.parse_args()
     recorder = Recorder()

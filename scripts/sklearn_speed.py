@@ -26,6 +26,7 @@ from sklearn.model_selection import train_test_split
 from sklearn.preprocessing import StandardScaler
 
 from fastbp import bench, breakdown
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 
 
 def datasets(max_iter):
@@ -36,8 +37,8 @@ def datasets(max_iter):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--rounds", type=_positive_int, default=3)
     parser.add_argument("--max-iter", type=int, default=10, help="epochs on the large data set")
     parser.add_argument("--json", help="write the results here")
     args = parser.parse_args()

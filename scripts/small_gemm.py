@@ -138,7 +138,7 @@ def step_products(shape):
 
 
 def main():
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--dtypes", default="float32,float64")
     parser.add_argument("--shapes", default="S,M,L")
     args = parser.parse_args()

@@ -30,6 +30,7 @@ import torch
 
 import fastbp.torch
 from fastbp.bench import SHAPES, machine, per_call, same_round_ratio
+from fastbp.cli import _positive_int  # the command line's argparse type of counts
 
 LR = 1e-3
 
@@ -128,10 +129,10 @@ def format_result(r):
 
 
 def main(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--shapes", default="S,M", help="comma-separated shapes of docs/benchmarks.md (default S,M)")
     parser.add_argument("--dtype", default="float32", choices=["float32", "float64"])
-    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--rounds", type=_positive_int, default=7)
     parser.add_argument("--min-time", type=float, default=0.2, help="seconds per timed loop (default 0.2)")
     parser.add_argument("--cooldown", type=float, default=0.3, help="seconds of sleep after each loop (default 0.3)")
     parser.add_argument("--no-t1", action="store_true", help="skip the contenders with torch on one thread")
