@@ -63,37 +63,49 @@ _NORM_NAMES = {_lay.NO_NORM: None, _lay.BATCH_NORM: "batch", _lay.LAYER_NORM: "l
 _lay_name_batch = "batch"
 
 
-def _per_hidden_layer(value, name, n_hidden, scalar_types):
-    """``value`` for each hidden layer: the same for all, or a sequence of n_hidden values."""
-    if isinstance(value, scalar_types) or value is None:
-        return [value] * n_hidden
+def _per_hidden_layer(value, name, sizes, scalar_types, what, default):
+    """``value`` for each hidden layer, as (name of each value in messages, value) pairs: the same for all (named
+    ``name``), or a sequence of one per hidden layer (``name[i]``). ``what``: the accepted values, for the message
+    of a wrong type; a value other than ``default`` for a network without hidden layers is refused."""
+    n_hidden = len(sizes) - 2
+    if isinstance(value, scalar_types):
+        if n_hidden == 0 and value is not default and value != default:
+            raise ValueError(f"{name}={value!r} applies to hidden layers, and layer_sizes {list(sizes)} has none")
+        return [(name, value)] * n_hidden
     if not isinstance(value, (list, tuple, np.ndarray)):
-        raise TypeError(f"{name} must be a value or a list of one per hidden layer, got {type(value).__name__}")
+        got = f"{type(value).__name__} {value!r}"
+        raise TypeError(f"{name} must be {what}, or a list of one per hidden layer; got {got}")
     if len(value) != n_hidden:
         raise ValueError(f"{name} has {len(value)} values for {n_hidden} hidden layers")
-    return list(value)
+    return [(f"{name}[{i}]", item) for i, item in enumerate(value)]
 
 
 def _layer_options(norm, residual, dropout, sizes):
     """(norm codes, residual flags, dropout rates) of the layers (the output layer's: none), checked."""
-    n_hidden = len(sizes) - 2
     norms = []
-    for i, k in enumerate(_per_hidden_layer(norm, "norm", n_hidden, (str, np.str_))):
-        norms.append(_lay.NO_NORM if k is None else _NORMS[_check_name(str(k), f"norm[{i}]", _NORMS)])
+    names = "None, 'batch' or 'layer'"
+    for name, k in _per_hidden_layer(norm, "norm", sizes, (str, np.str_, type(None)), names, None):
+        if k is not None and not isinstance(k, (str, np.str_)):
+            raise TypeError(f"{name} must be {names}; got {type(k).__name__} {k!r}")
+        norms.append(_lay.NO_NORM if k is None else _NORMS[_check_name(str(k), name, _NORMS)])
     residuals = []
-    for i, r in enumerate(_per_hidden_layer(residual, "residual", n_hidden, (bool, np.bool_, int, np.integer))):
-        r = v.check_bool(r, f"residual[{i}]")
+    flags = (bool, np.bool_, int, np.integer)
+    for i, (name, r) in enumerate(_per_hidden_layer(residual, "residual", sizes, flags, "a bool", False)):
+        r = v.check_bool(r, name)
         if r and sizes[i] != sizes[i + 1]:
+            hint = " (a list of one flag per hidden layer sets it where the width is kept)"
+            hint = hint if name == "residual" else ""
             raise ValueError(
-                f"residual[{i}]: a residual connection adds the layer's input to its output, so hidden layer {i} must "
-                f"keep its width, but it maps {sizes[i]} to {sizes[i + 1]} units"
+                f"{name}: a residual connection adds the layer's input to its output, so hidden layer {i} (from 0) "
+                f"must keep its width, but it maps {sizes[i]} to {sizes[i + 1]} units{hint}"
             )
         residuals.append(r)
     rates = []
-    for i, p in enumerate(_per_hidden_layer(dropout, "dropout", n_hidden, (int, float, np.integer, np.floating))):
-        p = v.check_float(p, f"dropout[{i}]", minimum=0.0)
-        if p >= 1.0:
-            raise ValueError(f"dropout[{i}] must be in [0, 1), got {p}")
+    floats = (int, float, np.integer, np.floating)
+    for name, p in _per_hidden_layer(dropout, "dropout", sizes, floats, "a rate in [0, 1)", 0.0):
+        p = v.check_float(p, name)
+        if not 0.0 <= p < 1.0:
+            raise ValueError(f"{name} must be in [0, 1), got {p}")
         rates.append(p)
     return [*norms, _lay.NO_NORM], [*residuals, False], [*rates, 0.0]
 
