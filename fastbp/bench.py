@@ -646,9 +646,10 @@ def format_cell(cell):
     f = cell["peers"]["fastbp"]
     parts = [
         f"{cell['shape']:>2} {cell['dtype']}: fastbp {1e6 * f['median_s']:.1f} us/step "
-        f"({f['gflops']:.1f} GFLOP/s, {cell.get('peak_percent', float('nan')):.0f}% of GEMM peak)"
+        f"({f['gflops']:.1f} GFLOP/s, {cell.get('peak_percent', float('nan')):.0f}% of the GEMM peak so far)"
     ]
-    parts += [f"{name} {p['ratio']:.2f}x" for name, p in cell["peers"].items() if name != "fastbp"]
+    parts += [f"{PEER_NAMES[name]} {p['ratio']:.2f}x" for name, p in cell["peers"].items() if name != "fastbp"]
+    parts[1:] = ["peer / fastbp: " + ", ".join(parts[1:])] if parts[1:] else []
     parts.append(f"gradient vs reference {cell['gradient_rel_diff']:.1e}")
     return "; ".join(parts)
 
