@@ -395,7 +395,7 @@ def _check_outputs(*options):
                 pyplot()
                 from matplotlib.backend_bases import FigureCanvasBase
 
-                formats = FigureCanvasBase.get_supported_filetypes()
+                formats = set(FigureCanvasBase.get_supported_filetypes()) - {"pgf"}  # pgf needs a TeX install
                 ext = os.path.splitext(os.fsdecode(path))[1][1:].lower() or "png"  # as _files.save_figure
                 if ext not in formats:
                     raise UsageError(

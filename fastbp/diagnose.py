@@ -118,6 +118,10 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
         raise ValueError(f"samples must be at least 2 (batch norm needs a batch variance), got {samples}")
     batch_size = v.check_int(batch_size, "batch_size", minimum=1)
     seed = v.check_int(seed, "seed", minimum=0)
+    depth = v.check_int(depth, "depth", minimum=1)  # the remedies put batch norm on the hidden layers
+    gain = v.check_float(gain, "gain", minimum=0.0, strict=True)
+    if clip_norm is not None:
+        clip_norm = v.check_float(clip_norm, "clip_norm", minimum=0.0, strict=True)
     X_train, X_test, y_train, y_test = _digits(seed)
     n_in, n_out = X_train.shape[1], int(y_train.max()) + 1
     # the batch-norm remedy's mini-batches, checked before the minutes of the other networks

@@ -29,11 +29,11 @@ class FlatObjective:
     (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.
     The passes are those of :meth:`MLP.value_and_grad` (training mode, no dropout; batch norm's running statistics
     are not updated: see :func:`fastbp.reference.batch_statistics`). The data attributes ``X``, ``Y2d``,
-    ``labels`` and ``sw`` are read-only.
+    ``labels`` and ``sw``, and ``net``, are read-only.
     """
 
     def __init__(self, net, X, Y, sample_weight=None):
-        self.net = net
+        self._net = net
         self._X, self._Y2d, self._labels = net.check_batch(X, Y)
         net._check_batch_norm_rows(self._X.shape[0])
         self._sw = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype)
@@ -44,6 +44,7 @@ class FlatObjective:
 
     # The validated data, read-only: the compiled call reads them at the addresses taken once (_new_addresses), so
     # another array in their place would be read as the old one's shape and dtype. Other data: a new objective.
+    net = property(lambda self: self._net, doc="The network whose parameters each call sets (read-only too).")
     X = property(lambda self: self._X, doc="The inputs, (n, n_in) C-contiguous of the network's dtype.")
     Y2d = property(lambda self: self._Y2d, doc="The (n, n_out) targets of the network's dtype, or (0, n_out).")
     labels = property(lambda self: self._labels, doc="The (n,) int64 class labels (a softmax output), or (0,).")

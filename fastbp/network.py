@@ -68,6 +68,8 @@ def _per_hidden_layer(value, name, sizes, scalar_types, what, default):
     ``name``), or a sequence of one per hidden layer (``name[i]``). ``what``: the accepted values, for the message
     of a wrong type; a value other than ``default`` for a network without hidden layers is refused."""
     n_hidden = len(sizes) - 2
+    if isinstance(value, np.ndarray) and value.ndim == 0:  # a NumPy scalar in an array: its value
+        value = value.item()
     if isinstance(value, scalar_types):
         if n_hidden == 0 and value is not default and value != default:
             raise ValueError(f"{name}={value!r} applies to hidden layers, and layer_sizes {list(sizes)} has none")

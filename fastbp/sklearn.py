@@ -363,14 +363,15 @@ class _FastbpMixin:
         opt = Adam(lr=self.learning_rate_init, beta1=self.beta_1, beta2=self.beta_2, eps=self.epsilon, eps_hat=True)
         return AdamOptimizer(opt, net, self.learning_rate_init, self.beta_1, self.beta_2, self.epsilon)
 
-    def _loss_type(self, y, dtype):
-        """The NumPy scalar type of scikit-learn's loss values for the targets y (n, n_outputs) as its fit holds
-        them and parameters of ``dtype``: its loss function's result type (np.float64 for a classifier's log-loss,
-        whose binarized targets are integers; the data's type for a regressor), promoted with the dtype by the L2
-        term."""
+    def _loss_type(self, y, dtype, sample_weight):
+        """The NumPy scalar type of scikit-learn's loss values for the targets y (n, n_outputs) and sample weights
+        (n,) or None as its fit holds them, and parameters of ``dtype``: its loss function's result type (np.float64
+        for a classifier's log-loss, whose binarized targets are integers; the data's type for a regressor),
+        promoted with the dtype by the L2 term and with the weights' by their sum, which divides both."""
         name = "binary_log_loss" if self.loss == "log_loss" and self.out_activation_ == "logistic" else self.loss
-        probe = LOSS_FUNCTIONS[name](y[:1], np.full((1, y.shape[1]), 0.5, dtype))
-        return np.result_type(probe, dtype).type
+        weights = None if sample_weight is None else np.ones(1, sample_weight.dtype)  # a type probe: any weight
+        probe = LOSS_FUNCTIONS[name](y[:1], np.full((1, y.shape[1]), 0.5, dtype), weights)
+        return np.result_type(probe, dtype, *([] if weights is None else [weights.dtype])).type
 
     def _fit_stochastic(
         self, X, y, sample_weight, activations, deltas, coef_grads, intercept_grads, layer_units, incremental
@@ -387,7 +388,7 @@ class _FastbpMixin:
         net = self._network_for_fit(layer_units)
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
-        loss_type = self._loss_type(y, net.dtype)
+        loss_type = self._loss_type(y, net.dtype, sample_weight)
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer(net)
         self._optimizer._net = net
@@ -598,7 +599,7 @@ class _FastbpMixin:
         # scikit-learn's own check: its iteration count and its warning, word for word
         self.n_iter_ = _check_optimize_result("lbfgs", result, self.max_iter)
         net.params[:] = result.x
-        self.loss_ = self._loss_type(y, net.dtype)(result.fun)
+        self.loss_ = self._loss_type(y, net.dtype, sample_weight)(result.fun)
         if self.out_activation_ == "identity" and self.n_outputs_ > 1:  # scikit-learn's reporting convention
             penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs)
             self.loss_ = (self.loss_ - penalty) / self.n_outputs_ + penalty

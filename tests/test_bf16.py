@@ -232,7 +232,7 @@ def test_fastbp_info_reports_bfloat16_and_set_num_threads_reaches_onednn(tmp_pat
 
 
 @needs_bf16
-def test_gradcheck_compares_a_bfloat16_gradient_with_its_emulation(rng):
+def test_gradcheck_compares_a_bfloat16_gradient_with_its_emulation(rng, monkeypatch):
     # against float64 a correct bfloat16 gradient is 5e-3 off; against the emulated products it is not
     net = fastbp.MLP([12, 16, 16, 4], "tanh", matmul_precision="bfloat16", l2=0.01, seed=0)
     X, y = make_batch(net, 32, rng)
@@ -240,11 +240,25 @@ def test_gradcheck_compares_a_bfloat16_gradient_with_its_emulation(rng):
     assert result.passed and result.threshold_float32 == 1e-3
     assert "bfloat16 gradient vs its NumPy emulation" in str(result)
 
-    def off_by_one_percent(n, X_, Y_):  # wrong in the network's own gradient only
+    from fastbp import checking
+
+    def off_by_one_percent(n, X_, Y_):  # the built-in gradient, wrong in the network's own (bfloat16) one only
         return n.value_and_grad(X_, Y_)[1] * (1.01 if n.dtype == np.float32 else 1.0)
 
-    wrong = fastbp.gradcheck(net, X, y, grad_fn=off_by_one_percent)
+    monkeypatch.setattr(checking, "_compiled_grad", off_by_one_percent)
+    wrong = fastbp.gradcheck(net, X, y)
+    monkeypatch.undo()
     assert wrong.passed_float64 and not wrong.passed_float32
+
+    def weighted_grad(n, X_, Y_):  # a custom objective: its products have no emulation to compare with
+        return n.value_and_grad(X_, Y_, sample_weight=np.arange(1.0, 33.0))[1]
+
+    def weighted_loss(n, X_, Y_):
+        return n.value_and_grad(X_, Y_, sample_weight=np.arange(1.0, 33.0))[0]
+
+    custom = fastbp.gradcheck(net, X, y, grad_fn=weighted_grad, loss_fn=weighted_loss)
+    assert custom.passed and custom.worst_float32 is None and not custom.compared_float32
+    assert "bfloat16 gradient: not compared" in str(custom)
 
 
 @needs_bf16

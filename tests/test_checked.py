@@ -111,7 +111,8 @@ def test_a_flat_objectives_data_cannot_be_replaced(rng):
     net = fastbp.MLP([6, 9, 4], dtype="float64", seed=0)
     X, y = _batch("softmax", 4, "float64", rng)
     objective = fastbp.FlatObjective(net, X, y)
-    for name, other in (("X", X[:, :3].astype(np.float32)), ("labels", np.full(12, 7)), ("Y2d", X), ("sw", y)):
+    others = (("X", X[:, :3].astype(np.float32)), ("labels", np.full(12, 7)), ("Y2d", X), ("sw", y))
+    for name, other in (*others, ("net", fastbp.MLP([6, 9, 4], dtype="float32"))):
         with pytest.raises(AttributeError):
             setattr(objective, name, other)
     theta = net.params.astype(np.float64)

@@ -141,15 +141,16 @@ def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys, tmp_pat
     assert out == "" and not list(tmp_path.iterdir())  # nothing trained, nothing written
 
 
+@pytest.mark.parametrize("ext", ["txt", "pgf"])  # pgf: matplotlib lists it, but it needs a TeX install
 @pytest.mark.parametrize("command", [["train", "--epochs", "1", "--no-progress"], ["diagnose", "--epochs", "1"]])
-def test_a_plot_format_matplotlib_cannot_write_is_a_usage_error_before_the_work(command, tmp_path, monkeypatch, capsys):
+def test_a_plot_format_matplotlib_cannot_write_is_refused_before_the_work(command, ext, tmp_path, monkeypatch, capsys):
     pytest.importorskip("matplotlib")
     from fastbp import cli
 
     monkeypatch.chdir(tmp_path)
-    assert cli.main([*command, "--plot", "curves.txt", "--json", "r.json"]) == 2
+    assert cli.main([*command, "--plot", f"curves.{ext}", "--json", "r.json"]) == 2
     out, err = capsys.readouterr()
-    assert "--plot curves.txt: matplotlib cannot write .txt files; give a name ending in one of" in err
+    assert f"--plot curves.{ext}: matplotlib cannot write .{ext} files; give a name ending in one of" in err
     assert ".png" in err and out == "" and not list(tmp_path.iterdir())
 
 

@@ -217,6 +217,9 @@ def test_diagnose_goes_on_past_a_diverging_network_and_reports_it(tmp_path):
         (dict(batch_size=2.0), TypeError, "batch_size must be an integer"),
         (dict(seed=-1), ValueError, "seed must be >= 0"),
         (dict(samples=1), ValueError, "samples must be at least 2"),
+        (dict(depth=0), ValueError, "depth must be >= 1"),
+        (dict(gain=0.0), ValueError, "gain must be > 0"),
+        (dict(clip_norm=-1.0), ValueError, "clip_norm must be > 0"),
         (dict(batch_size=2), ValueError, r"a mini-batch of the training set has 1 row.*\(1437 rows in batches of 2\)"),
     ],
 )

@@ -439,6 +439,7 @@ MALFORMED = [
     ("MLP dropout < 0", lambda s: fastbp.MLP([4, 3, 2], dropout=-0.1), ValueError, r"^dropout must be in \[0, 1\)"),
     ("MLP residual str", lambda s: fastbp.MLP([4, 3, 2], residual="yes"), TypeError, r"^residual must be a bool"),
     ("MLP no hidden layer", lambda s: fastbp.MLP([4, 2], norm="batch"), ValueError, r"norm='batch' applies to hidden"),
+    ("MLP 0-d option", lambda s: fastbp.MLP([4, 3, 2], dropout=np.array(1.5)), ValueError, r"^dropout must be in"),
     ("vg X shape", lambda s: s["net"].value_and_grad(s["X"][:, :3], s["y"]), ValueError, r"\bX\b"),
     ("vg X nan", lambda s: s["net"].value_and_grad(s["X"] * np.nan, s["y"]), ValueError, r"\bX\b.*NaN"),
     ("vg X strings", lambda s: s["net"].value_and_grad(s["X"].astype(str), s["y"]), TypeError, r"\bX\b"),

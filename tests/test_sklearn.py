@@ -284,12 +284,13 @@ def test_losses_are_scikit_learns_type(solver, dtype, digits):
     for ours_cls, theirs_cls, target in ((MLPClassifier, skl.MLPClassifier, y), (MLPRegressor, skl.MLPRegressor, X)):
         for loss in [{"loss": "squared_error"}, {"loss": "poisson"}] if ours_cls is MLPRegressor else [{}]:
             targets = np.abs(target[:, :3]) if loss else target
-            ours, theirs = _fit_both(ours_cls, theirs_cls, X, targets, **params, **loss)
-            for name in ("loss_", "best_loss_"):
-                assert type(getattr(ours, name, None)) is type(getattr(theirs, name, None)), (loss, name)
-            assert {type(v) for v in getattr(ours, "loss_curve_", [])} == {
-                type(v) for v in getattr(theirs, "loss_curve_", [])
-            }
+            for weights in (None, np.ones(X.shape[0])):  # float64 weights make scikit-learn's losses float64
+                ours, theirs = _fit_both(ours_cls, theirs_cls, X, targets, sample_weight=weights, **params, **loss)
+                for name in ("loss_", "best_loss_"):  # lbfgs: best_loss_ None in both
+                    assert type(getattr(ours, name, None)) is type(getattr(theirs, name, None)), (loss, name)
+                assert {type(v) for v in getattr(ours, "loss_curve_", [])} == {
+                    type(v) for v in getattr(theirs, "loss_curve_", [])
+                }
 
 
 def test_a_hidden_layer_is_read_as_with_scikit_learn(digits):
