@@ -205,7 +205,7 @@ def test_the_finite_test_of_the_entry_points_finds_every_non_finite_value(dtype)
     from fastbp._config import FASTMATH
     from fastbp.kernels.checked import _all_finite
 
-    all_finite = njit(fastmath=set(FASTMATH), error_model="numpy")(lambda a: _all_finite(a))
+    all_finite = njit(fastmath=set(FASTMATH), error_model="numpy")(lambda a: _all_finite(a, a))
     big = np.finfo(dtype).max
     for n in (0, 1, 15, 16, 17, 33, 2049):  # around the vector widths and their remainders
         assert all_finite(np.full(n, big, dtype)) and all_finite(np.full(n, -big, dtype))  # no overflow
@@ -214,6 +214,9 @@ def test_the_finite_test_of_the_entry_points_finds_every_non_finite_value(dtype)
                 a = np.ones(n, dtype)
                 a[i] = bad
                 assert not all_finite(a), (n, bad, i)
+    # float64 values checked for a float32 network: one that the cast makes infinite is not finite there
+    as_float32 = njit(fastmath=set(FASTMATH), error_model="numpy")(lambda a: _all_finite(a, np.float32(0)))
+    assert as_float32(np.full(33, 3e38)) and not as_float32(np.where(np.arange(33) == 20, 1e39, 1.0))
 
 
 def _error(call):

@@ -19,8 +19,6 @@ layer runs its own checks, which convert the arguments or raise the documented e
 there.
 """
 
-import math
-
 import numpy as np
 from numba import typeof, types
 
@@ -88,15 +86,16 @@ def _contiguous(t, flags):
 
 
 @leaf
-def _all_finite(a):
-    """Whether the 1-D array holds no NaN or infinity, in one vectorised pass in its own dtype: ``x * 0`` is 0 for a
-    finite x and NaN otherwise, so the sum of those products is finite exactly when every value is, and cannot
-    overflow (a plain float64 sum took 2.4x as long for float32 values). The fastmath flags keep ``x * 0``: folding
-    it to 0 needs ``nnan``, which they omit (_config.py)."""
-    zero = like(0.0, a)
+def _all_finite(a, marker):
+    """Whether the 1-D array holds no NaN or infinity once cast to marker's dtype (so a finite value the cast makes
+    infinite counts too), in one vectorised pass in that dtype: ``x * 0`` is 0 for a finite x and NaN otherwise, so
+    the sum of those products is finite exactly when every value is, and cannot overflow (a plain float64 sum took
+    2.4x as long for float32 values). The fastmath flags keep ``x * 0``: folding it to 0 needs ``nnan``, which they
+    omit (_config.py)."""
+    zero = like(0.0, marker)
     s = zero
     for i in range(a.shape[0]):
-        s += a[i] * zero
+        s += like(a[i], marker) * zero
     return finite(s)
 
 
@@ -133,7 +132,7 @@ def _checked_batch(t, x, y, sw, marker, training):
         return bad
     if training and n < 2 and t[TWO_ROWS] != 0:
         return bad
-    if not _all_finite(_array1d(p_x, n * n_in, marker)):
+    if not _all_finite(_array1d(p_x, n * n_in, marker), marker):
         return bad
     p_y, ndim, rows, cols, flags, descr = _object(t, y)
     if ndim < 1 or not _contiguous(t, flags) or rows != n:
@@ -144,7 +143,7 @@ def _checked_batch(t, x, y, sw, marker, training):
             return bad
         p_labels, n_labels = p_y, n
     elif descr == t[DESCR] and ((ndim == 2 and cols == n_out) or (ndim == 1 and n_out == 1)):
-        if not _all_finite(_array1d(p_y, n * n_out, marker)):
+        if not _all_finite(_array1d(p_y, n * n_out, marker), marker):
             return bad
         p_Y, n_Y = p_y, n
     else:
@@ -228,7 +227,7 @@ def _predict_checked_entry(marker, p_table, x, out):
     p_x, ndim, n, cols, flags, descr = _object(t, x)
     if ndim != 2 or descr != t[DESCR] or not _contiguous(t, flags) or n < 1 or cols != t[N_IN]:
         return CHECK
-    if not _chunk_fits(t, n) or not _all_finite(_array1d(p_x, n * cols, marker)):
+    if not _chunk_fits(t, n) or not _all_finite(_array1d(p_x, n * cols, marker), marker):
         return CHECK
     zero = np.int64(0)
     _predict_entry(marker, network, (zero, zero, zero, t[SEED], zero), p_x, n, workspace, _object(t, out)[0])
@@ -328,12 +327,7 @@ def _objective_checked_entry(marker, p_table, p_batch, theta, grad64, p_grads, l
     if ndim != 1 or descr != t[FLOAT64] or not _contiguous(t, flags) or rows != n_params or batch[1] > t[CAPACITY]:
         return CHECK, 0.0
     values = _array1d(p_theta, n_params, np.float64(0))
-    if not _all_finite(values):
-        return CHECK, 0.0
-    overflow = False
-    for i in range(n_params):  # an OR of compares, which vectorises (a running max would not)
-        overflow |= math.isinf(like(values[i], marker))
-    if overflow:  # a finite value that the cast to the dtype makes infinite: the Python checks refuse it
+    if not _all_finite(values, marker):  # NaN, infinity, or a value the cast makes infinite: the Python checks refuse
         return CHECK, 0.0
     params = _array1d(network[0], n_params, marker)
     for i in range(n_params):
