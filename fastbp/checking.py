@@ -353,7 +353,7 @@ def gradcheck(
     threshold = v.check_float(threshold, "threshold", minimum=0.0, strict=True)
     precision = net.matmul_precision
     if threshold_float32 is None:
-        threshold_float32 = THRESHOLD_FLOAT32[precision] if net.dtype == np.float32 else THRESHOLD_FLOAT32["float32"]
+        threshold_float32 = THRESHOLD_FLOAT32[precision]  # a float64 network's precision is "float32"
     threshold_float32 = v.check_float(threshold_float32, "threshold_float32", minimum=0.0, strict=True)
     max_coords = v.check_int(max_coords, "max_coords", minimum=1)
     seed = v.check_int(seed, "seed", minimum=0)

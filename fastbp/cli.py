@@ -19,6 +19,8 @@ import warnings
 
 import numpy as np
 
+from . import _onednn  # loaded with the package already (network.py)
+
 OPTIMIZER_CHOICES = ("sgd", "momentum", "nesterov", "adam", "adamw")
 #: The longest error or warning line the command line prints (the middle of a longer one is cut).
 MAX_LINE = 600
@@ -459,8 +461,6 @@ def _check_usage(args):
         if args.matmul_precision == "bfloat16" and args.dtype != "float32":
             raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
         if args.matmul_precision == "bfloat16":
-            from . import _onednn
-
             reason = _onednn.info()["reason"]
             if reason is not None:
                 raise UsageError(f"--matmul-precision bfloat16 is not available here: {reason}; use float32")
@@ -848,8 +848,6 @@ def _train(args, trainer_cls=None):
 def _load_model(path):
     import fastbp
 
-    from . import _onednn
-
     try:
         return fastbp.load(path)
     except FileNotFoundError:
@@ -974,8 +972,6 @@ def cmd_bench(args):
         shapes = args.shapes.split(",")
         dtypes = (args.dtypes or "float32").split(",")
         if "bfloat16" in dtypes:
-            from . import _onednn
-
             reason = _onednn.info()["reason"]
             if reason is not None:
                 raise UsageError(f"--dtypes bfloat16 is not available here: {reason}; drop it from --dtypes")
@@ -985,8 +981,6 @@ def cmd_bench(args):
         cells = [(s, "float32") for s in bench.SHAPES if s in shapes]
     else:
         cells = bench.matrix(quick=args.quick)
-        from . import _onednn
-
         reason = _onednn.info()["reason"]
         if reason is not None:  # said, not silent: the bfloat16 targets then read "not measured"
             print(f"note: the bfloat16 cells are skipped: bfloat16 matmul precision is not available here ({reason})")
@@ -1032,7 +1026,7 @@ def cmd_info(args):
     import sklearn
 
     import fastbp
-    from fastbp import _config, _onednn
+    from fastbp import _config
 
     print(
         f"fastbp {fastbp.__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
