@@ -10,6 +10,7 @@ from tqdm.auto import tqdm
 
 from . import _tuning, optim, reference
 from . import _validation as v
+from . import data as _data
 from .kernels import checked as _checked
 from .kernels import epoch as _epoch
 from .kernels import step as _kstep
@@ -523,7 +524,7 @@ class Trainer:
         """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
 
         X: (n, n_in); y: (n, n_out) targets or (n,) class labels. validation_data: (X_val, y_val), evaluated after
-        every epoch; or validation_split: fraction of (X, y) held out (stratified for class labels, seeded).
+        every epoch; or validation_split: fraction of (X, y) held out (the rows of :func:`fastbp.data.split_indices`).
         sample_weight: (n,) non-negative weights, or None; each batch's loss is then the weighted mean.
         Raises DivergenceError when the loss or gradient stops being finite, or a batch loss exceeds
         ``divergence_factor`` times the initial loss (parameters of the last finite step
@@ -610,13 +611,11 @@ class Trainer:
         return n
 
     def _split(self, X, Y2d, labels, sw, fraction):
-        from sklearn.model_selection import train_test_split
-
         n = X.shape[0]
-        idx = np.arange(n)
-        stratify = labels if labels.size and np.unique(labels, return_counts=True)[1].min() >= 2 else None
-        # scikit-learn's part sizes, checked here to tell the problem in this argument's words
-        n_held, n_train = math.ceil(fraction * n), math.floor((1.0 - fraction) * n)
+        stratify = _data.stratification(labels) if labels.size else None
+        # the part sizes of data.split_indices, checked here to tell the problem in this argument's words
+        n_held = math.ceil(fraction * n)
+        n_train = n - n_held
         least = 1 if stratify is None else int(np.unique(stratify).size)
         if min(n_held, n_train) < least:
             need = "at least 1 row" if stratify is None else f"at least {least} rows, one per class (stratified)"
@@ -624,8 +623,7 @@ class Trainer:
                 f"validation_split={fraction:g} of {n} rows holds out {n_held} and trains on {n_train}: each part "
                 f"needs {need}"
             )
-        train, held = train_test_split(idx, test_size=fraction, random_state=self.seed, stratify=stratify)
-        train, held = np.sort(train), np.sort(held)
+        train, held = _data.split_indices(n, fraction, self.seed, stratify)
         sw_train, sw_held = (sw[train], sw[held]) if sw.size else (sw, sw)
         if sw.size and not (sw_train.sum() > 0 and sw_held.sum() > 0):
             raise ValueError("validation_split left a part whose sample weights are all zero")

@@ -189,6 +189,17 @@ def test_callback_can_stop_and_validation_split_is_held_out(rng):
     assert len(history["loss"]) == 3 and len(history["val_loss"]) == 3
 
 
+@pytest.mark.parametrize("labels", [True, False])
+def test_validation_split_holds_out_the_rows_of_split_indices(rng, labels):
+    # one split for the command line, fastbp.data.prepare and fit: the held-out rows are those of split_indices
+    net = fastbp.MLP([6, 5, 3])
+    X, y = make_batch(net, 40, rng, labels=labels)
+    trainer = fastbp.Trainer(net, batch_size=8, progress=False, seed=5)
+    history = trainer.fit(X, y, epochs=1, validation_split=0.3)
+    _, held = fastbp.data.split_indices(40, 0.3, seed=5, labels=fastbp.data.stratification(y))
+    assert history["val_loss"][0] == trainer.evaluate(X[held], y[held])["loss"]
+
+
 def test_fit_rejects_bad_arguments(rng):
     net = fastbp.MLP([3, 2])
     X, y = make_batch(net, 10, rng)
@@ -199,7 +210,7 @@ def test_fit_rejects_bad_arguments(rng):
         trainer.fit(X, y, validation_split=1.0)
     with pytest.raises(ValueError, match="not both"):
         trainer.fit(X, y, validation_data=(X, y), validation_split=0.2)
-    # scikit-learn's stratified split needs a row of each of the 2 classes in each part; told in fastbp's words
+    # a stratified split needs a row of each of the 2 classes in each part; told in fastbp's words
     stratified = np.tile([0, 1], 5)
     for fraction, held, kept in ((0.01, 1, 9), (0.95, 10, 0)):
         with pytest.raises(
