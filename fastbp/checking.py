@@ -45,7 +45,8 @@ every hidden layer, and a gradient missing the L2 term 1.7e-3 and more on the we
 ``||a - n|| <= ||a|| + ||n||``).
 
 A layer with more than ``max_coords`` weights (or biases) is checked on that many coordinates drawn at random without
-replacement (seeded); the cost is four loss evaluations per checked coordinate. Frozen layers are skipped (their
+replacement (seeded; for a batch-norm layer, whose biases have a zero gradient, two thirds of the biases' draw come from
+gamma and beta); the cost is four loss evaluations per checked coordinate. Frozen layers are skipped (their
 gradient is zero by definition); a network with every layer frozen raises ValueError.
 
 **float32 networks.** The finite differences check the float64 path (the same kernels, compiled for float64). For
@@ -416,8 +417,18 @@ def gradcheck(
         start, stop = net64.layer_range(l)
         parts = []
         for lo, hi in ((start, start + W.size), (start + W.size, stop)):
-            count = hi - lo
-            idx = lo + (np.arange(count) if count <= max_coords else np.sort(rng.choice(count, max_coords, False)))
+            if hi - lo <= max_coords:
+                idx = np.arange(lo, hi)
+            elif lo > start and net64.norms[l] == "batch":
+                # b's gradient is zero here (the normalization subtracts it again): a third of the draw from b, the
+                # rest from gamma and beta, so that the subset's gradient is never all zero
+                m = W.shape[1]
+                k = max_coords // 3
+                idx = np.sort(
+                    np.concatenate([lo + rng.choice(m, k, False), lo + m + rng.choice(2 * m, max_coords - k, False)])
+                )
+            else:
+                idx = np.sort(lo + rng.choice(hi - lo, max_coords, False))
             numeric = np.array([central(i, eps) for i in idx])
             coarse = np.array([central(i, 2.0 * eps) for i in idx])
             parts.append((lo, hi, idx, numeric, coarse))

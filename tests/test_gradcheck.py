@@ -159,6 +159,16 @@ def test_large_layers_are_sampled_and_frozen_layers_skipped(rng):
     assert result.to_dict()["layers"][0]["checked_W"] == 30
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_a_sampled_batch_norm_layer_is_resolved(seed, rng):
+    # a batch-norm layer's biases have a zero gradient: a draw of only biases would be unresolved
+    net = fastbp.MLP([5, 8, 3], "tanh", norm="batch", dtype="float64", seed=0)
+    X, y = make_batch(net, 6, rng)
+    result = fastbp.gradcheck(net, X, y, max_coords=2, seed=seed)
+    assert result.passed, result.unresolved
+    assert result.layers[0].checked_b == 2
+
+
 def test_a_network_with_every_layer_frozen_is_an_error_not_a_pass(rng):
     net = fastbp.MLP([4, 5, 3], dtype="float64", trainable=[False, False])
     X, y = make_batch(net, 4, rng)
