@@ -23,6 +23,7 @@ the same widths without the options, to show what they cost. The NumPy peers hav
 """
 
 import itertools
+import os
 import platform
 import statistics
 import time
@@ -567,8 +568,20 @@ def machine():
             cpu = next(line.split(":", 1)[1].strip() for line in f if line.startswith("model name"))
     except (OSError, StopIteration):
         pass
-    blas = ", ".join(f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')}" for i in blas_info())
+    blas = ", ".join(
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({_owner(i)})" for i in blas_info()
+    )
     return f"{cpu}, {get_num_threads()} threads, {blas}"
+
+
+def _owner(info):
+    """Whose copy a loaded BLAS library is, from its folder (``scipy.libs``: SciPy's wheel), and whether fastbp's
+    GEMMs call it (they call SciPy's BLAS)."""
+    folder = os.path.basename(os.path.dirname(info.get("filepath") or ""))
+    owner = folder.removesuffix(".libs")
+    if not owner:
+        return "unknown copy"
+    return f"{owner}'s, fastbp's GEMMs" if owner == "scipy" else f"{owner}'s"
 
 
 def bf16_gemm_peak(size=2048, repeats=3):

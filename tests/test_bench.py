@@ -125,3 +125,11 @@ def test_a_peer_that_is_installed_but_broken_is_skipped_with_a_note(tmp_path, mo
         "note: brokenpeer is installed but fails to import (OSError: libbroken.so: cannot open shared object file); "
         "its column is skipped"
     ]
+
+
+def test_the_machine_line_says_whose_blas_each_library_is():
+    scipy = {"filepath": "/env/site-packages/scipy.libs/libscipy_openblas-1.so"}
+    numpy = {"filepath": "/env/site-packages/numpy.libs/libscipy_openblas64_-2.so"}
+    assert bench._owner(scipy) == "scipy's, fastbp's GEMMs"
+    assert bench._owner(numpy) == "numpy's"
+    assert bench._owner({}) == "unknown copy"
