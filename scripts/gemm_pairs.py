@@ -46,7 +46,7 @@ def main():
     parser.add_argument("--rounds", type=_positive_int, default=7)
     args = parser.parse_args()
     print(f"{bench.machine()}; medians of {args.rounds} interleaved rounds, us per pair")
-    print("| dtype | shape | pair (rows, fan_in, fan_out) | two calls | batch GEMM | ratio |")
+    print("| dtype | shape | pair (rows, fan_in, fan_out) | two calls | batch GEMM | two calls / batch GEMM |")
     print("|---|---|---|---|---|---|")
     rng = np.random.default_rng(0)
     for dtype in args.dtypes.split(","):
