@@ -201,9 +201,10 @@ def mpirun(args, n=2, timeout=120.0, cwd=None):
 def threads_per_rank(comm=None):
     """Threads for this rank so that the ranks sharing this machine's cores use each core at most once.
 
-    Counts the ranks on this node (``COMM_TYPE_SHARED``) whose CPU affinity (``os.sched_getaffinity``) overlaps
-    this rank's, and divides this rank's usable cores among them: 2 unbound ranks on 2 cores get 1 thread each;
-    ranks bound to disjoint cores by the launcher get all of their own cores. Collective over ``comm``.
+    Counts the ranks of ``comm`` on this node (``COMM_TYPE_SHARED``; processes outside ``comm`` are not seen) whose
+    CPU affinity (``os.sched_getaffinity``) overlaps this rank's, and divides this rank's usable cores among them: 2
+    unbound ranks on 2 cores get 1 thread each; ranks bound to disjoint cores by the launcher get all of their own
+    cores. Collective over ``comm``.
     Returns an int >= 1.
     """
     MPI = _mpi()
@@ -389,8 +390,8 @@ class Trainer(_Trainer):
         run on every rank; training stops when a callback returns True on any rank.
     comm : mpi4py communicator, default ``MPI.COMM_WORLD``
     threads : "auto", int or None, default "auto"
-        BLAS and Numba threads of this rank: "auto" sets :func:`threads_per_rank` (ranks x threads <= the
-        machine's cores); None leaves the current setting.
+        BLAS and Numba threads of this rank: "auto" sets :func:`threads_per_rank` (ranks of ``comm`` x threads
+        <= the machine's cores); None leaves the current setting.
 
     Attributes
     ----------
@@ -448,6 +449,7 @@ class Trainer(_Trainer):
             "loss": net.loss,
             "l2": net.l2,
             "dtype": net.dtype.name,
+            "matmul_precision": net.matmul_precision,
             "trainable": tuple(net.trainable),
             # the layer options: the size of the all-reduced gradient (gamma, beta) and the masks of dropout
             "norm": tuple(net.norms),
@@ -536,8 +538,10 @@ class Trainer(_Trainer):
     def sync(self):
         """Broadcast rank 0's parameters, optimizer state (step count included) and dropout seed to every rank.
         ``fit`` does it when it starts and ``train_step`` on its first call, not on later ones: call ``sync`` (on
-        every rank) after changing the parameters or the optimizer on some ranks only between ``train_step`` calls,
-        for example after loading a checkpoint on rank 0. Collective."""
+        every rank) after changing the parameters or the optimizer's state on some ranks only between
+        ``train_step`` calls, for example after loading a checkpoint on rank 0. The settings (network, optimizer
+        and its hyperparameters such as ``lr``, this trainer's) must already agree on every rank: a difference is a
+        ValueError, as in every collective call. Collective."""
         with self._guard():
             self._agree_on(None, None, self._fingerprint("sync", False, []), "sync's network and optimizer")
             self._sync()

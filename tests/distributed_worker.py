@@ -14,6 +14,7 @@ import sys
 import numpy as np
 
 import fastbp
+from fastbp import _onednn
 
 #: name -> how to split the data over 2 ranks: "replicated" (every rank gets all rows), or the cut points between
 #: the ranks' shards (np.split): uneven shards on purpose, and an empty one.
@@ -444,6 +445,10 @@ def layers(out):
     net = fastbp.MLP([5, 7, 7, 3], dtype="float64", dropout=0.5 if rank == 1 else 0.25)
     trainer = distributed.Trainer(net, progress=False, threads=None, batch_size=16)
     results["disagree/dropouts"] = comm.allgather(error_of(trainer.fit, X, y, epochs=1))
+    if _onednn.info()["reason"] is None:  # bfloat16 products on one rank only
+        net = fastbp.MLP([5, 7, 7, 3], matmul_precision="bfloat16" if rank == 1 else "float32")
+        trainer = distributed.Trainer(net, progress=False, threads=None, batch_size=16)
+        results["disagree/matmul_precisions"] = comm.allgather(error_of(trainer.fit, X, y, epochs=1))
 
     # seed=None draws each rank's own dropout seed: rank 0's is broadcast with the parameters
     net = fastbp.MLP([5, 7, 7, 3], dtype="float64", seed=None, dropout=0.5)

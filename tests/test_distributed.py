@@ -18,7 +18,7 @@ import pytest
 from conftest import DIST_RTOL, DIST_RTOL_FLOAT32, rel_err
 
 import fastbp
-from fastbp import distributed
+from fastbp import _onednn, distributed
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 WORKER = os.path.join(HERE, "distributed_worker.py")
@@ -362,7 +362,20 @@ def test_batch_norm_is_refused_on_every_rank_saying_why_and_what_to_do(layers, k
 
 
 @needs_mpi
-@pytest.mark.parametrize("name", ["norm", "residual", "dropout"])
+@pytest.mark.parametrize(
+    "name",
+    [
+        "norm",
+        "residual",
+        "dropout",
+        pytest.param(
+            "matmul_precision",
+            marks=pytest.mark.skipif(
+                _onednn.info()["reason"] is not None, reason="bfloat16 matmul precision is not available"
+            ),
+        ),
+    ],
+)
 def test_layer_options_that_differ_between_ranks_are_named_on_every_rank(layers, name):
     message = _raised_on_every_rank(layers[f"disagree/{name}s"])
     assert message.startswith(f"the ranks disagree on fit's arguments: {name} is "), message
