@@ -8,7 +8,9 @@ COMMAND: warning: ...``; no traceback.
 """
 
 import argparse
+import contextlib
 import functools
+import io
 import math
 import os
 import re
@@ -1173,14 +1175,36 @@ def _error_text(err):
     return _one_line(f"unexpected {type(err).__name__}: {err} (a bug of fastbp: please report it)")
 
 
+def _launcher_rank():
+    """This process's rank as the MPI launcher gives it in the environment (MPICH and Intel MPI, Open MPI, PMIx), or
+    None outside a launcher: known before MPI starts, without starting it."""
+    for name in ("PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"):
+        value = os.environ.get(name, "")
+        if value.isdigit():
+            return int(value)
+    return None
+
+
+def _parse(parser, argv):
+    args, unknown = parser.parse_known_args(argv)
+    if unknown:  # told by the command's parser (argparse's own check tells them as the top level's)
+        parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+    return args
+
+
 def main(argv=None):
     """Run the command line on ``argv`` (default: sys.argv[1:]); returns the exit code: 0 success, 1 failure,
     2 usage error, each failure one line on stderr."""
     parser = build_parser()
+    argv = sys.argv[1:] if argv is None else list(argv)
+    # every rank of an mpiexec run parses the same options: rank 0 alone tells a usage error (and --help)
+    quiet = "--distributed" in argv and _launcher_rank() not in (None, 0)
     try:
-        args, unknown = parser.parse_known_args(argv)
-        if unknown:  # told by the command's parser (argparse's own check tells them as the top level's)
-            parser.commands[args.command].error(f"unrecognized arguments: {' '.join(unknown)}")
+        if quiet:
+            with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):
+                args = _parse(parser, argv)
+        else:
+            args = _parse(parser, argv)
     except SystemExit as done:  # --help, --version, or a usage error argparse printed (one line: _Parser.error)
         return done.code if isinstance(done.code, int) else 0 if done.code is None else 1
     handlers = {

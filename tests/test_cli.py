@@ -107,6 +107,21 @@ def test_usage_errors_exit_2(args):
     assert is_usage_error(proc), proc.stderr
 
 
+@pytest.mark.parametrize("variable", ["PMI_RANK", "OMPI_COMM_WORLD_RANK", "PMIX_RANK"])
+@pytest.mark.parametrize("args", [["--epochs", "0"], ["--fly"], ["--help"]])
+def test_under_mpiexec_only_rank_0_tells_a_usage_error_or_the_help(monkeypatch, capsys, variable, args):
+    from fastbp import cli
+
+    for rank, told in ((1, False), (0, True)):
+        monkeypatch.setenv(variable, str(rank))
+        code = cli.main(["train", "--distributed", *args])
+        out, err = capsys.readouterr()
+        assert code == (0 if args == ["--help"] else 2)
+        assert bool(out + err) == told, (rank, out, err)
+    monkeypatch.delenv(variable)
+    assert cli.main(["train", "--epochs", "0"]) == 2 and "--epochs" in capsys.readouterr().err  # no launcher
+
+
 def test_failures_exit_1_with_a_message(tmp_path):
     proc = run("train", "--data", str(tmp_path / "missing.npz"))
     assert proc.returncode == 1
