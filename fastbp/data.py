@@ -16,6 +16,7 @@ import itertools
 import math
 import operator
 import os
+import re
 import warnings
 from functools import partial
 
@@ -73,16 +74,22 @@ def _is_number(field):
 
 
 def _head(path, count):
-    """The first lines of a text file that hold something (not blank, not a ``#`` comment after the first line;
-    a byte-order mark dropped): up to ``count`` pairs (line number from 0, text)."""
-    found = []
+    """The first lines of a text file that hold something, a byte-order mark dropped: the leading ``#`` lines (comments,
+    or a header as ``np.savetxt`` writes it), then up to ``count`` lines that are not blank and not comments; two
+    lists of pairs (line number from 0, text)."""
+    comments, found = [], []
     with open(path, encoding="utf-8-sig") as f:
         for number, line in enumerate(f):
-            if line.strip() and not (found and line.lstrip().startswith("#")):
-                found.append((number, line))
-                if len(found) == count:
-                    break
-    return found
+            if not line.strip():
+                continue
+            if line.lstrip().startswith("#"):
+                if not found:
+                    comments.append((number, line))
+                continue
+            found.append((number, line))
+            if len(found) == count:
+                break
+    return comments, found
 
 
 def resolve_column(column, names, n_columns, path):
@@ -127,14 +134,15 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
 
     label_column: an index (default -1, the last column; negative counts from the end), a column name when the file
     has a header line, or None (every column is a feature, y is None). skip_header: number of header lines; None
-    detects one: a first line with a word above a column of numbers (numeric names such as pandas writes count), else
-    judged by ``csv.Sniffer.has_header`` against the lines below it (a leading ``#`` of the header, as ``np.savetxt``
-    writes it, is not part of the first name). Fields may be double-quoted; a later line that starts with ``#`` is a
-    comment, a ``#`` inside a field is data. Returns X (n, d)
-    float64 and y (n,): int64 when every label is an integer, float64 for other numbers, and strings (a NumPy unicode
-    array) when a label is not a number; with ``return_names``, also the header's column names (None without a
-    header) and the label column's index. Raises ValueError naming the file and the problem (no data rows, a
-    non-numeric feature, a row longer or shorter than the first, an empty label).
+    detects one: a first line with a word above a column of numbers (numeric names such as pandas writes count;
+    ``0,1,...,k-1``, pandas' names of unnamed columns, above a number with a fraction or an exponent), else judged by
+    ``csv.Sniffer.has_header`` against the lines below it. Lines that start with ``#`` are comments, except a last
+    leading one with as many fields as the data that is such a header (``np.savetxt`` writes its header so); a ``#``
+    inside a field is data. Fields may be double-quoted. Returns X (n, d) float64 and y (n,): int64 when every label
+    is an integer, float64 for other numbers, and strings (a NumPy unicode array) when a label is not a number; with
+    ``return_names``, also the header's column names (None without a header) and the label column's index. Raises
+    ValueError naming the file and the problem (no data rows, a non-numeric feature, a row longer or shorter than the
+    first, a header of another width, an empty label).
     """
     path = os.fsdecode(path)
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
@@ -163,38 +171,71 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
 def _csv_format(path, delimiter, skip_header):
     """(header lines to skip, the header's column names or None, columns) of a CSV file, as :func:`load_csv` takes
     them (``skip_header`` None: detected)."""
-    head = _head(path, 21)
-    if not head:
+    comments, head = _head(path, 21)
+
+    def fields(text):
+        return next(csv.reader([text.strip().lstrip("#").strip()], delimiter=delimiter))
+
+    if skip_header is None:
+        if not head:
+            _no_rows(path, comments)
+        header = None  # (line number, names)
+        texts = [line for _, line in head]
+        if _is_header(fields(texts[0]), texts[1:], fields, delimiter):
+            header = (head[0][0], fields(texts[0]))
+        elif comments and len(fields(comments[-1][1])) == len(fields(texts[0])):  # a header np.savetxt wrote
+            candidate = fields(comments[-1][1])
+            if _is_header(candidate, texts, fields, delimiter):
+                header = (comments[-1][0], candidate)
+        skip_header = 0 if header is None else header[0] + 1
+        names = None if header is None else [name.strip() for name in header[1]]
+    else:
+        first = (comments + head)[:1]
+        names = (
+            [name.strip() for name in fields(first[0][1])]
+            if skip_header and first and first[0][0] < skip_header
+            else None
+        )
+    data_lines = [line for number, line in head if number >= skip_header]
+    if not data_lines:
+        _no_rows(path, comments + head)
+    n_columns = len(fields(data_lines[0]))
+    if names is not None and len(names) != n_columns:
+        raise ValueError(
+            f"{path}: its header line names {len(names)} columns ({_shown(names)}) but its data rows have {n_columns}"
+        )
+    return skip_header, names, n_columns
+
+
+def _no_rows(path, lines):
+    if not lines:
         raise ValueError(
             f"{path} has no data rows (it is empty or blank); expected rows of numbers separated by commas"
         )
-    first_text = head[0][1].strip()
-    if first_text.startswith("#"):
-        first_text = first_text.lstrip("#").strip()
-    first = next(csv.reader([first_text], delimiter=delimiter))
-    if skip_header is None:
-        rows = [next(csv.reader([line.strip()], delimiter=delimiter)) for _, line in head[1:]]
-        header = _names_columns(first, rows)
-        if header is None:
-            sample = "\n".join([first_text] + [line.strip() for _, line in head[1:]])
-            header = _Sniffer(delimiter).has_header(sample)
-        skip_header = head[0][0] + 1 if header else 0
-    names = [name.strip() for name in first] if skip_header and head[0][0] < skip_header else None
-    data_lines = [line for number, line in head if number >= skip_header and not line.lstrip().startswith("#")]
-    if not data_lines:
-        raise ValueError(f"{path} has a header line but no data rows")
-    n_columns = len(next(csv.reader([data_lines[0].strip()], delimiter=delimiter)))
-    return skip_header, names, n_columns
+    raise ValueError(f"{path} has a header line but no data rows")
+
+
+def _is_header(first, texts, fields, delimiter):
+    """Whether the line of fields ``first`` is a header above the lines ``texts``: :func:`_names_columns`, and when
+    that cannot tell, ``csv.Sniffer.has_header``."""
+    rows = [fields(text) for text in texts]
+    header = _names_columns(first, rows)
+    if header is None:
+        sample = "\n".join([delimiter.join(first)] + [text.strip() for text in texts])
+        header = _Sniffer(delimiter).has_header(sample)
+    return header
 
 
 def _names_columns(first, rows):
     """Whether the first line ``first`` (its fields) is a header, judged against the next lines ``rows``: True when
     a field that is not a number sits above a column of numbers (a feature's name, even among numeric names such as
-    pandas writes, ``0,1,...,label``), False when every field is a number, None when undecided (its words sit above
-    words only: a string label column)."""
+    pandas writes, ``0,1,...,label``), or when the names are pandas' for unnamed columns, ``0,1,...,k-1``, above a
+    row with a number written with a fraction or an exponent; False when every field is a number otherwise, None when
+    undecided (its words sit above words only: a string label column)."""
     words = [j for j, field in enumerate(first) if not _is_number(field)]
     if not words:
-        return False
+        unnamed = len(first) >= 2 and [field.strip() for field in first] == [str(j) for j in range(len(first))]
+        return unnamed and any(not re.fullmatch(r"\s*[+-]?\d+\s*", value) for row in rows for value in row)
     for j in words:
         column = [row[j] for row in rows if j < len(row)]
         if not column or all(_is_number(value) for value in column):
@@ -252,8 +293,8 @@ def _csv_problem(lines, n_columns, numbers):
     for number, fields in lines:
         if len(fields) != n_columns:
             return (
-                f"line {number} has {len(fields)} column{'s' if len(fields) != 1 else ''}, the first data line "
-                f"{n_columns} (every row must have as many columns as the first)"
+                f"line {number} has {len(fields)} column{'s' if len(fields) != 1 else ''} where the first data line "
+                f"has {n_columns} (every row must have as many columns as the first)"
             )
         for column in numbers:
             if not _is_number(fields[column]):

@@ -223,17 +223,39 @@ def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tm
 
 
 @pytest.mark.parametrize(
+    ("text", "names", "rows"),
+    [
+        ("# exported by a tool\n1,2,0\n4,5,1\n7,8,0\n", None, 3),  # a comment, not a header of one name
+        ("# exported by a tool\na,b,label\n1,2,0\n4,5,1\n", ["a", "b", "label"], 2),  # then the header
+        ("# a,b,label\n1,2,0\n4,5,1\n", ["a", "b", "label"], 2),  # np.savetxt's header
+        ("0,1,2\n0.5,1.5,0\n2.5,3.5,1\n", ["0", "1", "2"], 2),  # pandas' names of unnamed columns
+        ("0,1,2\n3,4,0\n5,6,1\n", None, 3),  # the same above integers: a data row, as it may be
+    ],
+)
+def test_load_csv_tells_comments_from_headers(tmp_path, text, names, rows):
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    X, y, found, _ = data.load_csv(path, return_names=True)
+    assert found == names and X.shape == (rows, 2) and y.shape == (rows,)
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "has no data rows"),
         ("\n \n", "has no data rows"),
         ("a,b,label\n", "a header line but no data rows"),
-        ("1,2,0\n3,4\n", r"line 2 has 2 columns, the first data line 3 \(every row must have as many columns"),
+        ("a,b,label\n1,2,3,0\n", r"its header line names 3 columns \('a', 'b', 'label'\) but its data rows have 4"),
+        ("a,b,c,label\n1,2,0\n", r"its header line names 4 columns .* but its data rows have 3"),
+        ("1,2,0\n3,4\n", r"line 2 has 2 columns where the first data line has 3 \(every row must have as many columns"),
         ("1,2,cat\n3,4,\n", r"line 2 has an empty label$"),
         # line numbers as an editor shows them: the header, blank lines and comments count
         ("a,b,label\n1,2,0\n\n# note\n3,x,1\n", r"line 5, column index 1: 'x' is not a number"),
-        ("a,b,label\n\n1,2,0\n3,4\n", r"line 4 has 2 columns, the first data line 3"),
-        ("a,b,label\n1,2,0\n3,4,5,6\n", r"line 3 has 4 columns, the first data line 3"),  # not its first 3 fields
+        ("a,b,label\n\n1,2,0\n3,4\n", r"line 4 has 2 columns where the first data line has 3"),
+        (
+            "a,b,label\n1,2,0\n3,4,5,6\n",
+            r"line 3 has 4 columns where the first data line has 3",
+        ),  # not its first 3 fields
         ("a,b,label\n1,2,\n\n3,4, \n", r"line 2 has an empty label \(2 empty labels in all\)$"),
         ("1\n2\n", "needs at least one feature column and a label column"),
     ],

@@ -621,7 +621,7 @@ BAD_COMMANDS = [
     (
         ["train", "--data", "ragged.csv"],
         1,
-        r"--data ragged\.csv: line 2 has 2 columns, the first data line 3 .*as many",
+        r"--data ragged\.csv: line 2 has 2 columns where the first data line has 3 .*as many",
     ),
     (
         ["train", "--data", "text_feature.csv"],
