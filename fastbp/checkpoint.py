@@ -33,6 +33,7 @@ by the next save or load of the same path.
 import hashlib
 import json
 import os
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -72,9 +73,21 @@ def save(net, path, optimizer=None, extras=None):
     """Write ``net`` (and ``optimizer``'s configuration, state and step count) to ``path`` atomically.
 
     path: str or os.PathLike; ``.npz`` is not appended. extras: optional dict of name -> array stored alongside
-    (for example input standardisation); on load they are in ``net.extras``. Returns the path written.
+    (for example input standardisation), with ``net.extras`` (the arrays a loaded checkpoint brought; a name in both
+    takes extras' array); on load they are in ``net.extras``. Returns the path written.
     """
+    from .optim import Optimizer
+
     path = os.fsdecode(path)
+    if optimizer is not None and not isinstance(optimizer, Optimizer):
+        raise TypeError(
+            f"optimizer must be a fastbp optimizer (fastbp.SGD, fastbp.Adam, ...) or None, got {optimizer!r}"
+        )
+    if extras is not None and not isinstance(extras, Mapping):
+        raise TypeError(f"extras must be a dict of name -> array or None, got {type(extras).__name__}")
+    extras = {**net.extras, **(extras or {})}
+    if not all(isinstance(name, str) for name in extras):
+        raise TypeError(f"extras' names must be strings, got {sorted(map(repr, extras))}")
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION),
@@ -102,7 +115,7 @@ def save(net, path, optimizer=None, extras=None):
         arrays["optimizer_state"] = (
             state if state is not None else np.zeros((optimizer.n_state, net.n_params), net.dtype)
         )
-    for name, value in (extras or {}).items():
+    for name, value in extras.items():
         value = np.asarray(value)
         if value.dtype.kind not in "biufcUS":  # object arrays would need pickle, which load refuses
             raise TypeError(f"extras[{name!r}] must be a numeric or string array, got dtype {value.dtype}")

@@ -274,11 +274,34 @@ def test_save_rejects_object_extras_and_missing_directories(tmp_path):
     net = fastbp.MLP([3, 2])
     with pytest.raises(TypeError, match=r"extras\['cfg'\]"):
         net.save(tmp_path / "m.npz", extras={"cfg": {"a": 1}})
+    with pytest.raises(TypeError, match="extras must be a dict of name -> array or None, got list"):
+        net.save(tmp_path / "m.npz", extras=[1, 2])
+    with pytest.raises(TypeError, match="extras' names must be strings"):
+        net.save(tmp_path / "m.npz", extras={1: np.zeros(2)})
+    with pytest.raises(TypeError, match="optimizer must be a fastbp optimizer"):
+        net.save(tmp_path / "m.npz", optimizer="adam")
     with pytest.raises(FileNotFoundError, match="does not exist"):
         net.save(tmp_path / "missing" / "m.npz")
     assert not list(tmp_path.iterdir())
     net.save(tmp_path / "m.npz")
     assert (tmp_path / "m.npz").stat().st_mode & 0o777 == 0o666 & ~_umask()
+
+
+def test_a_loaded_checkpoint_saved_again_keeps_its_extras(tmp_path):
+    # load, fine-tune, save: fastbp train's standardisation (x_mean, x_scale) must survive for fastbp predict
+    net = fastbp.MLP([3, 2], seed=0)
+    net.save(tmp_path / "a.npz", extras={"x_mean": np.arange(3.0), "classes": np.array(["cat", "dog"])})
+    loaded = fastbp.load(tmp_path / "a.npz")
+    loaded.save(tmp_path / "b.npz")
+    assert sorted(fastbp.load(tmp_path / "b.npz").extras) == ["classes", "x_mean"]
+    loaded.save(tmp_path / "c.npz", extras={"x_mean": np.ones(3), "note": np.array("tuned")})
+    again = fastbp.load(tmp_path / "c.npz").extras
+    np.testing.assert_array_equal(again["x_mean"], np.ones(3))  # the array given replaces the loaded one
+    assert again["classes"].tolist() == ["cat", "dog"] and str(again["note"]) == "tuned"
+    assert sorted(loaded.extras) == ["classes", "x_mean"]  # saving does not change the network's extras
+    del loaded.extras["classes"]
+    loaded.save(tmp_path / "d.npz")
+    assert sorted(fastbp.load(tmp_path / "d.npz").extras) == ["x_mean"]
 
 
 def _umask():
