@@ -460,6 +460,8 @@ def _check_usage(args):
                 f"--momentum applies to --optimizer momentum and nesterov, not {args.optimizer}: drop it, or choose "
                 "one of those"
             )
+        if args.optimizer == "nesterov" and args.momentum == 0.0:
+            raise UsageError("--optimizer nesterov needs --momentum > 0 (with 0 it is plain sgd: choose --optimizer sgd)")
         if args.matmul_precision == "bfloat16" and args.dtype != "float32":
             raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
         if args.matmul_precision == "bfloat16":

@@ -174,6 +174,7 @@ def test_a_plot_format_matplotlib_cannot_write_is_refused_before_the_work(comman
     [
         ["train", "--val-split", "1.5"],
         ["train", "--momentum", "1.5"],
+        ["train", "--optimizer", "nesterov", "--momentum", "0"],
         ["bench", "--profile", "--shapes", "S", "--dtypes", "bfloat16"],
         ["train", "--l2", "-1"],
         ["train", "--l2", "nan"],
