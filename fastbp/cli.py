@@ -384,12 +384,28 @@ def _wanted(path):
     return bool(path) and path.lower() != "none"
 
 
-def _check_outputs(*options):
+def _check_outputs(*options, inputs=()):
     """Raise OSError naming the option for an output path (pairs of option and path; None and 'none' skip) that
-    cannot be written (a missing or unwritable directory, a directory in its place), and RuntimeError for a --plot
-    without matplotlib: before the work, not after."""
+    cannot be written (a missing or unwritable directory, a directory in its place), a UsageError for an empty path,
+    two outputs that name one file or an output that names an input file (``inputs``: pairs of option and path),
+    and RuntimeError for a --plot without matplotlib: before the work, not after."""
     from . import _files
 
+    seen = {}
+    for option, path in [*inputs, *options]:
+        if path == "" and (option, path) in options:
+            raise UsageError(f"{option} is an empty file name: give a name, or none to write no file")
+        if not _wanted(path):
+            continue
+        key = os.path.realpath(os.fsdecode(path))
+        if key in seen and (option, path) in options:
+            other = seen[key]
+            if other not in dict(inputs):
+                what = f"names the same file as {other}"
+            else:
+                what = f"would overwrite {'the input ' if other.startswith('--') else ''}{other}"
+            raise UsageError(f"{option} {_path(path)} {what}: give each output its own file")
+        seen[key] = option
     for option, path in options:
         if _wanted(path):
             _files.check_writable(path, what=option)
@@ -461,7 +477,9 @@ def _check_usage(args):
                 "one of those"
             )
         if args.optimizer == "nesterov" and args.momentum == 0.0:
-            raise UsageError("--optimizer nesterov needs --momentum > 0 (with 0 it is plain sgd: choose --optimizer sgd)")
+            raise UsageError(
+                "--optimizer nesterov needs --momentum > 0 (with 0 it is plain sgd: choose --optimizer sgd)"
+            )
         if args.matmul_precision == "bfloat16" and args.dtype != "float32":
             raise UsageError("--matmul-precision bfloat16 needs --dtype float32 (the float32 master weights)")
         if args.matmul_precision == "bfloat16":
@@ -756,7 +774,12 @@ def _train(args, trainer_cls=None):
         _check_usage(args)
     if args.threads:
         fastbp.set_num_threads(args.threads)
-    _check_outputs(("--output", args.output), ("--plot", args.plot), ("--json", args.json))
+    _check_outputs(
+        ("--output", args.output),
+        ("--plot", args.plot),
+        ("--json", args.json),
+        inputs=(("--data", args.data), ("--labels", args.labels)),
+    )
     X, labels, where, hint = _training_data(args)
     classes, y = _classes(labels, where, hint)
     n = X.shape[0]
@@ -929,7 +952,10 @@ def _predict_rows(args, net):
 def cmd_predict(args):
     from . import _files
 
-    _check_outputs(("--output", args.output))
+    output = args.output if not _wanted(args.output) or args.output.endswith(".npy") else args.output + ".npy"
+    _check_outputs(
+        ("--output", output), inputs=(("the model", args.model), ("--data", args.data), ("--labels", args.labels))
+    )
     net = _load_model(args.model)
     classes = _model_classes(net, args.model)
     X, y, rows, kind, position = _predict_rows(args, net)

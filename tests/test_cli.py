@@ -122,6 +122,32 @@ def test_under_mpiexec_only_rank_0_tells_a_usage_error_or_the_help(monkeypatch, 
     assert cli.main(["train", "--epochs", "0"]) == 2 and "--epochs" in capsys.readouterr().err  # no launcher
 
 
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["train", "--data", "d.npz", "-o", "d.npz"], "--output d.npz would overwrite the input --data"),
+        (["train", "--data", "d.npz", "--json", "./d.npz"], "--json ./d.npz would overwrite the input --data"),
+        (["train", "-o", "same.npz", "--json", "same.npz"], "--json same.npz names the same file as --output"),
+        (["train", "--json", "c.png", "--plot", "c.png"], "--json c.png names the same file as --plot"),
+        (["train", "-o", ""], "--output is an empty file name: give a name, or none to write no file"),
+        (["predict", "m.npy", "-o", "m"], "--output m.npy would overwrite the model"),  # np.save adds .npy
+    ],
+)
+def test_an_output_that_would_overwrite_an_input_or_another_output_is_a_usage_error(
+    args, message, tmp_path, monkeypatch, capsys
+):
+    from fastbp import cli
+
+    monkeypatch.chdir(tmp_path)
+    np.savez(tmp_path / "d.npz", X=np.zeros((4, 64)), y=np.arange(4))
+    (tmp_path / "m.npy").write_bytes(b"model")
+    (tmp_path / "m.npz").write_bytes(b"model")
+    before = {p.name: p.read_bytes() for p in tmp_path.iterdir()}
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert {p.name: p.read_bytes() for p in tmp_path.iterdir()} == before  # nothing written, nothing trained
+
+
 def test_failures_exit_1_with_a_message(tmp_path):
     proc = run("train", "--data", str(tmp_path / "missing.npz"))
     assert proc.returncode == 1
