@@ -376,6 +376,15 @@ def load_idx(images_path, labels_path):
         raise err
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
+    if labels.dtype.kind == "f":  # IDX allows float labels: class indices only, as for the other formats
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        if bad.size:
+            err = ValueError(
+                f"{labels_path} holds labels that are not integers (label {bad[0]} is {float(labels[bad[0]])!r}): "
+                "class labels are integers (a regression target is not supported)"
+            )
+            err.filename = labels_path
+            raise err
     return images.reshape(images.shape[0], -1).astype(np.float64), labels.astype(np.int64).reshape(-1)
 
 

@@ -123,6 +123,12 @@ def test_load_idx_float_and_errors(tmp_path):
     with pytest.raises(ValueError, match=r"f\.idx must hold one label per image") as swapped:
         data.load_idx(tmp_path / "l.idx", tmp_path / "f.idx")
     assert swapped.value.filename == tmp_path / "f.idx"  # the labels file's fault (the command line's --labels)
+    _write_idx(tmp_path / "lf.idx", np.array([1.0, 2.5], dtype=np.float32), 0x0D)  # not class labels
+    with pytest.raises(ValueError, match=r"lf\.idx holds labels that are not integers \(label 1 is 2\.5\)") as floats:
+        data.load_idx(tmp_path / "f.idx", tmp_path / "lf.idx")
+    assert floats.value.filename == tmp_path / "lf.idx"
+    _write_idx(tmp_path / "li.idx", np.array([1.0, 2.0], dtype=np.float32), 0x0D)  # integers stored as floats
+    assert data.load_idx(tmp_path / "f.idx", tmp_path / "li.idx")[1].tolist() == [1, 2]
 
 
 def test_standardizer_takes_huge_finite_columns_without_overflow(rng):
