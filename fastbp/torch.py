@@ -31,9 +31,9 @@ or the GEMMs go to the BLAS that torch itself links (MKL in the x86 wheels; it r
 whichever was timed faster for the batch size (``_Engine.calibrate``); see "BLAS threads" below.
 
 Not supported: double backward (``create_graph=True``; a clear RuntimeError), devices other than the CPU, dtypes
-other than float32 and float64, ``torch.func`` transforms (vmap, grad, jacrev: a clear RuntimeError;
-``torch.func.functional_call`` works). ``torch.compile`` of a model that contains the module compiles the torch code
-around it; the module itself runs as one opaque call (a graph break).
+other than float32 and float64, ``torch.func`` transforms (vmap, grad, jacrev) and batched backward passes (a clear
+RuntimeError; ``torch.func.functional_call`` works), forward-mode AD. ``torch.compile`` of a model that contains the
+module compiles the torch code around it; the module itself runs as one opaque call (a graph break).
 """
 
 import ctypes
@@ -379,6 +379,13 @@ class _Engine:
         return tuple(grads)
 
 
+_NO_TRANSFORMS = (
+    "fastbp.torch.MLP does not support torch.func transforms (vmap, grad, jacrev, ...; functional_call works) nor a "
+    "batched backward (is_grads_batched, a vectorized jacobian): use the equivalent torch.nn.Sequential from "
+    "model.to_sequential()"
+)
+
+
 # --------------------------------------------------------------------------------------------- autograd function
 class _DenseStack(torch.autograd.Function):
     """All layers as one autograd node: inputs ``(X, engine, W0, b0, W1, b1, ...)``, output ``(n, n_out)``."""
@@ -402,6 +409,10 @@ class _DenseStack(torch.autograd.Function):
 
     @staticmethod
     def backward(ctx, G):
+        try:
+            G.data_ptr()
+        except RuntimeError:  # no storage: a batched backward (is_grads_batched, a vectorized jacobian), a transform
+            raise RuntimeError(_NO_TRANSFORMS) from None
         if torch.is_grad_enabled():
             raise RuntimeError(
                 "fastbp.torch.MLP does not support double backward (backward with create_graph=True, or "
@@ -608,7 +619,7 @@ class MLP(torch.nn.Module):
                 f"fastbp.torch.MLP computes in float32 or float64, its parameters are {sorted(map(str, dtypes))}"
             )
         if any(p.device.type != "cpu" for p in params):
-            raise ValueError("fastbp.torch.MLP runs on the CPU only; its parameters are on another device")
+            raise RuntimeError("fastbp.torch.MLP runs on the CPU only; its parameters are on another device")
         for p, shape in zip(params, engine.shapes, strict=True):
             if tuple(p.shape) != shape:
                 raise ValueError(f"a parameter of fastbp.torch.MLP has shape {tuple(p.shape)}, expected {shape}")
@@ -678,10 +689,7 @@ class MLP(torch.nn.Module):
         if torch.compiler.is_compiling():  # torch.compile: the compiled passes run as one opaque call (a graph break)
             return _eager_forward(self, X)
         if torch._C._are_functorch_transforms_active():
-            raise RuntimeError(
-                "fastbp.torch.MLP does not support torch.func transforms (vmap, grad, jacrev, ...; functional_call "
-                "works): use the equivalent torch.nn.Sequential from model.to_sequential()"
-            )
+            raise RuntimeError(_NO_TRANSFORMS)
         engine = self._engine
         params = tuple(self._parameters.values())
         if _param_key(params) != engine.key:
@@ -701,7 +709,7 @@ class MLP(torch.nn.Module):
             lead = X.shape[:-1]
             return self.forward(X.reshape(-1, n_in)).reshape(*lead, engine.sizes[-1])
         if not X.is_cpu:
-            raise ValueError(f"X must be on the CPU, got device {X.device}")
+            raise RuntimeError(f"X must be on the CPU, got device {X.device}")
         if not X.is_contiguous():
             X = X.contiguous()
         if torch.is_grad_enabled():

@@ -374,11 +374,14 @@ def test_double_backward_is_refused():
         lambda m, X: torch.func.vmap(m)(X.unsqueeze(0).expand(2, -1, -1)),
         lambda m, X: torch.func.grad(lambda x: m(x).sum())(X),
         lambda m, X: torch.func.jacrev(m)(X[0]),
+        lambda m, X: torch.autograd.functional.jacobian(m, X.requires_grad_(), vectorize=True),
+        lambda m, X: torch.autograd.grad(m(X.requires_grad_()), X, torch.ones(2, 5, 2), is_grads_batched=True),
     ],
-    ids=["vmap", "grad", "jacrev"],
+    ids=["vmap", "grad", "jacrev", "vectorized-jacobian", "batched-grads"],
 )
 def test_torch_func_transforms_are_refused_clearly(transform):
-    # not PyTorch's internal assert (the bridge calls the autograd Function's C++ apply, which skips torch's check)
+    # not PyTorch's internal assert (the bridge calls the autograd Function's C++ apply, which skips torch's check),
+    # nor "Cannot access data pointer" from a batched backward
     model = fbt.MLP([3, 4, 2], activation="tanh", seed=0)
     with pytest.raises(RuntimeError, match=r"does not support torch\.func transforms .*to_sequential"):
         transform(model, batch(5, 3, torch.float32, requires_grad=False))
@@ -759,8 +762,11 @@ def test_a_module_on_another_device_or_dtype_can_be_copied(convert):
     model = fbt.MLP([4, 6, 3], seed=0)
     moved = model.to("meta") if convert == "meta" else model.half()
     twin = copy.deepcopy(moved)
-    with pytest.raises((ValueError, TypeError), match=r"CPU|float16"):
+    with pytest.raises(RuntimeError if convert == "meta" else TypeError, match=r"CPU|float16"):
         twin(torch.zeros(2, 4))
+    if convert == "meta":  # an input on another device: torch's exception type for a device, as the guide says
+        with pytest.raises(RuntimeError, match="X must be on the CPU, got device meta"):
+            fbt.MLP([4, 6, 3], seed=0)(torch.zeros(2, 4, device="meta"))
     if convert == "half":
         back = twin.float()
         assert back._engine.flat_entry is not None
