@@ -491,6 +491,10 @@ def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
     :class:`Standardizer` (None when not standardising) when ``return_scaler``.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
+    if X.ndim != 2:
+        raise ValueError(f"X must be 2-D (n_samples, n_features), got shape {X.shape}")
+    if y.ndim not in (1, 2) or y.shape[0] != X.shape[0]:
+        raise ValueError(f"y must have one row per row of X ({X.shape[0]}), got shape {y.shape}")
     train, test = split_indices(X.shape[0], test_size, seed, stratification(y))
     X_train, X_test, y_train, y_test = X[train], X[test], y[train], y[test]
     scaler = None

@@ -139,7 +139,15 @@ class Trainer:
         self.batch_size = v.check_int(batch_size, "batch_size", minimum=1)
         self.seed = None if seed is None else v.check_int(seed, "seed", minimum=0)
         self.progress = bool(progress)
-        self.callbacks = list(callbacks)
+        try:
+            self.callbacks = None if callable(callbacks) else list(callbacks)
+        except TypeError:
+            self.callbacks = None
+        if self.callbacks is None or not all(callable(cb) for cb in self.callbacks):
+            raise TypeError(
+                "callbacks must be a sequence of callables callback(trainer, epoch, logs) (a list, even of one), got "
+                f"{callbacks!r}"
+            )
         self.early_stopping = bool(early_stopping)
         self.patience = v.check_int(patience, "patience", minimum=1)
         self.min_delta = v.check_float(min_delta, "min_delta", minimum=0.0)

@@ -498,6 +498,9 @@ MALFORMED = [
     ("save directory", lambda s: s["net"].save(s["dir"]), IsADirectoryError, "directory"),
     ("load matmul_precision", lambda s: fastbp.load(s["dir"] / "m.npz", matmul_precision="f16"), ValueError, "matmul"),
     ("prepare test_size", lambda s: fastbp.data.prepare(s["X"], s["y"], test_size=1.5), ValueError, "test_size"),
+    ("prepare y rows", lambda s: fastbp.data.prepare(s["X"], s["y"][:-1]), ValueError, r"one row per row of X"),
+    ("prepare 1-D X", lambda s: fastbp.data.prepare(s["X"][:, 0], s["y"]), ValueError, r"X must be 2-D"),
+    ("Trainer callbacks", lambda s: fastbp.Trainer(s["net"], callbacks=print), TypeError, "callbacks must be"),
     ("one_hot labels", lambda s: fastbp.data.one_hot([0, 7], n_classes=3), ValueError, "labels"),
     ("set_num_threads", lambda s: fastbp.set_num_threads(0), ValueError, r"\bn\b"),
 ]
