@@ -175,6 +175,9 @@ def test_diagnose_remedies_on_a_narrower_network_and_their_checks():
     assert all("delta" not in r for r in rem.values())  # only the compiled gradient for the layer options
     report = diagnose.report(result)
     assert "residual connections on hidden layers 2-3 (those that keep their width)" in report
+    # the plain network's own accuracy, not a claim that it does not learn
+    plain = rem["plain"]["test_accuracy"]
+    assert f"remedies for the sigmoid network above (plain: test accuracy {plain:.3f}, chance 1/10)" in report
     assert re.search(r"^test accuracy(\s+\d\.\d{3}){3}$", report, re.M)
     net = diagnose.plain_network("sigmoid", depth=2, width=8, n_in=8, norm="batch")
     assert diagnose.layer_norms(net, *make_batch(net, 6, np.random.default_rng(0)))["delta"] is None
