@@ -926,7 +926,11 @@ def _predict_rows(args, net):
             X, y, _, _, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
         else:
             (X, y), position = _load_data(args.data, args.labels, require_y=False), None
-        return X, y, f"the {len(X)} rows of {args.data}", kind, position
+        rows = f"the {len(X)} rows of {args.data}"
+        source = extras.get("data_source")
+        if source is not None and _same_file(str(source), args.data):
+            rows += f", the file {args.model} was trained on (training rows included: not a test accuracy)"
+        return X, y, rows, kind, position
     X, y = data.load_digits()
     source = extras.get("data_source")
     if source is not None and str(source) != "digits":
@@ -947,6 +951,14 @@ def _predict_rows(args, net):
         raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
     held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
     return X[rows], y[rows], held_out, "digits", None
+
+
+def _same_file(a, b):
+    """Whether paths a and b name one existing file."""
+    try:
+        return os.path.samefile(a, b)
+    except OSError:
+        return False
 
 
 def cmd_predict(args):

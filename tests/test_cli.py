@@ -226,6 +226,12 @@ def test_predict_on_unlabelled_data_and_a_missing_output_directory(tmp_path, rng
     )
     proc = run("predict", "m.npz", "--data", "unlabelled.csv", "--no-labels", cwd=tmp_path)
     assert proc.returncode == 0 and len(proc.stdout.split()) == 40
+    proc = run("predict", "m.npz", "--data", str(tmp_path / "train.csv"), cwd=tmp_path)  # the file it trained on
+    assert proc.returncode == 0 and re.fullmatch(
+        r"accuracy \d\.\d+ on the 40 rows of .*train\.csv, the file m\.npz was trained on \(training rows included: "
+        r"not a test accuracy\)\n",
+        proc.stderr,
+    )
     proc = run("predict", "m.npz", "--data", "unlabelled.npz", cwd=tmp_path)
     assert proc.returncode == 0 and len(proc.stdout.split()) == 40
     proc = run(

@@ -173,7 +173,8 @@ def _layer_forward(
         if residual:
             for j in range(m):
                 Z[i, j] += A_prev[i, j]
-        if twin:
+    if twin:  # a pass of its own, as in forward.py's _bias_activation
+        for i in range(n):
             _bf16_row(Z, Z16, i)
 
 
@@ -258,13 +259,13 @@ def _layer_backward(
             r1_, r2_ = like(r1, G), like(r2, G)
             for j in range(m):
                 G[i, j] = c * (mf * gamma[j] * G[i, j] - r1_ - XH[i, j] * r2_)
-        if norm != BATCH_NORM:
-            if with_grads:
-                for j in range(m):
-                    db[j] += G[i, j]
-            if twin:
-                _bf16_row(G, D16, i)
+        if norm != BATCH_NORM and with_grads:
+            for j in range(m):
+                db[j] += G[i, j]
     if norm != BATCH_NORM:
+        if twin:  # a pass of its own, as in forward.py's _bias_activation
+            for i in range(n):
+                _bf16_row(G, D16, i)
         return
     if with_grads:
         for j in range(m):
@@ -276,5 +277,6 @@ def _layer_backward(
         if with_grads:
             for j in range(m):
                 db[j] += G[i, j]
-        if twin:
+    if twin:
+        for i in range(n):
             _bf16_row(G, D16, i)
