@@ -74,7 +74,14 @@ class UsageError(ValueError):
 
 class _Parser(argparse.ArgumentParser):
     """argparse with one-line errors: ``fastbp train: error: argument --epochs: ... (see fastbp train --help)``,
-    the values it echoes shortened; exit code 2."""
+    the values it echoes shortened; exit code 2. An option's help gives its default where its text does not."""
+
+    def add_argument(self, *args, **kwargs):
+        action = super().add_argument(*args, **kwargs)
+        text = action.help or ""
+        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+            action.help = f"{text} (default {action.default})".strip()
+        return action
 
     def error(self, message):
         message = re.sub(r"'([^']{60,})'", lambda m: _short(m.group(1)), message)
