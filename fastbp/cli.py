@@ -79,7 +79,8 @@ class _Parser(argparse.ArgumentParser):
     def add_argument(self, *args, **kwargs):
         action = super().add_argument(*args, **kwargs)
         text = action.help or ""
-        if action.option_strings and action.default not in (None, False, argparse.SUPPRESS) and "default" not in text:
+        given = not any(action.default is v for v in (None, False, argparse.SUPPRESS))  # 0 is a default to show
+        if action.option_strings and given and "default" not in text:
             action.help = f"{text} (default {action.default})".strip()
         return action
 

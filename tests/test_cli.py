@@ -1,5 +1,6 @@
 """The fastbp command line, run as a user would (a subprocess)."""
 
+import argparse
 import json
 import os
 import re
@@ -93,6 +94,19 @@ _TRAINED_ON = r", the file {} was trained on \(training rows included: not a tes
 def test_help(command):
     proc = run(*command, "--help")
     assert proc.returncode == 0 and "usage: fastbp" in proc.stdout
+
+
+def test_help_gives_each_option_its_default(capsys):
+    from fastbp import cli
+
+    parser = cli.build_parser()
+    for command, sub in parser.commands.items():
+        for action in sub._actions:  # every option with a default says it (its own words or "(default X)")
+            if action.option_strings and not any(action.default is v for v in (None, False, argparse.SUPPRESS)):
+                assert "default" in (action.help or ""), (command, action.option_strings)
+    assert cli.main(["train", "--help"]) == 0
+    help_text = " ".join(capsys.readouterr().out.split())
+    assert "--epochs EPOCHS (default 40)" in help_text and "--seed SEED (default 0)" in help_text
 
 
 def test_info_reports_blas_and_threads():
