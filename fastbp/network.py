@@ -204,10 +204,11 @@ class MLP:
         "cross_entropy" (softmax; with a sigmoid output it is the binary cross-entropy), "binary_cross_entropy"
         (sigmoid), "squared_error" (``1/2 ||a - y||^2`` per sample, any output), or "poisson" (exp: the half
         Poisson deviance ``sum_j y log(y / a) - y + a`` per sample, scikit-learn's ``loss="poisson"``, for targets
-        y >= 0). "log_loss" (softmax; sigmoid: "binary_log_loss") is the cross-entropy whose value is computed as
-        scikit-learn's log-loss, from the probabilities clipped to ``[eps, 1 - eps]`` (eps: the dtype's machine
-        epsilon), so a confidently wrong row adds at most ``-log(eps)``; its gradient is the cross-entropy's, as
-        scikit-learn's (``fastbp.sklearn`` trains with it). None picks the canonical loss of the output:
+        y >= 0; a negative target is not refused, its loss is NaN, as in scikit-learn). "log_loss" (softmax;
+        sigmoid: "binary_log_loss") is the cross-entropy whose value is computed as scikit-learn's log-loss, from
+        the probabilities clipped to ``[eps, 1 - eps]`` (eps: the dtype's machine epsilon), so a confidently wrong
+        row adds at most ``-log(eps)``; its gradient is the cross-entropy's, as scikit-learn's (``fastbp.sklearn``
+        trains with it). None picks the canonical loss of the output:
         cross-entropy for softmax and sigmoid, Poisson for exp, squared error otherwise.
     l2 : float, default 0.0
         Penalty ``l2 / 2 * sum(W**2)`` over the weights (not the biases), added to the mean loss.
