@@ -176,6 +176,7 @@ def _csv_format(path, delimiter, skip_header):
     def fields(text):
         return next(csv.reader([text.strip().lstrip("#").strip()], delimiter=delimiter))
 
+    header_given = skip_header is not None
     if skip_header is None:
         if not head:
             _no_rows(path, comments)
@@ -189,18 +190,16 @@ def _csv_format(path, delimiter, skip_header):
                 header = (comments[-1][0], candidate)
         skip_header = 0 if header is None else header[0] + 1
         names = None if header is None else [name.strip() for name in header[1]]
-    else:
-        first = (comments + head)[:1]
-        names = (
-            [name.strip() for name in fields(first[0][1])]
-            if skip_header and first and first[0][0] < skip_header
-            else None
-        )
+    else:  # the names: the last line skipped, when it names as many columns as the data has
+        before = [line for number, line in comments + head if number < skip_header]
+        names = [name.strip() for name in fields(before[-1])] if before else None
     data_lines = [line for number, line in head if number >= skip_header]
     if not data_lines:
         _no_rows(path, comments + head)
     n_columns = len(fields(data_lines[0]))
-    if names is not None and len(names) != n_columns:
+    if names is not None and len(names) != n_columns and header_given:
+        names = None  # a title or a comment, not a header
+    elif names is not None and len(names) != n_columns:
         raise ValueError(
             f"{path}: its header line names {len(names)} columns ({_shown(names)}) but its data rows have {n_columns}"
         )

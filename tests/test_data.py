@@ -246,6 +246,21 @@ def test_load_csv_tells_comments_from_headers(tmp_path, text, names, rows):
 
 
 @pytest.mark.parametrize(
+    ("text", "skip", "names"),
+    [
+        ("# a comment\n1,2,0\n3,4,1\n", 1, None),  # skipped, and not a header: no names
+        ("# a comment\nx,y,label\n1,2,0\n3,4,1\n", 2, ["x", "y", "label"]),  # the last line skipped names them
+        ("# x,y,label\n1,2,0\n3,4,1\n", 1, ["x", "y", "label"]),
+    ],
+)
+def test_load_csv_with_header_lines_given_names_the_columns_from_the_last_one(tmp_path, text, skip, names):
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    X, y, found, _ = data.load_csv(path, skip_header=skip, return_names=True)
+    assert found == names and X.shape[1] == 2 and y.tolist()[-1] == 1
+
+
+@pytest.mark.parametrize(
     ("text", "message"),
     [
         ("", "has no data rows"),
