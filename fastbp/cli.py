@@ -392,11 +392,12 @@ def _wanted(path):
     return bool(path) and path.lower() != "none"
 
 
-def _check_outputs(*options, inputs=()):
+def _check_outputs(*options, inputs=(), names_only=False):
     """Raise OSError naming the option for an output path (pairs of option and path; None and 'none' skip) that
     cannot be written (a missing or unwritable directory, a directory in its place), a UsageError for an empty path,
     two outputs that name one file or an output that names an input file (``inputs``: pairs of option and path),
-    and RuntimeError for a --plot without matplotlib: before the work, not after."""
+    and RuntimeError for a --plot without matplotlib: before the work, not after. ``names_only``: the checks of the
+    names alone, not of the file system (every rank of an MPI run makes them; rank 0 alone writes)."""
     from . import _files
 
     seen = {}
@@ -405,7 +406,10 @@ def _check_outputs(*options, inputs=()):
             raise UsageError(f"{option} is an empty file name: give a name, or none to write no file")
         if not _wanted(path):
             continue
-        key = os.path.realpath(os.fsdecode(path))
+        name = os.fsdecode(path)
+        if option == "--plot" and not os.path.splitext(name)[1]:
+            name += ".png"  # as _files.save_figure writes it
+        key = os.path.realpath(name)
         if key in seen and (option, path) in options:
             other = seen[key]
             if other not in dict(inputs):
@@ -416,7 +420,8 @@ def _check_outputs(*options, inputs=()):
         seen[key] = option
     for option, path in options:
         if _wanted(path):
-            _files.check_writable(path, what=option)
+            if not names_only:
+                _files.check_writable(path, what=option)
             if option == "--plot":  # matplotlib (the plot extra) is there and writes this format: said now
                 from .plot import pyplot
 
@@ -770,6 +775,15 @@ def cmd_train(args):
     return _train(args)
 
 
+def _train_outputs(args):
+    """The output options of fastbp train, as :func:`_check_outputs` takes them (None for an option args lacks)."""
+    return tuple((f"--{name}", getattr(args, name, None)) for name in ("output", "plot", "json"))
+
+
+def _train_inputs(args):
+    return tuple((f"--{name}", getattr(args, name, None)) for name in ("data", "labels"))
+
+
 def _train(args, trainer_cls=None):
     start = time.perf_counter()
     import fastbp
@@ -782,12 +796,7 @@ def _train(args, trainer_cls=None):
         _check_usage(args)
     if args.threads:
         fastbp.set_num_threads(args.threads)
-    _check_outputs(
-        ("--output", args.output),
-        ("--plot", args.plot),
-        ("--json", args.json),
-        inputs=(("--data", args.data), ("--labels", args.labels)),
-    )
+    _check_outputs(*_train_outputs(args), inputs=_train_inputs(args))
     X, labels, where, hint = _training_data(args)
     classes, y = _classes(labels, where, hint)
     n = X.shape[0]
@@ -861,7 +870,7 @@ def _train(args, trainer_cls=None):
         # what fastbp predict needs: the standardisation, the original labels, where the data came from and which
         # rows were held out (predict without --data scores those of the digits)
         extras = {"x_mean": scaler.mean_, "x_scale": scaler.scale_, "classes": classes, "test_rows": test_rows}
-        extras["data_source"] = np.array("digits" if args.data is None else args.data)
+        extras["data_source"] = np.array("digits" if args.data is None else os.path.abspath(args.data))
         if _data_kind(args.data, args.labels) == "csv":
             extras["label_column"] = np.array(-1 if args.label_column is None else args.label_column)
         trainer.save(args.output, extras=extras)
@@ -1246,7 +1255,8 @@ def main(argv=None):
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     # every rank of an mpiexec run parses the same options: rank 0 alone tells a usage error (and --help)
-    quiet = "--distributed" in argv and _launcher_rank() not in (None, 0)
+    distributed = any(len(a) > 3 and "--distributed".startswith(a) for a in argv)  # argparse takes "--distrib"
+    quiet = distributed and _launcher_rank() not in (None, 0)
     try:
         if quiet:
             with contextlib.redirect_stdout(io.StringIO()), contextlib.redirect_stderr(io.StringIO()):

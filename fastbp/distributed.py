@@ -874,6 +874,10 @@ def run_cli(train, args):
         if args.threads is None:
             args.threads = threads_per_rank(comm)
         if rank != 0:  # the progress bar shows on rank 0 only (Trainer)
+            from .cli import _check_outputs, _train_inputs, _train_outputs
+
+            # the usage errors of the output names, which rank 0 finds in train, found here too: told by rank 0
+            _check_outputs(*_train_outputs(args), inputs=_train_inputs(args), names_only=True)
             args.plot = args.json = None
             sys.stdout = open(os.devnull, "w")  # lives as long as the process
             warnings.simplefilter("ignore")  # every rank reads the same data and options: rank 0 tells the warnings

@@ -136,6 +136,8 @@ def test_under_mpiexec_only_rank_0_tells_a_usage_error_or_the_help(monkeypatch, 
         out, err = capsys.readouterr()
         assert code == (0 if args == ["--help"] else 2)
         assert bool(out + err) == told, (rank, out, err)
+    monkeypatch.setenv(variable, "1")
+    assert cli.main(["train", "--distrib", "--epochs", "0"]) == 2 and capsys.readouterr() == ("", "")  # abbreviated
     monkeypatch.delenv(variable)
     assert cli.main(["train", "--epochs", "0"]) == 2 and "--epochs" in capsys.readouterr().err  # no launcher
 
@@ -147,6 +149,7 @@ def test_under_mpiexec_only_rank_0_tells_a_usage_error_or_the_help(monkeypatch, 
         (["train", "--data", "d.npz", "--json", "./d.npz"], "--json ./d.npz would overwrite the input --data"),
         (["train", "-o", "same.npz", "--json", "same.npz"], "--json same.npz names the same file as --output"),
         (["train", "--json", "c.png", "--plot", "c.png"], "--json c.png names the same file as --plot"),
+        (["train", "-o", "run.png", "--plot", "run"], "--plot run names the same file as --output"),  # adds .png
         (["train", "-o", ""], "--output is an empty file name: give a name, or none to write no file"),
         (["predict", "m.npy", "-o", "m"], "--output m.npy would overwrite the model"),  # np.save adds .npy
     ],

@@ -179,6 +179,15 @@ def test_cli_usage_errors_and_warnings_are_told_once_by_rank_0(tmp_path):
     proc, _ = mpirun([*launcher, "train", "--distributed", *options], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     assert proc.stderr.count("fastbp train: warning: batch_size=5000 is larger than") == 1, proc.stderr
+    for outputs, message in (
+        (["-o", "same.npz", "--json", "same.npz"], "--json same.npz names the same file as --output"),
+        (["--json", "run.png", "--plot", "run"], "--json run.png names the same file as --plot"),  # plots add .png
+        (["--epochs", "0"], "argument --epochs: must be >= 1, got 0"),  # found while parsing
+    ):
+        proc, seconds = mpirun([*launcher, "train", "--distributed", *outputs], cwd=tmp_path, timeout=60)
+        assert proc.returncode == 2 and seconds < 30, proc.stderr  # every rank ends: none waits in a collective
+        assert message in proc.stderr and proc.stderr.count("fastbp train: error") == 1, proc.stderr  # told once
+    assert not (tmp_path / "same.npz").exists() and not (tmp_path / "run.png").exists()  # nothing written
 
 
 @needs_mpi
