@@ -6,7 +6,8 @@ loop over the hidden layers that every pass runs (training, evaluation, predicti
 output layer's epilogue is the caller's: the plain one (:func:`_forward_into`) or the one fused with the loss.
 
 In bfloat16 matmul precision the GEMMs read bfloat16 twins of their operands (gemm.py): the epilogue writes the
-twin of each hidden activation ``A16`` in the same pass, and the input's twin is made once at the start. In the
+twin of each hidden activation ``A16`` in a second pass over the block it has just written (a branch in the first
+pass slowed it), and the input's twin is made once at the start. In the
 dtype's own precision every twin is an empty (0-row) view and is never touched.
 """
 

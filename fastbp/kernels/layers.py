@@ -18,7 +18,8 @@ The forward epilogue takes two passes over Z (the batch statistics, then normali
 residual add in one pass; layer norm's row statistics are taken row by row). The backward epilogue goes from the
 gradient of the layer's output ``dA`` (the GEMM ``delta_above @ W_above.T``, plus the gradient of the layer above
 through its own residual connection) to ``delta = dC/dZ``, with the gradients of gamma, beta and b in the same passes:
-two passes for batch norm (the column sums of dN and dN x_hat, then delta), one otherwise.
+two passes for batch norm (the column sums of dN and dN x_hat, then delta), one otherwise. In bfloat16 matmul
+precision each epilogue then writes the twin of its result in a pass of its own.
 
 What the backward pass needs is kept in an auxiliary workspace (layout.py ``_aux_views``): H when it differs from A,
 x_hat and the inverse standard deviations of a normalized layer.
