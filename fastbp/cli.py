@@ -952,8 +952,8 @@ def _predict_rows(args, net):
     source = extras.get("data_source")
     if source is not None and str(source) != "digits":
         raise UsageError(
-            f"{args.model} was trained on {_path(str(source))}, not on the embedded digits: give the rows to predict "
-            "with --data"
+            f"{args.model} was trained on {_path(_shown(str(source)))}, not on the embedded digits: give the rows to "
+            "predict with --data"
         )
     if net.n_in != X.shape[1]:
         raise UsageError(
@@ -968,6 +968,12 @@ def _predict_rows(args, net):
         raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
     held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
     return X[rows], y[rows], held_out, "digits", None
+
+
+def _shown(path):
+    """A recorded absolute path as a message shows it: relative to the working directory when it lies under it."""
+    relative = os.path.relpath(path) if os.path.isabs(path) else path
+    return path if relative.startswith(os.pardir) else relative
 
 
 def _same_file(a, b):
