@@ -790,7 +790,7 @@ def _train(args, trainer_cls=None):
 
     from . import _files, data
     from .network import _SingleRowBatch
-    from .trainer import _ValidationSplitError
+    from .trainer import DivergenceError, _ValidationSplitError
 
     if trainer_cls is not None:  # fastbp train --distributed: checked on every rank, told by rank 0 (run_cli)
         _check_usage(args)
@@ -848,6 +848,12 @@ def _train(args, trainer_cls=None):
         )
     except _ValidationSplitError as err:
         raise UsageError(str(err).replace("validation_split=", "--val-split ", 1)) from None
+    except DivergenceError as err:  # the advice in the command line's options; the type kept for run_cli
+        clip = trainer.optimizer.clip_norm
+        clip = f"a smaller --clip-norm (now {clip:g})" if clip else "give --clip-norm"  # 0: none
+        summary = err.summary.replace(" of this call", "")
+        err.args = (f"{summary} Nothing was saved. Lower --lr (now {trainer.optimizer.lr:g}) or {clip}.",)
+        raise
     except _SingleRowBatch as err:  # the trainer's rows (after --val-split) in batches of --batch-size
         if err.split is None:
             raise

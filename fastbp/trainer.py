@@ -304,11 +304,13 @@ class Trainer:
         # The parameters go back to the last finite step; the optimizer's state (velocity, moments, step count)
         # was built by the diverging run, so it is reset too: a retry with a lower rate starts clean.
         self.optimizer.reset()
-        raise DivergenceError(
-            f"training diverged {where}: {what} after {steps} steps of this call{last}. The network keeps the "
-            "parameters of the last step whose loss was finite, and the optimizer state was reset. Lower the "
-            f"learning rate (now {self.optimizer.lr:g}) or set clip_norm."
+        summary = f"training diverged {where}: {what} after {steps} steps of this call{last}."
+        err = DivergenceError(
+            f"{summary} The network keeps the parameters of the last step whose loss was finite, and the optimizer "
+            f"state was reset. Lower the learning rate (now {self.optimizer.lr:g}) or set clip_norm."
         )
+        err.summary = summary  # what happened, without the advice in Python's terms (the command line gives its own)
+        raise err
 
     def _max_loss(self, data):
         """Loss limit for divergence: divergence_factor x the loss (at least 1) on up to

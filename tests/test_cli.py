@@ -178,6 +178,9 @@ def test_failures_exit_1_with_a_message(tmp_path):
     assert proc.returncode == 1 and "expected a fastbp checkpoint" in proc.stderr
     proc = run("train", "--lr", "1e6", "--optimizer", "sgd", "--epochs", "3", "--output", "none")
     assert proc.returncode == 1 and "diverged" in proc.stderr
+    assert "Lower --lr (now 1e+06) or give --clip-norm." in proc.stderr  # the options, not Python's parameters
+    proc = run("train", "--lr", "1e6", "--clip-norm", "5", "--optimizer", "sgd", "--epochs", "3", "-o", "none")
+    assert proc.returncode == 1 and "or a smaller --clip-norm (now 5)." in proc.stderr, proc.stderr
 
 
 def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys, tmp_path):
