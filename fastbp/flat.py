@@ -29,12 +29,18 @@ class FlatObjective:
     (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.
     The passes are those of :meth:`MLP.value_and_grad` (training mode, no dropout; batch norm's running statistics
     are not updated: see :func:`fastbp.reference.batch_statistics`). The data attributes ``X``, ``Y2d``,
-    ``labels`` and ``sw``, and ``net``, are read-only.
+    ``labels`` and ``sw``, and ``net``, are read-only. ``X``, ``Y`` (targets) and ``sample_weight`` are kept by
+    reference when they already have the network's dtype and are C-contiguous: a later change to them changes the
+    objective and is not checked again. Class labels are copied.
     """
 
     def __init__(self, net, X, Y, sample_weight=None):
         self._net = net
         self._X, self._Y2d, self._labels = net.check_batch(X, Y)
+        # Labels index the outputs in compiled code: a copy of its own, read-only, so that a label changed in the
+        # caller's array after this check cannot reach outside the buffers.
+        self._labels = self._labels.copy()
+        self._labels.flags.writeable = False
         net._check_batch_norm_rows(self._X.shape[0])
         self._sw = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype)
         self._grad = np.empty(net.n_params, dtype=net.dtype)

@@ -653,7 +653,8 @@ class MLP:
             Inputs; converted once to the network's dtype if needed.
         Y : array (n, n_out), or (n,) integer class labels for a softmax output
         out : ndarray (n_params,) of the network's dtype, optional
-            Gradient buffer written in place (nothing is allocated). Default: a new array.
+            Gradient buffer written in place (nothing is allocated); it must not share memory with ``params``, X, Y
+            or ``sample_weight`` (a ValueError). Default: a new array.
         accumulate : bool, default False
             Add the gradient into ``out`` instead of overwriting it (micro-batches).
         scale : float, default 1.0
@@ -708,6 +709,9 @@ class MLP:
             v.check_out(out, self.n_params, self.dtype)
             if np.shares_memory(out, self._params):
                 raise ValueError("out must not share memory with net.params (the gradient would overwrite them)")
+            for name, a in (("X", X), ("Y", Y2d), ("Y", labels), ("sample_weight", sw)):
+                if a.size and np.shares_memory(out, a):
+                    raise ValueError(f"out must not share memory with {name} (the gradient would overwrite it)")
         return self._value_and_grad_checked(X, Y2d, labels, sw, out, accumulate, scale), out
 
     def _value_and_grad_checked(self, X, Y2d, labels, sw, out, accumulate=False, scale=1.0):

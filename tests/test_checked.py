@@ -119,6 +119,22 @@ def test_a_flat_objectives_data_cannot_be_replaced(rng):
     assert objective(theta)[0] == copy.deepcopy(net).value_and_grad(X, y)[0]
 
 
+def test_a_label_changed_after_a_flat_objective_is_built_does_not_reach_it(rng):
+    # the labels index the outputs in compiled code: one set out of range in the caller's array read outside the
+    # buffers (a segmentation fault at 10**12); the objective keeps a read-only copy
+    net = fastbp.MLP([6, 9, 4], dtype="float64", seed=0)
+    X, y = _batch("softmax", 4, "float64", rng)
+    y = y.astype(np.int64)
+    objective = fastbp.FlatObjective(net, X, y)
+    theta = net.params.astype(np.float64)
+    expected = objective(theta)
+    y[:] = 10**12
+    loss, g = objective(theta)
+    assert loss == expected[0]
+    np.testing.assert_array_equal(g, expected[1])
+    assert not objective.labels.flags.writeable and not np.shares_memory(objective.labels, y)
+
+
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
 def test_a_flat_objective_refuses_theta_it_cannot_cast_exactly_as_the_python_checks(dtype, rng):
     net = fastbp.MLP([6, 9, 4], dtype=dtype, seed=0)

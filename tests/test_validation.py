@@ -185,6 +185,33 @@ def test_out_may_not_alias_params_and_flags_must_be_booleans(rng):
         net.set_trainable(0, "False")
 
 
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_out_may_not_alias_the_batch(rng, dtype):
+    # the backward pass reads X after it has written gradients: a buffer shared by both gave a wrong gradient
+    net = fastbp.MLP([5, 7, 3], activation="tanh", dtype=dtype, seed=0)
+    X, y = make_batch(net, 8, rng)
+    Y = np.eye(3)[y]
+    params = net.params.copy()
+    for name, (Xb, Yb, swb) in {"X": (0, 1, None), "Y": (1, 0, None), "sample_weight": (1, 1, 0)}.items():
+        buf = np.zeros(net.n_params + 20, dtype)
+        out = buf[: net.n_params]
+        tail = buf[-40:]  # overlaps the last entries of out
+        Xv = tail.reshape(8, 5) if Xb == 0 else X.astype(dtype)
+        Yv = tail[:24].reshape(8, 3) if Yb == 0 else Y.astype(dtype)
+        sw = tail[:8] if swb == 0 else None
+        Xv[...], Yv[...] = X, Y
+        if sw is not None:
+            sw[...] = 1.0
+        with pytest.raises(ValueError, match=f"out must not share memory with {name} "):
+            net.value_and_grad(Xv, Yv, out=out, sample_weight=sw)
+    size = net.n_params * np.dtype(dtype).itemsize  # class labels (int64) in the bytes of out's tail
+    raw = np.zeros(size + 32, np.uint8)
+    out, labels = raw[:size].view(dtype), raw[size - 32 :].view(np.int64)
+    with pytest.raises(ValueError, match="out must not share memory with Y "):
+        net.value_and_grad(X.astype(dtype), labels, out=out)
+    np.testing.assert_array_equal(net.params, params)
+
+
 def test_inputs_that_do_not_fit_the_dtype_or_are_malformed(rng):
     net = fastbp.MLP([2, 3])
     with pytest.raises(ValueError, match="too large for float32"):

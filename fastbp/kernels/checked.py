@@ -186,6 +186,12 @@ def _table_parts(p_table):
 
 
 @leaf
+def _overlap(a, a_bytes, b, b_bytes):
+    """Whether the byte ranges [a, a + a_bytes) and [b, b + b_bytes) meet: np.shares_memory of contiguous arrays."""
+    return a_bytes > 0 and b_bytes > 0 and a < b + b_bytes and b < a + a_bytes
+
+
+@leaf
 def _chunk_fits(t, n):
     """Whether the workspace is as large as a pass over n rows in chunks makes it (``MLP._reserve_chunks``)."""
     return t[CAPACITY] >= min(n, t[CHUNK_ROWS])
@@ -196,8 +202,8 @@ def _value_and_grad_checked_entry(marker, p_table, x, y, out, sw, l2, scale, acc
     """``MLP.value_and_grad`` after the Python layer's checks of ``scale`` (a float >= 0) and ``accumulate`` (0 or 1):
     returns (status, loss); with OK, loss and gradient as :func:`~fastbp.kernels.drivers._value_and_grad` (NumPy:
     as there) of the batch at x, y, sw (see :func:`_checked_batch`) into the gradient array at ``out`` (a writeable
-    C-contiguous (n_params,) array of the dtype that does not overlap the parameters); with CHECK nothing is written.
-    Not thread-safe (the network's workspace)."""
+    C-contiguous (n_params,) array of the dtype that overlaps neither the parameters nor the batch); with CHECK
+    nothing is written. Not thread-safe (the network's workspace)."""
     t, network, workspace = _table_parts(p_table)
     ok, batch = _checked_batch(t, x, y, sw, marker, True)
     p_out, ndim, rows, _, flags, descr = _object(t, out)
@@ -206,8 +212,13 @@ def _value_and_grad_checked_entry(marker, p_table, x, y, out, sw, l2, scale, acc
         return CHECK, 0.0
     if not _contiguous(t, flags) or (flags & t[OBJECT + _WRITEABLE]) == 0:
         return CHECK, 0.0
-    size = n_params * _array1d(p_out, 0, marker).itemsize
-    if p_out < network[0] + size and network[0] < p_out + size:  # np.shares_memory of two contiguous arrays
+    item = _array1d(p_out, 0, marker).itemsize
+    size = n_params * item
+    if _overlap(p_out, size, network[0], size) or _overlap(p_out, size, batch[0], batch[1] * batch[2] * item):
+        return CHECK, 0.0  # out shares memory with the parameters, or with X, which the backward pass reads
+    if _overlap(p_out, size, batch[3], batch[4] * batch[5] * item) or _overlap(p_out, size, batch[6], batch[7] * 8):
+        return CHECK, 0.0
+    if _overlap(p_out, size, batch[8], batch[9] * item):
         return CHECK, 0.0
     zero = np.int64(0)
     run = (np.int64(1), zero, zero, t[SEED], zero)
