@@ -517,6 +517,16 @@ class MLP:
         self.extras = state["extras"]
 
     @property
+    def dropout_seed(self):
+        """The seed of the dropout masks (an int in [0, 2**63)): the initialisation's ``seed`` by default. Setting
+        it takes a non-negative integer, reduced modulo 2**63 as the constructor reduces its seed."""
+        return self._dropout_seed
+
+    @dropout_seed.setter
+    def dropout_seed(self, value):
+        self._dropout_seed = v.check_int(value, "dropout_seed", minimum=0) % 2**63
+
+    @property
     def _has_options(self):
         """Whether a hidden layer has normalization, a residual connection or dropout."""
         return any(self.norms) or any(self.residuals) or any(self.dropouts)

@@ -212,6 +212,17 @@ def test_out_may_not_alias_the_batch(rng, dtype):
     np.testing.assert_array_equal(net.params, params)
 
 
+def test_dropout_seed_is_checked_when_set():
+    # it reaches compiled code as an int64: a float compiled a new specialization, a string gave Numba's typing error
+    net = fastbp.MLP([3, 4, 2], dropout=0.1, seed=1)
+    for value, error in ((1.5, TypeError), ("abc", TypeError), (None, TypeError), (True, TypeError), (-1, ValueError)):
+        with pytest.raises(error, match="dropout_seed"):
+            net.dropout_seed = value
+    assert net.dropout_seed == 1
+    net.dropout_seed = np.uint64(2**63 + 5)  # reduced as the constructor reduces its seed
+    assert net.dropout_seed == 5 and type(net.dropout_seed) is int
+
+
 def test_inputs_that_do_not_fit_the_dtype_or_are_malformed(rng):
     net = fastbp.MLP([2, 3])
     with pytest.raises(ValueError, match="too large for float32"):
