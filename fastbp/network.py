@@ -611,6 +611,15 @@ class MLP:
             self._table[_checked.CAPACITY] = n
             self._table[_checked.CHUNK_ROWS] = _tuning.CHUNK_ROWS
 
+    def _trim_workspace(self):
+        """Shrink a workspace that a batch of more than ``_tuning.CHUNK_ROWS`` rows grew back to that size (what
+        ``predict`` and ``evaluate`` need): for holders that keep the network after training (scikit-learn's
+        estimators, whose L-BFGS fit takes the whole data set as one batch)."""
+        with self._lock:
+            if self._capacity > _tuning.CHUNK_ROWS:
+                self._capacity = 0
+                self._reserve(_tuning.CHUNK_ROWS)
+
     def _reserve_chunks(self, n):
         """Make the workspace hold a chunk of a pass over n rows that runs in chunks (predict, evaluate): all n rows,
         or at least ``_tuning.CHUNK_ROWS`` (more if it already holds more), so memory stays bounded."""

@@ -266,7 +266,9 @@ class _FastbpMixin:
         they are not (scikit-learn's initialisation, a user's assignment, unpickling, early stopping's copies),
         their values are copied into the buffer. The network is rebuilt when the architecture or dtype changed, and,
         for a fit (``for_fit``), whenever ``coefs_`` are not already its views: a new fit must not write into
-        arrays handed out by an earlier fit, nor into a network shared with a (shallow) copy of the estimator.
+        arrays handed out by an earlier fit, nor into a network shared with a (shallow) copy of the estimator. For
+        the same reason a network whose views were handed out as ``coefs_`` is never written with other arrays'
+        values: assigned ``coefs_`` get a network of their own.
         """
         if self.out_activation_ not in _OUTPUT:
             raise ValueError(
@@ -284,6 +286,7 @@ class _FastbpMixin:
             or net.loss != loss
             or net.activations != (_HIDDEN[self.activation],) * (len(sizes) - 2)
             or (for_fit and not self._is_bound(net))
+            or (getattr(net, "_handed_out", False) and not self._is_bound(net))
         ):
             net = MLP(sizes, activation=_HIDDEN[self.activation], output=output, loss=loss, dtype=dtype, seed=0)
             self._fastbp_net = net
@@ -324,6 +327,7 @@ class _FastbpMixin:
         """Make ``coefs_``/``intercepts_`` views into the network's buffer (what the kernels update)."""
         self.coefs_ = list(net.coefs)
         self.intercepts_ = list(net.intercepts)
+        net._handed_out = True  # its buffer is the user's coefs_ now: see _fastbp_network
 
     def _targets(self, y):
         """scikit-learn's 2-D targets as the kernels take them: int64 class labels for softmax, else an array."""
@@ -343,6 +347,14 @@ class _FastbpMixin:
         net = self._fastbp_network()
         # computed in the model's dtype; returned in NumPy's promotion of X's and the model's (scikit-learn's)
         return net.predict(X).astype(np.result_type(X.dtype, net.dtype), copy=False)
+
+    def _fit(self, *args, **kwargs):
+        try:
+            return super()._fit(*args, **kwargs)
+        finally:  # a fitted estimator keeps its network: not a workspace sized to a large batch
+            net = getattr(self, "_fastbp_net", None)
+            if net is not None:
+                net._trim_workspace()
 
     # ------------------------------------------------------------------ stochastic solvers
     def _new_optimizer(self, net):

@@ -392,6 +392,53 @@ def test_refits_and_shallow_copies_do_not_write_into_earlier_arrays(digits):
     assert not np.array_equal(P1, P0)
 
 
+@pytest.mark.parametrize("solver", ["adam", "lbfgs"])
+def test_assigned_coefs_do_not_write_into_the_fitted_arrays(digits, solver):
+    """Assigning coefs_ and predicting leaves the arrays of the fit alone (fastbp's fitted coefs_ are views into its
+    network, into which a predict copied the assigned values): prune, predict, restore gives scikit-learn's scores."""
+    import copy
+
+    X, y = digits
+    scores = []
+    for cls in (MLPClassifier, skl.MLPClassifier):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = cls(hidden_layer_sizes=(16,), max_iter=20, random_state=0, solver=solver).fit(X, y)
+        saved, P = list(model.coefs_), model.predict_proba(X)
+        model.coefs_ = [w * (np.abs(w) > 0.2) for w in saved]
+        model.intercepts_ = [np.zeros_like(b) for b in model.intercepts_]
+        pruned = model.score(X, y)
+        model.coefs_ = saved
+        restored = model.score(X, y)
+        twin = copy.copy(model)
+        twin.coefs_ = [w * 0.5 for w in model.coefs_]
+        twin.predict_proba(X)
+        scores.append((pruned, restored, model.predict_proba(X)))
+    assert scores[0][:2] == scores[1][:2]
+    assert rel_err(scores[0][2], scores[1][2]) <= SKLEARN_RTOL["float64"]
+    assert not np.array_equal(scores[0][2], P)  # the intercepts stayed zero: the restore is of coefs_ only
+
+
+@pytest.mark.parametrize("solver", ["lbfgs", "adam"])
+def test_a_fitted_estimator_does_not_keep_a_workspace_sized_to_its_batch(solver):
+    # L-BFGS takes the whole set as one batch: 100000 rows kept 822 MB of workspace in the fitted estimator
+    from fastbp import _tuning
+
+    rng = np.random.default_rng(0)
+    X = rng.standard_normal((3 * _tuning.CHUNK_ROWS, 4))
+    model = MLPRegressor(hidden_layer_sizes=(8,), solver=solver, batch_size=len(X), max_iter=2, random_state=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        model.fit(X, X[:, 0])
+    net = model._fastbp_net
+    assert net._capacity == _tuning.CHUNK_ROWS and net._acts.size == _tuning.CHUNK_ROWS * 9
+    before = model.predict(X)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", ConvergenceWarning)
+        theirs = skl.MLPRegressor(**model.get_params()).fit(X, X[:, 0])
+    assert rel_err(before, theirs.predict(X)) <= SKLEARN_RTOL["float64"]
+
+
 def test_dtypes_follow_scikit_learn_across_predict_and_warm_start(digits):
     X, y = digits
     params = dict(hidden_layer_sizes=(8,), max_iter=2, random_state=0, warm_start=True)
