@@ -224,7 +224,9 @@ def build_parser():
     train.add_argument(
         "--output", "-o", default="fastbp-model.npz", help="checkpoint path (default fastbp-model.npz; 'none' to skip)"
     )
-    train.add_argument("--plot", help="write training curves to this PNG (needs matplotlib: fastbp[plot])")
+    train.add_argument(
+        "--plot", help="write training curves to this file (PNG, PDF, SVG, ...: by its extension; needs fastbp[plot])"
+    )
     train.add_argument("--no-progress", action="store_true", help="no progress bar")
     train.add_argument("--json", help="write the history and results to this JSON file")
     train.add_argument(
@@ -284,7 +286,9 @@ def build_parser():
     bench.add_argument("--min-time", type=_positive_float, help="seconds per timed loop (default 0.2, quick 0.1)")
     bench.add_argument("--no-sklearn", action="store_true", help="skip the scikit-learn fit comparison")
     bench.add_argument("--json", help="write all results to this JSON file")
-    bench.add_argument("--plot", help="write a bar chart PNG (needs matplotlib)")
+    bench.add_argument(
+        "--plot", help="write a bar chart to this file (PNG, PDF, SVG, ...: by its extension; needs matplotlib)"
+    )
     bench.add_argument(
         "--profile",
         action="store_true",
@@ -383,7 +387,11 @@ def _add_diagnose_parser(sub):
         "--clip-norm", type=_positive_float, default=1.0, help="clip_norm of the exploding case (default 1)"
     )
     diag.add_argument("--seed", type=_non_negative_int, default=0)
-    diag.add_argument("--plot", default="diagnose.png", help="PNG to write (default diagnose.png; 'none' to skip)")
+    diag.add_argument(
+        "--plot",
+        default="diagnose.png",
+        help="figure to write, PNG, PDF, SVG, ... by its extension (default diagnose.png; 'none' to skip)",
+    )
     diag.add_argument("--json", help="write the numbers to this JSON file")
 
 
