@@ -15,9 +15,10 @@ arrays and the optimizer's configuration as JSON text. The entries:
 - with an optimizer: ``optimizer`` (JSON: name and configuration), ``optimizer_t`` and ``optimizer_state``;
 - ``extra_<name>`` for each entry of ``extras``. ``fastbp train`` stores ``x_mean`` and ``x_scale`` (its input
   standardisation), ``classes`` (the original label of each output unit, numbers or strings, as scikit-learn's
-  ``classes_``), ``label_column`` (the CSV label column it read, a name or an index), ``data_source`` ("digits" or
-  the data file) and ``test_rows`` (the row indices of its held-out split); ``fastbp predict`` uses them, and
-  checkpoints without them load and predict as before;
+  ``classes_``), ``label_column`` (the CSV label column it read: its name when the file has a header, else its
+  index counted from the end) and ``label_index`` (that index, unless the column was given by name),
+  ``data_source`` ("digits" or the data file) and ``test_rows`` (the row indices of its held-out split);
+  ``fastbp predict`` uses them, and checkpoints without them load and predict as before;
 - ``sha256``: a SHA-256 digest of every other entry (names, dtypes, shapes and bytes), so a truncated, edited or
   otherwise damaged file is rejected on load.
 

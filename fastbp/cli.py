@@ -653,8 +653,10 @@ def _label_source(args, names=None, index=None):
 
 
 def _training_data(args):
-    """fastbp train's data: (X float64, y, where, hint): where and hint tell where the labels come from and what to
-    do when they are wrong; errors name the option."""
+    """fastbp train's data: (X float64, y, where, hint, column): where and hint tell where the labels come from and
+    what to do when they are wrong; errors name the option. column: for a CSV file, the label column as the
+    checkpoint records it, (its name in the header or None, its place from the end or None when it was given by
+    name), else None."""
     names = index = position = None
     if _data_kind(args.data, args.labels) == "csv":
         X, y, names, index, position = _load_csv(args.data, -1 if args.label_column is None else args.label_column)
@@ -664,7 +666,11 @@ def _training_data(args):
     X = _features(X, "--data " + _path(args.data) if args.data else "the digits", position)
     if y is None or np.ndim(y) == 0 or len(y) != X.shape[0]:
         raise ValueError(f"{where}: expected one label per row of the {X.shape[0]} rows")
-    return X, y, where, hint
+    column = None
+    if index is not None:  # the place counted from the end (a file without labels then has too few columns)
+        by_name = args.label_column is not None and names is not None and args.label_column.strip() in names
+        column = (names[index] if names is not None else None, None if by_name else index - X.shape[1] - 1)
+    return X, y, where, hint, column
 
 
 def _classes(y, where, hint):
@@ -805,7 +811,7 @@ def _train(args, trainer_cls=None):
     if args.threads:
         fastbp.set_num_threads(args.threads)
     _check_outputs(*_train_outputs(args), inputs=_train_inputs(args))
-    X, labels, where, hint = _training_data(args)
+    X, labels, where, hint, label_column = _training_data(args)
     classes, y = _classes(labels, where, hint)
     n = X.shape[0]
     n_test = math.ceil(args.test_size * n)
@@ -885,8 +891,11 @@ def _train(args, trainer_cls=None):
         # rows were held out (predict without --data scores those of the digits)
         extras = {"x_mean": scaler.mean_, "x_scale": scaler.scale_, "classes": classes, "test_rows": test_rows}
         extras["data_source"] = np.array("digits" if args.data is None else os.path.abspath(args.data))
-        if _data_kind(args.data, args.labels) == "csv":
-            extras["label_column"] = np.array(-1 if args.label_column is None else args.label_column)
+        if label_column is not None:  # by name when the file has a header: another file may order its columns
+            name, index = label_column
+            extras["label_column"] = np.array(index if name is None else name)
+            if name is not None and index is not None:  # its place, for a file without a header
+                extras["label_index"] = np.array(index)
         trainer.save(args.output, extras=extras)
         print(f"checkpoint: {args.output}")
     if _wanted(args.plot):
@@ -952,6 +961,8 @@ def _predict_rows(args, net):
         if column is None and kind == "csv" and "label_column" in extras:  # the column fastbp train read
             stored = extras["label_column"]
             column = str(stored) if stored.dtype.kind == "U" else int(stored)
+            if isinstance(column, str) and "label_index" in extras and not _has_header(args.data):
+                column = int(extras["label_index"])  # a file without a header: the column's place
         if kind == "csv":
             label = None if args.no_labels else -1 if column is None else column
             X, y, _, _, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
@@ -982,6 +993,16 @@ def _predict_rows(args, net):
         raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
     held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
     return X[rows], y[rows], held_out, "digits", None
+
+
+def _has_header(path):
+    """Whether a CSV file starts with a header line (True when it cannot be read: the read that follows says why)."""
+    from . import data
+
+    try:
+        return data._csv_format(os.fsdecode(path), ",", None)[1] is not None
+    except (OSError, ValueError):
+        return True
 
 
 def _shown(path):

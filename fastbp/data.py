@@ -96,7 +96,13 @@ def resolve_column(column, names, n_columns, path):
     """The index in [0, n_columns) of ``column``: a header name (``names``, None without a header), or an integer
     (or a string of one) counted from 0, negative from the end. ValueError naming the choices otherwise."""
     if names is not None and isinstance(column, str) and column.strip() in names:
-        return names.index(column.strip())
+        found = [i for i, name in enumerate(names) if name == column.strip()]
+        if len(found) > 1:
+            raise _ColumnError(
+                f"{path}: the header gives the name {_short(column)} to columns {', '.join(map(str, found))}: give "
+                "the label column by its index"
+            )
+        return found[0]
     try:
         index = int(column) if isinstance(column, str) else operator.index(column)
     except (TypeError, ValueError):

@@ -432,6 +432,26 @@ def test_a_csv_with_the_label_first_trains_on_the_right_target_with_label_column
     )
 
 
+def test_predict_finds_the_label_column_by_its_header_name_in_a_file_ordered_otherwise(tmp_path, monkeypatch, capfd):
+    # the checkpoint recorded the column's index only: a file with the label first was read with a pixel as its label
+    import fastbp
+
+    X, y = fastbp.data.load_digits()
+    pixels = [f"p{i}" for i in range(64)]
+    for name, rows, names in (("last", [X, y], [*pixels, "label"]), ("first", [y, X], ["label", *pixels])):
+        np.savetxt(tmp_path / f"{name}.csv", np.column_stack(rows), delimiter=",", fmt="%d", header=",".join(names),
+                   comments="")  # fmt: skip
+    np.savetxt(tmp_path / "bare.csv", np.column_stack([X, y]), delimiter=",", fmt="%d")
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "last.csv", "--epochs", "4", "--no-progress")
+    assert code == 0 and err == []
+    accuracies = []
+    for name in ("last.csv", "first.csv", "bare.csv"):  # bare: no header, the column's place
+        code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "fastbp-model.npz", "--data", name)
+        assert code == 0 and len(out.split()) == 1797, err
+        accuracies.append(float(re.match(r"accuracy (\d\.\d+) on the 1797 rows", err[0]).group(1)))
+    assert accuracies[0] >= 0.9 and accuracies[0] == accuracies[1] == accuracies[2]
+
+
 def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, monkeypatch, capfd):
     import fastbp
 

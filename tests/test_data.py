@@ -291,6 +291,15 @@ def test_load_csv_errors_name_the_file_and_the_problem(tmp_path, text, message):
     assert str(info.value).startswith(str(path))
 
 
+def test_load_csv_refuses_a_label_name_that_the_header_gives_to_two_columns(tmp_path):
+    path = tmp_path / "dup.csv"
+    path.write_text("a,label,b,label\n1,2,3,0\n4,5,6,1\n")
+    with pytest.raises(ValueError, match=r"dup\.csv: the header gives the name 'label' to columns 1, 3: give the"):
+        data.load_csv(path, label_column="label")
+    _, y = data.load_csv(path, label_column=3)
+    np.testing.assert_array_equal(y, [0, 1])
+
+
 def test_load_npz_refuses_object_arrays_and_files_that_are_not_npz(tmp_path):
     obj = np.empty(2, dtype=object)
     np.savez(tmp_path / "obj.npz", X=obj, y=np.zeros(2))
