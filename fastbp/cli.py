@@ -1060,6 +1060,16 @@ def cmd_predict(args):
         y = np.asarray(y)
         numeric = predictions.dtype.kind in "biuf" and y.dtype.kind in "biuf"
         same = predictions == y if numeric else predictions.astype(str) == y.astype(str)
+        known = np.isin(y, classes) if numeric else np.isin(y.astype(str), classes.astype(str))
+        if not known.all():  # e.g. another file's label column, or string labels against numbered classes
+            from .data import _shown as shown
+
+            warnings.warn(
+                f"{np.count_nonzero(~known)} of the {len(y)} rows have labels that {args.model} has no class for "
+                f"({shown(np.unique(y[~known]).tolist())}; its classes: {shown(classes.tolist())}): they count as "
+                "wrong in the accuracy",
+                stacklevel=1,
+            )
         print(f"accuracy {np.mean(same):.4f} on {rows}", file=sys.stderr)
     return 0
 

@@ -475,6 +475,17 @@ def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, 
         )
         >= 0.9
     )
+    # labels the model has no class for count as wrong, and predict says so
+    y_other = np.where(np.arange(200) < 30, 3000, y)
+    np.savez(tmp_path / "other.npz", X=X, y=y_other)
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "m.npz", "--data", "other.npz")
+    assert code == 0 and len(err) == 2, err
+    assert err[0] == (
+        "fastbp predict: warning: 30 of the 200 rows have labels that m.npz has no class for (3000; its classes: "
+        "1000, 2000): they count as wrong in the accuracy"
+    )
+    printed = np.array(out.split(), dtype=np.int64)
+    assert err[1].startswith(f"accuracy {np.mean(printed == y_other):.4f} on the 200 rows of other.npz")
 
 
 def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch, capfd):
