@@ -823,6 +823,11 @@ def _train(args, trainer_cls=None):
             f"--test-size {args.test_size:g} of {n} rows tests on {n_test} and trains on {n - n_test}: each part needs "
             f"at least {len(classes)} rows, one per class (stratified)"
         )
+    if args.norm == "batch" and n - n_test < 2:  # unstratified (a class of one row): any split scikit-learn allows
+        raise UsageError(
+            f"--test-size {args.test_size:g} of {n} rows trains on {n - n_test}: --norm batch needs at least 2 "
+            "training rows (a batch variance)"
+        )
     train_rows, test_rows = data.split_indices(n, args.test_size, args.seed, strata)
     scaler = data.Standardizer(X[train_rows])  # as fastbp.data.prepare: the training part's statistics
     X_train, X_test = scaler.transform(X[train_rows]), scaler.transform(X[test_rows])

@@ -488,6 +488,21 @@ def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, 
     assert err[1].startswith(f"accuracy {np.mean(printed == y_other):.4f} on the 200 rows of other.npz")
 
 
+def test_batch_norm_on_a_single_training_row_is_a_usage_error(tmp_path, monkeypatch, capfd):
+    # 12 rows of 10 classes split without strata: --test-size 0.9 trains on 1 row, which batch norm cannot normalize
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "tiny.npz", X=rng.standard_normal((12, 3)), y=np.r_[np.arange(10), 0, 1])
+    argv = ("train", "--data", "tiny.npz", "--epochs", "1", "--no-progress", "-o", "none")
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, *argv, "--test-size", "0.9", "--norm", "batch")
+    assert code == 2 and out == ""
+    assert err == [
+        "fastbp train: error: --test-size 0.9 of 12 rows trains on 1: --norm batch needs at least 2 training rows (a "
+        "batch variance) (see fastbp train --help)"
+    ]
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, *argv, "--test-size", "0.8", "--norm", "batch")
+    assert code == 0 and "train 2, test 10" in out
+
+
 def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch, capfd):
     import fastbp
 
