@@ -155,6 +155,22 @@ def check_writable(path, what="output"):
         raise IsADirectoryError(f"cannot write {what} {path}: it is a directory; give a file name")
     if not os.access(directory, os.W_OK | os.X_OK):
         raise PermissionError(f"cannot write {what} {path}: directory {directory} is not writable")
+    try:
+        name_max = os.pathconf(directory, "PC_NAME_MAX")
+    except (OSError, ValueError, AttributeError):  # no pathconf (Windows), or no limit known
+        name_max = None
+    length = len(os.fsencode(os.path.basename(path)))  # the temporary file's name is cut to fit (_temp_prefix)
+    if name_max is not None and name_max > 0 and length > name_max:
+        raise OSError(
+            f"cannot write {what} {path}: its file name has {length} bytes, but this file system takes at most "
+            f"{name_max}; give a shorter name",
+        )
+
+
+def _write_error(err, what, path):
+    """An OSError of the temporary file or the rename, as the error of writing ``what`` at ``path``."""
+    reason = err.strerror or str(err)
+    return type(err)(f"cannot write {what} {path}: {reason[:1].lower()}{reason[1:]}")
 
 
 @contextlib.contextmanager
@@ -168,14 +184,20 @@ def atomic_write(path, mode="wb", encoding=None, what="file"):
     path = os.fsdecode(path)
     check_writable(path, what)
     remove_stale_temp_files(path)
-    fd, tmp = _create_locked_temp(path)
+    try:
+        fd, tmp = _create_locked_temp(path)
+    except OSError as err:
+        raise _write_error(err, what, path) from None
     try:
         # the file (and with it the lock) stays open until after the rename: no cleaner can take it before
         with os.fdopen(fd, mode, encoding=(encoding or "utf-8") if mode == "w" else None) as f:
             yield f
             f.flush()
             os.fsync(f.fileno())
-            os.replace(tmp, path)
+            try:
+                os.replace(tmp, path)
+            except OSError as err:
+                raise _write_error(err, what, path) from None
     except BaseException:
         with contextlib.suppress(FileNotFoundError):
             os.unlink(tmp)

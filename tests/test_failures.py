@@ -195,6 +195,21 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["report.json"]
 
 
+def test_a_failed_rename_names_the_file_not_the_temporary_one(tmp_path, monkeypatch):
+    # a file the rename cannot replace (an immutable one: EPERM) was reported under the temporary file's name
+    path = tmp_path / "model.npz"
+
+    def refuse(src, dst):
+        raise PermissionError(1, "Operation not permitted", src)
+
+    monkeypatch.setattr(os, "replace", refuse)
+    with pytest.raises(PermissionError) as info:
+        with _files.atomic_write(path, "wb", what="--output") as f:
+            f.write(b"data")
+    assert str(info.value) == f"cannot write --output {path}: operation not permitted"
+    assert os.listdir(tmp_path) == []
+
+
 def test_every_file_the_command_line_writes_goes_through_the_atomic_helper(tmp_path, monkeypatch, capsys):
     written = []
     real = _files.atomic_write
@@ -674,6 +689,7 @@ BAD_COMMANDS = [
     (["train", "--layers", "8,4", "--residual"], 2, r"--residual needs a hidden layer that keeps its width"),
     (["train", "-o", "nodir/m.npz"], 1, r"cannot write --output nodir/m\.npz: directory .*nodir does not exist"),
     (["train", "-o", "."], 1, r"cannot write --output \.: it is a directory"),
+    (["train", "-o", "a" * 300 + ".npz"], 1, r"--output a+\.npz: its file name has 304 bytes, but .*; give a shorter"),
     (["train", "--json", "nodir/h.json"], 1, r"cannot write --json nodir/h\.json"),
     (["predict"], 2, r"required: model"),
     (["predict", "missing.npz"], 1, r"missing\.npz: no such file; give a checkpoint written by fastbp train"),
