@@ -1028,6 +1028,8 @@ def cmd_predict(args):
     from . import _files
 
     output = args.output if not _wanted(args.output) or args.output.endswith(".npy") else args.output + ".npy"
+    if _wanted(args.output) and os.path.isdir(args.output):  # not DIR.npy beside it
+        raise IsADirectoryError(f"cannot write --output {args.output}: it is a directory; give a file name")
     _check_outputs(
         ("--output", output), inputs=(("the model", args.model), ("--data", args.data), ("--labels", args.labels))
     )

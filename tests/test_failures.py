@@ -689,6 +689,7 @@ BAD_COMMANDS = [
     (["train", "--layers", "8,4", "--residual"], 2, r"--residual needs a hidden layer that keeps its width"),
     (["train", "-o", "nodir/m.npz"], 1, r"cannot write --output nodir/m\.npz: directory .*nodir does not exist"),
     (["train", "-o", "."], 1, r"cannot write --output \.: it is a directory"),
+    (["predict", "model.npz", "-o", "."], 1, r"cannot write --output \.: it is a directory; give a file name$"),
     (["train", "-o", "a" * 300 + ".npz"], 1, r"--output a+\.npz: its file name has 304 bytes, but .*; give a shorter"),
     (["train", "--json", "nodir/h.json"], 1, r"cannot write --json nodir/h\.json"),
     (["predict"], 2, r"required: model"),
