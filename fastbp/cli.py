@@ -487,9 +487,15 @@ def _check_usage(args):
         if args.label_column is not None and kind != "csv":
             raise UsageError(f"--label-column applies to a CSV --data file, not to {_KIND_NAMES[kind]}")
         if command == "train" and kind == "unknown":
-            from .data import _is_idx
+            from .data import _idx_ndim
 
-            if _is_idx(args.data):  # IDX images whose --labels were forgotten
+            ndim = _idx_ndim(args.data)
+            if ndim == 1:  # the labels given as the data
+                raise UsageError(
+                    f"--data {_path(args.data)} holds IDX labels (one dimension): give the images as --data and this "
+                    "file as --labels"
+                )
+            if ndim is not None:  # IDX images whose --labels were forgotten
                 raise UsageError(f"--data {_path(args.data)} holds IDX images: give their labels file with --labels")
     if command == "train":
         if args.momentum is not None and args.optimizer not in ("momentum", "nesterov"):

@@ -343,11 +343,17 @@ def _idx_magic(raw):
 
 def _is_idx(path):
     """Whether the file starts as an IDX file does (optionally gzipped)."""
+    return _idx_ndim(path) is not None
+
+
+def _idx_ndim(path):
+    """The number of dimensions an IDX file's header announces (1: labels), or None for another file."""
     try:
         with _idx_open(path) as f:
-            return _idx_magic(f.read(3))
+            head = f.read(4)
     except (OSError, EOFError):
-        return False
+        return None
+    return head[3] if len(head) == 4 and _idx_magic(head) else None
 
 
 def _read_idx(path):
@@ -379,6 +385,11 @@ def load_idx(images_path, labels_path):
         err = ValueError(f"{labels_path} must hold one label per image (1-D), got shape {labels.shape}")
         err.filename = labels_path  # the labels file's fault, for the messages that name the file's option
         raise err
+    if images.ndim < 2:
+        raise ValueError(
+            f"{images_path} holds {images.shape[0]} values in one dimension, an IDX labels file, not images (2-D or "
+            "more: one row per image)"
+        )
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
     if labels.dtype.kind == "f":  # IDX allows float labels: class indices only, as for the other formats

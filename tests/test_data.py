@@ -181,6 +181,9 @@ def test_idx_labels_must_be_one_dimensional_and_truncated_gzip_is_an_error(tmp_p
     _write_idx(tmp_path / "img", images, 0x08)
     with pytest.raises(ValueError, match="one label per image"):
         data.load_idx(tmp_path / "img", tmp_path / "img")
+    _write_idx(tmp_path / "lab", np.arange(5, dtype=np.uint8), 0x08)
+    with pytest.raises(ValueError, match=r"lab holds 5 values in one dimension, an IDX labels file, not images"):
+        data.load_idx(tmp_path / "lab", tmp_path / "lab")  # the labels as images: trained on them as one feature
     payload = gzip.compress(b"\x00\x00\x08\x01\x00\x00\x00\x05" + bytes(5))
     (tmp_path / "lab.gz").write_bytes(payload[:-6])
     with pytest.raises(ValueError, match="truncated"):

@@ -612,6 +612,7 @@ def bad_inputs(tmp_path_factory):
     (d / "pickle.npz").write_bytes(pickle.dumps({"X": X}))
     (d / "text.npz").write_text("hello\n")
     (d / "images.idx").write_bytes(bytes([0, 0, 8, 2, 0, 0, 0, 2, 0, 0, 0, 3]) + bytes(6))  # IDX: 2 x 3 uint8
+    (d / "labels.idx").write_bytes(bytes([0, 0, 8, 1, 0, 0, 0, 2]) + bytes(2))  # IDX: 2 uint8 labels
     cwd = os.getcwd()
     try:
         os.chdir(d)
@@ -667,6 +668,7 @@ BAD_COMMANDS = [
         2,
         r"--data images\.idx holds IDX images: give their labels file with --labels",
     ),
+    (["train", "--data", "labels.idx"], 2, r"--data labels\.idx holds IDX labels \(one dimension\): give the images"),
     (["train", "--data", "d.csv", "--labels", "d.idx"], 2, r"--labels applies to IDX images, but --data d\.csv"),
     (["train", "--data", "d.npz", "--labels", "d.idx"], 2, r"--labels applies to IDX images, but --data d\.npz"),
     (["train", "--labels", "d.idx"], 2, r"--labels .* needs --data"),
