@@ -988,8 +988,8 @@ def _predict_rows(args, net):
     source = extras.get("data_source")
     if source is not None and str(source) != "digits":
         raise UsageError(
-            f"{args.model} was trained on {_path(_shown(str(source)))}, not on the embedded digits: give the rows to "
-            "predict with --data"
+            f"{args.model} was trained on {_path(_relative_path(str(source)))}, not on the embedded digits: give the "
+            "rows to predict with --data"
         )
     if net.n_in != X.shape[1]:
         raise UsageError(
@@ -1016,7 +1016,7 @@ def _has_header(path):
         return True
 
 
-def _shown(path):
+def _relative_path(path):
     """A recorded absolute path as a message shows it: relative to the working directory when it lies under it."""
     relative = os.path.relpath(path) if os.path.isabs(path) else path
     return path if relative.startswith(os.pardir) else relative
@@ -1075,11 +1075,11 @@ def cmd_predict(args):
         same = predictions == y if numeric else predictions.astype(str) == y.astype(str)
         known = np.isin(y, classes) if numeric else np.isin(y.astype(str), classes.astype(str))
         if not known.all():  # e.g. another file's label column, or string labels against numbered classes
-            from .data import _shown as shown
+            from .data import _shown
 
             warnings.warn(
                 f"{np.count_nonzero(~known)} of the {len(y)} rows have labels that {args.model} has no class for "
-                f"({shown(np.unique(y[~known]).tolist())}; its classes: {shown(classes.tolist())}): they count as "
+                f"({_shown(np.unique(y[~known]).tolist())}; its classes: {_shown(classes.tolist())}): they count as "
                 "wrong in the accuracy",
                 stacklevel=1,
             )
