@@ -35,6 +35,11 @@ def _short(value):
     return _REPR.repr(value)
 
 
+def _count(n, noun, plural=None):
+    """``n`` and the noun, plural unless n is 1: "1 epoch", "2 epochs" (plural: the noun's plural when not noun + s)."""
+    return f"{n} {noun if n == 1 else plural or noun + 's'}"
+
+
 def _path(path, limit=120):
     """A file name as an error message echoes it: as given, its middle cut when long."""
     return _one_line(path, limit)
@@ -856,7 +861,8 @@ def _train(args, trainer_cls=None):
         net, _make_optimizer(args), batch_size=args.batch_size, seed=args.seed, progress=not args.no_progress
     )
     print(
-        f"data: {n} samples, {X.shape[1]} features, {n_classes} classes{_describe_classes(classes)} "
+        f"data: {_count(n, 'sample')}, {_count(X.shape[1], 'feature')}, {_count(n_classes, 'class', 'classes')}"
+        f"{_describe_classes(classes)} "
         f"({'digits' if args.data is None else args.data}); train {len(y_train)}"
         f"{f' (--val-split {args.val_split:g} holds out a validation part of it)' if args.val_split else ''}, test "
         f"{len(y_test)}"
@@ -864,7 +870,7 @@ def _train(args, trainer_cls=None):
     print(
         f"model: {'-'.join(map(str, sizes))} {args.activation}{_describe_options(net)}, softmax, {args.dtype}"
         f"{', bfloat16 matmul precision' if net.matmul_precision == 'bfloat16' else ''}; "
-        f"optimizer {trainer.optimizer!r}; {args.epochs} epochs of batch {args.batch_size}"
+        f"optimizer {trainer.optimizer!r}; {_count(args.epochs, 'epoch')} of batch {args.batch_size}"
     )
     fit_start = time.perf_counter()
     try:
@@ -894,7 +900,7 @@ def _train(args, trainer_cls=None):
     )
     steps = trainer.optimizer.t
     print(
-        f"time: fit {fit_time:.2f} s ({steps} steps, {1e6 * sum(history['epoch_time']) / steps:.0f} us per "
+        f"time: fit {fit_time:.2f} s ({_count(steps, 'step')}, {1e6 * sum(history['epoch_time']) / steps:.0f} us per "
         f"step incl. first-epoch compilation if any); total {time.perf_counter() - start:.2f} s"
     )
     if _wanted(args.output):
@@ -979,7 +985,7 @@ def _predict_rows(args, net):
             X, y, _, _, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
         else:
             (X, y), position = _load_data(args.data, args.labels, require_y=False), None
-        rows = f"the {len(X)} rows of {args.data}"
+        rows = f"the {_count(len(X), 'row')} of {args.data}"
         source = extras.get("data_source")
         if source is not None and _same_file(str(source), args.data):
             rows += f", the file {args.model} was trained on (training rows included: not a test accuracy)"
@@ -1002,7 +1008,7 @@ def _predict_rows(args, net):
         return X, y, f"{every} ({args.model} records no held-out split: not a test accuracy)", "digits", None
     if rows.ndim != 1 or rows.dtype.kind not in "iu" or (rows.size and not 0 <= rows.min() <= rows.max() < len(X)):
         raise ValueError(f"{args.model}: its test_rows entry is not a list of row indices of the embedded digits")
-    held_out = f"the {rows.size} held-out rows of the embedded digits (the test split fastbp train recorded)"
+    held_out = f"the {_count(rows.size, 'held-out row')} of the embedded digits (the test split fastbp train recorded)"
     return X[rows], y[rows], held_out, "digits", None
 
 
@@ -1050,7 +1056,7 @@ def cmd_predict(args):
             hint = "; if the file has no label column, add --no-labels"
         elif kind == "csv" and args.no_labels and X.shape[1] == net.n_in + 1:
             hint = "; the file has one column more than the model takes: drop --no-labels to read its label column"
-        columns = f"{X.shape[1]} feature column{'s' if X.shape[1] != 1 else ''}"
+        columns = _count(X.shape[1], "feature column")
         besides = " besides its label column" if y is not None else ""
         raise ValueError(f"{where} has {columns}{besides}, but {args.model} takes {net.n_in}{hint}")
     if "x_mean" in net.extras:  # the standardisation fastbp train fitted on its training split

@@ -304,7 +304,7 @@ class Trainer:
         # The parameters go back to the last finite step; the optimizer's state (velocity, moments, step count)
         # was built by the diverging run, so it is reset too: a retry with a lower rate starts clean.
         self.optimizer.reset()
-        summary = f"training diverged {where}: {what} after {steps} steps of this call{last}."
+        summary = f"training diverged {where}: {what} after {steps} step{'' if steps == 1 else 's'} of this call{last}."
         err = DivergenceError(
             f"{summary} The network keeps the parameters of the last step whose loss was finite, and the optimizer "
             f"state was reset. Lower the learning rate (now {self.optimizer.lr:g}) or set clip_norm."

@@ -503,6 +503,20 @@ def test_batch_norm_on_a_single_training_row_is_a_usage_error(tmp_path, monkeypa
     assert code == 0 and "train 2, test 10" in out
 
 
+def test_counts_of_one_are_singular_in_the_summary_and_the_prediction(tmp_path, monkeypatch, capfd):
+    # one feature, one epoch, one step (the 8 training rows in one batch), one row predicted
+    rng = np.random.default_rng(0)
+    np.savez(tmp_path / "one.npz", X=rng.standard_normal((10, 1)), y=np.tile([0, 1], 5))
+    argv = ("train", "--data", "one.npz", "--epochs", "1", "--batch-size", "64", "--test-size", "0.2", "--no-progress")
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, *argv, "-o", "m.npz")
+    assert code == 0, err
+    assert "data: 10 samples, 1 feature, 2 classes" in out
+    assert "; 1 epoch of batch 64" in out and "(1 step, " in out
+    np.savez(tmp_path / "row.npz", X=rng.standard_normal((1, 1)), y=np.array([1]))
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "m.npz", "--data", "row.npz")
+    assert code == 0 and re.fullmatch(r"accuracy \d\.\d+ on the 1 row of row\.npz", err[-1]), err
+
+
 def test_string_labels_train_and_predict_prints_them_back(tmp_path, monkeypatch, capfd):
     import fastbp
 

@@ -110,6 +110,14 @@ def test_divergence_stops_with_a_clear_error_and_finite_parameters(rng):
     assert np.isfinite(loss)
 
 
+def test_the_divergence_message_counts_one_step_in_the_singular():
+    # the first batch of 64 rows steps with lr = 1e6; the second batch's loss exceeds the bound
+    X, y = fastbp.data.load_digits()
+    trainer = fastbp.Trainer(fastbp.MLP([64, 32, 10], seed=0), fastbp.SGD(lr=1e6), batch_size=64, progress=False)
+    with pytest.raises(fastbp.DivergenceError, match=r"exceeded .* after 1 step of this call \(mean loss"):
+        trainer.fit(X[:128], y[:128], epochs=1)
+
+
 def test_divergence_in_train_step_keeps_the_last_finite_parameters(rng):
     net = fastbp.MLP([4, 8, 3], dtype="float64")
     X, y = make_batch(net, 16, rng)
