@@ -473,7 +473,7 @@ _KIND_NAMES = {
     "digits": "the embedded digits (no --data)",
     "npz": "an .npz file (its labels are its array y)",
     "idx": "IDX images (their labels are the --labels file)",
-    "unknown": "a file of unknown format",
+    "unknown": "a file without a .csv, .txt or .npz name (read by its content: an .npz file or IDX images)",
 }
 
 
@@ -526,8 +526,10 @@ def _check_usage(args):
     elif command == "predict":
         kind = _data_kind(args.data, args.labels)
         if args.no_labels and kind != "csv":
+            hint = "; IDX images without --labels are predicted unlabelled" if kind in ("idx", "unknown") else ""
             raise UsageError(
-                f"--no-labels applies to a CSV --data file (every column then a feature), not to {_KIND_NAMES[kind]}"
+                "--no-labels applies to a CSV --data file (every column then a feature), not to "
+                f"{_KIND_NAMES[kind]}{hint}"
             )
         if args.no_labels and args.label_column is not None:
             raise UsageError("--no-labels says the CSV has no label column and --label-column names one: give one")

@@ -710,6 +710,11 @@ BAD_COMMANDS = [
     ),
     (["predict", "model.npz", "--data", "d.npz", "--no-labels"], 2, r"--no-labels applies to a CSV --data file"),
     (["predict", "model.npz", "--no-labels"], 2, r"--no-labels applies to a CSV --data file .*, not to the embedded"),
+    (
+        ["predict", "model.npz", "--data", "images", "--no-labels"],
+        2,
+        r"not to a file without a \.csv, \.txt or \.npz name .*; IDX images without --labels are predicted unlabelled",
+    ),
     (["predict", "csv_model.npz"], 2, r"csv_model\.npz was trained on d\.csv, not on the embedded digits: give"),
     (["predict", "model.npz", "--data", "d.csv", "--label-column", "0", "--no-labels"], 2, r"give one"),
     (["predict", "model.npz", "-o", "nodir/p.npy"], 1, r"cannot write --output nodir/p\.npy"),
