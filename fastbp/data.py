@@ -14,6 +14,7 @@ import gzip
 import importlib.util
 import itertools
 import math
+import numbers
 import operator
 import os
 import re
@@ -104,6 +105,8 @@ def resolve_column(column, names, n_columns, path):
             )
         return found[0]
     try:
+        if isinstance(column, bool):  # operator.index would take True as column 1
+            raise TypeError(column)
         index = int(column) if isinstance(column, str) else operator.index(column)
     except (TypeError, ValueError):
         where = f"its header names {_shown(names)}" if names is not None else "it has no header line"
@@ -141,16 +144,30 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     label_column: an index (default -1, the last column; negative counts from the end), a column name when the file
     has a header line, or None (every column is a feature, y is None). skip_header: number of header lines; None
     detects one: a first line with a word above a column of numbers (numeric names such as pandas writes count;
-    ``0,1,...,k-1``, pandas' names of unnamed columns, above a number with a fraction or an exponent), else judged by
-    ``csv.Sniffer.has_header`` against the lines below it. Lines that start with ``#`` are comments, except a last
+    ``0,1,...,k-1``, pandas' names of unnamed columns, above a number with a fraction or an exponent, or at least
+    three of them beside a string label column's name), else judged by ``csv.Sniffer.has_header`` against the lines
+    below it. Lines that start with ``#`` are comments, except a last
     leading one with as many fields as the data that is such a header (``np.savetxt`` writes its header so); a ``#``
     inside a field is data. Fields may be double-quoted. Returns X (n, d) float64 and y (n,): int64 when every label
     is an integer, float64 for other numbers, and strings (a NumPy unicode array) when a label is not a number; with
     ``return_names``, also the header's column names (None without a header) and the label column's index. Raises
     ValueError naming the file and the problem (no data rows, a non-numeric feature, a row longer or shorter than the
-    first, a header of another width, an empty label).
+    first, a header of another width, an empty label, text that is not UTF-8).
     """
     path = os.fsdecode(path)
+    if skip_header is not None and (
+        isinstance(skip_header, bool) or not isinstance(skip_header, numbers.Integral) or skip_header < 0
+    ):
+        raise ValueError(f"skip_header must be None or an integer >= 0, got {skip_header!r}")
+    try:
+        return _load_csv(path, label_column, delimiter, skip_header, return_names)
+    except UnicodeDecodeError as err:
+        raise ValueError(
+            f"{path} is not UTF-8 text (byte {err.object[err.start]:#04x} at byte {err.start}): save it as UTF-8"
+        ) from None
+
+
+def _load_csv(path, label_column, delimiter, skip_header, return_names):
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
     label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
     if label is not None and n_columns < 2:
@@ -177,7 +194,7 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
 def _csv_format(path, delimiter, skip_header):
     """(header lines to skip, the header's column names or None, columns) of a CSV file, as :func:`load_csv` takes
     them (``skip_header`` None: detected)."""
-    comments, head = _head(path, 21)
+    comments, head = _head(path, 21 if skip_header is None else int(skip_header) + 21)
 
     def fields(text):
         return next(csv.reader([text.strip().lstrip("#").strip()], delimiter=delimiter))
@@ -234,8 +251,9 @@ def _is_header(first, texts, fields, delimiter):
 def _names_columns(first, rows):
     """Whether the first line ``first`` (its fields) is a header, judged against the next lines ``rows``: True when
     a field that is not a number sits above a column of numbers (a feature's name, even among numeric names such as
-    pandas writes, ``0,1,...,label``), or when the names are pandas' for unnamed columns, ``0,1,...,k-1``, above a
-    row with a number written with a fraction or an exponent; False when every field is a number otherwise, None when
+    pandas writes, ``0,1,...,label``), when the names are pandas' for unnamed columns, ``0,1,...,k-1``, above a
+    row with a number written with a fraction or an exponent, or when at least three of them are, beside a word
+    (``0,1,2,label`` above a string label column); False when every field is a number otherwise, None when
     undecided (its words sit above words only: a string label column)."""
     words = [j for j, field in enumerate(first) if not _is_number(field)]
     if not words:
@@ -245,6 +263,9 @@ def _names_columns(first, rows):
         column = [row[j] for row in rows if j < len(row)]
         if not column or all(_is_number(value) for value in column):
             return True
+    numbered = [j for j in range(len(first)) if j not in words]
+    if len(numbered) >= 3 and all(first[j].strip() == str(j) for j in numbered):
+        return True  # pandas' names of unnamed columns, 0,1,...,k-1, beside a string label column's name
     return None
 
 
@@ -370,8 +391,10 @@ def _read_idx(path):
     if len(raw) < header:
         raise ValueError(f"{path} is truncated: its header is incomplete")
     shape = tuple(int.from_bytes(raw[4 + 4 * i : 8 + 4 * i], "big") for i in range(ndim))
+    if ndim == 0 or 0 in shape:
+        raise ValueError(f"{path} holds no values: its header announces shape {shape}")
     dtype = np.dtype(_IDX_TYPES[raw[2]])
-    expected = int(np.prod(shape)) * dtype.itemsize
+    expected = math.prod(shape) * dtype.itemsize  # Python integers: a header's sizes may overflow int64
     if len(raw) - header != expected:
         raise ValueError(f"{path} holds {len(raw) - header} data bytes, its header announces {expected}")
     return np.frombuffer(raw, dtype=dtype, offset=header).reshape(shape)
@@ -393,11 +416,11 @@ def load_idx(images_path, labels_path):
     if images.shape[0] != labels.shape[0]:
         raise ValueError(f"{images_path} has {images.shape[0]} images but {labels_path} {labels.shape[0]} labels")
     if labels.dtype.kind == "f":  # IDX allows float labels: class indices only, as for the other formats
-        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)))
+        bad = np.flatnonzero(~np.isfinite(labels) | (labels != np.round(labels)) | (np.abs(labels) >= 2**53))
         if bad.size:
             err = ValueError(
-                f"{labels_path} holds labels that are not integers (label {bad[0]} is {float(labels[bad[0]])!r}): "
-                "class labels are integers (a regression target is not supported)"
+                f"{labels_path} holds labels that are not integers below 2**53 (label {bad[0]} is "
+                f"{float(labels[bad[0]])!r}): class labels are integers (a regression target is not supported)"
             )
             err.filename = labels_path
             raise err

@@ -124,11 +124,29 @@ def test_load_idx_float_and_errors(tmp_path):
         data.load_idx(tmp_path / "l.idx", tmp_path / "f.idx")
     assert swapped.value.filename == tmp_path / "f.idx"  # the labels file's fault (the command line's --labels)
     _write_idx(tmp_path / "lf.idx", np.array([1.0, 2.5], dtype=np.float32), 0x0D)  # not class labels
-    with pytest.raises(ValueError, match=r"lf\.idx holds labels that are not integers \(label 1 is 2\.5\)") as floats:
+    with pytest.raises(
+        ValueError, match=r"lf\.idx holds labels that are not integers below 2\*\*53 \(label 1 is 2\.5\)"
+    ) as floats:
         data.load_idx(tmp_path / "f.idx", tmp_path / "lf.idx")
     assert floats.value.filename == tmp_path / "lf.idx"
     _write_idx(tmp_path / "li.idx", np.array([1.0, 2.0], dtype=np.float32), 0x0D)  # integers stored as floats
     assert data.load_idx(tmp_path / "f.idx", tmp_path / "li.idx")[1].tolist() == [1, 2]
+    _write_idx(tmp_path / "lh.idx", np.array([0.0, 1e30]), 0x0E)  # an integer, but beyond int64
+    with pytest.raises(
+        ValueError, match=r"lh\.idx holds labels that are not integers below 2\*\*53 \(label 1 is 1e\+30"
+    ):
+        data.load_idx(tmp_path / "f.idx", tmp_path / "lh.idx")
+    _write_idx(tmp_path / "empty.idx", np.zeros((0, 3, 4), np.uint8), 0x08)
+    with pytest.raises(ValueError, match=r"empty\.idx holds no values: its header announces shape \(0, 3, 4\)"):
+        data.load_idx(tmp_path / "empty.idx", tmp_path / "l.idx")
+    (tmp_path / "scalar.idx").write_bytes(b"\x00\x00\x08\x00\x07")
+    with pytest.raises(ValueError, match=r"scalar\.idx holds no values: its header announces shape \(\)"):
+        data.load_idx(tmp_path / "scalar.idx", tmp_path / "l.idx")
+    (tmp_path / "huge.idx").write_bytes(b"\x00\x00\x08\x03" + b"\x80\x00\x00\x00" * 3 + b"\x00" * 8)
+    with pytest.raises(
+        ValueError, match=r"huge\.idx holds 8 data bytes, its header announces 9903520314283042199192993792"
+    ):
+        data.load_idx(tmp_path / "huge.idx", tmp_path / "l.idx")
 
 
 def test_standardizer_takes_huge_finite_columns_without_overflow(rng):
@@ -239,13 +257,16 @@ def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tm
         ("# a,b,label\n1,2,0\n4,5,1\n", ["a", "b", "label"], 2),  # np.savetxt's header
         ("0,1,2\n0.5,1.5,0\n2.5,3.5,1\n", ["0", "1", "2"], 2),  # pandas' names of unnamed columns
         ("0,1,2\n3,4,0\n5,6,1\n", None, 3),  # the same above integers: a data row, as it may be
+        # pandas' names of unnamed integer columns beside a string label column's name (df.to_csv(index=False))
+        ("0,1,2,label\n3,4,5,cat\n6,7,8,dog\n", ["0", "1", "2", "label"], 2),
+        ("0,1,cat\n3,4,dog\n", None, 2),  # two numbers only: a data row, as it may be
     ],
 )
 def test_load_csv_tells_comments_from_headers(tmp_path, text, names, rows):
     path = tmp_path / "d.csv"
     path.write_text(text)
     X, y, found, _ = data.load_csv(path, return_names=True)
-    assert found == names and X.shape == (rows, 2) and y.shape == (rows,)
+    assert found == names and X.shape == (rows, text.splitlines()[-1].count(",")) and y.shape == (rows,)
 
 
 @pytest.mark.parametrize(
@@ -261,6 +282,22 @@ def test_load_csv_with_header_lines_given_names_the_columns_from_the_last_one(tm
     path.write_text(text)
     X, y, found, _ = data.load_csv(path, skip_header=skip, return_names=True)
     assert found == names and X.shape[1] == 2 and y.tolist()[-1] == 1
+
+
+def test_load_csv_skips_any_number_of_header_lines_and_checks_its_arguments(tmp_path):
+    path = tmp_path / "preamble.csv"
+    path.write_text("".join(f"preamble {i}\n" for i in range(30)) + "a,b,label\n" + "1,2,0\n3,4,1\n" * 20)
+    X, y, names, _ = data.load_csv(path, skip_header=31, return_names=True)
+    assert X.shape == (40, 2) and names == ["a", "b", "label"] and y.tolist()[:2] == [0, 1]
+    for bad in (-1, 1.5, "1", True):
+        with pytest.raises(ValueError, match=r"skip_header must be None or an integer >= 0"):
+            data.load_csv(path, skip_header=bad)
+    with pytest.raises(ValueError, match=r"has no column True"):  # not column 1
+        data.load_csv(path, label_column=True, skip_header=31)
+    latin = tmp_path / "latin.csv"
+    latin.write_bytes("café,b,label\n1,2,0\n".encode("latin-1"))
+    with pytest.raises(ValueError, match=r"latin\.csv is not UTF-8 text \(byte 0xe9 at byte 3\): save it as UTF-8"):
+        data.load_csv(latin)
 
 
 @pytest.mark.parametrize(
