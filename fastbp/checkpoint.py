@@ -113,9 +113,15 @@ def save(net, path, optimizer=None, extras=None):
         arrays["optimizer"] = np.array(json.dumps({"name": optimizer.name, "config": config}))
         arrays["optimizer_t"] = np.array(optimizer.t, dtype=np.int64)
         state = optimizer.state
-        arrays["optimizer_state"] = (
-            state if state is not None else np.zeros((optimizer.n_state, net.n_params), net.dtype)
-        )
+        if state is not None and (state.shape[1:] != (net.n_params,) or state.dtype != net.dtype):
+            raise ValueError(
+                f"the optimizer's state, shape {state.shape} of {state.dtype}, was made for another network (this "
+                f"one has {net.n_params} parameters of {net.dtype}): save an optimizer with the network it trains, "
+                "or call optimizer.reset() first"
+            )
+        if state is None or state.shape[0] != optimizer.n_state:  # none yet, or its rows changed with momentum:
+            state = np.zeros((optimizer.n_state, net.n_params), net.dtype)  # what its next step starts from
+        arrays["optimizer_state"] = state
     for name, value in extras.items():
         value = np.asarray(value)
         if value.dtype.kind not in "biufcUS":  # object arrays would need pickle, which load refuses
@@ -261,7 +267,8 @@ def load(path, return_optimizer=False, matmul_precision=None):
         raise CheckpointError(f"{path} describes an invalid optimizer: {type(err).__name__}: {err}") from err
     if state.shape != (opt.n_state, net.n_params) or state.dtype != net.dtype:
         raise CheckpointError(
-            f"{path}: optimizer state has shape {state.shape}, expected ({opt.n_state}, {net.n_params})"
+            f"{path}: optimizer state has shape {state.shape} of {state.dtype}, expected ({opt.n_state}, "
+            f"{net.n_params}) of {net.dtype}"
         )
     opt.state = state.copy()
     opt.t = t

@@ -50,6 +50,25 @@ def test_round_trip_is_exact_and_training_resumes_identically(tmp_path, rng, opt
     np.testing.assert_array_equal(loaded.params, net.params)
 
 
+def test_an_optimizer_saved_with_a_network_it_does_not_fit_is_refused_at_save(tmp_path, rng):
+    net, trainer, _, _ = _trained(rng, fastbp.Adam())  # float64, 109 parameters
+    other = fastbp.MLP(net.layer_sizes, net.activations, dtype="float32")
+    with pytest.raises(
+        ValueError, match=r"state, shape \(2, 109\) of float64, was made for another network \(this one"
+    ):
+        other.save(tmp_path / "m.npz", optimizer=trainer.optimizer)
+    with pytest.raises(ValueError, match=r"was made for another network \(this one has 8 parameters of float64\)"):
+        fastbp.MLP([3, 2], dtype="float64").save(tmp_path / "m.npz", optimizer=trainer.optimizer)
+    assert not (tmp_path / "m.npz").exists()
+    # momentum switched on after training: saved as its next step would start, zeroed velocity, same step count
+    sgd = fastbp.SGD(0.1)
+    fastbp.Trainer(net, sgd, batch_size=8, progress=False).fit(*make_batch(net, 16, rng), epochs=1)
+    sgd.momentum = 0.9
+    net.save(tmp_path / "m.npz", optimizer=sgd)
+    _, loaded = fastbp.load(tmp_path / "m.npz", return_optimizer=True)
+    assert loaded.t == sgd.t > 0 and loaded.state.shape == (1, net.n_params) and not loaded.state.any()
+
+
 def test_load_without_optimizer(tmp_path):
     net = fastbp.MLP([3, 2])
     net.save(tmp_path / "m.npz")
