@@ -203,9 +203,14 @@ def load(path, return_optimizer=False, matmul_precision=None):
     if matmul_precision is not None:  # the caller's argument, checked before the file (whose errors are the file's)
         from .network import _PRECISIONS, _check_name
 
-        _check_name(matmul_precision, "matmul_precision", _PRECISIONS)
+        precision = _PRECISIONS[_check_name(matmul_precision, "matmul_precision", _PRECISIONS)]
     _files.remove_stale_temp_files(path)  # of saves of this path that were killed
     a = _read(path)
+    dtype = str(a["dtype"]) if "dtype" in a else None
+    if matmul_precision is not None and precision == "bfloat16" and dtype not in (None, "float32"):
+        raise ValueError(  # the caller's argument is at fault, not the file
+            f"matmul_precision={matmul_precision!r} needs a float32 network; {path} holds a {dtype} one"
+        )
     try:
         net = MLP(
             [int(s) for s in a["layer_sizes"]],
@@ -265,6 +270,8 @@ def load(path, return_optimizer=False, matmul_precision=None):
         state, t = a["optimizer_state"], int(a["optimizer_t"])
     except (KeyError, TypeError, ValueError, AttributeError) as err:  # json.JSONDecodeError is a ValueError
         raise CheckpointError(f"{path} describes an invalid optimizer: {type(err).__name__}: {err}") from err
+    if t < 0:
+        raise CheckpointError(f"{path}: optimizer_t (the optimizer's step count) is {t}, below 0")
     if state.shape != (opt.n_state, net.n_params) or state.dtype != net.dtype:
         raise CheckpointError(
             f"{path}: optimizer state has shape {state.shape} of {state.dtype}, expected ({opt.n_state}, "

@@ -144,6 +144,13 @@ def test_checkpoints_keep_the_precision_and_float32_parameters(tmp_path, rng):
     as_float32 = fastbp.load(path, matmul_precision="float32")
     assert as_float32.matmul_precision == "float32"
     assert rel_err(as_float32.predict(X), reference.predict(_float64_copy(net), X)) <= 1e-5
+    # a float64 checkpoint asked for in bfloat16: the argument's fault, a ValueError that is not a CheckpointError
+    fastbp.MLP([6, 9, 3], dtype="float64").save(tmp_path / "f64.npz")
+    with pytest.raises(
+        ValueError, match=r"matmul_precision='medium' needs a float32 network; .*f64\.npz holds a fl"
+    ) as e:
+        fastbp.load(tmp_path / "f64.npz", matmul_precision="medium")
+    assert not isinstance(e.value, fastbp.CheckpointError)
 
 
 def test_float32_is_the_default_and_its_results_do_not_change_beside_bfloat16(rng):

@@ -284,6 +284,10 @@ def test_unknown_versions_and_inconsistent_options_are_refused(tmp_path):
         ({"buffers": None}, "needs the entries buffers and dropout_seed"),
         ({"dropout_seed": np.array(-1)}, "dropout_seed must be a non-negative integer"),
     ]
+    trainer = fastbp.Trainer(net, fastbp.Adam(), progress=False)
+    trainer.save(path)
+    with pytest.raises(CheckpointError, match=r"optimizer_t \(the optimizer's step count\) is -5, below 0"):
+        fastbp.load(_rewrite(path, tmp_path / "bad.npz", optimizer_t=np.array(-5)), return_optimizer=True)
     for changes, message in cases:
         with pytest.raises(CheckpointError, match=message):
             fastbp.load(_rewrite(path, tmp_path / "bad.npz", **changes))
