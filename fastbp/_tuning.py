@@ -23,3 +23,9 @@ CALIBRATION_ROUNDS = 3
 #: Elements per block when an input is tested for NaN and infinity (``np.isfinite`` block by block): its boolean
 #: temporary stays at 1 MB whatever the data size, and the Python loop costs a few microseconds per million values.
 FINITE_BLOCK = 1 << 20
+
+#: Largest workspace (bytes) the PyTorch bridge keeps in its pool for the next pass: the workspaces of training batches
+#: are reused without a new allocation per step, and one of a very large batch (a whole test set evaluated at once)
+#: is freed with its pass, as PyTorch frees its activations; allocating a larger one again costs its page faults, a
+#: few percent of the passes that fill it.
+BRIDGE_POOL_BYTES = 64 << 20

@@ -40,6 +40,7 @@ import ctypes
 import itertools
 import math
 import os
+import threading
 import time
 
 import numpy as np
@@ -146,25 +147,40 @@ def _blas_controls():
     return _BLAS_CONTROLS
 
 
+# The passes that have set fastbp's BLAS threads and the settings from before the first of them, which the last one
+# restores: passes of several Python threads overlap, and one that saved another's temporary setting would
+# "restore" that one.
+_BLAS_LOCK = threading.Lock()
+_BLAS_SETTING = {"passes": 0, "saved": ()}
+
+
 def _limit_blas(n):
     """Set fastbp's BLAS to n threads (None: leave it alone; "auto": 1 when torch uses several threads, else leave
     it alone); returns what :func:`_restore_blas` needs."""
     if n == "auto":
         n = 1 if torch.get_num_threads() > 1 else None
-    changed = None
-    if n is not None:
-        for get, set_ in _blas_controls():
-            count = get()
-            if count != n and count is not None:
+    if n is None:
+        return False
+    with _BLAS_LOCK:
+        controls = _blas_controls()
+        if _BLAS_SETTING["passes"] == 0:
+            _BLAS_SETTING["saved"] = [(set_, get()) for get, set_ in controls]
+        _BLAS_SETTING["passes"] += 1
+        for get, set_ in controls:
+            if get() != n:
                 set_(n)
-                changed = [*(changed or ()), (set_, count)]
-    return changed
+    return True
 
 
-def _restore_blas(changed):
-    if changed:
-        for set_, count in changed:
-            set_(count)
+def _restore_blas(limited):
+    """Undo :func:`_limit_blas` (its result): the settings from before come back when no other pass holds one."""
+    if limited:
+        with _BLAS_LOCK:
+            _BLAS_SETTING["passes"] -= 1
+            if _BLAS_SETTING["passes"] == 0:
+                for set_, count in _BLAS_SETTING["saved"]:
+                    if count is not None:
+                        set_(count)
 
 
 # ------------------------------------------------------------------------------------------------------- workspace
@@ -172,7 +188,7 @@ class _Workspace:
     """Hidden activations and the two ping-pong delta buffers of the backward pass, for up to ``capacity`` rows, and
     their addresses as the compiled entries take them (kernels/boundary.py)."""
 
-    __slots__ = ("buffers", "capacity", "entry")
+    __slots__ = ("buffers", "capacity", "entry", "nbytes")
 
     def __init__(self, capacity, hidden_widths, max_width, dtype):
         self.capacity = capacity
@@ -181,11 +197,13 @@ class _Workspace:
         # no layer options (no third delta buffer, no auxiliary workspace), no bfloat16 twins
         nothing, no_sums = np.empty(0, dtype=dtype), np.empty(0, dtype=np.float64)
         self.buffers = (acts, delta_a, delta_b, nothing, nothing, no_sums)
+        self.nbytes = sum(buffer.nbytes for buffer in self.buffers)
         self.entry = workspace_entry(self.buffers, (_NO_TWIN,) * 4)
 
 
 class _Lease:
-    """Holds a workspace for one autograd graph; gives it back to the pool when the graph (its ctx) is freed."""
+    """Holds a workspace for one autograd graph; gives it back to the pool when the graph (its ctx) is freed, unless
+    it is larger than ``_tuning.BRIDGE_POOL_BYTES`` (then freed)."""
 
     __slots__ = ("pool", "workspace")
 
@@ -194,7 +212,8 @@ class _Lease:
         self.workspace = workspace
 
     def __del__(self):
-        self.pool.append(self.workspace)
+        if self.workspace.nbytes <= _tuning.BRIDGE_POOL_BYTES:
+            self.pool.append(self.workspace)
 
 
 # ---------------------------------------------------------------------------------------------------------- engine
@@ -385,6 +404,11 @@ _NO_TRANSFORMS = (
     "model.to_sequential()"
 )
 
+_NO_EXPORT = (
+    "fastbp.torch.MLP cannot be exported or traced (torch.export, torch.jit.trace): its passes are compiled code "
+    "outside torch's graph; export or trace the equivalent torch.nn.Sequential from model.to_sequential()"
+)
+
 
 # --------------------------------------------------------------------------------------------- autograd function
 class _DenseStack(torch.autograd.Function):
@@ -442,6 +466,12 @@ _apply_dense_stack = super(torch.autograd.Function, _DenseStack).apply
 def _eager_forward(module, X):
     """``module(X)`` outside of torch.compile's tracing, which cannot follow the compiled passes."""
     return module.forward(X)
+
+
+def _is_exporting():
+    """Whether torch.export is tracing (torch.compiler.is_exporting, where this torch has it)."""
+    is_exporting = getattr(torch.compiler, "is_exporting", None)
+    return is_exporting is not None and is_exporting()
 
 
 def _param_key(params):
@@ -607,7 +637,13 @@ class MLP(torch.nn.Module):
         engine = self._engine
         names = list(self._parameters)
         expected = [f"{kind}{l}" for l in range(engine.n_layers) for kind in ("W", "b")]
-        if names != expected or any(p is None for p in params):
+        missing = [name for name, p in zip(names, params, strict=True) if p is None]
+        if missing and names == expected:
+            raise TypeError(
+                f"parameter {missing[0]} of fastbp.torch.MLP is None: the compiled passes need every weight and bias "
+                "(to freeze one, set its requires_grad to False)"
+            )
+        if names != expected:
             raise RuntimeError(
                 f"the parameters of fastbp.torch.MLP must be {expected}, found {names}: its compiled passes take "
                 "exactly its own weights and biases (no parametrization, pruning or added parameter); use the "
@@ -687,12 +723,20 @@ class MLP(torch.nn.Module):
     def forward(self, X):
         """Network output for X: (*, n_in) tensor -> (*, n_out) tensor of the module's dtype."""
         if torch.compiler.is_compiling():  # torch.compile: the compiled passes run as one opaque call (a graph break)
+            if _is_exporting():  # torch.export: no graph break to fall back on
+                raise RuntimeError(_NO_EXPORT)
             return _eager_forward(self, X)
+        if torch._C._get_tracing_state() is not None:  # torch.jit.trace
+            raise RuntimeError(_NO_EXPORT)
         if torch._C._are_functorch_transforms_active():
             raise RuntimeError(_NO_TRANSFORMS)
         engine = self._engine
         params = tuple(self._parameters.values())
-        if _param_key(params) != engine.key:
+        try:
+            key = _param_key(params)
+        except AttributeError:  # a parameter set to None: _use_params says what the module needs
+            key = None
+        if key != engine.key or key is None:
             self._use_params(params)
         if not isinstance(X, torch.Tensor):
             raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")

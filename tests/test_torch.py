@@ -569,6 +569,49 @@ def test_training_loop_reuses_workspaces():
     assert 1 <= len(seen) <= 2
 
 
+def test_a_workspace_larger_than_the_pool_bound_is_freed_with_its_pass(monkeypatch):
+    model = fbt.MLP([4, 8, 3], seed=0)
+    monkeypatch.setattr(fbt._tuning, "BRIDGE_POOL_BYTES", 4 * (8 + 2 * 8) * 100)  # float32 workspaces of 100 rows
+    with torch.no_grad():
+        model(torch.randn(100, 4))
+        assert [w.capacity for w in model._engine.pool] == [100]
+        model(torch.randn(101, 4))  # takes the pooled one of 100 rows (too small: dropped), its own is too large
+        assert model._engine.pool == []
+    loss = model(torch.randn(5000, 4)).sum()
+    del loss  # the graph and its workspace of 5000 rows go
+    assert model._engine.pool == []
+    model(torch.randn(7, 4)).sum().backward()
+    assert [w.capacity for w in model._engine.pool] == [7]
+
+
+@pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+def test_export_trace_and_none_parameters_are_refused_clearly():
+    model = fbt.MLP([5, 8, 3], seed=0)
+    X = torch.randn(4, 5)
+    with pytest.raises(RuntimeError, match=r"cannot be exported or traced .*from model\.to_sequential\(\)"):
+        torch.export.export(model, (X,))  # not an endless recursion
+    with pytest.raises(RuntimeError, match=r"cannot be exported or traced"):
+        torch.jit.trace(model, X)
+    torch.export.export(model.to_sequential(), (X,))  # what the message points to works
+    model.W0 = None
+    with pytest.raises(TypeError, match=r"parameter W0 of fastbp.torch.MLP is None: .* set its requires_grad"):
+        model(X)
+
+
+def test_overlapping_passes_restore_the_blas_threads_of_before_the_first():
+    # two passes of other Python threads, with other settings, overlapping: the last to end restores the setting
+    def counts():
+        return [get() for get, _ in fbt._blas_controls()]
+
+    before = counts()
+    first = fbt._limit_blas(3)
+    second = fbt._limit_blas(1)  # the second pass reads 3, a setting of the first
+    fbt._restore_blas(first)
+    assert counts() == [1] * len(before)  # the second pass still runs
+    fbt._restore_blas(second)
+    assert counts() == before
+
+
 def test_input_gradient_with_frozen_parameters():
     """Only X requires grad (e.g. adversarial examples or input attribution): dX still matches torch's."""
     model = fbt.MLP([5, 8, 3], activation="tanh", output="softmax", dtype=torch.float64, seed=0)
