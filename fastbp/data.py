@@ -514,10 +514,10 @@ def split_indices(n, test_size=0.2, seed=0, labels=None):
 
 
 def stratification(y):
-    """The labels :func:`prepare` stratifies its split by: ``y`` when it holds integer class labels (1-D), each
-    class on at least 2 rows; else None (a random split)."""
+    """The labels :func:`prepare` stratifies its split by: ``y`` when it holds class labels (1-D integers, strings,
+    as :func:`load_csv` returns them, or booleans), each class on at least 2 rows; else None (a random split)."""
     y = np.asarray(y)
-    if y.ndim == 1 and y.size and y.dtype.kind in "iu" and np.unique(y, return_counts=True)[1].min() >= 2:
+    if y.ndim == 1 and y.size and y.dtype.kind in "iuUSb" and np.unique(y, return_counts=True)[1].min() >= 2:
         return y
     return None
 

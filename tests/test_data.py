@@ -171,6 +171,13 @@ def test_prepare_splits_stratified_and_standardizes():
     np.testing.assert_allclose(X_train.mean(axis=0), 0, atol=1e-12)
     np.testing.assert_allclose(X_train.std(axis=0)[active], 1, rtol=1e-12)
     np.testing.assert_allclose(X_test, (scaler.inverse_transform(X_test) - scaler.mean_) / scaler.scale_)
+    # string labels (as load_csv returns them) and booleans are class labels too: the same stratified split
+    names = np.array("zero one two three four five six seven eight nine".split())
+    y_test_names = data.prepare(X, names[y], test_size=0.25, seed=1)[3]
+    share = np.bincount(y) * 450 / 1797  # each class's share of the 450 test rows (a random split: +-6 rows)
+    assert np.all(np.abs([np.count_nonzero(y_test_names == name) for name in names] - share) < 1)
+    binary = data.prepare(X[:40], np.arange(40) % 4 == 0, test_size=0.2, seed=1)[3]
+    assert binary.sum() == 2  # 2 of the 10 True rows in the 8 test rows
 
 
 def test_one_hot():
