@@ -19,6 +19,7 @@ Without ``fcntl`` (Windows) the temporary files are not locked and stale ones ar
 
 import contextlib
 import errno
+import hashlib
 import json
 import math
 import os
@@ -41,7 +42,12 @@ _RANDOM_CHARS = 16  # hex digits of the random part
 
 
 def _temp_prefix(path):
-    return f"{PREFIX}{os.path.basename(path)[:NAME_CHARS]}-"
+    """The start of ``path``'s temporary files' names: its name, or, when longer than ``NAME_CHARS``, its start and a
+    digest of the whole name (two long names that start alike keep apart)."""
+    name = os.path.basename(path)
+    if len(name) > NAME_CHARS:
+        name = name[: NAME_CHARS - 9] + "~" + hashlib.sha256(os.fsencode(name)).hexdigest()[:8]
+    return f"{PREFIX}{name}-"
 
 
 def _temp_pattern(path):

@@ -164,6 +164,19 @@ def test_stale_temporary_files_are_removed_only_when_their_writer_is_gone(tmp_pa
     assert not os.path.exists(live)
 
 
+def test_long_names_that_start_alike_keep_their_temporary_files_apart(tmp_path):
+    first, second = tmp_path / ("x" * 100 + "A.npz"), tmp_path / ("x" * 100 + "B.npz")
+    with _files.atomic_write(str(second), "wb") as f:  # a temporary file of the second, left as a dead writer's
+        f.write(b"partial")
+        (temp,) = [name for name in os.listdir(tmp_path) if name.endswith(".tmp")]
+        os.link(tmp_path / temp, tmp_path / (temp + ".kept"))
+    os.rename(tmp_path / (temp + ".kept"), tmp_path / temp)
+    assert _files.stale_temp_files(second) == [str(tmp_path / temp)]
+    assert _files.stale_temp_files(first) == []
+    fastbp.MLP([3, 2]).save(first)  # removes its own stale files only
+    assert (tmp_path / temp).exists()
+
+
 def test_a_write_is_fsynced_before_the_rename_and_the_directory_after(tmp_path, monkeypatch):
     events = []
     real_fsync, real_replace = os.fsync, os.replace
