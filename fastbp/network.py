@@ -147,6 +147,55 @@ def _check_two_rows(n, name="X", batch_size=None):
         raise _SingleRowBatch(message, (n, batch_size))
 
 
+class _Views(list):
+    """A network's per-layer views (``net.coefs`` and the like): a list whose entries are written into, never replaced.
+    ``views[l] = array`` copies the array into layer l's view (of the same shape; the dtype cast as NumPy casts);
+    adding or removing entries is a TypeError. Copies (``list(views)``, ``copy.copy``, pickle) are plain lists."""
+
+    __slots__ = ("_name",)
+
+    def __init__(self, name, views):
+        super().__init__(views)
+        self._name = name
+
+    def __setitem__(self, index, value):
+        if isinstance(index, slice):
+            raise TypeError(f"{self._name}[...] takes one layer's index, not a slice: assign the layers one by one")
+        view = list.__getitem__(self, index)
+        if view is None:
+            raise TypeError(f"{self._name}[{index}] is None: that layer has none to set")
+        value = np.asarray(value)
+        if value.shape != view.shape:
+            raise ValueError(f"{self._name}[{index}] has shape {view.shape}, got an array of shape {value.shape}")
+        view[...] = value
+
+    def _fixed(self, *args, **kwargs):
+        raise TypeError(
+            f"{self._name} holds one view per layer into the network's parameters: its entries can be written into "
+            f"({self._name}[l] = array), not added or removed"
+        )
+
+    append = extend = insert = pop = remove = clear = sort = reverse = __delitem__ = __iadd__ = __imul__ = _fixed
+
+    def __reduce__(self):
+        return list, (list(self),)
+
+
+def _views_attribute(name, doc):
+    """A read-only attribute of :class:`MLP` for its per-layer views ``name`` (a :class:`_Views`)."""
+
+    def get(self):
+        return self._views[name]
+
+    def set_(self, value):
+        raise AttributeError(
+            f"{name} cannot be replaced: its entries are views into the network's arrays; write into them "
+            f"(net.{name}[l] = array copies into layer l's)"
+        )
+
+    return property(get, set_, doc=doc)
+
+
 def _check_name(value, name, choices):
     if not isinstance(value, str):
         raise TypeError(f"{name} must be a string, one of {sorted(choices)}; got {type(value).__name__} {value!r}")
@@ -243,7 +292,9 @@ class MLP:
         Every parameter, layer by layer: W[l] row-major (fan_in, fan_out), then b[l], then gamma[l] and beta[l] of a
         normalized layer.
     coefs, intercepts : lists of views into ``params``
-        ``coefs[l]`` is (fan_in, fan_out), ``intercepts[l]`` is (fan_out,); ``Z = A_prev @ W + b``.
+        ``coefs[l]`` is (fan_in, fan_out), ``intercepts[l]`` is (fan_out,); ``Z = A_prev @ W + b``. These lists and
+        the four below are fixed: ``net.coefs[l] = W`` copies W into the view (same shape), and they cannot be
+        replaced, nor entries added or removed.
     norm_scales, norm_shifts : lists, one per hidden layer
         gamma and beta of a normalized layer (views into ``params``), None for the others.
     buffers : ndarray of dtype
@@ -354,18 +405,29 @@ class MLP:
         self._gemm = (BLAS_GEMM[self.dtype], bf16)
         # The weights' bfloat16 twin, which the GEMMs read in bfloat16 precision (kernels/gemm.py); empty otherwise.
         self._params16 = np.zeros(offset if bf16 else 0, dtype=np.uint16)
-        self.coefs, self.intercepts = self.unflatten(self._params)
-        self.norm_scales, self.norm_shifts = self._norm_views(self._params)
-        self.running_means, self.running_vars = [], []
+        coefs, intercepts = self.unflatten(self._params)
+        scales, shifts = self._norm_views(self._params)
+        means, variances = [], []
         for l in range(n_layers - 1):
             if layout[l, _lay.NORM] == _lay.BATCH_NORM:
                 s, m = int(layout[l, _lay.STATS_OFFSET]), sizes[l + 1]
-                self.running_means.append(self._buffers[s : s + m])
-                self.running_vars.append(self._buffers[s + m : s + 2 * m])
-                self.running_vars[-1][...] = 1.0
+                means.append(self._buffers[s : s + m])
+                variances.append(self._buffers[s + m : s + 2 * m])
+                variances[-1][...] = 1.0
             else:
-                self.running_means.append(None)
-                self.running_vars.append(None)
+                means.append(None)
+                variances.append(None)
+        self._views = {
+            name: _Views(name, views)
+            for name, views in (
+                ("coefs", coefs),
+                ("intercepts", intercepts),
+                ("norm_scales", scales),
+                ("norm_shifts", shifts),
+                ("running_means", means),
+                ("running_vars", variances),
+            )
+        }
         self._init_params(seed)
 
         self.extras = {}  # arrays kept with the checkpoint (e.g. input standardisation)
@@ -389,6 +451,17 @@ class MLP:
         view = self._layout.view()
         view.flags.writeable = False
         return view
+
+    coefs = _views_attribute("coefs", "Per layer, W (fan_in, fan_out): views into ``params`` (``Z = A_prev @ W + b``).")
+    intercepts = _views_attribute("intercepts", "Per layer, b (fan_out,): views into ``params``.")
+    norm_scales = _views_attribute("norm_scales", "Per hidden layer, gamma of a normalized layer (a view), or None.")
+    norm_shifts = _views_attribute("norm_shifts", "Per hidden layer, beta of a normalized layer (a view), or None.")
+    running_means = _views_attribute(
+        "running_means", "Per hidden layer, a batch-norm layer's running means (a view into ``buffers``), or None."
+    )
+    running_vars = _views_attribute(
+        "running_vars", "Per hidden layer, a batch-norm layer's running variances (a view into ``buffers``), or None."
+    )
 
     @property
     def buffers(self):

@@ -319,3 +319,21 @@ def test_seeds_beyond_int64_work_everywhere(rng, tmp_path):
         assert np.isfinite(net.predict(X)).all()
         net.save(tmp_path / "net.npz")
         assert fastbp.load(tmp_path / "net.npz").dropout_seed == net.dropout_seed
+
+
+def test_per_layer_views_are_written_into_and_never_replaced():
+    net = fastbp.MLP([3, 4, 4, 2], norm=["batch", None], dtype="float64")
+    W = np.arange(12.0).reshape(3, 4)
+    net.coefs[0] = W  # copied into the view: the network computes with it
+    np.testing.assert_array_equal(net.params[:12], W.ravel())
+    net.running_means[0] = np.full(4, 2.0)
+    np.testing.assert_array_equal(net.buffers[:4], 2.0)
+    with pytest.raises(ValueError, match=r"coefs\[1\] has shape \(4, 4\), got an array of shape \(3, 4\)"):
+        net.coefs[1] = W
+    with pytest.raises(TypeError, match=r"norm_scales\[1\] is None: that layer has none"):
+        net.norm_scales[1] = np.ones(4)
+    with pytest.raises(TypeError, match=r"intercepts holds one view per layer .* not added or removed"):
+        net.intercepts.append(np.zeros(2))
+    with pytest.raises(AttributeError, match=r"coefs cannot be replaced: .*net\.coefs\[l\] = array"):
+        net.coefs = [W]
+    assert [view.shape for view in net.coefs] == [(3, 4), (4, 4), (4, 2)] and type(list(net.coefs)) is list
