@@ -120,7 +120,8 @@ def _abort(comm, code, text):
 
 @contextlib.contextmanager
 def abort_on_error(comm=None, code=1):
-    """Context manager: an exception (or Ctrl-C) inside the block prints its traceback from this rank and ends
+    """Context manager: an exception (Ctrl-C, and ``sys.exit`` in a job of several ranks, included) inside the block
+    prints its traceback from this rank and ends
     every rank of the job with ``MPI_Abort(code)``, as ``python -m mpi4py`` does for an uncaught exception; this
     process never returns from the block (it exits with ``code`` even where ``MPI_Abort`` returns).
 
@@ -133,10 +134,10 @@ def abort_on_error(comm=None, code=1):
     """
     try:
         yield
-    except (Exception, KeyboardInterrupt) as err:
-        if _is_agreed(err):
-            raise
+    except (Exception, KeyboardInterrupt, SystemExit) as err:  # sys.exit on one rank leaves the others waiting too
         comm = _world(comm)
+        if _is_agreed(err) or (isinstance(err, SystemExit) and comm.Get_size() == 1):
+            raise
         _abort(comm, code, _failure_text(err, comm))
 
 

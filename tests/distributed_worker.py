@@ -6,6 +6,7 @@ Every configuration is built by :func:`make` from its name, by the worker and by
 """
 
 import argparse
+import functools
 import os
 import pickle
 import signal
@@ -142,9 +143,9 @@ def _write_marker(out, rank):
             f.write("the rank went on after the job was aborted\n")
 
 
-def fail(out):
-    """Rank 1 raises in a callback after its second epoch, while rank 0 goes on into the next all-reduce; then
-    each rank would write a marker file OUT.rankR (unless OUT is -)."""
+def fail(out, exit=False):
+    """Rank 1 raises in a callback after its second epoch (or, with ``exit``, calls sys.exit(4)), while rank 0 goes
+    on into the next all-reduce; then each rank would write a marker file OUT.rankR (unless OUT is -)."""
     from fastbp import distributed
 
     rng = np.random.default_rng(0)
@@ -153,6 +154,8 @@ def fail(out):
 
     def callback(trainer, epoch, logs):
         if trainer.rank == 1 and epoch == 1:
+            if exit:
+                sys.exit(4)
             raise ValueError("boom on rank 1")
 
     trainer.callbacks.append(callback)
@@ -463,6 +466,7 @@ def layers(out):
 MODES = {
     "equal": equal,
     "fail": fail,
+    "exit": functools.partial(fail, exit=True),
     "setup": setup,
     "cli_fail": cli_fail,
     "cli_agreed": cli_agreed,

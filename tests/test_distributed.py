@@ -115,12 +115,13 @@ def test_ranks_times_threads_fit_the_cores(two_ranks):
 
 
 @needs_mpi
-def test_an_exception_on_one_rank_aborts_the_job_within_seconds(tmp_path):
+@pytest.mark.parametrize(("mode", "error"), [("fail", "ValueError: boom on rank 1"), ("exit", "SystemExit: 4")])
+def test_an_exception_on_one_rank_aborts_the_job_within_seconds(tmp_path, mode, error):
     marker = tmp_path / "marker"
-    proc, seconds = mpirun([sys.executable, WORKER, "fail", str(marker)])
+    proc, seconds = mpirun([sys.executable, WORKER, mode, str(marker)])
     assert proc.returncode != 0
     assert seconds < 30  # without the abort, rank 0 would wait in the all-reduce until the timeout
-    assert proc.stderr.count("ValueError: boom on rank 1") == 1  # printed once, by the failing rank
+    assert proc.stderr.count(error) == 1  # printed once, by the failing rank
     assert proc.stderr.count("aborting every rank") == 1
     # MPICH's MPI_Abort returns to the caller: the failing rank must not go on with the script after fit
     assert sorted(os.listdir(tmp_path)) == []
