@@ -52,7 +52,10 @@ def load_npz(path, x_key="X", y_key="y", require_y=True):
     missing = [k for k in (x_key, y_key) if k not in arrays and (require_y or k == x_key)]
     if missing:
         raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(arrays)}")
-    return arrays[x_key], arrays.get(y_key)
+    X, y = arrays[x_key], arrays.get(y_key)
+    if y is not None and X.ndim and y.ndim and X.shape[0] != y.shape[0]:
+        raise ValueError(f"{path}: {x_key} has shape {X.shape} and {y_key} {y.shape}: one row each")
+    return X, y
 
 
 class _Sniffer(csv.Sniffer):

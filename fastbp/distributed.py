@@ -25,6 +25,7 @@ exception) or wrap your own collective code in :func:`abort_on_error`.
 
 import contextlib
 import functools
+import math
 import os
 import struct
 import sys
@@ -176,6 +177,7 @@ def mpirun(args, n=2, timeout=120.0, cwd=None):
     import signal
     import subprocess
 
+    n = v.check_int(n, "n", minimum=1)
     mpiexec = mpiexec_path()
     if mpiexec is None:
         raise FileNotFoundError("mpiexec not found: python -m pip install 'fastbp[mpi]'")
@@ -305,6 +307,8 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
             has_y = y_key + ".npy" in archive.namelist()
         y_map = _npz_member(path, y_key) if has_y else None
         if X_map is not None and (y_map is not None or not has_y):
+            if y_map is not None and (X_map.ndim == 0 or y_map.ndim == 0 or y_map.shape[0] != X_map.shape[0]):
+                raise ValueError(f"{path}: {x_key} has shape {X_map.shape} and {y_key} {y_map.shape}: one row each")
             start, stop = shard_range(X_map.shape[0], rank, size)
             y_part = None if y_map is None else np.array(y_map[start:stop])
             return np.array(X_map[start:stop]), y_part
@@ -314,7 +318,8 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
             if labels.ndim != 1 or labels.shape[0] != images.shape[0]:
                 raise ValueError(f"{labels_path} must hold one label per image of {path}")
             start, stop = shard_range(images.shape[0], rank, size)
-            X_part = np.asarray(images[start:stop]).reshape(stop - start, -1).astype(np.float64)
+            pixels = math.prod(images.shape[1:])  # not -1: a rank beyond the rows gets (0, pixels)
+            X_part = np.asarray(images[start:stop]).reshape(stop - start, pixels).astype(np.float64)
             return X_part, np.asarray(labels[start:stop]).astype(np.int64)
     from .data import load_file
 
@@ -611,6 +616,8 @@ class Trainer(_Trainer):
         (train, val), call = self._agreed_parts("fit", sharded, check)
         if train.n == 0:
             raise _everywhere(ValueError("the training data is empty on every rank"))
+        if val is not None and val.n == 0:  # sharded: each rank's part may be empty, not all of them
+            raise _everywhere(ValueError("the validation data is empty on every rank"))
         return call["epochs"], train, val
 
     def _prepare_step(self, X_batch, Y_batch, sample_weight, sharded=False):

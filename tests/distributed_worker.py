@@ -295,6 +295,12 @@ def checks(out):
     # a bad constructor argument on rank 1 only: raised on every rank (rank 0 must not wait in threads_per_rank)
     net = checks_net(0)
     results["constructor"] = comm.allgather(error_of(distributed.Trainer, net, batch_size=0 if rank else 16))
+    # sharded validation data empty on every rank (a part may be empty, not the whole set): refused before training
+    part = slice(0, 30) if rank == 0 else slice(30, 64)
+    fit = trainer(batch_size=16).fit
+    results["empty_validation"] = comm.allgather(
+        error_of(fit, X[part], y[part], epochs=1, sharded=True, validation_data=(X[:0], y[:0]))
+    )
 
     # evaluate: replicated and weighted, sharded (rank 1's part empty), and in a history: Python floats
     t = trainer(seed=1, batch_size=16)

@@ -253,6 +253,11 @@ def test_replicated_data_that_differs_between_ranks_is_caught(checks, name):
 
 
 @needs_mpi
+def test_sharded_validation_data_empty_on_every_rank_is_refused_before_training(checks):
+    assert _raised_on_every_rank(checks["empty_validation"]) == "the validation data is empty on every rank"
+
+
+@needs_mpi
 def test_a_bad_constructor_argument_on_one_rank_is_raised_on_every_rank(checks):
     (kind0, message0, agreed0), (kind1, message1, agreed1) = checks["constructor"]
     assert (kind0, kind1) == ("RankFailedError", "ValueError") and agreed0 and agreed1
@@ -444,6 +449,24 @@ def test_the_shards_of_a_file_make_the_whole_file_in_rank_order(tmp_path, kind):
     assert [p[0].shape[0] for p in parts] == [7, 8, 8]  # shard_range: sizes differ by at most one row
     np.testing.assert_array_equal(np.concatenate([p[0] for p in parts]), X)
     np.testing.assert_array_equal(np.concatenate([p[1] for p in parts]), y)
+    beyond = distributed.load_shard(path, labels_path, rank=0, size=31)  # more ranks than rows: an empty part
+    assert beyond[0].shape == (0, 12) and beyond[1].shape == (0,)
+
+
+@pytest.mark.parametrize("compressed", [False, True])
+def test_a_file_whose_x_and_y_differ_in_rows_is_refused(tmp_path, compressed):
+    path = tmp_path / "d.npz"
+    (np.savez_compressed if compressed else np.savez)(path, X=np.zeros((11, 3)), y=np.zeros(5))
+    with pytest.raises(ValueError, match=r"d\.npz: X has shape \(11, 3\) and y \(5,\): one row each"):
+        distributed.load_shard(str(path), rank=1, size=2)
+    with pytest.raises(ValueError, match=r"d\.npz: X has shape \(11, 3\) and y \(5,\): one row each"):
+        fastbp.data.load_npz(path)
+
+
+@pytest.mark.parametrize("n", [0, -1, 1.5])
+def test_mpirun_refuses_a_rank_count_below_one(n):
+    with pytest.raises((ValueError, TypeError), match=r"\bn\b"):
+        distributed.mpirun(["true"], n=n)
 
 
 def test_uncompressed_files_are_memory_mapped_not_read_whole(tmp_path):
