@@ -1291,14 +1291,15 @@ def _show_warning(command, message, category, filename, lineno, file=None, line=
     print(f"fastbp {command}: warning: {_one_line(message)}", file=sys.stderr)
 
 
-def _error_text(err):
-    """One line for an exception that ends a command (exit code 1)."""
+def _error_text(err, command=None):
+    """One line for an exception that ends ``fastbp command`` (exit code 1)."""
     if isinstance(err, OSError) and err.filename is not None and err.strerror:
         hints = {FileNotFoundError: "; check the path", IsADirectoryError: "; give a file"}
         hint = hints.get(type(err), "")
         return _one_line(f"{err.filename}: {err.strerror[:1].lower()}{err.strerror[1:]}{hint}")
     if isinstance(err, MemoryError):
-        return _one_line(f"out of memory ({err or 'MemoryError'}); try smaller --layers or --batch-size")
+        rows = "--samples" if command == "gradcheck" else "--batch-size"  # the option that sets the rows at once
+        return _one_line(f"out of memory ({err or 'MemoryError'}); try smaller --layers or {rows}")
     if isinstance(err, (ValueError, TypeError, OSError, RuntimeError, EOFError)):
         return _one_line(str(err) or type(err).__name__)
     return _one_line(f"unexpected {type(err).__name__}: {err} (a bug of fastbp: please report it)")
@@ -1362,7 +1363,7 @@ def main(argv=None):
             print(f"fastbp {command}: error: {_one_line(err)} (see fastbp {command} --help)", file=sys.stderr)
             return 2
         except Exception as err:
-            print(f"fastbp {command}: error: {_error_text(err)}", file=sys.stderr)
+            print(f"fastbp {command}: error: {_error_text(err, command)}", file=sys.stderr)
             return 1
 
 

@@ -28,6 +28,8 @@ variance halves per layer) while the activations feeding each weight gradient gr
 gradients stay level. He initialisation (fastbp's default for relu) levels delta too.
 """
 
+import math
+
 import numpy as np
 
 from . import _files, data
@@ -87,6 +89,14 @@ def _digits(seed):
     return data.prepare(X, y, test_size=0.2, seed=seed)
 
 
+def _ratio(last, first):
+    """last / first of two gradient norms: inf when only the first is 0, NaN when both are or either is NaN (a run
+    that diverged before its norms were measured)."""
+    if math.isnan(last) or math.isnan(first):
+        return math.nan
+    return last / first if first > 0 else math.inf if last > 0 else math.nan
+
+
 def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=2.0, clip_norm=1.0, seed=0):
     """Run both experiments; returns a dict (plain Python values; NaN where a run diverged, which ``fastbp diagnose
     --json`` writes as null).
@@ -142,7 +152,7 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
     for activation in ACTIVATIONS:
         net = network(activation)
         entry = layer_norms(net, Xb, yb)
-        entry["ratio"] = entry["grad"][-1] / entry["grad"][0] if entry["grad"][0] > 0 else float("inf")
+        entry["ratio"] = _ratio(entry["grad"][-1], entry["grad"][0])
         history = _fit(entry, trainer(net), X_train, y_train, epochs, (X_test, y_test))
         entry["loss_per_epoch"] = history.get("loss", [])
         entry["grad_norm"] = _last(history, "grad_norm", depth + 1)
@@ -177,7 +187,7 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
         entry = {"norm": list(net.norms[:-1]), "residual": list(net.residuals[:-1])}
         entry.update(layer_norms(net, Xb, yb))
         del entry["delta"]
-        entry["ratio"] = entry["grad"][-1] / entry["grad"][0] if entry["grad"][0] > 0 else float("inf")
+        entry["ratio"] = _ratio(entry["grad"][-1], entry["grad"][0])
         t = Trainer(net, SGD(lr), batch_size=batch_size, seed=seed, progress=False)
         history = _fit(entry, t, X_train, y_train, epochs, (X_test, y_test))
         entry["loss_per_epoch"] = history.get("loss", [])
@@ -315,10 +325,7 @@ def _remedies_report(c, rem):
         last = [rem[r]["grad_norm"][l] for r in REMEDIES]
         lines.append(_row(str(l + 1), init, f"{{:>{w}.2e}}", 14) + "   " + "".join(f"{v:>{w}.2e}" for v in last))
     init = [rem[r]["ratio"] for r in REMEDIES]
-    last = [
-        rem[r]["grad_norm"][-1] / rem[r]["grad_norm"][0] if rem[r]["grad_norm"][0] > 0 else float("inf")
-        for r in REMEDIES
-    ]
+    last = [_ratio(rem[r]["grad_norm"][-1], rem[r]["grad_norm"][0]) for r in REMEDIES]
     lines.append(_row("last / first", init, f"{{:>{w}.3g}}", 14) + "   " + "".join(f"{v:>{w}.3g}" for v in last))
     losses = "".join(
         f"{'DIVERGED':>{w}}" if rem[r]["diverged"] else f"{rem[r]['loss_per_epoch'][-1]:>{w}.4f}" for r in REMEDIES

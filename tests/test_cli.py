@@ -643,3 +643,17 @@ def test_batch_norm_rows_are_counted_after_the_validation_split(capsys):
     args = ["train", "--norm", "batch", "--batch-size", "359", "--val-split", "0.1", "--epochs", "1"]
     assert cli.main([*args, "--no-progress", "--output", "none"]) == 0
     assert "test accuracy" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(("command", "option"), [("train", "--batch-size"), ("gradcheck", "--samples")])
+def test_out_of_memory_names_the_commands_own_option_for_the_rows(command, option, monkeypatch, capsys):
+    from fastbp import cli
+
+    def no_memory(args, *rest, **kwargs):
+        raise MemoryError("Unable to allocate 74.5 GiB")
+
+    monkeypatch.setattr(cli, f"cmd_{command}", no_memory)
+    assert cli.main([command]) == 1
+    assert capsys.readouterr().err == (
+        f"fastbp {command}: error: out of memory (Unable to allocate 74.5 GiB); try smaller --layers or {option}\n"
+    )

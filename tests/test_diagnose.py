@@ -204,6 +204,10 @@ def test_diagnose_goes_on_past_a_diverging_network_and_reports_it(tmp_path):
     assert re.search(
         r"^relu .*: DIVERGED \(training diverged in epoch 1: .*last finite step\), test accuracy", report, re.M
     )
+    # the remedies that all diverge in their first epoch have no measured ratio: nan, not inf
+    remedies = diagnose.report(diagnose.run(depth=3, width=8, samples=32, epochs=2, lr=1e300))
+    (last_over_first,) = re.findall(r"^last / first .*$", remedies, re.M)
+    assert last_over_first.split()[-3:] == ["nan"] * 3 and "inf" not in last_over_first
     # --json writes strict JSON: the NaN of the diverged run as null (json.loads would take NaN; other readers not)
     from fastbp import _files
 
