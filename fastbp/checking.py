@@ -53,10 +53,12 @@ gradient is zero by definition); a network with every layer frozen raises ValueE
 a float32 network the network's own float32 gradient is compared as well, layer by layer, with the float64
 analytic gradient at the same parameters and the same data (rounded to float32 as the network sees it):
 
-    error_float32 = ||g32 - g64|| / max(||g32||, ||g64||, ||(|A|^T |delta| + l2 |W|)||)
+    error_float32 = ||g32 - g64|| / max(||g32||, ||g64||, ||(|A|^T d + l2 |W|)||)
 
-where the last term is the size of the terms the gradient sums (``|delta|`` summed over the batch for the biases):
-near a minimum the gradient cancels to nearly zero and float32 can only resolve it to ~1e-7 of that size. Its
+where the last term is the size of the terms the gradient sums (``d`` summed over the batch for the biases), d
+the size of the terms of delta (``_float32_magnitudes``: delta's backward pass on magnitudes): near a minimum, or
+through batch norm on two rows, delta and the gradient cancel to nearly zero and float32 can only resolve them to
+~1e-7 of that size. Its
 threshold is ``threshold_float32`` (default 1e-4; measured: below 2e-6 on random networks up to 784-512-512-10).
 In bfloat16 matmul precision the network's own gradient is compared instead with its NumPy emulation
 (``fastbp.reference``: the same bfloat16 products, summed exactly), default threshold 1e-3: the float64 gradient
@@ -65,7 +67,8 @@ differs from it by the bfloat16 rounding itself (about 5e-3, more at relu kinks)
 Piecewise-linear activations (relu, leaky_relu) have kinks: a coordinate whose +-eps step moves a pre-activation
 across 0 gets a wrong numerical derivative. The ``2 eps`` differences usually see it and raise the noise of that
 layer (4 of 150 random 8-32-32-4 relu networks, batch 64, still failed, against 11 with a fixed floor); if a relu
-network alone fails, re-run it with another seed before believing it.
+network alone fails, re-run it with another seed before believing it. A pre-activation exactly at 0 (an all-zero
+input row into zero biases) fails whatever the seed: relu'(0) is 0, as in PyTorch, and the differences give 0.5.
 """
 
 from dataclasses import dataclass, field
@@ -281,14 +284,40 @@ class GradcheckResult:
 
 
 def _float32_magnitudes(net64, X, Y):
-    """Per layer, the norms of ``|A|^T |delta| + l2 |W|`` and of ``sum |delta|``: the size of the terms that the
-    weight and bias gradients sum, on the float64 copy."""
-    A = reference.forward(net64, X, training=True)  # value_and_grad's mode: batch statistics
-    out = []
-    for l, d in enumerate(reference.deltas(net64, X, Y)):
+    """Per layer, the norms of ``|A|^T d + l2 |W|`` and of ``sum d``: the size of the terms that the weight and bias
+    gradients sum, on the float64 copy. d is the size of the terms of delta: its backward pass run on magnitudes,
+    each difference made a sum (``|P| + |Y|`` for the output's ``P - Y``, the three terms of a normalization's
+    backward step added), so that where delta cancels (near a minimum, through batch norm on two rows) d keeps the
+    size of what float32 rounds."""
+    n = X.shape[0]
+    Y = reference._targets(net64, Y, n)
+    A, _, cache = reference._forward(net64, X, True)  # value_and_grad's mode: batch statistics
+    P, L = np.abs(A[-1]), net64.n_layers
+    if net64.loss in ("cross_entropy", "log_loss", "binary_cross_entropy", "binary_log_loss", "poisson"):
+        d = P * np.abs(Y.sum(axis=1, keepdims=True)) + np.abs(Y)  # delta = P sum(Y) - Y (P - Y for one-hot rows)
+    else:  # squared error: dC/dA = P - Y through the output activation's derivative (softmax's Jacobian)
+        g = P + np.abs(Y)
+        if net64.output == "softmax":
+            d = P * (g + (g * P).sum(axis=1, keepdims=True))
+        else:
+            d = g * np.abs(reference.DERIVATIVES[net64.output](A[-1]))
+    d = d / n
+    out, grad_A = [None] * L, None
+    for l in range(L - 1, -1, -1):
+        if l < L - 1:  # delta[l] from dC/dA[l] through layer l's activation and normalization
+            layer = cache[l]
+            d = grad_A * np.abs(reference.DERIVATIVES[net64.activations[l]](layer["H"]))
+            if layer["norm"] is not None:
+                axis = 0 if layer["norm"] == "batch" else 1
+                dXH, XH = d * np.abs(net64.norm_scales[l]), np.abs(layer["XH"])
+                d = layer["inv"] * (
+                    dXH + dXH.mean(axis=axis, keepdims=True) + XH * (dXH * XH).mean(axis, keepdims=True)
+                )
         W = net64.coefs[l]
-        d = np.abs(d)
-        out.append((np.linalg.norm(np.abs(A[l]).T @ d + net64.l2 * np.abs(W)), np.linalg.norm(d.sum(axis=0))))
+        out[l] = (np.linalg.norm(np.abs(A[l]).T @ d + net64.l2 * np.abs(W)), np.linalg.norm(d.sum(axis=0)))
+        if l > 0:
+            below = d @ np.abs(W).T
+            grad_A = below + grad_A if l < L - 1 and net64.residuals[l] else below
     return out
 
 

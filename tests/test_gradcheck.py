@@ -148,6 +148,24 @@ def test_a_float32_network_own_gradient_is_compared_with_float64(rng):
     assert result.worst_float32 is None and result.layers[0].error32_W is None and result.passed_float32
 
 
+@pytest.mark.parametrize("case", ["minimum", "batch_norm_two_rows"])
+def test_a_correct_float32_gradient_that_cancels_passes(case, rng):
+    # delta cancels: near a minimum (P - Y ~ 0) and through batch norm on two rows (x_hat = +-1): float32 resolves
+    # the gradient only to the size of the terms it sums, which the float32 error is measured against
+    X, y = rng.standard_normal((16, 10)), rng.integers(0, 4, 16)
+    if case == "minimum":
+        net = fastbp.MLP([10, 16, 16, 4], "tanh", seed=0)
+        fastbp.Trainer(net, fastbp.Adam(lr=0.01), batch_size=16, progress=False).fit(X, y, epochs=3000)
+        assert net.value_and_grad(X, y)[0] < 1e-4
+        nets = [net]
+    else:
+        X, y = X[:2], y[:2] % 3
+        nets = [fastbp.MLP([10, 5, 5, 3], "tanh", norm="batch", seed=seed) for seed in range(15)]
+    for net in nets:
+        result = fastbp.gradcheck(net, X, y)
+        assert result.passed_float32 and result.worst_float32 <= GRADCHECK_THRESHOLD_FLOAT32, str(result)
+
+
 def test_large_layers_are_sampled_and_frozen_layers_skipped(rng):
     net = fastbp.MLP([40, 50, 3], "tanh", dtype="float64", seed=0, trainable=[True, False])
     X, y = make_batch(net, 4, rng)
