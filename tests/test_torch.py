@@ -450,11 +450,12 @@ def reference_forward(params, net, X):
 
 
 def test_state_dict_round_trip():
-    model = fbt.MLP([5, 7, 3], activation="sigmoid", seed=1)
+    # blas_threads=None: bit for bit, as in test_copies_are_independent (with "auto" each module times the two BLAS)
+    model = fbt.MLP([5, 7, 3], activation="sigmoid", seed=1, blas_threads=None)
     buffer = io.BytesIO()
     torch.save(model.state_dict(), buffer)
     buffer.seek(0)
-    other = fbt.MLP([5, 7, 3], activation="sigmoid", seed=2)
+    other = fbt.MLP([5, 7, 3], activation="sigmoid", seed=2, blas_threads=None)
     X = torch.randn(4, 5)
     assert not torch.equal(other(X), model(X))
     other.load_state_dict(torch.load(buffer))
@@ -465,8 +466,8 @@ def test_state_dict_round_trip():
 
 def test_load_state_dict_assign_and_dtype_conversion():
     """Replaced parameter storage (assign=True, .double()) is gathered back into one flat buffer."""
-    model = fbt.MLP([5, 7, 3], activation="tanh", seed=1)
-    other = fbt.MLP([5, 7, 3], activation="tanh", seed=2)
+    model = fbt.MLP([5, 7, 3], activation="tanh", seed=1, blas_threads=None)  # bit for bit: see above
+    other = fbt.MLP([5, 7, 3], activation="tanh", seed=2, blas_threads=None)
     other.load_state_dict({k: v.clone() for k, v in model.state_dict().items()}, assign=True)
     X = torch.randn(4, 5)
     assert torch.equal(other(X), model(X))
