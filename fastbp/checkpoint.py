@@ -182,6 +182,25 @@ def _options(a):
     return {"norm": norms, "residual": residuals, "dropout": dropouts}
 
 
+def _check_params_size(path, a, params):
+    """Refuse ``params`` of another size than the architecture in entries ``a`` describes, when that is a valid list
+    of sizes and norms (an invalid one is left to the MLP constructor, whose error names it)."""
+    from .network import _NORMS, param_count
+
+    try:
+        sizes = [int(s) for s in a["layer_sizes"]]
+        norms = [*(_options(a).get("norm") or [None] * (len(sizes) - 2)), None]
+        valid = min(sizes) >= 1 and len(norms) == len(sizes) - 1 and all(k is None or k in _NORMS for k in norms)
+        count = param_count(sizes, norms) if valid else None
+    except (KeyError, TypeError, ValueError):
+        count = None
+    if count is not None and params.shape != (count,):
+        raise CheckpointError(
+            f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "
+            f"{a['dtype']} and ({count},)"
+        )
+
+
 def load(path, return_optimizer=False, matmul_precision=None):
     """Read a checkpoint written by ``MLP.save`` or ``Trainer.save`` (:func:`save`).
 
@@ -211,6 +230,10 @@ def load(path, return_optimizer=False, matmul_precision=None):
         raise ValueError(  # the caller's argument is at fault, not the file
             f"matmul_precision={matmul_precision!r} needs a float32 network; {path} holds a {dtype} one"
         )
+    params = a.get("params")
+    if params is None:
+        raise CheckpointError(f"{path} has no entry params (the network's parameters)")
+    _check_params_size(path, a, params)  # before the network is made: a crafted file may describe a huge one
     try:
         net = MLP(
             [int(s) for s in a["layer_sizes"]],
@@ -228,9 +251,6 @@ def load(path, return_optimizer=False, matmul_precision=None):
         )
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes an invalid network: {err}") from err
-    params = a.get("params")
-    if params is None:
-        raise CheckpointError(f"{path} has no entry params (the network's parameters)")
     if params.dtype != net.dtype or params.shape != (net.n_params,):
         raise CheckpointError(
             f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "

@@ -82,6 +82,14 @@ def _per_hidden_layer(value, name, sizes, scalar_types, what, default):
     return [(f"{name}[{i}]", item) for i, item in enumerate(value)]
 
 
+def param_count(sizes, norms):
+    """The number of parameters of layers ``sizes`` (n_in, ..., n_out) with ``norms`` (one per layer, None or a
+    norm's name): W and b of each layer, and gamma and beta of each normalized one."""
+    return sum(a * b + b for a, b in itertools.pairwise(sizes)) + 2 * sum(
+        w for w, k in zip(sizes[1:], norms, strict=True) if k
+    )
+
+
 def _layer_options(norm, residual, dropout, sizes):
     """(norm codes, residual flags, dropout rates) of the layers (the output layer's: none), checked."""
     norms = []
@@ -329,9 +337,7 @@ class MLP:
             raise ValueError(f"layer_sizes needs at least an input and an output size, got {list(sizes)}")
         n_layers = len(sizes) - 1
         norms, residuals, rates = _layer_options(norm, residual, dropout, sizes)
-        n_params = sum(a * b + b for a, b in itertools.pairwise(sizes)) + 2 * sum(
-            w for w, k in zip(sizes[1:], norms, strict=True) if k
-        )
+        n_params = param_count(sizes, norms)
         if n_params > MAX_PARAMS:
             raise ValueError(
                 f"layer_sizes {list(sizes)} need {n_params} parameters, more than fastbp supports ({MAX_PARAMS})"

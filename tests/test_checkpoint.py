@@ -123,6 +123,14 @@ def test_tampered_bytes_and_changed_shapes_are_rejected(tmp_path):
     np.savez(tmp_path / "reshaped.npz", **reshaped)
     with pytest.raises(CheckpointError, match=r"params has dtype float64 and shape \(26,\).*\(32,\)"):
         fastbp.load(tmp_path / "reshaped.npz")
+    # a crafted file naming a huge network beside tiny params is refused before the network is made (it allocated
+    # the whole network first: 286 MB for 5000 x 5000, 40 GB for 100000 x 100000)
+    huge = dict(arrays, layer_sizes=np.array([100_000, 100_000, 2]))
+    del huge["sha256"]
+    huge["sha256"] = np.array(_digest(huge))
+    np.savez(tmp_path / "huge.npz", **huge)
+    with pytest.raises(CheckpointError, match=r"params has dtype float64 and shape \(26,\).*\(10000300002,\)"):
+        fastbp.load(tmp_path / "huge.npz")
     # not a checkpoint at all
     np.savez(tmp_path / "other.npz", X=np.zeros(3))
     with pytest.raises(CheckpointError, match=r"archive of arrays \[X\]; expected a fastbp checkpoint"):
