@@ -182,23 +182,26 @@ def _options(a):
     return {"norm": norms, "residual": residuals, "dropout": dropouts}
 
 
-def _check_params_size(path, a, params):
-    """Refuse ``params`` of another size than the architecture in entries ``a`` describes, when that is a valid list
-    of sizes and norms (an invalid one is left to the MLP constructor, whose error names it)."""
+def _described_param_count(a):
+    """The number of parameters of the architecture that entries ``a`` describe, or None when its sizes or norms are
+    not valid (the MLP constructor's error then names what is wrong)."""
     from .network import _NORMS, param_count
 
     try:
         sizes = [int(s) for s in a["layer_sizes"]]
         norms = [*(_options(a).get("norm") or [None] * (len(sizes) - 2)), None]
-        valid = min(sizes) >= 1 and len(norms) == len(sizes) - 1 and all(k is None or k in _NORMS for k in norms)
-        count = param_count(sizes, norms) if valid else None
     except (KeyError, TypeError, ValueError):
-        count = None
-    if count is not None and params.shape != (count,):
-        raise CheckpointError(
-            f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "
-            f"{a['dtype']} and ({count},)"
-        )
+        return None
+    valid = min(sizes) >= 1 and len(norms) == len(sizes) - 1 and all(k is None or k in _NORMS for k in norms)
+    return param_count(sizes, norms) if valid else None
+
+
+def _params_mismatch(path, params, dtype, count):
+    """The error of ``params`` that are not the ``count`` values of ``dtype`` the architecture needs."""
+    return CheckpointError(
+        f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs {dtype} and "
+        f"({count},)"
+    )
 
 
 def load(path, return_optimizer=False, matmul_precision=None):
@@ -233,7 +236,10 @@ def load(path, return_optimizer=False, matmul_precision=None):
     params = a.get("params")
     if params is None:
         raise CheckpointError(f"{path} has no entry params (the network's parameters)")
-    _check_params_size(path, a, params)  # before the network is made: a crafted file may describe a huge one
+    # checked before the network is made: a crafted file may describe a huge one beside a few values
+    count = _described_param_count(a)
+    if count is not None and params.shape != (count,):
+        raise _params_mismatch(path, params, dtype, count)
     try:
         net = MLP(
             [int(s) for s in a["layer_sizes"]],
@@ -252,10 +258,7 @@ def load(path, return_optimizer=False, matmul_precision=None):
     except (KeyError, TypeError, ValueError) as err:
         raise CheckpointError(f"{path} describes an invalid network: {err}") from err
     if params.dtype != net.dtype or params.shape != (net.n_params,):
-        raise CheckpointError(
-            f"{path}: params has dtype {params.dtype} and shape {params.shape}, but the architecture needs "
-            f"{net.dtype} and ({net.n_params},)"
-        )
+        raise _params_mismatch(path, params, net.dtype, net.n_params)
     net.params[:] = params
     if int(a["version"]) >= 2:
         if "buffers" not in a or "dropout_seed" not in a:
