@@ -734,9 +734,10 @@ class MLP(torch.nn.Module):
         params = tuple(self._parameters.values())
         try:
             key = _param_key(params)
-        except AttributeError:  # a parameter set to None: _use_params says what the module needs
-            key = None
-        if key != engine.key or key is None:
+        except AttributeError:  # a parameter set to None: the check names it
+            self._check_params(params)
+            raise
+        if key != engine.key:
             self._use_params(params)
         if not isinstance(X, torch.Tensor):
             raise TypeError(f"X must be a torch.Tensor, got {type(X).__name__}")
