@@ -120,6 +120,10 @@ def test_tampered_bytes_and_changed_shapes_are_rejected(tmp_path):
         reshaped = _rewrite(tmp_path / "m.npz", tmp_path / "reshaped.npz", layer_sizes=np.array(sizes))
         with pytest.raises(CheckpointError, match=rf"params has dtype float64 and shape \(26,\).*\({needs},\)"):
             fastbp.load(reshaped)
+    # without its dtype entry too: still the file's error, not a KeyError
+    reshaped = _rewrite(tmp_path / "m.npz", tmp_path / "reshaped.npz", layer_sizes=np.array([3, 5, 2]), dtype=None)
+    with pytest.raises(CheckpointError, match=r"params has dtype float64 and shape \(26,\).*\(32,\)"):
+        fastbp.load(reshaped)
     # not a checkpoint at all
     np.savez(tmp_path / "other.npz", X=np.zeros(3))
     with pytest.raises(CheckpointError, match=r"archive of arrays \[X\]; expected a fastbp checkpoint"):
