@@ -55,6 +55,13 @@ def _temp_pattern(path):
     return re.compile(re.escape(_temp_prefix(path)) + f"[0-9a-f]{{{_RANDOM_CHARS}}}" + re.escape(SUFFIX))
 
 
+def _target(path):
+    """The file a write of ``path`` replaces: a symbolic link's target (written through, as ``open`` and ``np.save``
+    do, instead of replacing the link with a file), else ``path``."""
+    path = os.fsdecode(path)
+    return os.path.realpath(path) if os.path.islink(path) else path
+
+
 def _directory(path):
     return os.path.dirname(os.path.abspath(path))
 
@@ -77,7 +84,7 @@ def remove_stale_temp_files(path):
 def _temp_files(path, remove):
     if fcntl is None:
         return []
-    path = os.fsdecode(path)
+    path = _target(path)
     directory, pattern = _directory(path), _temp_pattern(path)
     try:
         names = [name for name in os.listdir(directory) if pattern.fullmatch(name)]
@@ -184,10 +191,10 @@ def atomic_write(path, mode="wb", encoding=None, what="file"):
     """Context manager: a file object whose content replaces ``path`` atomically and durably when the block ends
     without an exception (see the module docstring); on an exception the temporary file is removed and ``path`` is
     left as it was. ``mode``: "wb" or "w" (text, with ``encoding``, default UTF-8). Stale temporary files of ``path``
-    are removed first."""
+    are removed first. A symbolic link is written through: its target gets the content, the link stays."""
     if mode not in ("wb", "w"):
         raise ValueError(f"mode must be 'wb' or 'w', got {mode!r}")
-    path = os.fsdecode(path)
+    path = _target(path)
     check_writable(path, what)
     remove_stale_temp_files(path)
     try:

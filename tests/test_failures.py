@@ -208,6 +208,19 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary_file(tmp_path):
     assert path.read_text() == "old" and sorted(os.listdir(tmp_path)) == ["report.json"]
 
 
+def test_a_write_through_a_symbolic_link_replaces_its_target_and_keeps_the_link(tmp_path):
+    # the rename used to put a regular file in the link's place, leaving the target as it was
+    (tmp_path / "runs").mkdir()
+    target = tmp_path / "runs" / "model.npz"
+    target.write_bytes(b"old")
+    link = tmp_path / "latest.npz"
+    link.symlink_to(os.path.join("runs", "model.npz"))  # relative, as `ln -s` makes it
+    with _files.atomic_write(link, "wb") as f:
+        f.write(b"new")
+    assert link.is_symlink() and target.read_bytes() == b"new"
+    assert sorted(os.listdir(tmp_path)) == ["latest.npz", "runs"] and os.listdir(tmp_path / "runs") == ["model.npz"]
+
+
 def test_a_failed_rename_names_the_file_not_the_temporary_one(tmp_path, monkeypatch):
     # a file the rename cannot replace (an immutable one: EPERM) was reported under the temporary file's name
     path = tmp_path / "model.npz"
