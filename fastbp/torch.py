@@ -83,6 +83,11 @@ _TORCH_ACTIVATIONS = {
 }
 
 
+class ShapeError(ValueError, RuntimeError):
+    """A tensor of the wrong shape for the network: a ``ValueError``, as fastbp's other shape errors, and a
+    ``RuntimeError``, as torch's ``Linear`` raises for it, so that code written for either catches it."""
+
+
 def _numpy_dtype(dtype):
     """np.float32 or np.float64 from a torch dtype, a NumPy dtype or a name."""
     if isinstance(dtype, torch.dtype):
@@ -658,7 +663,7 @@ class MLP(torch.nn.Module):
             raise RuntimeError("fastbp.torch.MLP runs on the CPU only; its parameters are on another device")
         for p, shape in zip(params, engine.shapes, strict=True):
             if tuple(p.shape) != shape:
-                raise ValueError(f"a parameter of fastbp.torch.MLP has shape {tuple(p.shape)}, expected {shape}")
+                raise ShapeError(f"a parameter of fastbp.torch.MLP has shape {tuple(p.shape)}, expected {shape}")
 
     def _use_params(self, params):
         """Point the kernels at the current parameter tensors (checked), refreshed whenever a parameter's storage,
@@ -750,7 +755,7 @@ class MLP(torch.nn.Module):
         n_in = engine.sizes[0]
         if X.dim() != 2 or X.shape[1] != n_in:
             if X.dim() == 0 or X.shape[-1] != n_in:
-                raise ValueError(f"X must have shape (*, {n_in}), got {tuple(X.shape)}")
+                raise ShapeError(f"X must have shape (*, {n_in}), got {tuple(X.shape)}")
             lead = X.shape[:-1]
             return self.forward(X.reshape(-1, n_in)).reshape(*lead, engine.sizes[-1])
         if not X.is_cpu:

@@ -257,6 +257,18 @@ def test_input_shapes(shape, gemms):
     assert_grads_match(model, seq, TORCH_RTOL["float32"])
 
 
+@pytest.mark.parametrize("shape", [(3, 5), (5,), ()])
+def test_a_wrong_input_width_is_caught_as_torch_linear_s_error_is(shape):
+    # torch's Linear raises RuntimeError ("mat1 and mat2 shapes cannot be multiplied"); fastbp raised ValueError only
+    model = fbt.MLP([4, 5, 3], seed=0)
+    X = torch.zeros(shape)
+    with pytest.raises(RuntimeError):
+        sequential(model, "relu", "identity")(X)
+    with pytest.raises(RuntimeError, match=r"X must have shape \(\*, 4\)") as caught:
+        model(X)
+    assert isinstance(caught.value, ValueError)
+
+
 @pytest.mark.parametrize("frozen", [(), ("W0", "b0"), ("W1",)])
 @pytest.mark.parametrize("x_grad", [True, False])
 def test_frozen_parameters_with_and_without_input_grad(frozen, x_grad, gemms):
@@ -665,8 +677,9 @@ def test_a_reshaped_or_transposed_parameter_at_the_same_address_is_seen():
     model(X)
     with torch.no_grad():
         model.W0.data = model.W0.data.reshape(6, 4)
-    with pytest.raises(ValueError, match=r"has shape \(6, 4\), expected \(4, 6\)"):
+    with pytest.raises(ValueError, match=r"has shape \(6, 4\), expected \(4, 6\)") as caught:
         model(X)
+    assert isinstance(caught.value, RuntimeError)  # as torch's own shape errors
 
 
 @pytest.mark.parametrize(
