@@ -311,8 +311,9 @@ class MeanGate(SumGate):
 
     def forward(self, a):
         total = super().forward(a)
-        self.count = a.size // max(np.size(total), 1) if a.size else 1
-        return total / self.count
+        # elements per result; 0 when they are none: NaN with NumPy's warning, as np.mean of an empty slice
+        self.count = a.size // np.size(total) if np.size(total) else 0
+        return total / np.float64(self.count)
 
     def backward(self, dz):
         return [g / self.count for g in super().backward(dz)]

@@ -39,6 +39,7 @@ them, and so is the Poisson loss; everything else is computed in the network's d
 import numpy as np
 from scipy.special import xlogy
 
+from ._validation import check_sample_weight
 from .kernels.activations import LEAKY_SLOPE
 from .kernels.layout import DROPOUT
 
@@ -318,7 +319,7 @@ def value_and_grad(net, X, Y, sample_weight=None, dropout_step=None, row_ids=Non
     """
     X, _, _ = net.check_batch(X, Y)
     n = X.shape[0]
-    w = np.ones(n) if sample_weight is None else np.asarray(sample_weight, dtype=np.float64)
+    w = np.ones(n) if sample_weight is None else check_sample_weight(sample_weight, n, np.float64)  # as the engine
     Y = _targets(net, Y, n)
     Ws = net.coefs
 

@@ -215,6 +215,17 @@ def test_unary_operations_match_finite_differences(name, shape, rng):
     check_against_fd(op, values(rng, shape), rng=rng, numpy=numpy_op)
 
 
+@pytest.mark.parametrize(("shape", "axis"), [((0,), None), ((0, 3), 0), ((3, 0), 1), ((3, 0), 0), ((0, 3), 1)])
+def test_the_mean_of_nothing_is_numpy_s(shape, axis):
+    # it was 0.0 where np.mean (and torch.mean) give NaN
+    a = np.zeros(shape)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # "Mean of empty slice", on both sides
+        expected = np.mean(a, axis=axis)
+        got = g.mean(g.Node(a), axis=axis).value
+    np.testing.assert_array_equal(got, expected)  # NaN where NumPy gives NaN, the same shape
+
+
 BINARY = {
     "add": (lambda a, b: a + b, np.add, away_from_zero),
     "subtract": (lambda a, b: a - b, np.subtract, away_from_zero),

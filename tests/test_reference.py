@@ -119,3 +119,19 @@ def test_softmax_cross_entropy_with_targets_that_are_not_distributions(targets, 
     _, compiled = net.value_and_grad(X, Y)
     assert rel_err(ref, fd) <= FD_RTOL or np.abs(ref - fd).max() <= 1e-9  # zero rows: gradient exactly 0
     assert rel_err(compiled, ref) <= 1e-12 or np.abs(compiled - ref).max() <= 1e-15
+
+
+@pytest.mark.parametrize(
+    ("weights", "message"),
+    [([1.0, 2.0], "has 2 weights for 3 samples"), ([1.0, -1.0, 2.0], "must be >= 0"), ([0.0, 0.0, 0.0], "positive")],
+)
+def test_sample_weights_are_checked_as_the_engine_checks_them(weights, message):
+    # the oracle took any weights: too few broadcast into an error of its own, a zero sum gave NaN without a word
+    net = fastbp.MLP([4, 3, 2], dtype=np.float64, seed=0)
+    X, y = np.ones((3, 4)), np.array([0, 1, 1])
+    for value_and_grad in (
+        net.value_and_grad,
+        lambda X, y, sample_weight: reference.value_and_grad(net, X, y, sample_weight),
+    ):
+        with pytest.raises(ValueError, match=message):
+            value_and_grad(X, y, sample_weight=weights)
