@@ -53,9 +53,15 @@ def load_npz(path, x_key="X", y_key="y", require_y=True):
     if missing:
         raise ValueError(f"{path} has no array {missing[0]!r}; it has {sorted(arrays)}")
     X, y = arrays[x_key], arrays.get(y_key)
-    if y is not None and X.ndim and y.ndim and X.shape[0] != y.shape[0]:
-        raise ValueError(f"{path}: {x_key} has shape {X.shape} and {y_key} {y.shape}: one row each")
+    check_rows(path, x_key, X, y_key, y)
     return X, y
+
+
+def check_rows(path, x_key, X, y_key, y):
+    """Raise ValueError unless the arrays (or memory maps) X and y of the file ``path`` have one row each: as many
+    rows, neither a scalar. y None (a file without labels) passes."""
+    if y is not None and (X.ndim == 0 or y.ndim == 0 or X.shape[0] != y.shape[0]):
+        raise ValueError(f"{path}: {x_key} has shape {X.shape} and {y_key} {y.shape}: one row each")
 
 
 class _Sniffer(csv.Sniffer):

@@ -38,6 +38,7 @@ import zlib
 import numpy as np
 
 from . import _validation as v
+from .data import _IDX_TYPES, check_rows, load_file
 from .kernels import step as _kstep
 from .kernels.drivers import _value_and_grad_entry
 from .threads import set_num_threads
@@ -261,8 +262,6 @@ def _npz_member(path, key):
 def _idx_map(path):
     """An uncompressed IDX file as a read-only memory map of its declared shape (header checked), or None for a
     gzipped one."""
-    from .data import _IDX_TYPES
-
     if path.endswith(".gz"):
         return None
     with open(path, "rb") as f:
@@ -307,8 +306,7 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
             has_y = y_key + ".npy" in archive.namelist()
         y_map = _npz_member(path, y_key) if has_y else None
         if X_map is not None and (y_map is not None or not has_y):
-            if y_map is not None and (X_map.ndim == 0 or y_map.ndim == 0 or y_map.shape[0] != X_map.shape[0]):
-                raise ValueError(f"{path}: {x_key} has shape {X_map.shape} and {y_key} {y_map.shape}: one row each")
+            check_rows(path, x_key, X_map, y_key, y_map)
             start, stop = shard_range(X_map.shape[0], rank, size)
             y_part = None if y_map is None else np.array(y_map[start:stop])
             return np.array(X_map[start:stop]), y_part
@@ -321,8 +319,6 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
             pixels = math.prod(images.shape[1:])  # not -1: a rank beyond the rows gets (0, pixels)
             X_part = np.asarray(images[start:stop]).reshape(stop - start, pixels).astype(np.float64)
             return X_part, np.asarray(labels[start:stop]).astype(np.int64)
-    from .data import load_file
-
     print(f"fastbp.distributed: {path} cannot be read in parts; every rank reads it whole", file=sys.stderr)
     X, y = load_file(path, labels_path, require_y=False)
     start, stop = shard_range(X.shape[0], rank, size)
