@@ -161,7 +161,9 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     is an integer, float64 for other numbers, and strings (a NumPy unicode array) when a label is not a number; with
     ``return_names``, also the header's column names (None without a header) and the label column's index. Raises
     ValueError naming the file and the problem (no data rows, a non-numeric feature, a row longer or shorter than the
-    first, a header of another width, an empty label, text that is not UTF-8).
+    first, a header of another width, an empty label, text that is not UTF-8). Warns when the first column is
+    unnamed in the header and holds distinct row numbers: a pandas index (``df.to_csv()`` without ``index=False``),
+    which is read as a feature.
     """
     path = os.fsdecode(path)
     if skip_header is not None and (
@@ -190,6 +192,13 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
         if line.count(delimiter) != n_columns - 1 and ('"' not in line or len(_fields(line, delimiter)) != n_columns):
             raise ValueError(f"{path}: {_csv_problem([(number, _fields(line, delimiter))], n_columns, [])}")
     X = _loadtxt(path, text, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
+    if names is not None and names[0] == "" and label != 0 and _is_row_index(X[:, 0]):
+        warnings.warn(
+            f"{path}: its first column has no name and holds distinct row numbers, as pandas writes a DataFrame's "
+            "index (df.to_csv() does unless index=False); it is read as a feature. Save the file with index=False, "
+            "or drop that column",
+            stacklevel=3,
+        )
     if label is not None:
         fields = _loadtxt(path, text, lines, n_columns, [], usecols=[label], dtype=str, **options)[:, 0]
         y = _labels(fields, path, lines)
@@ -198,6 +207,13 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
     if return_names:
         return X, y, names, label
     return X, y
+
+
+def _is_row_index(column):
+    """Whether a column of at least 2 values holds distinct integers >= 0, as a DataFrame's index (in any order)."""
+    return column.size >= 2 and bool(np.all((column >= 0) & (column == np.round(column)))) and (
+        np.unique(column).size == column.size
+    )
 
 
 def _csv_format(path, delimiter, skip_header):

@@ -257,6 +257,29 @@ def test_load_csv_reads_numeric_header_names_quotes_and_hashes_as_pandas_does(tm
 
 
 @pytest.mark.parametrize(
+    ("text", "warns"),
+    [
+        (",a,label\n0,1.5,3\n1,2.5,5\n2,3.5,7\n", True),  # df.to_csv(): the index, unnamed, first
+        (",a,label\n2,1.5,3\n0,2.5,5\n7,3.5,7\n", True),  # of a shuffled or filtered frame
+        ("a,b,label\n0,1.5,3\n1,2.5,5\n2,3.5,7\n", False),  # the same numbers in a named column
+        (",a,label\n0.5,1.5,3\n1,2.5,5\n2,3.5,7\n", False),  # an unnamed column of other numbers
+        (",a,label\n1,1.5,3\n1,2.5,5\n2,3.5,7\n", False),  # not distinct
+    ],
+)
+def test_load_csv_warns_of_a_pandas_index_read_as_a_feature(tmp_path, text, warns):
+    # a DataFrame written with its index (pandas' default) gave the row numbers to the network as a feature unsaid
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, _ = data.load_csv(path)
+    assert X.shape == (3, 2)  # read as a feature either way, as np.loadtxt and pandas read it
+    messages = [str(w.message) for w in caught if "pandas" in str(w.message)]
+    assert len(messages) == warns and all(m.startswith(f"{path}: its first column has no name") for m in messages)
+    assert all("index=False" in m for m in messages)  # the way out
+
+
+@pytest.mark.parametrize(
     ("text", "names", "rows"),
     [
         ("# exported by a tool\n1,2,0\n4,5,1\n7,8,0\n", None, 3),  # a comment, not a header of one name
