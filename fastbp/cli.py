@@ -670,6 +670,8 @@ def _training_data(args):
     what to do when they are wrong; errors name the option. column: for a CSV file, the label column as the
     checkpoint records it, (its name in the header or None, its place from the end or None when it was given by
     name), else None."""
+    from . import data
+
     names = index = position = None
     if _data_kind(args.data, args.labels) == "csv":
         X, y, names, index, position = _load_csv(args.data, -1 if args.label_column is None else args.label_column)
@@ -681,7 +683,7 @@ def _training_data(args):
         raise ValueError(f"{where}: expected one label per row of the {X.shape[0]} rows")
     column = None
     if index is not None:  # the place counted from the end (a file without labels then has too few columns)
-        by_name = args.label_column is not None and names is not None and args.label_column.strip() in names
+        by_name = data.names_column(args.label_column, names)
         column = (names[index] if names is not None else None, None if by_name else index - X.shape[1] - 1)
     return X, y, where, hint, column
 

@@ -102,10 +102,15 @@ def _head(path, count):
     return comments, found
 
 
+def names_column(column, names):
+    """Whether ``column`` is given by its name in the header ``names`` (None without a header), not by its index."""
+    return names is not None and isinstance(column, str) and column.strip() in names
+
+
 def resolve_column(column, names, n_columns, path):
     """The index in [0, n_columns) of ``column``: a header name (``names``, None without a header), or an integer
     (or a string of one) counted from 0, negative from the end. ValueError naming the choices otherwise."""
-    if names is not None and isinstance(column, str) and column.strip() in names:
+    if names_column(column, names):
         found = [i for i, name in enumerate(names) if name == column.strip()]
         if len(found) > 1:
             raise _ColumnError(
