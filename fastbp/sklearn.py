@@ -434,7 +434,7 @@ class _FastbpMixin:
         else:
             if self.batch_size > n:
                 warnings.warn(
-                    "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=3
+                    "Got `batch_size` less than 1 or larger than sample size. It is going to be clipped", stacklevel=2
                 )
             batch_size = int(np.clip(self.batch_size, 1, n))
 
@@ -498,10 +498,10 @@ class _FastbpMixin:
                         f"Stochastic Optimizer: Maximum iterations ({self.max_iter}) reached and the optimization "
                         "hasn't converged yet.",
                         ConvergenceWarning,
-                        stacklevel=3,
+                        stacklevel=2,  # from scikit-learn's _fit, as scikit-learn's own: filters by module match
                     )
         except KeyboardInterrupt:
-            warnings.warn("Training interrupted by user.", stacklevel=3)
+            warnings.warn("Training interrupted by user.", stacklevel=2)
 
         if early_stopping:  # restore the best parameters, into the network's buffer
             for a, b in zip(net.coefs + net.intercepts, self._best_coefs + self._best_intercepts, strict=True):

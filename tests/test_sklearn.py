@@ -256,6 +256,30 @@ def test_lbfgs_convergence_warnings_and_non_finite_steps_are_scikit_learns(digit
             assert np.isnan(ours.loss_) and np.isnan(theirs.loss_)
 
 
+@pytest.mark.parametrize("solver", ["sgd", "adam"])
+def test_the_stochastic_solvers_warn_from_scikit_learn_s_module_as_it_does(digits, solver):
+    # they pointed at fastbp/sklearn.py, so that a filter by module="sklearn" let them through
+    X, y = digits
+    for cls in (skl.MLPClassifier, MLPClassifier):
+        model = cls(hidden_layer_sizes=(5,), solver=solver, max_iter=1, batch_size=500, random_state=0)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            model.fit(X[:100], y[:100])
+        modules = sorted({(w.category.__name__, w.filename.rsplit("sklearn", 1)[-1]) for w in caught})
+        expected = [
+            ("ConvergenceWarning", "/neural_network/_multilayer_perceptron.py"),
+            ("UserWarning", "/neural_network/_multilayer_perceptron.py"),
+        ]
+        assert modules == expected, cls
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            warnings.filterwarnings("ignore", module="sklearn")
+            cls(hidden_layer_sizes=(5,), solver=solver, max_iter=1, batch_size=500, random_state=0).fit(
+                X[:100], y[:100]
+            )
+        assert caught == [], cls
+
+
 def test_a_warm_start_with_other_hidden_layers_is_refused(digits):
     # scikit-learn continues from coefs_ and fails on the mismatched shapes; fastbp trained the old layers
     X, y = digits
