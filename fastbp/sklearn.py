@@ -338,8 +338,9 @@ class _FastbpMixin:
     def _forward_pass_fast(self, X, check_input=True):
         """Network outputs for X (n, n_features): probabilities (classifier) or values (regressor). An
         ``out_activation_`` that fastbp has no output for (one set to a hidden activation, to read a hidden layer's
-        activations from truncated ``coefs_``) takes scikit-learn's own NumPy pass."""
-        if self.out_activation_ not in _OUTPUT:
+        activations from truncated ``coefs_``), or an ``n_layers_`` lowered to read a hidden layer (scikit-learn's
+        pass runs ``n_layers_ - 1`` layers), takes scikit-learn's own NumPy pass."""
+        if self.out_activation_ not in _OUTPUT or getattr(self, "n_layers_", None) != len(self.coefs_) + 1:
             return super()._forward_pass_fast(X, check_input)
         if check_input:
             X = validate_data(self, X, accept_sparse=["csr", "csc"], reset=False)

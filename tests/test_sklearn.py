@@ -329,6 +329,24 @@ def test_a_hidden_layer_is_read_as_with_scikit_learn(digits):
         hidden.append(model._forward_pass_fast(X[:20]))
     assert hidden[0].shape == (20, 8)
     assert rel_err(*hidden) <= SKLEARN_RTOL["float64"]
+    # the other recipe: lower n_layers_ alone, coefs_ kept, with an activation fastbp has as an output (it ran the
+    # whole network)
+    models = _fit_both(
+        MLPClassifier,
+        skl.MLPClassifier,
+        X,
+        y,
+        hidden_layer_sizes=(8, 4),
+        activation="logistic",
+        max_iter=3,
+        random_state=0,
+    )
+    hidden = []
+    for model in models:
+        model.n_layers_, model.out_activation_ = 3, "logistic"
+        hidden.append(model._forward_pass_fast(X[:20]))
+    assert hidden[0].shape == (20, 4)
+    assert rel_err(*hidden) <= SKLEARN_RTOL["float64"]
 
 
 def test_a_warm_start_with_other_outputs_says_so(digits):
