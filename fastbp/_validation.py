@@ -96,6 +96,12 @@ def as_float_array(a, name, dtype, ndim):
         raise TypeError(f"{name} must hold real numbers, got an array of dtype {arr.dtype}")
     if arr.ndim != ndim:
         raise ValueError(f"{name} must be {ndim}-dimensional, got shape {arr.shape}")
+    return _finite_as(arr, name, dtype)
+
+
+def _finite_as(arr, name, dtype):
+    """The real array ``arr`` as a C-contiguous array of ``dtype``, checked finite: NaN or inf given, or a value too
+    large for ``dtype``, each a ValueError of its own (copy only if needed)."""
     if arr.dtype.kind == "f" and arr.dtype != dtype:
         check_finite(arr, name)  # before the cast, so that an overflow of the cast is told apart from NaN/inf
         with np.errstate(over="ignore"):
@@ -161,9 +167,7 @@ def check_targets(Y, n, n_out, dtype, allow_labels, name="Y"):
     if arr.shape != (n, n_out):
         hint = f"; class labels are 1-D: give {name}.ravel()" if allow_labels and arr.shape == (n, 1) else ""
         raise ValueError(f"{name} must have shape ({n}, {n_out}) to match X and the network, got {arr.shape}{hint}")
-    Y2d = np.ascontiguousarray(arr, dtype=dtype)
-    check_finite(Y2d, name)
-    return Y2d, _NO_LABELS
+    return _finite_as(arr, name, dtype), _NO_LABELS
 
 
 def check_out(out, size, dtype, name="out"):

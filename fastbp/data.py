@@ -216,8 +216,10 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
 
 def _is_row_index(column):
     """Whether a column of at least 2 values holds distinct integers >= 0, as a DataFrame's index (in any order)."""
-    return column.size >= 2 and bool(np.all((column >= 0) & (column == np.round(column)))) and (
-        np.unique(column).size == column.size
+    return (
+        column.size >= 2
+        and bool(np.all((column >= 0) & (column == np.round(column))))
+        and (np.unique(column).size == column.size)
     )
 
 

@@ -1,5 +1,7 @@
 """Bad input is rejected at the boundary with an error naming the argument, and changes nothing."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import make_batch
@@ -227,6 +229,11 @@ def test_inputs_that_do_not_fit_the_dtype_or_are_malformed(rng):
     net = fastbp.MLP([2, 3])
     with pytest.raises(ValueError, match="too large for float32"):
         net.value_and_grad(np.array([[1e39, 0.0]]), [0])
+    regressor = fastbp.MLP([2, 1], output="identity")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # the cast's overflow warning came first, then "Y contains NaN or infinity"
+        with pytest.raises(ValueError, match=r"Y holds values too large for float32"):
+            regressor.value_and_grad(np.zeros((1, 2)), np.array([[1e39]]))
     with pytest.raises(ValueError, match=r"X cannot be read as an array"):
         net.value_and_grad([[1.0, 2.0], [3.0]], [0, 1])
     with pytest.raises(TypeError, match="masked array"):
