@@ -20,6 +20,10 @@ from .kernels import optimizers as _k
 #: hyper-parameters it passes to compiled code until this changes.
 CHANGES = [0]
 
+#: The largest step count ``t``: the compiled code takes it as a 64-bit integer, with room for the steps of a call.
+MAX_STEPS = 2**62
+_STATE_FLAGS = (("not writeable", "WRITEABLE"), ("not aligned", "ALIGNED"), ("not C-contiguous", "C_CONTIGUOUS"))
+
 
 class _HyperParameter:
     """An attribute that the compiled update or schedule reads. It lives in the instance's dict under its own name,
@@ -211,14 +215,35 @@ class Optimizer:
     def init_state(self, n_params, dtype):
         """Allocate zeroed state for a network of n_params parameters (kept when it already fits). The step count
         starts again at 0 for another network (or dtype); a change of the state's rows alone (momentum switched on or
-        off) keeps it, and with it the schedule's progress."""
+        off) keeps it, and with it the schedule's progress. ``t`` and an assigned ``state`` are checked here, before
+        compiled code reads them: TypeError or ValueError."""
         dtype = np.dtype(dtype)
+        self._check_t()
         state = self.state
+        if state is not None and not (isinstance(state, np.ndarray) and state.ndim == 2):
+            raise TypeError(f"optimizer.state must be None or a 2-D NumPy array, got {type(state).__name__}")
+        if state is not None:  # the compiled update writes it in place at its address, as a C-ordered array
+            flags = state.flags
+            wrong = next((why for why, ok in _STATE_FLAGS if not flags[ok]), None)
+            if wrong is not None:
+                raise ValueError(
+                    "optimizer.state must be a writeable, aligned, C-contiguous array, as the update writes it in "
+                    f"place (np.ascontiguousarray(state) makes one), got one that is {wrong}"
+                )
         if state is None or state.shape != (self.n_state, n_params) or state.dtype != dtype:
             if state is None or state.shape[1:] != (n_params,) or state.dtype != dtype:
                 self.t = 0
             self.state = np.zeros((self.n_state, n_params), dtype=dtype)
         return self.state
+
+    def _check_t(self):
+        """The step count ``t`` checked (an integer in [0, MAX_STEPS]; it may have been set by hand) and stored as a
+        Python int; returns it. TypeError or ValueError otherwise."""
+        t = v.check_int(self.t, "optimizer.t", minimum=0)
+        if t > MAX_STEPS:
+            raise ValueError(f"optimizer.t must be <= {MAX_STEPS}, got {t}")
+        self.t = t
+        return t
 
     def reset(self):
         """Forget the state and the step count."""

@@ -76,6 +76,11 @@ class _ValidationSplitError(ValueError):
     """``validation_split`` leaves a part too small (the command line names its --val-split)."""
 
 
+def _classifies(net):
+    """Whether ``net`` is a classifier: a softmax output, or a sigmoid's with a binary cross-entropy."""
+    return net.output == "softmax" or net.loss in ("binary_cross_entropy", "binary_log_loss")
+
+
 class Trainer:
     """Mini-batch training of an :class:`~fastbp.MLP` with an optimizer, one compiled call per epoch.
 
@@ -132,7 +137,7 @@ class Trainer:
         divergence_factor=1e6,
         record_deltas=False,
     ):
-        self.net = net
+        self._net = net
         self.optimizer = Adam() if optimizer is None else optimizer
         if not isinstance(self.optimizer, Optimizer):
             raise TypeError(f"optimizer must be a fastbp optimizer, got {type(optimizer).__name__}")
@@ -168,6 +173,11 @@ class Trainer:
         own = type(self)
         self._checked_step = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _STEP_METHODS)
         self._checked_evaluate = net._fast and all(getattr(own, m) is getattr(Trainer, m) for m in _EVALUATE_METHODS)
+
+    net = property(
+        lambda self: self._net,
+        doc="The network trained (read-only: the trainer's buffers are sized for it; make a Trainer per network).",
+    )
 
     # ------------------------------------------------------------------ buffers
     def _new_addresses(self):
@@ -391,13 +401,15 @@ class Trainer:
         # first step, a conversion, an error to raise, buffers to grow) takes the Python path.
         if self._checked_step:
             opt, net = self.optimizer, self.net
+            t = opt.t
             status = _checked.CHECK
             lock = net._lock  # the table names buffers that another call may replace
             lock.acquire()  # not ``with``: see MLP.value_and_grad
             try:
                 key = self._table_key
-                if (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0]) or (
-                    self._fill_table()
+                if (type(t) is int and 0 <= t <= optim.MAX_STEPS) and (  # else init_state says what is wrong
+                    (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0])
+                    or self._fill_table()
                 ):
                     status, loss_sum, steps, m = net._entries.train_step(
                         net._marker,
@@ -411,14 +423,14 @@ class Trainer:
                         self._schedule_code,
                         opt.lr,
                         opt.clip_norm,
-                        opt.t,
+                        t,
                         net.dropout_seed,
                         self._step_max_loss,
                     )
             finally:
                 lock.release()
             if status != _checked.CHECK:
-                opt.t += steps
+                opt.t = t + steps
                 if status != _kstep.OK:
                     where = f"at step {opt.t + 1}"
                     self._raise_divergence(status, where, loss_sum, steps, m, self._step_max_loss)
@@ -436,9 +448,10 @@ class Trainer:
         if (
             self._step_max_loss is None
             or self._rows == 0
-            or state is None
+            or not isinstance(state, np.ndarray)
             or state.shape != (opt.n_state, net.n_params)
             or state.dtype != net.dtype
+            or not (state.flags.c_contiguous and state.flags.writeable and state.flags.aligned)  # init_state says
             or (isinstance(schedule, Cosine) and schedule.total_steps is None)
         ):
             return False
@@ -527,8 +540,10 @@ class Trainer:
         loss_sum, correct, total = sums
         net = self.net
         penalty = 0.5 * net.l2 * sum(float(np.dot(W.ravel(), W.ravel())) for W in net.coefs) if net.l2 else 0.0
-        classifies = net.output == "softmax" or net.loss in ("binary_cross_entropy", "binary_log_loss")
-        return {"loss": float(loss_sum / total + penalty), "accuracy": float(correct / total) if classifies else None}
+        return {
+            "loss": float(loss_sum / total + penalty),
+            "accuracy": float(correct / total) if _classifies(net) else None,
+        }
 
     def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None):
         """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
@@ -551,7 +566,8 @@ class Trainer:
             self._before_fit()
             n = train.n
             batch_size = self._fit_batch_size(n)
-            schedule = self._schedule(opt.t + epochs * math.ceil(n / batch_size))
+            total_steps = opt._check_t() + epochs * math.ceil(n / batch_size)  # a Cosine's length when it has none
+            schedule, schedule_of = self._schedule(total_steps), opt.schedule
             np.copyto(self._spare, net.params)
             max_loss = self._max_loss(train)
             history = self.history = {}  # a new history per fit call, as Keras returns
@@ -562,6 +578,9 @@ class Trainer:
             bar = tqdm(range(epochs), desc="train", unit="epoch", disable=None, leave=False) if self.progress else None
             for epoch in range(epochs) if bar is None else bar:
                 start = time.perf_counter()
+                opt = self.optimizer  # a callback may have set another optimizer, or schedule, for the next epochs
+                if opt.schedule is not schedule_of:
+                    schedule, schedule_of = self._schedule(total_steps), opt.schedule
                 perm = self._rng.permutation(n).astype(np.int64, copy=False)
                 status, loss_sum, steps, extra = self._run_epoch(train, perm, batch_size, schedule, max_loss)
                 if status != _kstep.OK:
@@ -610,6 +629,7 @@ class Trainer:
     def _fit_batch_size(self, n):
         """The batch size of a fit over ``n`` training rows: ``batch_size``, or n with a warning when it is larger
         (scikit-learn's estimators clip it the same way, with a warning)."""
+        self.batch_size = v.check_int(self.batch_size, "batch_size", minimum=1)  # it may have been set since
         if self.batch_size <= n:
             return self.batch_size
         warnings.warn(
@@ -622,7 +642,7 @@ class Trainer:
 
     def _split(self, X, Y2d, labels, sw, fraction):
         n = X.shape[0]
-        stratify = _data.stratification(labels) if labels.size else None
+        stratify = _data.stratification(labels if labels.size else self._target_classes(Y2d))
         # the part sizes of data.split_indices, checked here to tell the problem in this argument's words
         n_held = math.ceil(fraction * n)
         n_train = n - n_held
@@ -640,6 +660,15 @@ class Trainer:
         if labels.size:
             return X[train], Y2d, labels[train], sw_train, (X[held], Y2d, labels[held], sw_held)
         return X[train], Y2d[train], labels, sw_train, (X[held], Y2d[held], labels, sw_held)
+
+    def _target_classes(self, Y2d):
+        """Class labels of a classifying network's target rows of 0s and 1s (one-hot, or a sigmoid's 0/1 columns):
+        each distinct row a class, as scikit-learn stratifies 2-D targets; None for other targets."""
+        if not _classifies(self.net) or not np.all((Y2d == 0) | (Y2d == 1)):
+            return None
+        if np.all(Y2d.sum(axis=1) == 1):  # one-hot: the labels themselves, so that the split is theirs
+            return np.argmax(Y2d, axis=1)
+        return np.unique(Y2d, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
     def save(self, path, extras=None):
         """Checkpoint the network with this trainer's optimizer state (see :meth:`MLP.save`)."""

@@ -204,8 +204,99 @@ def test_validation_split_holds_out_the_rows_of_split_indices(rng, labels):
     X, y = make_batch(net, 40, rng, labels=labels)
     trainer = fastbp.Trainer(net, batch_size=8, progress=False, seed=5)
     history = trainer.fit(X, y, epochs=1, validation_split=0.3)
-    _, held = fastbp.data.split_indices(40, 0.3, seed=5, labels=fastbp.data.stratification(y))
+    classes = y if labels else y.argmax(axis=1)  # one-hot rows are split as their labels
+    _, held = fastbp.data.split_indices(40, 0.3, seed=5, labels=fastbp.data.stratification(classes))
     assert history["val_loss"][0] == trainer.evaluate(X[held], y[held])["loss"]
+
+
+def test_a_classifier_s_one_hot_targets_are_split_as_its_labels(rng):
+    # one-hot rows were split at random: a class could miss from the held-out part
+    net = fastbp.MLP([6, 5, 3], seed=0)
+    X = rng.standard_normal((40, 6))
+    y = np.repeat([0, 1, 2], [30, 5, 5])
+    histories = []
+    for targets in (y, np.eye(3)[y]):
+        trainer = fastbp.Trainer(fastbp.MLP([6, 5, 3], seed=0), batch_size=8, progress=False, seed=5)
+        histories.append(trainer.fit(X, targets, epochs=2, validation_split=0.25))
+    assert histories[0]["val_loss"] == histories[1]["val_loss"] and histories[0]["loss"] == histories[1]["loss"]
+    # targets that are not one-hot (a regression's, soft labels) are split at random, as before
+    assert net.output == "softmax"
+    soft = np.full((40, 3), 1 / 3)
+    fastbp.Trainer(net, batch_size=8, progress=False).fit(X, soft, epochs=1, validation_split=0.25)
+
+
+def test_what_a_callback_sets_on_the_optimizer_applies_from_the_next_epoch(rng):
+    # a schedule set from a callback was ignored for the rest of the fit, another optimizer's rate logged as the old
+    net = fastbp.MLP([6, 5, 3], seed=0)
+    X, y = make_batch(net, 32, rng)
+
+    def run(callback, opt):
+        trainer = fastbp.Trainer(fastbp.MLP([6, 5, 3], seed=0), opt, batch_size=32, progress=False)
+        trainer.callbacks = [callback] if callback else []
+        history = trainer.fit(X, y, epochs=3)
+        return history["lr"], trainer.net.params
+
+    def set_schedule(trainer, epoch, logs):
+        if epoch == 0:
+            trainer.optimizer.schedule = fastbp.optim.StepDecay(1, 0.1)
+
+    lrs, _ = run(set_schedule, fastbp.SGD(0.1))
+    assert lrs == pytest.approx([0.1, 0.1 * 0.1, 0.1 * 0.01])  # steps 0, 1, 2 of StepDecay(1, 0.1)
+
+    def swap(trainer, epoch, logs):
+        if epoch == 0:
+            trainer.optimizer = fastbp.SGD(0.5)
+
+    lrs, _ = run(swap, fastbp.Adam(0.01))
+    assert lrs == [0.01, 0.5, 0.5]
+
+
+def test_an_optimizer_state_or_step_count_set_by_hand_is_checked_before_a_step(rng):
+    # a Fortran-ordered state was read as C-ordered (parameters NaN, no error), a read-only one written, a negative
+    # step count divided by zero in Adam's bias correction
+    net = fastbp.MLP([6, 5, 3], seed=0)
+    X, y = make_batch(net, 8, rng)
+    opt = fastbp.Adam()
+    trainer = fastbp.Trainer(net, opt, batch_size=8, progress=False)
+    trainer.train_step(X, y)
+    trainer.train_step(X, y)  # the compiled fast path from here on
+    before, state = net.params.copy(), opt.state.copy()
+    read_only = opt.state.copy()
+    read_only.flags.writeable = False
+    cases = [
+        ("state", np.asfortranarray(state), ValueError, "C-contiguous"),
+        ("state", read_only, ValueError, "not writeable"),
+        ("state", [[0.0]], TypeError, "2-D NumPy array"),
+        ("t", -1, ValueError, r"optimizer.t must be >= 0"),
+        ("t", 2**63, ValueError, r"optimizer.t must be <= "),
+        ("t", None, TypeError, "optimizer.t must be an integer"),
+        ("t", 2.0, TypeError, "optimizer.t must be an integer"),
+    ]
+    for name, value, error, message in cases:
+        setattr(opt, name, value)
+        for step in (lambda: trainer.train_step(X, y), lambda: trainer.fit(X, y, epochs=1)):
+            with pytest.raises(error, match=message):
+                step()
+            np.testing.assert_array_equal(net.params, before)
+        opt.state, opt.t = state.copy(), 2
+    np.testing.assert_array_equal(read_only, state)  # never written
+    opt.t = np.int64(2)  # a NumPy integer is an integer
+    trainer.train_step(X, y)
+    assert opt.t == 3 and type(opt.t) is int
+
+
+def test_the_network_of_a_trainer_cannot_be_replaced_and_batch_size_is_checked_at_fit(rng):
+    # a larger network set as trainer.net was trained in the buffers of the first: a segmentation fault
+    net = fastbp.MLP([4, 3], dtype="float64")
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.1), progress=False)
+    with pytest.raises(AttributeError):
+        trainer.net = fastbp.MLP([4, 2000, 3], dtype="float64")
+    assert trainer.net is net
+    X, y = make_batch(net, 8, rng)
+    for bad, error in ((0, ValueError), (-3, ValueError), (2.5, TypeError)):
+        trainer.batch_size = bad
+        with pytest.raises(error, match="batch_size"):
+            trainer.fit(X, y, epochs=1)
 
 
 def test_fit_rejects_bad_arguments(rng):
