@@ -144,9 +144,9 @@ class DivideGate(Gate):
 
 class PowerGate(Gate):
     """z = a ** p (broadcasting): dz/da = p a^(p-1) (0 where p = 0: a^0 = 1 is constant, also at a = 0);
-    dz/dp = a^p log a (0 where a^p = 0, NaN for a < 0, where the power of a real variable exponent is undefined).
-    Each is computed only when that input needs a gradient (``needs_grad``), so a constant base such as ``0.0``
-    in ``0.0 ** p`` never evaluates ``0^(p-1)``."""
+    dz/dp = a^p log a (0 where a^p = 0, and at a = 0 for p >= 0 as in PyTorch and JAX; NaN for a < 0, where the
+    power of a real variable exponent is undefined). Each is computed only when that input needs a gradient
+    (``needs_grad``), so a constant base such as ``0.0`` in ``0.0 ** p`` never evaluates ``0^(p-1)``."""
 
     name = "power"
 
@@ -163,7 +163,8 @@ class PowerGate(Gate):
             da = _unbroadcast(dz * np.where(constant, 0.0, self.p * base ** (self.p - 1)), self.a.shape)
         if self.needs_grad[1]:
             with np.errstate(divide="ignore", invalid="ignore"):
-                dz_dp = np.where(self.z == 0, 0.0, self.z * np.log(self.a))
+                # 0 where a^p = 0, and at a = 0 for p >= 0 (0^0 = 1 there), as PyTorch and JAX take it
+                dz_dp = np.where((self.z == 0) | ((self.a == 0) & (self.p >= 0)), 0.0, self.z * np.log(self.a))
             dp = _unbroadcast(dz * dz_dp, self.p.shape)
         return [da, dp]
 
@@ -225,16 +226,18 @@ class TanhGate(Gate):
 
 
 class ReluGate(Gate):
-    """z = max(a, 0): dz/da = 1 where a > 0, else 0 (0 at the kink a = 0, as in fastbp's kernels)."""
+    """z = max(a, 0): dz/da = 1 where a > 0, else 0 (0 at the kink a = 0, as in fastbp's kernels). A NaN stays NaN
+    and passes the gradient on (a diverged value is not hidden), and an inactive unit passes 0 even of an infinite
+    gradient, as np.maximum and PyTorch's and JAX's relu do."""
 
     name = "relu"
 
     def forward(self, a):
-        self.active = a > 0
+        self.active = ~(a <= 0)  # NaN counts as active
         return np.where(self.active, a, 0.0)
 
     def backward(self, dz):
-        return [dz * self.active]
+        return [np.where(self.active, dz, 0.0)]
 
 
 class LeakyReluGate(Gate):
@@ -347,7 +350,7 @@ class SoftmaxCrossEntropyGate(Gate):
         Z = logits.reshape(1, -1) if logits.ndim == 1 else logits
         n, k = Z.shape
         if targets is None:
-            labels = np.reshape(self.labels, -1)
+            labels = self.labels if logits.ndim == 2 else np.reshape(self.labels, -1)  # an int for 1-D logits
             if labels.shape != (n,):
                 expected = "one int" if logits.ndim == 1 else f"shape ({n},)"
                 raise ValueError(
@@ -600,6 +603,8 @@ def softmax_cross_entropy(logits, labels):
         if array.dtype.kind == "b":
             raise TypeError(f"labels must be integer class labels or float target rows, not booleans; {_LABELS_RULE}")
         if array.dtype.kind in "iu":
+            if array.size and array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
+                raise ValueError(f"labels must be in [0, {logits_shape[-1]}), got a label of {array.max()}")
             if array.shape == logits_shape and array.shape != labels_shape:
                 raise ValueError(
                     f"labels has an integer dtype and the logits' shape {logits_shape}: integer dtype means class "
@@ -690,7 +695,10 @@ def grad(f, wrt):
     ``wrt`` is a list). A node ``f`` does not depend on gets zeros.
     """
     single = isinstance(wrt, Node)
-    nodes = [wrt] if single else list(wrt)
+    try:
+        nodes = [wrt] if single else list(wrt)
+    except TypeError:
+        raise TypeError(f"wrt must be a graph Node or a list of Nodes, got {type(wrt).__name__}") from None
     for k, node in enumerate(nodes):
         if not isinstance(node, Node):
             raise TypeError(f"wrt[{k}] must be a graph Node, got {type(node).__name__}")

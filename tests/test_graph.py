@@ -432,6 +432,10 @@ def test_power_gradients_at_zero_and_for_constant_operands():
         # A constant base: its gradient (p 0^(p - 1), infinite here) is not computed; dz/dp = 0^p log 0 = 0.
         p = g.Variable(0.5)
         assert g.grad(0.0**p, p) == 0.0
+        q = g.Variable(0.0)  # 0^0 = 1, and its derivative in p taken as 0, as PyTorch and JAX do (was -inf)
+        assert g.grad(0.0**q, q) == 0.0
+        base = g.Variable(0.0)
+        assert g.grad(base**q, [base, q]) == [0.0, 0.0]
         assert g.grad(2.0**p, p) == pytest.approx(2.0**0.5 * math.log(2.0), rel=HAND_RTOL)
         # Exponent p = 0 next to non-zero exponents, broadcast.
         e = g.Variable(np.array([0.0, 1.0, 2.0]))
@@ -461,6 +465,25 @@ def test_sigmoid_gradient_is_accurate_for_large_inputs():
     assert g.grad(g.sigmoid(v), v) == pytest.approx(math.exp(-40.0), rel=HAND_RTOL)  # 4.25e-18, was 0.0
 
 
+def test_relu_keeps_nan_and_blocks_an_infinite_gradient_as_torch_does():
+    # NaN became 0 (a diverged parameter hidden, a finite loss); an inactive unit under an infinite gradient gave NaN
+    torch = pytest.importorskip("torch")
+    x = np.array([-1.0, 0.0, np.nan, 2.0])
+    v = g.Variable(x)
+    out = g.relu(v)
+    np.testing.assert_array_equal(out.value, np.maximum(x, 0.0))  # [0, 0, nan, 2]
+    t = torch.tensor(x, requires_grad=True)
+    torch.relu(t).sum().backward()
+    np.testing.assert_array_equal(g.grad(g.sum(out), v), t.grad.numpy())  # [0, 0, 1, 1]
+    finite = np.array([-1.0, 0.0, 2.0])
+    w = g.Variable(finite)
+    t = torch.tensor(finite, requires_grad=True)
+    torch.sqrt(torch.relu(t)).sum().backward()
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RuntimeWarning)  # sqrt's derivative at 0: inf, as torch's
+        np.testing.assert_allclose(g.grad(g.sum(g.sqrt(g.relu(w))), w), t.grad.numpy(), rtol=HAND_RTOL)  # 0, 0, 0.35
+
+
 def test_softmax_cross_entropy_label_dtype_errors_state_the_rule(rng):
     z = g.Variable(rng.standard_normal((4, 3)))
     one_hot_ints = np.eye(3, dtype=np.int64)[[0, 1, 2, 0]]
@@ -474,6 +497,13 @@ def test_softmax_cross_entropy_label_dtype_errors_state_the_rule(rng):
         g.softmax_cross_entropy(z, g.Variable(np.zeros((4, 2))))
     with pytest.raises(TypeError, match="not booleans"):
         g.softmax_cross_entropy(z, np.array([True, False, True, True]))
+    for shape in ((4, 1), (1, 4), (2, 2)):  # flattened before: any shape of 4 labels was taken
+        with pytest.raises(ValueError, match=rf"got shape \({shape[0]}, {shape[1]}\)"):
+            g.softmax_cross_entropy(z, np.zeros(shape, dtype=np.int64))
+    with pytest.raises(ValueError, match=r"got a label of 9223372036854775813"):  # was wrapped to a negative
+        g.softmax_cross_entropy(z, np.array([0, 1, 2, 2**63 + 5], dtype=np.uint64))
+    with pytest.raises(TypeError, match="wrt must be a graph Node or a list of Nodes, got float"):
+        g.grad(g.sum(z), 3.0)
     # The right dtypes work.
     assert float(g.softmax_cross_entropy(z, one_hot_ints.astype(float))) == pytest.approx(
         float(g.softmax_cross_entropy(z, np.array([0, 1, 2, 0]))), rel=HAND_RTOL
