@@ -78,7 +78,7 @@ DERIVATIVES = {
     "identity": lambda A: np.ones_like(A),
     "sigmoid": lambda A: A * (1 - A),
     "tanh": lambda A: 1 - A**2,
-    "relu": lambda A: (A > 0).astype(A.dtype),
+    "relu": lambda A: (~(A <= 0)).astype(A.dtype),  # 1 at NaN, as the kernels and PyTorch
     "leaky_relu": lambda A: np.where(A > 0, 1, LEAKY_SLOPE).astype(A.dtype),
     "exp": lambda A: A,
 }

@@ -257,6 +257,21 @@ def test_input_shapes(shape, gemms):
     assert_grads_match(model, seq, TORCH_RTOL["float32"])
 
 
+def test_a_nan_input_row_passes_gradients_through_relu_as_torch_does():
+    # relu'(NaN) was 0 (a > 0 is False), where torch's relu passes the gradient on (its test is input <= 0)
+    model = fbt.MLP([4, 6, 3], activation="relu", dtype=torch.float64, seed=0)
+    seq = sequential(model, "relu", "identity")
+    X = batch(5, 4, torch.float64)
+    with torch.no_grad():
+        X[2, 1] = float("nan")
+    X_ref = X.detach().clone().requires_grad_(True)
+    G = torch.ones(5, 3, dtype=torch.float64)
+    model(X).backward(G)
+    seq(X_ref).backward(G)
+    torch.testing.assert_close(X.grad, X_ref.grad, equal_nan=True, rtol=TORCH_RTOL["float64"], atol=0.0)
+    assert X.grad[2].abs().min() > 0  # the NaN row's units are all active: its gradient is not cut (0 before)
+
+
 @pytest.mark.parametrize("shape", [(3, 5), (5,), ()])
 def test_a_wrong_input_width_is_caught_as_torch_linear_s_error_is(shape):
     # torch's Linear raises RuntimeError ("mat1 and mat2 shapes cannot be multiplied"); fastbp raised ValueError only

@@ -87,8 +87,8 @@ def _derivative(a, code):
         return a * (one - a)
     if code == TANH:
         return one - a * a
-    if code == RELU:
-        return one if a > 0 else like(0.0, a)
+    if code == RELU:  # "a <= 0" as in the forward pass: a NaN passes the gradient on, as in PyTorch
+        return like(0.0, a) if a <= 0 else one
     if code == LEAKY_RELU:
         return one if a > 0 else like(LEAKY_SLOPE, a)
     if code == EXP:
