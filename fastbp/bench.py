@@ -327,7 +327,7 @@ def torch_step(sizes, batch, dtype, autocast=False, options=None):
             opt.zero_grad()
             with mixed():
                 out = model(tX)
-            loss_fn(out.float(), ty).backward()
+            loss_fn(out.float() if autocast else out, ty).backward()  # autocast's bfloat16 output: the loss in float32
             opt.step()
 
     return steps, len(batches)

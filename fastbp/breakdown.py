@@ -183,6 +183,9 @@ def profile(shape, dtype="float32", rounds=5, min_time=0.2):
     rounds that alternate the step and its parts. ``shape``: a name of :data:`fastbp.bench.SHAPES`, or a pair
     (layer sizes, batch). Returns a dict: shape, dtype, sizes, batch, flops (of the GEMMs), step, parts (name ->
     seconds, in the order: GEMM sequence, the other work, then each GEMM)."""
+    if isinstance(shape, str) and shape not in bench.SHAPES:
+        deep = " (the step of a network with layer options is not broken down)" if shape in bench.DEEP else ""
+        raise ValueError(f"shape must be one of {', '.join(bench.SHAPES)} or (sizes, batch), got {shape!r}{deep}")
     sizes, batch = bench.SHAPES[shape] if isinstance(shape, str) else shape
     step, per = bench.fastbp_step(sizes, batch, dtype)
     parts = _timer(sizes, batch, dtype, min_time)

@@ -1102,8 +1102,9 @@ def cmd_bench(args):
 
     _check_outputs(("--json", args.json), ("--plot", args.plot))  # before the run, not after it
     if args.shapes:  # names checked by _check_bench_usage
-        shapes = args.shapes.split(",")
-        dtypes = (args.dtypes or "float32").split(",")
+        # each once, in the order given (a name repeated would time its cell again, and the targets take the last)
+        shapes = list(dict.fromkeys(args.shapes.split(",")))
+        dtypes = list(dict.fromkeys((args.dtypes or "float32").split(",")))
         if "bfloat16" in dtypes:
             reason = _onednn.info()["reason"]
             if reason is not None:

@@ -14,7 +14,7 @@ import pathlib
 import re
 
 from fastbp import bench
-from fastbp.cli import _positive_int  # the command line's argparse type of counts
+from fastbp.cli import _positive_float, _positive_int  # the command line's argparse types
 
 ROOT = pathlib.Path(__file__).resolve().parent.parent
 START, END = "<!-- bench:start -->", "<!-- bench:end -->"
@@ -45,13 +45,16 @@ def write_section(path, body):
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--rounds", type=_positive_int, default=5)
-    parser.add_argument("--min-time", type=float, default=0.2)
+    parser.add_argument("--min-time", type=_positive_float, default=0.2)
     parser.add_argument(
         "--from-json", help="rewrite the bench sections and the chart from this saved run instead of measuring"
     )
     args = parser.parse_args()
     if args.from_json:
-        results = json.loads(pathlib.Path(args.from_json).read_text())
+        try:
+            results = json.loads(pathlib.Path(args.from_json).read_text())
+        except (OSError, ValueError) as err:
+            parser.error(f"--from-json {args.from_json}: {err}")
     else:
         results = bench.run(bench.matrix(), rounds=args.rounds, min_time=args.min_time)
         (ROOT / "benchmarks" / "results").mkdir(parents=True, exist_ok=True)

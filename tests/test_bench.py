@@ -1,5 +1,7 @@
 """The benchmark report's check of the targets of docs/benchmarks.md (on made-up results: no timing here)."""
 
+import pytest
+
 from fastbp import bench
 
 
@@ -133,3 +135,27 @@ def test_the_machine_line_says_whose_blas_each_library_is():
     assert bench._owner(scipy) == "scipy's, fastbp's GEMMs"
     assert bench._owner(numpy) == "numpy's"
     assert bench._owner({}) == "unknown copy"
+
+
+def test_breakdown_names_the_shapes_it_takes():
+    # profile("D") raised a bare KeyError: 'D'
+    from fastbp import breakdown
+
+    with pytest.raises(ValueError, match=r"shape must be one of S, M, L, XL .*got 'D' \(the step of a network with"):
+        breakdown.profile("D")
+
+
+@pytest.mark.parametrize(
+    ("dtype", "autocast", "loss_dtype"), [("float64", False, "float64"), ("float32", True, "float32")]
+)
+def test_the_torch_peer_computes_its_loss_in_the_cell_s_dtype(monkeypatch, dtype, autocast, loss_dtype):
+    # the float64 cells' loss ran in float32 (a cast meant for autocast's bfloat16 output only)
+    torch = pytest.importorskip("torch")
+    seen = []
+    forward = torch.nn.CrossEntropyLoss.forward
+    monkeypatch.setattr(
+        torch.nn.CrossEntropyLoss, "forward", lambda self, out, y: seen.append(str(out.dtype)) or forward(self, out, y)
+    )
+    steps, _ = bench.torch_step([4, 5, 3], 8, dtype, autocast=autocast)
+    steps()
+    assert seen and set(seen) == {f"torch.{loss_dtype}"}

@@ -319,6 +319,16 @@ def test_bench_profile_covers_the_shapes_of_quick_or_of_the_full_run(monkeypatch
     assert profiled == [(s, "float32") for s in shapes]
 
 
+def test_bench_times_each_shape_and_dtype_once(monkeypatch, capsys):
+    # a name given twice timed its cells twice, and the targets took the last of them
+    from fastbp import bench, cli
+
+    ran = []
+    monkeypatch.setattr(bench, "run", lambda cells, **kwargs: ran.extend(cells) or [])
+    cli.main(["bench", "--shapes", "S,M,S", "--dtypes", "float32,float64,float32", "--no-sklearn"])
+    assert ran == [("S", "float32"), ("S", "float64"), ("M", "float32"), ("M", "float64")]
+
+
 def test_train_a_deep_residual_batch_norm_network_with_dropout(tmp_path):
     # 64-32-32-32-10: hidden layer 1 changes the width, so --residual puts a connection on hidden layers 2 and 3
     # (seeds 0 to 2: test accuracy 0.96 to 0.975, 0.988 on the whole digits set)
