@@ -1166,8 +1166,10 @@ def cmd_info(args):
         f"fastbp {fastbp.__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
         f"numba {numba.__version__}  scipy {scipy.__version__}  scikit-learn {sklearn.__version__}"
     )
+    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    machine = f"{usable} of {os.cpu_count()}" if usable != os.cpu_count() else f"{usable}"
     print(
-        f"cpu cores: {os.cpu_count()}  numba threads: {numba.get_num_threads()} "
+        f"cpu cores: {machine} usable by this process  numba threads: {numba.get_num_threads()} "
         f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})"
     )
     print(f"numba threading layer: {_threading_layer()}")

@@ -116,6 +116,22 @@ def test_info_reports_blas_and_threads():
         assert needle in proc.stdout
 
 
+@pytest.mark.skipif(
+    not hasattr(os, "sched_getaffinity") or len(os.sched_getaffinity(0)) < 2, reason="needs CPU affinity, 2 cores"
+)
+def test_info_counts_the_cores_this_process_may_use():
+    # bound to one core it said "cpu cores: 2" (os.cpu_count() ignores the affinity)
+    first = min(os.sched_getaffinity(0))
+    proc = subprocess.run(
+        [sys.executable, "-m", "fastbp.cli", "info"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=lambda: os.sched_setaffinity(0, {first}),
+    )
+    assert f"cpu cores: 1 of {os.cpu_count()} usable" in proc.stdout, proc.stdout
+
+
 @pytest.mark.parametrize(
     "args",
     [["train", "--layers", "12,x"], ["train", "--epochs", "0"], ["train", "--optimizer", "lbfgs"], ["fly"], []],
