@@ -882,7 +882,7 @@ def plot(results, path):
     ax.set_ylabel("time per step / fastbp's")
     ax.axhline(1.0, color="black", linewidth=0.8)
     ax.set_title(f"training step, {results['date']}")
-    ax.legend()
+    ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0))  # beside the axes: inside, it covered bars
     fig.tight_layout()
     try:
         return _files.save_figure(fig, path, dpi=100)  # atomically, as every file fastbp writes

@@ -276,7 +276,8 @@ def build_parser():
     bench.add_argument(
         "--quick",
         action="store_true",
-        help="S and M in float32 (and M in bfloat16 where available), fewer rounds (under 2 minutes)",
+        help="S and M in float32 (and M in bfloat16 where available), fewer rounds (under 2 minutes); with "
+        "--shapes, the shapes given with the fewer rounds",
     )
     bench.add_argument(
         "--shapes",
