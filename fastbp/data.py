@@ -168,7 +168,8 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     ValueError naming the file and the problem (no data rows, a non-numeric feature, a row longer or shorter than the
     first, a header of another width, an empty label, text that is not UTF-8). Warns when the first column is
     unnamed in the header and holds distinct row numbers: a pandas index (``df.to_csv()`` without ``index=False``),
-    which is read as a feature.
+    which is read as a feature; and when a detected first line ``0,1,...,k-1`` above integers is read as data (it may
+    be pandas' header of unnamed columns).
     """
     path = os.fsdecode(path)
     if skip_header is not None and (
@@ -184,6 +185,7 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
 
 
 def _load_csv(path, label_column, delimiter, skip_header, return_names):
+    detected = skip_header is None
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
     label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
     if label is not None and n_columns < 2:
@@ -197,6 +199,15 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
         if line.count(delimiter) != n_columns - 1 and ('"' not in line or len(_fields(line, delimiter)) != n_columns):
             raise ValueError(f"{path}: {_csv_problem([(number, _fields(line, delimiter))], n_columns, [])}")
     X = _loadtxt(path, text, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
+    if detected and names is None:
+        _, first = next(lines())
+        if n_columns >= 2 and [field.strip() for field in first] == [str(j) for j in range(n_columns)]:
+            warnings.warn(
+                f"{path}: its first line, {_clip(','.join(first), 40)}, is read as a data row, as a line of integers "
+                "above integers is; if it is pandas' header of unnamed columns (df.to_csv() of a DataFrame without "
+                "column names), name the columns, remove the line, or give skip_header=1",
+                stacklevel=3,
+            )
     if names is not None and names[0] == "" and label != 0 and _is_row_index(X[:, 0]):
         warnings.warn(
             f"{path}: its first column has no name and holds distinct row numbers, as pandas writes a DataFrame's "

@@ -280,6 +280,29 @@ def test_load_csv_warns_of_a_pandas_index_read_as_a_feature(tmp_path, text, warn
 
 
 @pytest.mark.parametrize(
+    ("text", "warns"),
+    [
+        ("0,1,2\n3,4,0\n5,6,1\n", True),  # pd.DataFrame(ints).to_csv(index=False): its header of column numbers
+        ("0,1,2\n0.5,4,0\n5,6,1\n", False),  # above a fraction: a header (no warning, no data row)
+        ("1,2,3\n3,4,0\n5,6,1\n", False),  # other numbers: data
+    ],
+)
+def test_load_csv_warns_of_column_numbers_read_as_a_data_row(tmp_path, text, warns):
+    # such a header became a data row and its last number a label, unsaid
+    path = tmp_path / "d.csv"
+    path.write_text(text)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        data.load_csv(path)
+    messages = [str(w.message) for w in caught if "is read as a data row" in str(w.message)]
+    assert len(messages) == warns and all(m.startswith(f"{path}: its first line, 0,1,2,") for m in messages)
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        X, _ = data.load_csv(path, skip_header=0)  # said how many header lines: no guess, no warning
+    assert X.shape[0] == 3 and not [w for w in caught if "data row" in str(w.message)]
+
+
+@pytest.mark.parametrize(
     ("text", "names", "rows"),
     [
         ("# exported by a tool\n1,2,0\n4,5,1\n7,8,0\n", None, 3),  # a comment, not a header of one name
@@ -295,7 +318,9 @@ def test_load_csv_warns_of_a_pandas_index_read_as_a_feature(tmp_path, text, warn
 def test_load_csv_tells_comments_from_headers(tmp_path, text, names, rows):
     path = tmp_path / "d.csv"
     path.write_text(text)
-    X, y, found, _ = data.load_csv(path, return_names=True)
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", "(?s).*is read as a data row")  # 0,1,2 above integers: its own test
+        X, y, found, _ = data.load_csv(path, return_names=True)
     assert found == names and X.shape == (rows, text.splitlines()[-1].count(",")) and y.shape == (rows,)
 
 
