@@ -575,12 +575,15 @@ def machine():
 
 
 def _owner(info):
-    """Whose copy a loaded BLAS library is, from its folder (``scipy.libs``: SciPy's wheel), and whether fastbp's
-    GEMMs call it (they call SciPy's BLAS)."""
-    folder = os.path.basename(os.path.dirname(info.get("filepath") or ""))
-    owner = folder.removesuffix(".libs")
-    if not owner:
+    """Whose copy a loaded BLAS library is: a wheel's, from its folder (``scipy.libs``: SciPy's wheel, whose BLAS
+    fastbp's GEMMs call), or else the folder it was loaded from (a system's or conda's BLAS, shared)."""
+    directory = os.path.dirname(info.get("filepath") or "")
+    folder = os.path.basename(directory)
+    if not folder:
         return "unknown copy"
+    if not folder.endswith(".libs"):
+        return f"from {directory}"
+    owner = folder.removesuffix(".libs")
     return f"{owner}'s, fastbp's GEMMs" if owner == "scipy" else f"{owner}'s"
 
 

@@ -135,6 +135,8 @@ def test_the_machine_line_says_whose_blas_each_library_is():
     assert bench._owner(scipy) == "scipy's, fastbp's GEMMs"
     assert bench._owner(numpy) == "numpy's"
     assert bench._owner({}) == "unknown copy"
+    # a system's or conda's library is named by its folder, not "lib's" or "x86_64-linux-gnu's"
+    assert bench._owner({"filepath": "/opt/conda/lib/libopenblasp-r0.3.21.so"}) == "from /opt/conda/lib"
 
 
 def test_breakdown_names_the_shapes_it_takes():
