@@ -1162,15 +1162,16 @@ def cmd_info(args):
 
     import fastbp
     from fastbp import _config
+    from fastbp.threads import usable_cores
 
     print(
         f"fastbp {fastbp.__version__}  python {sys.version.split()[0]}  numpy {np.__version__}  "
         f"numba {numba.__version__}  scipy {scipy.__version__}  scikit-learn {sklearn.__version__}"
     )
-    usable = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
-    machine = f"{usable} of {os.cpu_count()}" if usable != os.cpu_count() else f"{usable}"
+    usable = len(usable_cores())
+    cores = f"{usable} of {os.cpu_count()}" if usable != os.cpu_count() else f"{usable}"
     print(
-        f"cpu cores: {machine} usable by this process  numba threads: {numba.get_num_threads()} "
+        f"cpu cores: {cores} usable by this process  numba threads: {numba.get_num_threads()} "
         f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})"
     )
     print(f"numba threading layer: {_threading_layer()}")

@@ -41,7 +41,7 @@ from . import _validation as v
 from .data import _IDX_TYPES, check_rows, load_file
 from .kernels import step as _kstep
 from .kernels.drivers import _value_and_grad_entry
-from .threads import set_num_threads
+from .threads import set_num_threads, usable_cores
 from .trainer import DivergenceError, _Data, _spread
 from .trainer import Trainer as _Trainer
 
@@ -213,10 +213,7 @@ def threads_per_rank(comm=None):
     """
     MPI = _mpi()
     comm = _world(comm)
-    if hasattr(os, "sched_getaffinity"):
-        cores = frozenset(os.sched_getaffinity(0))
-    else:  # pragma: no cover - macOS, Windows
-        cores = frozenset(range(os.cpu_count() or 1))
+    cores = usable_cores()
     local = comm.Split_type(MPI.COMM_TYPE_SHARED)
     try:
         sets = local.allgather(cores)

@@ -6,10 +6,21 @@ matters only to other Numba code in the process. The BLAS limit is process-wide;
 are per calling thread.
 """
 
+import os
+
 import numba
 from threadpoolctl import threadpool_info, threadpool_limits
 
 from ._validation import check_int
+
+
+def usable_cores():
+    """The cores this process may run on (its CPU affinity), as a frozenset of core numbers; every core where the
+    system has no affinity (macOS, Windows)."""
+    if hasattr(os, "sched_getaffinity"):
+        return frozenset(os.sched_getaffinity(0))
+    return frozenset(range(os.cpu_count() or 1))  # pragma: no cover - macOS, Windows
+
 
 _limiter = None
 
