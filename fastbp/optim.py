@@ -25,6 +25,13 @@ MAX_STEPS = 2**62
 _STATE_FLAGS = (("not writeable", "WRITEABLE"), ("not aligned", "ALIGNED"), ("not C-contiguous", "C_CONTIGUOUS"))
 
 
+def _state_flaw(state):
+    """What keeps the array ``state`` from being an optimizer state the compiled update writes in place at its
+    address, as a C-ordered array ("not writeable", "not aligned", "not C-contiguous"), or None."""
+    flags = state.flags
+    return next((why for why, flag in _STATE_FLAGS if not flags[flag]), None)
+
+
 class _HyperParameter:
     """An attribute that the compiled update or schedule reads. It lives in the instance's dict under its own name,
     as a plain attribute would (``vars`` and ``repr`` are unchanged); setting it checks the value as the
@@ -222,14 +229,12 @@ class Optimizer:
         state = self.state
         if state is not None and not (isinstance(state, np.ndarray) and state.ndim == 2):
             raise TypeError(f"optimizer.state must be None or a 2-D NumPy array, got {type(state).__name__}")
-        if state is not None:  # the compiled update writes it in place at its address, as a C-ordered array
-            flags = state.flags
-            wrong = next((why for why, ok in _STATE_FLAGS if not flags[ok]), None)
-            if wrong is not None:
-                raise ValueError(
-                    "optimizer.state must be a writeable, aligned, C-contiguous array, as the update writes it in "
-                    f"place (np.ascontiguousarray(state) makes one), got one that is {wrong}"
-                )
+        wrong = None if state is None else _state_flaw(state)
+        if wrong is not None:
+            raise ValueError(
+                "optimizer.state must be a writeable, aligned, C-contiguous array, as the update writes it in place "
+                f"(np.ascontiguousarray(state) makes one), got one that is {wrong}"
+            )
         if state is None or state.shape != (self.n_state, n_params) or state.dtype != dtype:
             if state is None or state.shape[1:] != (n_params,) or state.dtype != dtype:
                 self.t = 0

@@ -451,7 +451,7 @@ class Trainer:
             or not isinstance(state, np.ndarray)
             or state.shape != (opt.n_state, net.n_params)
             or state.dtype != net.dtype
-            or not (state.flags.c_contiguous and state.flags.writeable and state.flags.aligned)  # init_state says
+            or optim._state_flaw(state) is not None  # init_state says what
             or (isinstance(schedule, Cosine) and schedule.total_steps is None)
         ):
             return False
