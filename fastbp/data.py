@@ -201,7 +201,7 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
     X = _loadtxt(path, text, lines, n_columns, features, usecols=features, dtype=np.float64, **options)
     if detected and names is None:
         _, first = next(lines())
-        if n_columns >= 2 and [field.strip() for field in first] == [str(j) for j in range(n_columns)]:
+        if _column_numbers(first):
             warnings.warn(
                 f"{path}: its first line, {_clip(','.join(first), 40)}, is read as a data row, as a line of integers "
                 "above integers is; if it is pandas' header of unnamed columns (df.to_csv() of a DataFrame without "
@@ -291,6 +291,11 @@ def _is_header(first, texts, fields, delimiter):
     return header
 
 
+def _column_numbers(fields):
+    """Whether the fields of a line are ``0,1,...,k-1`` (k >= 2): pandas' names of unnamed columns."""
+    return len(fields) >= 2 and [field.strip() for field in fields] == [str(j) for j in range(len(fields))]
+
+
 def _names_columns(first, rows):
     """Whether the first line ``first`` (its fields) is a header, judged against the next lines ``rows``: True when
     a field that is not a number sits above a column of numbers (a feature's name, even among numeric names such as
@@ -300,8 +305,9 @@ def _names_columns(first, rows):
     undecided (its words sit above words only: a string label column)."""
     words = [j for j, field in enumerate(first) if not _is_number(field)]
     if not words:
-        unnamed = len(first) >= 2 and [field.strip() for field in first] == [str(j) for j in range(len(first))]
-        return unnamed and any(not re.fullmatch(r"\s*[+-]?\d+\s*", value) for row in rows for value in row)
+        return _column_numbers(first) and any(
+            not re.fullmatch(r"\s*[+-]?\d+\s*", value) for row in rows for value in row
+        )
     for j in words:
         column = [row[j] for row in rows if j < len(row)]
         if not column or all(_is_number(value) for value in column):
