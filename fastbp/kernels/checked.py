@@ -248,7 +248,7 @@ def _predict_checked_entry(marker, p_table, x, out):
 @kernel
 def _evaluate_checked_entry(marker, p_table, x, y, sw):
     """``Trainer.evaluate``: returns (status, summed loss, correct predictions) of the batch at x, y, sw (see
-    :func:`_checked_batch`), as :func:`~fastbp.kernels.epoch._evaluate` (NumPy: as there); with CHECK nothing is
+    :func:`_checked_batch`), as :func:`~fastbp.kernels.epoch._evaluate_entry` (NumPy: as there); with CHECK nothing is
     computed. Not thread-safe (the network's workspace)."""
     t, network, workspace = _table_parts(p_table)
     ok, batch = _checked_batch(t, x, y, sw, marker, False)
@@ -264,7 +264,7 @@ def _train_step_checked_entry(
     marker, p_table, p_trainer, x, y, sw, l2, kind, schedule_code, lr, clip_norm, t0, seed, max_loss
 ):
     """``Trainer.train_step``: one optimizer step on the batch at x, y, sw (see :func:`_checked_batch`), as the
-    trainer's epoch loop over that one batch (epoch.py :func:`~fastbp.kernels.epoch._train_epoch`, NumPy: as
+    trainer's epoch loop over that one batch (epoch.py :func:`~fastbp.kernels.epoch._train_epoch_entry`, NumPy: as
     there), with the trainer's buffers from its table at ``p_trainer``: the spare parameters' frozen layers set to
     the current ones and the gradient norms zeroed first, as ``Trainer._begin_run`` does. kind, schedule_code, lr,
     clip_norm, t0: the optimizer (its hyper-parameters and schedule in the table); seed: the dropout seed; max_loss:

@@ -80,26 +80,39 @@ def _swap(a, b):
         b[i] = t
 
 
-@leaf
-def _train_epoch(
-    gemm,
-    params,
-    params16,
-    spare,
-    grads,
-    layout,
+# Entry points from Python (addresses instead of arrays: see boundary.py).
+
+
+@kernel
+def _train_epoch_entry(
+    marker,
+    network,
+    run,
     loss_code,
-    data,
-    perm,
+    batch,
+    workspace,
+    p_spare,
+    p_grads,
+    p_perm,
+    n_perm,
     batch_size,
     l2,
-    optimizer,
-    work,
-    work16,
-    buffers,
-    run,
-    batch_buffers,
-    sq_norms,
+    kind,
+    p_hyper,
+    n_hyper,
+    schedule_code,
+    p_schedule,
+    n_schedule,
+    lr,
+    clip_norm,
+    t0,
+    p_state,
+    n_state,
+    p_Xb,
+    p_Yb,
+    p_lb,
+    p_swb,
+    p_sq_norms,
     max_loss,
 ):
     """One epoch of mini-batch training; returns ``(status, summed loss, steps done)``.
@@ -111,22 +124,34 @@ def _train_epoch(
     status: a status of step.py, OK or why training stopped there (see the module docstring for which parameters
     are kept).
 
-    gemm: the GEMMs (gemm.py); params16: the weights' bfloat16 twin, kept in step with the parameters by each
-    update, or empty. params, spare, grads: (n_params,), params and spare are outputs; layout: (L, 12); data = (X,
-    Y, labels, sw): X (n, n_in); Y (n, n_out), or (0, n_out) with labels (n,) int64; sw (n,) sample weights or (0,)
-    (each batch's loss is then the weighted mean); perm: (k,) int64 row indices, the epoch's order (a permutation of
-    the rows, or any subset); batch_size: int >= 1; l2: float; optimizer = (kind, hyper, schedule_code, schedule, lr,
-    clip_norm, t0, state): the optimizer (see :mod:`.optimizers`; clip_norm 0 for none; t0 the steps done before this
-    epoch; state (rows, n_params), in place); work, work16: workspace for batch_size rows (drivers.py); buffers: the
-    running statistics, followed by as many values of scratch (there they are kept before each step, and put back
-    when the step diverges); run: the run flags (layers.py), whose step is set to each step's number (the rows' ids are
-    their indices in X, from perm); batch_buffers = (Xb, Yb, lb, swb); sq_norms: (L,) float64, output, summed
-    squared per-layer gradient norms of the steps; max_loss: float, a larger batch loss counts as divergence. Not
-    thread-safe.
+    The arrays are at the given addresses (boundary.py): the network's (params, the weights' bfloat16 twin params16
+    kept in step with the parameters by each update or empty, layout (L, 12), the GEMMs of gemm.py, buffers: the
+    running statistics followed by as many values of scratch, where they are kept before each step and put back when
+    the step diverges), the batch (X (n, n_in); Y (n, n_out), or (0, n_out) with labels (n,) int64; sw (n,) sample
+    weights or (0,): each batch's loss is then the weighted mean) and the workspace for batch_size rows
+    (drivers.py); p_spare, p_grads: (n_params,), spare is an output; p_perm: (n_perm,) int64 row indices, the
+    epoch's order (a permutation of the rows, or any subset); batch_size: int >= 1; l2: float; kind, p_hyper,
+    schedule_code, p_schedule, lr, clip_norm, t0, p_state: the optimizer (see :mod:`.optimizers`; clip_norm 0 for
+    none; t0 the steps done before this epoch; state (n_state, n_params), in place); run: the run flags (layers.py),
+    whose step is set to each step's number (the rows' ids are their indices in X, from perm); p_Xb, p_Yb, p_lb,
+    p_swb: the batch buffers (batch_size rows); p_sq_norms: (L,) float64, output, summed squared per-layer gradient
+    norms of the steps; max_loss: float, a larger batch loss counts as divergence. Not thread-safe.
     """
-    X, Y, labels, sw = data
-    kind, hyper, schedule_code, schedule, lr, clip_norm, t0, state = optimizer
-    Xb, Yb, lb, swb = batch_buffers
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
+    X, Y, labels, sw = _batch_arrays(batch, marker)
+    work, work16 = _workspace_arrays(workspace, marker)
+    n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
+    _refresh_twin(params, params16, layout)
+    hyper = _array1d(p_hyper, n_hyper, np.float64(0))
+    schedule = _array1d(p_schedule, n_schedule, np.float64(0))
+    state = _array2d(p_state, n_state, n_params, marker)
+    spare = _array1d(p_spare, n_params, marker)
+    grads = _array1d(p_grads, n_params, marker)
+    perm = _array1d(p_perm, n_perm, np.int64(0))
+    Xb, Yb = _array1d(p_Xb, batch_size * n_in, marker), _array1d(p_Yb, batch_size * n_out, marker)
+    lb = _array1d(p_lb, batch_size, np.int64(0))
+    swb = _array1d(p_swb, batch_size if sw.shape[0] > 0 else 0, marker)
+    sq_norms = _array1d(p_sq_norms, layout.shape[0], np.float64(0))
     n = perm.shape[0]
     loss_sum = 0.0
     status = OK
@@ -207,16 +232,21 @@ def _train_epoch(
     return status, loss_sum, steps
 
 
-@leaf
-def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16, buffers, run):
+@kernel
+def _evaluate_entry(marker, network, run, loss_code, batch, workspace):
     """Summed loss (without the L2 term) and number of correct predictions over a data set, in chunks; both
     weighted by the sample weights sw (n,) when given (sw (0,): unit weights).
 
     NumPy: ``P = predict(X); loss = per-sample losses summed; correct = (argmax P == y).sum()`` for softmax,
     ``(all((P > 0.5) == (Y > 0.5), axis=1)).sum()`` (subset accuracy) for sigmoid + binary cross-entropy, 0
-    otherwise. X: (n, n_in); Y/labels as for :func:`_value_and_grad`; work, work16: workspace, overwritten, whose
-    size sets the chunk. Returns (float64, float64). Not thread-safe for a shared workspace.
+    otherwise. The arrays are at the given addresses (boundary.py): X: (n, n_in); Y/labels as for
+    :func:`_value_and_grad`; the workspace is overwritten, its size sets the chunk. Returns (float64, float64). Not
+    thread-safe for a shared workspace.
     """
+    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
+    X, Y, labels, sw = _batch_arrays(batch, marker)
+    work, work16 = _workspace_arrays(workspace, marker)
+    _refresh_twin(params, params16, layout)
     acts, delta, _, _, aux, sums = work
     ids = layout[0, :0]
     n = X.shape[0]
@@ -261,82 +291,3 @@ def _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work,
                 if ok:
                     correct += w_i
     return loss, correct
-
-
-# Entry points from Python (addresses instead of arrays: see boundary.py).
-
-
-@kernel
-def _train_epoch_entry(
-    marker,
-    network,
-    run,
-    loss_code,
-    batch,
-    workspace,
-    p_spare,
-    p_grads,
-    p_perm,
-    n_perm,
-    batch_size,
-    l2,
-    kind,
-    p_hyper,
-    n_hyper,
-    schedule_code,
-    p_schedule,
-    n_schedule,
-    lr,
-    clip_norm,
-    t0,
-    p_state,
-    n_state,
-    p_Xb,
-    p_Yb,
-    p_lb,
-    p_swb,
-    p_sq_norms,
-    max_loss,
-):
-    """:func:`_train_epoch` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
-    X, Y, labels, sw = _batch_arrays(batch, marker)
-    work, work16 = _workspace_arrays(workspace, marker)
-    n_params, n_in, n_out = params.shape[0], X.shape[1], Y.shape[1]
-    swb = _array1d(p_swb, batch_size if sw.shape[0] > 0 else 0, marker)
-    _refresh_twin(params, params16, layout)
-    hyper = _array1d(p_hyper, n_hyper, np.float64(0))
-    schedule = _array1d(p_schedule, n_schedule, np.float64(0))
-    state = _array2d(p_state, n_state, n_params, marker)
-    Xb, Yb = _array1d(p_Xb, batch_size * n_in, marker), _array1d(p_Yb, batch_size * n_out, marker)
-    return _train_epoch(
-        gemm,
-        params,
-        params16,
-        _array1d(p_spare, n_params, marker),
-        _array1d(p_grads, n_params, marker),
-        layout,
-        loss_code,
-        (X, Y, labels, sw),
-        _array1d(p_perm, n_perm, np.int64(0)),
-        batch_size,
-        l2,
-        (kind, hyper, schedule_code, schedule, lr, clip_norm, t0, state),
-        work,
-        work16,
-        buffers,
-        run,
-        (Xb, Yb, _array1d(p_lb, batch_size, np.int64(0)), swb),
-        _array1d(p_sq_norms, layout.shape[0], np.float64(0)),
-        max_loss,
-    )
-
-
-@kernel
-def _evaluate_entry(marker, network, run, loss_code, batch, workspace):
-    """:func:`_evaluate` on the buffers at the given addresses (NumPy: as there). Not thread-safe."""
-    params, params16, layout, gemm, buffers = _network_arrays(network, marker)
-    X, Y, labels, sw = _batch_arrays(batch, marker)
-    work, work16 = _workspace_arrays(workspace, marker)
-    _refresh_twin(params, params16, layout)
-    return _evaluate(gemm, params, params16, layout, loss_code, X, Y, labels, sw, work, work16, buffers, run)
