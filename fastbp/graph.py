@@ -605,7 +605,9 @@ def softmax_cross_entropy(logits, labels):
         if array.dtype.kind in "iu":
             if array.size and array.dtype.kind == "u" and array.max() > np.iinfo(np.int64).max:
                 raise ValueError(f"labels must be in [0, {logits_shape[-1]}), got a label of {array.max()}")
-            if array.shape == logits_shape and array.shape != labels_shape:
+            # one sample's label as a 1-element array is a label whatever the class count (one class included)
+            one_label = len(logits_shape) == 1 and array.size == 1
+            if array.shape == logits_shape and array.shape != labels_shape and not one_label:
                 raise ValueError(
                     f"labels has an integer dtype and the logits' shape {logits_shape}: integer dtype means class "
                     f"labels of shape {labels_shape}; pass one-hot or probability rows as floats "

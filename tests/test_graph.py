@@ -504,6 +504,14 @@ def test_softmax_cross_entropy_label_dtype_errors_state_the_rule(rng):
         g.softmax_cross_entropy(z, np.array([0, 1, 2, 2**63 + 5], dtype=np.uint64))
     with pytest.raises(TypeError, match="wrt must be a graph Node or a list of Nodes, got float"):
         g.grad(g.sum(z), 3.0)
+    # One sample's label as a one-element int array, whatever the class count (one class was refused as a one-hot
+    # row, two were taken as a label); torch's cross-entropy of a single class is 0 with a zero gradient.
+    for k in (1, 2, 3):
+        v = g.Variable(np.linspace(0.1, 0.5, k))
+        expected = g.softmax_cross_entropy(v, k - 1)
+        loss = g.softmax_cross_entropy(v, np.array([k - 1]))
+        assert float(loss) == float(expected)
+        np.testing.assert_array_equal(g.grad(loss, v), g.grad(expected, v))
     # The right dtypes work.
     assert float(g.softmax_cross_entropy(z, one_hot_ints.astype(float))) == pytest.approx(
         float(g.softmax_cross_entropy(z, np.array([0, 1, 2, 0]))), rel=HAND_RTOL
