@@ -551,9 +551,11 @@ class MLP(torch.nn.Module):
         """A module with the architecture and (copied) parameters of a ``fastbp.MLP``.
 
         ``output``: the output activation, default ``net.output`` (pass "identity" to get the logits of a softmax
-        network, for ``CrossEntropyLoss``). The dtype is the network's. Networks with layer options (normalization,
-        residual connections, dropout) are refused with a ValueError that names them: the bridge computes plain
-        dense layers; build the same network from torch.nn modules instead.
+        network, for ``CrossEntropyLoss``). The dtype is the network's. A frozen layer (``net.trainable``) gets
+        ``requires_grad=False`` on its weight and bias. The network's ``l2`` and ``precision`` are not part of a
+        module: in torch they are the optimizer's ``weight_decay`` and ``torch.autocast``. Networks with layer
+        options (normalization, residual connections, dropout) are refused with a ValueError that names them: the
+        bridge computes plain dense layers; build the same network from torch.nn modules instead.
         """
         if net._has_options:
             hidden = slice(0, net.n_layers - 1)
@@ -578,17 +580,28 @@ class MLP(torch.nn.Module):
         )
         with torch.no_grad():
             model.flat_params.copy_(torch.from_numpy(net.params))
+        for l, trainable in enumerate(net.trainable):
+            if not trainable:
+                model.get_parameter(f"W{l}").requires_grad_(False)
+                model.get_parameter(f"b{l}").requires_grad_(False)
         return model
 
     def to_fastbp(self, output=None, loss=None):
         """A ``fastbp.MLP`` with this architecture and a copy of the parameters (``output`` defaults to this
-        module's; ``loss`` to the canonical loss of the output)."""
+        module's; ``loss`` to the canonical loss of the output). A layer whose weight and bias both have
+        ``requires_grad=False`` is frozen in the network (fastbp freezes whole layers: a layer with one of the two
+        trainable stays trainable)."""
+        frozen = [
+            not (self.get_parameter(f"W{l}").requires_grad or self.get_parameter(f"b{l}").requires_grad)
+            for l in range(len(self.layer_sizes) - 1)
+        ]
         net = _FastMLP(
             list(self.layer_sizes),
             list(self.activations),
             output=output or self.output,
             loss=loss,
             dtype=self._engine.dtype,
+            trainable=[not f for f in frozen],
         )
         net.params[:] = self.flat_params.detach().numpy()
         return net

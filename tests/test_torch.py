@@ -537,6 +537,20 @@ def test_fastbp_conversions(output):
         assert rel_err(model.to_sequential()(torch.from_numpy(X)), P) < TORCH_RTOL["float64"]
 
 
+def test_conversions_keep_frozen_layers():
+    """A frozen layer of the network is a layer without requires_grad in the module, and back; fastbp freezes
+    whole layers, so a layer with a trainable bias stays trainable."""
+    net = fastbp.MLP([6, 10, 8, 4], dtype="float64", seed=2)
+    net.set_trainable(1, False)
+    model = fbt.MLP.from_fastbp(net)
+    assert [p.requires_grad for p in model.parameters()] == [True, True, False, False, True, True]
+    model(torch.ones(3, 6, dtype=torch.float64)).sum().backward()
+    assert model.W1.grad is None and model.b1.grad is None and model.W0.grad is not None
+    assert model.to_fastbp().trainable == (True, False, True)
+    model.b1.requires_grad_(True)
+    assert model.to_fastbp().trainable == (True, True, True)
+
+
 @pytest.mark.parametrize(
     ("options", "named"),
     [
