@@ -1,6 +1,6 @@
 """Compilation settings shared by every compiled kernel.
 
-All kernels take their ``fastmath`` flags from :data:`FASTMATH` (a test fails if a kernel hard-codes them).
+All kernels take their ``fastmath`` flags from ``FASTMATH`` (a test fails if a kernel hard-codes them).
 The set deliberately omits ``nnan`` and ``ninf``: with those, LLVM may assume no NaN/inf exists and fold away
 the checks that detect a diverging loss.
 

@@ -1,7 +1,7 @@
 """Writing files safely, and telling what a file is: the one helper through which fastbp writes every file
 (checkpoints, ``--json`` reports, plots, predictions), and the checks of the files it reads.
 
-:func:`atomic_write` writes to a temporary file next to the target, ``.fastbp-<target name>-<random>.tmp``, flushes
+``atomic_write`` writes to a temporary file next to the target, ``.fastbp-<target name>-<random>.tmp``, flushes
 and fsyncs it, renames it over the target, then fsyncs the directory. While it writes, the writer holds an exclusive
 ``flock`` on its temporary file. A process killed mid-write leaves its temporary file behind, unlocked (the kernel
 drops the locks of a dead process); the next write or checkpoint load of the same target removes the temporary files
@@ -51,7 +51,7 @@ def _temp_prefix(path):
 
 
 def _temp_pattern(path):
-    """The names of ``path``'s temporary files: exactly those :func:`atomic_write` makes."""
+    """The names of ``path``'s temporary files: exactly those ``atomic_write`` makes."""
     return re.compile(re.escape(_temp_prefix(path)) + f"[0-9a-f]{{{_RANDOM_CHARS}}}" + re.escape(SUFFIX))
 
 
@@ -231,7 +231,7 @@ def _strict_json(value):
 
 
 def save_json(data, path, what="--json"):
-    """Write ``data`` to ``path`` as strict JSON (NaN and infinities as null), through :func:`atomic_write`.
+    """Write ``data`` to ``path`` as strict JSON (NaN and infinities as null), through ``atomic_write``.
     Returns the path."""
     with atomic_write(path, "w", what=what) as f:
         json.dump(_strict_json(data), f, indent=1, allow_nan=False)
@@ -239,7 +239,7 @@ def save_json(data, path, what="--json"):
 
 
 def save_figure(fig, path, **kwargs):
-    """``fig.savefig`` through :func:`atomic_write`; the format from the extension (PNG when there is none, as
+    """``fig.savefig`` through ``atomic_write``; the format from the extension (PNG when there is none, as
     matplotlib does, which then appends ``.png``). Returns the path written."""
     path = os.fsdecode(path)
     ext = os.path.splitext(path)[1][1:].lower()
@@ -260,7 +260,7 @@ _MAGIC = (
 
 
 def kind(path):
-    """What the file at ``path`` is, from its first bytes (see :func:`kind_of_bytes`). Raises OSError when it cannot
+    """What the file at ``path`` is, from its first bytes (see ``kind_of_bytes``). Raises OSError when it cannot
     be read."""
     with open(path, "rb") as f:
         return kind_of_bytes(f.read(512))

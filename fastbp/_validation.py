@@ -243,5 +243,5 @@ def _array_object_layout():
     return (*layout, c_contiguous, writeable, id(np.dtype(np.int64)))
 
 
-#: The array object's layout for the checked entry points, or None (see :func:`_array_object_layout`).
+#: The array object's layout for the checked entry points, or None (see ``_array_object_layout``).
 ARRAY_OBJECT = _array_object_layout()

@@ -10,13 +10,13 @@ time to fastbp's, computed within each round and then the median taken (absolute
 machine, same-round ratios much less).
 
 Contenders: ``fastbp`` (the compiled epoch loop, per step), ``numpy`` (the lean NumPy step a user would write:
-vectorised, no input checks, :func:`numpy_train_step`), ``reference`` (``fastbp.reference.value_and_grad``, which
+vectorised, no input checks, ``numpy_train_step``), ``reference`` (``fastbp.reference.value_and_grad``, which
 checks its inputs, then ``params -= lr * grads``; at S and M only, where its checks show), ``torch`` (eager:
 ``nn.Sequential`` of ``Linear``/``ReLU``, ``CrossEntropyLoss``, ``optim.SGD``), ``jax`` (the whole step under
 ``jax.jit``). Missing peers are skipped with a printed note.
 scikit-learn's ``MLPClassifier`` is compared on whole ``fit`` calls (digits, same hyper-parameters).
 
-The deep shape ``D`` (:data:`DEEP`) has layer options (batch norm, residual connections, dropout): there the peers
+The deep shape ``D`` (``DEEP``) has layer options (batch norm, residual connections, dropout): there the peers
 build the same model (PyTorch from ``Linear``/``BatchNorm1d``/``ReLU``/``Dropout`` with the skip connection, JAX the
 same functions under ``jax.jit``, dropout from each framework's own generator), and ``plain`` is fastbp's network of
 the same widths without the options, to show what they cost. The NumPy peers have no step at D.
@@ -54,7 +54,7 @@ QUICK_BF16 = [("M", "bfloat16")]
 
 
 def matrix(quick=False):
-    """The cells of a run: :data:`MATRIX` (or :data:`QUICK`), with the bfloat16 cells where bfloat16 matmul precision
+    """The cells of a run: ``MATRIX`` (or ``QUICK``), with the bfloat16 cells where bfloat16 matmul precision
     is available on this machine."""
     from . import _onednn
 
@@ -97,7 +97,7 @@ SETTLE = 0.3
 def interleaved(functions, rounds, min_time):
     """Time ``{name: (fn, steps per call)}`` in rounds A B C ... A B C ...; returns name -> seconds per step, one
     value per round (compare contenders round by round: the machine drifts between rounds). Each timing starts after
-    :data:`SETTLE` seconds of idle time."""
+    ``SETTLE`` seconds of idle time."""
     times = {name: [] for name in functions}
     for _ in range(rounds):
         for name, (fn, steps) in functions.items():
@@ -126,7 +126,7 @@ def gemm_peak(dtype, size=2048, repeats=3):
 
 
 def best_peak(peaks, dtype):
-    """Measure :func:`gemm_peak` again and keep the best in ``peaks`` (dtype -> GFLOP/s); returns it. Called before
+    """Measure ``gemm_peak`` again and keep the best in ``peaks`` (dtype -> GFLOP/s); returns it. Called before
     each cell: one measurement taken while another process held a core would make every percentage of the run too
     high (seen: 127% at L)."""
     peaks[dtype] = max(peaks.get(dtype, 0.0), gemm_peak(dtype))
@@ -155,7 +155,7 @@ def _batches(X, y, batch):
 
 
 def shape_of(shape):
-    """(sizes, batch, layer options) of a shape name of :data:`SHAPES` or :data:`DEEP`."""
+    """(sizes, batch, layer options) of a shape name of ``SHAPES`` or ``DEEP``."""
     sizes, batch = SHAPES[shape] if shape in SHAPES else DEEP[shape]
     return sizes, batch, LAYER_OPTIONS.get(shape, {})
 
@@ -225,7 +225,7 @@ def numpy_value_and_grad(layers, X, y):
 
 
 def numpy_train_step(layers, X, y, lr=LR):
-    """Lean NumPy training step: :func:`numpy_value_and_grad`, then SGD on the layers in place; returns the loss."""
+    """Lean NumPy training step: ``numpy_value_and_grad``, then SGD on the layers in place; returns the loss."""
     loss, grads = numpy_value_and_grad(layers, X, y)
     for (W, b), (dW, db) in zip(layers, grads, strict=True):
         W -= lr * dW
@@ -235,7 +235,7 @@ def numpy_train_step(layers, X, y, lr=LR):
 
 def numpy_epoch(layers, X, y, batch, rng, lr=LR):
     """Lean NumPy epoch over X (n, n_in) and int labels y (n,): the rows shuffled by ``rng`` (a NumPy Generator), each
-    batch of ``batch`` rows gathered by fancy indexing, one :func:`numpy_train_step` per batch; returns the mean loss
+    batch of ``batch`` rows gathered by fancy indexing, one ``numpy_train_step`` per batch; returns the mean loss
     over the samples."""
     perm = rng.permutation(X.shape[0])
     loss = 0.0
@@ -246,7 +246,7 @@ def numpy_epoch(layers, X, y, batch, rng, lr=LR):
 
 
 def numpy_step(sizes, batch, dtype):
-    """The lean NumPy step (:func:`numpy_train_step`) over the STEPS_PER_CALL batches."""
+    """The lean NumPy step (``numpy_train_step``) over the STEPS_PER_CALL batches."""
     batches = _batches(*_data(sizes, batch, dtype), batch)
     layers = numpy_layers(sizes, dtype)
 
@@ -309,7 +309,7 @@ def _torch_model(sizes, options):
 def torch_step(sizes, batch, dtype, autocast=False, options=None):
     """PyTorch eager; with ``autocast``, the forward pass under ``torch.autocast("cpu", dtype=torch.bfloat16)``
     (bfloat16 matrix products, float32 parameters), PyTorch's own mixed precision. ``options``: layer options of
-    the model (:func:`_torch_model`), trained in ``train()`` mode."""
+    the model (``_torch_model``), trained in ``train()`` mode."""
     import contextlib
 
     import torch
@@ -334,7 +334,7 @@ def torch_step(sizes, batch, dtype, autocast=False, options=None):
 
 
 def torch_bf16_step(sizes, batch, dtype):
-    """:func:`torch_step` under bfloat16 autocast (float32 data and parameters)."""
+    """``torch_step`` under bfloat16 autocast (float32 data and parameters)."""
     return torch_step(sizes, batch, dtype, autocast=True)
 
 
@@ -413,7 +413,7 @@ CONTENDERS = {
     "torch_bf16": torch_bf16_step,
     "plain": plain_step,
 }
-#: The contenders of a shape with layer options (:data:`LAYER_OPTIONS`).
+#: The contenders of a shape with layer options (``LAYER_OPTIONS``).
 DEEP_CONTENDERS = ("fastbp", "plain", "torch", "jax")
 #: The shapes where the NumPy reference's step is timed too: there its input checks show beside the lean step; at the
 #: GEMM-bound shapes the two take the same time.
@@ -538,7 +538,7 @@ def compare_fit(X_train, y_train, X_test, y_test, params, rounds=1):
 
 def sklearn_fit(dtype, epochs=20, batch=32, hidden=(128,), rounds=1):
     """fastbp.sklearn.MLPClassifier against scikit-learn's on digits, whole fits with the same hyper-parameters
-    (Adam, lr 1e-3, no L2, ``epochs`` epochs, random_state 0: the two fit the same model); see :func:`compare_fit`."""
+    (Adam, lr 1e-3, no L2, ``epochs`` epochs, random_state 0: the two fit the same model); see ``compare_fit``."""
     from . import data
 
     X, y = data.load_digits()
@@ -728,7 +728,7 @@ STEP_TARGETS = {
 #: XL must also reach this percent of the measured sgemm peak.
 XL_PEAK_PERCENT = 90.0
 #: Whole fits: scikit-learn's time / fastbp's by dtype, with test accuracy within ACCURACY_POINTS points. The fits
-#: of :func:`sklearn_fit` are at a small shape (digits, 64-128-10, batch 32), whose target is 8x in both dtypes (the
+#: of ``sklearn_fit`` are at a small shape (digits, 64-128-10, batch 32), whose target is 8x in both dtypes (the
 #: GEMM-bound shapes' targets are checked by scripts/sklearn_speed.py).
 FIT_TARGETS = {"float32": 8.0, "float64": 8.0}
 ACCURACY_POINTS = 1.0
@@ -763,7 +763,7 @@ NOT_MEASURED = "not measured"
 
 
 def _step_targets(cells, dtype, wanted_by_shape, percent_of_peak):
-    """Rows of :func:`targets` for the step targets of one dtype ("float32" or "bfloat16")."""
+    """Rows of ``targets`` for the step targets of one dtype ("float32" or "bfloat16")."""
     rows = []
     where = "" if dtype == "float32" else " in bfloat16"
     fastest = "the fastest peer" if dtype == "float32" else "the fastest float32 peer"
@@ -805,7 +805,7 @@ def _step_targets(cells, dtype, wanted_by_shape, percent_of_peak):
 
 def targets(results):
     """Each target of docs/benchmarks.md that a run of the matrix measures, plus "never slower than the lean NumPy
-    step", checked against ``results`` (as returned by :func:`run`): a list of ``(target, measured, met)``,
+    step", checked against ``results`` (as returned by ``run``): a list of ``(target, measured, met)``,
     where met is True, False, or None when what the target needs was not measured (a cell not run, a peer not
     installed, no scikit-learn fit); ``measured`` then says what is missing. No target is left out."""
     rows = []
@@ -859,7 +859,7 @@ def targets(results):
 
 
 def targets_table(results):
-    """Markdown table of :func:`targets`."""
+    """Markdown table of ``targets``."""
     verdict = {True: "yes", False: "NO", None: NOT_MEASURED}
     lines = ["| target | measured in this run | met |", "|---|---|---|"]
     lines += [f"| {target} | {measured} | {verdict[met]} |" for target, measured, met in targets(results)]

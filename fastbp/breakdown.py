@@ -179,10 +179,10 @@ def _timer(sizes, n, dtype, min_time):
 
 
 def profile(shape, dtype="float32", rounds=5, min_time=0.2):
-    """Seconds per step of the whole step and of each part (see the module docstring), medians over ``rounds``
-    rounds that alternate the step and its parts. ``shape``: a name of :data:`fastbp.bench.SHAPES`, or a pair
-    (layer sizes, batch). Returns a dict: shape, dtype, sizes, batch, flops (of the GEMMs), step, parts (name ->
-    seconds, in the order: GEMM sequence, the other work, then each GEMM)."""
+    """Seconds per step of the whole step and of each part (see the module docstring), medians over ``rounds`` rounds
+    that alternate the step and its parts. ``shape``: a name of ``fastbp.bench.SHAPES``, or a pair (layer sizes, batch);
+    ``min_time``: seconds each timing runs at least. Returns a dict: shape, dtype, sizes, batch, flops (of the GEMMs),
+    step, parts (name -> seconds, in the order: GEMM sequence, the other work, then each GEMM)."""
     if isinstance(shape, str) and shape not in bench.SHAPES:
         deep = " (the step of a network with layer options is not broken down)" if shape in bench.DEEP else ""
         raise ValueError(f"shape must be one of {', '.join(bench.SHAPES)} or (sizes, batch), got {shape!r}{deep}")
@@ -206,12 +206,12 @@ def profile(shape, dtype="float32", rounds=5, min_time=0.2):
 
 
 def gemms_alone(result):
-    """Seconds per step of the step's GEMMs, each timed alone, summed (from a :func:`profile` result)."""
+    """Seconds per step of the step's GEMMs, each timed alone, summed (from a ``profile`` result)."""
     return sum(result["parts"][g[0]] for g in step_gemms(result["sizes"], result["batch"]))
 
 
 def profile_table(result, peak):
-    """A Markdown table of one :func:`profile` result; ``peak``: the GEMM peak in GFLOP/s of the same run."""
+    """A Markdown table of one ``profile`` result; ``peak``: the GEMM peak in GFLOP/s of the same run."""
     step, parts = result["step"], result["parts"]
     gemm_names = [g[0] for g in step_gemms(result["sizes"], result["batch"])]
     alone = gemms_alone(result)

@@ -1,7 +1,7 @@
 """Gradient checking: the analytic gradient of a network against central finite differences, in float64.
 
-``fastbp.gradcheck`` is :func:`gradcheck` (this module is ``fastbp.checking``, so that the name ``fastbp.gradcheck``
-stays the function); its result is a :class:`GradcheckResult` holding one :class:`LayerCheck` per checked layer.
+``fastbp.gradcheck`` is ``gradcheck`` (this module is ``fastbp.checking``, so that the name ``fastbp.gradcheck``
+stays the function); its result is a ``GradcheckResult`` holding one ``LayerCheck`` per checked layer.
 
 **Finite differences.** For a parameter p_i the numerical derivative is ``(L(p + h e_i) - L(p - h e_i)) / (2 h)``
 with ``h = eps`` (the step actually taken, after rounding ``p_i +- eps``). Its error is the truncation
@@ -90,7 +90,7 @@ _TINY = float(np.finfo(np.float64).tiny)
 
 
 def float64_copy(net):
-    """A new float64 :class:`MLP` with ``net``'s architecture, trainable flags and parameter values (widened
+    """A new float64 ``MLP`` with ``net``'s architecture, trainable flags and parameter values (widened
     exactly from float32). Perturbing it never touches ``net``."""
     copy = MLP(
         list(net.layer_sizes),
@@ -175,7 +175,7 @@ def _worst(errors):
 
 @dataclass
 class GradcheckResult:
-    """What :func:`gradcheck` found: per-layer checks, the worst errors, and the verdict.
+    """What ``gradcheck`` found: per-layer checks, the worst errors, and the verdict.
 
     ``layers`` lists the checked (trainable) layers. ``worst``: the largest finite-difference error over them (NaN
     if a gradient was NaN); ``unresolved``: ``[(layer, "W" or "b"), ...]`` whose gradient is within the
@@ -368,7 +368,7 @@ def gradcheck(
     threshold_float32 : float, optional
         Largest accepted error of a float32 network's own gradient against the float64 one; default 1e-4. In
         bfloat16 matmul precision that gradient is compared with its NumPy emulation (``fastbp.reference``, the same
-        bfloat16 products summed exactly) instead, default 1e-3 (:data:`THRESHOLD_FLOAT32`); with a custom
+        bfloat16 products summed exactly) instead, default 1e-3 (``THRESHOLD_FLOAT32``); with a custom
         ``grad_fn``, which has no such emulation, it is not compared.
 
     Returns

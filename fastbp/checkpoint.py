@@ -25,7 +25,7 @@ arrays and the optimizer's configuration as JSON text. The entries:
 Version 1 (fastbp before the layer options) has the same entries without the options, ``dropout_seed`` and
 ``buffers``; such files still load, as networks without options. Files of a later version are refused.
 
-Files are written atomically and durably by :func:`fastbp._files.atomic_write`: to a locked temporary file
+Files are written atomically and durably by ``fastbp._files.atomic_write``: to a locked temporary file
 ``.fastbp-<name>-<random>.tmp`` in the same directory, fsynced, renamed over the target, and the directory fsynced;
 a crash never leaves a partial checkpoint under the target name, and the temporary file of a killed save is removed
 by the next save or load of the same path.
@@ -42,7 +42,7 @@ from . import _files
 
 FORMAT = "fastbp-checkpoint"
 VERSION = 2
-#: The format versions :func:`load` reads (version 1: no layer options, no running statistics).
+#: The format versions ``load`` reads (version 1: no layer options, no running statistics).
 READABLE_VERSIONS = (1, 2)
 WHAT = "a fastbp checkpoint (written by fastbp train or MLP.save)"
 
@@ -205,9 +205,9 @@ def _params_mismatch(path, params, dtype, count):
 
 
 def load(path, return_optimizer=False, matmul_precision=None):
-    """Read a checkpoint written by ``MLP.save`` or ``Trainer.save`` (:func:`save`).
+    """Read a checkpoint written by ``MLP.save`` or ``Trainer.save`` (``save``).
 
-    Returns the :class:`~fastbp.MLP`, or ``(net, optimizer)`` with ``return_optimizer=True`` (optimizer is None
+    Returns the ``fastbp.MLP``, or ``(net, optimizer)`` with ``return_optimizer=True`` (optimizer is None
     when the file has none). ``matmul_precision``: the network's matrix-product precision, by default the one it
     was saved with ("float32" for checkpoints written before it was stored); the parameters are float32 either way,
     so a network trained in bfloat16 can be loaded in float32 (e.g. on a machine without bfloat16) and the reverse.

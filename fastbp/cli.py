@@ -587,7 +587,7 @@ def _input_error(path, err, labels=None):
 
 
 def _load_data(path, labels, require_y=True):
-    """(X, y) of --data (the embedded digits without it), not a CSV file (:func:`_load_csv`); errors name the option
+    """(X, y) of --data (the embedded digits without it), not a CSV file (``_load_csv``); errors name the option
     and the file."""
     from . import data
 
@@ -806,7 +806,7 @@ def cmd_train(args):
 
 
 def _train_outputs(args):
-    """The output options of fastbp train, as :func:`_check_outputs` takes them (None for an option args lacks)."""
+    """The output options of fastbp train, as ``_check_outputs`` takes them (None for an option args lacks)."""
     return tuple((f"--{name}", getattr(args, name, None)) for name in ("output", "plot", "json"))
 
 

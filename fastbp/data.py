@@ -5,7 +5,7 @@ which ships inside scikit-learn.
 
 Start-up: ``import sklearn`` takes about 0.9 s on the reference machine, more than half of the 1.5 s budget of
 ``fastbp train`` from start to its first step (docs/benchmarks.md). So the digits are read from the file scikit-learn
-ships, without importing scikit-learn, and the split and standardisation of :func:`prepare` are done here in a few
+ships, without importing scikit-learn, and the split and standardisation of ``prepare`` are done here in a few
 lines of NumPy (the same rules as scikit-learn's ``train_test_split`` sizes and ``StandardScaler``).
 """
 
@@ -25,7 +25,17 @@ import numpy as np
 
 from . import _files
 
-__all__ = ["load_csv", "load_digits", "load_file", "load_idx", "load_npz", "one_hot", "prepare"]
+__all__ = [
+    "Standardizer",
+    "load_csv",
+    "load_digits",
+    "load_file",
+    "load_idx",
+    "load_npz",
+    "one_hot",
+    "prepare",
+    "split_indices",
+]
 
 
 def load_digits():
@@ -156,7 +166,8 @@ def load_csv(path, label_column=-1, delimiter=",", skip_header=None, return_name
     """A CSV file of numeric features and a label column.
 
     label_column: an index (default -1, the last column; negative counts from the end), a column name when the file
-    has a header line, or None (every column is a feature, y is None). skip_header: number of header lines; None
+    has a header line, or None (every column is a feature, y is None). delimiter: the field separator (one
+    character, default ","). skip_header: number of header lines; None
     detects one: a first line with a word above a column of numbers (numeric names such as pandas writes count;
     ``0,1,...,k-1``, pandas' names of unnamed columns, above a number with a fraction or an exponent, or at least
     three of them beside a string label column's name), else judged by ``csv.Sniffer.has_header`` against the lines
@@ -235,7 +246,7 @@ def _is_row_index(column):
 
 
 def _csv_format(path, delimiter, skip_header):
-    """(header lines to skip, the header's column names or None, columns) of a CSV file, as :func:`load_csv` takes
+    """(header lines to skip, the header's column names or None, columns) of a CSV file, as ``load_csv`` takes
     them (``skip_header`` None: detected)."""
     comments, head = _head(path, 21 if skip_header is None else int(skip_header) + 21)
 
@@ -281,7 +292,7 @@ def _no_rows(path, lines):
 
 
 def _is_header(first, texts, fields, delimiter):
-    """Whether the line of fields ``first`` is a header above the lines ``texts``: :func:`_names_columns`, and when
+    """Whether the line of fields ``first`` is a header above the lines ``texts``: ``_names_columns``, and when
     that cannot tell, ``csv.Sniffer.has_header``."""
     rows = [fields(text) for text in texts]
     header = _names_columns(first, rows)
@@ -334,20 +345,20 @@ def _fields(line, delimiter):
 
 
 def _csv_lines(path, skip_header, delimiter):
-    """The data rows of a CSV file (:func:`_data_lines`) as pairs (line number from 1, the list of its fields)."""
+    """The data rows of a CSV file (``_data_lines``) as pairs (line number from 1, the list of its fields)."""
     for number, line in _data_lines(path, skip_header):
         yield number, _fields(line, delimiter)
 
 
 def _csv_line(path, row, delimiter=","):
     """The line number (from 1, as an editor counts) of data row ``row`` (from 0) of a CSV file read by
-    :func:`load_csv`, for messages."""
+    ``load_csv``, for messages."""
     skip_header = _csv_format(os.fsdecode(path), delimiter, None)[0]
     return next(itertools.islice(_csv_lines(path, skip_header, delimiter), row, None))[0]
 
 
 def _loadtxt(path, text, lines, n_columns, numbers, **options):
-    """np.loadtxt of the data rows ``text()`` (:func:`_data_lines`) with its errors told as ValueErrors naming the
+    """np.loadtxt of the data rows ``text()`` (``_data_lines``) with its errors told as ValueErrors naming the
     file and the line (``lines()``: the rows' fields, ``n_columns`` of them, the columns ``numbers`` numbers); its
     warnings are not passed on, and no data rows is an error."""
     try:
@@ -478,7 +489,7 @@ def load_idx(images_path, labels_path):
 
 def load_file(path, labels_path=None, require_y=True, label_column=-1):
     """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` or ``.txt`` (the
-    label in ``label_column``, see :func:`load_csv`), IDX images (with ``labels_path``, or alone, y None, unless
+    label in ``label_column``, see ``load_csv``), IDX images (with ``labels_path``, or alone, y None, unless
     ``require_y``)."""
     path = os.fsdecode(path)
     lower = path.lower()
@@ -500,7 +511,7 @@ def load_file(path, labels_path=None, require_y=True, label_column=-1):
 
 
 def one_hot(y, n_classes=None):
-    """Integer labels (n,) -> (n, n_classes) float64 one-hot rows."""
+    """Integer labels (n,) -> (n, n_classes) float64 one-hot rows; ``n_classes`` defaults to ``max(y) + 1``."""
     y = np.asarray(y)
     if y.ndim != 1 or y.size == 0 or y.dtype.kind not in "biuf" or not np.array_equal(y, np.round(y)):
         raise ValueError("one_hot needs a non-empty 1-D array of integer class labels")
@@ -563,8 +574,8 @@ def split_indices(n, test_size=0.2, seed=0, labels=None):
 
 
 def stratification(y):
-    """The labels :func:`prepare` stratifies its split by: ``y`` when it holds class labels (1-D integers, strings,
-    as :func:`load_csv` returns them, or booleans), each class on at least 2 rows; else None (a random split)."""
+    """The labels ``prepare`` stratifies its split by: ``y`` when it holds class labels (1-D integers, strings,
+    as ``load_csv`` returns them, or booleans), each class on at least 2 rows; else None (a random split)."""
     y = np.asarray(y)
     if y.ndim == 1 and y.size and y.dtype.kind in "iuUSb" and np.unique(y, return_counts=True)[1].min() >= 2:
         return y
@@ -573,10 +584,10 @@ def stratification(y):
 
 def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
     """Split (stratified when y holds class labels, each with at least 2 rows) and standardise with the training
-    set's statistics (see :func:`split_indices` and :class:`Standardizer`).
+    set's statistics (see ``split_indices`` and ``Standardizer``).
 
     X: (n, d); y: (n,) or (n, k). Returns X_train, X_test, y_train, y_test (float64 X), and the fitted
-    :class:`Standardizer` (None when not standardising) when ``return_scaler``.
+    ``Standardizer`` (None when not standardising) when ``return_scaler``.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
     if X.ndim != 2:

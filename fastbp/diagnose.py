@@ -6,7 +6,7 @@ product of ``L - k`` such factors. With sigmoid, ``f' <= 1/4``: the product vani
 learning. With relu, ``f' = 1`` on active units and the product stays level. With large weights it grows
 (explodes), and gradient clipping (``clip_norm``) keeps the steps finite.
 
-:func:`run` measures exactly that on scikit-learn's digits (64 inputs, 10 classes):
+``run`` measures exactly that on scikit-learn's digits (64 inputs, 10 classes):
 
 1. the same deep network (default 10 hidden layers of 64) with sigmoid, tanh and relu, from a *plain*
    initialisation: ``W ~ N(0, 1 / fan_in)``, ``b = 0``, the same draws for every activation (no
@@ -15,7 +15,7 @@ learning. With relu, ``f' = 1`` on active units and the product stays level. Wit
    ``||delta[l]||`` at initialisation, then a short SGD training that records both per epoch
    (``Trainer(record_deltas=True)``);
 2. the exploding case: the relu network with weights ``gain`` times larger, trained by the same SGD without
-   clipping (which raises :class:`~fastbp.DivergenceError`) and with ``clip_norm`` (which stays finite);
+   clipping (which raises ``fastbp.DivergenceError``) and with ``clip_norm`` (which stays finite);
 3. the remedies: the deep sigmoid network of part 1 (which does not learn at the default depth) side by side with
    the same network (the same initial weights) with batch normalisation on every hidden layer (``norm="batch"``) and
    with a residual connection on every hidden layer that keeps its width (``residual=``; all of them when the width
@@ -52,7 +52,7 @@ REMEDY_ACTIVATION = "sigmoid"
 def plain_network(activation, depth=10, width=64, n_in=64, n_out=10, gain=1.0, seed=0, norm=None, residual=False):
     """A float64 softmax MLP ``[n_in] + [width] * depth + [n_out]`` with ``W[l] ~ N(0, gain^2 / fan_in)`` and zero
     biases, drawn from ``seed`` in layer order (so equal seeds give equal weights whatever the activation and the
-    layer options). ``norm`` and ``residual`` are passed to :class:`~fastbp.MLP` (the normalisation's gamma starts
+    layer options). ``norm`` and ``residual`` are passed to ``fastbp.MLP`` (the normalisation's gamma starts
     at 1 and beta at 0)."""
     sizes = [n_in] + [width] * depth + [n_out]
     net = MLP(sizes, activation, "softmax", dtype="float64", seed=seed, norm=norm, residual=residual)
@@ -66,11 +66,11 @@ def plain_network(activation, depth=10, width=64, n_in=64, n_out=10, gain=1.0, s
 def layer_norms(net, X, y):
     """Per-layer norms at ``net``'s current parameters on the batch (X, y).
 
-    net: an :class:`~fastbp.MLP` (any dtype). X: array (n, n_in), the inputs. y: the targets, as for
+    net: an ``fastbp.MLP`` (any dtype). X: array (n, n_in), the inputs. y: the targets, as for
     ``net.value_and_grad``: (n,) integer class labels for a softmax output, or (n, n_out) target rows.
     Returns a dict with ``grad`` (the Frobenius norm of ``dW[l]``, from the compiled gradient, in training mode:
     batch norm uses the batch's statistics), ``delta`` (of ``delta[l] = dC/dZ[l]``, an (n, fan_out[l]) array from
-    :func:`fastbp.reference.deltas`; both for the batch-mean loss), and ``loss`` and ``total`` (the global gradient
+    ``fastbp.reference.deltas``; both for the batch-mean loss), and ``loss`` and ``total`` (the global gradient
     norm), all Python floats. Lists have one float per layer, input layer first. ``delta`` is None for a network
     with normalisation, residual connections or dropout: for those only the compiled gradient is used."""
     loss, grads = net.value_and_grad(X, y)
@@ -99,11 +99,12 @@ def _ratio(last, first):
 
 def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=2.0, clip_norm=1.0, seed=0):
     """Run both experiments; returns a dict (plain Python values; NaN where a run diverged, which ``fastbp diagnose
-    --json`` writes as null).
+    --json`` writes as null). ``depth``, ``width``: the hidden layers of the networks (see ``plain_network``);
+    ``batch_size``: the mini-batch of every training run.
 
-    The data are scikit-learn's digits, split 80/20 and standardised by :func:`fastbp.data.prepare` with ``seed``.
+    The data are scikit-learn's digits, split 80/20 and standardised by ``fastbp.data.prepare`` with ``seed``.
     ``result["vanishing"][activation]`` holds ``grad``, ``delta``, ``loss`` and ``total`` (see
-    :func:`layer_norms`; at initialisation, on the first ``samples`` training rows), ``ratio`` (``grad[-1] /
+    ``layer_norms``; at initialisation, on the first ``samples`` training rows), ``ratio`` (``grad[-1] /
     grad[0]``: how many times smaller the first layer's weight gradient is than the last layer's),
     ``loss_per_epoch`` (training loss of each epoch of ``SGD(lr)``), ``grad_norm`` and ``delta_norm`` (the
     trainer's per-layer history, last epoch) and ``val_accuracy`` (on the held-out 20%, after training).
@@ -113,7 +114,7 @@ def run(depth=10, width=64, samples=256, epochs=10, lr=0.1, batch_size=32, gain=
     ``result["exploding"]`` holds ``gain``, the norms at that initialisation, and two runs (``clip_norm`` None
     and ``clip_norm``), each with ``diverged`` (bool), ``message`` (the DivergenceError text, or ""),
     ``loss_per_epoch`` (completed epochs) and ``finite`` (the parameters at the end).
-    ``result["remedies"][name]``, for ``name`` in :data:`REMEDIES` (the sigmoid network plain, with batch norm on
+    ``result["remedies"][name]``, for ``name`` in ``REMEDIES`` (the sigmoid network plain, with batch norm on
     every hidden layer, with residual connections on the hidden layers that keep their width; the same initial
     weights, and each trained as in the vanishing experiment), holds ``norm`` and ``residual`` (the options per
     hidden layer), ``grad``, ``loss``, ``total`` and ``ratio`` (at initialisation, as above; no ``delta``),
@@ -243,7 +244,7 @@ def _verdict(ratio):
 
 
 def report(result):
-    """The printed report of :func:`run`'s result: per-layer tables, ratios, training, the exploding case."""
+    """The printed report of ``run``'s result: per-layer tables, ratios, training, the exploding case."""
     c, van = result["config"], result["vanishing"]
     shape = f"{c['n_in']}-{c['width']}x{c['depth']}-{c['n_out']}"
     lines = [

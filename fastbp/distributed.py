@@ -5,7 +5,7 @@ batch's rows (``scale = k_r / m``; with sample weights, its share of the batch's
 partial gradients SUM to the gradient of the whole batch, L2 term included; then ONE in-place ``Allreduce(SUM)``
 over the flat gradient buffer (plus one slot that carries the partial loss) makes the global gradient and loss
 available on every rank, and every rank applies the same optimizer update to the same parameters. The result
-equals single-process training (:class:`fastbp.Trainer` with the same seed) on the same global batches, up to the
+equals single-process training (``fastbp.Trainer`` with the same seed) on the same global batches, up to the
 order of floating-point summation.
 
 The step is driven from Python: the compiled value-and-gradient entry point writes into the flat buffer, mpi4py
@@ -15,12 +15,12 @@ compiled loop and a cached binding of the MPI library, to save a few microsecond
 (``scripts/mpi_scaling.py`` measures it; docs/measurements.md).
 
 ``mpi4py`` is imported only when a function of this module that needs it is called (importing it starts MPI).
-Every method of :class:`Trainer` that communicates (``fit``, ``train_step``, ``evaluate``, ``save``, ``sync``) is
+Every method of ``Trainer`` that communicates (``fit``, ``train_step``, ``evaluate``, ``save``, ``sync``) is
 collective: every rank calls it, in the same order. Errors that every rank raises together (bad arguments on any
 rank, ranks that disagree, divergence) are raised on every rank; any other exception inside these methods prints
 its traceback from the rank that raised it and ends the whole job (``MPI_Abort``), so no rank is left waiting in a
 collective. Run scripts under ``mpiexec -n K python -m mpi4py script.py`` (mpi4py aborts the job on an uncaught
-exception) or wrap your own collective code in :func:`abort_on_error`.
+exception) or wrap your own collective code in ``abort_on_error``.
 """
 
 import contextlib
@@ -51,6 +51,7 @@ __all__ = [
     "abort_on_error",
     "load_shard",
     "mpiexec_path",
+    "mpirun",
     "shard_range",
     "threads_per_rank",
 ]
@@ -128,8 +129,8 @@ def abort_on_error(comm=None, code=1):
     process never returns from the block (it exits with ``code`` even where ``MPI_Abort`` returns).
 
     Exceptions that every rank raises together pass through unchanged, since no rank waits for the others:
-    :class:`RankFailedError`, :class:`fastbp.DivergenceError` and the argument errors of
-    :class:`Trainer`'s collective methods (they carry ``agreed_across_ranks = True``).
+    ``RankFailedError``, ``fastbp.DivergenceError`` and the argument errors of
+    ``Trainer``'s collective methods (they carry ``agreed_across_ranks = True``).
 
     Use it around code where one rank may fail while the others wait in a collective call, which would
     otherwise hang forever. comm: an mpi4py communicator (default ``COMM_WORLD``).
@@ -174,7 +175,8 @@ def mpiexec_path():
 def mpirun(args, n=2, timeout=120.0, cwd=None):
     """Run ``mpiexec -n n *args`` bounded in time: returns the ``subprocess.CompletedProcess`` (text stdout and
     stderr captured). The launcher runs in its own process group; on timeout the whole group (launcher and every
-    rank) is killed and ``subprocess.TimeoutExpired`` is raised with the output so far. Does not import mpi4py."""
+    rank) is killed and ``subprocess.TimeoutExpired`` is raised with the output so far. ``cwd``: the launcher's
+    working directory (None: this process's). Does not import mpi4py."""
     import signal
     import subprocess
 
@@ -283,8 +285,8 @@ def load_shard(path, labels_path=None, comm=None, rank=None, size=None, x_key="X
     Reads only those rows where the format allows it: an uncompressed ``.npz`` (``np.savez``) and uncompressed
     IDX files are memory-mapped, so a rank reads about 1/size of the file. A compressed ``.npz``, gzipped IDX
     and CSV files are read whole and sliced (a note goes to stderr). Conversions are those of
-    :func:`fastbp.data.load_file`: IDX images flattened to float64 (n_rows, pixels) and labels int64; ``.npz``
-    arrays as stored; CSV as :func:`fastbp.data.load_csv`. Pass the parts to
+    ``fastbp.data.load_file``: IDX images flattened to float64 (n_rows, pixels) and labels int64; ``.npz``
+    arrays as stored; CSV as ``fastbp.data.load_csv``. Pass the parts to
     ``Trainer.fit(X, y, sharded=True)``. rank, size: default from ``comm`` (default ``COMM_WORLD``); give both
     to read a part without MPI. Returns ``(X_part, y_part)``, y_part None for an ``.npz`` without ``y_key``.
     """
@@ -366,14 +368,15 @@ def _checksums(data, prefix):
 
 # ---------------------------------------------------------------------------------------------------- trainer
 class Trainer(_Trainer):
-    """Data-parallel :class:`fastbp.Trainer`: same interface and results, over the ranks of an MPI communicator.
+    """Data-parallel ``fastbp.Trainer``: same interface and results, over the ranks of an MPI communicator.
 
     Every rank runs the same script with the same arguments. At the start of ``fit`` and of the first
     ``train_step`` rank 0's parameters and optimizer state are broadcast, so every rank starts from the same point.
-    Each global mini-batch (the one :class:`fastbp.Trainer` would use with the same seed) is split over the ranks;
+    Each global mini-batch (the one ``fastbp.Trainer`` would use with the same seed) is split over the ranks;
     the flat gradient is summed with ONE ``Allreduce`` per step; every rank applies the same update. Schedules,
     clipping, frozen layers, sample weights, divergence detection, early stopping and the history behave as in
-    :class:`fastbp.Trainer`; metrics are reduced over the ranks, so every rank sees the same history.
+    ``fastbp.Trainer``; metrics are reduced over the ranks, so every rank sees the same history. Networks with
+    batch norm are refused (ValueError): its statistics would be each rank's, not the global batch's.
 
     ``fit``, ``train_step``, ``evaluate``, ``save`` and ``sync`` are collective: every rank calls each of them, in
     the same order (``save`` too: rank 0 writes the file). They first check that the ranks agree on the network,
@@ -383,18 +386,18 @@ class Trainer(_Trainer):
     Parameters
     ----------
     net, optimizer, batch_size, seed, progress, **options :
-        As for :class:`fastbp.Trainer` (``options``: callbacks, early_stopping, patience, min_delta,
+        As for ``fastbp.Trainer`` (``options``: callbacks, early_stopping, patience, min_delta,
         restore_best, divergence_factor, record_deltas); ``batch_size`` is the GLOBAL batch, split over the
         ranks. seed None: rank 0 draws one and broadcasts it. The progress bar shows on rank 0 only. Callbacks
         run on every rank; training stops when a callback returns True on any rank.
     comm : mpi4py communicator, default ``MPI.COMM_WORLD``
     threads : "auto", int or None, default "auto"
-        BLAS and Numba threads of this rank: "auto" sets :func:`threads_per_rank` (ranks of ``comm`` x threads
+        BLAS and Numba threads of this rank: "auto" sets ``threads_per_rank`` (ranks of ``comm`` x threads
         <= the machine's cores); None leaves the current setting.
 
     Attributes
     ----------
-    history : as for :class:`fastbp.Trainer`, plus ``comm_time``: seconds per epoch spent in the gradient
+    history : as for ``fastbp.Trainer``, plus ``comm_time``: seconds per epoch spent in the gradient
         all-reduce, including waiting for the slowest rank.
     rank, size, threads : this rank, the number of ranks, the threads this rank uses (None: not set here).
     """
@@ -632,7 +635,7 @@ class Trainer(_Trainer):
             self._sync()
 
     def _sums(self, X, Y2d, labels, sw):
-        """:meth:`fastbp.Trainer._sums` over the union of the ranks' rows: each rank passes its own, every rank
+        """``fastbp.Trainer._sums`` over the union of the ranks' rows: each rank passes its own, every rank
         gets the totals. Collective."""
         sums = np.array(super()._sums(X, Y2d, labels, sw), dtype=np.float64)
         self.comm.Allreduce(_mpi().IN_PLACE, sums, op=_mpi().SUM)
@@ -661,7 +664,7 @@ class Trainer(_Trainer):
 
     # ------------------------------------------------------------------ public
     def evaluate(self, X, y, sample_weight=None, sharded=False):
-        """Mean loss (with the L2 term) and accuracy over a data set, as :meth:`fastbp.Trainer.evaluate`, each rank
+        """Mean loss (with the L2 term) and accuracy over a data set, as ``fastbp.Trainer.evaluate``, each rank
         evaluating a part and the sums reduced over the ranks. Collective.
 
         X: (n, n_in); y: (n, n_out) or (n,) labels; sample_weight: (n,) or None: the whole set on every rank, or
@@ -687,13 +690,13 @@ class Trainer(_Trainer):
         ``fastbp.Trainer(...).fit(X, y)`` with the same seed (a memory map, ``np.load(path, mmap_mode="r")``,
         keeps one copy per machine in the page cache when the file holds the network's dtype; otherwise each
         rank converts it into a private copy). With ``sharded=True`` each rank passes only its rows (for example
-        from :func:`load_shard`; the ranks' parts in rank order make the data set, a part may be empty) and uses
-        the rows of each batch that it holds: the result equals :class:`fastbp.Trainer` on the concatenated
+        from ``load_shard``; the ranks' parts in rank order make the data set, a part may be empty) and uses
+        the rows of each batch that it holds: the result equals ``fastbp.Trainer`` on the concatenated
         parts, though the work per rank then varies from batch to batch. validation_data / validation_split as
-        for :class:`fastbp.Trainer` (with ``sharded=True``, validation_data is this rank's part, and
+        for ``fastbp.Trainer`` (with ``sharded=True``, validation_data is this rank's part, and
         validation_split is refused). Raises DivergenceError on every rank when the loss or gradient stops being
         finite; errors in the arguments, and arguments or settings that differ between the ranks, are raised on
-        every rank (:class:`RankFailedError` on the ranks whose own arguments were fine).
+        every rank (``RankFailedError`` on the ranks whose own arguments were fine).
         """
         return self._fit(X, y, epochs, validation_data, validation_split, sample_weight, sharded=sharded)
 
@@ -702,14 +705,14 @@ class Trainer(_Trainer):
 
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None: the whole batch on
         every rank (each rank computes its part), or with ``sharded=True`` this rank's rows of it. Collective;
-        checks and divergence handling as :meth:`fastbp.Trainer.train_step`. The first call broadcasts rank 0's
+        checks and divergence handling as ``fastbp.Trainer.train_step``. The first call broadcasts rank 0's
         parameters and optimizer state, later calls do not: after changing them on some ranks only, call
-        :meth:`sync`.
+        ``sync``.
         """
         return self._train_step(X_batch, Y_batch, sample_weight, sharded=sharded)
 
     def save(self, path, extras=None):
-        """Checkpoint as :meth:`fastbp.Trainer.save`. Collective: EVERY rank calls it; rank 0 writes the file (the
+        """Checkpoint as ``fastbp.Trainer.save``. Collective: EVERY rank calls it; rank 0 writes the file (the
         ranks hold the same parameters) and the others wait for its result, so that a failure to write is raised
         on every rank. Calling it on rank 0 only (``if rank == 0: trainer.save(...)``) puts the ranks' collective
         calls out of step: the next collective call fails (the job is aborted) or hangs. Returns the path."""
@@ -860,7 +863,7 @@ class Trainer(_Trainer):
 def run_cli(train, args):
     """``fastbp train --distributed``: run the CLI's train command ``train(args, trainer_cls=...)`` on this rank.
 
-    Sets this rank's threads (``--threads``, else :func:`threads_per_rank`), keeps standard output, plots and
+    Sets this rank's threads (``--threads``, else ``threads_per_rank``), keeps standard output, plots and
     JSON to rank 0, and turns a failure on one rank into an abort of the job (the error printed by the rank that
     failed). Errors that every rank raises together (divergence, argument checks agreed over the ranks, ranks
     that disagree, the command line's usage errors) end every rank normally with exit code 1 (2 for a usage error),

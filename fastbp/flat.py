@@ -10,7 +10,7 @@ class FlatObjective:
     """``theta -> (loss, grad)`` of a network on a fixed data set, for ``scipy.optimize.minimize(..., jac=True)``.
 
     The data are validated and converted once, here; each call writes ``theta`` into ``net.params`` (the layout
-    of :attr:`MLP.params`: per layer W row-major, then b) and runs the compiled forward and backward pass over
+    of ``MLP.params``: per layer W row-major, then b) and runs the compiled forward and backward pass over
     the whole data set as one batch.
 
     Parameters
@@ -22,13 +22,28 @@ class FlatObjective:
     sample_weight : array (n,), optional
         The data term becomes the weighted mean ``sum_i w_i loss_i / sum_i w_i``.
 
+    Attributes
+    ----------
+    net : MLP
+        The network whose parameters each call sets.
+    X : ndarray (n, n_in)
+        The inputs, C-contiguous, of the network's dtype.
+    Y2d : ndarray (n, n_out) or (0, n_out)
+        The targets, of the network's dtype; (0, n_out) when the targets are class labels.
+    labels : ndarray (n,) or (0,) of int64
+        The class labels (a softmax output), or none.
+    sw : ndarray (n,) or (0,)
+        The sample weights, of the network's dtype, or none.
+    n_calls : int
+        The evaluations so far.
+
     Notes
     -----
     Calling it with ``theta`` (n_params,) returns ``(loss: float, grad: (n_params,) float64)``: the loss is the
     network's objective (mean loss + ``net.l2 / 2 * sum(W**2)``). The gradient is computed in the network's dtype
     (a float32 network gives float32-accurate values, returned as float64). ``n_calls`` counts the evaluations.
-    The passes are those of :meth:`MLP.value_and_grad` (training mode, no dropout; batch norm's running statistics
-    are not updated: see :func:`fastbp.reference.batch_statistics`). The data attributes ``X``, ``Y2d``,
+    The passes are those of ``MLP.value_and_grad`` (training mode, no dropout; batch norm's running statistics
+    are not updated: see ``fastbp.reference.batch_statistics``). The data attributes ``X``, ``Y2d``,
     ``labels`` and ``sw``, and ``net``, are read-only. ``X``, ``Y`` (targets) and ``sample_weight`` are kept by
     reference when they already have the network's dtype and are C-contiguous: a later change to them changes the
     objective and is not checked again. Class labels are copied.
@@ -118,6 +133,6 @@ def value_and_grad_flat(net, theta, X, Y, sample_weight=None):
     grad : ndarray (n_params,) of float64
 
     Example: ``scipy.optimize.minimize(lambda t: value_and_grad_flat(net, t, X, y), net.params.astype(float),
-    jac=True, method="L-BFGS-B")``. Each call validates X and Y; :class:`FlatObjective` does that once.
+    jac=True, method="L-BFGS-B")``. Each call validates X and Y; ``FlatObjective`` does that once.
     """
     return FlatObjective(net, X, Y, sample_weight)(theta)

@@ -2,15 +2,15 @@
 
 The contract:
 
-- Every value is a :class:`Node`. Source nodes are the inputs: :class:`Variable` (parameters and data), and
+- Every value is a ``Node``. Source nodes are the inputs: ``Variable`` (parameters and data), and
   constants (plain numbers and arrays used in an expression, wrapped automatically). Every other node is the output
-  of one operation, a *gate* (:class:`Gate`) with ``forward(*input_values)`` and ``backward(upstream)``:
+  of one operation, a *gate* (``Gate``) with ``forward(*input_values)`` and ``backward(upstream)``:
   downstream gradient = local gradient x upstream gradient, one per input.
 - Building an expression records the graph: each node gets its creation index (a node is always created after
   its inputs, so creation order is a topological order) and joins the set ``S(u)`` of children of each input
-  ``u``. The forward pass runs while the graph is built; :func:`forward` runs it again over the nodes in
+  ``u``. The forward pass runs while the graph is built; ``forward`` runs it again over the nodes in
   topological order after the inputs changed.
-- :func:`backward` fills the gradient table in reverse creation order:
+- ``backward`` fills the gradient table in reverse creation order:
   ``df/df = 1`` and ``df/du = sum over v in S(u) of df/dv * dv/du``, where ``df/dv * dv/du`` is gate ``v``'s
   backward applied to ``df/dv`` (computed once per gate). A value used several times (``x * x``, or a node with
   several children) gets the sum of its contributions.
@@ -388,9 +388,9 @@ class Node:
 
     Attributes: ``value`` (float64 ndarray, 0-d for scalars), ``gate``, ``inputs`` (tuple of Nodes),
     ``children`` (the set S(u) of nodes that take this one as an input; weak references, so a graph that is no
-    longer used is freed), ``index`` (creation order), ``name`` (for :func:`gradient_table`; may be None),
+    longer used is freed), ``index`` (creation order), ``name`` (for ``gradient_table``; may be None),
     ``constant`` (True for wrapped constants and for nodes computed from constants only: the backward pass skips
-    them unless :func:`grad` asks for one, which then gets its real gradient).
+    them unless ``grad`` asks for one, which then gets its real gradient).
     Python operators ``+ - * / ** @`` (and their reflected forms, and unary ``-``) build new nodes.
     """
 
@@ -410,7 +410,7 @@ class Node:
 
     @property
     def value(self):
-        """The node's value (float64 ndarray). Setting it on a source node and calling :func:`forward` on an
+        """The node's value (float64 ndarray). Setting it on a source node and calling ``forward`` on an
         expression recomputes the expression."""
         return self._value
 
@@ -480,7 +480,7 @@ class Node:
 class Variable(Node):
     """An input of the graph: a float or an array of any shape (stored as float64), optionally named.
 
-    ``Variable(value, name=None)``; ``value`` can be set later (then :func:`forward` recomputes expressions).
+    ``Variable(value, name=None)``; ``value`` can be set later (then ``forward`` recomputes expressions).
     """
 
     __slots__ = ()
@@ -581,7 +581,7 @@ def sum(a, axis=None, keepdims=False):  # shadows the builtin inside this module
 def mean(a, axis=None, keepdims=False):
     """Mean of ``a`` over ``axis`` (an int, a tuple of ints, or None for all elements), as ``np.mean``.
 
-    a: a Node or a constant of any shape. Returns a new float64 Node of the same shape as :func:`sum` gives.
+    a: a Node or a constant of any shape. Returns a new float64 Node of the same shape as ``sum`` gives.
     """
     return _apply(MeanGate(axis, keepdims), a)
 
@@ -656,7 +656,7 @@ def backward(f, wrt=()):
     nodes in ``wrt`` (and the constant nodes between them and f).
 
     f: a Node with one element. wrt: Nodes whose gradient is wanted even if they are constants (nodes computed from
-    constants only), as :func:`grad` asks. Nodes are visited in reverse creation order; for node u,
+    constants only), as ``grad`` asks. Nodes are visited in reverse creation order; for node u,
     ``df/du = sum over v in S(u) (restricted to f's graph) of df/dv * dv/du``, where ``df/dv * dv/du`` is taken
     from gate v's ``backward(df/dv)`` (run once per gate, and summed over every input slot of v that is u).
     Constant nodes that no ``wrt`` node reaches get no entry (their gradient is not needed). Each entry has the
@@ -747,7 +747,7 @@ def gradient_table(f):
 
     Unnamed variables are shown as ``v1, v2, ...`` and unnamed operation nodes as ``u1, u2, ...``, numbered in
     creation order, so an expression built in the order of that page's example prints its names (u1..u9). Returns a
-    :class:`GradientTable` (a list of ``Row``); ``print(g.gradient_table(f))`` shows it.
+    ``GradientTable`` (a list of ``Row``); ``print(g.gradient_table(f))`` shows it.
     """
     table = backward(f)
     nodes = [node for node in _graph(f) if not node.constant]

@@ -142,7 +142,7 @@ class _SingleRowBatch(ValueError):
 
 
 def _check_two_rows(n, name="X", batch_size=None):
-    """Raise :class:`_SingleRowBatch` unless batch norm in training gets at least two rows (a variance), as
+    """Raise ``_SingleRowBatch`` unless batch norm in training gets at least two rows (a variance), as
     PyTorch's BatchNorm1d: n rows as one batch, or, with ``batch_size``, in mini-batches of that size, whose
     smallest (the last) counts."""
     smallest = n if batch_size is None else 1 if n % batch_size == 1 else min(batch_size, n)
@@ -190,7 +190,7 @@ class _Views(list):
 
 
 def _views_attribute(name, doc):
-    """A read-only attribute of :class:`MLP` for its per-layer views ``name`` (a :class:`_Views`)."""
+    """A read-only attribute of ``MLP`` for its per-layer views ``name`` (a ``_Views``)."""
 
     def get(self):
         return self._views[name]
@@ -296,6 +296,14 @@ class MLP:
 
     Attributes
     ----------
+    layer_sizes, activations, output, loss, l2, seed : as given (validated; activations a tuple per hidden layer)
+    norms, residuals, dropouts : tuples, one entry per layer (the output layer's: None, False, 0.0)
+    dtype : numpy.dtype
+        float32 or float64.
+    n_params : int
+        The number of parameters (the length of ``params``).
+    extras : dict of str to ndarray
+        Arrays saved with the network's checkpoints (e.g. the input standardization of the command line).
     params : ndarray (n_params,) of dtype
         Every parameter, layer by layer: W[l] row-major (fan_in, fan_out), then b[l], then gamma[l] and beta[l] of a
         normalized layer.
@@ -507,6 +515,7 @@ class MLP:
 
     @property
     def n_in(self):
+        """Input width, ``layer_sizes[0]`` (int)."""
         return self.layer_sizes[0]
 
     @property
@@ -520,6 +529,7 @@ class MLP:
 
     @property
     def n_out(self):
+        """Output width, ``layer_sizes[-1]`` (int)."""
         return self.layer_sizes[-1]
 
     @property
@@ -658,7 +668,7 @@ class MLP:
         return (int(training), int(update_stats), int(dropout and any(self.dropouts)), self.dropout_seed, int(step))
 
     def _check_batch_norm_rows(self, n, name="X", batch_size=None):
-        """Batch norm in training needs at least two rows (a variance): :func:`_check_two_rows`, for a network with
+        """Batch norm in training needs at least two rows (a variance): ``_check_two_rows``, for a network with
         batch norm."""
         if _lay_name_batch in self.norms:
             _check_two_rows(n, name, batch_size)
@@ -736,7 +746,7 @@ class MLP:
 
     def save(self, path, optimizer=None, extras=None):
         """Write the network (and an optimizer's state, and ``extras``: a dict of arrays) to an ``.npz``
-        checkpoint, atomically; see :func:`fastbp.load`. Returns the path."""
+        checkpoint, atomically; see ``fastbp.load``. Returns the path."""
         from .checkpoint import save
 
         return save(self, path, optimizer, extras)

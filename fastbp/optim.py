@@ -2,7 +2,7 @@
 
 An optimizer is a small description (kind, hyper-parameters, schedule, clipping) plus a state laid out like
 ``params`` (one row per state vector) and a step counter. The update itself is a fused compiled loop
-(:mod:`fastbp.kernels.optimizers`) run by the trainer for every mini-batch, inside the compiled epoch loop.
+(``fastbp.kernels.optimizers``) run by the trainer for every mini-batch, inside the compiled epoch loop.
 
 Weight decay: ``SGD(weight_decay=)`` and ``Adam(weight_decay=)`` add ``weight_decay * W`` to the gradient of the
 weights (an L2 penalty, like ``MLP(l2=)``); ``AdamW`` decays the weights decoupled from the adaptive step. Biases
@@ -36,7 +36,7 @@ class _HyperParameter:
     """An attribute that the compiled update or schedule reads. It lives in the instance's dict under its own name,
     as a plain attribute would (``vars`` and ``repr`` are unchanged); setting it checks the value as the
     constructor does (``check(value, name)`` returns it in the type the compiled code takes: a new type would
-    compile a new specialization) and counts in :data:`CHANGES`."""
+    compile a new specialization) and counts in ``CHANGES``."""
 
     def __init__(self, check):
         self.check = check
@@ -95,7 +95,7 @@ def _steps_or_none(value, name):
 
 class Schedule:
     """Learning rate as a function of the step t = 0, 1, 2, ...: constant. The other schedules are its subclasses
-    :class:`StepDecay`, :class:`InverseScaling` and :class:`Cosine`, which the compiled loop computes by their code;
+    ``StepDecay``, ``InverseScaling`` and ``Cosine``, which the compiled loop computes by their code;
     an optimizer refuses other subclasses (their ``__call__`` would not be applied)."""
 
     code = _k.CONSTANT
@@ -199,7 +199,23 @@ def _check_schedule(schedule):
 
 
 class Optimizer:
-    """Base class: hyper-parameters, state buffers laid out like ``params``, and the step counter ``t``."""
+    """Base class of the optimizers: hyper-parameters, state buffers laid out like ``params``, the step count.
+
+    Attributes
+    ----------
+    lr : float
+        The base learning rate (> 0); the schedule scales it per step (``current_lr``).
+    schedule : Schedule
+        The learning-rate schedule (constant by default).
+    clip_norm : float or None
+        The global L2 norm the gradient is rescaled to when larger; None: no clipping.
+    t : int
+        Steps taken (0 to ``MAX_STEPS``), counted once per step for the whole network; may be set by hand, and is
+        checked before the next step.
+    state : ndarray or None
+        (n_state, n_params) of the network's dtype (velocity; or Adam's first and second moments), C-contiguous,
+        updated in place; None until the first step (or after ``reset``).
+    """
 
     kind = None
     n_state = 0
@@ -216,11 +232,12 @@ class Optimizer:
         self.state = None
 
     def hyper(self):
-        """float64 vector of hyper-parameters read by the compiled update."""
+        """(k,) float64: the hyper-parameters the compiled update reads (k depends on the optimizer)."""
         raise NotImplementedError
 
     def init_state(self, n_params, dtype):
-        """Allocate zeroed state for a network of n_params parameters (kept when it already fits). The step count
+        """The (n_state, n_params) state of ``dtype`` (float32 or float64) for a network of n_params parameters:
+        zeroed when new, kept when it already fits. The step count
         starts again at 0 for another network (or dtype); a change of the state's rows alone (momentum switched on or
         off) keeps it, and with it the schedule's progress. ``t`` and an assigned ``state`` are checked here, before
         compiled code reads them: TypeError or ValueError."""
@@ -274,8 +291,22 @@ class SGD(Optimizer):
     """Stochastic gradient descent ``theta <- theta - lr * grad``, with optional (Nesterov) momentum.
 
     Momentum: ``v <- momentum * v - lr * g; theta <- theta + v``; Nesterov: ``theta <- theta + momentum * v - lr
-    * g`` (after the update of v). ``weight_decay`` adds ``weight_decay * W`` to the weights' gradient;
-    ``clip_norm`` rescales the gradient to that global L2 norm when larger; ``schedule`` sets the rate per step.
+    * g`` (after the update of v).
+
+    Parameters
+    ----------
+    lr : float, default 0.1
+        Learning rate (> 0).
+    momentum : float, default 0.0
+        In [0, 1] (1: the velocity is never damped, as scikit-learn allows); 0: no velocity is kept.
+    nesterov : bool, default False
+        Nesterov momentum (needs momentum > 0).
+    weight_decay : float, default 0.0
+        Adds ``weight_decay * W`` to the weights' gradient (biases and normalization parameters are not decayed).
+    schedule : Schedule, str or None, default None
+        The rate per step: a ``Schedule``, or "constant", "invscaling", "cosine"; None: constant.
+    clip_norm : float or None, default None
+        Rescales the gradient to this global L2 norm when it is larger.
     """
 
     kind = _k.SGD
@@ -312,12 +343,26 @@ class SGD(Optimizer):
 
 
 class Adam(Optimizer):
-    """Adam (Kingma & Ba 2015, Algorithm 1): ``m <- b1 m + (1-b1) g; v <- b2 v + (1-b2) g^2;
+    """Adam (Kingma & Ba 2015, Algorithm 1): ``m <- beta1 m + (1-beta1) g; v <- beta2 v + (1-beta2) g^2;
     theta <- theta - lr * m_hat / (sqrt(v_hat) + eps)`` with bias-corrected ``m_hat, v_hat``.
 
-    ``weight_decay`` is an L2 term added to the weights' gradient (use :class:`AdamW` for decoupled decay).
-    ``eps_hat=True`` adds ``eps`` to ``sqrt(v)`` before the bias correction instead: ``theta <- theta - lr
-    sqrt(1 - b2^t) / (1 - b1^t) * m / (sqrt(v) + eps)`` (the paper's "efficient" form; scikit-learn, Keras).
+    Parameters
+    ----------
+    lr : float, default 1e-3
+        Learning rate (> 0).
+    beta1, beta2 : float, default 0.9, 0.999
+        Decay rates of the first and second moments, in [0, 1).
+    eps : float, default 1e-8
+        Added to the denominator (> 0).
+    weight_decay : float, default 0.0
+        An L2 term ``weight_decay * W`` added to the weights' gradient (use ``AdamW`` for decoupled decay).
+    schedule : Schedule, str or None, default None
+        The rate per step, as for ``SGD``.
+    clip_norm : float or None, default None
+        Rescales the gradient to this global L2 norm when it is larger.
+    eps_hat : bool, default False
+        Adds ``eps`` to ``sqrt(v)`` before the bias correction instead: ``theta <- theta - lr sqrt(1 - beta2^t) /
+        (1 - beta1^t) * m / (sqrt(v) + eps)`` (the paper's "efficient" form; scikit-learn, Keras).
     """
 
     kind = _k.ADAM
@@ -360,7 +405,10 @@ class Adam(Optimizer):
 
 class AdamW(Adam):
     """Adam with decoupled weight decay (Loshchilov & Hutter): ``theta <- theta - lr * (m_hat / (sqrt(v_hat) +
-    eps) + weight_decay * theta)`` on the weights (biases are not decayed)."""
+    eps) + weight_decay * theta)`` on the weights (biases are not decayed).
+
+    Parameters are ``Adam``'s, with ``weight_decay`` (default 0.01) the decoupled decay above.
+    """
 
     name = "adamw"
     _decoupled = True

@@ -32,7 +32,7 @@ them, and so is the Poisson loss; everything else is computed in the network's d
 
 ``value_and_grad`` and ``deltas`` compute in training mode (batch statistics) without dropout unless a
 ``dropout_step`` is given, and never change the running statistics, as ``net.value_and_grad``;
-:func:`updated_running_stats` gives the running statistics after a training step, as ``Trainer.train_step`` and
+``updated_running_stats`` gives the running statistics after a training step, as ``Trainer.train_step`` and
 ``fit`` update them.
 """
 
@@ -264,7 +264,7 @@ def forward(net, X, training=False, dropout_step=None, row_ids=None):
     """Activations of every layer: a list ``[A[0] = X, A[1], ..., A[L]]`` of (n, width) arrays of the network's dtype.
 
     training: batch norm's batch statistics (True; at least 2 rows) or its running statistics (False, as ``predict``).
-    dropout_step: None (no dropout), or in training the step of the dropout mask (:func:`dropout_mask`) with
+    dropout_step: None (no dropout), or in training the step of the dropout mask (``dropout_mask``) with
     row_ids (n,) the rows' ids (default 0..n-1). A[l] of a hidden layer is its output: after the normalization,
     the activation, dropout and the residual connection.
     """
@@ -313,7 +313,7 @@ def value_and_grad(net, X, Y, sample_weight=None, dropout_step=None, row_ids=Non
 
     In training mode, as ``net.value_and_grad``: batch norm takes the batch's statistics (n >= 2, else ValueError)
     and the running statistics are neither read nor changed. dropout_step: None (no dropout, as
-    ``net.value_and_grad``), or an int: dropout with the masks of that step (:func:`dropout_mask`) for rows with ids
+    ``net.value_and_grad``), or an int: dropout with the masks of that step (``dropout_mask``) for rows with ids
     row_ids ((n,) ints, default 0..n-1), the gradient of a compiled training step (``Trainer.train_step``: step
     ``optimizer.t``, rows 0..n-1).
     """
@@ -341,9 +341,9 @@ def deltas(net, X, Y, dropout_step=None, row_ids=None):
     X: (n, n_in); Y: (n, n_out) or (n,) class labels for softmax. Returns a list of ``n_layers`` arrays, layer
     ``l`` of shape (n, fan_out[l]) and the network's dtype: BP1 for the output layer, then BP2 down to the first
     layer (every layer, frozen or not). The 1/n of the batch mean is included, so ``dW[l] = A[l-1].T @ delta[l]``
-    (plus the L2 term) and ``db[l] = delta[l].sum(axis=0)``, as in :func:`value_and_grad`. Z[l] is the layer's
+    (plus the L2 term) and ``db[l] = delta[l].sum(axis=0)``, as in ``value_and_grad``. Z[l] is the layer's
     GEMM output ``A[l-1] @ W[l] + b[l]`` (before any normalization); training mode and dropout as in
-    :func:`value_and_grad`.
+    ``value_and_grad``.
     """
     X, _, _ = net.check_batch(X, Y)
     n = X.shape[0]
@@ -358,9 +358,9 @@ def batch_statistics(net, X, dropout_step=None, row_ids=None):
     unbiased variance) as two (fan_out,) float64 arrays (``batch_var n / (n - 1)``, what PyTorch's BatchNorm1d puts
     in its running variance), or None for a layer without batch norm. ``net`` is not changed.
 
-    After optimising a batch-norm network on a fixed data set (:class:`fastbp.FlatObjective`, whose passes, as
+    After optimising a batch-norm network on a fixed data set (``fastbp.FlatObjective``, whose passes, as
     ``value_and_grad``'s, never touch the running statistics that ``predict`` uses), they are the running statistics
-    to set. X: (n, n_in), n >= 2; dropout_step, row_ids: as for :func:`value_and_grad`.
+    to set. X: (n, n_in), n >= 2; dropout_step, row_ids: as for ``value_and_grad``.
     """
     X = np.asarray(X, dtype=net.dtype)
     n = X.shape[0]
@@ -372,9 +372,9 @@ def updated_running_stats(net, X, dropout_step=None, row_ids=None):
     """The running statistics of the batch-norm layers after one training step on X, as the compiled training step
     (``Trainer.train_step``, ``fit``) updates them in its forward pass: ``mean <- (1 - MOMENTUM) mean + MOMENTUM
     batch_mean`` and ``var <- (1 - MOMENTUM) var + MOMENTUM batch_var n / (n - 1)`` (the unbiased batch variance,
-    :func:`batch_statistics`), PyTorch's BatchNorm1d with momentum 0.1. ``net`` is not changed.
+    ``batch_statistics``), PyTorch's BatchNorm1d with momentum 0.1. ``net`` is not changed.
 
-    X: (n, n_in), n >= 2; dropout_step, row_ids: the dropout of that step, as for :func:`value_and_grad` (the
+    X: (n, n_in), n >= 2; dropout_step, row_ids: the dropout of that step, as for ``value_and_grad`` (the
     statistics of a layer depend on the dropout of the layers below). Returns (means, vars): lists with one entry per
     hidden layer, a (fan_out,) array of the network's dtype for a batch-norm layer, None for the others.
     """

@@ -7,9 +7,9 @@ are scikit-learn's own. What changes is the numerical core:
 
 - ``sgd`` and ``adam`` run fastbp's compiled epoch loop (gather, forward, backward, update without returning to
   Python; one or two calls per epoch); ``_optimizer`` offers scikit-learn's optimizer attributes over fastbp's
-  optimizer (:class:`SGDOptimizer`, :class:`AdamOptimizer`); a diverging fit goes on as scikit-learn's does
+  optimizer (``SGDOptimizer``, ``AdamOptimizer``); a diverging fit goes on as scikit-learn's does
   (``_fit_stochastic``);
-- ``lbfgs`` runs ``scipy.optimize.minimize(method="L-BFGS-B")`` on :class:`fastbp.flat.FlatObjective`;
+- ``lbfgs`` runs ``scipy.optimize.minimize(method="L-BFGS-B")`` on ``fastbp.flat.FlatObjective``;
 - ``predict``/``predict_proba`` run the compiled forward pass.
 
 The objective is scikit-learn's exactly: the mean loss over the mini-batch (log-loss for softmax,
@@ -82,7 +82,7 @@ class _Optimizer:
         return list(self._net.coefs) + list(self._net.intercepts)
 
     def _state_views(self, row):
-        """Row ``row`` of fastbp's state as a list of views shaped like :attr:`params` (scikit-learn's order)."""
+        """Row ``row`` of fastbp's state as a list of views shaped like ``params`` (scikit-learn's order)."""
         net = self._net
         state = self.fastbp_optimizer.init_state(net.n_params, net.dtype)  # kept when it fits
         Ws, bs = net.unflatten(state[row])
@@ -106,14 +106,14 @@ class _Optimizer:
 
 
 class SGDOptimizer(_Optimizer):
-    """scikit-learn's ``SGDOptimizer`` attributes over a :class:`fastbp.optim.SGD`: ``learning_rate_init``,
+    """scikit-learn's ``SGDOptimizer`` attributes over a ``fastbp.optim.SGD``: ``learning_rate_init``,
     ``learning_rate`` (float, the current rate: fastbp's ``lr``, which ``iteration_ends`` sets for 'invscaling'
     and ``trigger_stopping`` divides by 5 for 'adaptive'), ``lr_schedule``, ``momentum``, ``nesterov``,
     ``power_t``, ``velocities`` and ``params``.
 
     fastbp stores the velocity as scikit-learn does, ``v <- momentum v - lr g``, so with momentum ``velocities``
     are views into fastbp's state. Without momentum the velocity plays no part in a step; ``velocities`` then holds
-    zeros, or scikit-learn's last update after a step of :meth:`update_params`.
+    zeros, or scikit-learn's last update after a step of ``update_params``.
     """
 
     def __init__(self, fastbp_optimizer, net, learning_rate_init, lr_schedule, momentum, nesterov, power_t):
@@ -135,7 +135,7 @@ class SGDOptimizer(_Optimizer):
 
     @property
     def velocities(self):
-        """One array per parameter, shaped and typed like :attr:`params`: ``v`` of ``v <- momentum v - lr g``."""
+        """One array per parameter, shaped and typed like ``params``: ``v`` of ``v <- momentum v - lr g``."""
         if self.fastbp_optimizer.momentum > 0.0:
             return self._state_views(0)
         if self._velocities is None:
@@ -177,7 +177,7 @@ class SGDOptimizer(_Optimizer):
 
     def update_params(self, params, grads):
         """One step in NumPy: ``v <- momentum v - lr g``, then ``p += momentum v - lr g`` (Nesterov) or ``p += v``.
-        params, grads: lists of arrays shaped like :attr:`params` (params updated in place)."""
+        params, grads: lists of arrays shaped like ``params`` (params updated in place)."""
         lr, mu = self.learning_rate, self.momentum
         for p, g, vel in zip(params, grads, self.velocities, strict=True):
             vel[...] = mu * vel - lr * g
@@ -185,7 +185,7 @@ class SGDOptimizer(_Optimizer):
 
 
 class AdamOptimizer(_Optimizer):
-    """scikit-learn's ``AdamOptimizer`` attributes over a :class:`fastbp.optim.Adam` (``eps_hat``, scikit-learn's
+    """scikit-learn's ``AdamOptimizer`` attributes over a ``fastbp.optim.Adam`` (``eps_hat``, scikit-learn's
     placement of epsilon): ``learning_rate_init``, ``beta_1``, ``beta_2``, ``epsilon``, ``t`` (int, the steps
     taken: fastbp's ``t``), ``learning_rate`` (float, the bias-corrected rate of the last step,
     ``learning_rate_init sqrt(1 - beta_2^t) / (1 - beta_1^t)``, or ``learning_rate_init`` before the first),
@@ -224,7 +224,7 @@ class AdamOptimizer(_Optimizer):
 
     @property
     def ms(self):
-        """The first moments, one array per parameter shaped and typed like :attr:`params`."""
+        """The first moments, one array per parameter shaped and typed like ``params``."""
         return self._state_views(0)
 
     @ms.setter
@@ -233,7 +233,7 @@ class AdamOptimizer(_Optimizer):
 
     @property
     def vs(self):
-        """The second moments, one array per parameter shaped and typed like :attr:`params`."""
+        """The second moments, one array per parameter shaped and typed like ``params``."""
         return self._state_views(1)
 
     @vs.setter
@@ -243,7 +243,7 @@ class AdamOptimizer(_Optimizer):
     def update_params(self, params, grads):
         """One step in NumPy: ``m <- b1 m + (1 - b1) g``, ``v <- b2 v + (1 - b2) g^2``, ``p += -lr_t m / (sqrt(v) +
         eps)`` with lr_t the bias-corrected rate of step t. params, grads: lists of arrays shaped like
-        :attr:`params` (params updated in place)."""
+        ``params`` (params updated in place)."""
         self.t += 1
         ms, vs = self.ms, self.vs
         b1, b2 = self.beta_1, self.beta_2
@@ -299,7 +299,7 @@ class _FastbpMixin:
         return net
 
     def _network_for_fit(self, layer_units):
-        """:meth:`_fastbp_network` for a fit of the layers ``layer_units`` (n_features, hidden sizes, n_outputs),
+        """``_fastbp_network`` for a fit of the layers ``layer_units`` (n_features, hidden sizes, n_outputs),
         which a warm start or ``partial_fit`` continues from ``coefs_``: refused when those are of other layers
         (scikit-learn fails there on mismatched shapes, in its NumPy steps)."""
         fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
@@ -359,7 +359,7 @@ class _FastbpMixin:
 
     # ------------------------------------------------------------------ stochastic solvers
     def _new_optimizer(self, net):
-        """scikit-learn's optimizer attributes (:class:`SGDOptimizer`, :class:`AdamOptimizer`) over a new fastbp
+        """scikit-learn's optimizer attributes (``SGDOptimizer``, ``AdamOptimizer``) over a new fastbp
         optimizer with the estimator's hyper-parameters."""
         if self.solver == "sgd":
             nesterov = self.nesterovs_momentum and self.momentum > 0  # scikit-learn allows it without momentum
@@ -542,8 +542,8 @@ class _FastbpMixin:
         return accumulated_loss
 
     def _numpy_epoch(self, data, sample_idx, batch_size, activations, deltas, coef_grads, intercept_grads):
-        """One epoch of scikit-learn's own steps in NumPy (its ``_backprop``, then :meth:`SGDOptimizer.update_params`
-        or :meth:`AdamOptimizer.update_params`), over the running order ``sample_idx`` (n,): after a divergence, where
+        """One epoch of scikit-learn's own steps in NumPy (its ``_backprop``, then ``SGDOptimizer.update_params``
+        or ``AdamOptimizer.update_params``), over the running order ``sample_idx`` (n,): after a divergence, where
         its NaN and inf are the behaviour. data: (X (n, n_features), y (n, n_outputs), sample weights (n,) or None)
         as scikit-learn's ``_fit_stochastic`` takes them; the lists are its work arrays. Returns the summed loss."""
         X, y, sw = data
@@ -619,7 +619,7 @@ class _FastbpMixin:
 
 
 class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
-    """scikit-learn's :class:`sklearn.neural_network.MLPClassifier` (same parameters, defaults, attributes and
+    """scikit-learn's ``sklearn.neural_network.MLPClassifier`` (same parameters, defaults, attributes and
     methods), trained and evaluated by fastbp's compiled kernels. See the module docstring for the differences.
 
     X: (n_samples, n_features) float32 or float64 (float32 stays float32; other dtypes become float64; sparse
@@ -628,7 +628,7 @@ class MLPClassifier(_FastbpMixin, _SkMLPClassifier):
 
 
 class MLPRegressor(_FastbpMixin, _SkMLPRegressor):
-    """scikit-learn's :class:`sklearn.neural_network.MLPRegressor` (same parameters, defaults, attributes and
+    """scikit-learn's ``sklearn.neural_network.MLPRegressor`` (same parameters, defaults, attributes and
     methods), trained and evaluated by fastbp's compiled kernels; ``loss="poisson"`` trains an exp output on the
     half Poisson deviance.
 

@@ -45,13 +45,13 @@ def set_num_threads(n):
 
 
 def _apply_to_openmp():
-    """After a library that runs on OpenMP is loaded (oneDNN): give it the count of :func:`set_num_threads`."""
+    """After a library that runs on OpenMP is loaded (oneDNN): give it the count of ``set_num_threads``."""
     if _count is not None:
         threadpool_limits(limits=_count, user_api="openmp")
 
 
 def get_num_threads():
-    """Current Numba thread count (BLAS libraries follow :func:`set_num_threads` when it was called)."""
+    """Current Numba thread count (BLAS libraries follow ``set_num_threads`` when it was called)."""
     return numba.get_num_threads()
 
 

@@ -55,7 +55,7 @@ from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH
 from .network import MLP as _FastMLP
 from .network import workspace_entry
 
-__all__ = ["MLP"]
+__all__ = ["MLP", "ShapeError"]
 
 _NO_TWIN = np.zeros(0, dtype=np.uint16)
 
@@ -64,14 +64,14 @@ _NUMPY_DTYPES = {t: d for d, t in _TORCH_DTYPES.items()}
 
 
 class _Exp(torch.nn.Module):
-    """``torch.exp`` as a module (torch has none), for an "exp" output in :meth:`MLP.to_sequential`."""
+    """``torch.exp`` as a module (torch has none), for an "exp" output in ``MLP.to_sequential``."""
 
     def forward(self, x):
         """Elementwise exp of x (any shape), in x's dtype."""
         return torch.exp(x)
 
 
-#: torch modules equal to each activation, for :meth:`MLP.to_sequential`.
+#: torch modules equal to each activation, for ``MLP.to_sequential``.
 _TORCH_ACTIVATIONS = {
     _act.IDENTITY: torch.nn.Identity,
     _act.SIGMOID: torch.nn.Sigmoid,
@@ -161,7 +161,7 @@ _BLAS_SETTING = {"passes": 0, "saved": ()}
 
 def _limit_blas(n):
     """Set fastbp's BLAS to n threads (None: leave it alone; "auto": 1 when torch uses several threads, else leave
-    it alone); returns what :func:`_restore_blas` needs."""
+    it alone); returns what ``_restore_blas`` needs."""
     if n == "auto":
         n = 1 if torch.get_num_threads() > 1 else None
     if n is None:
@@ -178,7 +178,7 @@ def _limit_blas(n):
 
 
 def _restore_blas(limited):
-    """Undo :func:`_limit_blas` (its result): the settings from before come back when no other pass holds one."""
+    """Undo ``_limit_blas`` (its result): the settings from before come back when no other pass holds one."""
     if limited:
         with _BLAS_LOCK:
             _BLAS_SETTING["passes"] -= 1
@@ -276,7 +276,7 @@ class _Engine:
 
     def use(self, params):
         """Point the passes at the parameter tensors ``params`` (W0, b0, W1, ...; CPU, the engine's dtype): their
-        flat entry when they are contiguous views at their places in one buffer (as :class:`MLP` keeps them), else
+        flat entry when they are contiguous views at their places in one buffer (as ``MLP`` keeps them), else
         none (each forward pass then gathers them)."""
         self.key = _param_key(params)
         ptrs = [ptr for ptr, _, _ in self.key]
@@ -298,7 +298,7 @@ class _Engine:
     def gemm(self, n, calibrate_on=None):
         """Address of the GEMM of the passes on a batch of n rows: fastbp's BLAS, or, with ``blas_threads="auto"``
         while torch uses several threads, torch's BLAS if that was timed faster for batches of this size within a
-        factor of 2, this thread count and dtype (:meth:`calibrate` on ``calibrate_on`` = (network, X, workspace,
+        factor of 2, this thread count and dtype (``calibrate`` on ``calibrate_on`` = (network, X, workspace,
         out) of a forward pass, when not measured yet)."""
         threads = torch.get_num_threads()
         torch_gemm = _torch_gemm().get(self.dtype)
@@ -509,7 +509,7 @@ class MLP(torch.nn.Module):
         fastbp's BLAS limited to 1 thread, so that torch's pool keeps the other cores (two pools on the same cores
         slow each other down by milliseconds per step: see the module source), or on the BLAS that torch links, on
         torch's own pool: the first forward pass of each batch size times both (``CALIBRATION_ROUNDS`` of
-        :mod:`fastbp._tuning` forward passes each, on that batch) and keeps the faster for batch sizes within a
+        ``fastbp._tuning`` forward passes each, on that batch) and keeps the faster for batch sizes within a
         factor of 2, that thread count and dtype, so results can differ between machines, or runs, in the last
         bits. After ``torch.set_num_threads(1)``, every GEMM on fastbp's BLAS with its own setting
         (``fastbp.set_num_threads``). An int: every GEMM on fastbp's BLAS with that many threads; None: every GEMM
@@ -518,7 +518,7 @@ class MLP(torch.nn.Module):
     Notes
     -----
     Parameters of the module: ``W0, b0, W1, b1, ...``; ``W{l}`` is (fan_in, fan_out) (the transpose of torch
-    ``Linear.weight``) and ``b{l}`` is (fan_out,), all views into :attr:`flat_params`.
+    ``Linear.weight``) and ``b{l}`` is (fan_out,), all views into ``flat_params``.
 
     Forward: X (*, n_in) tensor (converted to the module's dtype and made contiguous if needed; CPU only) ->
     (*, n_out) tensor of the module's dtype. Backward computes the gradients of the parameters and, when X
@@ -551,11 +551,12 @@ class MLP(torch.nn.Module):
         """A module with the architecture and (copied) parameters of a ``fastbp.MLP``.
 
         ``output``: the output activation, default ``net.output`` (pass "identity" to get the logits of a softmax
-        network, for ``CrossEntropyLoss``). The dtype is the network's. A frozen layer (``net.trainable``) gets
-        ``requires_grad=False`` on its weight and bias. The network's ``l2`` and ``precision`` are not part of a
-        module: in torch they are the optimizer's ``weight_decay`` and ``torch.autocast``. Networks with layer
-        options (normalization, residual connections, dropout) are refused with a ValueError that names them: the
-        bridge computes plain dense layers; build the same network from torch.nn modules instead.
+        network, for ``CrossEntropyLoss``); ``blas_threads`` as for the class. The dtype is the network's. A frozen
+        layer (``net.trainable``) gets ``requires_grad=False`` on its weight and bias. The network's ``l2`` and
+        ``precision`` are not part of a module: in torch they are the optimizer's ``weight_decay`` and
+        ``torch.autocast``. Networks with layer options (normalization, residual connections, dropout) are refused with
+        a ValueError that names them: the bridge computes plain dense layers; build the same network from torch.nn
+        modules instead.
         """
         if net._has_options:
             hidden = slice(0, net.n_layers - 1)
@@ -680,7 +681,7 @@ class MLP(torch.nn.Module):
 
     def _use_params(self, params):
         """Point the kernels at the current parameter tensors (checked), refreshed whenever a parameter's storage,
-        shape or strides change (the forward pass compares :func:`_param_key`). Parameters are not modified, so
+        shape or strides change (the forward pass compares ``_param_key``). Parameters are not modified, so
         ``torch.func.functional_call`` works: parameters that are not one flat buffer are gathered by each forward
         pass."""
         self._check_params(params)
@@ -724,7 +725,7 @@ class MLP(torch.nn.Module):
         self._regather()
 
     def _regather(self):
-        """:meth:`_repack` when the parameters are CPU tensors of a dtype the kernels compute in; otherwise leave them
+        """``_repack`` when the parameters are CPU tensors of a dtype the kernels compute in; otherwise leave them
         (a module may be moved to another device or dtype, and back) and let the next forward raise, naming it."""
         params = tuple(self._parameters.values())
         if all(p is not None and p.device.type == "cpu" and p.dtype in _NUMPY_DTYPES for p in params):

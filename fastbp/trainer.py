@@ -82,7 +82,7 @@ def _classifies(net):
 
 
 class Trainer:
-    """Mini-batch training of an :class:`~fastbp.MLP` with an optimizer, one compiled call per epoch.
+    """Mini-batch training of an ``fastbp.MLP`` with an optimizer, one compiled call per epoch.
 
     Parameters
     ----------
@@ -105,14 +105,24 @@ class Trainer:
         Stop when the monitored loss (validation loss if there is validation data, else training loss) has not
         improved by more than ``min_delta`` for ``patience`` epochs; with ``restore_best`` the parameters of the
         best epoch (and its running statistics of batch norm) are put back at the end.
+    patience : int, default 10
+        Epochs without improvement before early stopping stops.
+    min_delta : float, default 0.0
+        The improvement of the monitored loss that counts as one.
+    restore_best : bool, default True
+        Early stopping puts back the parameters of the best epoch.
     record_deltas : bool, default False
         Also record ``history["delta_norm"]``: after every epoch, the L2 (Frobenius) norm of each layer's error
         ``delta[l] = dC/dZ[l]`` on a fixed probe batch (up to 256 training rows spread evenly over the data), by
-        the NumPy reference (:func:`fastbp.reference.deltas`; the compiled loop does not keep delta). Cost: one
+        the NumPy reference (``fastbp.reference.deltas``; the compiled loop does not keep delta). Cost: one
         NumPy forward and backward pass over the probe batch per epoch, about the work of a few training steps.
 
     Attributes
     ----------
+    net : MLP
+        The network trained (read-only: one trainer per network).
+    optimizer : Optimizer
+        The optimizer; another one may be assigned (a callback's assignment applies from the next epoch).
     history : dict of lists, new for each ``fit`` call
         ``loss`` (training objective, mean over the epoch's rows: each step's batch loss weighted by its rows),
         ``val_loss`` and ``val_accuracy`` (when validating; argmax accuracy for softmax, subset (exact-match)
@@ -549,7 +559,7 @@ class Trainer:
         """Train for ``epochs`` epochs; returns the history (also ``trainer.history``).
 
         X: (n, n_in); y: (n, n_out) targets or (n,) class labels. validation_data: (X_val, y_val), evaluated after
-        every epoch; or validation_split: fraction of (X, y) held out (the rows of :func:`fastbp.data.split_indices`).
+        every epoch; or validation_split: fraction of (X, y) held out (the rows of ``fastbp.data.split_indices``).
         sample_weight: (n,) non-negative weights, or None; each batch's loss is then the weighted mean.
         Raises DivergenceError when the loss or gradient stops being finite, or a batch loss exceeds
         ``divergence_factor`` times the initial loss (parameters of the last finite step
@@ -671,5 +681,5 @@ class Trainer:
         return np.unique(Y2d, axis=0, return_inverse=True)[1].reshape(-1).astype(np.int64)
 
     def save(self, path, extras=None):
-        """Checkpoint the network with this trainer's optimizer state (see :meth:`MLP.save`)."""
+        """Checkpoint the network with this trainer's optimizer state (see ``MLP.save``)."""
         return self.net.save(path, optimizer=self.optimizer, extras=extras)
