@@ -152,10 +152,12 @@ class LayerCheck:
 
     @property
     def resolved_W(self):
+        """Whether W's gradient stands out of the finite-difference noise (or is NaN, which fails the check)."""
         return bool(self.norm_W > self.noise_W) or np.isnan(self.error_W)
 
     @property
     def resolved_b(self):
+        """Whether b's gradient stands out of the finite-difference noise (or is NaN, which fails the check)."""
         return bool(self.norm_b > self.noise_b) or np.isnan(self.error_b)
 
     @property
@@ -196,10 +198,12 @@ class GradcheckResult:
 
     @property
     def worst(self):
+        """The largest finite-difference error over the checked layers (NaN if a gradient was NaN)."""
         return _worst([layer.worst for layer in self.layers])
 
     @property
     def unresolved(self):
+        """``[(layer, "W" or "b"), ...]`` whose gradient is within the finite-difference noise."""
         out = []
         for c in self.layers:
             out += [(c.layer, "W")] if not c.resolved_W else []
@@ -208,6 +212,7 @@ class GradcheckResult:
 
     @property
     def worst_float32(self):
+        """For a float32 network, the largest error of its float32 gradient against the float64 one; else None."""
         if self.dtype != "float32" or not self.compared_float32:
             return None
         return _worst([layer.worst_float32 for layer in self.layers])
@@ -224,6 +229,7 @@ class GradcheckResult:
 
     @property
     def passed(self):
+        """The verdict: ``passed_float64 and passed_float32``."""
         return self.passed_float64 and self.passed_float32
 
     def to_dict(self):

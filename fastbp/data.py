@@ -57,7 +57,8 @@ def load_digits():
 
 def load_npz(path, x_key="X", y_key="y", require_y=True):
     """Arrays ``x_key`` and ``y_key`` of an ``.npz`` file (read with ``allow_pickle=False``: an object array is
-    refused, never unpickled); y is None when the file has none and ``require_y`` is False."""
+    refused, never unpickled), as stored (shapes and dtypes unconverted, one row of X per entry of y); y is None
+    when the file has none and ``require_y`` is False."""
     arrays = _files.read_npz(path, f"a data file with arrays {x_key!r} and {y_key!r}")
     missing = [k for k in (x_key, y_key) if k not in arrays and (require_y or k == x_key)]
     if missing:
@@ -490,7 +491,8 @@ def load_idx(images_path, labels_path):
 def load_file(path, labels_path=None, require_y=True, label_column=-1):
     """Load by extension: ``.npz`` (arrays X, y; y may be missing unless ``require_y``), ``.csv`` or ``.txt`` (the
     label in ``label_column``, see ``load_csv``), IDX images (with ``labels_path``, or alone, y None, unless
-    ``require_y``)."""
+    ``require_y``). Returns (X, y): as each loader returns them (float64 (n, d) X from CSV and IDX, the stored
+    arrays from ``.npz``), y None when there is none."""
     path = os.fsdecode(path)
     lower = path.lower()
     if lower.endswith(".npz"):
@@ -542,15 +544,18 @@ class Standardizer:
         self.scale_ = np.where(std < 10 * np.finfo(np.float64).eps * np.maximum(1.0, np.abs(self.mean_)), 1.0, std)
 
     def transform(self, X):
+        """``(X - mean_) / scale_``: X (n, d) as float64 (n, d)."""
         with np.errstate(over="ignore"):  # a value beyond the range of the standardised data is inf, then refused
             return (np.asarray(X, dtype=np.float64) - self.mean_) / self.scale_
 
     def inverse_transform(self, X):
+        """``X * scale_ + mean_``: X (n, d) as float64 (n, d)."""
         return np.asarray(X, dtype=np.float64) * self.scale_ + self.mean_
 
 
 def split_indices(n, test_size=0.2, seed=0, labels=None):
-    """Row indices (train, test), each sorted, with ``ceil(test_size * n)`` test rows (scikit-learn's count).
+    """Row indices (train, test) of n rows, two sorted int64 arrays, with ``ceil(test_size * n)`` test rows
+    (scikit-learn's count).
 
     With ``labels`` (n,), stratified: each class gives its share of the test rows (largest remainders round the
     shares), drawn with ``np.random.default_rng(seed)``; without, a random subset.
@@ -586,8 +591,8 @@ def prepare(X, y, test_size=0.2, seed=0, standardize=True, return_scaler=False):
     """Split (stratified when y holds class labels, each with at least 2 rows) and standardise with the training
     set's statistics (see ``split_indices`` and ``Standardizer``).
 
-    X: (n, d); y: (n,) or (n, k). Returns X_train, X_test, y_train, y_test (float64 X), and the fitted
-    ``Standardizer`` (None when not standardising) when ``return_scaler``.
+    X: (n, d); y: (n,) or (n, k). Returns X_train, X_test, y_train, y_test (float64 X; y keeps its dtype), and the
+    fitted ``Standardizer`` (None when not standardising) when ``return_scaler``.
     """
     X, y = np.asarray(X, dtype=np.float64), np.asarray(y)
     if X.ndim != 2:

@@ -420,10 +420,12 @@ class Node:
 
     @property
     def shape(self):
+        """The shape of the value (a tuple)."""
         return self._value.shape
 
     @property
     def ndim(self):
+        """The number of dimensions of the value (int)."""
         return self._value.ndim
 
     def __float__(self):

@@ -552,7 +552,8 @@ class MLP:
         return int(self._layout[layer, _lay.W_OFFSET]), int(self._layout[layer, _lay.PARAM_END])
 
     def unflatten(self, flat):
-        """Per-layer ``(W list, b list)`` views into a flat buffer laid out like ``params``."""
+        """Per-layer ``(W list, b list)`` views into ``flat``, an (n_params,) array laid out like ``params``:
+        ``W[l]`` (fan_in, fan_out) and ``b[l]`` (fan_out,), of flat's dtype (gamma and beta are not included)."""
         Ws, bs = [], []
         for fan_in, fan_out, w, b in self._layout[:, :4]:
             Ws.append(flat[w : w + fan_in * fan_out].reshape(fan_in, fan_out))
@@ -736,8 +737,9 @@ class MLP:
         )
 
     def check_batch(self, X, Y, names=("X", "Y")):
-        """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them; errors use
-        ``names`` for the two arguments."""
+        """Validate and convert a batch: returns ``(X, Y2d, labels)`` as the kernels take them, X (n, n_in) and Y2d
+        (n, n_out) C-contiguous of the network's dtype, or Y2d (0, n_out) with labels (n,) int64 (labels (0,)
+        otherwise); errors use ``names`` for the two arguments."""
         X = v.check_X(X, self.n_in, self.dtype, name=names[0])
         Y2d, labels = v.check_targets(
             Y, X.shape[0], self.n_out, self.dtype, allow_labels=self.output == "softmax", name=names[1]
@@ -777,7 +779,7 @@ class MLP:
         -------
         loss : float
             ``scale * (mean over the batch of the per-sample loss + l2 / 2 * sum of squared weights)``.
-        grads : ndarray (n_params,)
+        grads : ndarray (n_params,) of the network's dtype
             Same layout as ``params``; ``out`` when given.
         """
         # The common case in one compiled call, which checks the arrays (kernels/checked.py); anything else (a

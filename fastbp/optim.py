@@ -101,7 +101,7 @@ class Schedule:
     code = _k.CONSTANT
 
     def params(self):
-        """Parameters passed to the compiled schedule (float64 vector)."""
+        """Parameters passed to the compiled schedule, a (2,) float64 array."""
         return np.zeros(2)
 
     def __call__(self, lr, t):

@@ -85,7 +85,8 @@ DERIVATIVES = {
 
 
 def round_bf16(a):
-    """float32 values rounded to the nearest bfloat16 (ties to even), as float32; NaN stays NaN."""
+    """An array of any shape as float32, rounded to the nearest bfloat16 (ties to even); the same shape, float32;
+    NaN stays NaN."""
     a = np.asarray(a, dtype=np.float32)
     u = a.view(np.uint32).astype(np.uint64)
     rounded = (((u + 0x7FFF + ((u >> 16) & 1)) >> 16) << 16).astype(np.uint32).view(np.float32)
@@ -261,7 +262,8 @@ def _backward(net, A, cache, delta, lowest, grads=None):
 
 # ------------------------------------------------------------------------------------------------ public
 def forward(net, X, training=False, dropout_step=None, row_ids=None):
-    """Activations of every layer: a list ``[A[0] = X, A[1], ..., A[L]]`` of (n, width) arrays of the network's dtype.
+    """Activations of every layer for X (n, n_in): a list ``[A[0] = X, A[1], ..., A[L]]`` of (n, width) arrays of the
+    network's dtype.
 
     training: batch norm's batch statistics (True; at least 2 rows) or its running statistics (False, as ``predict``).
     dropout_step: None (no dropout), or in training the step of the dropout mask (``dropout_mask``) with
@@ -272,8 +274,8 @@ def forward(net, X, training=False, dropout_step=None, row_ids=None):
 
 
 def predict(net, X):
-    """Network output f(... f(X @ W1 + b1) ...) as an (n, n_out) array, in evaluation mode (batch norm's running
-    statistics, no dropout), as ``net.predict``."""
+    """Network output f(... f(X @ W1 + b1) ...) of X (n, n_in), as an (n, n_out) array of the network's dtype, in
+    evaluation mode (batch norm's running statistics, no dropout), as ``net.predict``."""
     return forward(net, X)[-1]
 
 

@@ -626,24 +626,25 @@ class MLP(torch.nn.Module):
     # ------------------------------------------------------------------ parameters
     @property
     def coefs(self):
-        """List of the weight parameters ``W[l]``, (fan_in, fan_out)."""
+        """List of the weight parameters ``W[l]``, (fan_in, fan_out) tensors of the module's dtype."""
         return [getattr(self, f"W{l}") for l in range(self._engine.n_layers)]
 
     @property
     def intercepts(self):
-        """List of the bias parameters ``b[l]``, (fan_out,)."""
+        """List of the bias parameters ``b[l]``, (fan_out,) tensors of the module's dtype."""
         return [getattr(self, f"b{l}") for l in range(self._engine.n_layers)]
 
     @property
     def flat_params(self):
-        """Every parameter as ONE 1-D tensor (n_params,), laid out like ``fastbp.MLP.params`` (W[0] row-major,
-        b[0], W[1], ...); the parameters are views into it, so writing into it (under ``torch.no_grad()``, e.g.
-        ``model.flat_params.copy_(theta)``) sets them."""
+        """Every parameter as ONE 1-D tensor (n_params,) of the module's dtype, laid out like ``fastbp.MLP.params``
+        (W[0] row-major, b[0], W[1], ...); the parameters are views into it, so writing into it (under
+        ``torch.no_grad()``, e.g. ``model.flat_params.copy_(theta)``) sets them."""
         self._repack()
         return self._flat
 
     @property
     def n_params(self):
+        """The number of parameters (int), the length of ``flat_params``."""
         return self._engine.n_params
 
     @property
