@@ -68,8 +68,11 @@ if not any(cls.__name__.startswith("Fastbp") for cls in _locators):
 
 FASTMATH = frozenset({"nsz", "arcp", "contract", "afn", "reassoc"})
 
-#: Decorator for compiled kernels and drivers: cached on disk, no GIL, the fastmath flags above.
-kernel = partial(numba.njit, cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy")
+#: Decorator for compiled kernels and drivers: cached on disk, no GIL, the fastmath flags above, and inlined by LLVM
+#: into every compiled caller, so that the process that compiles a kernel runs the machine code that later processes
+#: load from the cache. A call left to the JIT ran the callee's own copy in the first process and, in the others, the
+#: copy linked into the caller and optimized again with it, whose fused multiply-adds differ in the last bit.
+kernel = partial(numba.njit, cache=True, nogil=True, fastmath=set(FASTMATH), error_model="numpy", forceinline=True)
 
 #: Decorator for leaf helpers that are inlined into their callers at Numba-IR level (so a constant
 #: activation code passed by the caller folds away every other branch).

@@ -96,16 +96,18 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                 if net._has_options:  # the bridge refuses layer options
                     continue
                 model = fastbp.torch.MLP.from_fastbp(net)
+                model.requires_grad_(True)  # the frozen output layer too: a network of one layer has no other
                 for x_grad in (False, True):
                     model(torch.from_numpy(X.astype(dtype)).requires_grad_(x_grad)).sum().backward()
 
     def callers(callee, entries):
-        # for each entry point and compiled signature: whether its machine code calls the compiled callee
-        names = {callee.overloads[sig].fndesc.mangled_name for sig in callee.signatures}
-        def calls(code):
-            return any("call" in line and any(name in line for name in names) for line in code.splitlines())
+        # for each entry point and compiled signature: whether its machine code is built from the callee's compiled
+        # code (linked into it, then inlined: _config.kernel), found among the libraries it links
+        libraries = {id(callee.overloads[sig].library) for sig in callee.signatures}
+        def links(library):
+            return any(id(lib) in libraries or links(lib) for lib in library._linking_libraries)
 
-        return {entry.__name__: [calls(entry.inspect_llvm(sig)) for sig in entry.signatures] for entry in entries}
+        return {entry.__name__: [links(entry.overloads[sig].library) for sig in entry.signatures] for entry in entries}
 
     signatures = {}
     for module in (backward, bridge, checked, drivers, epoch, forward, loss, optimizers, step):
@@ -120,9 +122,36 @@ COMPILATIONS_SCRIPT = textwrap.dedent(
                                                             bridge._bridge_forward_entry]),
         "_step": callers(step._step, [epoch._train_epoch_entry, step._step_entry]),
     }
-    print(json.dumps({"signatures": signatures, "calls": calls, "plain_first": plain_first}))
+    print(json.dumps({"signatures": signatures, "calls": calls, "plain_first": plain_first, "bits": reproduce()}))
     """
 )
+
+#: Training, gradients and predictions of a few networks (both dtypes, the layer options, two optimizers), as hashes
+#: of their bytes: the process that compiles the kernels and one that loads them from the cache must agree.
+REPRODUCE = textwrap.dedent(
+    """
+    def reproduce():
+        import hashlib
+        import numpy as np
+        import fastbp
+
+        X, y = fastbp.data.load_digits()
+        X, y = X[:256] / 16, y[:256]
+        bits = []
+        for dtype in ("float32", "float64"):
+            for options in ({}, {"norm": "batch", "residual": True, "dropout": 0.1}, {"norm": "layer", "dropout": 0.2}):
+                for optimizer in (fastbp.SGD(0.05, momentum=0.9), fastbp.Adam()):
+                    net = fastbp.MLP([64, 64, 64, 10], dtype=dtype, seed=3, **options)
+                    trainer = fastbp.Trainer(net, optimizer, batch_size=32, seed=7, progress=False)
+                    history = trainer.fit(X, y, epochs=2, validation_split=0.25)
+                    _, grads = net.value_and_grad(X[:64], y[:64])
+                    parts = (net.params, net.buffers, grads, net.predict(X[:64]), history["loss"] + history["val_loss"])
+                    digest = hashlib.sha256(b"".join(np.ascontiguousarray(a).tobytes() for a in parts))
+                    bits.append(f"{dtype} {options} {type(optimizer).__name__}: {digest.hexdigest()[:16]}")
+        return bits
+    """
+)
+COMPILATIONS_SCRIPT = REPRODUCE + COMPILATIONS_SCRIPT
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +164,7 @@ def compilations(tmp_path_factory):
         [sys.executable, "-c", COMPILATIONS_SCRIPT], env=env, capture_output=True, text=True, timeout=900
     )
     assert proc.returncode == 0, proc.stderr
-    return json.loads(proc.stdout)
+    return {**json.loads(proc.stdout), "env": env}
 
 
 def _specialization(sig):
@@ -175,8 +204,8 @@ def test_a_plain_network_compiles_no_code_of_the_layer_options(compilations):
 
 def test_one_backward_pass_one_forward_pass_and_one_step_serve_every_entry_point(compilations):
     # The trainer's epoch loop, value_and_grad (and FlatObjective, through it), and the PyTorch bridge run the SAME
-    # compiled backward pass: one specialization per dtype and tier, called from the machine code of each entry
-    # point. The same for the forward pass over the hidden layers, and for the optimizer step of the epoch loop and
+    # compiled backward pass: one specialization per dtype and tier, whose compiled code each entry point links (and
+    # inlines). The same for the forward pass over the hidden layers, and for the optimizer step of the epoch loop and
     # of the loop driven from Python (fastbp.distributed; tests/test_distributed.py counts its calls).
     signatures, calls = compilations["signatures"], compilations["calls"]
     for callee in ("backward._backward", "forward._forward_hidden"):
@@ -187,6 +216,26 @@ def test_one_backward_pass_one_forward_pass_and_one_step_serve_every_entry_point
             if entry.startswith("_bridge") and not per_signature:
                 pytest.importorskip("torch")  # not compiled: torch is not installed
             assert per_signature and all(per_signature), (callee, entry)
+
+
+def test_a_process_that_loads_the_kernels_from_the_cache_computes_the_same_bits(compilations):
+    # The process of the fixture compiled every kernel; this one loads them all from that cache (no compilation: the
+    # epoch loop's cache misses are counted). Training, gradients and predictions must agree bit for bit.
+    script = REPRODUCE + textwrap.dedent(
+        """
+        import json
+        from fastbp.kernels import epoch
+        bits = reproduce()
+        print(json.dumps({"bits": bits, "compiled": sum(epoch._train_epoch_entry.stats.cache_misses.values())}))
+        """
+    )
+    proc = subprocess.run(
+        [sys.executable, "-c", script], env=compilations["env"], capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stderr
+    warm = json.loads(proc.stdout)
+    assert warm["compiled"] == 0
+    assert warm["bits"] == compilations["bits"]
 
 
 def test_the_layer_kernels_of_the_backward_pass_are_called_from_it_only():
