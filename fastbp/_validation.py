@@ -245,3 +245,14 @@ def _array_object_layout():
 
 #: The array object's layout for the checked entry points, or None (see ``_array_object_layout``).
 ARRAY_OBJECT = _array_object_layout()
+
+
+def writeable_arrays(state, names):
+    """An unpickled object's ``state`` (its ``__dict__``) with the arrays ``names``, which compiled code writes
+    through their addresses, copied when they arrived read-only: joblib passes large arrays to its worker processes
+    as read-only memory maps, and a write into one is a segmentation fault, not an error. None entries stay."""
+    for name in names:
+        array = state.get(name)
+        if isinstance(array, np.ndarray) and not array.flags.writeable:
+            state[name] = np.array(array)
+    return state

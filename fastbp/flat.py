@@ -86,7 +86,7 @@ class FlatObjective:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update(v.writeable_arrays(state, ("_grad", "_grad64")))
         self._new_addresses()
 
     def __call__(self, theta):

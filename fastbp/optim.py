@@ -231,6 +231,9 @@ class Optimizer:
         self.t = 0
         self.state = None
 
+    def __setstate__(self, state):
+        self.__dict__.update(v.writeable_arrays(state, ("state",)))
+
     def hyper(self):
         """(k,) float64: the hyper-parameters the compiled update reads (k depends on the optimizer)."""
         raise NotImplementedError
@@ -250,7 +253,7 @@ class Optimizer:
         if wrong is not None:
             raise ValueError(
                 "optimizer.state must be a writeable, aligned, C-contiguous array, as the update writes it in place "
-                f"(np.ascontiguousarray(state) makes one), got one that is {wrong}"
+                f"(np.array(state) makes one), got one that is {wrong}"
             )
         if state is None or state.shape != (self.n_state, n_params) or state.dtype != dtype:
             if state is None or state.shape[1:] != (n_params,) or state.dtype != dtype:

@@ -210,7 +210,7 @@ class Trainer:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(state)
+        self.__dict__.update(v.writeable_arrays(state, ("_spare", "_grads", "_sq_norms")))
         self._new_addresses()
 
     def _gradient_buffer(self):

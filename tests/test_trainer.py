@@ -581,3 +581,27 @@ def test_a_copy_of_a_trainer_takes_steps_in_its_own_buffers_and_carries_no_train
             np.testing.assert_array_equal(old, now)
         expected = copy.deepcopy(first)._train_step(X[:8], y[:8], None)  # the Python path, from the same state
         assert loss == expected
+
+
+def test_objects_reloaded_as_read_only_memory_maps_write_their_own_copies(rng, tmp_path):
+    # joblib sends large arrays to its worker processes as read-only memory maps (joblib.load(mmap_mode="r") does
+    # the same here): the buffers that compiled code writes through their addresses were written in place, a
+    # segmentation fault. The reloaded objects own writeable copies, and compute what the originals compute.
+    import copy
+
+    joblib = pytest.importorskip("joblib")
+    X = rng.standard_normal((16, 4)).astype(np.float32)
+    y = rng.integers(0, 3, 16)
+    for optimizer in (fastbp.SGD(0.1, momentum=0.9), fastbp.Adam()):
+        trainer = fastbp.Trainer(fastbp.MLP([4, 5, 3], seed=0), optimizer, batch_size=8, progress=False)
+        trainer.train_step(X[:8], y[:8])
+        objective = fastbp.FlatObjective(trainer.net, X, y)
+        expected = (copy.deepcopy(trainer).train_step(X[8:], y[8:]), copy.deepcopy(objective)(trainer.net.params))
+        joblib.dump((trainer, objective), tmp_path / "objects.joblib")
+        trainer2, objective2 = joblib.load(tmp_path / "objects.joblib", mmap_mode="r")
+        buffers = (trainer2._spare, trainer2._grads, trainer2._sq_norms, trainer2.optimizer.state)
+        assert all(b.flags.writeable for b in (*buffers, objective2._grad, objective2._grad64))
+        assert trainer2.train_step(X[8:], y[8:]) == expected[0]
+        loss, grad = objective2(trainer.net.params)
+        assert loss == expected[1][0]
+        np.testing.assert_array_equal(grad, expected[1][1])
