@@ -59,7 +59,6 @@ class FlatObjective:
         net._check_batch_norm_rows(self._X.shape[0])
         self._sw = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype)
         self._grad = np.empty(net.n_params, dtype=net.dtype)
-        self._grad64 = np.empty(net.n_params, dtype=np.float64)
         self.n_calls = 0
         self._new_addresses()
 
@@ -86,7 +85,7 @@ class FlatObjective:
         return state
 
     def __setstate__(self, state):
-        self.__dict__.update(v.writeable_arrays(state, ("_grad", "_grad64")))
+        self.__dict__.update(v.writeable_arrays(state, ("_grad",)))
         self._new_addresses()
 
     def __call__(self, theta):
@@ -107,11 +106,13 @@ class FlatObjective:
         theta = v.as_array(theta, "theta")
         if theta.shape != (net.n_params,):
             raise ValueError(f"theta must have shape ({net.n_params},) like net.params, got {theta.shape}")
-        net.params[:] = v.as_float_array(theta, "theta", net.dtype, 1)  # real, finite, within the dtype's range
-        loss = net._value_and_grad_checked(self._X, self._Y2d, self._labels, self._sw, self._grad)
-        self._grad64[:] = self._grad
+        theta = v.as_float_array(theta, "theta", net.dtype, 1)  # real, finite, within the dtype's range
+        # theta set and its gradient computed under one hold of the network's lock, into an array of this call's
+        # (other threads may call the objective too)
+        grad = np.empty(net.n_params, dtype=net.dtype)
+        loss = net._value_and_grad_checked(self._X, self._Y2d, self._labels, self._sw, grad, params=theta)
         self.n_calls += 1
-        return loss, self._grad64.copy()  # scipy keeps references to returned gradients
+        return loss, grad.astype(np.float64, copy=False)  # a new array: scipy keeps references to returned gradients
 
 
 def value_and_grad_flat(net, theta, X, Y, sample_weight=None):

@@ -824,10 +824,13 @@ class MLP:
                     raise ValueError(f"out must not share memory with {name} (the gradient would overwrite it)")
         return self._value_and_grad_checked(X, Y2d, labels, sw, out, accumulate, scale), out
 
-    def _value_and_grad_checked(self, X, Y2d, labels, sw, out, accumulate=False, scale=1.0):
+    def _value_and_grad_checked(self, X, Y2d, labels, sw, out, accumulate=False, scale=1.0, params=None):
         """The compiled value_and_grad on a batch already validated (``check_batch``, ``check_sample_weight``) into
-        a validated ``out``; returns the loss (float)."""
+        a validated ``out``; returns the loss (float). ``params``: validated (n_params,) values of the network's
+        dtype, written into its parameters first, under the same hold of the lock."""
         with self._lock:
+            if params is not None:
+                self._params[:] = params
             self._reserve(X.shape[0])
             loss = _value_and_grad_entry(
                 self._marker,

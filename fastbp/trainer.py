@@ -272,7 +272,7 @@ class Trainer:
                 sq_norms,
                 max_loss,
             )
-        opt.t += steps
+            opt.t += steps
         return status, loss_sum, steps
 
     def _buffer_addresses(self, state):
@@ -411,11 +411,11 @@ class Trainer:
         # first step, a conversion, an error to raise, buffers to grow) takes the Python path.
         if self._checked_step:
             opt, net = self.optimizer, self.net
-            t = opt.t
             status = _checked.CHECK
-            lock = net._lock  # the table names buffers that another call may replace
-            lock.acquire()  # not ``with``: see MLP.value_and_grad
+            lock = net._lock  # the table names buffers that another call may replace; the step count is read and
+            lock.acquire()  # advanced under it too (steps from several threads) -- not ``with``: see MLP.value_and_grad
             try:
+                t = opt.t
                 key = self._table_key
                 if (type(t) is int and 0 <= t <= optim.MAX_STEPS) and (  # else init_state says what is wrong
                     (key is not None and key[0] is opt and key[1] is opt.state and key[2] == optim.CHANGES[0])
@@ -437,10 +437,11 @@ class Trainer:
                         net.dropout_seed,
                         self._step_max_loss,
                     )
+                    if status != _checked.CHECK:
+                        opt.t = t + steps
             finally:
                 lock.release()
             if status != _checked.CHECK:
-                opt.t = t + steps
                 if status != _kstep.OK:
                     where = f"at step {opt.t + 1}"
                     self._raise_divergence(status, where, loss_sum, steps, m, self._step_max_loss)

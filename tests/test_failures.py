@@ -11,6 +11,7 @@
 - batch_size larger than the data, as scikit-learn does it.
 """
 
+import concurrent.futures
 import contextlib
 import json
 import os
@@ -421,6 +422,43 @@ def test_two_trainers_in_two_threads_equal_sequential_runs():
     assert max(start_a, start_b) < min(end_a, end_b)  # they did run at the same time
     for got, expected in zip(results, sequential, strict=True):
         _assert_same_run(got, expected)
+
+
+def _in_threads(work, n_threads=4):
+    """Run work(i) in n_threads threads at once; returns their results, raising the first error of any."""
+    with concurrent.futures.ThreadPoolExecutor(n_threads) as pool:
+        return list(pool.map(work, range(n_threads)))
+
+
+def test_train_step_from_several_threads_counts_every_step():
+    # The step count was read before the network's lock and written after it: steps taken at the same time read
+    # the same count, and Adam's bias correction and the schedules saw repeated counts (fewer steps than taken).
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((8, 4)).astype(np.float32), rng.integers(0, 3, 8)
+    for sample_weight in (None, [1.0] * 8):  # the compiled path, and (a list) the Python path
+        trainer = fastbp.Trainer(fastbp.MLP([4, 16, 3], seed=0), fastbp.Adam(), progress=False)
+        _in_threads(lambda i, trainer=trainer, sw=sample_weight: [trainer.train_step(X, y, sw) for _ in range(100)])
+        assert trainer.optimizer.t == 400
+
+
+def test_a_flat_objective_called_from_several_threads_returns_each_thetas_own_values():
+    # The parameters were set from theta before the network's lock was taken and the gradient copied from a shared
+    # buffer after it was released: with thetas that take the Python path (another dtype than float64, or a
+    # list), a call could return the loss and gradient of another thread's theta.
+    rng = np.random.default_rng(0)
+    net = fastbp.MLP([6, 16, 3], seed=0)
+    X, y = rng.standard_normal((32, 6)), rng.integers(0, 3, 32)
+    objective = fastbp.FlatObjective(net, X, y)
+    thetas = [net.params + np.float32(0.1) * rng.standard_normal(net.n_params).astype(np.float32) for _ in range(32)]
+    expected = [objective(theta) for theta in thetas]
+
+    def work(i):
+        return [objective(theta) if i % 2 else objective(list(theta)) for theta in thetas]
+
+    for results in _in_threads(work):
+        for (loss, grad), (loss_expected, grad_expected) in zip(results, expected, strict=True):
+            assert loss == loss_expected
+            np.testing.assert_array_equal(grad, grad_expected)
 
 
 # ------------------------------------------------------------------------------------------ soak
