@@ -451,12 +451,15 @@ class MLP:
         self._marker = (self.dtype.type(0),) if (self._has_options or bf16) else self.dtype.type(0)
         self._entries = _checked.entries(self._marker)  # the checked entry points, called without type dispatch
         self._capacity = 0
-        self._acts = self._delta_a = self._delta_b = None
+        self._acts = self._delta_a = self._delta_b = self._delta_c = self._aux = self._sums = None  # the workspace
+        self._twins = self._entry_workspace = None
         # Addresses of the buffers that live as long as the network (see kernels/boundary.py).
         self._entry_network = self._entry_params(self._params)
         # value_and_grad: batch statistics, no dropout, running statistics untouched; predict: evaluation
         self._run_training, self._run_evaluation = self._run(True), self._run(False)
         self._table, self._p_table, self._fast = self._checked_table()
+        # What a copy rebuilds (__getstate__); the attributes of a subclass, set after this constructor, are copied.
+        self._own_attributes = frozenset(self.__dict__) | {"_own_attributes"}
 
     @property
     def layout(self):
@@ -597,14 +600,16 @@ class MLP:
             "buffers": self._buffers.copy(),
             "dropout_seed": self.dropout_seed,
             "extras": dict(self.extras),
+            "attributes": {k: val for k, val in self.__dict__.items() if k not in self._own_attributes},
         }
 
     def __setstate__(self, state):
-        self.__init__(*state["args"])
+        MLP.__init__(self, *state["args"])  # not a subclass's constructor, whose arguments may differ
         self._params[:] = state["params"]
         self._buffers[:] = state["buffers"]
         self.dropout_seed = state["dropout_seed"]
         self.extras = state["extras"]
+        self.__dict__.update(state.get("attributes", {}))
 
     @property
     def dropout_seed(self):

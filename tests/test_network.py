@@ -337,3 +337,29 @@ def test_per_layer_views_are_written_into_and_never_replaced():
     with pytest.raises(AttributeError, match=r"coefs cannot be replaced: .*net\.coefs\[l\] = array"):
         net.coefs = [W]
     assert [view.shape for view in net.coefs] == [(3, 4), (4, 4), (4, 2)] and type(list(net.coefs)) is list
+
+
+class DigitsNet(fastbp.MLP):
+    """A subclass with a constructor of its own (module level: pickle finds it)."""
+
+    def __init__(self, hidden=32, note="mine"):
+        super().__init__([64, hidden, 10], seed=0)
+        self.note = note
+
+
+def test_a_subclass_with_its_own_constructor_is_copied_with_its_attributes(rng):
+    # A copy was rebuilt by calling type(net).__init__ with fastbp.MLP's arguments: a subclass whose constructor
+    # takes others could not be copied, pickled or sent to a worker process (as a torch.nn.Module subclass can).
+    import copy
+    import pickle
+
+    net = DigitsNet(hidden=16, note="theirs")
+    net.params[:] = rng.standard_normal(net.n_params)
+    X = rng.standard_normal((5, 64)).astype(np.float32)
+    for copied in (copy.copy(net), copy.deepcopy(net), pickle.loads(pickle.dumps(net))):
+        assert type(copied) is DigitsNet and copied.note == "theirs"
+        np.testing.assert_array_equal(copied.params, net.params)
+        np.testing.assert_array_equal(copied.predict(X), net.predict(X))
+        copied.params[:] = 0.0  # a copy of its own
+        assert np.any(net.params != 0.0)
+        assert not set(vars(copied)) - set(vars(net)) - {"note"}  # no workspace addresses carried as attributes
