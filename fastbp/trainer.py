@@ -405,7 +405,8 @@ class Trainer:
         """One optimizer step on the batch, for callers who drive their own loop; returns the batch loss (float).
 
         X_batch: (m, n_in); Y_batch: (m, n_out) or (m,) labels; sample_weight: (m,) or None (the batch loss is then
-        the weighted mean). Same checks and divergence handling as ``fit``.
+        the weighted mean). Same checks and divergence handling as ``fit``. Dropout masks are keyed by the rows'
+        positions in the batch (``fit`` keys them by the rows' indices in the data set).
         """
         # The common case in one compiled call, which checks the arrays (kernels/checked.py); anything else (the
         # first step, a conversion, an error to raise, buffers to grow) takes the Python path.
