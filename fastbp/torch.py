@@ -581,10 +581,9 @@ class MLP(torch.nn.Module):
         )
         with torch.no_grad():
             model.flat_params.copy_(torch.from_numpy(net.params))
-        for l, trainable in enumerate(net.trainable):
-            if not trainable:
-                model.get_parameter(f"W{l}").requires_grad_(False)
-                model.get_parameter(f"b{l}").requires_grad_(False)
+        for W, b, trainable in zip(model.coefs, model.intercepts, net.trainable, strict=True):
+            W.requires_grad_(trainable)
+            b.requires_grad_(trainable)
         return model
 
     def to_fastbp(self, output=None, loss=None):
@@ -592,17 +591,13 @@ class MLP(torch.nn.Module):
         module's; ``loss`` to the canonical loss of the output). A layer whose weight and bias both have
         ``requires_grad=False`` is frozen in the network (fastbp freezes whole layers: a layer with one of the two
         trainable stays trainable)."""
-        frozen = [
-            not (self.get_parameter(f"W{l}").requires_grad or self.get_parameter(f"b{l}").requires_grad)
-            for l in range(len(self.layer_sizes) - 1)
-        ]
         net = _FastMLP(
             list(self.layer_sizes),
             list(self.activations),
             output=output or self.output,
             loss=loss,
             dtype=self._engine.dtype,
-            trainable=[not f for f in frozen],
+            trainable=[W.requires_grad or b.requires_grad for W, b in zip(self.coefs, self.intercepts, strict=True)],
         )
         net.params[:] = self.flat_params.detach().numpy()
         return net

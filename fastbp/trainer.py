@@ -444,7 +444,7 @@ class Trainer:
                 lock.release()
             if status != _checked.CHECK:
                 if status != _kstep.OK:
-                    where = f"at step {opt.t + 1}"
+                    where = f"at step {t + steps + 1}"  # this call's step, whatever other threads did since
                     self._raise_divergence(status, where, loss_sum, steps, m, self._step_max_loss)
                 return loss_sum / m
         return self._train_step(X_batch, Y_batch, sample_weight)
