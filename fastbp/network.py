@@ -856,8 +856,7 @@ class MLP:
     def predict(self, X):
         """Network outputs for X (n, n_in): an (n, n_out) array of the network's dtype (probabilities for softmax).
 
-        Large X is processed in chunks of the workspace size (at least ``fastbp._tuning.CHUNK_ROWS`` rows), so memory
-        stays bounded."""
+        Large X is processed in chunks of the workspace's rows (at least 1024), so memory stays bounded."""
         if self._fast and type(X) is _NDARRAY and X.ndim == 2:  # one compiled call, which checks X (kernels/checked.py)
             out = np.empty((X.shape[0], self._n_out), self.dtype)
             lock = self._lock

@@ -2,6 +2,8 @@
 
 from ._files import save_figure
 
+__all__ = ["training_curves"]
+
 
 def pyplot():
     """matplotlib.pyplot with the non-interactive Agg backend, or a clear error naming the extra to install."""
