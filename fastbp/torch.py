@@ -448,11 +448,13 @@ class _DenseStack(torch.autograd.Function):
                 "differentiating a gradient); use the equivalent torch.nn.Sequential from model.to_sequential()"
             )
         ctx.saved_tensors  # noqa: B018 (raises if an input or a parameter was modified in place since the forward)
-        engine, lease, X, out_np, network, _, params, ptrs = ctx.state
+        engine, lease, X, out_np, network, gathered, params, ptrs = ctx.state
         # .double(), .to(), share_memory(), p.data = ... give the same parameter objects new storage (and may free the
         # old one, which the backward pass would read): refuse, as the version counters refuse in-place changes. The
-        # objects themselves, not saved_tensors, which saved-tensor hooks may replace by copies.
-        if [p.data_ptr() for p in params] != ptrs:
+        # objects themselves, not saved_tensors, which saved-tensor hooks may replace by copies. A forward pass that
+        # gathered the parameters left the backward pass its copy (in ctx.state): reading flat_params, which makes
+        # them views of one buffer again, must not break it.
+        if gathered is None and [p.data_ptr() for p in params] != ptrs:
             raise RuntimeError(
                 "the parameters of fastbp.torch.MLP were given new storage (.double(), .to(), share_memory(), "
                 "p.data = ...) between the forward pass and backward(); run the forward pass again"
@@ -698,7 +700,14 @@ class MLP(torch.nn.Module):
         in_place = (
             engine.flat_entry is not None and engine.flat_entry[0] == flat.data_ptr() and flat.dtype == params[0].dtype
         )
-        if not in_place:
+        if not in_place and engine.flat_entry is not None:
+            # Already views at their places in one buffer of their own (vector_to_parameters): adopt that buffer, so
+            # that their storage, which a pending backward pass reads, stays theirs.
+            first = params[0]
+            flat = torch.empty(0, dtype=first.dtype)
+            flat.set_(first.untyped_storage(), first.storage_offset(), (engine.n_params,))
+            self._flat = flat
+        elif not in_place:
             flat = torch.empty(engine.n_params, dtype=params[0].dtype)
             Ws, bs = engine.unflatten(flat)
             with torch.no_grad():

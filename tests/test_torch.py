@@ -812,6 +812,34 @@ def test_parameters_given_new_storage_between_forward_and_backward_are_refused(c
         loss.backward()
 
 
+@pytest.mark.parametrize("change", ["flat_params", "to_fastbp", "float"])
+@pytest.mark.parametrize("storage", ["vector_to_parameters", "one copied"])
+def test_making_the_parameters_one_buffer_again_between_forward_and_backward_keeps_the_backward_pass(storage, change):
+    """After p.data = ...: reading flat_params, to_fastbp() or a no-op .float() between forward and backward make the
+    parameters views of the module's flat buffer again, and backward() still differentiates as the torch equivalent
+    does (it raised "new storage"). vector_to_parameters leaves them views of one buffer of its own, which is adopted
+    as it is; a single parameter copied makes each forward pass gather them into a copy that its backward pass
+    keeps."""
+    model = fbt.MLP([4, 6, 3], activation="tanh", seed=2)
+    seq = sequential(model, "tanh", "identity")
+    if storage == "vector_to_parameters":
+        vector = torch.nn.utils.parameters_to_vector(model.parameters())
+        torch.nn.utils.vector_to_parameters(vector, model.parameters())
+    else:
+        model.W1.data = model.W1.data.clone()
+    X = batch(5, 4, torch.float32)
+    loss = model(X).pow(2).sum()
+    if change == "flat_params":
+        model.flat_params.norm()
+    elif change == "to_fastbp":
+        model.to_fastbp()
+    else:
+        model.float()
+    loss.backward()
+    seq(X).pow(2).sum().backward()
+    assert_grads_match(model, seq, TORCH_RTOL["float32"])
+
+
 def test_an_input_given_new_storage_before_backward_is_differentiated_as_it_was():
     """X.data = ... between forward and backward (not an in-place change, so autograd does not object): the backward
     pass differentiates the input the forward pass used, and writes no more rows than dX has (it wrote 4096 rows
