@@ -350,7 +350,8 @@ def _add_gradcheck_parser(sub):
         "--threshold",
         type=_positive_float,
         default=1e-6,
-        help="largest accepted relative error against finite differences (default 1e-6)",
+        help="largest accepted relative error against finite differences, where they resolve it (below their noise, "
+        "a difference larger than the noise fails; default 1e-6)",
     )
     check.add_argument(
         "--threshold-float32",
@@ -606,7 +607,9 @@ def _load_csv(path, label_column, given=True, n_in=None):
     from . import data
 
     try:
-        X, y, names, label = data.load_csv(path, label_column=label_column, return_names=True)
+        with warnings.catch_warnings(record=True) as caught:
+            warnings.simplefilter("always")
+            X, y, names, label = data.load_csv(path, label_column=label_column, return_names=True)
     except data._ColumnError as err:
         if given:
             raise UsageError(f"--label-column {_short(label_column)}: {err}") from None
@@ -615,6 +618,8 @@ def _load_csv(path, label_column, given=True, n_in=None):
         raise UsageError(f"--data {err} (the label column the model was trained with){hint}") from None
     except (OSError, ValueError) as err:
         raise _input_error(path, err) from None
+    for warning in caught:  # load_csv's advice, without its Python argument, which the command line does not have
+        warnings.warn(str(warning.message).replace(", or give skip_header=1", ""), warning.category, stacklevel=2)
     return X, y, names, label, _csv_position(path, label)
 
 
@@ -904,9 +909,11 @@ def _train(args, trainer_cls=None):
         f"{result['accuracy']:.4f}"
     )
     steps = trainer.optimizer.t
+    # the median epoch's: the first run's compilation, in the first epoch and before it, is in fit's time only
+    per_step = 1e6 * float(np.median(history["epoch_time"])) * len(history["epoch_time"]) / steps
     print(
-        f"time: fit {fit_time:.2f} s ({_count(steps, 'step')}, {1e6 * sum(history['epoch_time']) / steps:.0f} us per "
-        f"step incl. first-epoch compilation if any); total {time.perf_counter() - start:.2f} s"
+        f"time: fit {fit_time:.2f} s ({_count(steps, 'step')}, {per_step:.0f} us per step in the median epoch); total "
+        f"{time.perf_counter() - start:.2f} s"
     )
     if _wanted(args.output):
         # what fastbp predict needs: the standardisation, the original labels, where the data came from and which
@@ -1329,9 +1336,38 @@ def _parse(parser, argv):
     return args
 
 
+class _Output:
+    """Standard output that, once its reader has left (``| head``), discards the rest instead of raising, so that the
+    command goes on and writes its files (a checkpoint, a plot, a JSON report); ``main`` then exits 1 quietly."""
+
+    def __init__(self, stream):
+        self.stream = stream
+        self.reader_left = False
+
+    def _try(self, method, *args):
+        if not self.reader_left:
+            try:
+                return getattr(self.stream, method)(*args)
+            except BrokenPipeError:
+                self.reader_left = True
+                with contextlib.suppress(OSError, ValueError):  # no second error when Python flushes it at exit
+                    os.dup2(os.open(os.devnull, os.O_WRONLY), self.stream.fileno())
+        return len(args[0]) if args else None
+
+    def write(self, text):
+        return self._try("write", text)
+
+    def flush(self):
+        self._try("flush")
+
+    def __getattr__(self, name):  # fileno, isatty, encoding ...: the stream's
+        return getattr(self.stream, name)
+
+
 def main(argv=None):
     """Run the command line on ``argv`` (default: sys.argv[1:]); returns the exit code: 0 success, 1 failure,
-    2 usage error, each failure one line on stderr."""
+    2 usage error, each failure one line on stderr; 1 without a message when the reader of standard output left
+    before the end (the command's files are still written)."""
     parser = build_parser()
     argv = sys.argv[1:] if argv is None else list(argv)
     # every rank of an mpiexec run parses the same options: rank 0 alone tells a usage error (and --help)
@@ -1354,17 +1390,17 @@ def main(argv=None):
         "diagnose": cmd_diagnose,
     }
     command = args.command
+    output = sys.stdout = _Output(sys.stdout)
     with warnings.catch_warnings():
         warnings.showwarning = functools.partial(_show_warning, command)
         try:
             if not (command == "train" and args.distributed):  # under MPI: in the ranks' run, told once (run_cli)
                 _check_usage(args)
-            return handlers[command](args)
+            code = handlers[command](args)
+            output.flush()
+            return 1 if output.reader_left and code == 0 else code
         except KeyboardInterrupt:
             print(f"fastbp {command}: interrupted", file=sys.stderr)
-            return 1
-        except BrokenPipeError:  # the reader of standard output left (| head): end quietly, as Unix tools do
-            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # no second error when Python flushes it
             return 1
         except UsageError as err:
             print(f"fastbp {command}: error: {_one_line(err)} (see fastbp {command} --help)", file=sys.stderr)
@@ -1372,6 +1408,8 @@ def main(argv=None):
         except Exception as err:
             print(f"fastbp {command}: error: {_error_text(err, command)}", file=sys.stderr)
             return 1
+        finally:
+            sys.stdout = output.stream
 
 
 if __name__ == "__main__":

@@ -199,6 +199,30 @@ def test_failures_exit_1_with_a_message(tmp_path):
     assert proc.returncode == 1 and "or a smaller --clip-norm (now 5)." in proc.stderr, proc.stderr
 
 
+@pytest.mark.parametrize("command", ["train", "diagnose"])
+def test_a_reader_that_leaves_early_still_gets_the_files_written(tmp_path, command):
+    """``fastbp train ... | head -1``: once the reader of standard output has left, the command goes on and writes
+    its files, then exits 1 without a message (it trained, then lost the checkpoint, silently). Unbuffered, so that the
+    first line already meets the closed pipe."""
+    args = ["--epochs", "1", "--json", "out.json"]
+    args += ["--output", "model.npz"] if command == "train" else ["--depth", "2", "--samples", "200", "--plot", "none"]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "fastbp.cli", command, *args],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        cwd=tmp_path,
+        env=env,
+        text=True,
+    )
+    proc.stdout.close()  # the reader leaves before the first line
+    stderr = proc.communicate(timeout=600)[1]
+    assert proc.returncode == 1 and stderr == "", stderr
+    assert json.loads((tmp_path / "out.json").read_text())
+    if command == "train":
+        assert (tmp_path / "model.npz").stat().st_size > 0
+
+
 def test_plot_without_matplotlib_is_a_clear_failure(monkeypatch, capsys, tmp_path):
     # A user without the plot extra gets exit code 1 and the package to install, not a traceback, before training.
     import builtins
@@ -420,6 +444,20 @@ def _cli(monkeypatch, capfd, tmp_path, *argv):
     code = cli.main(list(argv))
     out, err = capfd.readouterr()
     return code, out, err.splitlines()
+
+
+def test_a_csv_warning_gives_the_command_lines_advice_not_a_python_argument(tmp_path, monkeypatch, capfd):
+    """A first line 0,1,... above integers is read as data, with load_csv's warning; the command line has no
+    skip_header, so its warning leaves that advice out."""
+    import fastbp
+
+    X, y = fastbp.data.load_digits()
+    header = ",".join(str(i) for i in range(65))
+    np.savetxt(tmp_path / "d.csv", np.column_stack([X, y])[:200], delimiter=",", fmt="%d", header=header, comments="")
+    code, _, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "d.csv", "--epochs", "1", "-o", "none")
+    assert code == 0 and not any("skip_header" in line for line in err)
+    lines = [line for line in err if "is read as a data row" in line]  # (its label 64 is a class of one row: warned)
+    assert len(lines) == 1 and lines[0].endswith("name the columns, remove the line"), err
 
 
 def test_a_csv_with_the_label_first_trains_on_the_right_target_with_label_column(tmp_path, monkeypatch, capfd):
