@@ -274,7 +274,11 @@ class _FastbpMixin:
             raise ValueError(
                 f"fastbp implements the outputs {sorted(_OUTPUT)}; out_activation_={self.out_activation_!r} is not one"
             )
-        dtype = self.coefs_[0].dtype  # scikit-learn initialises in X's dtype and keeps it on warm starts
+        # scikit-learn initialises in X's dtype and keeps it on warm starts; assigned coefs_ of integers or float16
+        # compute in the float type NumPy's promotion with float32 data gives them
+        dtype = np.asarray(self.coefs_[0]).dtype
+        if dtype not in (np.float32, np.float64):
+            dtype = np.result_type(dtype, np.float32)
         sizes = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
         output, loss = _OUTPUT[self.out_activation_]
         net = getattr(self, "_fastbp_net", None)
@@ -293,15 +297,17 @@ class _FastbpMixin:
         for mine, theirs in ((net.coefs, self.coefs_), (net.intercepts, self.intercepts_)):
             for l, (a, b) in enumerate(zip(mine, theirs, strict=True)):
                 if a is not b:
-                    if b.shape != a.shape:
-                        raise ValueError(f"coefs_/intercepts_ of layer {l} have shape {b.shape}, expected {a.shape}")
+                    shape = np.shape(b)
+                    # an intercept that scikit-learn's pass adds to the (n, fan_out) activations: (1, fan_out) too
+                    if shape != a.shape and not (a.ndim == 1 and shape == (1, *a.shape)):
+                        raise ValueError(f"coefs_/intercepts_ of layer {l} have shape {shape}, expected {a.shape}")
                     a[...] = b
         return net
 
     def _network_for_fit(self, layer_units):
         """``_fastbp_network`` for a fit of the layers ``layer_units`` (n_features, hidden sizes, n_outputs),
         which a warm start or ``partial_fit`` continues from ``coefs_``: refused when those are of other layers
-        (scikit-learn fails there on mismatched shapes, in its NumPy steps)."""
+        (scikit-learn fails there on other features or outputs, and goes on with other hidden sizes: docs/guide)."""
         fitted = [self.coefs_[0].shape[0]] + [c.shape[1] for c in self.coefs_]
         layer_units = list(layer_units)
         if layer_units != fitted:
@@ -320,7 +326,7 @@ class _FastbpMixin:
 
     def _is_bound(self, net):
         """Whether ``coefs_``/``intercepts_`` are the network's own views (as after a fastbp fit)."""
-        pairs = zip(net.coefs + net.intercepts, self.coefs_ + self.intercepts_, strict=False)
+        pairs = zip(net.coefs + net.intercepts, [*self.coefs_, *self.intercepts_], strict=False)
         return len(self.coefs_) == len(net.coefs) and all(a is b for a, b in pairs)
 
     def _bind(self, net):
@@ -402,6 +408,8 @@ class _FastbpMixin:
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         loss_type = self._loss_type(y, net.dtype, sample_weight)
+        if self.batch_size != "auto":  # scikit-learn's np.clip makes it an np.int64, which multiplies each batch loss
+            loss_type = np.result_type(loss_type, np.int64).type
         if not incremental or not hasattr(self, "_optimizer"):
             self._optimizer = self._new_optimizer(net)
         self._optimizer._net = net

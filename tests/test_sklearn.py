@@ -210,6 +210,21 @@ def test_pickle_and_assigned_coefficients_predict_like_scikit_learn(digits):
     ours.coefs_[1] = theirs.coefs_[1] * 2  # replaced arrays, not views into fastbp's buffer
     theirs.coefs_[1] = theirs.coefs_[1] * 2
     np.testing.assert_allclose(ours.predict_proba(X), theirs.predict_proba(X), rtol=SKLEARN_RTOL["float64"])
+    # what scikit-learn's NumPy pass also takes: coefs_ as a tuple, integer weights, an intercept shaped (1, fan_out)
+    # (on inputs scaled so that no probability is subnormal: fastbp's softmax flushes those to 0)
+    edits = (
+        lambda model: setattr(model, "coefs_", tuple(model.coefs_)),
+        lambda model: setattr(model, "coefs_", [np.round(c * 4).astype(np.int64) for c in model.coefs_]),
+        lambda model: model.intercepts_.__setitem__(-1, model.intercepts_[-1].reshape(1, -1)),
+    )
+    ours, theirs = _fit_both(
+        MLPClassifier, skl.MLPClassifier, X, y, hidden_layer_sizes=(8,), max_iter=3, random_state=0
+    )
+    for edit in edits:
+        for model in (ours, theirs):
+            edit(model)
+        assert_close = np.testing.assert_allclose
+        assert_close(ours.predict_proba(X / 16), theirs.predict_proba(X / 16), rtol=SKLEARN_RTOL["float64"])
 
 
 def test_a_pickled_model_carries_no_training_rows(digits):
@@ -300,12 +315,14 @@ def test_a_warm_start_with_other_hidden_layers_is_refused(digits):
 
 @pytest.mark.parametrize("solver", ["adam", "sgd", "lbfgs"])
 @pytest.mark.parametrize("dtype", ["float32", "float64"])
-def test_losses_are_scikit_learns_type(solver, dtype, digits):
-    # np.float64 for a classifier's log-loss (its binarized targets are integers), the data's type for a regressor
+@pytest.mark.parametrize("batch_size", ["auto", 64])
+def test_losses_are_scikit_learns_type(solver, dtype, batch_size, digits):
+    # np.float64 for a classifier's log-loss (its binarized targets are integers), the data's type for a regressor;
+    # a batch_size given makes the stochastic solvers' losses float64 (scikit-learn multiplies each by an np.int64)
     X, y = digits
     X = X.astype(dtype)
     # a fixed initialisation: from some random ones scikit-learn's own Poisson SGD fit diverges and raises
-    params = dict(hidden_layer_sizes=(5,), max_iter=2, solver=solver, random_state=0)
+    params = dict(hidden_layer_sizes=(5,), max_iter=2, solver=solver, batch_size=batch_size, random_state=0)
     for ours_cls, theirs_cls, target in ((MLPClassifier, skl.MLPClassifier, y), (MLPRegressor, skl.MLPRegressor, X)):
         for loss in [{"loss": "squared_error"}, {"loss": "poisson"}] if ours_cls is MLPRegressor else [{}]:
             targets = np.abs(target[:, :3]) if loss else target
