@@ -1,8 +1,8 @@
 """oneDNN's bfloat16 GEMM, for ``matmul_precision="bfloat16"`` (the ``bf16`` extra: the ``onednn-cpu-gomp`` wheel).
 
 The library is found through the installed distribution's file list (no search path to configure), loaded once
-with ctypes, and its functions are called from compiled code through their addresses (kernels/gemm.py), like
-SciPy's BLAS. bfloat16 products are fast only where the CPU multiplies bfloat16 in hardware: oneDNN's effective
+with ctypes, and its functions are called from compiled code through their addresses (kernels/gemm.py), like the
+BLAS's float GEMMs. bfloat16 products are fast only where the CPU multiplies bfloat16 in hardware: oneDNN's effective
 instruction set must include AVX512_BF16 (or AMX); elsewhere oneDNN would emulate them, slower than float32, so
 asking for bfloat16 there is refused with an error that says so.
 """

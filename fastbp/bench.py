@@ -111,17 +111,40 @@ def same_round_ratio(times, numerator, denominator):
     return float(np.median(np.array(times[numerator]) / np.array(times[denominator])))
 
 
-def gemm_peak(dtype, size=2048, repeats=3):
-    """GFLOP/s of the BLAS GEMM fastbp calls (SciPy's sgemm/dgemm) on size x size matrices: best of repeats."""
-    from scipy.linalg import blas
+def blas_gemm(dtype):
+    """The GEMM of fastbp's passes (``fastbp.kernels.gemm.BLAS_GEMM``) as a Python function ``gemm(A, B, C)``:
+    ``C[...] = A @ B`` for C-ordered arrays A (m, k), B (k, n), C (m, n) of ``dtype`` (float32 or float64), through
+    ctypes with the arguments of the compiled call (kernels/gemm.py)."""
+    import ctypes
+    import sys
 
+    from .kernels.gemm import BLAS_GEMM
+
+    real = ctypes.c_float if np.dtype(dtype) == np.float32 else ctypes.c_double
+    integer = ctypes.c_int64 if sys.byteorder == "little" else ctypes.c_int32
+    fn = ctypes.CFUNCTYPE(None, *[ctypes.c_void_p] * 13)(BLAS_GEMM[np.dtype(dtype)])
+    ref = ctypes.byref
+    no = ctypes.c_char(b"N")
+
+    def gemm(A, B, C):
+        (m, k), n = A.shape, B.shape[1]
+        ints = [integer(v) for v in (n, m, k)]  # row-major C = A @ B as column-major C.T = B.T @ A.T
+        pointers = [ctypes.c_void_p(x.ctypes.data) for x in (B, A, C)]
+        args = [ref(no), ref(no), *map(ref, ints), ref(real(1.0)), pointers[0], ref(integer(n)), pointers[1]]
+        fn(*args, ref(integer(k)), ref(real(0.0)), pointers[2], ref(integer(n)))
+
+    return gemm
+
+
+def gemm_peak(dtype, size=2048, repeats=3):
+    """GFLOP/s of the BLAS GEMM fastbp calls (:func:`blas_gemm`) on size x size matrices: best of repeats."""
     rng = np.random.default_rng(0)
-    A = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
-    B = np.asfortranarray(rng.standard_normal((size, size)).astype(dtype))
-    C = np.zeros((size, size), dtype=dtype, order="F")
-    gemm = blas.sgemm if np.dtype(dtype) == np.float32 else blas.dgemm
-    gemm(1.0, A, B, 0.0, C, overwrite_c=True)
-    best = min(_timed(lambda: gemm(1.0, A, B, 0.0, C, overwrite_c=True)) for _ in range(repeats))
+    A = rng.standard_normal((size, size)).astype(dtype)
+    B = rng.standard_normal((size, size)).astype(dtype)
+    C = np.zeros((size, size), dtype=dtype)
+    gemm = blas_gemm(dtype)
+    gemm(A, B, C)
+    best = min(_timed(lambda: gemm(A, B, C)) for _ in range(repeats))
     return 2 * size**3 / best / 1e9
 
 
@@ -560,6 +583,7 @@ def sklearn_fit(dtype, epochs=20, batch=32, hidden=(128,), rounds=1):
 
 def machine():
     """A one-line description of this machine and the BLAS in use."""
+    from .kernels.gemm import BLAS_LIBRARY
     from .threads import blas_info, get_num_threads
 
     cpu = platform.processor() or platform.machine()
@@ -569,22 +593,28 @@ def machine():
     except (OSError, StopIteration):
         pass
     blas = ", ".join(
-        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({_owner(i)})" for i in blas_info()
+        f"{i.get('internal_api')} {i.get('version')} {i.get('architecture')} ({_owner(i, BLAS_LIBRARY)})"
+        for i in blas_info()
     )
     return f"{cpu}, {get_num_threads()} threads, {blas}"
 
 
-def _owner(info):
-    """Whose copy a loaded BLAS library is: a wheel's, from its folder (``scipy.libs``: SciPy's wheel, whose BLAS
-    fastbp's GEMMs call), or else the folder it was loaded from (a system's or conda's BLAS, shared)."""
-    directory = os.path.dirname(info.get("filepath") or "")
+def _owner(info, gemm_library):
+    """Whose copy a loaded BLAS library is: a wheel's, from its folder (``numpy.libs``: NumPy's wheel), or else the
+    folder it was loaded from (a system's or conda's BLAS, shared); and whether fastbp's GEMMs call it: its path is
+    ``gemm_library`` (``fastbp.kernels.gemm.BLAS_LIBRARY``), or SciPy's BLAS when that is None."""
+    path = info.get("filepath") or ""
+    directory = os.path.dirname(path)
     folder = os.path.basename(directory)
     if not folder:
         return "unknown copy"
+    if gemm_library is not None:
+        ours = os.path.realpath(path) == os.path.realpath(gemm_library)
+    else:
+        ours = folder == "scipy.libs"
     if not folder.endswith(".libs"):
-        return f"from {directory}"
-    owner = folder.removesuffix(".libs")
-    return f"{owner}'s, fastbp's GEMMs" if owner == "scipy" else f"{owner}'s"
+        return f"from {directory}" + (", fastbp's GEMMs" if ours else "")
+    return f"{folder.removesuffix('.libs')}'s" + (", fastbp's GEMMs" if ours else "")
 
 
 def bf16_gemm_peak(size=2048, repeats=3):
@@ -691,7 +721,7 @@ def table(results):
     peaks = ", ".join(f"{d} {g:.0f} GFLOP/s" for d, g in results["peak_gflops"].items())
     lines.append("")
     lines.append(
-        f"GEMM peak (2048x2048, SciPy's BLAS for float32/float64 and oneDNN's bfloat16 GEMM for bfloat16, the best of "
+        f"GEMM peak (2048x2048, fastbp's BLAS for float32/float64 and oneDNN's bfloat16 GEMM for bfloat16, the best of "
         f"the measurements before each cell): {peaks}. dtype bfloat16: fastbp's float32 network in bfloat16 matmul "
         "precision, against the float32 peers and PyTorch under bfloat16 autocast (torch bf16). Ratios are peer time "
         f"/ fastbp time (higher is better for fastbp), medians over {results['rounds']} interleaved rounds."

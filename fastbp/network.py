@@ -640,7 +640,7 @@ class MLP:
     def _entry_params(self, flat):
         """The network as the compiled entry points take it (kernels/boundary.py), with the parameters read from
         ``flat`` (params or a C-contiguous array of the same size and dtype, such as a trainer's spare copy), the
-        GEMMs (SciPy's BLAS, and oneDNN's bfloat16 GEMM in bfloat16 precision) and the weights' bfloat16 twin."""
+        GEMMs (the BLAS's, and oneDNN's bfloat16 GEMM in bfloat16 precision) and the weights' bfloat16 twin."""
         p16 = self._params16.ctypes.data if self._params16.size else 0
         store = self._stats_store
         p_buffers = store.ctypes.data if store.size else 0

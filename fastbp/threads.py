@@ -1,9 +1,9 @@
 """One place to set the thread count of BLAS, of OpenMP (via threadpoolctl) and of Numba.
 
-fastbp's kernels are multi-threaded through their GEMMs, which hold nearly all the work: SciPy's BLAS, and in
-bfloat16 matmul precision oneDNN, which runs on OpenMP. No kernel uses a Numba ``prange`` loop, so the Numba setting
-matters only to other Numba code in the process. The BLAS limit is process-wide; OpenMP's and Numba's thread counts
-are per calling thread.
+fastbp's kernels are multi-threaded through their GEMMs, which hold nearly all the work: an OpenBLAS (NumPy's or
+SciPy's, ``fastbp.kernels.gemm.BLAS_LIBRARY``), and in bfloat16 matmul precision oneDNN, which runs on OpenMP. No kernel
+uses a Numba ``prange`` loop, so the Numba setting matters only to other Numba code in the process. The BLAS limit is
+process-wide; OpenMP's and Numba's thread counts are per calling thread.
 """
 
 import os

@@ -51,7 +51,7 @@ from ._validation import check_dtype, check_int
 from .kernels import activations as _act
 from .kernels import layout as _lay
 from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
-from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH
+from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH, BLAS_LIBRARY
 from .network import MLP as _FastMLP
 from .network import workspace_entry
 
@@ -128,19 +128,27 @@ def _torch_gemm():
 
 
 def _blas_controls():
-    """(get, set) thread-count functions of the BLAS library that fastbp's GEMM binding calls (SciPy's; every
-    loaded BLAS if SciPy's cannot be told apart). The OpenBLAS entry points are called directly through ctypes
-    (cheaper than threadpoolctl's wrappers), when threadpoolctl exposes them."""
+    """(get, set) thread-count functions of the BLAS library that fastbp's GEMM binding calls (``BLAS_LIBRARY``, or
+    SciPy's; every loaded BLAS if it cannot be told apart). The OpenBLAS entry points are called directly through
+    ctypes (cheaper than threadpoolctl's wrappers), when threadpoolctl exposes them."""
     global _BLAS_CONTROLS
     if _BLAS_CONTROLS is None:
         import scipy
         from threadpoolctl import ThreadpoolController
 
-        root = os.path.realpath(os.path.dirname(scipy.__file__))
-        prefixes = (root + os.sep, root + ".libs" + os.sep)
+        if BLAS_LIBRARY is not None:
+
+            def ours(path):
+                return os.path.realpath(path) == os.path.realpath(BLAS_LIBRARY)
+        else:
+            root = os.path.realpath(os.path.dirname(scipy.__file__))
+
+            def ours(path):
+                return os.path.realpath(path).startswith((root + os.sep, root + ".libs" + os.sep))
+
         blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
         controls = []
-        for lc in [lc for lc in blas if os.path.realpath(lc.filepath).startswith(prefixes)] or blas:
+        for lc in [lc for lc in blas if ours(lc.filepath)] or blas:
             get = set_ = None
             if lc.internal_api == "openblas" and getattr(lc, "threading_layer", None) == "pthreads":
                 symbol = getattr(lc, "_get_symbol", lambda name: None)

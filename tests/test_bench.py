@@ -132,11 +132,12 @@ def test_a_peer_that_is_installed_but_broken_is_skipped_with_a_note(tmp_path, mo
 def test_the_machine_line_says_whose_blas_each_library_is():
     scipy = {"filepath": "/env/site-packages/scipy.libs/libscipy_openblas-1.so"}
     numpy = {"filepath": "/env/site-packages/numpy.libs/libscipy_openblas64_-2.so"}
-    assert bench._owner(scipy) == "scipy's, fastbp's GEMMs"
-    assert bench._owner(numpy) == "numpy's"
-    assert bench._owner({}) == "unknown copy"
+    assert bench._owner(scipy, numpy["filepath"]) == "scipy's"
+    assert bench._owner(numpy, numpy["filepath"]) == "numpy's, fastbp's GEMMs"
+    assert bench._owner(scipy, None) == "scipy's, fastbp's GEMMs"  # no OpenBLAS of the wheels: SciPy's cython_blas
+    assert bench._owner({}, None) == "unknown copy"
     # a system's or conda's library is named by its folder, not "lib's" or "x86_64-linux-gnu's"
-    assert bench._owner({"filepath": "/opt/conda/lib/libopenblasp-r0.3.21.so"}) == "from /opt/conda/lib"
+    assert bench._owner({"filepath": "/opt/conda/lib/libopenblasp-r0.3.21.so"}, None) == "from /opt/conda/lib"
 
 
 def test_breakdown_names_the_shapes_it_takes():

@@ -47,17 +47,54 @@ def test_gemm_writes_views_of_a_flat_buffer_in_place(rng):
     assert not buf[:5].any() and not buf[11:].any()
 
 
-def test_the_batch_gemm_of_scipys_openblas_is_found():
-    # SciPy's wheels ship an OpenBLAS whose symbols carry the scipy_ prefix; with it, the backward pass pairs its
-    # products. Another BLAS (a conda SciPy on MKL, say) has none, and the pairs are then two calls.
-    from threadpoolctl import threadpool_info
+def test_the_newest_openblas_of_the_wheels_is_chosen_with_its_batch_gemm():
+    # NumPy's and SciPy's wheels ship OpenBLAS builds whose symbols carry the scipy_ prefix (NumPy's with 64-bit
+    # integers); fastbp's GEMMs call the newest, and its batch GEMM pairs the backward pass's products. Another BLAS
+    # (a conda NumPy and SciPy on MKL, say) has none: SciPy's cython_blas GEMM, and the pairs are two calls.
+    from fastbp.kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH, BLAS_LIBRARY, _scipy_openblas_builds
 
-    from fastbp.kernels.gemm import BLAS_GEMM_BATCH
+    builds = _scipy_openblas_builds()
+    if not builds:
+        pytest.skip("neither NumPy nor SciPy uses the OpenBLAS of their wheels here: no build to choose")
+    newest = max(builds, key=lambda build: build[0])
+    assert (BLAS_LIBRARY, BLAS_GEMM, BLAS_GEMM_BATCH) == newest[1:]
+    assert all(build[3][np.dtype(np.float32)] and build[3][np.dtype(np.float64)] for build in builds)
 
-    scipy_openblas = [i for i in threadpool_info() if "scipy_openblas" in i["filepath"] and "64_" not in i["filepath"]]
-    if not scipy_openblas:
-        pytest.skip("SciPy does not use the OpenBLAS of its wheels here: no batch GEMM to find")
-    assert all(BLAS_GEMM_BATCH.values())
+
+def _builds():
+    """(id, gemm, batch) of each OpenBLAS build of the wheels that is loaded (both integer widths where NumPy's and
+    SciPy's are), for the tests of the calls."""
+    from fastbp.kernels.gemm import _scipy_openblas_builds
+
+    return [(f"{'ilp64' if key[1] else 'lp64'}-{'.'.join(map(str, key[0]))}", gemms, batches)
+            for key, _, gemms, batches in _scipy_openblas_builds()]  # fmt: skip
+
+
+@pytest.mark.parametrize("build", _builds(), ids=lambda build: build[0])
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_each_openblas_build_of_the_wheels_computes_the_products_and_the_pair(build, dtype, rng):
+    # the Fortran GEMM's integers are 64-bit slots that an LP64 build reads the low half of; the batch GEMM's arrays
+    # are laid out for the build's own width (the sign of its address)
+    import numba
+
+    from fastbp.kernels.gemm import _gemm_pair
+
+    _, gemms, batches = build
+
+    @numba.njit
+    def pair(gemm, batch_gemm, A, D, dW, W, G, beta):
+        _gemm_pair(gemm, batch_gemm, (1, 0, A, D, beta, dW), (0, 1, D, W, 0.0, G))
+
+    n, fan_in, fan_out = 100, 120, 101  # above PAIR_MIN_MNK: the batch GEMM runs
+    A, D = rng.standard_normal((n, fan_in)).astype(dtype), rng.standard_normal((n, fan_out)).astype(dtype)
+    W, dW = rng.standard_normal((fan_in, fan_out)).astype(dtype), rng.standard_normal((fan_in, fan_out)).astype(dtype)
+    expected_dW, expected_G = A.T @ D + dW, D @ W.T
+    G = np.full((n, fan_in), np.nan, dtype)
+    pair(gemms[np.dtype(dtype)], batches[np.dtype(dtype)], A, D, dW, W, G, 1.0)
+    assert rel_err(dW, expected_dW) <= RTOL[dtype] and rel_err(G, expected_G) <= RTOL[dtype]
+    C = np.full((n, fan_out), np.nan, dtype)
+    _gemm(gemms[np.dtype(dtype)], 0, 0, 1.0, A, W, 0.0, C)
+    assert rel_err(C, A @ W) <= RTOL[dtype]
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

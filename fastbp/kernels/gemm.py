@@ -1,4 +1,4 @@
-"""Direct calls of a BLAS GEMM from compiled code: SciPy's ``sgemm``/``dgemm`` by default.
+"""Direct calls of a BLAS GEMM from compiled code: the newest OpenBLAS that NumPy's or SciPy's wheel ships, by default.
 
 Numba's ``np.dot(a, b, out)`` cannot accumulate (beta is fixed at 0) and copies non-contiguous operands. Here a
 Fortran GEMM is called straight from nopython code, with transpose flags, alpha and beta, and no allocation.
@@ -6,8 +6,10 @@ Fortran GEMM is called straight from nopython code, with transpose flags, alpha 
 Which GEMM: the compiled passes take the function's ADDRESS as a run-time integer (``gemm``), and call through it.
 Cached machine code therefore holds no address of the process that compiled it (a constant function pointer would
 be baked into the on-disk cache and point at nothing in the next process), and one compiled specialization serves
-every GEMM with the Fortran interface of the dtype: SciPy's OpenBLAS (:data:`BLAS_GEMM`, the default) or, in the
-PyTorch bridge, the MKL that PyTorch links (it runs on torch's own thread pool).
+every GEMM with the Fortran interface of the dtype: an OpenBLAS of NumPy's or SciPy's wheel (:data:`BLAS_GEMM`, the
+default; NumPy's has 64-bit integers) or, in the PyTorch bridge, the MKL that PyTorch links (on torch's thread pool).
+The integer arguments are passed as 64-bit integers, whose first four bytes on a little-endian machine are the 32-bit
+integer that an LP64 BLAS reads: one call serves both interfaces.
 
 Row-major trick: BLAS is column-major, and a C-ordered ``(m, n)`` array is the column-major ``(n, m)`` array of
 its transpose. So ``C = op(A) @ op(B)`` in row-major is computed as the column-major ``C.T = op(B).T @ op(A).T``,
@@ -15,6 +17,7 @@ that is, BLAS is called with the operands swapped and no data is copied.
 """
 
 import ctypes
+import sys
 
 import numpy as np
 import scipy.linalg.cython_blas as _cython_blas
@@ -37,11 +40,66 @@ def _capsule_address(capsule):
     return get_pointer(capsule, get_name(capsule))
 
 
-#: dtype -> address of SciPy's Fortran GEMM of that dtype (32-bit integers), the GEMM of every compiled pass.
-BLAS_GEMM = {
-    np.dtype(np.float32): _capsule_address(_cython_blas.__pyx_capi__["sgemm"]),
-    np.dtype(np.float64): _capsule_address(_cython_blas.__pyx_capi__["dgemm"]),
-}
+#: Integer width of the arguments of the Fortran GEMM call (see the module docstring); a big-endian machine keeps the
+#: LP64 interface's 32 bits and never uses a 64-bit-integer BLAS.
+_LITTLE = sys.byteorder == "little"
+
+
+def _version(info):
+    """threadpoolctl's version string of a library as a tuple of integers ("0.3.31.188.0" -> (0, 3, 31, 188, 0))."""
+    return tuple(int(part) for part in (info.get("version") or "").split(".") if part.isdigit())
+
+
+def _scipy_openblas_builds():
+    """[((version, 64-bit integers), path, {dtype: Fortran ?gemm}, {dtype: batch GEMM})] of the loaded OpenBLAS
+    builds of the scipy-openblas project, which NumPy's and SciPy's wheels ship (symbols prefixed ``scipy_``; NumPy's
+    with 64-bit integers, suffixed ``64_``); empty when none is loaded (another BLAS). The batch GEMM's address is
+    negated for 64-bit integers (:func:`_xgemm_pair`), 0 when the build has none."""
+    from threadpoolctl import threadpool_info
+
+    dtypes = (np.dtype(np.float32), np.dtype(np.float64))
+    interfaces = [("scipy_{}gemm_", "scipy_cblas_{}gemm_batch", 1)]  # 32-bit integers (SciPy's)
+    if _LITTLE:
+        interfaces.insert(0, ("scipy_{}gemm_64_", "scipy_cblas_{}gemm_batch64_", -1))  # 64-bit (NumPy's)
+    found = []
+    for info in threadpool_info():
+        if info.get("internal_api") != "openblas":
+            continue
+        try:
+            lib = ctypes.CDLL(info["filepath"])
+        except OSError:
+            continue
+        for gemm, batch, sign in interfaces:
+            if not hasattr(lib, gemm.format("s")):
+                continue
+            gemms = [ctypes.cast(getattr(lib, gemm.format(x)), ctypes.c_void_p).value for x in "sd"]
+            batches = [sign * (ctypes.cast(getattr(lib, batch.format(x), 0), ctypes.c_void_p).value or 0) for x in "sd"]
+            key = (_version(info), sign < 0)
+            found.append(
+                (key, info["filepath"], dict(zip(dtypes, gemms, strict=True)), dict(zip(dtypes, batches, strict=True)))
+            )
+            break
+    return found
+
+
+#: The build fastbp's GEMMs call: the newest, because releases tune their kernels (one release's GEMM ran the
+#: benchmarks' forward products up to 14% faster than the release before: docs/measurements.md); of two of one
+#: version NumPy's, whose thread pool is then the one that NumPy's own products use.
+_OPENBLAS = max(_scipy_openblas_builds(), key=lambda build: build[0], default=(None,))[1:]
+
+#: Path of the library of :data:`BLAS_GEMM` (an OpenBLAS of NumPy's or SciPy's wheel), or None: the GEMM that SciPy's
+#: ``cython_blas`` exports (whichever BLAS SciPy was built with).
+BLAS_LIBRARY = _OPENBLAS[0] if _OPENBLAS else None
+
+#: dtype -> address of the Fortran GEMM of that dtype, the GEMM of every compiled pass.
+BLAS_GEMM = (
+    _OPENBLAS[1]
+    if _OPENBLAS
+    else {
+        np.dtype(np.float32): _capsule_address(_cython_blas.__pyx_capi__["sgemm"]),
+        np.dtype(np.float64): _capsule_address(_cython_blas.__pyx_capi__["dgemm"]),
+    }
+)
 
 #: OpenBLAS sends a batch of products of at most this many multiply-adds (m n k) to its small-matrix kernels, whose
 #: batch path crashes in the builds that pick their kernels at run time (DYNAMIC_ARCH, as SciPy's wheels are) up to
@@ -49,30 +107,18 @@ BLAS_GEMM = {
 PAIR_MIN_MNK = 100**3
 
 
-def _scipy_openblas_batch():
-    """dtype -> address of ``cblas_?gemm_batch`` (grouped, 32-bit integers) of the OpenBLAS that SciPy's wheels
-    ship (its symbols carry the ``scipy_`` prefix), or 0 when no loaded library has it (another BLAS)."""
-    from threadpoolctl import threadpool_info
-
-    found = {np.dtype(np.float32): 0, np.dtype(np.float64): 0}
-    for info in threadpool_info():
-        if info.get("internal_api") != "openblas":
-            continue
-        try:
-            lib = ctypes.CDLL(info["filepath"])
-            addresses = [ctypes.cast(getattr(lib, f"scipy_cblas_{x}gemm_batch"), ctypes.c_void_p).value for x in "sd"]
-        except (OSError, AttributeError):
-            continue
-        found = dict(zip(found, addresses, strict=True))
-        if "scipy" in info["filepath"].rsplit("/", 2)[-2]:  # the copy in SciPy's own folder, if there are several
-            break
-    return found
+#: dtype -> address of ``cblas_?gemm_batch`` (grouped) of the library of :data:`BLAS_GEMM`, negated when its integers
+#: are 64-bit, or 0 when it has none (the products then run one after the other). It runs the products of a batch at
+#: once, each on one of its threads: :func:`_gemm_pair` gives it the two independent products of a layer's backward
+#: pass (measured 1.3x faster than each on 2 threads for 128 x 256 x 256 products).
+BLAS_GEMM_BATCH = _OPENBLAS[2] if _OPENBLAS else {np.dtype(np.float32): 0, np.dtype(np.float64): 0}
 
 
-#: dtype -> address of the batch GEMM of SciPy's OpenBLAS, which runs the products of a batch at once, each on one of
-#: its threads (0: none; the products then run one after the other). :func:`_gemm_pair` gives it the two independent
-#: products of a layer's backward pass: measured 1.3x faster than each on 2 threads for 128 x 256 x 256 products.
-BLAS_GEMM_BATCH = _scipy_openblas_batch()
+def _int_cast(builder, value, to):
+    """An LLVM integer value converted to the integer type ``to`` (sign-extended or truncated)."""
+    if value.type.width > to.width:
+        return builder.trunc(value, to)
+    return builder.sext(value, to) if value.type.width < to.width else value
 
 
 @intrinsic
@@ -80,7 +126,8 @@ def _xgemm(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
     """Column-major Fortran GEMM ``c = alpha * op(a) @ op(b) + beta * c`` on the data of arrays a, b, c, by the
     function at address ``fn`` (an integer: a ``?gemm`` of the arrays' dtype with the Fortran interface).
 
-    trans_a, trans_b: nonzero integer means transpose. m, n, k, lda, ldb, ldc: integers (BLAS 32-bit int).
+    trans_a, trans_b: nonzero integer means transpose. m, n, k, lda, ldb, ldc: integers (passed as 64-bit integers on
+    a little-endian machine, see the module docstring).
     alpha, beta: any real scalar, cast to the arrays' dtype. a, b, c: arrays of one float dtype; only their data
     pointers are used. All scalar arguments are passed by reference, as Fortran expects, through stack slots
     allocated once in the caller's entry block.
@@ -99,7 +146,7 @@ def _xgemm(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
     def codegen(context, builder, signature, args):
         fn_, ta, tb, m_, n_, k_, alpha_, a_, lda_, b_, ldb_, beta_, c_, ldc_ = args
         argtys = signature.args
-        i8, i32 = ir.IntType(8), ir.IntType(32)
+        i8, integer_type = ir.IntType(8), ir.IntType(64 if _LITTLE else 32)
         real = context.get_value_type(dtype)
 
         def by_ref(value, ty):
@@ -112,7 +159,7 @@ def _xgemm(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
             return by_ref(builder.select(transposed, i8(ord("T")), i8(ord("N"))), i8)
 
         def integer(value):
-            return by_ref(builder.trunc(value, i32), i32)
+            return by_ref(_int_cast(builder, value, integer_type), integer_type)
 
         def scalar(value, ty):
             return by_ref(context.cast(builder, value, ty, dtype), real)
@@ -120,10 +167,10 @@ def _xgemm(typingctx, fn, trans_a, trans_b, m, n, k, alpha, a, lda, b, ldb, beta
         def data(value, ty):
             return builder.bitcast(context.make_array(ty)(context, builder, value).data, real.as_pointer())
 
-        p_i8, p_i32, p_real = i8.as_pointer(), i32.as_pointer(), real.as_pointer()
+        p_i8, p_int, p_real = i8.as_pointer(), integer_type.as_pointer(), real.as_pointer()
         fnty = ir.FunctionType(
             ir.VoidType(),
-            [p_i8, p_i8, p_i32, p_i32, p_i32, p_real, p_real, p_i32, p_real, p_i32, p_real, p_real, p_i32],
+            [p_i8, p_i8, p_int, p_int, p_int, p_real, p_real, p_int, p_real, p_int, p_real, p_real, p_int],
         )
         target = builder.inttoptr(fn_, fnty.as_pointer())
         builder.call(
@@ -176,7 +223,10 @@ def _gemm(gemm, trans_a, trans_b, alpha, A, B, beta, C):
 @intrinsic
 def _xgemm_pair(typingctx, fn, jobs):
     """Two row-major products ``C = op(A) @ op(B) + beta * C`` in one call of the grouped batch GEMM at address
-    ``fn`` (``cblas_?gemm_batch``: two groups of one product, alpha 1), which runs them at once on the BLAS's threads.
+    ``fn`` (``cblas_?gemm_batch``: two groups of one product, alpha 1), which runs them at once on the BLAS's threads;
+    at address ``-fn`` with 64-bit integers when ``fn`` is negative (``BLAS_GEMM_BATCH``). Its integers are arrays,
+    which one layout cannot serve for both widths as the Fortran GEMM's scalars do: both calls are compiled, and the
+    sign picks one.
 
     jobs: a 2-tuple of (trans_a, trans_b, m, n, k, A, lda, B, ldb, beta, C, ldc) with integers (nonzero trans:
     transpose), a real beta, and arrays of one float dtype (only their data pointers are used). The arrays of
@@ -190,7 +240,7 @@ def _xgemm_pair(typingctx, fn, jobs):
     sig = types.void(fn, jobs)
 
     def codegen(context, builder, signature, args):
-        i32 = ir.IntType(32)
+        i32 = ir.IntType(32)  # the CBLAS enums, in both interfaces
         real = context.get_value_type(dtype)
         jobs_ty = signature.args[1]
         jobs_ = [cgutils.unpack_tuple(builder, builder.extract_value(args[1], g)) for g in range(2)]
@@ -201,43 +251,56 @@ def _xgemm_pair(typingctx, fn, jobs):
                 builder.store(value, builder.gep(array, [i32(0), i32(g)]))
             return builder.gep(array, [i32(0), i32(0)])
 
-        def ints(i, convert=None):
-            values = [builder.trunc(job[i], i32) for job in jobs_]
-            return slots(i32, values if convert is None else [convert(v) for v in values])
-
-        def trans(value):  # CBLAS enums: CblasNoTrans 111, CblasTrans 112
-            return builder.select(builder.icmp_signed("!=", value, value.type(0)), i32(112), i32(111))
+        def trans(i):  # CBLAS enums: CblasNoTrans 111, CblasTrans 112
+            flags = [builder.icmp_signed("!=", job[i], job[i].type(0)) for job in jobs_]
+            return slots(i32, [builder.select(flag, i32(112), i32(111)) for flag in flags])
 
         def data(i):
             arrays = [context.make_array(jobs_ty[g][i])(context, builder, jobs_[g][i]) for g in range(2)]
             return [builder.bitcast(array.data, real.as_pointer()) for array in arrays]
 
         betas = [context.cast(builder, jobs_[g][9], jobs_ty[g][9], dtype) for g in range(2)]
-        p_i32, p_real, pp_real = i32.as_pointer(), real.as_pointer(), real.as_pointer().as_pointer()
-        # order; transa, transb, m, n, k; alpha, a, lda, b, ldb, beta, c, ldc; group count, group sizes
-        matrices = [p_real, pp_real, p_i32, pp_real, p_i32, p_real, pp_real, p_i32]
-        fnty = ir.FunctionType(ir.VoidType(), [i32, p_i32, p_i32, p_i32, p_i32, p_i32, *matrices, i32, p_i32])
-        builder.call(
-            builder.inttoptr(args[0], fnty.as_pointer()),
-            [
-                i32(101),  # CblasRowMajor
-                ints(0, trans),
-                ints(1, trans),
-                ints(2),
-                ints(3),
-                ints(4),
-                slots(real, [real(1.0), real(1.0)]),
-                slots(real.as_pointer(), data(5)),
-                ints(6),
-                slots(real.as_pointer(), data(7)),
-                ints(8),
-                slots(real, betas),
-                slots(real.as_pointer(), data(10)),
-                ints(11),
-                i32(2),
-                slots(i32, [i32(1), i32(1)]),
-            ],
-        )
+        p_real, pp_real = real.as_pointer(), real.as_pointer().as_pointer()
+
+        def call(address, integer_type):
+            def ints(i):
+                return slots(integer_type, [_int_cast(builder, job[i], integer_type) for job in jobs_])
+
+            p_int = integer_type.as_pointer()
+            # order; transa, transb, m, n, k; alpha, a, lda, b, ldb, beta, c, ldc; group count, group sizes
+            matrices = [p_real, pp_real, p_int, pp_real, p_int, p_real, pp_real, p_int]
+            fnty = ir.FunctionType(
+                ir.VoidType(),
+                [i32, i32.as_pointer(), i32.as_pointer(), p_int, p_int, p_int, *matrices, integer_type, p_int],
+            )
+            builder.call(
+                builder.inttoptr(address, fnty.as_pointer()),
+                [
+                    i32(101),  # CblasRowMajor
+                    trans(0),
+                    trans(1),
+                    ints(2),
+                    ints(3),
+                    ints(4),
+                    slots(real, [real(1.0), real(1.0)]),
+                    slots(real.as_pointer(), data(5)),
+                    ints(6),
+                    slots(real.as_pointer(), data(7)),
+                    ints(8),
+                    slots(real, betas),
+                    slots(real.as_pointer(), data(10)),
+                    ints(11),
+                    integer_type(2),
+                    slots(integer_type, [integer_type(1), integer_type(1)]),
+                ],
+            )
+
+        fn_ = args[0]
+        with builder.if_else(builder.icmp_signed("<", fn_, fn_.type(0))) as (wide, narrow):
+            with wide:
+                call(builder.neg(fn_), ir.IntType(64))
+            with narrow:
+                call(fn_, i32)
         return context.get_dummy_value()
 
     return sig, codegen
