@@ -1182,10 +1182,15 @@ def cmd_info(args):
         f"(NUMBA_NUM_THREADS={numba.config.NUMBA_NUM_THREADS})"
     )
     print(f"numba threading layer: {_threading_layer()}")
+    from .kernels.gemm import BLAS_LIBRARY
+
     for info in fastbp.blas_info():
+        path = info.get("filepath") or ""
+        ours = BLAS_LIBRARY is not None and os.path.realpath(path) == os.path.realpath(BLAS_LIBRARY)
         print(
             f"blas: {info.get('internal_api')} {info.get('version')} ({info.get('architecture')}), "
-            f"{info.get('num_threads')} threads, {info.get('threading_layer')}: {info.get('filepath')}"
+            f"{info.get('num_threads')} threads, {info.get('threading_layer')}: {path}"
+            + (" (fastbp's GEMMs)" if ours else "")
         )
     bf16 = _onednn.info()
     if not bf16["installed"]:

@@ -114,6 +114,11 @@ def test_info_reports_blas_and_threads():
     assert proc.returncode == 0, proc.stderr
     for needle in ("fastbp", "numba", "blas: openblas", "threading layer", "numba cache"):
         assert needle in proc.stdout
+    from fastbp.kernels.gemm import BLAS_LIBRARY
+
+    ours = [line for line in proc.stdout.splitlines() if line.endswith("(fastbp's GEMMs)")]
+    if BLAS_LIBRARY is not None:  # the library the GEMMs call is named once (an OpenBLAS of NumPy's or SciPy's wheel)
+        assert len(ours) == 1 and os.path.basename(BLAS_LIBRARY) in ours[0], proc.stdout
 
 
 @pytest.mark.skipif(

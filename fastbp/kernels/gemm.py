@@ -40,8 +40,8 @@ def _capsule_address(capsule):
     return get_pointer(capsule, get_name(capsule))
 
 
-#: Integer width of the arguments of the Fortran GEMM call (see the module docstring); a big-endian machine keeps the
-#: LP64 interface's 32 bits and never uses a 64-bit-integer BLAS.
+#: Whether the Fortran GEMM call passes 64-bit integers, which serve both interfaces on a little-endian machine (see
+#: the module docstring); a big-endian one passes the LP64 interface's 32 bits and never uses a 64-bit-integer BLAS.
 _LITTLE = sys.byteorder == "little"
 
 
@@ -102,7 +102,7 @@ BLAS_GEMM = (
 )
 
 #: OpenBLAS sends a batch of products of at most this many multiply-adds (m n k) to its small-matrix kernels, whose
-#: batch path crashes in the builds that pick their kernels at run time (DYNAMIC_ARCH, as SciPy's wheels are) up to
+#: batch path crashes in the builds that pick their kernels at run time (DYNAMIC_ARCH, as the wheels' builds are) up to
 #: OpenBLAS 0.3.30 (OpenBLAS pull request 5980); :func:`_gemm_pair` sends only larger pairs to the batch.
 PAIR_MIN_MNK = 100**3
 
