@@ -418,8 +418,9 @@ _NO_TRANSFORMS = (
 )
 
 _NO_EXPORT = (
-    "fastbp.torch.MLP cannot be exported or traced (torch.export, torch.jit.trace): its passes are compiled code "
-    "outside torch's graph; export or trace the equivalent torch.nn.Sequential from model.to_sequential()"
+    "fastbp.torch.MLP cannot be exported, traced or scripted (torch.export, torch.jit.trace, torch.jit.script): its "
+    "passes are compiled code outside torch's graph; export, trace or script the equivalent torch.nn.Sequential from "
+    "model.to_sequential()"
 )
 
 
@@ -614,7 +615,8 @@ class MLP(torch.nn.Module):
 
     def to_sequential(self):
         """The equivalent ``torch.nn.Sequential`` of ``Linear`` and activation modules (weights copied,
-        ``Linear.weight = W.T``), in this module's dtype; e.g. for export or double backward."""
+        ``Linear.weight = W.T``, frozen where this module's are: ``requires_grad``), in this module's dtype; e.g. for
+        export or double backward."""
         layers = []
         codes = self._engine.codes
         for l, (W, b) in enumerate(zip(self.coefs, self.intercepts, strict=True)):
@@ -623,6 +625,8 @@ class MLP(torch.nn.Module):
             with torch.no_grad():
                 linear.weight.copy_(W.T)
                 linear.bias.copy_(b)
+            linear.weight.requires_grad_(W.requires_grad)
+            linear.bias.requires_grad_(b.requires_grad)
             layers.append(linear)
             if codes[l] != _act.IDENTITY:
                 layers.append(_TORCH_ACTIVATIONS[codes[l]]())
@@ -750,6 +754,10 @@ class MLP(torch.nn.Module):
         # load_state_dict copies into the parameters in place, or with assign=True replaces them: gather them again.
         super()._load_from_state_dict(*args, **kwargs)
         self._repack()
+
+    def __prepare_scriptable__(self):
+        # torch.jit.script calls this first: refused here, rather than by TorchScript's compiler on forward's code
+        raise RuntimeError(_NO_EXPORT)
 
     # ------------------------------------------------------------------ compute
     def forward(self, X):

@@ -547,6 +547,8 @@ def test_conversions_keep_frozen_layers():
     model(torch.ones(3, 6, dtype=torch.float64)).sum().backward()
     assert model.W1.grad is None and model.b1.grad is None and model.W0.grad is not None
     assert model.to_fastbp().trainable == (True, False, True)
+    seq = model.to_sequential()  # the torch equivalent freezes the same parameters
+    assert [p.requires_grad for p in seq.parameters()] == [p.requires_grad for p in model.parameters()]
     model.b1.requires_grad_(True)
     assert model.to_fastbp().trainable == (True, True, True)
 
@@ -627,14 +629,18 @@ def test_a_workspace_larger_than_the_pool_bound_is_freed_with_its_pass(monkeypat
 
 
 @pytest.mark.filterwarnings("ignore:`torch.jit.trace:DeprecationWarning")
+@pytest.mark.filterwarnings("ignore:`torch.jit.script:DeprecationWarning")
 def test_export_trace_and_none_parameters_are_refused_clearly():
     model = fbt.MLP([5, 8, 3], seed=0)
     X = torch.randn(4, 5)
-    with pytest.raises(RuntimeError, match=r"cannot be exported or traced .*from model\.to_sequential\(\)"):
+    with pytest.raises(RuntimeError, match=r"cannot be exported, traced or scripted .*from model\.to_sequential\(\)"):
         torch.export.export(model, (X,))  # not an endless recursion
-    with pytest.raises(RuntimeError, match=r"cannot be exported or traced"):
+    with pytest.raises(RuntimeError, match=r"cannot be exported, traced or scripted"):
         torch.jit.trace(model, X)
+    with pytest.raises(RuntimeError, match=r"cannot be exported, traced or scripted"):
+        torch.jit.script(model)  # TorchScript's own error named a try block of forward
     torch.export.export(model.to_sequential(), (X,))  # what the message points to works
+    torch.jit.script(model.to_sequential())
     model.W0 = None
     with pytest.raises(TypeError, match=r"parameter W0 of fastbp.torch.MLP is None: .* set its requires_grad"):
         model(X)
