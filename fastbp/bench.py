@@ -33,6 +33,7 @@ import numpy as np
 from . import _files, reference
 from .network import MLP
 from .optim import SGD
+from .threads import _is_gemm_library
 from .trainer import Trainer
 
 SHAPES = {
@@ -608,10 +609,7 @@ def _owner(info, gemm_library):
     folder = os.path.basename(directory)
     if not folder:
         return "unknown copy"
-    if gemm_library is not None:
-        ours = os.path.realpath(path) == os.path.realpath(gemm_library)
-    else:
-        ours = folder == "scipy.libs"
+    ours = _is_gemm_library(path, gemm_library)
     if not folder.endswith(".libs"):
         return f"from {directory}" + (", fastbp's GEMMs" if ours else "")
     return f"{folder.removesuffix('.libs')}'s" + (", fastbp's GEMMs" if ours else "")

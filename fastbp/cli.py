@@ -1183,10 +1183,11 @@ def cmd_info(args):
     )
     print(f"numba threading layer: {_threading_layer()}")
     from .kernels.gemm import BLAS_LIBRARY
+    from .threads import _is_gemm_library
 
     for info in fastbp.blas_info():
         path = info.get("filepath") or ""
-        ours = BLAS_LIBRARY is not None and os.path.realpath(path) == os.path.realpath(BLAS_LIBRARY)
+        ours = _is_gemm_library(path, BLAS_LIBRARY)
         print(
             f"blas: {info.get('internal_api')} {info.get('version')} ({info.get('architecture')}), "
             f"{info.get('num_threads')} threads, {info.get('threading_layer')}: {path}"

@@ -55,6 +55,19 @@ def get_num_threads():
     return numba.get_num_threads()
 
 
+def _is_gemm_library(path, library):
+    """Whether the BLAS library file at ``path`` is the one fastbp's GEMMs call: ``library``
+    (``fastbp.kernels.gemm.BLAS_LIBRARY``, an OpenBLAS of NumPy's or SciPy's wheel) or, when that is None, SciPy's
+    own (in SciPy's folder or its wheel's ``scipy.libs``)."""
+    path = os.path.realpath(path)
+    if library is not None:
+        return path == os.path.realpath(library)
+    import scipy
+
+    root = os.path.realpath(os.path.dirname(scipy.__file__))
+    return path.startswith((root + os.sep, root + ".libs" + os.sep))
+
+
 def blas_info():
     """threadpoolctl's description of the loaded BLAS libraries (name, version, threads, CPU kernel)."""
     return [info for info in threadpool_info() if info.get("user_api") == "blas"]

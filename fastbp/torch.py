@@ -54,6 +54,7 @@ from .kernels.bridge import _bridge_backward_entry, _bridge_forward_entry
 from .kernels.gemm import BLAS_GEMM, BLAS_GEMM_BATCH, BLAS_LIBRARY
 from .network import MLP as _FastMLP
 from .network import workspace_entry
+from .threads import _is_gemm_library
 
 __all__ = ["MLP", "ShapeError"]
 
@@ -133,22 +134,11 @@ def _blas_controls():
     ctypes (cheaper than threadpoolctl's wrappers), when threadpoolctl exposes them."""
     global _BLAS_CONTROLS
     if _BLAS_CONTROLS is None:
-        import scipy
         from threadpoolctl import ThreadpoolController
-
-        if BLAS_LIBRARY is not None:
-
-            def ours(path):
-                return os.path.realpath(path) == os.path.realpath(BLAS_LIBRARY)
-        else:
-            root = os.path.realpath(os.path.dirname(scipy.__file__))
-
-            def ours(path):
-                return os.path.realpath(path).startswith((root + os.sep, root + ".libs" + os.sep))
 
         blas = [lc for lc in ThreadpoolController().lib_controllers if lc.user_api == "blas"]
         controls = []
-        for lc in [lc for lc in blas if ours(lc.filepath)] or blas:
+        for lc in [lc for lc in blas if _is_gemm_library(lc.filepath, BLAS_LIBRARY)] or blas:
             get = set_ = None
             if lc.internal_api == "openblas" and getattr(lc, "threading_layer", None) == "pthreads":
                 symbol = getattr(lc, "_get_symbol", lambda name: None)

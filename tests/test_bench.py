@@ -134,7 +134,13 @@ def test_the_machine_line_says_whose_blas_each_library_is():
     numpy = {"filepath": "/env/site-packages/numpy.libs/libscipy_openblas64_-2.so"}
     assert bench._owner(scipy, numpy["filepath"]) == "scipy's"
     assert bench._owner(numpy, numpy["filepath"]) == "numpy's, fastbp's GEMMs"
-    assert bench._owner(scipy, None) == "scipy's, fastbp's GEMMs"  # no OpenBLAS of the wheels: SciPy's cython_blas
+    # no OpenBLAS of the wheels: SciPy's cython_blas, whose library lives beside the installed SciPy
+    import os
+
+    from scipy import __file__ as scipy_init
+
+    scipy_here = {"filepath": os.path.realpath(os.path.dirname(scipy_init)) + ".libs/libscipy_openblas-1.so"}
+    assert bench._owner(scipy_here, None) == "scipy's, fastbp's GEMMs"
     assert bench._owner({}, None) == "unknown copy"
     # a system's or conda's library is named by its folder, not "lib's" or "x86_64-linux-gnu's"
     assert bench._owner({"filepath": "/opt/conda/lib/libopenblasp-r0.3.21.so"}, None) == "from /opt/conda/lib"
