@@ -80,6 +80,12 @@ leaf = partial(numba.njit, inline="always", fastmath=set(FASTMATH), error_model=
 
 DTYPES = ("float32", "float64")
 
+#: Sample weights whose largest lies outside [1 / WEIGHT_LIMIT, WEIGHT_LIMIT] are scaled by a power of two (exact: the
+#: weighted mean is unchanged) before use: each row's delta takes sw_i / sum(sw), which the fastmath flags compute as
+#: sw_i * (1 / sum(sw)), and that reciprocal overflows for weights near the smallest float64 (the sum itself near the
+#: largest).
+WEIGHT_LIMIT = 2.0**64
+
 
 def like(x, arr):
     """``x`` converted to the dtype of ``arr``, an array, a float scalar or a tuple of floats (an entry point's

@@ -10,6 +10,7 @@ import operator
 import numpy as np
 
 from . import _tuning
+from ._config import WEIGHT_LIMIT
 
 
 def check_dtype(dtype):
@@ -186,17 +187,24 @@ def check_out(out, size, dtype, name="out"):
 def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zero_sum=False):
     """Sample weights for n samples as a C-contiguous (n,) array of dtype: finite, >= 0, with a positive sum
     (unless ``allow_zero_sum``: a part of the weights, whose total is checked elsewhere). None gives an empty
-    array (unit weights, the kernels' fast path)."""
+    array (unit weights, the kernels' fast path). Weights whose largest is outside the range of ``WEIGHT_LIMIT``
+    come back scaled by a power of two (a copy; not for a part of the weights), which leaves every weighted mean as
+    it was; float64 weights are scaled before they are converted to a float32 dtype, so that weights below or above
+    float32's range are weights too."""
     if sample_weight is None:
         return np.zeros(0, dtype=dtype)
-    sw = as_float_array(sample_weight, name, dtype, 1)
+    given = as_array(sample_weight, name)
+    sw = as_float_array(given, name, np.float64 if given.dtype == np.float64 else dtype, 1)
     if sw.shape[0] != n:
         raise ValueError(f"{name} has {sw.shape[0]} weights for {n} samples in X")
     if sw.size and sw.min() < 0:
         raise ValueError(f"{name} must be >= 0, got a minimum of {sw.min():g}")
+    top = float(sw.max()) if sw.size else 0.0
+    if not allow_zero_sum and top > 0 and not 1.0 / WEIGHT_LIMIT <= top <= WEIGHT_LIMIT:
+        sw = np.ldexp(sw, -np.frexp(top)[1])  # the largest in [0.5, 1)
     if not allow_zero_sum and not sw.sum(dtype=np.float64) > 0:
         raise ValueError(f"{name} must have a positive sum (all weights are zero)")
-    return sw
+    return _finite_as(sw, name, dtype)
 
 
 def _array_object_layout():

@@ -1,5 +1,7 @@
 """The compiled path (fastbp.MLP) against the NumPy reference, for every activation, output/loss pair and dtype."""
 
+import warnings
+
 import numpy as np
 import pytest
 from conftest import DTYPES, HIDDEN, OUTPUT_ULPS, PAIRS, RTOL, SOFTMAX_LOSS_RTOL_FLOAT32, make_batch, rel_err
@@ -299,6 +301,28 @@ def test_integer_sample_weights_equal_repeated_rows(output, loss, dtype, rng):
     assert rel_err(g_w, g_ref) <= RTOL[dtype]
 
 
+@pytest.mark.parametrize("dtype", DTYPES)
+@pytest.mark.parametrize(("output", "loss"), PAIRS)
+def test_weights_near_the_smallest_float_give_the_weighted_mean(output, loss, dtype, rng):
+    """The weighted mean does not depend on the weights' scale: equal weights of any magnitude, subnormal ones
+    included (their sum's reciprocal overflows), give the unweighted loss and gradient; in training too."""
+    net = fastbp.MLP([4, 6, 3], activation="tanh", output=output, loss=loss, dtype=dtype, seed=2)
+    X, Y = make_batch(net, 32, rng)
+    loss_1, g_1 = net.value_and_grad(X, Y)
+    tiny = np.finfo(dtype).smallest_subnormal * 3
+    weights = [np.full(32, scale, dtype=dtype) for scale in (tiny, np.finfo(dtype).tiny, 1e30, np.finfo(dtype).max)]
+    weights += [np.full(32, 1e-300), np.full(32, 1e300)]  # float64, beyond float32's range either way
+    for w in weights:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # no overflow in a sum of the weights either
+            loss_w, g_w = net.value_and_grad(X, Y, sample_weight=w)
+        assert rel_err(g_w, g_1) <= RTOL[dtype], w[0]
+        assert rel_err(loss_w, loss_1) <= RTOL[dtype], w[0]
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.1), batch_size=8, progress=False)
+    trainer.fit(X, Y, epochs=1, sample_weight=np.full(32, tiny))
+    assert np.isfinite(net.params).all()
+
+
 @pytest.mark.parametrize("bad", [[1.0, -1.0, 1.0], [0.0, 0.0, 0.0], [1.0, np.nan, 1.0], [1.0, 1.0]])
 def test_bad_sample_weights_are_refused(bad, rng):
     net = fastbp.MLP([2, 3, 2], seed=0)
@@ -332,6 +356,11 @@ def test_per_layer_views_are_written_into_and_never_replaced():
         net.coefs[1] = W
     with pytest.raises(TypeError, match=r"norm_scales\[1\] is None: that layer has none"):
         net.norm_scales[1] = np.ones(4)
+    with pytest.raises(ValueError, match=r"running_vars\[0\] has shape \(4,\), got a scalar \(to fill the view"):
+        net.running_vars[0] = 2.0
+    with pytest.raises(TypeError, match=r"norm_shifts\[0\] is layer 0's view and cannot be None"):
+        net.norm_shifts[0] = None
+    np.testing.assert_array_equal(net.norm_shifts[0], 0.0)  # refused: the view unchanged
     with pytest.raises(TypeError, match=r"intercepts holds one view per layer .* not added or removed"):
         net.intercepts.append(np.zeros(2))
     with pytest.raises(AttributeError, match=r"coefs cannot be replaced: .*net\.coefs\[l\] = array"):

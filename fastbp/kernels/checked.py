@@ -22,7 +22,7 @@ there.
 import numpy as np
 from numba import typeof, types
 
-from .._config import finite, kernel, leaf, like
+from .._config import WEIGHT_LIMIT, finite, kernel, leaf, like
 from .boundary import _array1d, _network_arrays
 from .drivers import _predict_entry, _value_and_grad_entry
 from .epoch import _evaluate_entry, _train_epoch_entry
@@ -110,13 +110,16 @@ def _labels_in_range(labels, n_out):
 
 @leaf
 def _weights_valid(w):
-    """What check_sample_weight requires of sample weights: finite, >= 0, with a positive float64 sum."""
+    """What check_sample_weight requires of sample weights to use them as they are: finite, >= 0, with a positive
+    float64 sum and the largest within the range of ``WEIGHT_LIMIT`` (else the Python path scales them)."""
     s = 0.0
+    top = 0.0
     negative = False
     for i in range(w.shape[0]):
         s += w[i]
+        top = max(top, np.float64(w[i]))
         negative |= w[i] < 0
-    return finite(s) and not negative and s > 0.0
+    return finite(s) and not negative and s > 0.0 and 1.0 / WEIGHT_LIMIT <= top <= WEIGHT_LIMIT
 
 
 @leaf
