@@ -322,8 +322,11 @@ class Trainer:
             what = "the gradient became NaN or infinite"
         last = f" (mean loss of the steps before: {loss_sum / samples:.6g})" if steps else ""
         # The parameters go back to the last finite step; the optimizer's state (velocity, moments, step count)
-        # was built by the diverging run, so it is reset too: a retry with a lower rate starts clean.
+        # was built by the diverging run, so it is reset too: a retry with a lower rate starts clean. The fallback
+        # becomes those parameters: a next step that diverges again keeps them, instead of going back to the ones
+        # that diverged (the two buffers would take turns).
         self.optimizer.reset()
+        np.copyto(self._spare, self.net.params)
         summary = f"training diverged {where}: {what} after {steps} step{'' if steps == 1 else 's'} of this call{last}."
         err = DivergenceError(
             f"{summary} The network keeps the parameters of the last step whose loss was finite, and the optimizer "

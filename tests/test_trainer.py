@@ -134,6 +134,26 @@ def test_divergence_in_train_step_keeps_the_last_finite_parameters(rng):
     assert any(np.array_equal(net.params, s) for s in snapshots[:-1])
 
 
+@pytest.mark.parametrize("as_lists", [False, True])  # the compiled checked step, and the Python path
+def test_repeated_diverging_train_steps_keep_the_same_parameters(as_lists, rng):
+    # an outlier batch after three good steps: the first diverging call goes back to the parameters of the last
+    # step whose loss was finite (before the third update); the calls after it keep those, whatever their number
+    net = fastbp.MLP([4, 6, 1], output="identity", dtype="float64", seed=0)
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.01), progress=False)
+    X, y = rng.standard_normal((8, 4)), rng.standard_normal(8)
+    before = []
+    for _ in range(3):
+        before.append(net.params.copy())
+        trainer.train_step(X, y)
+    outlier = (X.tolist(), (y * 1e5).tolist()) if as_lists else (X, y * 1e5)
+    for _ in range(3):
+        with pytest.raises(fastbp.DivergenceError, match="exceeded"):
+            trainer.train_step(*outlier)
+        np.testing.assert_array_equal(net.params, before[2])
+    trainer.train_step(X, y)  # and training goes on from them
+    assert np.isfinite(net.params).all() and not np.array_equal(net.params, before[2])
+
+
 def test_early_stopping_restores_the_best_parameters(rng):
     net = fastbp.MLP([6, 16, 3], seed=1, dtype="float64")
     X, y = make_batch(net, 60, rng)
