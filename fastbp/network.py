@@ -172,9 +172,13 @@ class _Views(list):
         view = list.__getitem__(self, index)
         if view is None:
             raise TypeError(f"{self._name}[{index}] is None: that layer has none to set")
+        if value is None:
+            raise TypeError(f"{self._name}[{index}] is layer {index}'s view and cannot be None: assign an array")
         value = np.asarray(value)
         if value.shape != view.shape:
-            raise ValueError(f"{self._name}[{index}] has shape {view.shape}, got an array of shape {value.shape}")
+            given = "a scalar" if value.ndim == 0 else f"an array of shape {value.shape}"
+            hint = f" (to fill the view: {self._name}[{index}][...] = value)" if value.ndim == 0 else ""
+            raise ValueError(f"{self._name}[{index}] has shape {view.shape}, got {given}{hint}")
         view[...] = value
 
     def _fixed(self, *args, **kwargs):
@@ -387,7 +391,8 @@ class MLP:
         self.seed = seed
         self.norms = tuple(_NORM_NAMES[k] for k in norms)
         self.residuals = tuple(residuals)
-        self.dropouts = tuple(rates)
+        # a rate below 2^-33 rounds to threshold 0 (below): no unit is dropped, so the network has no dropout
+        self.dropouts = tuple(0.0 if round(r * 2**32) == 0 else r for r in rates)
         # the seed of the dropout masks: the initialisation's, or fresh entropy as it draws, in the int64 range the
         # compiled code takes (NumPy's generators take any size of seed, such as a SeedSequence's 128-bit entropy)
         self.dropout_seed = (seed if seed is not None else int(np.random.SeedSequence().entropy)) % 2**63
