@@ -623,3 +623,27 @@ def test_optimizer_attributes_are_scikit_learns(params, digits):
                     model.set_params(warm_start=step == "warm start").fit(X, y)
         _assert_same_optimizer(ours._optimizer, theirs._optimizer, SKLEARN_RTOL["float64"])
     assert ours._optimizer.params[0] is not None and ours._optimizer.fastbp_optimizer.lr > 0
+
+
+@pytest.mark.parametrize("dtype", [np.float64, np.float32])
+def test_probabilities_below_the_smallest_normal_float_are_scikit_learns(dtype):
+    # logits far apart (unscaled inputs): softmax gives subnormal probabilities, which NumPy's exp keeps and whose
+    # log scikit-learn's predict_log_proba returns finite
+    X = np.random.default_rng(0).standard_normal((20, 3)).astype(dtype)
+    y = np.arange(20) % 3
+    models = []
+    for cls in (skl.MLPClassifier, MLPClassifier):
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", ConvergenceWarning)
+            model = cls(hidden_layer_sizes=(4,), max_iter=1, random_state=0).fit(X, y)
+        model.coefs_[-1][:] = 0.0
+        # the logs of the smallest normal and the smallest subnormal float: -708.4 and -744.4 in float64
+        normal, subnormal = np.log(np.finfo(dtype).tiny), np.log(np.finfo(dtype).smallest_subnormal)
+        model.intercepts_[-1][:] = [0.0, (normal + subnormal) / 2, subnormal + 0.5]
+        models.append(model)
+    theirs, ours = (m.predict_proba(X[:2]) for m in models)
+    assert ours.dtype == theirs.dtype and (ours[:, 1:] > 0).all() and (theirs[:, 1:] > 0).all()
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no log of 0
+        ours_log = models[1].predict_log_proba(X[:2])
+    np.testing.assert_allclose(ours_log, models[0].predict_log_proba(X[:2]), rtol=SKLEARN_RTOL[np.dtype(dtype).name])

@@ -240,26 +240,32 @@ def _exp_nonpositive_impl(x):
     exp(x) = 2^k exp(r) with k = round(x / ln 2) and r = x - k ln 2 in [-ln2/2, ln2/2], ln 2 taken in two parts
     (Cody and Waite) through fma; exp(r) by a polynomial: Cephes' degree-7 minimax form for float32, the Taylor
     series to degree 13 for float64 (truncation error below 5e-18 on that interval); 2^k from its exponent bits.
-    Accurate to about 1 unit in the last place (tests/test_kernels.py measures it against NumPy). For x < -87.3
-    in float32 (-708 in float64), where exp(x) is within 4% of the smallest normal float or below, the result is 0;
-    exp(-inf) = 0; NaN gives NaN. Positive x is outside its domain (the result is then meaningless).
+    Accurate to about 1 unit in the last place (tests/test_kernels.py measures it against NumPy). Results below the
+    smallest normal float are subnormal, as NumPy's (2^k is then 2^(k + 64) times 2^-64, both exact, so that the one
+    rounding is the product's); for x < -103.9 in float32 (-745.2 in float64), below the smallest subnormal float,
+    the result is 0; exp(-inf) = 0; NaN gives NaN. Positive x is outside its domain (the result is then
+    meaningless).
     """
     if x == types.float32:
-        lo, log2e, hi_ln2, lo_ln2 = (np.float32(v) for v in (-87.3, 1.4426950408889634, 0.6931472, -1.9046542e-09))
+        lo, log2e, hi_ln2, lo_ln2 = (np.float32(v) for v in (-103.9, 1.4426950408889634, 0.6931472, -1.9046542e-09))
         c = tuple(np.float32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2))
         c4, c5, one, half, zero = (np.float32(v) for v in (1.6666665459e-1, 5.0000001201e-1, 1.0, 0.5, 0.0))
+        shift, unshift, subnormal = np.float32(64.0), np.float32(2.0**-64), np.float32(-126.0)
 
         def exp32(x):
             xc = lo if x < lo else x  # NaN stays NaN
             k = np.floor((xc if xc == xc else zero) * log2e + half)  # a NaN never reaches the int conversion
             r = _fma(-k, lo_ln2, _fma(-k, hi_ln2, xc))
             p = ((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c4) * r + c5
-            e = (p * r * r + r + one) * _float_from_bits(np.int32((np.int32(k) + 127) << 23))  # Numba widens int32 sums
+            small = k < subnormal
+            k2 = k + shift if small else k
+            power = _float_from_bits(np.int32((np.int32(k2) + 127) << 23))  # Numba widens int32 sums
+            e = (p * r * r + r + one) * (power * unshift if small else power)
             return zero if x < lo else e
 
         return exp32
     if x == types.float64:
-        lo, log2e, hi_ln2, lo_ln2 = -708.0, 1.4426950408889634, 0.6931471805599453, 2.3190468138462996e-17
+        lo, log2e, hi_ln2, lo_ln2 = -745.2, 1.4426950408889634, 0.6931471805599453, 2.3190468138462996e-17
         inv_fact = tuple(1.0 / math.factorial(k) for k in range(14))
 
         def exp64(x):
@@ -269,7 +275,10 @@ def _exp_nonpositive_impl(x):
             p = inv_fact[13]
             for j in range(12, -1, -1):  # a constant trip count: unrolled
                 p = p * r + inv_fact[j]
-            e = p * _float_from_bits((np.int64(k) + np.int64(1023)) << np.int64(52))
+            small = k < -1022.0
+            k2 = k + 64.0 if small else k
+            power = _float_from_bits((np.int64(k2) + np.int64(1023)) << np.int64(52))
+            e = p * (power * 5.421010862427522e-20 if small else power)  # 2^-64
             return 0.0 if x < lo else e
 
         return exp64
