@@ -672,10 +672,10 @@ def _label_source(args, names=None, index=None):
 
 
 def _training_data(args):
-    """fastbp train's data: (X float64, y, where, hint, column): where and hint tell where the labels come from and
-    what to do when they are wrong; errors name the option. column: for a CSV file, the label column as the
+    """fastbp train's data: (X float64, y, where, hint, column, features): where and hint tell where the labels come
+    from and what to do when they are wrong; errors name the option. column: for a CSV file, the label column as the
     checkpoint records it, (its name in the header or None, its place from the end or None when it was given by
-    name), else None."""
+    name), else None; features: the header's names of X's columns (None without a header)."""
     from . import data
 
     names = index = position = None
@@ -687,11 +687,40 @@ def _training_data(args):
     X = _features(X, "--data " + _path(args.data) if args.data else "the digits", position)
     if y is None or np.ndim(y) == 0 or len(y) != X.shape[0]:
         raise ValueError(f"{where}: expected one label per row of the {X.shape[0]} rows")
-    column = None
+    column = features = None
     if index is not None:  # the place counted from the end (a file without labels then has too few columns)
         by_name = data.names_column(args.label_column, names)
         column = (names[index] if names is not None else None, None if by_name else index - X.shape[1] - 1)
-    return X, y, where, hint, column
+        features = _feature_names(names, index)
+    return X, y, where, hint, column, features
+
+
+def _feature_names(names, label):
+    """The header's names of the feature columns (all but column ``label``, None: no label column), or None without
+    a header or when two columns share a name (then columns are matched by place)."""
+    if names is None or len(set(names)) != len(names):
+        return None
+    return [name for i, name in enumerate(names) if i != label]
+
+
+def _by_name(X, names, label, stored, position, where):
+    """X's columns in the order of the names a checkpoint recorded (``stored``), when the file's header names the
+    same features in another order; X as it is without a header, without recorded names, or when their numbers
+    differ (the count check that follows says what is wrong); a usage error for the same number of other names.
+    Returns (X, ``_features``'s position for the reordered columns)."""
+    from .data import _shown
+
+    given = _feature_names(names, label)
+    if given is None or stored is None or len(given) != len(stored) or given == stored:
+        return X, position
+    if sorted(given) != sorted(stored):
+        raise UsageError(
+            f"{where}: its feature columns ({_shown(given)}) are not those the model was trained on "
+            f"({_shown(stored)}); name them as in training, or remove the header line to read the columns by their "
+            "place"
+        )
+    order = [given.index(name) for name in stored]
+    return X[:, order], (None if position is None else lambda row, column: position(row, order[column]))
 
 
 def _classes(y, where, hint):
@@ -724,7 +753,8 @@ def _classes(y, where, hint):
     if classes.size > 10 and (rare or classes.size > y.size // 2):
         warnings.warn(
             f"{where} has {classes.size} distinct values{f', {rare} of them on fewer than 3 rows' if rare else ''}: "
-            f"it looks like a feature, not a class label{hint}",
+            f"it looks like a feature or a regression target, not a class label (fastbp train trains classifiers: "
+            f"fit a regression from Python, with fastbp.sklearn.MLPRegressor){hint}",
             UserWarning,
             stacklevel=2,
         )
@@ -832,7 +862,7 @@ def _train(args, trainer_cls=None):
     if args.threads:
         fastbp.set_num_threads(args.threads)
     _check_outputs(*_train_outputs(args), inputs=_train_inputs(args))
-    X, labels, where, hint, label_column = _training_data(args)
+    X, labels, where, hint, label_column, feature_names = _training_data(args)
     classes, y = _classes(labels, where, hint)
     n = X.shape[0]
     n_test = math.ceil(args.test_size * n)
@@ -925,6 +955,8 @@ def _train(args, trainer_cls=None):
             extras["label_column"] = np.array(index if name is None else name)
             if name is not None and index is not None:  # its place, for a file without a header
                 extras["label_index"] = np.array(index)
+        if feature_names is not None:  # predict matches a file's columns to them by name
+            extras["feature_names"] = np.array(feature_names, dtype=str)
         trainer.save(args.output, extras=extras)
         print(f"checkpoint: {args.output}")
     if _wanted(args.plot):
@@ -994,7 +1026,10 @@ def _predict_rows(args, net):
                 column = int(extras["label_index"])  # a file without a header: the column's place
         if kind == "csv":
             label = None if args.no_labels else -1 if column is None else column
-            X, y, _, _, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
+            X, y, names, index, position = _load_csv(args.data, label, args.label_column is not None, net.n_in)
+            stored = extras.get("feature_names")
+            stored = None if stored is None else [str(name) for name in stored]
+            X, position = _by_name(X, names, index, stored, position, f"--data {_path(args.data)}")
         else:
             (X, y), position = _load_data(args.data, args.labels, require_y=False), None
         rows = f"the {_count(len(X), 'row')} of {args.data}"

@@ -477,8 +477,9 @@ def test_a_csv_with_the_label_first_trains_on_the_right_target_with_label_column
     assert code == 0 and "17 classes" in out
     assert err == [
         "fastbp train: warning: the label column of --data first.csv (column 64, 'pixel63') has 17 distinct values, "
-        "2 of them on fewer than 3 rows: it looks like a feature, not a class label; if the label is another column, "
-        "name it with --label-column"
+        "2 of them on fewer than 3 rows: it looks like a feature or a regression target, not a class label (fastbp "
+        "train trains classifiers: fit a regression from Python, with fastbp.sklearn.MLPRegressor); if the label is "
+        "another column, name it with --label-column"
     ]
     # by index and by name: the digit, 10 classes, the same network
     for column in ("0", "digit"):
@@ -519,6 +520,38 @@ def test_predict_finds_the_label_column_by_its_header_name_in_a_file_ordered_oth
         assert code == 0 and len(out.split()) == 1797, err
         accuracies.append(float(re.match(r"accuracy (\d\.\d+) on the 1797 rows", err[0]).group(1)))
     assert accuracies[0] >= 0.9 and accuracies[0] == accuracies[1] == accuracies[2]
+
+
+def test_predict_matches_the_feature_columns_by_their_header_names(tmp_path, monkeypatch, capfd):
+    # the features were read by their place: a file with the same columns in another order predicted garbage
+    import fastbp
+
+    X, y = fastbp.data.load_digits()
+    names = np.array([f"p{i}" for i in range(64)])
+    order = np.random.default_rng(0).permutation(64)
+
+    def write(name, features, feature_names, label_first=False):
+        columns, header = [features, y], [*feature_names, "label"]
+        if label_first:
+            columns, header = columns[::-1], header[-1:] + header[:-1]
+        np.savetxt(tmp_path / name, np.column_stack(columns), delimiter=",", fmt="%d", header=",".join(header),
+                   comments="")  # fmt: skip
+
+    write("train.csv", X, names)
+    write("shuffled.csv", X[:, order], names[order], label_first=True)
+    write("renamed.csv", X, [f"x{i}" for i in range(64)])
+    fit = ["--epochs", "4", "--no-progress"]
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "train.csv", *fit)
+    assert code == 0 and err == []
+    predictions = []
+    for name in ("train.csv", "shuffled.csv"):
+        code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "fastbp-model.npz", "--data", name)
+        assert code == 0, err
+        predictions.append(out.split())
+    assert len(predictions[0]) == 1797 and predictions[0] == predictions[1]
+    code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "fastbp-model.npz", "--data", "renamed.csv")
+    assert code == 2 and out == ""
+    assert "its feature columns ('x0', 'x1', 'x2', 'x3', 'x4', 'x5', ... (64 in all)) are not those" in err[0]
 
 
 def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, monkeypatch, capfd):
