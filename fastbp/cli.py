@@ -617,6 +617,8 @@ def _load_csv(path, label_column, given=True, n_in=None):
         hint = "; if the file has no label column, add --no-labels" if columns == n_in else ""
         raise UsageError(f"--data {err} (the label column the model was trained with){hint}") from None
     except (OSError, ValueError) as err:
+        if not isinstance(err, OSError):  # load_csv's advice in the command line's terms
+            err = ValueError(re.sub(r"give label_column=(-?\d+)", r"give --label-column \1", str(err)))
         raise _input_error(path, err) from None
     for warning in caught:  # load_csv's advice, without its Python argument, which the command line does not have
         warnings.warn(str(warning.message).replace(", or give skip_header=1", ""), warning.category, stacklevel=2)

@@ -387,7 +387,7 @@ def _csv_problem(lines, n_columns, numbers):
             if not _is_number(fields[column]):
                 return (
                     f"line {number}, column index {column}: {_short(fields[column].strip())} is not a number (every "
-                    "column but the label must be a number)"
+                    f"column but the label must be a number; if this column is the label, give label_column={column})"
                 )
     return None
 

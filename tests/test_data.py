@@ -228,7 +228,7 @@ def test_load_csv_label_column_by_name_or_index_and_labels_of_any_kind(tmp_path)
     for column, message in [("size", r"has no column 'size': its header names 'kind', 'a', 'b'"), (3, r"index 3")]:
         with pytest.raises(ValueError, match=message):
             data.load_csv(path, label_column=column)
-    with pytest.raises(ValueError, match=r"line 2, column index 0: 'cat' is not a number.*every column but the label"):
+    with pytest.raises(ValueError, match=r"line 2, column index 0: 'cat' is not a number.*give label_column=0\)"):
         data.load_csv(path)  # column b as the label leaves the strings among the features
 
 

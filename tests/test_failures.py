@@ -709,7 +709,8 @@ BAD_COMMANDS = [
     (
         ["train", "--data", "text_feature.csv"],
         1,
-        r"text_feature\.csv: line 2, column index 1: 'x' is not a number.*label",
+        r"text_feature\.csv: line 2, column index 1: 'x' is not a number.*if this column is the label, give "
+        r"--label-column 1\)",
     ),
     (["train", "--data", "one_class.csv"], 1, r"one_class\.csv .* holds a single class \(0\).*--label-column"),
     (["train", "--data", "float_labels.csv"], 1, r"float_labels\.csv .*non-integer numbers.*--label-column"),
