@@ -264,7 +264,9 @@ def build_parser():
     predict.add_argument(
         "--no-labels", action="store_true", help="the --data CSV has no label column: every column is a feature"
     )
-    predict.add_argument("--output", "-o", help="write predictions to this .npy file instead of printing them")
+    predict.add_argument(
+        "--output", "-o", help="write predictions to this .npy file instead of printing them (.npy appended if missing)"
+    )
 
     bench = sub.add_parser(
         "bench",
@@ -621,7 +623,8 @@ def _load_csv(path, label_column, given=True, n_in=None):
             err = ValueError(re.sub(r"give label_column=(-?\d+)", r"give --label-column \1", str(err)))
         raise _input_error(path, err) from None
     for warning in caught:  # load_csv's advice, without its Python argument, which the command line does not have
-        warnings.warn(str(warning.message).replace(", or give skip_header=1", ""), warning.category, stacklevel=2)
+        text = str(warning.message).replace(", remove the line, or give skip_header=1", " or remove the line")
+        warnings.warn(text.replace(", or give skip_header=1", ""), warning.category, stacklevel=2)
     return X, y, names, label, _csv_position(path, label)
 
 

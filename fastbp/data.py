@@ -135,8 +135,9 @@ def resolve_column(column, names, n_columns, path):
         index = int(column) if isinstance(column, str) else operator.index(column)
     except (TypeError, ValueError):
         where = f"its header names {_shown(names)}" if names is not None else "it has no header line"
+        which = "a column name or an index" if names is not None else "an index"
         raise _ColumnError(
-            f"{path} has no column {_short(column)}: {where}; give a column name or an index from 0 to {n_columns - 1}"
+            f"{path} has no column {_short(column)}: {where}; give {which} from 0 to {n_columns - 1}"
         ) from None
     if not -n_columns <= index < n_columns:
         raise _ColumnError(

@@ -462,7 +462,7 @@ def test_a_csv_warning_gives_the_command_lines_advice_not_a_python_argument(tmp_
     code, _, err = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "d.csv", "--epochs", "1", "-o", "none")
     assert code == 0 and not any("skip_header" in line for line in err)
     lines = [line for line in err if "is read as a data row" in line]  # (its label 64 is a class of one row: warned)
-    assert len(lines) == 1 and lines[0].endswith("name the columns, remove the line"), err
+    assert len(lines) == 1 and lines[0].endswith("name the columns or remove the line"), err
 
 
 def test_a_csv_with_the_label_first_trains_on_the_right_target_with_label_column(tmp_path, monkeypatch, capfd):

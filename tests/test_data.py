@@ -405,3 +405,10 @@ def test_load_npz_refuses_object_arrays_and_files_that_are_not_npz(tmp_path):
         data.load_npz(tmp_path / "x.npy")
     with pytest.raises(ValueError, match=r"x\.npy is a single \.npy array"):
         data.load_file(tmp_path / "x.npy")
+
+
+def test_a_label_column_named_in_a_file_without_a_header_asks_for_an_index(tmp_path):
+    path = tmp_path / "bare.csv"
+    path.write_text("1,2,0\n3,4,1\n")
+    with pytest.raises(ValueError, match=r"has no column 'species': it has no header line; give an index from 0 to 2$"):
+        data.load_csv(path, label_column="species")
