@@ -914,7 +914,8 @@ def _train(args, trainer_cls=None):
     )
     print(
         f"model: {'-'.join(map(str, sizes))} {args.activation}{_describe_options(net)}, softmax, {args.dtype}"
-        f"{', bfloat16 matmul precision' if net.matmul_precision == 'bfloat16' else ''}; "
+        f"{', bfloat16 matmul precision' if net.matmul_precision == 'bfloat16' else ''}"
+        f"{f', l2 {args.l2:g}' if args.l2 else ''}; "
         f"optimizer {trainer.optimizer!r}; {_count(args.epochs, 'epoch')} of batch {args.batch_size}"
     )
     fit_start = time.perf_counter()

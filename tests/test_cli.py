@@ -561,8 +561,9 @@ def test_labels_1000_and_2000_are_two_classes_and_predict_prints_them(tmp_path, 
     X = rng.standard_normal((200, 4))
     y = np.where(X[:, 0] + X[:, 1] > 0, 2000, 1000)
     np.savez(tmp_path / "d.npz", X=X, y=y)
-    code, out, _ = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "d.npz", "--epochs", "20", "-o", "m.npz")
-    assert code == 0 and "2 classes (1000, 2000)" in out and "model: 4-128-2 relu" in out
+    fit = ["--epochs", "20", "--l2", "0.001"]
+    code, out, _ = _cli(monkeypatch, capfd, tmp_path, "train", "--data", "d.npz", *fit, "-o", "m.npz")
+    assert code == 0 and "2 classes (1000, 2000)" in out and "model: 4-128-2 relu, softmax, float32, l2 0.001;" in out
     net = fastbp.load(tmp_path / "m.npz")
     assert net.n_out == 2 and net.extras["classes"].tolist() == [1000, 2000]
     code, out, err = _cli(monkeypatch, capfd, tmp_path, "predict", "m.npz", "--data", "d.npz")
