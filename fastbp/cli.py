@@ -620,7 +620,9 @@ def _load_csv(path, label_column, given=True, n_in=None):
         raise UsageError(f"--data {err} (the label column the model was trained with){hint}") from None
     except (OSError, ValueError) as err:
         if not isinstance(err, OSError):  # load_csv's advice in the command line's terms
-            err = ValueError(re.sub(r"give label_column=(-?\d+)", r"give --label-column \1", str(err)))
+            text = re.sub(r"give label_column=(-?\d+)", r"give --label-column \1", str(err))
+            text = re.sub(r"give delimiter='[^']*'", "the command line reads comma-separated files", text)
+            err = ValueError(text)
         raise _input_error(path, err) from None
     for warning in caught:  # load_csv's advice, without its Python argument, which the command line does not have
         text = str(warning.message).replace(", remove the line, or give skip_header=1", " or remove the line")

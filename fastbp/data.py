@@ -202,7 +202,13 @@ def _load_csv(path, label_column, delimiter, skip_header, return_names):
     skip_header, names, n_columns = _csv_format(path, delimiter, skip_header)
     label = None if label_column is None else resolve_column(label_column, names, n_columns, path)
     if label is not None and n_columns < 2:
-        raise ValueError(f"{path} needs at least one feature column and a label column, got {n_columns} column")
+        _, head = _head(path, 1)
+        other = [sep for sep in (";", "\t", "|") if head and sep in head[0][1]]
+        hint = f"; its lines hold {other[0]!r}: give delimiter={other[0]!r}" if other else ""
+        raise ValueError(
+            f"{path} needs at least one feature column and a label column, got {n_columns} column (separated by "
+            f"{delimiter!r}){hint}"
+        )
     options = {"delimiter": delimiter, "ndmin": 2, "comments": None, "quotechar": '"'}
     features = [c for c in range(n_columns) if c != label]
     lines = partial(_csv_lines, path, skip_header, delimiter)

@@ -373,7 +373,8 @@ def test_load_csv_skips_any_number_of_header_lines_and_checks_its_arguments(tmp_
             r"line 3 has 4 columns where the first data line has 3",
         ),  # not its first 3 fields
         ("a,b,label\n1,2,\n\n3,4, \n", r"line 2 has an empty label \(2 empty labels in all\)$"),
-        ("1\n2\n", "needs at least one feature column and a label column"),
+        ("1\n2\n", r"needs at least one feature column and a label column, got 1 column \(separated by ','\)$"),
+        ("a;b;label\n1;2;0\n3;4;1\n", r"got 1 column \(separated by ','\); its lines hold ';': give delimiter=';'$"),
     ],
 )
 def test_load_csv_errors_name_the_file_and_the_problem(tmp_path, text, message):

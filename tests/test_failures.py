@@ -664,6 +664,7 @@ def bad_inputs(tmp_path_factory):
     (d / "header_only.csv").write_text("a,b,label\n")
     (d / "ragged.csv").write_text("1,2,0\n3,1\n")
     (d / "text_feature.csv").write_text("1,2,0\n3,x,1\n")
+    (d / "semicolons.csv").write_text("a;b;label\n1;2;0\n3;4;1\n")
     np.savetxt(d / "one_class.csv", np.column_stack([X, np.zeros(40)]), delimiter=",")
     np.savetxt(d / "float_labels.csv", X, delimiter=",")
     bad = X.copy()
@@ -705,6 +706,11 @@ BAD_COMMANDS = [
         ["train", "--data", "ragged.csv"],
         1,
         r"--data ragged\.csv: line 2 has 2 columns where the first data line has 3 .*as many",
+    ),
+    (
+        ["train", "--data", "semicolons.csv"],
+        1,
+        r"semicolons\.csv needs at least one feature column .*lines hold ';': the command line reads comma-separated",
     ),
     (
         ["train", "--data", "text_feature.csv"],
