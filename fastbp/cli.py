@@ -861,7 +861,6 @@ def _train(args, trainer_cls=None):
     import fastbp
 
     from . import _files, data
-    from .network import _SingleRowBatch
     from .trainer import DivergenceError, _ValidationSplitError
 
     if trainer_cls is not None:  # fastbp train --distributed: checked on every rank, told by rank 0 (run_cli)
@@ -933,10 +932,10 @@ def _train(args, trainer_cls=None):
         summary = err.summary.replace(" of this call", "")
         err.args = (f"{summary} Nothing was saved. Lower --lr (now {trainer.optimizer.lr:g}) or {clip}.",)
         raise
-    except _SingleRowBatch as err:  # the trainer's rows (after --val-split) in batches of --batch-size
-        if err.split is None:
+    except ValueError as err:  # batch norm: the trainer's rows (after --val-split) in batches of --batch-size
+        if getattr(err, "batch_split", None) is None:
             raise
-        raise _batch_size_error("--norm batch", *err.split) from None
+        raise _batch_size_error("--norm batch", *err.batch_split) from None
     fit_time = time.perf_counter() - fit_start
     result = trainer.evaluate(X_test, y_test)
     validation = ""
@@ -1304,7 +1303,6 @@ def cmd_gradcheck(args):
 
 def cmd_diagnose(args):
     from . import diagnose
-    from .network import _SingleRowBatch
 
     _check_outputs(("--plot", args.plot), ("--json", args.json))
     try:
@@ -1319,8 +1317,10 @@ def cmd_diagnose(args):
             clip_norm=args.clip_norm,
             seed=args.seed,
         )
-    except _SingleRowBatch as err:  # the batch-norm remedy's training rows in batches of --batch-size
-        raise _batch_size_error("the batch-norm network", *err.split) from None
+    except ValueError as err:  # the batch-norm remedy's training rows in batches of --batch-size
+        if getattr(err, "batch_split", None) is None:
+            raise
+        raise _batch_size_error("the batch-norm network", *err.batch_split) from None
     print(diagnose.report(result))
     if _wanted(args.plot):
         print(f"plot: {diagnose.plot(result, args.plot)}")

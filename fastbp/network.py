@@ -131,28 +131,22 @@ def _aux_size(row, n):
     return size
 
 
-class _SingleRowBatch(ValueError):
-    """A batch-norm network given a training batch of fewer than 2 rows. ``split``: (rows, batch size) when that
-    batch is the last mini-batch of an epoch over ``rows`` rows, else None (the caller may say which option to
-    change: the command line names --batch-size)."""
-
-    def __init__(self, message, split=None):
-        super().__init__(message)
-        self.split = split
-
-
 def _check_two_rows(n, name="X", batch_size=None):
-    """Raise ``_SingleRowBatch`` unless batch norm in training gets at least two rows (a variance), as
-    PyTorch's BatchNorm1d: n rows as one batch, or, with ``batch_size``, in mini-batches of that size, whose
-    smallest (the last) counts."""
+    """Raise a ValueError unless batch norm in training gets at least two rows (a variance), as PyTorch's
+    BatchNorm1d: n rows as one batch, or, with ``batch_size``, in mini-batches of that size, whose smallest (the
+    last) counts. The error's ``batch_split`` is (rows, batch size) when a batch size would help, else None (the
+    command line then names --batch-size)."""
     smallest = n if batch_size is None else 1 if n % batch_size == 1 else min(batch_size, n)
     if smallest < 2:
         message = f"{name} has {smallest} row, but batch norm in training needs batches of at least 2 rows (a batch "
         message += "variance)"
-        if batch_size is None or n < 2:  # no batch size helps one row
-            raise _SingleRowBatch(message)
-        message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
-        raise _SingleRowBatch(message, (n, batch_size))
+        split = None
+        if batch_size is not None and n >= 2:  # no batch size helps one row
+            message += f" ({n} rows in batches of {batch_size}): choose a batch_size that leaves no batch of 1 row"
+            split = (n, batch_size)
+        err = ValueError(message)
+        err.batch_split = split
+        raise err
 
 
 class _Views(list):
