@@ -89,6 +89,13 @@ def save(net, path, optimizer=None, extras=None):
     extras = {**net.extras, **(extras or {})}
     if not all(isinstance(name, str) for name in extras):
         raise TypeError(f"extras' names must be strings, got {sorted(map(repr, extras))}")
+    # one step's parameters, statistics and optimizer state: a training call on another thread changes them under
+    # the network's lock, so they are copied under it (and the digest and the file made from the copies)
+    with net._lock:
+        params, buffers = net.params.copy(), net.buffers.copy()
+        if optimizer is not None:
+            t, state = optimizer.t, optimizer.state
+            state = state.copy() if isinstance(state, np.ndarray) else state
     arrays = {
         "format": np.array(FORMAT),
         "version": np.array(VERSION),
@@ -105,14 +112,13 @@ def save(net, path, optimizer=None, extras=None):
         "residuals": np.array(net.residuals[:-1], dtype=bool).reshape(-1),
         "dropouts": np.array(net.dropouts[:-1], dtype=np.float64).reshape(-1),
         "dropout_seed": _uint64(net.dropout_seed, "dropout_seed"),
-        "params": net.params,
-        "buffers": net.buffers,
+        "params": params,
+        "buffers": buffers,
     }
     if optimizer is not None:
         config = {k: (_schedule_config(val) if k == "schedule" else val) for k, val in optimizer.config().items()}
         arrays["optimizer"] = np.array(json.dumps({"name": optimizer.name, "config": config}))
-        arrays["optimizer_t"] = np.array(optimizer.t, dtype=np.int64)
-        state = optimizer.state
+        arrays["optimizer_t"] = np.array(t, dtype=np.int64)
         if state is not None and (state.shape[1:] != (net.n_params,) or state.dtype != net.dtype):
             raise ValueError(
                 f"the optimizer's state, shape {state.shape} of {state.dtype}, was made for another network (this "

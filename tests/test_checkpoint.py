@@ -342,3 +342,36 @@ def test_every_output_and_loss_round_trip(tmp_path, rng, output, loss):
     assert (loaded.output, loaded.loss) == (net.output, net.loss) == (output, loss)
     X, Y = make_batch(net, 7, rng)
     assert loaded.value_and_grad(X, Y)[0] == net.value_and_grad(X, Y)[0]
+
+
+def test_a_save_while_another_thread_trains_writes_one_steps_state(tmp_path, rng):
+    # save copied the parameters while a training call on another thread wrote them: files whose digest did not
+    # match, or parameters of one step with the step count of another
+    import threading
+
+    net = fastbp.MLP([6, 32, 3], dtype="float64", norm="batch", seed=0)
+    trainer = fastbp.Trainer(net, fastbp.SGD(0.01, momentum=0.9), progress=False)
+    X, y = rng.standard_normal((64, 6)), rng.integers(0, 3, 64)
+    trainer.train_step(X, y)  # compiled before the race
+    seen = {trainer.optimizer.t: (net.params.copy(), net.buffers.copy(), trainer.optimizer.state.copy())}
+    done = threading.Event()
+
+    def train():
+        for _ in range(400):
+            trainer.train_step(X, y)
+            seen[trainer.optimizer.t] = (net.params.copy(), net.buffers.copy(), trainer.optimizer.state.copy())
+        done.set()
+
+    worker = threading.Thread(target=train)
+    worker.start()
+    paths = []
+    while not done.is_set() and len(paths) < 40:
+        paths.append(trainer.save(tmp_path / f"c{len(paths)}.npz"))
+    worker.join()
+    assert len(paths) >= 2
+    for path in paths:
+        loaded, optimizer = fastbp.load(path, return_optimizer=True)
+        params, buffers, state = seen[optimizer.t]
+        np.testing.assert_array_equal(loaded.params, params)
+        np.testing.assert_array_equal(loaded.buffers, buffers)
+        np.testing.assert_array_equal(optimizer.state, state)
