@@ -483,3 +483,28 @@ def test_a_dropout_rate_that_rounds_to_no_threshold_is_no_dropout():
     net = build([4, 6, 6, 3], "tanh", [None, None], False, [1e-12, 2**-32], dtype="float64", seed=2)
     assert net.layout[0, DROPOUT] == 0 and net.layout[1, DROPOUT] == 1
     assert net.dropouts == (0.0, 2**-32, 0.0)
+
+
+@pytest.mark.parametrize("dtype", ["float32", "float64"])
+def test_a_new_trainer_mid_run_updates_the_running_statistics_bit_for_bit(dtype):
+    # a trainer's first train_step takes the Python path into the epoch loop, its later ones the checked entry
+    # point: the running statistics' update, contracted differently by LLVM in the two, came out 1 ulp apart
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((256, 12)), rng.integers(0, 4, 256)
+
+    def run(new_at):
+        batches = np.random.default_rng(5)
+        net = fastbp.MLP([12, 16, 16, 4], dtype=dtype, seed=1, norm="batch")
+        optimizer = fastbp.SGD(lr=0.05)
+        trainer = fastbp.Trainer(net, optimizer, progress=False)
+        for step in range(10):
+            if step in new_at:
+                trainer = fastbp.Trainer(net, optimizer, progress=False)
+            rows = batches.choice(256, 32, replace=False)
+            trainer.train_step(X[rows], y[rows])
+        return net
+
+    one = run(())
+    other = run(range(1, 10))  # every step a new trainer's first
+    np.testing.assert_array_equal(other.params, one.params)
+    np.testing.assert_array_equal(other.buffers, one.buffers)

@@ -31,12 +31,13 @@ import math
 import numpy as np
 
 from .._config import kernel, leaf, like
-from .activations import EXP, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _activate, _derivative_row
+from .activations import EXP, IDENTITY, LEAKY_RELU, RELU, SIGMOID, TANH, _activate, _derivative_row, _fma
 from .gemm import _bf16_row
 from .layout import BATCH_NORM, LAYER_NORM, NO_NORM
 
 EPS = 1e-5  # PyTorch's default for BatchNorm1d and LayerNorm
 MOMENTUM = 0.1  # PyTorch's default for BatchNorm1d's running statistics
+KEEP = 1.0 - MOMENTUM
 
 # The hash of dropout: SplitMix64's finalizer (Steele, Lea and Flood), applied to the key made of the seed, the step,
 # the layer and the row (once per row) and then to each pair of units.
@@ -159,6 +160,10 @@ def _layer_forward(
                     d = np.float64(Z[i, j]) - Z[0, j]
                     s1[j] += d
                     s2[j] += d * d
+            # the running statistics through fma: written as a * b + c * d, the fastmath flags let LLVM contract
+            # either product, and it chose differently in the entry points that inline this (train_step's first
+            # call and its later ones updated them 1 ulp apart)
+            unbiased = MOMENTUM * (n / (n - 1.0))
             for j in range(m):
                 shift = s1[j] / n
                 var = max(s2[j] / n - shift * shift, 0.0)
@@ -166,8 +171,8 @@ def _layer_forward(
                 mean[j] = mu
                 inv[j] = 1.0 / math.sqrt(var + EPS)
                 if run[1] != 0:
-                    stats[j] = (1.0 - MOMENTUM) * stats[j] + MOMENTUM * mu
-                    stats[m + j] = (1.0 - MOMENTUM) * stats[m + j] + MOMENTUM * var * n / (n - 1)
+                    stats[j] = _fma(MOMENTUM, mu, KEEP * np.float64(stats[j]))
+                    stats[m + j] = _fma(unbiased, var, KEEP * np.float64(stats[m + j]))
         else:
             for j in range(m):
                 mean[j] = stats[j]
