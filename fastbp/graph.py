@@ -354,7 +354,8 @@ class SoftmaxCrossEntropyGate(Gate):
             if labels.shape != (n,):
                 expected = "one int" if logits.ndim == 1 else f"shape ({n},)"
                 raise ValueError(
-                    f"labels must hold {n} class labels for logits {logits.shape} ({expected}), got shape "
+                    f"labels must hold {n} class label{'s' if n != 1 else ''} for logits {logits.shape} ({expected}), "
+                    "got shape "
                     f"{np.shape(self.labels)}; {_LABELS_RULE}"
                 )
             if labels.size and (labels.min() < 0 or labels.max() >= k):

@@ -76,6 +76,8 @@ def test_a_gradient_missing_the_l2_term_fails_on_the_weights_only(rng):
     for layer in result.layers:
         assert layer.error_W > WRONG_GRADIENT_MIN_ERROR  # the weights' gradient is wrong
         assert layer.error_b <= GRADCHECK_THRESHOLD  # biases are not penalised: theirs is right
+    worst = max(result.layers, key=lambda layer: layer.error_W)  # the summary names where the worst error is
+    assert f"worst relative error {result.worst:.3g} at layer {worst.layer + 1} W (threshold" in str(result)
 
 
 def test_a_wrong_gradient_of_a_layer_with_a_tiny_gradient_is_not_passed(rng):
