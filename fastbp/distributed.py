@@ -25,6 +25,7 @@ exception) or wrap your own collective code in ``abort_on_error``.
 
 import contextlib
 import functools
+import hashlib
 import math
 import os
 import struct
@@ -34,6 +35,7 @@ import traceback
 import warnings
 import zipfile
 import zlib
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -142,6 +144,19 @@ def abort_on_error(comm=None, code=1):
         if _is_agreed(err) or (isinstance(err, SystemExit) and comm.Get_size() == 1):
             raise
         _abort(comm, code, _failure_text(err, comm))
+
+
+def _extras_digest(extras):
+    """What the ranks must agree on of ``save``'s extras: each name's dtype, shape and SHA-256 of its bytes (None
+    for none; anything else as its type, which save refuses on rank 0)."""
+    if extras is None or not isinstance(extras, Mapping):
+        return None if extras is None else type(extras).__name__
+    digest = {}
+    for name, value in extras.items():
+        a = np.asarray(value)
+        data = hashlib.sha256(a.tobytes()).hexdigest() if a.dtype.kind != "O" else repr(a)
+        digest[repr(name)] = (a.dtype.str, a.shape, data)
+    return digest
 
 
 def _agree(comm, error, payload=None):
@@ -552,13 +567,23 @@ class Trainer(_Trainer):
         """True on every rank when it is True on any rank."""
         return bool(self.comm.allreduce(int(bool(flag)), op=_mpi().MAX))
 
-    def _check_same_params(self):
-        """Raise (on every rank) if the ranks' parameters differ. All-reduce results are bitwise identical on
-        every rank with MPICH and Open MPI; this per-epoch check (a float64 sum) proves it stays so."""
+    def _check_same_params(self, collective=None):
+        """Raise (on every rank) if the ranks' parameters differ (a float64 sum of each, compared). After an epoch
+        (``collective`` None): all-reduce results are bitwise identical on every rank with MPICH and Open MPI, and
+        this check proves it stays so. Before ``save`` and ``evaluate``, which would write rank 0's network or
+        blend the ranks' results: the parameters were made or changed on some ranks only."""
         digest = np.float64(np.sum(self.net.params, dtype=np.float64)).tobytes()
         if len(set(self.comm.allgather(digest))) > 1:
+            if collective is None:
+                raise _everywhere(
+                    RuntimeError("the ranks' parameters differ after an epoch (a non-deterministic all-reduce?)")
+                )
             raise _everywhere(
-                RuntimeError("the ranks' parameters differ after an epoch (a non-deterministic all-reduce?)")
+                ValueError(
+                    f"{collective}: the ranks hold different parameters (a network made with seed=None on each rank "
+                    "before any fit or train_step, or parameters changed on some ranks only): call sync() on every "
+                    "rank first, which gives every rank rank 0's"
+                )
             )
 
     def _check_data(self, X, y, sample_weight, names, sharded=False):
@@ -679,6 +704,7 @@ class Trainer(_Trainer):
             (part,), _ = self._agreed_parts("evaluate", sharded, check)
             if part.n == 0:
                 raise _everywhere(ValueError("the data is empty on every rank"))
+            self._check_same_params("evaluate")
             return self._evaluate(*part.local())
 
     def fit(self, X, y, epochs=10, validation_data=None, validation_split=0.0, sample_weight=None, sharded=False):
@@ -717,8 +743,15 @@ class Trainer(_Trainer):
         on every rank. Calling it on rank 0 only (``if rank == 0: trainer.save(...)``) puts the ranks' collective
         calls out of step: the next collective call fails (the job is aborted) or hangs. Returns the path."""
         with self._guard():
-            # rank 0 writes its network and optimizer: they must be every rank's
-            self._agree_on(None, None, self._fingerprint("save", False, []), "save's network and optimizer")
+            # rank 0 writes its network and optimizer, to its path with its extras: they must be every rank's
+            error = fingerprint = None
+            try:
+                call = {"path": os.fsdecode(path), "extras": _extras_digest(extras)}
+                fingerprint = self._fingerprint("save", False, [], **call)
+            except Exception as err:
+                error = err
+            self._agree_on(error, None, fingerprint, "save's network, optimizer and arguments")
+            self._check_same_params("save")
             error = None
             if self.rank == 0:
                 try:

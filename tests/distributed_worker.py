@@ -327,6 +327,15 @@ def checks(out):
     )
     results["save/disagree"] = comm.allgather(error_of(other.save, os.path.join(os.path.dirname(out), "o.npz")))
     results["sync/disagree"] = comm.allgather(error_of(other.sync))
+    # save's own arguments, and parameters that differ between ranks (save wrote rank 0's network, evaluate blended
+    # the ranks' results)
+    here = os.path.dirname(out)
+    results["save/path_disagree"] = comm.allgather(error_of(t.save, os.path.join(here, f"p{rank}.npz")))
+    extras = {"k": np.array([rank])}
+    results["save/extras_disagree"] = comm.allgather(error_of(t.save, os.path.join(here, "e.npz"), extras=extras))
+    unsynced = distributed.Trainer(checks_net(None), progress=False, threads=None, batch_size=16)
+    results["save/params_differ"] = comm.allgather(error_of(unsynced.save, os.path.join(here, "u.npz")))
+    results["evaluate/params_differ"] = comm.allgather(error_of(unsynced.evaluate, X, y))
 
     # train_step: replicated, weighted and sharded batches; rank 0's parameters broadcast on the first call only
     t = trainer(seed=2, optimizer=fastbp.SGD(0.1, momentum=0.9))

@@ -297,7 +297,23 @@ def test_save_is_collective_loadable_and_its_failure_raised_on_every_rank(checks
 @pytest.mark.parametrize("method", ["save", "sync"])
 def test_save_and_sync_refuse_ranks_with_other_networks(checks, method):
     message = _raised_on_every_rank(checks[f"{method}/disagree"])
-    assert message.startswith(f"the ranks disagree on {method}'s network and optimizer: layer_sizes is "), message
+    what = {"save": "save's network, optimizer and arguments", "sync": "sync's network and optimizer"}[method]
+    assert message.startswith(f"the ranks disagree on {what}: layer_sizes is "), message
+
+
+@needs_mpi
+def test_save_refuses_other_paths_or_extras_and_save_and_evaluate_other_parameters(checks):
+    # rank 0 wrote its own path and extras, and its own parameters, while every rank's save returned; evaluate summed
+    # the losses of the ranks' different networks
+    message = _raised_on_every_rank(checks["save/path_disagree"])
+    assert re.match(r"the ranks disagree on save's network, optimizer and arguments: path is '.*p0\.npz' on rank 0 but "
+                    r"'.*p1\.npz' on rank 1", message), message  # fmt: skip
+    message = _raised_on_every_rank(checks["save/extras_disagree"])
+    assert "arguments: extras is " in message, message
+    for call in ("save", "evaluate"):
+        message = _raised_on_every_rank(checks[f"{call}/params_differ"])
+        assert message.startswith(f"{call}: the ranks hold different parameters"), message
+        assert message.endswith("call sync() on every rank first, which gives every rank rank 0's"), message
 
 
 @needs_mpi
