@@ -504,13 +504,11 @@ class Trainer(_Trainer):
         for rank, (_, other) in enumerate(payloads):
             if other != first:
                 field = next(k for k in {**first, **other} if first.get(k) != other.get(k))
-                if field == "collective":
-                    raise _everywhere(
-                        RuntimeError(
-                            f"the ranks called different collective methods of fastbp.distributed.Trainer at once: "
-                            f"{first[field]} on rank 0 but {other[field]} on rank {rank}; every rank must call each of "
-                            "them in the same order, for example save on every rank, not on rank 0 only"
-                        )
+                if field == "collective":  # the ranks are out of step: not agreed, so the guard ends the job
+                    raise RuntimeError(
+                        f"the ranks called different collective methods of fastbp.distributed.Trainer at once: "
+                        f"{first[field]} on rank 0 but {other[field]} on rank {rank}; every rank must call each of "
+                        "them in the same order, for example save on every rank, not on rank 0 only"
                     )
                 raise _everywhere(
                     ValueError(
@@ -741,7 +739,8 @@ class Trainer(_Trainer):
         """Checkpoint as ``fastbp.Trainer.save``. Collective: EVERY rank calls it; rank 0 writes the file (the
         ranks hold the same parameters) and the others wait for its result, so that a failure to write is raised
         on every rank. Calling it on rank 0 only (``if rank == 0: trainer.save(...)``) puts the ranks' collective
-        calls out of step: the next collective call fails (the job is aborted) or hangs. Returns the path."""
+        calls out of step: the other ranks' next collective call ends the job (an MPI abort), and without one
+        rank 0 waits here. Returns the path."""
         with self._guard():
             # rank 0 writes its network and optimizer, to its path with its extras: they must be every rank's
             error = fingerprint = None

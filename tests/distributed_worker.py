@@ -222,6 +222,24 @@ def save_rank0(out):
     trainer.fit(X, y, epochs=1)
 
 
+def save_rank0_caught(out):
+    """As save_rank0, each rank catching what its calls raise and going on, as code that retries after an error
+    raised on every rank does: rank 0's fit after its save then waits for a rank 1 that has finished, unless the
+    job ends at the first call out of step."""
+    from fastbp import distributed
+
+    rng = np.random.default_rng(0)
+    X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
+    trainer = distributed.Trainer(fastbp.MLP([4, 5, 3], dtype="float64"), batch_size=10, progress=False)
+    trainer.fit(X, y, epochs=1)
+    calls = [lambda: trainer.save(os.path.join(out, "model.npz"))] if trainer.rank == 0 else []
+    for call in [*calls, lambda: trainer.fit(X, y, epochs=1)]:
+        try:
+            call()
+        except Exception:
+            pass
+
+
 #: Settings that differ on rank 1 only, and whether the data is sharded: every rank must raise a ValueError that
 #: names the setting (some of these hung, or failed with an MPI error on one rank, when unchecked).
 DISAGREE = {
@@ -486,6 +504,7 @@ MODES = {
     "cli_fail": cli_fail,
     "cli_agreed": cli_agreed,
     "save_rank0": save_rank0,
+    "save_rank0_caught": save_rank0_caught,
     "checks": checks,
     "layers": layers,
 }
