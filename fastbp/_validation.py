@@ -4,6 +4,7 @@ Everything a kernel receives has been checked and converted here, once: C-contig
 dtype, finite values, labels in range. Errors name the argument, what was expected and what was given.
 """
 
+import math
 import numbers
 import operator
 
@@ -184,15 +185,17 @@ def check_out(out, size, dtype, name="out"):
     return out
 
 
-def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zero_sum=False):
+def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zero_sum=False, return_scale=False):
     """Sample weights for n samples as a C-contiguous (n,) array of dtype: finite, >= 0, with a positive sum
     (unless ``allow_zero_sum``: a part of the weights, whose total is checked elsewhere). None gives an empty
-    array (unit weights, the kernels' fast path). Weights whose largest is outside the range of ``WEIGHT_LIMIT``
-    come back scaled by a power of two (a copy; not for a part of the weights), which leaves every weighted mean as
-    it was; float64 weights are scaled before they are converted to a float32 dtype, so that weights below or above
-    float32's range are weights too."""
+    array (unit weights, the kernels' fast path). Weights whose largest is outside [1 / ``WEIGHT_LIMIT``,
+    ``WEIGHT_LIMIT``] come back scaled by the power of two that brings it just inside (a copy; not for a part of the
+    weights), which leaves every weighted mean as it was (exactly, but for weights so much smaller than the largest
+    that the scaling takes them below the dtype's smallest float); float64 weights are scaled before they are
+    converted to a float32 dtype, so that weights below or above float32's range are weights too. With
+    ``return_scale``, returns (weights, the factor they were scaled by: 1.0, or the power of two)."""
     if sample_weight is None:
-        return np.zeros(0, dtype=dtype)
+        return (np.zeros(0, dtype=dtype), 1.0) if return_scale else np.zeros(0, dtype=dtype)
     given = as_array(sample_weight, name)
     sw = as_float_array(given, name, np.float64 if given.dtype == np.float64 else dtype, 1)
     if sw.shape[0] != n:
@@ -200,11 +203,17 @@ def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zer
     if sw.size and sw.min() < 0:
         raise ValueError(f"{name} must be >= 0, got a minimum of {sw.min():g}")
     top = float(sw.max()) if sw.size else 0.0
+    scale = 1.0
     if not allow_zero_sum and top > 0 and not 1.0 / WEIGHT_LIMIT <= top <= WEIGHT_LIMIT:
-        sw = np.ldexp(sw, -np.frexp(top)[1])  # the largest in [0.5, 1)
+        # the largest into [LIMIT / 2, LIMIT) or [1 / LIMIT, 2 / LIMIT) (frexp's exponents): the smallest shift,
+        # so that the fewest small weights fall below the dtype's range
+        target = math.frexp(WEIGHT_LIMIT)[1] - 1 if top > WEIGHT_LIMIT else math.frexp(1.0 / WEIGHT_LIMIT)[1]
+        shift = target - math.frexp(top)[1]
+        sw, scale = np.ldexp(sw, shift), math.ldexp(1.0, shift)
     if not allow_zero_sum and not sw.sum(dtype=np.float64) > 0:
         raise ValueError(f"{name} must have a positive sum (all weights are zero)")
-    return _finite_as(sw, name, dtype)
+    sw = _finite_as(sw, name, dtype)
+    return (sw, scale) if return_scale else sw
 
 
 def _array_object_layout():

@@ -57,7 +57,7 @@ class FlatObjective:
         self._labels = self._labels.copy()
         self._labels.flags.writeable = False
         net._check_batch_norm_rows(self._X.shape[0])
-        self._sw = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype)
+        self._sw, self._sw_scale = v.check_sample_weight(sample_weight, self._X.shape[0], net.dtype, return_scale=True)
         self._grad = np.empty(net.n_params, dtype=net.dtype)
         self.n_calls = 0
         self._new_addresses()

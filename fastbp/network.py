@@ -385,7 +385,7 @@ class MLP:
         self.seed = seed
         self.norms = tuple(_NORM_NAMES[k] for k in norms)
         self.residuals = tuple(residuals)
-        # a rate below 2^-33 rounds to threshold 0 (below): no unit is dropped, so the network has no dropout
+        # a rate of at most 2^-33 rounds to threshold 0 (below): no unit is dropped, so the network has no dropout
         self.dropouts = tuple(0.0 if round(r * 2**32) == 0 else r for r in rates)
         # the seed of the dropout masks: the initialisation's, or fresh entropy as it draws, in the int64 range the
         # compiled code takes (NumPy's generators take any size of seed, such as a SeedSequence's 128-bit entropy)

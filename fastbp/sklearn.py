@@ -449,12 +449,13 @@ class _FastbpMixin:
 
         data = (X_train, y_train, sw_train)
         Xc, Y2d, labels = net.check_batch(X_train, self._targets(y_train), names=("X", "y"))
-        sw = v.check_sample_weight(sw_train, n, net.dtype) if sw_train is not None else None
+        sw, sw_scale = v.check_sample_weight(sw_train, n, net.dtype, return_scale=True)
+        sw = sw if sw_train is not None else None
         trainer = getattr(self, "_fastbp_trainer", None)
         if trainer is None or trainer.net is not net or trainer.optimizer is not opt:
             trainer = Trainer(net, opt, batch_size=batch_size, seed=None, progress=False, divergence_factor=None)
             self._fastbp_trainer = trainer
-        compiled = (trainer, Xc, Y2d, labels, sw)
+        compiled = (trainer, Xc, Y2d, labels, sw, sw_scale)
         # the parameters and optimizer state at the start of the epoch, to start it again in NumPy after a
         # diverged step
         saved_params, saved_state = np.empty_like(net.params), np.empty_like(opt.state)
@@ -521,7 +522,7 @@ class _FastbpMixin:
         """One epoch over the running order ``sample_idx`` (n,) int64 in fastbp's compiled loop: returns the
         summed loss (float, scikit-learn's batch loss times batch size, summed), or None when a step diverged
         (the parameters and optimizer state are then undefined)."""
-        trainer, Xc, Y2d, labels, sw = compiled
+        trainer, Xc, Y2d, labels, sw, sw_scale = compiled
         net = trainer.net
         schedule = trainer._schedule(None)  # the optimizer's constant schedule; the rate is set per epoch here
         # Per-batch calls when the loss of each batch must be seen (regression with several outputs, whose
@@ -532,7 +533,8 @@ class _FastbpMixin:
         accumulated_loss = 0.0
         for start, stop, size in self._calls(sample_idx.shape[0], batch_size, per_batch):
             perm = sample_idx[start:stop]
-            weight_sum = float(sw[perm].sum(dtype=np.float64)) if sw is not None else size
+            # scikit-learn's penalty divides by the weights as given: undo check_sample_weight's power of two
+            weight_sum = float(sw[perm].sum(dtype=np.float64)) / sw_scale if sw is not None else size
             if sw is not None and not weight_sum > 0:
                 continue  # scikit-learn's step would divide by a zero weight sum; skip the empty batch
             net.l2 = self.alpha / weight_sum
@@ -588,7 +590,9 @@ class _FastbpMixin:
         X = _dense(X).astype(net.dtype, copy=False)
         self._bind(net)
         objective = FlatObjective(net, X, self._targets(y), sample_weight)
-        weight_sum = float(objective.sw.sum(dtype=np.float64)) if objective.sw.size else X.shape[0]
+        weight_sum = X.shape[0]
+        if objective.sw.size:  # the weights as given (FlatObjective's may be scaled by a power of two)
+            weight_sum = float(objective.sw.sum(dtype=np.float64)) / objective._sw_scale
         net.l2 = self.alpha / weight_sum
         callback = None
         if self.verbose:

@@ -478,11 +478,12 @@ def test_a_dropout_rate_next_to_one_keeps_one_unit_in_two_to_the_32(p):
 
 
 def test_a_dropout_rate_that_rounds_to_no_threshold_is_no_dropout():
-    # round(p * 2^32) is 0 below 2^-33: no unit is ever dropped, and the network says so (as PyTorch's bridge and the
+    # round(p * 2^32) is 0 up to 2^-33: no unit is ever dropped, and the network says so (as PyTorch's bridge and the
     # repr read net.dropouts)
     net = build([4, 6, 6, 3], "tanh", [None, None], False, [1e-12, 2**-32], dtype="float64", seed=2)
     assert net.layout[0, DROPOUT] == 0 and net.layout[1, DROPOUT] == 1
     assert net.dropouts == (0.0, 2**-32, 0.0)
+    assert build([4, 6, 3], "tanh", [None], False, [2**-33], dtype="float64", seed=2).dropouts == (0.0, 0.0)
 
 
 @pytest.mark.parametrize("dtype", ["float32", "float64"])

@@ -179,6 +179,18 @@ def test_sample_weight_is_scikit_learns(cls, theirs_cls, params, digits):
     _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
 
 
+@pytest.mark.parametrize("solver", ["sgd", "lbfgs"])
+@pytest.mark.parametrize("scale", [2.0**66, 2.0**-66])
+def test_weights_beyond_the_scaling_limit_keep_scikit_learns_penalty(solver, scale, digits):
+    # fastbp scales such weights by a power of two (its weighted means do not change), but scikit-learn's L2 term is
+    # divided by the weights' sum as given: the penalty followed the scaled sum (sgd's coefficients reached 1e141)
+    X, y = digits
+    sw = np.random.default_rng(0).integers(1, 4, X.shape[0]) * scale
+    params = dict(hidden_layer_sizes=(12,), max_iter=5, random_state=0, batch_size=40, solver=solver)
+    ours, theirs = _fit_both(MLPClassifier, skl.MLPClassifier, X, y, sample_weight=sw, alpha=1e-2 * scale, **params)
+    _assert_same_model(ours, theirs, X, SKLEARN_RTOL["float64"])
+
+
 def test_partial_fit_and_warm_start_are_scikit_learns(digits):
     X, y = digits
     params = dict(hidden_layer_sizes=(12,), random_state=0, batch_size=100)
@@ -639,7 +651,8 @@ def test_probabilities_below_the_smallest_normal_float_are_scikit_learns(dtype):
         model.coefs_[-1][:] = 0.0
         # the logs of the smallest normal and the smallest subnormal float: -708.4 and -744.4 in float64
         normal, subnormal = np.log(np.finfo(dtype).tiny), np.log(np.finfo(dtype).smallest_subnormal)
-        model.intercepts_[-1][:] = [0.0, (normal + subnormal) / 2, subnormal + 0.5]
+        # the last: below the log of the smallest subnormal, which exp still rounds up to it
+        model.intercepts_[-1][:] = [0.0, (normal + subnormal) / 2, subnormal - 0.45]
         models.append(model)
     theirs, ours = (m.predict_proba(X[:2]) for m in models)
     assert ours.dtype == theirs.dtype and (ours[:, 1:] > 0).all() and (theirs[:, 1:] > 0).all()
