@@ -241,31 +241,34 @@ def _exp_nonpositive_impl(x):
     (Cody and Waite) through fma; exp(r) by a polynomial: Cephes' degree-7 minimax form for float32, the Taylor
     series to degree 13 for float64 (truncation error below 5e-18 on that interval); 2^k from its exponent bits.
     Accurate to about 1 unit in the last place (tests/test_kernels.py measures it against NumPy). Results below the
-    smallest normal float are subnormal, as NumPy's (2^k is then 2^(k + 64) times 2^-64, both exact, so that the one
-    rounding is the product's); for x < -103.9 in float32 (-745.2 in float64), below the smallest subnormal float,
-    the result is 0; exp(-inf) = 0; NaN gives NaN. Positive x is outside its domain (the result is then
-    meaningless).
+    smallest normal float are subnormal, as NumPy's: their bits are the integer nearest to the polynomial times
+    2^(k + 1074) in float64 (2^(k + 149) in float32), the one rounding (a product by 2^k, which underflows, is what
+    the fastmath flags would re-associate it into); for x < -103.98 in float32 (-745.14 in float64), where exp(x) is
+    below half the smallest subnormal float, the result is 0; exp(-inf) = 0; NaN gives NaN. Positive x is outside
+    its domain (the result is then meaningless).
     """
     if x == types.float32:
-        lo, log2e, hi_ln2, lo_ln2 = (np.float32(v) for v in (-103.9, 1.4426950408889634, 0.6931472, -1.9046542e-09))
+        lo, log2e, hi_ln2, lo_ln2 = (np.float32(v) for v in (-103.98, 1.4426950408889634, 0.6931472, -1.9046542e-09))
         c = tuple(np.float32(v) for v in (1.9875691500e-4, 1.3981999507e-3, 8.3334519073e-3, 4.1665795894e-2))
         c4, c5, one, half, zero = (np.float32(v) for v in (1.6666665459e-1, 5.0000001201e-1, 1.0, 0.5, 0.0))
-        shift, unshift, subnormal = np.float32(64.0), np.float32(2.0**-64), np.float32(-126.0)
+        normal, below = np.float32(-126.0), np.float32(-127.0)  # the smallest normal exponent, and one under it
 
         def exp32(x):
             xc = lo if x < lo else x  # NaN stays NaN
             k = np.floor((xc if xc == xc else zero) * log2e + half)  # a NaN never reaches the int conversion
             r = _fma(-k, lo_ln2, _fma(-k, hi_ln2, xc))
             p = ((((c[0] * r + c[1]) * r + c[2]) * r + c[3]) * r + c4) * r + c5
-            small = k < subnormal
-            k2 = k + shift if small else k
-            power = _float_from_bits(np.int32((np.int32(k2) + 127) << 23))  # Numba widens int32 sums
-            e = (p * r * r + r + one) * (power * unshift if small else power)
+            q = p * r * r + r + one
+            small = k < normal
+            kn, ks = (normal, k) if small else (k, below)  # each lane's power in range, the other lane unused
+            power = _float_from_bits(np.int32((np.int32(kn) + 127) << 23))  # Numba widens int32 sums
+            sub = _float_from_bits(np.int32(np.rint(q * _float_from_bits(np.int32((np.int32(ks) + 276) << 23)))))
+            e = sub if small else q * power
             return zero if x < lo else e
 
         return exp32
     if x == types.float64:
-        lo, log2e, hi_ln2, lo_ln2 = -745.2, 1.4426950408889634, 0.6931471805599453, 2.3190468138462996e-17
+        lo, log2e, hi_ln2, lo_ln2 = -745.14, 1.4426950408889634, 0.6931471805599453, 2.3190468138462996e-17
         inv_fact = tuple(1.0 / math.factorial(k) for k in range(14))
 
         def exp64(x):
@@ -276,9 +279,11 @@ def _exp_nonpositive_impl(x):
             for j in range(12, -1, -1):  # a constant trip count: unrolled
                 p = p * r + inv_fact[j]
             small = k < -1022.0
-            k2 = k + 64.0 if small else k
-            power = _float_from_bits((np.int64(k2) + np.int64(1023)) << np.int64(52))
-            e = p * (power * 5.421010862427522e-20 if small else power)  # 2^-64
+            kn, ks = (-1022.0, k) if small else (k, -1023.0)  # each lane's power in range, the other lane unused
+            power = _float_from_bits((np.int64(kn) + np.int64(1023)) << np.int64(52))
+            scaled = p * _float_from_bits((np.int64(ks) + np.int64(2097)) << np.int64(52))  # p 2^(k + 1074)
+            sub = _float_from_bits(np.int64(np.rint(scaled)))  # m 2^-1074, the subnormal's bits (2^52: 2^-1022)
+            e = sub if small else p * power
             return 0.0 if x < lo else e
 
         return exp64
