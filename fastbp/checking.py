@@ -270,13 +270,13 @@ class GradcheckResult:
                 line += f"  {c.error32_W:>9.2e}  {c.error32_b:>9.2e}"
             lines.append(line)
         verdict = "PASS" if self.passed_float64 else "FAIL"
-        parts = [(c.error_W, c.layer, "W") for c in self.layers if c.resolved_W]
-        parts += [(c.error_b, c.layer, "b") for c in self.layers if c.resolved_b]
+        parts = [(c.error_W, c.layer, "W", c.resolved_W) for c in self.layers]
+        parts += [(c.error_b, c.layer, "b", c.resolved_b) for c in self.layers]
         finite = [part for part in parts if not np.isnan(part[0])]
         where = ""
         if finite and not np.isnan(self.worst):  # the part the worst error is in (NaN: no worst part)
-            _, layer, part = max(finite)
-            where = f" at layer {layer + 1} {part}"
+            _, layer, part, resolved = max(finite)
+            where = f" at layer {layer + 1} {part}" + ("" if resolved else " (unresolved)")
         lines.append(f"worst relative error {self.worst:.3g}{where} (threshold {self.threshold:g}): {verdict}")
         if self.unresolved:
             parts = ", ".join(f"layer {layer + 1} {part}" for layer, part in self.unresolved)

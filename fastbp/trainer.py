@@ -326,7 +326,8 @@ class Trainer:
         # becomes those parameters: a next step that diverges again keeps them, instead of going back to the ones
         # that diverged (the two buffers would take turns).
         self.optimizer.reset()
-        np.copyto(self._spare, self.net.params)
+        with self.net._lock:  # another thread's step may be writing spare
+            np.copyto(self._spare, self.net.params)
         summary = f"training diverged {where}: {what} after {steps} step{'' if steps == 1 else 's'} of this call{last}."
         err = DivergenceError(
             f"{summary} The network keeps the parameters of the last step whose loss was finite, and the optimizer "

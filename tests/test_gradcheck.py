@@ -80,6 +80,23 @@ def test_a_gradient_missing_the_l2_term_fails_on_the_weights_only(rng):
     assert f"worst relative error {result.worst:.3g} at layer {worst.layer + 1} W (threshold" in str(result)
 
 
+def test_the_summary_names_an_unresolved_part_whose_error_is_the_worst(rng):
+    # layer 1's weights get a gradient within the differences' noise (the layer above zeroed) and a wrong one
+    net = fastbp.MLP([5, 6, 3], "tanh", dtype="float64", seed=0)
+    net.coefs[1][...] = 0.0
+    X, y = rng.standard_normal((8, 5)), rng.integers(0, 3, 8)
+
+    def off(net_, X_, Y_):
+        grads = net_.value_and_grad(X_, Y_)[1]
+        grads[: 5 * 6] += 1e-11
+        return grads
+
+    result = fastbp.gradcheck(net, X, y, grad_fn=off)
+    worst = max(result.layers, key=lambda layer: max(layer.error_W, layer.error_b))
+    assert worst.layer == 0 and not worst.resolved_W and result.worst == worst.error_W
+    assert f"worst relative error {result.worst:.3g} at layer 1 W (unresolved) (threshold" in str(result)
+
+
 def test_a_wrong_gradient_of_a_layer_with_a_tiny_gradient_is_not_passed(rng):
     # A deep sigmoid network: the first layers' gradients (~1e-11) are below the finite differences' own noise
     # (~1e-10 with eps = 1e-5). A fixed absolute floor passed a zeroed first layer (worst 2.9e-8, PASS).
