@@ -159,17 +159,28 @@ def _extras_digest(extras):
     return digest
 
 
-def _agree(comm, error, payload=None):
+def _agree(comm, error, payload=None, collective=None):
     """Every rank passes its error (or None) and a payload; returns the payloads of all ranks, or raises on
-    every rank when any failed: the failing rank its own error, the others RankFailedError naming it."""
-    results = comm.allgather((None if error is None else f"{type(error).__name__}: {error}", payload))
-    failed = [(rank, message) for rank, (message, _) in enumerate(results) if message is not None]
+    every rank when any failed: the failing rank its own error, the others RankFailedError naming it. With
+    ``collective`` (the Trainer method called), ranks in different methods come first: a RuntimeError that is not
+    marked as raised on every rank, so that the guard ends the job (the ranks are out of step: code that caught an
+    error and went on would wait for each other in different calls)."""
+    results = comm.allgather((None if error is None else f"{type(error).__name__}: {error}", collective, payload))
+    called = [c for _, c, _ in results]
+    if collective is not None and len(set(called)) > 1:
+        rank = next(r for r, c in enumerate(called) if c != called[0])
+        raise RuntimeError(
+            f"the ranks called different collective methods of fastbp.distributed.Trainer at once: {called[0]} on "
+            f"rank 0 but {called[rank]} on rank {rank}; every rank must call each of them in the same order, for "
+            "example save on every rank, not on rank 0 only"
+        )
+    failed = [(rank, message) for rank, (message, _, _) in enumerate(results) if message is not None]
     if error is not None:
         raise _everywhere(error)  # every rank raises too: nobody waits, no abort needed
     if failed:
         rank, message = failed[0]
         raise _everywhere(RankFailedError(f"rank {rank} of {comm.Get_size()} failed: {message}"))
-    return [payload for _, payload in results]
+    return [payload for _, _, payload in results]
 
 
 # ---------------------------------------------------------------------------------------------------- launching
@@ -495,21 +506,15 @@ class Trainer(_Trainer):
                 fingerprint.update(_checksums(data, prefix))
         return fingerprint
 
-    def _agree_on(self, error, counts, fingerprint, what):
-        """All ranks exchange their error (raised on every rank if any), row counts and fingerprint (which must
-        be equal: else a ValueError naming the first field that differs, on every rank); returns every rank's
-        counts."""
-        payloads = _agree(self.comm, error, (counts, fingerprint))
+    def _agree_on(self, collective, error, counts, fingerprint, what):
+        """All ranks exchange the method called (``_agree``: ranks in different ones end the job), their error
+        (raised on every rank if any), row counts and fingerprint (which must be equal: else a ValueError naming the
+        first field that differs, on every rank); returns every rank's counts."""
+        payloads = _agree(self.comm, error, (counts, fingerprint), collective)
         first = payloads[0][1]
         for rank, (_, other) in enumerate(payloads):
             if other != first:
                 field = next(k for k in {**first, **other} if first.get(k) != other.get(k))
-                if field == "collective":  # the ranks are out of step: not agreed, so the guard ends the job
-                    raise RuntimeError(
-                        f"the ranks called different collective methods of fastbp.distributed.Trainer at once: "
-                        f"{first[field]} on rank 0 but {other[field]} on rank {rank}; every rank must call each of "
-                        "them in the same order, for example save on every rank, not on rank 0 only"
-                    )
                 raise _everywhere(
                     ValueError(
                         f"the ranks disagree on {what}: {field} is {first.get(field)!r} on rank 0 but "
@@ -532,7 +537,7 @@ class Trainer(_Trainer):
             fingerprint = self._fingerprint(collective, sharded, sets, **call)
         except Exception as err:
             error = err
-        counts = self._agree_on(error, counts, fingerprint, f"{collective}'s arguments")
+        counts = self._agree_on(collective, error, counts, fingerprint, f"{collective}'s arguments")
         parts = []
         for i, (_, data, weighted) in enumerate(sets):
             parts.append(None if data is None else self._part(data, sharded, [c[i] for c in counts], weighted))
@@ -558,7 +563,7 @@ class Trainer(_Trainer):
         and its hyperparameters such as ``lr``, this trainer's) must already agree on every rank: a difference is a
         ValueError, as in every collective call. Collective."""
         with self._guard():
-            self._agree_on(None, None, self._fingerprint("sync", False, []), "sync's network and optimizer")
+            self._agree_on("sync", None, None, self._fingerprint("sync", False, []), "sync's network and optimizer")
             self._sync()
 
     def _any(self, flag):
@@ -749,7 +754,7 @@ class Trainer(_Trainer):
                 fingerprint = self._fingerprint("save", False, [], **call)
             except Exception as err:
                 error = err
-            self._agree_on(error, None, fingerprint, "save's network, optimizer and arguments")
+            self._agree_on("save", error, None, fingerprint, "save's network, optimizer and arguments")
             self._check_same_params("save")
             error = None
             if self.rank == 0:

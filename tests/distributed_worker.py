@@ -222,17 +222,18 @@ def save_rank0(out):
     trainer.fit(X, y, epochs=1)
 
 
-def save_rank0_caught(out):
+def save_rank0_caught(out, bad_path=False):
     """As save_rank0, each rank catching what its calls raise and going on, as code that retries after an error
     raised on every rank does: rank 0's fit after its save then waits for a rank 1 that has finished, unless the
-    job ends at the first call out of step."""
+    job ends at the first call out of step (``bad_path``: even when rank 0's save fails its own argument check)."""
     from fastbp import distributed
 
     rng = np.random.default_rng(0)
     X, y = rng.standard_normal((40, 4)), rng.integers(0, 3, 40)
     trainer = distributed.Trainer(fastbp.MLP([4, 5, 3], dtype="float64"), batch_size=10, progress=False)
     trainer.fit(X, y, epochs=1)
-    calls = [lambda: trainer.save(os.path.join(out, "model.npz"))] if trainer.rank == 0 else []
+    path = None if bad_path else os.path.join(out, "model.npz")
+    calls = [lambda: trainer.save(path)] if trainer.rank == 0 else []
     for call in [*calls, lambda: trainer.fit(X, y, epochs=1)]:
         try:
             call()
@@ -505,6 +506,7 @@ MODES = {
     "cli_agreed": cli_agreed,
     "save_rank0": save_rank0,
     "save_rank0_caught": save_rank0_caught,
+    "save_rank0_bad_path_caught": functools.partial(save_rank0_caught, bad_path=True),
     "checks": checks,
     "layers": layers,
 }

@@ -149,7 +149,7 @@ def test_a_cli_error_raised_on_every_rank_is_printed_once_by_rank_0_without_abor
 
 
 @needs_mpi
-@pytest.mark.parametrize("mode", ["save_rank0", "save_rank0_caught"])
+@pytest.mark.parametrize("mode", ["save_rank0", "save_rank0_caught", "save_rank0_bad_path_caught"])
 def test_save_on_rank_0_only_ends_the_job_instead_of_hanging(tmp_path, mode):
     # caught: the ranks' error was marked as raised together, so the guard let it through, and ranks that went on
     # after it waited for each other in different collective calls
