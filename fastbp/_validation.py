@@ -212,7 +212,8 @@ def check_sample_weight(sample_weight, n, dtype, name="sample_weight", allow_zer
         sw, scale = np.ldexp(sw, shift), math.ldexp(1.0, shift)
     if not allow_zero_sum and not sw.sum(dtype=np.float64) > 0:
         raise ValueError(f"{name} must have a positive sum (all weights are zero)")
-    sw = _finite_as(sw, name, dtype)
+    if sw.dtype != dtype:  # float64 weights for a float32 network (checked finite above: only the cast's range)
+        sw = _finite_as(sw, name, dtype)
     return (sw, scale) if return_scale else sw
 
 

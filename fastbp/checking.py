@@ -270,9 +270,9 @@ class GradcheckResult:
                 line += f"  {c.error32_W:>9.2e}  {c.error32_b:>9.2e}"
             lines.append(line)
         verdict = "PASS" if self.passed_float64 else "FAIL"
-        parts = [(c.error_W, c.layer, "W", c.resolved_W) for c in self.layers]
-        parts += [(c.error_b, c.layer, "b", c.resolved_b) for c in self.layers]
-        finite = [part for part in parts if not np.isnan(part[0])]
+        errors = [(c.error_W, c.layer, "W", c.resolved_W) for c in self.layers]
+        errors += [(c.error_b, c.layer, "b", c.resolved_b) for c in self.layers]
+        finite = [error for error in errors if not np.isnan(error[0])]
         where = ""
         if finite and not np.isnan(self.worst):  # the part the worst error is in (NaN: no worst part)
             _, layer, part, resolved = max(finite)

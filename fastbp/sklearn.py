@@ -449,8 +449,9 @@ class _FastbpMixin:
 
         data = (X_train, y_train, sw_train)
         Xc, Y2d, labels = net.check_batch(X_train, self._targets(y_train), names=("X", "y"))
-        sw, sw_scale = v.check_sample_weight(sw_train, n, net.dtype, return_scale=True)
-        sw = sw if sw_train is not None else None
+        sw, sw_scale = None, 1.0
+        if sw_train is not None:
+            sw, sw_scale = v.check_sample_weight(sw_train, n, net.dtype, return_scale=True)
         trainer = getattr(self, "_fastbp_trainer", None)
         if trainer is None or trainer.net is not net or trainer.optimizer is not opt:
             trainer = Trainer(net, opt, batch_size=batch_size, seed=None, progress=False, divergence_factor=None)
